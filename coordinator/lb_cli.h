@@ -1,0 +1,13 @@
+/* lb_cli: the `lowbit` command's subcommands. Each lives in its own cmd_*.c
+ * and returns a process exit status (0 ok, 1 failure, 2 usage). */
+#ifndef LB_CLI_H
+#define LB_CLI_H
+
+typedef int (*lb_cli_fn)(int argc, char **argv);
+
+/* Subcommands; a file that defines one also adds it to the table in lowbit_main.c. */
+int lb_cmd_eval(int argc, char **argv);
+int lb_cmd_synth(int argc, char **argv);
+int lb_cmd_qmatrix(int argc, char **argv);
+
+#endif

@@ -1,0 +1,47 @@
+/* lowbit: command-line entry point, dispatching to subcommands. */
+#include <stdio.h>
+#include <string.h>
+
+#include "lb_cli.h"
+
+static int cmd_version(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    printf("lowbit %s\n", LB_VERSION);
+    return 0;
+}
+
+typedef struct {
+    const char *name;
+    lb_cli_fn fn;
+    const char *summary;
+} lb_cli_command;
+
+static const lb_cli_command commands[] = {
+    /* one line per subcommand, in the order `lowbit --help` lists them */
+    {"version", cmd_version, "print the version"},
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: lowbit <command> [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(out, "  %-12s %s\n", commands[i].name, commands[i].summary);
+    fprintf(out, "\nRun `lowbit <command> --help` for a command's options.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version"))
+        return cmd_version(argc, argv);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name))
+            return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "lowbit: unknown command '%s'; run `lowbit --help` for the list\n", argv[1]);
+    return 2;
+}
