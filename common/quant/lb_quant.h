@@ -1,0 +1,129 @@
+/* lb_quant: types shared by every quantization method.
+ *
+ * A method turns W (rows, cols) and the layer-input Hessian H (cols, cols) into
+ *   - the dequantized W_hat (rows, cols), and
+ *   - a packed representation: a list of named fields, each a little-endian bit
+ *     stream of `count` elements of `bits` bits.
+ * The bits per weight are counted from what is stored, nothing else:
+ *   bpw = 8 * sum(field bytes) / (rows * cols).
+ * Each method's dequantize(packed) must reproduce W_hat exactly (bit for bit);
+ * that is what makes the accounting honest. */
+#ifndef LB_QUANT_H
+#define LB_QUANT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "lb_err.h"
+
+typedef enum {
+    LB_QFIELD_UINT = 0, /* unsigned integer codes of `bits` bits (1..32) */
+    LB_QFIELD_INT = 1,  /* two's complement integers of `bits` bits */
+    LB_QFIELD_F16 = 2,  /* IEEE half, bits = 16 */
+    LB_QFIELD_BF16 = 3, /* bfloat16, bits = 16 */
+    LB_QFIELD_F32 = 4,  /* IEEE single, bits = 32 */
+} lb_qfield_kind;
+
+#define LB_QFIELD_NAME_MAX 32
+#define LB_QFIELD_MAX_DIMS 4
+
+typedef struct {
+    char name[LB_QFIELD_NAME_MAX]; /* "codes", "scales", "zeros", "centroids", "mask", ... */
+    lb_qfield_kind kind;
+    uint32_t bits;                      /* bits per element as stored */
+    int32_t ndim;                       /* logical shape, product == count */
+    int64_t shape[LB_QFIELD_MAX_DIMS];
+    int64_t count;                      /* elements */
+    uint8_t *data;                      /* ceil(count * bits / 8) bytes, owned */
+    size_t nbytes;
+} lb_qfield;
+
+typedef struct {
+    char method[16];
+    int64_t rows, cols;
+    int32_t nfields;
+    lb_qfield *fields; /* owned */
+} lb_qpacked;
+
+/* One option vocabulary for every method; lb_qopts_init sets the defaults. */
+typedef enum { LB_GRID_MINMAX = 0, LB_GRID_MSE = 1 } lb_qgrid;
+typedef enum { LB_SALIENT_HESSIAN = 0, LB_SALIENT_MAGNITUDE = 1 } lb_qsalient;
+
+typedef struct {
+    double bits;           /* target bits; fractional only for CLAQ (e.g. 2.1) */
+    int32_t group_size;    /* 0 = per row */
+    bool act_order;        /* GPTQ: columns by descending diag(H) */
+    bool static_groups;    /* GPTQ: group grids fixed before the loop */
+    bool sym;              /* symmetric grid */
+    lb_qgrid grid;         /* grid search: min-max or MSE shrink */
+    double damp;           /* relative damping: damp * mean(diag(H)), default 0.01 */
+    int32_t block_size;    /* lazy-batch block, default 128 */
+    /* CLAQ */
+    double outlier_threshold;   /* |w| >= t * mean|W| counts as outlier, default 13 */
+    bool outlier_hessian_score; /* rank columns by Hessian-weighted score instead of counts */
+    double outlier_keep_top;    /* fp16 keep ratio, top-ranked columns, default 0.014 */
+    double outlier_keep_rest;   /* fp16 keep ratio, other columns, default 0.004 */
+    double outlier_top_frac;    /* fraction of columns that are "top", default 0.10 */
+    bool centroids_with_outliers; /* fit K-means including the kept values */
+    /* PB-LLM */
+    double salient_frac;        /* fraction of weights kept at salient_bits, e.g. 0.1 */
+    int32_t salient_bits;       /* default 8 */
+    lb_qsalient salient_criterion;
+    int32_t salient_group;      /* 0 = one threshold per matrix, else per group of columns */
+    /* QBB */
+    int32_t bases;              /* N binary bases, 1..4 */
+    int32_t refine_iters;       /* alternating refinement rounds */
+    bool hessian_weighted;      /* least-squares scales weighted by H */
+    bool gptq_init;             /* start from a 4-bit GPTQ reconstruction */
+    uint64_t seed;
+} lb_qopts;
+
+void lb_qopts_init(lb_qopts *opts);
+
+typedef struct {
+    float *W_hat;      /* (rows, cols), owned */
+    lb_qpacked packed; /* owned */
+    double bpw;        /* 8 * bytes stored / (rows * cols) */
+} lb_qresult;
+
+/* Frees everything a method put in res and zeroes it. Safe on a zeroed struct. */
+void lb_qresult_free(lb_qresult *res);
+
+/* A quantization method. quantize() reads W (rows, cols) row-major and H (cols, cols)
+ * (raw XᵀX sums; the method damps a private copy); fills *out (caller frees with
+ * lb_qresult_free). dequantize() rebuilds W_hat (rows, cols) from packed alone. */
+typedef struct {
+    const char *name;
+    const char *summary;
+    int (*quantize)(const float *W, int64_t rows, int64_t cols, const float *H,
+                    const lb_qopts *opts, lb_qresult *out, lb_err *err);
+    int (*dequantize)(const lb_qpacked *packed, float *W_out, lb_err *err);
+} lb_qmethod;
+
+/* Registry: NULL when unknown. lb_qmethod_list fills up to max names, returns count. */
+const lb_qmethod *lb_qmethod_find(const char *name);
+int lb_qmethod_list(const lb_qmethod **out, int max);
+
+/* Packed fields. lb_qpacked_add_field allocates a zeroed field of count elements of
+ * `bits` bits and returns it (NULL and err on failure); the packed struct owns it. */
+lb_qfield *lb_qpacked_add_field(lb_qpacked *p, const char *name, lb_qfield_kind kind,
+                                uint32_t bits, int32_t ndim, const int64_t *shape, lb_err *err);
+const lb_qfield *lb_qpacked_field(const lb_qpacked *p, const char *name);
+void lb_qpacked_free(lb_qpacked *p);
+/* Total stored bits (8 * bytes) and bits per weight. */
+uint64_t lb_qpacked_bits(const lb_qpacked *p);
+double lb_qpacked_bpw(const lb_qpacked *p);
+
+/* Bit streams: element i of a field occupies bits [i*bits, (i+1)*bits), little-endian. */
+void lb_qfield_put(lb_qfield *f, int64_t i, uint32_t value);
+uint32_t lb_qfield_get(const lb_qfield *f, int64_t i);
+/* Convenience for float fields (F16/BF16/F32): stores v rounded to the field's
+ * type and returns the value that was stored, so W_hat can use exactly it. */
+float lb_qfield_put_float(lb_qfield *f, int64_t i, float v);
+float lb_qfield_get_float(const lb_qfield *f, int64_t i);
+
+/* err = tr((W - W_hat) H (W - W_hat)ᵀ) in float64; ref = tr(W H Wᵀ). */
+int lb_quant_error(const float *W, const float *W_hat, int64_t rows, int64_t cols,
+                   const float *H, double *err_out, double *ref_out, lb_err *err);
+
+#endif
