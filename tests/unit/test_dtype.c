@@ -9,7 +9,7 @@
 static uint16_t f16_nearest_ref(float f)
 {
     uint16_t best = 0;
-    double best_d = INFINITY;
+    double best_d = HUGE_VAL;
     for (uint32_t h = 0; h < 0x10000u; h++) {
         float v = lb_f16_to_f32((uint16_t)h);
         if (isnan(v) || isinf(v))
