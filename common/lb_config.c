@@ -286,7 +286,7 @@ int lb_config_parse(lb_config *cfg, const char *json, const char *source_name, l
         return lb_err_set(err, LB_EINVAL, "lb_config_parse: NULL argument");
     memset(cfg, 0, sizeof *cfg);
     json_error_t jerr;
-    json_t *root = json_loads(json, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = json_loads(json, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
     if (!root)
         return lb_err_set(err, LB_EFORMAT, "%s: not valid JSON (line %d col %d: %.80s)", src,
                           jerr.line, jerr.column, jerr.text);

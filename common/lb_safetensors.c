@@ -274,7 +274,8 @@ static int load_shard(lb_st *st, int32_t si, lb_err *err)
     sh->data = p + 8 + hlen;
     sh->data_len = sh->size - 8 - hlen;
     json_error_t jerr;
-    root = json_loadb((const char *)p + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
+    root = json_loadb((const char *)p + 8, (size_t)hlen, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
+                      &jerr);
     if (!root) {
         rc = lb_err_set(err, LB_EFORMAT, "%s: header is not valid JSON (line %d col %d: %.80s)",
                         sh->path, jerr.line, jerr.column, jerr.text);
@@ -409,7 +410,7 @@ static int open_index(lb_st *st, const char *dir, const char *index_path, lb_err
     if (rc)
         goto done;
     json_error_t jerr;
-    root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    root = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
     if (!root) {
         rc = lb_err_set(err, LB_EFORMAT, "%s: not valid JSON (line %d col %d: %.80s)", index_path,
                         jerr.line, jerr.column, jerr.text);
