@@ -320,10 +320,15 @@ int lb_config_load(lb_config *cfg, const char *dir_or_file, lb_err *err)
     return rc;
 }
 
+/* Fewest significant digits that round-trip v, but all integer digits of
+ * values in [1, 1e16) so that 10000 prints as 10000.0, not 1e4. */
 static int shortest_precision(double v)
 {
     char buf[40];
-    for (int p = 1; p < 17; p++) {
+    int p0 = 1;
+    for (double a = fabs(v); a >= 10.0 && a < 1e16; a /= 10.0)
+        p0++;
+    for (int p = p0; p < 17; p++) {
         snprintf(buf, sizeof buf, "%.*g", p, v);
         if (strtod(buf, NULL) == v)
             return p;
