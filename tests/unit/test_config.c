@@ -185,6 +185,8 @@ static void test_head_dim_gqa_defaults(void **state)
     assert_true(c.o_bias);
     assert_true(c.mlp_bias);
     assert_int_equal(c.eos_token_id, 7);
+    assert_int_equal(parse_variant(&c, NULL, "\"dtype\": \"bfloat16\"", &err), 0);
+    assert_string_equal(c.torch_dtype, "bfloat16");
     /* integral reals are accepted as sizes */
     assert_int_equal(parse_variant(&c, "hidden_size", "\"hidden_size\": 64.0", &err), 0);
     assert_int_equal(c.hidden_size, 64);
