@@ -676,6 +676,21 @@ static void test_hostile_headers(void **state)
         write_file(p, b, 12);
         expect_open_fail(p, LB_EFORMAT, p, "JSON");
     }
+    /* deep nesting must not recurse without bound */
+    {
+        enum { DEPTH = 200000 };
+        char *deep = malloc(2 * DEPTH + 8);
+        size_t k = 0;
+        deep[k++] = '{';
+        memcpy(deep + k, "\"a\":", 4);
+        k += 4;
+        for (int i = 0; i < DEPTH; i++)
+            deep[k++] = '[';
+        deep[k] = '\0';
+        write_st(p, deep, 0);
+        expect_open_fail(p, LB_EFORMAT, p, "JSON");
+        free(deep);
+    }
     /* gaps between tensors and unordered offsets are fine */
     write_st(p,
              "{\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[12,16]},"
