@@ -528,6 +528,11 @@ static void test_sharded_and_directories(void **state)
     for (int k = 0; k < 4; k++)
         assert_true(v[k] == (float)(12 + 8 + k));
     lb_st_free(&st);
+    /* the index file itself opens the same model */
+    assert_int_equal(lb_st_open(&st, idx, &err), 0);
+    assert_int_equal(lb_st_count(st), 5);
+    assert_string_equal(lb_st_find(st, "lm_head.weight")->file, p2);
+    lb_st_free(&st);
 
     /* the index names a tensor its shard lacks */
     write_text(idx, "{\"weight_map\": {"
