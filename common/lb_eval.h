@@ -66,8 +66,9 @@ typedef struct lb_eval_opts {
 } lb_eval_opts;
 
 /* Evaluates model (and ref, may be NULL: then no KL/top-1) on tokens (n,).
- * Both models must have the same vocab_size; every token must be < vocab
- * (checked; LB_EINVAL naming the index). n < ctx -> LB_EINVAL. Streams blocks
+ * Both models must have the same vocab_size (else LB_EINVAL); every token
+ * must be < vocab (lb_tokens_check_vocab: LB_EFORMAT naming the index);
+ * ctx > max_position_embeddings or n < ctx -> LB_EINVAL. Streams blocks
  * one at a time per batch. OUT: *out. Returns 0 or LB_E*. */
 int lb_eval_run(const lb_model *model, const lb_model *ref, const uint32_t *tokens, int64_t n,
                 const lb_eval_opts *opts, lb_eval_result *out, lb_err *err);
