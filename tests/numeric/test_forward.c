@@ -230,7 +230,7 @@ static double max_abs_diff(const float *a, const double *b, int64_t n)
     for (int64_t i = 0; i < n; i++) {
         double d = fabs((double)a[i] - b[i]);
         if (!(d <= m)) /* NaN propagates as a failure */
-            m = isnan(d) ? INFINITY : d;
+            m = isnan(d) ? (double)INFINITY : d;
     }
     return m;
 }
