@@ -155,11 +155,34 @@ static void add_bias(float *y, const float *b, int64_t ntok, int64_t n)
             y[t * n + j] += b[j];
 }
 
+/* Rows per sgemm chunk: a function of ntok only, never of the thread count,
+ * so every row is computed by the same kernel call shape whatever the number
+ * of threads (OpenBLAS's own threading changes the bits; see lb_forward.h). */
+static int64_t row_chunk(int64_t ntok)
+{
+    int64_t c = (ntok + 15) / 16;
+    c = (c + 15) / 16 * 16;
+    return c < 16 ? 16 : c > 512 ? 512 : c;
+}
+
+/* y (ntok, n) = x (ntok, k) @ W (n, k)ᵀ + beta * y, as single-threaded sgemms
+ * over fixed row chunks run in parallel by OpenMP. */
+static void gemm_rows(const float *x, const float *w, float beta, float *y, int64_t ntok,
+                      int64_t k, int64_t n)
+{
+    const int64_t chunk = row_chunk(ntok), nchunks = (ntok + chunk - 1) / chunk;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t c = 0; c < nchunks; c++) {
+        int64_t r0 = c * chunk, rows = ntok - r0 < chunk ? ntok - r0 : chunk;
+        lb_sgemm(false, true, rows, n, k, 1.0f, x + r0 * k, k, w, k, beta, y + r0 * n, n);
+    }
+}
+
 /* y (ntok, out) = x (ntok, in) @ W (out, in)ᵀ [+ b] */
 static void linear(const float *x, const float *w, const float *b, float *y, int64_t ntok,
                    int64_t in, int64_t out_f)
 {
-    lb_sgemm(false, true, ntok, out_f, in, 1.0f, x, in, w, in, 0.0f, y, out_f);
+    gemm_rows(x, w, 0.0f, y, ntok, in, out_f);
     add_bias(y, b, ntok, out_f);
 }
 
@@ -194,8 +217,6 @@ static void attention(const float *q, const float *k, const float *v, float *att
     const float scale = (float)(1.0 / sqrt((double)hd));
     const int64_t ss = seq_len * seq_len;
     const int64_t jobs = n_seq * n_heads;
-    int blas_threads = lb_blas_get_threads();
-    lb_blas_set_threads(1);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
     for (int64_t job = 0; job < jobs; job++) {
         const int64_t s = job / n_heads, h = job % n_heads, kvh = h / group;
@@ -227,7 +248,6 @@ static void attention(const float *q, const float *k, const float *v, float *att
         lb_sgemm(false, false, seq_len, hd, seq_len, 1.0f, S, seq_len, V, kv_dim, 0.0f,
                  att + s * seq_len * q_dim + h * hd, q_dim);
     }
-    lb_blas_set_threads(blas_threads);
 }
 
 int lb_fwd_block(const lb_config *cfg, const lb_block_weights *w, float *x, int64_t n_seq,
@@ -249,6 +269,8 @@ int lb_fwd_block(const lb_config *cfg, const lb_block_weights *w, float *x, int6
                           "forward block: config does not match the workspace it was made for");
     const int64_t ntok = n_seq * seq_len;
     const double eps = cfg->rms_norm_eps;
+    const int blas_threads = lb_blas_get_threads();
+    lb_blas_set_threads(1);
     float *xn = ws->xn;
     float *q = ws->arena, *k = q + ntok * q_dim, *v = k + ntok * kv_dim, *att = v + ntok * kv_dim;
 
@@ -265,7 +287,7 @@ int lb_fwd_block(const lb_config *cfg, const lb_block_weights *w, float *x, int6
     if (capture && capture->attn_out)
         memcpy(capture->attn_out, att, (size_t)(ntok * q_dim) * sizeof(float));
     // x (ntok, dim) += att (ntok, q_dim) @ wo (dim, q_dim)ᵀ
-    lb_sgemm(false, true, ntok, dim, q_dim, 1.0f, att, q_dim, w->wo, q_dim, 1.0f, x, dim);
+    gemm_rows(att, w->wo, 1.0f, x, ntok, q_dim, dim);
     add_bias(x, w->bo, ntok, dim);
 
     // MLP half (SwiGLU, Shazeer 2020, eq. 6): the arena now holds gate and up
@@ -284,8 +306,9 @@ int lb_fwd_block(const lb_config *cfg, const lb_block_weights *w, float *x, int6
     if (capture && capture->mlp_act)
         memcpy(capture->mlp_act, gate, (size_t)(ntok * inter) * sizeof(float));
     // x (ntok, dim) += act (ntok, inter) @ w_down (dim, inter)ᵀ
-    lb_sgemm(false, true, ntok, dim, inter, 1.0f, gate, inter, w->w_down, inter, 1.0f, x, dim);
+    gemm_rows(gate, w->w_down, 1.0f, x, ntok, inter, dim);
     add_bias(x, w->b_down, ntok, dim);
+    lb_blas_set_threads(blas_threads);
     return LB_OK;
 }
 
@@ -295,8 +318,10 @@ void lb_fwd_logits(const lb_config *cfg, const lb_head_weights *head, float *x, 
     const int64_t dim = head->dim;
     rms_norm(x, head->final_norm, x, ntok, dim, (double)cfg->rms_norm_eps);
     // logits (ntok, vocab) = x (ntok, dim) @ lm_head (vocab, dim)ᵀ
-    lb_sgemm(false, true, ntok, head->vocab, dim, 1.0f, x, dim, head->lm_head, dim, 0.0f, logits,
-             head->vocab);
+    const int blas_threads = lb_blas_get_threads();
+    lb_blas_set_threads(1);
+    gemm_rows(x, head->lm_head, 0.0f, logits, ntok, dim, head->vocab);
+    lb_blas_set_threads(blas_threads);
 }
 
 int lb_model_hidden(const lb_model *m, const lb_head_weights *head, const uint32_t *tokens,

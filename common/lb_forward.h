@@ -4,13 +4,16 @@
  * Layout: n_seq sequences of seq_len tokens each, flattened to ntok =
  * n_seq * seq_len rows; the residual stream x is (ntok, dim), row-major.
  * Positions restart at 0 in every sequence and attention is causal within a
- * sequence only. Every projection is one lb_sgemm over all ntok rows; the
- * non-BLAS parts run under OpenMP and give bit-identical results for any
- * thread count (no reductions across threads).
+ * sequence only. Every projection is an sgemm over all ntok rows at once (no
+ * per-token GEMV), and attention is two sgemms per (sequence, head).
  *
- * Thread note: the attention loop runs single-threaded sgemms inside an
- * OpenMP loop over (sequence, head); it sets the BLAS thread count to 1 for
- * that loop and restores it afterwards (lb_blas_set_threads is global). */
+ * Threads: results are bit-identical for any OpenMP and BLAS thread count.
+ * OpenBLAS's own threading changes the rounding (its partition of the
+ * matrix depends on the thread count), so lb_fwd_block and lb_fwd_logits set
+ * the BLAS thread count to 1 while they run (and restore it; the setting is
+ * process-global) and parallelise with OpenMP instead: projections over fixed
+ * row chunks (a function of ntok only), attention over (sequence, head), the
+ * element-wise parts over rows. No reduction is split across threads. */
 #ifndef LB_FORWARD_H
 #define LB_FORWARD_H
 
