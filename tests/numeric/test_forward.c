@@ -12,6 +12,7 @@
 #include "lb_eval.h"
 #include "lb_forward.h"
 #include "lb_model.h"
+#include "lb_test_model.h"
 #include "lb_test_util.h"
 #include "lb_tokens.h"
 
@@ -352,6 +353,15 @@ static void test_toy_short_sequences(void **state)
     check_toy(&cfg, false, 5, 1, 14);
 }
 
+/* Long sequences: RoPE angles at positions up to 299, chunked projections
+ * over 600 rows (several row chunks), attention over 300 keys. */
+static void test_toy_long_sequence(void **state)
+{
+    (void)state;
+    lb_config cfg = toy_config(16, 4, 2, 6, 12, 13, 1);
+    check_toy(&cfg, false, 2, 300, 15);
+}
+
 static void test_bad_arguments(void **state)
 {
     (void)state;
@@ -377,6 +387,177 @@ static void test_bad_arguments(void **state)
     lb_fwd_workspace_free(&ws);
     lb_fwd_workspace_free(&ws);
     toy_free(&m);
+}
+
+/* ---- models on disk: loader + streamed forward --------------------------- */
+
+static void read_named(const lb_st *st, const char *name, float *dst, int64_t numel)
+{
+    lb_err err = {0};
+    if (lb_st_read_f32(st, name, dst, numel, &err))
+        fail_msg("%s", err.msg);
+}
+
+/* Fills a toy_model straight from the safetensors by HF name (independent of
+ * lb_model's own name table). */
+static void toy_from_disk(toy_model *m, const lb_model *model)
+{
+    const lb_config *cfg = lb_model_config(model);
+    const lb_st *st = lb_model_tensors(model);
+    lb_err err = {0};
+    char n[160];
+    const int64_t d = cfg->hidden_size, in = cfg->intermediate_size, V = cfg->vocab_size;
+    const int64_t q = lb_config_q_dim(cfg), kv = lb_config_kv_dim(cfg);
+    m->cfg = *cfg;
+    m->blocks = calloc((size_t)cfg->num_hidden_layers, sizeof *m->blocks);
+    assert_non_null(m->blocks);
+    for (int32_t l = 0; l < cfg->num_hidden_layers; l++) {
+        lb_block_weights *w = &m->blocks[l];
+        assert_int_equal(lb_block_weights_alloc(cfg, w, &err), 0);
+#define R(field, suffix, numel)                                                                \
+    do {                                                                                       \
+        snprintf(n, sizeof n, "model.layers.%d." suffix, (int)l);                             \
+        read_named(st, n, w->field, numel);                                                    \
+    } while (0)
+        R(attn_norm, "input_layernorm.weight", d);
+        R(wq, "self_attn.q_proj.weight", q * d);
+        R(wk, "self_attn.k_proj.weight", kv * d);
+        R(wv, "self_attn.v_proj.weight", kv * d);
+        if (cfg->attention_bias) {
+            R(bq, "self_attn.q_proj.bias", q);
+            R(bk, "self_attn.k_proj.bias", kv);
+            R(bv, "self_attn.v_proj.bias", kv);
+        }
+        R(wo, "self_attn.o_proj.weight", d * q);
+        if (cfg->o_bias)
+            R(bo, "self_attn.o_proj.bias", d);
+        R(ffn_norm, "post_attention_layernorm.weight", d);
+        R(w_gate, "mlp.gate_proj.weight", in * d);
+        R(w_up, "mlp.up_proj.weight", in * d);
+        R(w_down, "mlp.down_proj.weight", d * in);
+        if (cfg->mlp_bias) {
+            R(b_gate, "mlp.gate_proj.bias", in);
+            R(b_up, "mlp.up_proj.bias", in);
+            R(b_down, "mlp.down_proj.bias", d);
+        }
+#undef R
+    }
+    assert_int_equal(lb_head_weights_alloc(cfg, cfg->tie_word_embeddings, &m->head, &err), 0);
+    read_named(st, "model.embed_tokens.weight", m->head.embed, V * d);
+    read_named(st, "model.norm.weight", m->head.final_norm, d);
+    if (!cfg->tie_word_embeddings)
+        read_named(st, "lm_head.weight", m->head.lm_head, V * d);
+}
+
+static void check_disk_model(const lb_config *cfg, uint64_t seed)
+{
+    lb_err err = {0};
+    char *dir = lb_test_mkdtemp();
+    assert_non_null(dir);
+    if (lb_test_model_write(dir, cfg, seed, NULL, NULL, &err))
+        fail_msg("%s", err.msg);
+    lb_model *model = NULL;
+    if (lb_model_open(&model, dir, &err))
+        fail_msg("%s", err.msg);
+    assert_int_equal(lb_model_config(model)->attention_bias, cfg->attention_bias);
+    toy_model m;
+    toy_from_disk(&m, model);
+    const int64_t n_seq = 2, seq_len = 11, V = cfg->vocab_size;
+    uint32_t tok[22];
+    uint64_t rng = seed;
+    for (int i = 0; i < 22; i++)
+        tok[i] = (uint32_t)(lb_test_rand_u64(&rng) % (uint64_t)V);
+    float *logits = malloc((size_t)(n_seq * seq_len * V) * sizeof(float));
+    double *ref = malloc((size_t)(seq_len * V) * sizeof(double));
+    if (lb_model_forward(model, tok, n_seq, seq_len, logits, &err))
+        fail_msg("%s", err.msg);
+    for (int64_t s = 0; s < n_seq; s++) {
+        naive_forward(&m, tok + s * seq_len, seq_len, ref, NULL);
+        double d = max_abs_diff(logits + s * seq_len * V, ref, seq_len * V);
+        if (!(d <= 2e-4))
+            fail_msg("model on disk: logits differ from the naive forward by %g", d);
+    }
+    /* lb_model_load_block gives exactly the tensors on disk */
+    lb_block_weights w = {0};
+    int32_t last = cfg->num_hidden_layers - 1;
+    assert_int_equal(lb_model_load_block(model, last, &w, &err), 0);
+    for (int k = 0; k < LB_LINEAR_COUNT; k++) {
+        int64_t rows, cols;
+        lb_linear_shape(cfg, (lb_linear)k, &rows, &cols);
+        char name[160];
+        assert_int_equal(lb_model_linear_tensor_name(name, sizeof name, last, (lb_linear)k, &err),
+                         0);
+        float *want = malloc((size_t)(rows * cols) * sizeof(float));
+        read_named(lb_model_tensors(model), name, want, rows * cols);
+        assert_memory_equal(lb_block_linear(&w, (lb_linear)k), want,
+                            (size_t)(rows * cols) * sizeof(float));
+        free(want);
+    }
+    assert_true((w.bq != NULL) == cfg->attention_bias);
+    assert_true((w.bo != NULL) == cfg->o_bias);
+    assert_true((w.b_down != NULL) == cfg->mlp_bias);
+    assert_int_equal(lb_model_load_block(model, cfg->num_hidden_layers, &w, &err), LB_EINVAL);
+    assert_null(w.wq);
+    lb_block_weights_free(&w);
+    free(logits);
+    free(ref);
+    toy_free(&m);
+    lb_model_free(&model);
+    lb_test_rmdir(&dir);
+}
+
+static void test_disk_qwen2(void **state)
+{
+    (void)state;
+    lb_config cfg = lb_test_model_config(24, 4, 2, 10, 30, 41, 2);
+    cfg.arch = LB_ARCH_QWEN2;
+    strcpy(cfg.model_type, "qwen2");
+    cfg.attention_bias = true;
+    check_disk_model(&cfg, 21);
+}
+
+static void test_disk_llama_tied_biases(void **state)
+{
+    (void)state;
+    lb_config cfg = lb_test_model_config(16, 2, 2, 8, 20, 19, 2);
+    cfg.tie_word_embeddings = true;
+    cfg.attention_bias = true;
+    cfg.o_bias = true;
+    cfg.mlp_bias = true;
+    check_disk_model(&cfg, 22);
+}
+
+static void test_disk_errors(void **state)
+{
+    (void)state;
+    lb_err err = {0};
+    lb_config cfg = lb_test_model_config(16, 2, 1, 8, 20, 19, 2);
+    char *dir = lb_test_mkdtemp();
+    lb_model *model = NULL;
+    assert_int_equal(lb_test_model_write(dir, &cfg, 1, "model.layers.1.mlp.up_proj.weight", NULL,
+                                         &err),
+                     0);
+    assert_int_equal(lb_model_open(&model, dir, &err), LB_ENOTFOUND);
+    assert_null(model);
+    assert_non_null(strstr(err.msg, "model.layers.1.mlp.up_proj.weight"));
+    assert_non_null(strstr(err.msg, dir));
+
+    assert_int_equal(lb_test_model_write(dir, &cfg, 1, NULL, "model.layers.0.self_attn.k_proj.weight",
+                                         &err),
+                     0);
+    assert_int_equal(lb_model_open(&model, dir, &err), LB_EFORMAT);
+    assert_non_null(strstr(err.msg, "model.layers.0.self_attn.k_proj.weight"));
+    assert_non_null(strstr(err.msg, "[9, 16]"));
+
+    /* untied model without lm_head */
+    assert_int_equal(lb_test_model_write(dir, &cfg, 1, "lm_head.weight", NULL, &err), 0);
+    assert_int_equal(lb_model_open(&model, dir, &err), LB_ENOTFOUND);
+    assert_non_null(strstr(err.msg, "lm_head.weight"));
+    lb_test_rmdir(&dir);
+
+    assert_int_equal(lb_model_open(&model, "/nonexistent/lowbit-model", &err) < 0, 1);
+    assert_null(model);
+    lb_model_free(&model);
 }
 
 /* ---- the real fixture vs reference.json -------------------------------- */
@@ -458,7 +639,11 @@ int main(void)
         cmocka_unit_test(test_toy_gqa_qwen2_bias),
         cmocka_unit_test(test_toy_llama_all_biases),
         cmocka_unit_test(test_toy_short_sequences),
+        cmocka_unit_test(test_toy_long_sequence),
         cmocka_unit_test(test_bad_arguments),
+        cmocka_unit_test(test_disk_qwen2),
+        cmocka_unit_test(test_disk_llama_tied_biases),
+        cmocka_unit_test(test_disk_errors),
         cmocka_unit_test(test_fixture_reference),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
