@@ -267,6 +267,13 @@ int lb_fwd_block(const lb_config *cfg, const lb_block_weights *w, float *x, int6
         n_kv < 1 || n_heads % n_kv)
         return lb_err_set(err, LB_EINVAL,
                           "forward block: config does not match the workspace it was made for");
+    /* Full causal attention equals sliding-window attention only while the
+     * sequence fits in the window. */
+    if (cfg->sliding_window > 0 && seq_len > cfg->sliding_window)
+        return lb_err_set(err, LB_EINVAL,
+                          "forward block: sequences of %lld tokens exceed the model's "
+                          "sliding_window %d (not implemented); use a context <= %d",
+                          (long long)seq_len, (int)cfg->sliding_window, (int)cfg->sliding_window);
     const int64_t ntok = n_seq * seq_len;
     const double eps = cfg->rms_norm_eps;
     const int blas_threads = lb_blas_get_threads();

@@ -56,7 +56,8 @@ int lb_fwd_embed(const lb_head_weights *head, const uint32_t *tokens, int64_t nt
  *   x += o_proj(attn(rope(q_proj(rms(x))), rope(k_proj(rms(x))), v_proj(rms(x))))
  *   x += down_proj(silu(gate_proj(rms(x))) * up_proj(rms(x)))
  * x: (n_seq * seq_len, dim) in/out. capture may be NULL. Returns 0, or
- * LB_EINVAL when the sizes exceed the workspace. */
+ * LB_EINVAL when the sizes exceed the workspace or seq_len exceeds a nonzero
+ * cfg->sliding_window (sliding-window attention is not implemented). */
 int lb_fwd_block(const lb_config *cfg, const lb_block_weights *w, float *x, int64_t n_seq,
                  int64_t seq_len, lb_fwd_workspace *ws, const lb_fwd_capture *capture,
                  lb_err *err);

@@ -371,7 +371,7 @@ static void test_bad_arguments(void **state)
     toy_new(&m, &cfg, false, 3);
     lb_fwd_workspace *ws = NULL;
     assert_int_equal(lb_fwd_workspace_new(&cfg, 8, 4, &ws, &err), 0);
-    float x[16 * 12];
+    float x[16 * 12] = {0};
     uint32_t tok[3] = {1, 11, 2};
     assert_int_equal(lb_fwd_embed(&m.head, tok, 3, x, &err), LB_EINVAL);
     assert_non_null(strstr(err.msg, "index 1"));
@@ -380,6 +380,12 @@ static void test_bad_arguments(void **state)
     assert_int_equal(lb_fwd_block(&cfg, &m.blocks[0], x, 3, 3, ws, NULL, &err), LB_EINVAL);
     lb_config other = toy_config(16, 2, 2, 8, 20, 11, 1);
     assert_int_equal(lb_fwd_block(&other, &m.blocks[0], x, 1, 4, ws, NULL, &err), LB_EINVAL);
+    lb_config windowed = cfg;
+    windowed.sliding_window = 3;
+    assert_int_equal(lb_fwd_block(&windowed, &m.blocks[0], x, 1, 4, ws, NULL, &err), LB_EINVAL);
+    assert_non_null(strstr(err.msg, "sliding_window"));
+    windowed.sliding_window = 4;
+    assert_int_equal(lb_fwd_block(&windowed, &m.blocks[0], x, 1, 4, ws, NULL, &err), 0);
     lb_config odd = toy_config(15, 3, 1, 5, 20, 11, 1);
     lb_fwd_workspace *ws2 = NULL;
     assert_int_equal(lb_fwd_workspace_new(&odd, 8, 4, &ws2, &err), LB_EINVAL);
