@@ -502,9 +502,10 @@ static void check_disk_model(const lb_config *cfg, uint64_t seed)
     assert_true((w.bq != NULL) == cfg->attention_bias);
     assert_true((w.bo != NULL) == cfg->o_bias);
     assert_true((w.b_down != NULL) == cfg->mlp_bias);
+    lb_block_weights_free(&w);
+    assert_null(w.wq);
     assert_int_equal(lb_model_load_block(model, cfg->num_hidden_layers, &w, &err), LB_EINVAL);
     assert_null(w.wq);
-    lb_block_weights_free(&w);
     free(logits);
     free(ref);
     toy_free(&m);
