@@ -534,6 +534,35 @@ static void test_disk_llama_tied_biases(void **state)
     check_disk_model(&cfg, 22);
 }
 
+/* Overwrites element `index` of an F32 tensor in dir/model.safetensors with NaN. */
+static void poke_nan(const char *dir, const char *name, int64_t index)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    FILE *f = fopen(path, "r+b");
+    assert_non_null(f);
+    unsigned char len8[8];
+    assert_int_equal(fread(len8, 1, 8, f), 8);
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--)
+        hlen = hlen << 8 | len8[i];
+    char *hdr = calloc(1, (size_t)hlen + 1);
+    assert_int_equal(fread(hdr, 1, (size_t)hlen, f), hlen);
+    json_error_t jerr;
+    json_t *root = json_loads(hdr, 0, &jerr);
+    assert_non_null(root);
+    json_t *offs = json_object_get(json_object_get(root, name), "data_offsets");
+    assert_non_null(offs);
+    long pos = (long)(8 + hlen) + (long)json_integer_value(json_array_get(offs, 0)) +
+               (long)index * 4;
+    float nan = NAN;
+    assert_int_equal(fseek(f, pos, SEEK_SET), 0);
+    assert_int_equal(fwrite(&nan, 4, 1, f), 1);
+    fclose(f);
+    json_decref(root);
+    free(hdr);
+}
+
 static void test_disk_errors(void **state)
 {
     (void)state;
@@ -560,6 +589,23 @@ static void test_disk_errors(void **state)
     assert_int_equal(lb_test_model_write(dir, &cfg, 1, "lm_head.weight", NULL, &err), 0);
     assert_int_equal(lb_model_open(&model, dir, &err), LB_ENOTFOUND);
     assert_non_null(strstr(err.msg, "lm_head.weight"));
+
+    /* a NaN in a weight: open succeeds (no conversion), loading the block fails */
+    assert_int_equal(lb_test_model_write(dir, &cfg, 1, NULL, NULL, &err), 0);
+    poke_nan(dir, "model.layers.1.self_attn.o_proj.weight", 5);
+    assert_int_equal(lb_model_open(&model, dir, &err), 0);
+    lb_block_weights w = {0};
+    assert_int_equal(lb_model_load_block(model, 0, &w, &err), 0);
+    lb_block_weights_free(&w);
+    assert_int_equal(lb_model_load_block(model, 1, &w, &err), LB_ENUMERIC);
+    assert_non_null(strstr(err.msg, "model.layers.1.self_attn.o_proj.weight"));
+    assert_non_null(strstr(err.msg, "element 5"));
+    assert_null(w.wq);
+    float *logits = malloc(4 * 19 * sizeof(float));
+    uint32_t tok[4] = {1, 2, 3, 4};
+    assert_int_equal(lb_model_forward(model, tok, 1, 4, logits, &err), LB_ENUMERIC);
+    free(logits);
+    lb_model_free(&model);
     lb_test_rmdir(&dir);
 
     assert_int_equal(lb_model_open(&model, "/nonexistent/lowbit-model", &err) < 0, 1);
