@@ -267,6 +267,10 @@ static int parse_root(lb_config *c, json_t *root, const char *src, lb_err *err)
         return rc;
     if ((rc = get_str(root, "torch_dtype", c->torch_dtype, sizeof c->torch_dtype, src, err)) < 0)
         return rc;
+    /* newer transformers write "dtype" instead */
+    if (rc == 0 && (rc = get_str(root, "dtype", c->torch_dtype, sizeof c->torch_dtype, src,
+                                 err)) < 0)
+        return rc;
     if ((rc = lb_config_validate(c, err)) < 0) {
         /* validate names "config.json"; put the real source in front */
         if (strncmp(err ? err->msg : "", "config.json: ", 13) == 0 && err) {
@@ -286,7 +290,7 @@ int lb_config_parse(lb_config *cfg, const char *json, const char *source_name, l
         return lb_err_set(err, LB_EINVAL, "lb_config_parse: NULL argument");
     memset(cfg, 0, sizeof *cfg);
     json_error_t jerr;
-    json_t *root = json_loads(json, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = json_loads(json, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
     if (!root)
         return lb_err_set(err, LB_EFORMAT, "%s: not valid JSON (line %d col %d: %.80s)", src,
                           jerr.line, jerr.column, jerr.text);
@@ -320,10 +324,15 @@ int lb_config_load(lb_config *cfg, const char *dir_or_file, lb_err *err)
     return rc;
 }
 
+/* Fewest significant digits that round-trip v, but all integer digits of
+ * values in [1, 1e16) so that 10000 prints as 10000.0, not 1e4. */
 static int shortest_precision(double v)
 {
     char buf[40];
-    for (int p = 1; p < 17; p++) {
+    int p0 = 1;
+    for (double a = fabs(v); a >= 10.0 && a < 1e16; a /= 10.0)
+        p0++;
+    for (int p = p0; p < 17; p++) {
         snprintf(buf, sizeof buf, "%.*g", p, v);
         if (strtod(buf, NULL) == v)
             return p;

@@ -249,25 +249,26 @@ static int write_header(lb_st_writer *w, lb_err *err)
 static int select_tensor(lb_st_writer *w, const char *name, size_t nbytes, int64_t *idx,
                          lb_err *err)
 {
-    int64_t c = w->cur;
-    /* skip complete tensors (including empty ones) up to the named one */
-    while (c < w->n && w->t[c].written == w->t[c].nbytes && strcmp(w->t[c].name, name))
-        c++;
-    if (c >= w->n) {
-        for (int64_t i = 0; i < w->n; i++)
-            if (!strcmp(w->t[i].name, name))
-                return lb_err_set(err, LB_ESTATE,
-                                  "%s: tensor '%s' written out of declaration order or after "
-                                  "it was complete",
-                                  w->path, name);
+    int64_t c = -1;
+    for (int64_t i = 0; i < w->n && c < 0; i++)
+        if (!strcmp(w->t[i].name, name))
+            c = i;
+    if (c < 0)
         return lb_err_set(err, LB_ENOTFOUND, "%s: tensor '%s' was never declared", w->path, name);
-    }
-    const wr_tensor *t = &w->t[c];
-    if (strcmp(t->name, name))
+    if (c < w->cur)
         return lb_err_set(err, LB_ESTATE,
-                          "%s: write of '%s' but tensor '%s' still lacks %llu of %llu bytes",
-                          w->path, name, t->name, (unsigned long long)(t->nbytes - t->written),
-                          (unsigned long long)t->nbytes);
+                          "%s: tensor '%s' written out of declaration order or after it was "
+                          "complete",
+                          w->path, name);
+    /* every tensor before it (including empty ones) must be complete */
+    for (int64_t i = w->cur; i < c; i++)
+        if (w->t[i].written != w->t[i].nbytes)
+            return lb_err_set(err, LB_ESTATE,
+                              "%s: write of '%s' but tensor '%s' still lacks %llu of %llu bytes",
+                              w->path, name, w->t[i].name,
+                              (unsigned long long)(w->t[i].nbytes - w->t[i].written),
+                              (unsigned long long)w->t[i].nbytes);
+    const wr_tensor *t = &w->t[c];
     if (nbytes > t->nbytes - t->written)
         return lb_err_set(err, LB_ESTATE,
                           "%s: tensor '%s': %zu bytes written but only %llu of its %llu remain",
