@@ -1,6 +1,5 @@
 #include "lb_model.h"
 
-#include <math.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -310,30 +309,11 @@ void lb_block_weights_free(lb_block_weights *w)
     }
 }
 
-/* LB_ENUMERIC naming the tensor when any of the n values is NaN or Inf. */
-static int check_finite(const float *v, int64_t n, const char *file, const char *name,
-                        lb_err *err)
-{
-    int64_t bad = -1;
-    for (int64_t i = 0; i < n; i++)
-        if (!isfinite(v[i])) {
-            bad = i;
-            break;
-        }
-    if (bad < 0)
-        return LB_OK;
-    return lb_err_set(err, LB_ENUMERIC, "%s: tensor '%s' holds a non-finite value at element %lld",
-                      file, name, (long long)bad);
-}
-
+/* lb_st_read_f32 also rejects NaN/Inf (LB_ENUMERIC naming tensor and element). */
 static int read_tensor(const lb_model *m, const char *name, float *dst, int64_t numel,
                        lb_err *err)
 {
-    int rc = lb_st_read_f32(m->st, name, dst, numel, err);
-    if (rc)
-        return rc;
-    const lb_st_tensor *t = lb_st_find(m->st, name);
-    return check_finite(dst, numel, t ? t->file : m->dir, name, err);
+    return lb_st_read_f32(m->st, name, dst, numel, err);
 }
 
 int lb_model_load_block(const lb_model *m, int32_t layer, lb_block_weights *out, lb_err *err)
