@@ -7,6 +7,10 @@
 
 #include "lb_blas.h"
 
+/* Query rows per attention block: block b only needs keys [0, end of b), so
+ * the masked upper triangle is skipped (about half the work at long context). */
+#define LB_ATT_ROW_BLOCK 64
+
 struct lb_fwd_workspace {
     int64_t max_ntok;
     int64_t max_seq_len;
@@ -14,7 +18,7 @@ struct lb_fwd_workspace {
     int nthreads;     /* per-thread score buffers allocated */
     float *xn;        /* (max_ntok, dim) normed stream */
     float *arena;     /* attention phase: q, k, v, att; MLP phase: gate, up */
-    float *scores;    /* (nthreads, max_seq_len, max_seq_len) */
+    float *scores;    /* (nthreads, LB_ATT_ROW_BLOCK, max_seq_len) */
     float *rope_cos;  /* (max_seq_len, head_dim / 2) */
     float *rope_sin;  /* (max_seq_len, head_dim / 2) */
 };
@@ -64,9 +68,10 @@ int lb_fwd_workspace_new(const lb_config *cfg, int64_t max_ntok, int64_t max_seq
         ws->nthreads = 1;
 
     int64_t n_xn, n_attn, n_mlp, n_scores, n_rope, t;
+    const int64_t rb = max_seq_len < LB_ATT_ROW_BLOCK ? max_seq_len : LB_ATT_ROW_BLOCK;
     int ok = mul_ok(max_ntok, ws->dim, &n_xn) &&
              mul_ok(max_ntok, 2 * ws->q_dim + 2 * ws->kv_dim, &n_attn) &&
-             mul_ok(max_ntok, 2 * ws->inter, &n_mlp) && mul_ok(max_seq_len, max_seq_len, &t) &&
+             mul_ok(max_ntok, 2 * ws->inter, &n_mlp) && mul_ok(rb, max_seq_len, &t) &&
              mul_ok(t, ws->nthreads, &n_scores) && mul_ok(max_seq_len, hd / 2, &n_rope);
     if (!ok) {
         lb_fwd_workspace_free(&ws);
@@ -207,46 +212,51 @@ static void rope(float *v, int64_t ntok, int64_t seq_len, int64_t n_heads, int64
     }
 }
 
-/* Causal softmax attention per (sequence, head), GQA: head h reads kv head
- * h / (n_heads / n_kv). att (ntok, q_dim). */
+/* Causal softmax attention per (sequence, head) (Vaswani et al. 2017, eq. 1),
+ * GQA: head h reads kv head h / (n_heads / n_kv). att (ntok, q_dim). */
 static void attention(const float *q, const float *k, const float *v, float *att, int64_t n_seq,
                       int64_t seq_len, int64_t n_heads, int64_t n_kv, int64_t hd, float *scores,
                       int nthreads)
 {
     const int64_t q_dim = n_heads * hd, kv_dim = n_kv * hd, group = n_heads / n_kv;
     const float scale = (float)(1.0 / sqrt((double)hd));
-    const int64_t ss = seq_len * seq_len;
     const int64_t jobs = n_seq * n_heads;
+    const int64_t rb = seq_len < LB_ATT_ROW_BLOCK ? seq_len : LB_ATT_ROW_BLOCK;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
     for (int64_t job = 0; job < jobs; job++) {
         const int64_t s = job / n_heads, h = job % n_heads, kvh = h / group;
-        float *S = scores + (int64_t)omp_get_thread_num() * ss;
+        float *S = scores + (int64_t)omp_get_thread_num() * rb * seq_len;
         const float *Q = q + s * seq_len * q_dim + h * hd;
         const float *K = k + s * seq_len * kv_dim + kvh * hd;
         const float *V = v + s * seq_len * kv_dim + kvh * hd;
-        // S (seq_len, seq_len) = Q (seq_len, hd) @ K (seq_len, hd)ᵀ / sqrt(hd)
-        lb_sgemm(false, true, seq_len, seq_len, hd, scale, Q, q_dim, K, kv_dim, 0.0f, S,
-                 seq_len);
-        // row i: softmax over j <= i, zero for j > i (causal mask)
-        for (int64_t i = 0; i < seq_len; i++) {
-            float *r = S + i * seq_len;
-            float m = r[0];
-            for (int64_t j = 1; j <= i; j++)
-                m = r[j] > m ? r[j] : m;
-            double sum = 0.0;
-            for (int64_t j = 0; j <= i; j++) {
-                r[j] = expf(r[j] - m);
-                sum += (double)r[j];
+        float *O = att + s * seq_len * q_dim + h * hd;
+        for (int64_t r0 = 0; r0 < seq_len; r0 += rb) {
+            const int64_t rows = seq_len - r0 < rb ? seq_len - r0 : rb, nk = r0 + rows;
+            // S (rows, nk) = Q[r0:r0+rows] (rows, hd) @ K[0:nk] (nk, hd)ᵀ / sqrt(hd)
+            lb_sgemm(false, true, rows, nk, hd, scale, Q + r0 * q_dim, q_dim, K, kv_dim, 0.0f, S,
+                     nk);
+            // row i (position r0 + i): softmax over keys j <= r0 + i, zero after (causal mask)
+            for (int64_t i = 0; i < rows; i++) {
+                float *r = S + i * nk;
+                const int64_t last = r0 + i;
+                float m = r[0];
+                for (int64_t jj = 1; jj <= last; jj++)
+                    m = r[jj] > m ? r[jj] : m;
+                double sum = 0.0;
+                for (int64_t jj = 0; jj <= last; jj++) {
+                    r[jj] = expf(r[jj] - m);
+                    sum += (double)r[jj];
+                }
+                const float inv = (float)(1.0 / sum);
+                for (int64_t jj = 0; jj <= last; jj++)
+                    r[jj] *= inv;
+                for (int64_t jj = last + 1; jj < nk; jj++)
+                    r[jj] = 0.0f;
             }
-            float inv = (float)(1.0 / sum);
-            for (int64_t j = 0; j <= i; j++)
-                r[j] *= inv;
-            for (int64_t j = i + 1; j < seq_len; j++)
-                r[j] = 0.0f;
+            // O[r0:r0+rows] (rows, hd) = P (rows, nk) @ V[0:nk] (nk, hd)
+            lb_sgemm(false, false, rows, hd, nk, 1.0f, S, nk, V, kv_dim, 0.0f, O + r0 * q_dim,
+                     q_dim);
         }
-        // O (seq_len, hd) = P (seq_len, seq_len) @ V (seq_len, hd)
-        lb_sgemm(false, false, seq_len, hd, seq_len, 1.0f, S, seq_len, V, kv_dim, 0.0f,
-                 att + s * seq_len * q_dim + h * hd, q_dim);
     }
 }
 
