@@ -20,9 +20,9 @@ struct lb_fwd_workspace {
     float *qkva;       /* q (max_ntok, q_dim), k, v (max_ntok, kv_dim), att (max_ntok, q_dim) */
     float *scratch;    /* per thread: xn (chunk_max, dim), gate, up (chunk_max, inter) */
     int64_t scratch_stride;
-    float *scores;     /* per thread: (LB_ATT_ROW_BLOCK, max_seq_len) */
-    float *rope_cos;   /* (max_seq_len, head_dim / 2) */
-    float *rope_sin;   /* (max_seq_len, head_dim / 2) */
+    float *scores;   /* per thread: (LB_ATT_ROW_BLOCK, max_seq_len) */
+    float *rope_cos; /* (max_seq_len, head_dim / 2) */
+    float *rope_sin; /* (max_seq_len, head_dim / 2) */
 };
 
 static int mul_ok(int64_t a, int64_t b, int64_t *out)
@@ -85,9 +85,8 @@ int lb_fwd_workspace_new(const lb_config *cfg, int64_t max_ntok, int64_t max_seq
     const int64_t rb = max_seq_len < LB_ATT_ROW_BLOCK ? max_seq_len : LB_ATT_ROW_BLOCK;
     int ok = mul_ok(max_ntok, 2 * ws->q_dim + 2 * ws->kv_dim, &n_qkva) &&
              mul_ok(ws->chunk_max, ws->dim + 2 * ws->inter, &ws->scratch_stride) &&
-             mul_ok(ws->scratch_stride, ws->nthreads, &n_scratch) &&
-             mul_ok(rb, max_seq_len, &t) && mul_ok(t, ws->nthreads, &n_scores) &&
-             mul_ok(max_seq_len, hd / 2, &n_rope);
+             mul_ok(ws->scratch_stride, ws->nthreads, &n_scratch) && mul_ok(rb, max_seq_len, &t) &&
+             mul_ok(t, ws->nthreads, &n_scores) && mul_ok(max_seq_len, hd / 2, &n_rope);
     if (!ok) {
         lb_fwd_workspace_free(&ws);
         return lb_err_set(err, LB_EINVAL, "forward workspace: sizes overflow (max_ntok %lld)",
@@ -258,8 +257,7 @@ static void attention(const float *q, const float *k, const float *v, float *att
 }
 
 int lb_fwd_block(const lb_config *cfg, const lb_block_weights *w, float *x, int64_t n_seq,
-                 int64_t seq_len, lb_fwd_workspace *ws, const lb_fwd_capture *capture,
-                 lb_err *err)
+                 int64_t seq_len, lb_fwd_workspace *ws, const lb_fwd_capture *capture, lb_err *err)
 {
     const int64_t dim = cfg->hidden_size, hd = cfg->head_dim;
     const int64_t n_heads = cfg->num_attention_heads, n_kv = cfg->num_key_value_heads;
@@ -287,11 +285,14 @@ int lb_fwd_block(const lb_config *cfg, const lb_block_weights *w, float *x, int6
     const lb_fwd_capture nocap = {0};
     const lb_fwd_capture *cap = capture ? capture : &nocap;
     float *q = ws->qkva, *k = q + ntok * q_dim, *v = k + ntok * kv_dim, *att = v + ntok * kv_dim;
+    /* the current OpenMP setting, capped by the per-thread buffers */
+    const int nthreads =
+        omp_get_max_threads() < ws->nthreads ? omp_get_max_threads() : ws->nthreads;
     const int blas_threads = lb_blas_get_threads();
     lb_blas_set_threads(1);
 
     // attention input, row-local: xn = rms(x); q, k, v = xn @ W{q,k,v}ᵀ + b; RoPE on q, k
-#pragma omp parallel for schedule(dynamic, 1) num_threads(ws->nthreads)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
     for (int64_t c = 0; c < nchunks; c++) {
         const int64_t r0 = c * chunk, rows = ntok - r0 < chunk ? ntok - r0 : chunk;
         float *xn = ws->scratch + (int64_t)omp_get_thread_num() * ws->scratch_stride;
@@ -304,11 +305,11 @@ int lb_fwd_block(const lb_config *cfg, const lb_block_weights *w, float *x, int6
         rope_rows(k, r0, rows, seq_len, n_kv, hd, ws->rope_cos, ws->rope_sin);
     }
 
-    attention(q, k, v, att, n_seq, seq_len, n_heads, n_kv, hd, ws->scores, ws->nthreads);
+    attention(q, k, v, att, n_seq, seq_len, n_heads, n_kv, hd, ws->scores, nthreads);
 
     // rest of the block, row-local: x += att @ Woᵀ (+ bo); then the SwiGLU MLP
     // (Shazeer 2020, eq. 6): x += (silu(xn @ Wgᵀ) * (xn @ Wuᵀ)) @ Wdᵀ, xn = rms(x)
-#pragma omp parallel for schedule(dynamic, 1) num_threads(ws->nthreads)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
     for (int64_t c = 0; c < nchunks; c++) {
         const int64_t r0 = c * chunk, rows = ntok - r0 < chunk ? ntok - r0 : chunk;
         float *xn = ws->scratch + (int64_t)omp_get_thread_num() * ws->scratch_stride;

@@ -31,8 +31,8 @@ static int64_t argmax_of(const float *l, int64_t vocab)
     return a;
 }
 
-static void naive_window(naive_sums *s, const float *logits, const float *ref,
-                         const uint32_t *tok, int64_t ctx, int64_t vocab)
+static void naive_window(naive_sums *s, const float *logits, const float *ref, const uint32_t *tok,
+                         int64_t ctx, int64_t vocab)
 {
     double *p = malloc((size_t)vocab * sizeof(double)), *q = malloc((size_t)vocab * sizeof(double));
     for (int64_t t = 0; t + 1 < ctx; t++) {
@@ -324,10 +324,8 @@ static void test_thread_independence(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_acc_vs_naive),
-        cmocka_unit_test(test_acc_errors),
-        cmocka_unit_test(test_run_vs_naive),
-        cmocka_unit_test(test_ref_vocab_mismatch),
+        cmocka_unit_test(test_acc_vs_naive),        cmocka_unit_test(test_acc_errors),
+        cmocka_unit_test(test_run_vs_naive),        cmocka_unit_test(test_ref_vocab_mismatch),
         cmocka_unit_test(test_thread_independence),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -420,10 +420,10 @@ static void toy_from_disk(toy_model *m, const lb_model *model)
     for (int32_t l = 0; l < cfg->num_hidden_layers; l++) {
         lb_block_weights *w = &m->blocks[l];
         assert_int_equal(lb_block_weights_alloc(cfg, w, &err), 0);
-#define R(field, suffix, numel)                                                                \
-    do {                                                                                       \
-        snprintf(n, sizeof n, "model.layers.%d." suffix, (int)l);                             \
-        read_named(st, n, w->field, numel);                                                    \
+#define R(field, suffix, numel)                                                                    \
+    do {                                                                                           \
+        snprintf(n, sizeof n, "model.layers.%d." suffix, (int)l);                                  \
+        read_named(st, n, w->field, numel);                                                        \
     } while (0)
         R(attn_norm, "input_layernorm.weight", d);
         R(wq, "self_attn.q_proj.weight", q * d);
@@ -553,8 +553,8 @@ static void poke_nan(const char *dir, const char *name, int64_t index)
     assert_non_null(root);
     json_t *offs = json_object_get(json_object_get(root, name), "data_offsets");
     assert_non_null(offs);
-    long pos = (long)(8 + hlen) + (long)json_integer_value(json_array_get(offs, 0)) +
-               (long)index * 4;
+    long pos =
+        (long)(8 + hlen) + (long)json_integer_value(json_array_get(offs, 0)) + (long)index * 4;
     float nan = NAN;
     assert_int_equal(fseek(f, pos, SEEK_SET), 0);
     assert_int_equal(fwrite(&nan, 4, 1, f), 1);
@@ -570,17 +570,15 @@ static void test_disk_errors(void **state)
     lb_config cfg = lb_test_model_config(16, 2, 1, 8, 20, 19, 2);
     char *dir = lb_test_mkdtemp();
     lb_model *model = NULL;
-    assert_int_equal(lb_test_model_write(dir, &cfg, 1, "model.layers.1.mlp.up_proj.weight", NULL,
-                                         &err),
-                     0);
+    assert_int_equal(
+        lb_test_model_write(dir, &cfg, 1, "model.layers.1.mlp.up_proj.weight", NULL, &err), 0);
     assert_int_equal(lb_model_open(&model, dir, &err), LB_ENOTFOUND);
     assert_null(model);
     assert_non_null(strstr(err.msg, "model.layers.1.mlp.up_proj.weight"));
     assert_non_null(strstr(err.msg, dir));
 
-    assert_int_equal(lb_test_model_write(dir, &cfg, 1, NULL, "model.layers.0.self_attn.k_proj.weight",
-                                         &err),
-                     0);
+    assert_int_equal(
+        lb_test_model_write(dir, &cfg, 1, NULL, "model.layers.0.self_attn.k_proj.weight", &err), 0);
     assert_int_equal(lb_model_open(&model, dir, &err), LB_EFORMAT);
     assert_non_null(strstr(err.msg, "model.layers.0.self_attn.k_proj.weight"));
     assert_non_null(strstr(err.msg, "[9, 16]"));
@@ -689,14 +687,10 @@ static void test_fixture_reference(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_toy_gqa_qwen2_bias),
-        cmocka_unit_test(test_toy_llama_all_biases),
-        cmocka_unit_test(test_toy_short_sequences),
-        cmocka_unit_test(test_toy_long_sequence),
-        cmocka_unit_test(test_bad_arguments),
-        cmocka_unit_test(test_disk_qwen2),
-        cmocka_unit_test(test_disk_llama_tied_biases),
-        cmocka_unit_test(test_disk_errors),
+        cmocka_unit_test(test_toy_gqa_qwen2_bias),     cmocka_unit_test(test_toy_llama_all_biases),
+        cmocka_unit_test(test_toy_short_sequences),    cmocka_unit_test(test_toy_long_sequence),
+        cmocka_unit_test(test_bad_arguments),          cmocka_unit_test(test_disk_qwen2),
+        cmocka_unit_test(test_disk_llama_tied_biases), cmocka_unit_test(test_disk_errors),
         cmocka_unit_test(test_fixture_reference),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
