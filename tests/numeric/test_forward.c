@@ -513,6 +513,40 @@ static void check_disk_model(const lb_config *cfg, uint64_t seed)
     lb_test_rmdir(&dir);
 }
 
+static void test_linear_table(void **state)
+{
+    (void)state;
+    lb_config cfg = toy_config(48, 6, 2, 10, 40, 37, 2);
+    const int64_t want[LB_LINEAR_COUNT][2] = {{60, 48}, {20, 48}, {20, 48}, {48, 60},
+                                              {40, 48}, {40, 48}, {48, 40}};
+    const char *names[LB_LINEAR_COUNT] = {"self_attn.q_proj", "self_attn.k_proj",
+                                          "self_attn.v_proj", "self_attn.o_proj",
+                                          "mlp.gate_proj",    "mlp.up_proj",
+                                          "mlp.down_proj"};
+    lb_block_weights w = {0};
+    lb_err err = {0};
+    assert_int_equal(lb_block_weights_alloc(&cfg, &w, &err), 0);
+    float *const ptrs[LB_LINEAR_COUNT] = {w.wq, w.wk, w.wv, w.wo, w.w_gate, w.w_up, w.w_down};
+    for (int k = 0; k < LB_LINEAR_COUNT; k++) {
+        int64_t r, c;
+        lb_linear_shape(&cfg, (lb_linear)k, &r, &c);
+        assert_int_equal(r, want[k][0]);
+        assert_int_equal(c, want[k][1]);
+        assert_string_equal(lb_linear_name((lb_linear)k), names[k]);
+        assert_ptr_equal(lb_block_linear(&w, (lb_linear)k), ptrs[k]);
+    }
+    assert_null(lb_linear_name(LB_LINEAR_COUNT));
+    assert_null(lb_block_linear(&w, LB_LINEAR_COUNT));
+    char buf[40];
+    assert_int_equal(lb_model_linear_tensor_name(buf, sizeof buf, 12, LB_LINEAR_DOWN, &err), 0);
+    assert_string_equal(buf, "model.layers.12.mlp.down_proj.weight");
+    assert_int_equal(lb_model_linear_tensor_name(buf, 20, 12, LB_LINEAR_DOWN, &err), LB_EINVAL);
+    assert_null(w.bo);
+    lb_block_weights_free(&w);
+    assert_null(w.wq);
+    lb_block_weights_free(&w);
+}
+
 static void test_disk_qwen2(void **state)
 {
     (void)state;
@@ -689,7 +723,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_toy_gqa_qwen2_bias),     cmocka_unit_test(test_toy_llama_all_biases),
         cmocka_unit_test(test_toy_short_sequences),    cmocka_unit_test(test_toy_long_sequence),
-        cmocka_unit_test(test_bad_arguments),          cmocka_unit_test(test_disk_qwen2),
+        cmocka_unit_test(test_bad_arguments),          cmocka_unit_test(test_linear_table),
+        cmocka_unit_test(test_disk_qwen2),
         cmocka_unit_test(test_disk_llama_tied_biases), cmocka_unit_test(test_disk_errors),
         cmocka_unit_test(test_fixture_reference),
     };
