@@ -14,6 +14,9 @@
 
 #include "lb_io_util.h"
 
+/* Tensor bytes are handed out as they lie in the file (little-endian). */
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "lowbit assumes a little-endian host");
+
 typedef struct {
     char *path;
     int fd;
