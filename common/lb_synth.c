@@ -31,13 +31,13 @@ enum { CH_NORMAL = 0, CH_OUTLIER = 1, CH_DOMINANT = 2 };
 
 static const lb_synth_preset presets[] = {
     {"tiny", "hidden 64, inter 172, 2 layers, 8 heads / 4 kv, vocab 512 (fast tests)", 64, 172,
-     2, 8, 4, 512, 512, 10000.0f, 1e-5f},
+     2, 8, 4, 512, 512, 10000.0, 1e-5},
     {"small", "hidden 256, inter 688, 4 layers, 8 heads / 8 kv, vocab 1024", 256, 688, 4, 8, 8,
-     1024, 1024, 10000.0f, 1e-5f},
+     1024, 1024, 10000.0, 1e-5},
     {"llama-7b", "LLaMA-7B shape: hidden 4096, inter 11008, 32 layers, 32 heads, vocab 32000",
-     4096, 11008, 32, 32, 32, 32000, 4096, 10000.0f, 1e-6f},
+     4096, 11008, 32, 32, 32, 32000, 4096, 10000.0, 1e-6},
     {"llama-7b-gqa", "as llama-7b with 8 kv heads (grouped-query attention)", 4096, 11008, 32, 32,
-     8, 32000, 4096, 10000.0f, 1e-6f},
+     8, 32000, 4096, 10000.0, 1e-6},
 };
 
 int lb_synth_preset_count(void) { return (int)(sizeof presets / sizeof presets[0]); }
@@ -454,8 +454,8 @@ static int write_config(const lb_synth *s, const char *path, lb_dtype dt, lb_err
     cfg.head_dim = (int32_t)(p->hidden / p->n_heads);
     cfg.vocab_size = (int32_t)p->vocab;
     cfg.max_position_embeddings = (int32_t)p->max_position;
-    cfg.rms_norm_eps = (double)p->rms_eps;
-    cfg.rope_theta = (double)p->rope_theta;
+    cfg.rms_norm_eps = p->rms_eps;
+    cfg.rope_theta = p->rope_theta;
     cfg.tie_word_embeddings = false;
     snprintf(cfg.hidden_act, sizeof cfg.hidden_act, "silu");
     cfg.bos_token_id = 1;

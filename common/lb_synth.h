@@ -31,8 +31,8 @@ typedef struct lb_synth_preset {
     int64_t n_kv_heads;
     int64_t vocab;
     int64_t max_position;
-    float rope_theta;
-    float rms_eps;
+    double rope_theta;
+    double rms_eps;
 } lb_synth_preset;
 
 /* Number of built-in presets and the i-th one (NULL when out of range). */

@@ -131,14 +131,14 @@ int lb_cmd_synth(int argc, char **argv)
     lb_synth *s = NULL;
     lb_synth_write_stats st = {0};
     if (lb_synth_new(p, layers, seed, &s, &err)) {
-        fprintf(stderr, "lowbit synth: %s\n", err.msg);
+        fprintf(stderr, "lowbit %s\n", err.msg);
         return 2;
     }
     if (isatty(STDERR_FILENO))
         opts.progress = progress;
     int rc = lb_synth_write(s, out, &opts, &st, &err);
     if (rc) {
-        fprintf(stderr, "lowbit synth: %s\n", err.msg);
+        fprintf(stderr, "lowbit %s\n", err.msg);
         lb_synth_free(&s);
         return 1;
     }
