@@ -24,7 +24,9 @@
 #define SYNTH_DOMINANT_GAIN 2.5f
 #define SYNTH_GAIN_SIGMA 0.2f      /* log-normal spread of all norm gains */
 #define SYNTH_BRANCH 0.7f          /* residual branch std = this / sqrt(2 * preset layers) */
-#define SYNTH_LOGIT_STD 3.0f       /* std of the logits over the vocabulary */
+#define SYNTH_LOGIT_STD 1.5f       /* std of the logits over the vocabulary */
+#define SYNTH_FINAL_OUTLIER_GAIN 0.2f /* final norm damps the fixed-sign outliers (else a few
+                                          tokens win everywhere) */
 #define SYNTH_SILU_RMS 0.5965f     /* sqrt(E[silu(g)^2]), g ~ N(0,1): rms of silu(gate)*up */
 
 enum { CH_NORMAL = 0, CH_OUTLIER = 1, CH_DOMINANT = 2 };
@@ -135,12 +137,12 @@ static inline float lognormal_unit(uint64_t key, uint64_t idx, float sigma)
 #define SUB_ROWS 0x524f5753ull  /* per-row scales */
 #define SUB_ELEMS 0x454c454dull /* elements */
 
-/* Norm gain of channel c for a norm tensor with key k. final: no outlier boost. */
+/* Norm gain of channel c for a norm tensor with key k. final: model.norm. */
 static float norm_gain(const lb_synth *s, uint64_t k, int64_t c, bool final)
 {
     float g = expf(SYNTH_GAIN_SIGMA * normal01(k ^ SUB_ELEMS, (uint64_t)c));
-    if (s->channel[c] == CH_OUTLIER && !final)
-        g *= SYNTH_OUTLIER_GAIN;
+    if (s->channel[c] == CH_OUTLIER)
+        g *= final ? SYNTH_FINAL_OUTLIER_GAIN : SYNTH_OUTLIER_GAIN;
     else if (s->channel[c] == CH_DOMINANT)
         g *= SYNTH_DOMINANT_GAIN;
     return g;
