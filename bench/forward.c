@@ -18,6 +18,7 @@
  * (x (ntok, k) @ W (n, k)^T, OpenBLAS threads = --threads), weighted by the
  * seven projections of a block. */
 #include <jansson.h>
+#include <math.h>
 #include <stdbool.h>
 #include <omp.h>
 #include <stdio.h>
@@ -80,6 +81,46 @@ static double time_sgemm(const float *x, const float *w, float *y, int64_t m, in
         t[r] = now_s() - t0;
     }
     return median(t, reps);
+}
+
+/* Activation statistics of block 0's input_layernorm output (from the warm-up):
+ * per-channel mean |act| relative to the median channel; for a synth model
+ * (found by its metadata) also the ratio of its outlier channels. */
+static json_t *outlier_stats(const lb_model *m, const float *a, int64_t ntok, int64_t dim)
+{
+    double *mean = calloc((size_t)dim, sizeof *mean), *sorted = malloc((size_t)dim * sizeof *sorted);
+    if (!mean || !sorted)
+        die("out of memory for statistics", NULL);
+    for (int64_t t = 0; t < ntok; t++)
+        for (int64_t c = 0; c < dim; c++)
+            mean[c] += fabs((double)a[t * dim + c]);
+    for (int64_t c = 0; c < dim; c++)
+        sorted[c] = mean[c] /= (double)ntok;
+    qsort(sorted, (size_t)dim, sizeof *sorted, cmp_double);
+    const double med = sorted[dim / 2];
+    json_t *j = json_pack("{s:f, s:f}", "top_channel_ratio", sorted[dim - 1] / med,
+                          "p99_channel_ratio", sorted[(dim * 99) / 100] / med);
+    const lb_st *st = lb_model_tensors(m);
+    const char *gen = lb_st_metadata_get(st, "generator");
+    const char *pre = lb_st_metadata_get(st, "preset"), *seed = lb_st_metadata_get(st, "seed");
+    lb_synth *s = NULL;
+    if (gen && strstr(gen, "lowbit synth") && pre && seed &&
+        !lb_synth_new(lb_synth_preset_find(pre), 1, strtoull(seed, NULL, 10), &s, NULL)) {
+        int64_t n = 0;
+        const int64_t *o = lb_synth_outlier_channels(s, &n);
+        double lo = INFINITY, hi = 0;
+        for (int64_t k = 0; k < n; k++) {
+            lo = fmin(lo, mean[o[k]] / med);
+            hi = fmax(hi, mean[o[k]] / med);
+        }
+        json_object_set_new(j, "synth_outlier_channels", json_integer((json_int_t)n));
+        json_object_set_new(j, "synth_outlier_ratio_min", json_real(lo));
+        json_object_set_new(j, "synth_outlier_ratio_max", json_real(hi));
+        lb_synth_free(&s);
+    }
+    free(mean);
+    free(sorted);
+    return j;
 }
 
 int main(int argc, char **argv)
@@ -184,9 +225,15 @@ int main(int argc, char **argv)
      * the logits buffer is touched here so its page faults stay out of the timing.
      * A full extra forward would cost ~a third of the run on a 2-core machine. */
     memset(logits, 0, (size_t)(ntok * vocab) * sizeof *logits);
+    float *attn_in = malloc((size_t)(ntok * dim) * sizeof *attn_in);
+    if (!attn_in)
+        die("out of memory for the capture", NULL);
+    lb_fwd_capture cap = {.attn_in = attn_in};
     if (lb_fwd_embed(&head, tok, ntok, x, &err) ||
-        lb_fwd_block(cfg, &blocks[0], x, n_seq, seq_len, ws, NULL, &err))
+        lb_fwd_block(cfg, &blocks[0], x, n_seq, seq_len, ws, &cap, &err))
         die("warm-up", &err);
+    json_t *stats = outlier_stats(m, attn_in, ntok, dim);
+    free(attn_in);
     double blk[16], lmh[16], tot[16];
     for (int r = 0; r < repeats; r++) {
         double a = now_s();
@@ -253,6 +300,7 @@ int main(int argc, char **argv)
         "sgemm_gflops", sgemm_gflops, "proj_fraction_of_sgemm", proj_gflops / sgemm_gflops,
         "lm_head_gflops", lm_flops / lm_s * 1e-9, "sgemm_lm_head_gflops",
         lm_flops / t_lm * 1e-9, "load_seconds", load_s, "synth_seconds", synth_s);
+    json_object_set_new(j, "block0_attn_in", stats);
     emit(j);
     emit(json_pack("{s:s, s:I, s:f, s:f, s:f, s:f, s:f}", "bench", "forward_sgemm_shapes",
                    "m", (json_int_t)ntok, "qo_gflops", f * (double)dim * (double)q_dim / t_qo * 1e-9,
