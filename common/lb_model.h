@@ -98,8 +98,9 @@ int lb_block_weights_alloc(const lb_config *cfg, lb_block_weights *out, lb_err *
 void lb_block_weights_free(lb_block_weights *w);
 
 /* Converts block `layer` (0-based) to f32. OUT: *out, owned by the caller
- * (lb_block_weights_free). Checks every value is finite (LB_ENUMERIC naming
- * the tensor otherwise). On failure *out is left empty. */
+ * (lb_block_weights_free); its previous contents are overwritten, not freed.
+ * Checks every value is finite (LB_ENUMERIC naming the tensor otherwise).
+ * On failure *out is left empty. */
 int lb_model_load_block(const lb_model *m, int32_t layer, lb_block_weights *out, lb_err *err);
 
 /* Allocates zero-filled head arrays (lm_head aliases embed when tied).

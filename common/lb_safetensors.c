@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,9 @@
 #include <unistd.h>
 
 #include "lb_io_util.h"
+
+/* Tensor bytes are handed out as they lie in the file (little-endian). */
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "lowbit assumes a little-endian host");
 
 typedef struct {
     char *path;
@@ -317,8 +321,9 @@ static int load_shard(lb_st *st, int32_t si, lb_err *err)
     }
     /* Overlap check within this shard: sort by offset, then every non-empty
      * span must begin at or after the furthest end so far. */
-    qsort(st->entries + first, (size_t)(st->count - first), sizeof *st->entries,
-          cmp_entry_offset);
+    if (st->count > first)
+        qsort(st->entries + first, (size_t)(st->count - first), sizeof *st->entries,
+              cmp_entry_offset);
     uint64_t max_end = 0;
     const char *max_name = NULL;
     for (int64_t i = first; i < st->count; i++) {
@@ -501,6 +506,12 @@ done:
     return rc;
 }
 
+static int has_suffix(const char *s, const char *suf)
+{
+    size_t n = strlen(s), m = strlen(suf);
+    return n >= m && !strcmp(s + n - m, suf);
+}
+
 int lb_st_open(lb_st **out, const char *path, lb_err *err)
 {
     char *index = NULL, *single = NULL;
@@ -540,6 +551,16 @@ int lb_st_open(lb_st **out, const char *path, lb_err *err)
                             path);
             goto fail;
         }
+    } else if (has_suffix(path, ".index.json")) {
+        /* the index file itself: shards live beside it */
+        const char *slash = strrchr(path, '/');
+        index = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+        if (!index) {
+            rc = lb_err_set(err, LB_ENOMEM, "%s: out of memory", path);
+            goto fail;
+        }
+        if ((rc = open_index(st, index, path, err)))
+            goto fail;
     } else {
         if ((rc = add_shard(st, path, err)) || (rc = load_shard(st, 0, err)) ||
             (rc = build_hash(st, err)))
@@ -655,6 +676,18 @@ static int float_tensor(const lb_st *st, const char *name, const lb_st_tensor **
     return 0;
 }
 
+/* Weights enter the program here: a NaN/Inf means a corrupt checkpoint. */
+static int scan_finite(const lb_st_tensor *t, const float *v, size_t n, size_t base,
+                       lb_err *err)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(v[i]))
+            return lb_err_set(err, LB_ENUMERIC,
+                              "%s: tensor '%s' holds %s at element %zu; the checkpoint is corrupt",
+                              t->file, t->name, isnan(v[i]) ? "NaN" : "Inf", base + i);
+    return 0;
+}
+
 int lb_st_read_f32(const lb_st *st, const char *name, float *dst, int64_t expect_numel,
                    lb_err *err)
 {
@@ -667,10 +700,12 @@ int lb_st_read_f32(const lb_st *st, const char *name, float *dst, int64_t expect
                           "%s: tensor '%s' has %lld elements, expected %lld; config.json and "
                           "weights disagree",
                           t->file, name, (long long)t->numel, (long long)expect_numel);
-    if (!dst && t->numel)
+    if (t->numel == 0)
+        return 0;
+    if (!dst)
         return lb_err_set(err, LB_EINVAL, "lb_st_read_f32: NULL destination");
     lb_dtype_to_f32(t->dtype, t->data, dst, (size_t)t->numel);
-    return 0;
+    return scan_finite(t, dst, (size_t)t->numel, 0, err);
 }
 
 int lb_st_read_f32_rows(const lb_st *st, const char *name, int64_t row0, int64_t nrows,
@@ -697,5 +732,5 @@ int lb_st_read_f32_rows(const lb_st *st, const char *name, int64_t row0, int64_t
     size_t es = lb_dtype_size(t->dtype);
     const uint8_t *src = (const uint8_t *)t->data + (size_t)row0 * (size_t)cols * es;
     lb_dtype_to_f32(t->dtype, src, dst, (size_t)nrows * (size_t)cols);
-    return 0;
+    return scan_finite(t, dst, (size_t)nrows * (size_t)cols, (size_t)row0 * (size_t)cols, err);
 }

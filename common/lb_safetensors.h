@@ -35,7 +35,8 @@ typedef struct {
     const char *file;              /* path of the file (shard) holding it */
 } lb_st_tensor;
 
-/* Opens path: a .safetensors file, or a directory with model.safetensors or
+/* Opens path: a .safetensors file, a sharded index file (*.index.json, shards
+ * beside it), or a directory with model.safetensors or
  * model.safetensors.index.json (the index wins when both exist). Each shard is
  * opened and mapped once. Returns 0 and sets *out (free with lb_st_free), or
  * LB_EIO / LB_EFORMAT / LB_ENOTFOUND / LB_ENOMEM with a one-line message in err
@@ -71,15 +72,18 @@ int lb_st_metadata_at(const lb_st *st, int64_t i, const char **key, const char *
 /* Converts tensor `name` (F32, F16, BF16 or F64) to f32 into dst, which holds
  * numel floats. expect_numel >= 0 must equal the tensor's element count
  * (pass -1 to skip the check). Errors: LB_ENOTFOUND (no such tensor),
- * LB_EFORMAT (non-float dtype, wrong element count), LB_EINVAL (NULL args);
- * the message names the file and the tensor. */
+ * LB_EFORMAT (non-float dtype, wrong element count), LB_EINVAL (NULL args),
+ * LB_ENUMERIC (a NaN/Inf value, naming its element index; dst is then filled
+ * but must not be used); the message names the file and the tensor.
+ * Safe to call from several threads on one lb_st (it is read-only after open). */
 int lb_st_read_f32(const lb_st *st, const char *name, float *dst, int64_t expect_numel,
                    lb_err *err);
 
 /* Rows [row0, row0 + nrows) of a 2-D float tensor (rows, cols) -> dst
  * (nrows, cols) f32, converting only those rows. Errors as lb_st_read_f32, plus
  * LB_EFORMAT when the tensor is not 2-D and LB_EINVAL for a range outside
- * [0, rows]. nrows == 0 is allowed and writes nothing. */
+ * [0, rows] (LB_ENUMERIC indexes elements of the whole tensor). nrows == 0 is
+ * allowed and writes nothing. */
 int lb_st_read_f32_rows(const lb_st *st, const char *name, int64_t row0, int64_t nrows,
                         float *dst, lb_err *err);
 

@@ -106,6 +106,39 @@ static void expect_open_fail(const char *path, int code, const char *name_in_msg
 
 /* ---- round trips ---- */
 
+static int is_float_dtype(int d)
+{
+    return d == LB_DTYPE_F32 || d == LB_DTYPE_F16 || d == LB_DTYPE_BF16 || d == LB_DTYPE_F64;
+}
+
+/* Slow reference decode of one little-endian element of a float dtype. */
+static float ref_to_f32(int d, const uint8_t *p)
+{
+    if (d == LB_DTYPE_F32) {
+        float f;
+        memcpy(&f, p, 4);
+        return f;
+    }
+    if (d == LB_DTYPE_F64) {
+        double v;
+        memcpy(&v, p, 8);
+        return (float)v;
+    }
+    uint16_t h = (uint16_t)(p[0] | p[1] << 8);
+    if (d == LB_DTYPE_BF16) { /* bf16 = top half of an f32 */
+        uint32_t u = (uint32_t)h << 16;
+        float f;
+        memcpy(&f, &u, 4);
+        return f;
+    }
+    /* f16: (-1)^s * 2^(e-15) * (1 + m/1024); subnormal 2^-14 * m/1024 */
+    int s = h >> 15, e = (h >> 10) & 31, m = h & 1023;
+    double v = e == 0    ? ldexp(m, -24)
+               : e == 31 ? (m ? (double)NAN : (double)INFINITY)
+                         : ldexp(1024 + m, e - 25);
+    return (float)(s ? -v : v);
+}
+
 static void test_roundtrip_every_dtype(void **state)
 {
     (void)state;
@@ -131,6 +164,11 @@ static void test_roundtrip_every_dtype(void **state)
         if (d == LB_DTYPE_BOOL)
             for (size_t i = 0; i < nbytes[d]; i++)
                 data[d][i] &= 1;
+        /* random floats but finite (reads reject NaN/Inf): clear the top exponent bit */
+        size_t es = lb_dtype_size((lb_dtype)d);
+        for (size_t i = 0; is_float_dtype(d) && i < n; i++)
+            if (!isfinite(ref_to_f32(d, data[d] + i * es)))
+                data[d][i * es + es - 1] &= 0xbf;
         char name[64];
         snprintf(name, sizeof name, "t.%s", lb_dtype_name((lb_dtype)d));
         assert_int_equal(lb_st_writer_add_tensor(w, name, (lb_dtype)d, 3, shape[d], &err), 0);
@@ -205,34 +243,11 @@ static void test_roundtrip_every_dtype(void **state)
         size_t n = (size_t)t->numel;
         float *got = malloc(n * sizeof *got);
         int rc = lb_st_read_f32(st, name, got, t->numel, &err);
-        if (d == LB_DTYPE_F32 || d == LB_DTYPE_F16 || d == LB_DTYPE_BF16 || d == LB_DTYPE_F64) {
+        if (is_float_dtype(d)) {
             assert_int_equal(rc, 0);
             for (size_t i = 0; i < n; i++) {
-                float want;
-                if (d == LB_DTYPE_F32) {
-                    memcpy(&want, data[d] + 4 * i, 4);
-                } else if (d == LB_DTYPE_F64) {
-                    double v;
-                    memcpy(&v, data[d] + 8 * i, 8);
-                    want = (float)v;
-                } else {
-                    uint16_t h = (uint16_t)(data[d][2 * i] | data[d][2 * i + 1] << 8);
-                    if (d == LB_DTYPE_BF16) {
-                        uint32_t u = (uint32_t)h << 16;
-                        memcpy(&want, &u, 4);
-                    } else {
-                        /* f16: value = (-1)^s * 2^(e-15) * (1 + m/1024), subnormal 2^-14 m/1024 */
-                        int s = h >> 15, e = (h >> 10) & 31, m = h & 1023;
-                        double v = e == 0 ? ldexp(m, -24)
-                                   : e == 31 ? (m ? (double)NAN : (double)INFINITY)
-                                             : ldexp(1024 + m, e - 25);
-                        want = (float)(s ? -v : v);
-                    }
-                }
-                if (isnan(want))
-                    assert_true(isnan(got[i]));
-                else
-                    assert_memory_equal(&got[i], &want, 4);
+                float want = ref_to_f32(d, data[d] + i * lb_dtype_size((lb_dtype)d));
+                assert_memory_equal(&got[i], &want, 4);
             }
         } else {
             assert_int_equal(rc, LB_EFORMAT);
@@ -331,6 +346,43 @@ static void test_chunked_and_f32_writes(void **state)
     assert_int_equal(lb_st_read_f32(st, "a.f16", got, -1, &err), 0);
     free(got);
     free(src);
+    lb_st_free(&st);
+}
+
+static void test_non_finite_rejected(void **state)
+{
+    (void)state;
+    char path[4096];
+    path_in(path, sizeof path, "nan.safetensors");
+    lb_err err = {0};
+    lb_st_writer *w = NULL;
+    int64_t s[2] = {2, 3};
+    float a[6] = {1, 2, 3, 4, NAN, 6}, b[6] = {1, -INFINITY, 3, 4, 5, 6};
+    assert_int_equal(lb_st_writer_new(&w, path, &err), 0);
+    assert_int_equal(lb_st_writer_add_tensor(w, "a", LB_DTYPE_F16, 2, s, &err), 0);
+    assert_int_equal(lb_st_writer_add_tensor(w, "b", LB_DTYPE_BF16, 2, s, &err), 0);
+    assert_int_equal(lb_st_writer_add_tensor(w, "c", LB_DTYPE_F32, 2, s, &err), 0);
+    assert_int_equal(lb_st_writer_write_f32(w, "a", a, 6, &err), 0);
+    assert_int_equal(lb_st_writer_write_f32(w, "b", b, 6, &err), 0);
+    assert_int_equal(lb_st_writer_write_f32(w, "c", a, 6, &err), 0);
+    assert_int_equal(lb_st_writer_finish(w, &err), 0);
+    lb_st_writer_free(&w);
+    lb_st *st = NULL;
+    assert_int_equal(lb_st_open(&st, path, &err), 0);
+    float out[6];
+    const char *names[] = {"a", "c"};
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(lb_st_read_f32(st, names[k], out, 6, &err), LB_ENUMERIC);
+        assert_non_null(strstr(err.msg, path));
+        assert_non_null(strstr(err.msg, "NaN at element 4"));
+        /* row 0 is clean, row 1 holds the NaN */
+        assert_int_equal(lb_st_read_f32_rows(st, names[k], 0, 1, out, &err), 0);
+        assert_int_equal(lb_st_read_f32_rows(st, names[k], 1, 1, out, &err), LB_ENUMERIC);
+        assert_non_null(strstr(err.msg, "element 4"));
+    }
+    assert_int_equal(lb_st_read_f32(st, "b", out, 6, &err), LB_ENUMERIC);
+    assert_non_null(strstr(err.msg, "Inf at element 1"));
+    assert_non_null(strstr(err.msg, "'b'"));
     lb_st_free(&st);
 }
 
@@ -475,6 +527,11 @@ static void test_sharded_and_directories(void **state)
     assert_int_equal(lb_st_read_f32_rows(st, "model.layers.0.q.weight", 2, 1, v, &err), 0);
     for (int k = 0; k < 4; k++)
         assert_true(v[k] == (float)(12 + 8 + k));
+    lb_st_free(&st);
+    /* the index file itself opens the same model */
+    assert_int_equal(lb_st_open(&st, idx, &err), 0);
+    assert_int_equal(lb_st_count(st), 5);
+    assert_string_equal(lb_st_find(st, "lm_head.weight")->file, p2);
     lb_st_free(&st);
 
     /* the index names a tensor its shard lacks */
@@ -624,6 +681,21 @@ static void test_hostile_headers(void **state)
         write_file(p, b, 12);
         expect_open_fail(p, LB_EFORMAT, p, "JSON");
     }
+    /* deep nesting must not recurse without bound */
+    {
+        enum { DEPTH = 200000 };
+        char *deep = malloc(2 * DEPTH + 8);
+        size_t k = 0;
+        deep[k++] = '{';
+        memcpy(deep + k, "\"a\":", 4);
+        k += 4;
+        for (int i = 0; i < DEPTH; i++)
+            deep[k++] = '[';
+        deep[k] = '\0';
+        write_st(p, deep, 0);
+        expect_open_fail(p, LB_EFORMAT, p, "JSON");
+        free(deep);
+    }
     /* gaps between tensors and unordered offsets are fine */
     write_st(p,
              "{\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[12,16]},"
@@ -657,7 +729,8 @@ static void touch_all(const lb_st *st)
             t->dtype == LB_DTYPE_F64) {
             float *buf = malloc((size_t)t->numel * sizeof *buf + 1);
             lb_err err = {0};
-            assert_int_equal(lb_st_read_f32(st, t->name, buf, t->numel, &err), 0);
+            int rc = lb_st_read_f32(st, t->name, buf, t->numel, &err);
+            assert_true(rc == 0 || rc == LB_ENUMERIC); /* a flipped bit may make a NaN */
             free(buf);
         }
     }
@@ -814,6 +887,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip_every_dtype),
         cmocka_unit_test(test_chunked_and_f32_writes),
+        cmocka_unit_test(test_non_finite_rejected),
         cmocka_unit_test(test_writer_misuse),
         cmocka_unit_test(test_sharded_and_directories),
         cmocka_unit_test(test_hostile_headers),
