@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <dirent.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "lb_config.h"
 #include "lb_safetensors.h"
@@ -485,6 +486,11 @@ int lb_synth_write(const lb_synth *s, const char *dir, const lb_synth_write_opts
         return lb_err_set(err, LB_EINVAL, "synth: output path %s is too long", dir);
     if ((rc = write_config(s, path, opts->dtype, err)))
         return rc;
+    /* A stale shard index would win over the new model.safetensors in every reader. */
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    if (unlink(path) != 0 && errno != ENOENT)
+        return lb_err_set(err, LB_EIO, "synth: cannot remove the stale %s: %s", path,
+                          strerror(errno));
 
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     if ((rc = lb_st_writer_new(&w, path, err)))

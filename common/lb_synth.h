@@ -112,7 +112,8 @@ typedef struct lb_synth_write_stats {
 
 /* Writes DIR/config.json and DIR/model.safetensors (tensor by tensor, in row
  * chunks: peak memory is one chunk plus the writer's header). Creates dir if
- * missing; a non-empty existing dir is refused (LB_ESTATE) unless opts->force.
+ * missing; a non-empty existing dir is refused (LB_ESTATE) unless opts->force
+ * (which also deletes a stale model.safetensors.index.json there).
  * OUT stats (may be NULL). Returns 0 or a negative LB_E* code with err set. */
 int lb_synth_write(const lb_synth *s, const char *dir, const lb_synth_write_opts *opts,
                    lb_synth_write_stats *stats, lb_err *err);

@@ -25,7 +25,8 @@ static void synth_usage(FILE *out)
             "  --layers N     decoder layers (default: the preset's)\n"
             "  --seed S       64-bit seed (default 0)\n"
             "  --dtype T      bf16 (default) or f32\n"
-            "  --force        write into a non-empty DIR, replacing the two files\n"
+            "  --force        write into a non-empty DIR, replacing the two files (and\n"
+            "                 deleting a model.safetensors.index.json there)\n"
             "  --json         print the summary as one JSON line\n\npresets:\n");
     for (int i = 0; i < lb_synth_preset_count(); i++) {
         const lb_synth_preset *p = lb_synth_preset_at(i);
