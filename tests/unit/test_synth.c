@@ -223,6 +223,23 @@ static void test_layout_and_prefix(void **state)
         free(x);
         free(y);
     }
+    /* the outlier channels move with the seed (small: 2 of 256 channels) */
+    int distinct = 0;
+    int64_t first[2] = {-1, -1};
+    for (uint64_t seed = 0; seed < 4; seed++) {
+        lb_synth *q = NULL;
+        int64_t n = 0;
+        assert_int_equal(lb_synth_new(lb_synth_preset_find("small"), 1, seed, &q, &err), 0);
+        const int64_t *o = lb_synth_outlier_channels(q, &n);
+        assert_int_equal(n, 2);
+        assert_true(o[0] < o[1] && o[1] < 256);
+        if (seed == 0)
+            memcpy(first, o, sizeof first);
+        else
+            distinct += memcmp(first, o, sizeof first) != 0;
+        lb_synth_free(&q);
+    }
+    assert_true(distinct >= 2);
     /* bad ranges and sizes */
     float v[64];
     assert_int_equal(lb_synth_fill(s2, 0, 511, 2, v, &err), LB_EINVAL);
