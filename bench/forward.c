@@ -12,9 +12,9 @@
  * Projection timing basis: lb_fwd_block exposes no per-phase timing, so
  * proj_gflops = projection flops / WHOLE-block time (attention, norms, RoPE
  * and SwiGLU included): a lower bound on the projections' own rate. The line
- * also reports the attention flops and total_gflops = (projection + attention
- * flops, attention counted as executed: full seq_len^2 score matrices) / block
- * time. sgemm_gflops: each distinct projection shape run as ONE lb_sgemm call
+ * also reports the attention flops (the causal useful work: s (s + 1) / 2
+ * (query, key) pairs per head) and total_gflops = (layers * (projection +
+ * attention) + lm_head flops) / whole forward time. sgemm_gflops: each distinct projection shape run as ONE lb_sgemm call
  * (x (ntok, k) @ W (n, k)^T, OpenBLAS threads = --threads), weighted by the
  * seven projections of a block. */
 #include <jansson.h>
@@ -277,8 +277,10 @@ int main(int argc, char **argv)
     const double f = 2.0 * (double)ntok;
     const double proj_flops_layer = f * (double)dim * (double)(2 * q_dim + 2 * kv_dim + 2 * inter) +
                                     f * (double)inter * (double)dim;
-    const double attn_flops_layer = (double)n_seq * (double)cfg->num_attention_heads * 4.0 *
-                                    (double)seq_len * (double)seq_len * (double)hd;
+    // causal: QK^T and PV over the s (s + 1) / 2 unmasked (query, key) pairs, 2 flops each
+    const double attn_flops_layer = (double)n_seq * (double)cfg->num_attention_heads * 2.0 *
+                                    2.0 * (double)hd * (double)seq_len *
+                                    (double)(seq_len + 1) / 2.0;
     const double lm_flops = f * (double)dim * (double)vocab;
     // one layer's projections as sgemm: q, o (dim x q_dim shapes), k, v, gate, up, down
     const double sg_layer_s = 2 * t_qo + 2 * t_kv + 2 * t_gu + t_dn;
