@@ -14,11 +14,13 @@
 /* qcore: RTN, GPTQ (enabled as each lands) */
 /* qclaq: CLAQ, PB-LLM (extern declarations here) */
 /* qbin: BiLLM, QBB (extern declarations here) */
+extern const lb_qmethod lb_qmethod_qbb;
 
 static const lb_qmethod *const lb_qmethods[] = {
     /* qcore: RTN, GPTQ */
     /* qclaq: CLAQ, PB-LLM */
     /* qbin: BiLLM, QBB */
+    &lb_qmethod_qbb,
     NULL,
 };
 
