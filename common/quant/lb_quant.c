@@ -16,6 +16,7 @@ extern const lb_qmethod lb_qmethod_rtn;
 extern const lb_qmethod lb_qmethod_gptq;
 /* qclaq: CLAQ, PB-LLM (extern declarations here) */
 /* qbin: BiLLM, QBB (extern declarations here) */
+extern const lb_qmethod lb_qmethod_billm;
 extern const lb_qmethod lb_qmethod_qbb;
 
 static const lb_qmethod *const lb_qmethods[] = {
@@ -24,6 +25,7 @@ static const lb_qmethod *const lb_qmethods[] = {
     &lb_qmethod_gptq,
     /* qclaq: CLAQ, PB-LLM */
     /* qbin: BiLLM, QBB */
+    &lb_qmethod_billm,
     &lb_qmethod_qbb,
     NULL,
 };
