@@ -445,21 +445,18 @@ int lb_billm_quantize_cfg(const float *W, int64_t rows, int64_t cols, const floa
         nsal += x.salient[c];
     int64_t one = 1, s_cols[1] = {cols}, s_rc[2] = {rows, cols}, s_s2[2] = {rows, nsal},
             s_g[2] = {rows, cols - nsal}, s_sc[3] = {rows, x.nblocks, 4};
-    lb_qfield *fbs = lb_qpacked_add_field(p, "block_size", LB_QFIELD_UINT, 32, 1, &one, err);
-    lb_qfield *fsal = fbs ? lb_qpacked_add_field(p, "salient", LB_QFIELD_UINT, 1, 1, s_cols, err)
-                          : NULL;
-    lb_qfield *fs1 = fsal ? lb_qpacked_add_field(p, "sign1", LB_QFIELD_UINT, 1, 2, s_rc, err)
-                          : NULL;
-    lb_qfield *fs2 = fs1 ? lb_qpacked_add_field(p, "sign2", LB_QFIELD_UINT, 1, 2, s_s2, err)
-                         : NULL;
-    lb_qfield *fg = fs2 ? lb_qpacked_add_field(p, "group", LB_QFIELD_UINT, 1, 2, s_g, err)
-                        : NULL;
-    lb_qfield *fsc = fg ? lb_qpacked_add_field(p, "scales", LB_QFIELD_F16, 16, 3, s_sc, err)
-                        : NULL;
-    if (!fsc) {
+    /* add every field first: adding reallocates p->fields, so take pointers after */
+    if (!lb_qpacked_add_field(p, "block_size", LB_QFIELD_UINT, 32, 1, &one, err) ||
+        !lb_qpacked_add_field(p, "salient", LB_QFIELD_UINT, 1, 1, s_cols, err) ||
+        !lb_qpacked_add_field(p, "sign1", LB_QFIELD_UINT, 1, 2, s_rc, err) ||
+        !lb_qpacked_add_field(p, "sign2", LB_QFIELD_UINT, 1, 2, s_s2, err) ||
+        !lb_qpacked_add_field(p, "group", LB_QFIELD_UINT, 1, 2, s_g, err) ||
+        !lb_qpacked_add_field(p, "scales", LB_QFIELD_F16, 16, 3, s_sc, err)) {
         rc = err ? err->code : LB_ENOMEM;
         goto fail;
     }
+    lb_qfield *fbs = &p->fields[0], *fsal = &p->fields[1], *fs1 = &p->fields[2],
+              *fs2 = &p->fields[3], *fg = &p->fields[4], *fsc = &p->fields[5];
     lb_qfield_put(fbs, 0, (uint32_t)x.bs);
     for (int64_t c = 0; c < cols; c++)
         lb_qfield_put(fsal, c, x.salient[c]);

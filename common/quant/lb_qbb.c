@@ -488,14 +488,14 @@ int lb_qbb_quantize(const float *W, int64_t rows, int64_t cols, const float *H,
     p->rows = rows;
     p->cols = cols;
     int64_t sshape[2] = {rows, n};
-    lb_qfield *fs = lb_qpacked_add_field(p, "scales", LB_QFIELD_F16, 16, 2, sshape, err);
     int64_t bshape[3] = {n, rows, cols};
-    lb_qfield *fb = fs ? lb_qpacked_add_field(p, "signs", LB_QFIELD_UINT, 1, 3, bshape, err)
-                       : NULL;
-    if (!fs || !fb) {
+    /* add both fields first: adding reallocates p->fields, so take pointers after */
+    if (!lb_qpacked_add_field(p, "scales", LB_QFIELD_F16, 16, 2, sshape, err) ||
+        !lb_qpacked_add_field(p, "signs", LB_QFIELD_UINT, 1, 3, bshape, err)) {
         rc = err ? err->code : LB_ENOMEM;
         goto fail;
     }
+    lb_qfield *fs = &p->fields[0], *fb = &p->fields[1];
     for (int64_t i = 0; i < rows * n; i++) {
         scales[i] = lb_qfield_put_float(fs, i, scales[i]);
         if (!isfinite(scales[i])) {
