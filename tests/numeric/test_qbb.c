@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lb_dtype.h"
 #include "lb_qbb.h"
 #include "lb_quant.h"
 
@@ -489,6 +490,55 @@ static void test_bad_options_and_packed(void **state)
     free(W);
 }
 
+/* gptq_init: the bases are fitted to the 4-bit GPTQ reconstruction, i.e. the result is
+ * exactly lb_qbb_fit on gptq's W_hat (then f16 scales and the final code update). */
+static void test_gptq_init_fits_gptq_reconstruction(void **state)
+{
+    (void)state;
+    const lb_qmethod *gptq = lb_qmethod_find("gptq");
+    if (!gptq)
+        skip();
+    const int64_t rows = 10, cols = 64;
+    float *W = rand_matrix(rows, cols, 101);
+    float *H = rand_hessian(cols, 102);
+    lb_qopts o;
+    lb_qopts_init(&o);
+    o.bases = 3;
+    o.refine_iters = 3;
+    o.gptq_init = true;
+    lb_qresult res, g;
+    lb_err e;
+    assert_int_equal(lb_qbb_quantize(W, rows, cols, H, &o, &res, &e), 0);
+    lb_qopts go = o;
+    go.bits = 4;
+    assert_int_equal(gptq->quantize(W, rows, cols, H, &go, &g, &e), 0);
+    lb_qbb_cfg cfg;
+    lb_qbb_cfg_init(&cfg);
+    cfg.bases = 3;
+    cfg.refine_iters = 3;
+    uint8_t *codes = malloc((size_t)(rows * cols));
+    float scales[10 * 3];
+    assert_int_equal(lb_qbb_fit(g.W_hat, rows, cols, NULL, &cfg, codes, scales, NULL, &e), 0);
+    for (int i = 0; i < rows * 3; i++)
+        scales[i] = lb_f16_to_f32(lb_f32_to_f16(scales[i]));
+    lb_qbb_update_codes(g.W_hat, rows, cols, 3, scales, codes);
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < cols; j++)
+            assert_true(res.W_hat[r * cols + j] ==
+                        lb_qbb_value(codes[r * cols + j], scales + r * 3, 3));
+    /* and it differs from fitting W itself (the option does something) */
+    lb_qresult plain;
+    o.gptq_init = false;
+    assert_int_equal(lb_qbb_quantize(W, rows, cols, H, &o, &plain, &e), 0);
+    assert_memory_not_equal(plain.W_hat, res.W_hat, (size_t)(rows * cols) * sizeof(float));
+    free(codes);
+    lb_qresult_free(&plain);
+    lb_qresult_free(&g);
+    lb_qresult_free(&res);
+    free(W);
+    free(H);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -505,6 +555,7 @@ int main(void)
         cmocka_unit_test(test_dead_column),
         cmocka_unit_test(test_nan_input_rejected),
         cmocka_unit_test(test_bad_options_and_packed),
+        cmocka_unit_test(test_gptq_init_fits_gptq_reconstruction),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
