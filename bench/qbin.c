@@ -114,8 +114,7 @@ int main(int argc, char **argv)
     o.bases = 3;
     rc |= run_one("qbb", W, H, rows, cols, &o, "N=3 refine=10 plain", threads);
     o.hessian_weighted = true;
-    o.refine_iters = 2;
-    rc |= run_one("qbb", W, H, rows, cols, &o, "N=3 refine=2 hessian_weighted", threads);
+    rc |= run_one("qbb", W, H, rows, cols, &o, "N=3 refine=10 hessian_weighted", threads);
     free(W);
     free(A);
     free(H);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "lb_blas.h"
+#include "lb_dtype.h"
 
 void lb_qbb_cfg_init(lb_qbb_cfg *cfg)
 {
@@ -303,7 +304,7 @@ int lb_qbb_ls_scales(const float *W, int64_t rows, int64_t cols, int32_t n,
 
 int lb_qbb_fit(const float *T, int64_t rows, int64_t cols, const float *H,
                const lb_qbb_cfg *cfg, uint8_t *codes, float *scales, double *trace,
-               lb_err *err)
+               double *hobj, lb_err *err)
 {
     const int32_t n = cfg->bases;
     if (n < 1 || n > LB_QBB_MAX_BASES)
@@ -314,7 +315,6 @@ int lb_qbb_fit(const float *T, int64_t rows, int64_t cols, const float *H,
                           (int)cfg->refine_iters);
     if (cfg->hessian_weighted && !H)
         return lb_err_set(err, LB_EINVAL, "qbb: hessian_weighted needs the Hessian H");
-    const float *Hw = cfg->hessian_weighted ? H : NULL;
 
     int rc = LB_OK;
     double *M = NULL, *b = NULL, *c = NULL, *obj = NULL, *obj_new = NULL;
@@ -335,7 +335,7 @@ int lb_qbb_fit(const float *T, int64_t rows, int64_t cols, const float *H,
     }
 
     lb_qbb_init_greedy(T, rows, cols, n, codes, scales);
-    rc = row_systems(T, rows, cols, n, codes, Hw, M, b, c, err);
+    rc = row_systems(T, rows, cols, n, codes, NULL, M, b, c, err);
     if (rc)
         goto cleanup;
     double total = 0.0;
@@ -346,20 +346,20 @@ int lb_qbb_fit(const float *T, int64_t rows, int64_t cols, const float *H,
     if (trace)
         trace[0] = total;
 
+    /* Rounds on the plain error: (b) is its exact minimiser over codes, (a) over scales. */
     for (int32_t it = 0; it < cfg->refine_iters; it++) {
         memcpy(codes_old, codes, nw);
         memcpy(scales_old, scales, (size_t)rows * (size_t)n * sizeof(float));
         lb_qbb_update_codes(T, rows, cols, n, scales, codes); /* (b) */
         bool changed = memcmp(codes_old, codes, nw) != 0;
         if (changed || it == 0) {
-            rc = row_systems(T, rows, cols, n, codes, Hw, M, b, c, err);
+            rc = row_systems(T, rows, cols, n, codes, NULL, M, b, c, err);
             if (rc)
                 goto cleanup;
             solve_rows(M, b, c, rows, n, cfg->ridge, true, scales, obj_new); /* (a) */
             total = 0.0;
             for (int64_t r = 0; r < rows; r++) {
-                /* Guard: (b) minimises the plain error, which can raise the weighted
-                 * objective; such a row keeps its previous codes and scales. */
+                /* Guard against float ties in (b): a row never gets worse. */
                 if (obj_new[r] > obj[r]) {
                     memcpy(codes + r * cols, codes_old + r * cols, (size_t)cols);
                     memcpy(scales + r * n, scales_old + r * n, (size_t)n * sizeof(float));
@@ -371,6 +371,25 @@ int lb_qbb_fit(const float *T, int64_t rows, int64_t cols, const float *H,
         }
         if (trace)
             trace[it + 1] = total;
+    }
+
+    /* Hessian-weighted (a) on the final codes. Alternating it with (b) inside the rounds
+     * was measured worse: (b) minimises the plain error, so a guarded alternation stalls
+     * and an unguarded one ends above this (docs/bit-accounting-billm-qbb.md). */
+    if (cfg->hessian_weighted) {
+        rc = row_systems(T, rows, cols, n, codes, H, M, b, c, err);
+        if (rc)
+            goto cleanup;
+        double before = 0.0, after = 0.0;
+        for (int64_t r = 0; r < rows; r++)
+            before += quad_obj(M + r * n * n, b + r * n, c[r], scales + r * n, n);
+        solve_rows(M, b, c, rows, n, cfg->ridge, true, scales, obj_new);
+        for (int64_t r = 0; r < rows; r++)
+            after += obj_new[r];
+        if (hobj) {
+            hobj[0] = before;
+            hobj[1] = after;
+        }
     }
 
 cleanup:
@@ -478,9 +497,24 @@ int lb_qbb_quantize(const float *W, int64_t rows, int64_t cols, const float *H,
                         (long long)rows, (long long)cols);
         goto fail;
     }
-    rc = lb_qbb_fit(target, rows, cols, Hd, &cfg, codes, scales, NULL, err);
+    /* Plain rounds; the weighted scale step comes after the f16 code update below. */
+    lb_qbb_cfg plain = cfg;
+    plain.hessian_weighted = false;
+    rc = lb_qbb_fit(target, rows, cols, NULL, &plain, codes, scales, NULL, NULL, err);
     if (rc)
         goto fail;
+    for (int64_t i = 0; i < rows * n; i++)
+        scales[i] = lb_f16_to_f32(lb_f32_to_f16(scales[i]));
+    /* With the rounded scales fixed, the nearest codes are the exact plain optimum. */
+    lb_qbb_update_codes(target, rows, cols, n, scales, codes);
+    if (cfg.hessian_weighted) {
+        /* exact H-weighted scales for these codes; a row keeps its plain scales if they
+         * are better (the f16 rounding below is the only loss after that) */
+        rc = lb_qbb_ls_scales(target, rows, cols, n, codes, Hd, cfg.ridge, true, scales, NULL,
+                              err);
+        if (rc)
+            goto fail;
+    }
 
     /* Pack. The stored f16 scales are the ones the reconstruction uses. */
     lb_qpacked *p = &out->packed;
@@ -505,10 +539,6 @@ int lb_qbb_quantize(const float *W, int64_t rows, int64_t cols, const float *H,
             goto fail;
         }
     }
-    /* With the rounded scales fixed, the nearest codes are the exact plain optimum; the
-     * weighted objective was optimised with the float scales, so leave its codes. */
-    if (!cfg.hessian_weighted)
-        lb_qbb_update_codes(target, rows, cols, n, scales, codes);
     for (int64_t r = 0; r < rows; r++) {
         for (int64_t j = 0; j < cols; j++) {
             uint8_t code = codes[r * cols + j];

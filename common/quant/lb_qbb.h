@@ -9,9 +9,9 @@
  *
  * Fit: cascaded greedy init, then refine_iters rounds of
  *   (b) codes: nearest representable value per weight (exact argmin of the plain error),
- *   (a) scales: exact per-row least squares, plain or H-weighted,
- * with a per-row guard that keeps a row's previous codes/scales when a round would
- * raise that row's objective, so the objective never increases.
+ *   (a) scales: exact per-row least squares of the plain error,
+ * (a per-row guard keeps a row's previous codes/scales if float ties would raise its
+ * error), then optionally one exact H-weighted (a) on the final codes.
  *
  * Packed fields: "signs" UINT 1 bit, shape (N, rows, cols), 1 = +1;
  *                "scales" F16, shape (rows, N).  bpw = N + 16 N / cols. */
@@ -29,7 +29,7 @@
 typedef struct {
     int32_t bases;         /* N, 1..LB_QBB_MAX_BASES */
     int32_t refine_iters;  /* rounds of (b) then (a); 0 = greedy init only */
-    bool hessian_weighted; /* (a) minimises (w - Bᵀs) H (w - Bᵀs)ᵀ instead of ||w - Bᵀs||² */
+    bool hessian_weighted; /* finish with (a) minimising (w - Bᵀs) H (w - Bᵀs)ᵀ */
     double ridge;          /* relative ridge of the N x N systems (times trace/N), default 1e-7 */
 } lb_qbb_cfg;
 
@@ -69,14 +69,17 @@ int lb_qbb_ls_scales(const float *W, int64_t rows, int64_t cols, int32_t n,
                      const uint8_t *codes, const float *H, double ridge, bool keep_if_better,
                      float *scales, double *row_obj, lb_err *err);
 
-/* Runs init + refinement on target T (rows, cols). H: damped Hessian, required when
- * cfg->hessian_weighted, else ignored (may be NULL). OUT: codes (rows, cols), scales
- * (rows, N) in float (not yet rounded to f16). OUT (optional): trace (refine_iters + 1)
- * objective after init and after each round (plain ||T - T_hat||² or the H-weighted sum);
- * it never increases. Returns 0, LB_EINVAL, LB_ENOMEM. */
+/* Runs init + refinement on target T (rows, cols): refine_iters rounds of (b) codes then
+ * (a) plain scales, then, when cfg->hessian_weighted, one H-weighted (a) on the final
+ * codes (H: damped Hessian, required then, else ignored and may be NULL).
+ * OUT: codes (rows, cols), scales (rows, N) in float (not yet rounded to f16).
+ * OUT (optional): trace (refine_iters + 1) plain error ||T - T_hat||² after init and after
+ * each round, never increasing; hobj[2] the H-weighted objective before and after the
+ * weighted scale step (hobj[1] <= hobj[0]; untouched when not weighted).
+ * Returns 0, LB_EINVAL, LB_ENOMEM. */
 int lb_qbb_fit(const float *T, int64_t rows, int64_t cols, const float *H,
                const lb_qbb_cfg *cfg, uint8_t *codes, float *scales, double *trace,
-               lb_err *err);
+               double *hobj, lb_err *err);
 
 /* The lb_qmethod entry points (registered as lb_qmethod_qbb). quantize uses opts->bases,
  * refine_iters, hessian_weighted, damp and gptq_init (fit to the 4-bit "gptq" method's

@@ -284,13 +284,12 @@ static void test_ls_singular_rows(void **state)
 }
 
 /* Refinement: fitting with k rounds is the prefix of fitting with k+1 rounds, so the
- * objective of the result, recomputed by the reference, must not increase in k. */
-static void check_monotone(int n, bool weighted)
+ * plain error of the result, recomputed by the reference, must not increase in k. */
+static void check_monotone(int n)
 {
     const int64_t rows = 8, cols = 48;
     const int rounds = 6;
     float *W = rand_matrix(rows, cols, 41 + (uint64_t)n);
-    float *H = weighted ? rand_hessian(cols, 5) : NULL;
     uint8_t *codes = malloc((size_t)(rows * cols));
     float scales[8 * 4];
     double trace[7], prev = INFINITY, first = 0.0;
@@ -299,10 +298,10 @@ static void check_monotone(int n, bool weighted)
         lb_qbb_cfg_init(&cfg);
         cfg.bases = n;
         cfg.refine_iters = k;
-        cfg.hessian_weighted = weighted;
-        assert_int_equal(lb_qbb_fit(W, rows, cols, H, &cfg, codes, scales, trace, NULL), 0);
-        double obj = objective_ref(W, rows, cols, n, codes, scales, H);
-        ASSERT_NEAR(trace[k], obj, 1e-4 * obj);
+        assert_int_equal(lb_qbb_fit(W, rows, cols, NULL, &cfg, codes, scales, trace, NULL, NULL),
+                         0);
+        double obj = objective_ref(W, rows, cols, n, codes, scales, NULL);
+        ASSERT_NEAR(trace[k], obj, 1e-6 * obj);
         for (int i = 1; i <= k; i++)
             assert_true(trace[i] <= trace[i - 1]);
         assert_true(obj <= prev * (1.0 + 1e-9));
@@ -310,29 +309,58 @@ static void check_monotone(int n, bool weighted)
             first = obj;
         prev = obj;
     }
-    /* The refinement must actually help for N >= 2. For N = 1 plain, the greedy init
+    /* The refinement must actually help for N >= 2. For N = 1 the greedy init
      * (sign, mean |w|) is already the joint optimum, so it must stay put. */
-    if (n >= 2 || weighted)
+    if (n >= 2)
         assert_true(prev < 0.99 * first);
     else
         ASSERT_NEAR(prev, first, 1e-9 * first);
     free(W);
-    free(H);
     free(codes);
+}
+
+/* Weighted: the same codes as the plain fit, then the exact H-weighted scales, whose
+ * H-objective (recomputed by the reference) is not above that of the plain scales. */
+static void check_weighted(int n)
+{
+    const int64_t rows = 8, cols = 48;
+    float *W = rand_matrix(rows, cols, 43 + (uint64_t)n);
+    float *H = rand_hessian(cols, 5);
+    uint8_t *cp = malloc((size_t)(rows * cols)), *cw = malloc((size_t)(rows * cols));
+    float sp[8 * 4], sw[8 * 4];
+    double hobj[2] = {-1.0, -1.0};
+    lb_qbb_cfg cfg;
+    lb_qbb_cfg_init(&cfg);
+    cfg.bases = n;
+    cfg.refine_iters = 4;
+    assert_int_equal(lb_qbb_fit(W, rows, cols, NULL, &cfg, cp, sp, NULL, hobj, NULL), 0);
+    assert_true(hobj[0] == -1.0); /* untouched when not weighted */
+    cfg.hessian_weighted = true;
+    assert_int_equal(lb_qbb_fit(W, rows, cols, H, &cfg, cw, sw, NULL, hobj, NULL), 0);
+    assert_memory_equal(cp, cw, (size_t)(rows * cols));
+    double before = objective_ref(W, rows, cols, n, cp, sp, H);
+    double after = objective_ref(W, rows, cols, n, cw, sw, H);
+    ASSERT_NEAR(hobj[0], before, 1e-4 * before);
+    ASSERT_NEAR(hobj[1], after, 1e-4 * before);
+    assert_true(after < 0.999 * before); /* a correlated H: the weighted fit must pay off */
+    free(W);
+    free(H);
+    free(cp);
+    free(cw);
 }
 
 static void test_refinement_monotone_plain(void **state)
 {
     (void)state;
     for (int n = 1; n <= 4; n++)
-        check_monotone(n, false);
+        check_monotone(n);
 }
 
-static void test_refinement_monotone_hessian(void **state)
+static void test_hessian_weighted_scales_lower_weighted_error(void **state)
 {
     (void)state;
     for (int n = 1; n <= 4; n++)
-        check_monotone(n, true);
+        check_weighted(n);
 }
 
 static void test_quantize_pack_bpw_dequantize(void **state)
@@ -518,7 +546,7 @@ static void test_gptq_init_fits_gptq_reconstruction(void **state)
     cfg.refine_iters = 3;
     uint8_t *codes = malloc((size_t)(rows * cols));
     float scales[10 * 3];
-    assert_int_equal(lb_qbb_fit(g.W_hat, rows, cols, NULL, &cfg, codes, scales, NULL, &e), 0);
+    assert_int_equal(lb_qbb_fit(g.W_hat, rows, cols, NULL, &cfg, codes, scales, NULL, NULL, &e), 0);
     for (int i = 0; i < rows * 3; i++)
         scales[i] = lb_f16_to_f32(lb_f32_to_f16(scales[i]));
     lb_qbb_update_codes(g.W_hat, rows, cols, 3, scales, codes);
@@ -549,7 +577,7 @@ int main(void)
         cmocka_unit_test(test_ls_scales_hessian),
         cmocka_unit_test(test_ls_singular_rows),
         cmocka_unit_test(test_refinement_monotone_plain),
-        cmocka_unit_test(test_refinement_monotone_hessian),
+        cmocka_unit_test(test_hessian_weighted_scales_lower_weighted_error),
         cmocka_unit_test(test_quantize_pack_bpw_dequantize),
         cmocka_unit_test(test_hessian_weighting_lowers_weighted_error),
         cmocka_unit_test(test_dead_column),
