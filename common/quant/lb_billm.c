@@ -328,9 +328,13 @@ static int hook_begin(void *vctx, const lb_gptq_state *st, lb_err *err)
 {
     billm_ctx *x = vctx;
     (void)err;
-    /* [H^-1]_jj = Σ_{i<=j} U_ij², since H^-1 = Uᵀ U with U upper */
+    /* [H^-1]_jj = Σ_{i<=j} U_ij², since H^-1 = Uᵀ U with U upper. The magnitude
+     * criterion scores columns by Σ w² alone (denominator 1). */
+    bool magnitude = st->opts->salient_criterion == LB_SALIENT_MAGNITUDE;
     for (int64_t j = 0; j < st->cols; j++)
-        x->hinv_diag[j] = 0.0;
+        x->hinv_diag[j] = magnitude ? 1.0 : 0.0;
+    if (magnitude)
+        return LB_OK;
     for (int64_t i = 0; i < st->cols; i++) {
         const float *Ui = st->U + i * st->cols;
         for (int64_t j = i; j < st->cols; j++)

@@ -4,7 +4,8 @@
  * Per block of block_size columns, at the block's start (inside the GPTQ engine, so the
  * block already carries the compensation of earlier blocks):
  *  1. salient columns: score_j = Σ_rows w_rj² / [H^-1]_jj² (paper Eq. 6, with the true
- *     diagonal of the damped H^-1, not the Cholesky diagonal the reference code uses);
+ *     diagonal of the damped H^-1, not the Cholesky diagonal the reference code uses;
+ *     opts->salient_criterion = LB_SALIENT_MAGNITUDE scores by Σ_rows w² alone);
  *     the count k is searched over 0..max_salient: the top-k columns take order-2
  *     residual binarization, the rest are scored with order-2 residual binarization too
  *     (a 2-group split at |w| = α1 per row, the shape of step 2), and the k with the

@@ -580,6 +580,45 @@ static void test_compensation_lowers_error(void **state)
     free(H);
 }
 
+/* Magnitude criterion: salient columns ranked by Σ w² only. With H = I (no correlation,
+ * equal [H^-1]_jj) both criteria must pick the same structure and the same W_hat; with a
+ * Hessian whose diagonal varies they must differ. */
+static void test_salient_criterion(void **state)
+{
+    (void)state;
+    const int rows = 16, cols = 64;
+    float *W = rand_weights(rows, cols, 61);
+    float *I = calloc((size_t)(cols * cols), sizeof(float));
+    for (int j = 0; j < cols; j++)
+        I[j * cols + j] = 1.0f;
+    float *H = rand_hessian(cols, 62);
+    lb_qopts o;
+    lb_qopts_init(&o);
+    o.block_size = 32;
+    lb_qresult a, b;
+    for (int pass = 0; pass < 2; pass++) {
+        const float *Hp = pass ? H : I;
+        o.salient_criterion = LB_SALIENT_HESSIAN;
+        assert_int_equal(lb_billm_quantize(W, rows, cols, Hp, &o, &a, NULL), 0);
+        o.salient_criterion = LB_SALIENT_MAGNITUDE;
+        assert_int_equal(lb_billm_quantize(W, rows, cols, Hp, &o, &b, NULL), 0);
+        const lb_qfield *sa = lb_qpacked_field(&a.packed, "salient");
+        const lb_qfield *sb = lb_qpacked_field(&b.packed, "salient");
+        bool same = sa->nbytes == sb->nbytes && !memcmp(sa->data, sb->data, sa->nbytes);
+        if (pass == 0) {
+            assert_true(same);
+            assert_memory_equal(a.W_hat, b.W_hat, sizeof(float) * (size_t)(rows * cols));
+        } else {
+            assert_false(same);
+        }
+        lb_qresult_free(&a);
+        lb_qresult_free(&b);
+    }
+    free(W);
+    free(I);
+    free(H);
+}
+
 static void test_nan_and_bad_input(void **state)
 {
     (void)state;
@@ -627,6 +666,7 @@ int main(void)
         cmocka_unit_test(test_method_matches_reference),
         cmocka_unit_test(test_dead_column),
         cmocka_unit_test(test_compensation_lowers_error),
+        cmocka_unit_test(test_salient_criterion),
         cmocka_unit_test(test_nan_and_bad_input),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
