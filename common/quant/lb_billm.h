@@ -63,12 +63,12 @@ typedef struct {
     /* workspace */
     int64_t *order;      /* (nb_max,) */
     double *score;       /* (nb_max,) */
-    float *rowbuf;       /* (nb_max,) */
     double *cand_err;    /* (max(nb_max, split_points) + 1,) */
-    float *gather;       /* (rows * nb_max,) */
+    float *gather;       /* (rows * nb_max,) |w| per row in score order, then split values */
     double *bucket;      /* 2 * (split_points + 1) */
     int64_t *ranks;      /* (split_points,) */
     float *cands;        /* (split_points,) */
+    double *rowerr;      /* (rows, nb_max + 1) */
     int32_t ncand_max;
 } lb_billm_plan;
 

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <omp.h>
+
 #include "lb_billm.h"
 #include "lb_dtype.h"
 #include "lb_quant.h"
@@ -619,6 +621,30 @@ static void test_salient_criterion(void **state)
     free(H);
 }
 
+/* Rows are planned in parallel; the result must not depend on the thread count. */
+static void test_thread_count_invariant(void **state)
+{
+    (void)state;
+    const int rows = 48, cols = 96;
+    float *W = rand_weights(rows, cols, 71);
+    float *H = rand_hessian(cols, 72);
+    lb_qopts o;
+    lb_qopts_init(&o);
+    o.block_size = 32;
+    lb_qresult a, b;
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    assert_int_equal(lb_billm_quantize(W, rows, cols, H, &o, &a, NULL), 0);
+    omp_set_num_threads(3);
+    assert_int_equal(lb_billm_quantize(W, rows, cols, H, &o, &b, NULL), 0);
+    omp_set_num_threads(saved);
+    assert_memory_equal(a.W_hat, b.W_hat, sizeof(float) * (size_t)(rows * cols));
+    lb_qresult_free(&a);
+    lb_qresult_free(&b);
+    free(W);
+    free(H);
+}
+
 static void test_nan_and_bad_input(void **state)
 {
     (void)state;
@@ -667,6 +693,7 @@ int main(void)
         cmocka_unit_test(test_dead_column),
         cmocka_unit_test(test_compensation_lowers_error),
         cmocka_unit_test(test_salient_criterion),
+        cmocka_unit_test(test_thread_count_invariant),
         cmocka_unit_test(test_nan_and_bad_input),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <omp.h>
+
 #include "lb_dtype.h"
 #include "lb_qbb.h"
 #include "lb_quant.h"
@@ -567,6 +569,31 @@ static void test_gptq_init_fits_gptq_reconstruction(void **state)
     free(H);
 }
 
+/* Rows are fitted in parallel; the result must not depend on the thread count. */
+static void test_thread_count_invariant(void **state)
+{
+    (void)state;
+    const int64_t rows = 40, cols = 64;
+    float *W = rand_matrix(rows, cols, 111);
+    float *H = rand_hessian(cols, 112);
+    lb_qopts o;
+    lb_qopts_init(&o);
+    o.bases = 3;
+    o.hessian_weighted = true;
+    lb_qresult a, b;
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    assert_int_equal(lb_qbb_quantize(W, rows, cols, H, &o, &a, NULL), 0);
+    omp_set_num_threads(3);
+    assert_int_equal(lb_qbb_quantize(W, rows, cols, H, &o, &b, NULL), 0);
+    omp_set_num_threads(saved);
+    assert_memory_equal(a.W_hat, b.W_hat, (size_t)(rows * cols) * sizeof(float));
+    lb_qresult_free(&a);
+    lb_qresult_free(&b);
+    free(W);
+    free(H);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -584,6 +611,7 @@ int main(void)
         cmocka_unit_test(test_nan_input_rejected),
         cmocka_unit_test(test_bad_options_and_packed),
         cmocka_unit_test(test_gptq_init_fits_gptq_reconstruction),
+        cmocka_unit_test(test_thread_count_invariant),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
