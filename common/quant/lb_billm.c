@@ -390,7 +390,8 @@ static int hook_column(void *vctx, const lb_gptq_state *st, int64_t c, const flo
     (void)err_scale;
     bool sal = x->salient[c];
     uint8_t *codes = x->codes_t + c * st->rows;
-    #pragma omp parallel for schedule(static) if (st->rows >= 1024)
+    /* serial: a parallel region per column would leave spinning OpenMP threads competing
+     * with the engine's BLAS threads between columns */
     for (int64_t r = 0; r < st->rows; r++)
         q[r] = lb_billm_quant(w[r], sal, x->plan.alpha + r * 4, x->plan.split, &codes[r]);
     return LB_OK;
