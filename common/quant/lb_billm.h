@@ -22,7 +22,8 @@
  * values, and the engine propagates the error column by column (the reference code
  * skips the in-block updates; we do not).
  * All scales are rounded to f16 when planned; the stored values are the ones used.
- * sign(0) = +1 throughout.
+ * sign(0) = +1 throughout. The planner runs rows in parallel (OpenMP); results do not
+ * depend on the thread count.
  *
  * Packed fields (row-major, columns ascending):
  *   "block_size" UINT32 (1,)            block width used for the scales
