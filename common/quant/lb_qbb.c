@@ -380,7 +380,7 @@ int lb_qbb_fit(const float *T, int64_t rows, int64_t cols, const float *H,
 
     /* Hessian-weighted (a) on the final codes. Alternating it with (b) inside the rounds
      * was measured worse: (b) minimises the plain error, so a guarded alternation stalls
-     * and an unguarded one ends above this (docs/bit-accounting-billm-qbb.md). */
+     * and an unguarded one ends above this (docs/bit-accounting.md, QBB). */
     if (cfg->hessian_weighted) {
         rc = row_systems(T, rows, cols, n, codes, H, M, b, c, err);
         if (rc)
