@@ -682,9 +682,39 @@ static void test_nan_and_bad_input(void **state)
     free(H);
 }
 
+/* Degenerate shapes: a single row, a single column, a single weight. */
+static void test_tiny_shapes(void **state)
+{
+    (void)state;
+    const int64_t shapes[4][2] = {{1, 1}, {1, 7}, {5, 1}, {3, 130}};
+    for (int i = 0; i < 4; i++) {
+        const int64_t rows = shapes[i][0], cols = shapes[i][1];
+        float *W = rand_weights(rows, cols, 81 + (uint64_t)i);
+        float *H = rand_hessian(shapes[i][1], 82 + (uint64_t)i);
+        lb_qopts o;
+        lb_qopts_init(&o);
+        lb_qresult res;
+        lb_err e;
+        int rc = lb_billm_quantize(W, rows, cols, H, &o, &res, &e);
+        if (rc)
+            fail_msg("%lld x %lld: %s", (long long)rows, (long long)cols, e.msg);
+        float *D = malloc(sizeof(float) * (size_t)(rows * cols));
+        assert_int_equal(lb_billm_dequantize(&res.packed, D, &e), 0);
+        assert_memory_equal(D, res.W_hat, sizeof(float) * (size_t)(rows * cols));
+        for (int64_t k = 0; k < rows * cols; k++)
+            assert_true(isfinite(res.W_hat[k]));
+        ASSERT_NEAR(res.bpw, (double)lb_qpacked_bits(&res.packed) / (double)(rows * cols), 1e-12);
+        free(D);
+        lb_qresult_free(&res);
+        free(W);
+        free(H);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tiny_shapes),
         cmocka_unit_test(test_registry),
         cmocka_unit_test(test_residual_binarization_by_hand),
         cmocka_unit_test(test_plan_matches_reference),
