@@ -230,13 +230,13 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
     }
     for (int64_t i = 0; i < n * n; i++)
         if (!isfinite(H[i])) {
-            rc = lb_err_set(err, LB_EINVAL, "gptq: H[%lld, %lld] is not finite",
+            rc = lb_err_set(err, LB_ENUMERIC, "gptq: H[%lld, %lld] is NaN/Inf",
                             (long long)(i / n), (long long)(i % n));
             goto cleanup;
         }
     for (int64_t i = 0; i < rows * n; i++)
         if (!isfinite(W[i])) {
-            rc = lb_err_set(err, LB_EINVAL, "gptq: W[%lld, %lld] is not finite",
+            rc = lb_err_set(err, LB_ENUMERIC, "gptq: W[%lld, %lld] is NaN/Inf",
                             (long long)(i / n), (long long)(i % n));
             goto cleanup;
         }
