@@ -100,7 +100,9 @@ typedef struct {
     int (*dequantize)(const lb_qpacked *packed, float *W_out, lb_err *err);
 } lb_qmethod;
 
-/* Registry: NULL when unknown. lb_qmethod_list fills up to max names, returns count. */
+/* Registry: NULL when unknown. lb_qmethod_list fills out[0..max) with methods in
+ * registry order and returns how many it filled; with out == NULL it returns the
+ * total number of registered methods. */
 const lb_qmethod *lb_qmethod_find(const char *name);
 int lb_qmethod_list(const lb_qmethod **out, int max);
 
@@ -121,8 +123,16 @@ uint32_t lb_qfield_get(const lb_qfield *f, int64_t i);
  * type and returns the value that was stored, so W_hat can use exactly it. */
 float lb_qfield_put_float(lb_qfield *f, int64_t i, float v);
 float lb_qfield_get_float(const lb_qfield *f, int64_t i);
+/* LB_QFIELD_INT helpers: store the low `bits` bits of value (caller keeps it in
+ * range [-2^(bits-1), 2^(bits-1))); get sign-extends. Non-float kinds: put_float
+ * stores nothing and returns NAN; get_float returns NAN. Out-of-range i: put is a
+ * no-op, get returns 0. */
+void lb_qfield_put_int(lb_qfield *f, int64_t i, int32_t value);
+int32_t lb_qfield_get_int(const lb_qfield *f, int64_t i);
 
-/* err = tr((W - W_hat) H (W - W_hat)ᵀ) in float64; ref = tr(W H Wᵀ). */
+/* err = tr((W - W_hat) H (W - W_hat)ᵀ) in float64; ref = tr(W H Wᵀ). H is the full
+ * (cols, cols) matrix. OUT: *err_out, *ref_out (either may be NULL). Returns 0,
+ * LB_ENUMERIC on NaN/Inf, LB_ENOMEM. */
 int lb_quant_error(const float *W, const float *W_hat, int64_t rows, int64_t cols,
                    const float *H, double *err_out, double *ref_out, lb_err *err);
 
