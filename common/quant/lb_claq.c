@@ -166,7 +166,7 @@ static int add_field(lb_qpacked *p, const char *name, lb_qfield_kind kind, uint3
 {
     int64_t shape[1] = {count};
     if (!lb_qpacked_add_field(p, name, kind, bits, 1, shape, err))
-        return err ? err->code : LB_EINVAL;
+        return err && err->code ? err->code : LB_EINVAL;
     *index = p->nfields - 1;
     return 0;
 }

@@ -230,7 +230,7 @@ static int add_field(lb_qpacked *p, const char *name, lb_qfield_kind kind, uint3
                      int32_t ndim, const int64_t *shape, int *index, lb_err *err)
 {
     if (!lb_qpacked_add_field(p, name, kind, bits, ndim, shape, err))
-        return err ? err->code : LB_EINVAL;
+        return err && err->code ? err->code : LB_EINVAL;
     if (index)
         *index = p->nfields - 1;
     return 0;
@@ -313,7 +313,7 @@ static int pb_begin(void *ctx, const lb_gptq_state *st, lb_err *err)
     }
     lb_qpacked *p = cx->packed;
     int64_t one = 1, shape_mask[2] = {cols, rows}, shape_blk[2] = {cx->nblocks, rows};
-    int fi_lo, fi_step, fi_bs;
+    int fi_lo = 0, fi_step = 0, fi_bs = 0;
     if ((rc = add_field(p, "block_size", LB_QFIELD_UINT, 32, 1, &one, &fi_bs, err)) ||
         (rc = add_field(p, "mask", LB_QFIELD_UINT, 1, 2, shape_mask, &cx->fi_mask, err)) ||
         (rc = add_field(p, "mu", LB_QFIELD_F16, 16, 2, shape_blk, &cx->fi_mu, err)) ||
@@ -431,7 +431,7 @@ static int pb_end(void *ctx, const lb_gptq_state *st, lb_err *err)
 {
     (void)st;
     pb_ctx *cx = ctx;
-    int fi_s, fi_c;
+    int fi_s = 0, fi_c = 0;
     int rc;
     if ((rc = add_field(cx->packed, "signs", LB_QFIELD_UINT, 1, 1, &cx->nsign, &fi_s, err)) ||
         (rc = add_field(cx->packed, "salient_codes", LB_QFIELD_UINT, (uint32_t)cx->sbits, 1,
