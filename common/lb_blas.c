@@ -74,6 +74,31 @@ int lb_dpotri(bool upper, int64_t n, double *A, int64_t lda, lb_err *err)
                          "cholesky inverse", err);
 }
 
+static int trtri_status(lapack_int info, lb_err *err)
+{
+    if (info > 0)
+        return lb_err_set(err, LB_ENUMERIC,
+                          "triangular inverse: zero diagonal at %d (singular); raise damping",
+                          (int)info);
+    if (info < 0)
+        return lb_err_set(err, LB_EINVAL, "triangular inverse: invalid argument %d", (int)-info);
+    return LB_OK;
+}
+
+int lb_strtri(bool upper, int64_t n, float *A, int64_t lda, lb_err *err)
+{
+    return trtri_status(LAPACKE_strtri(LAPACK_ROW_MAJOR, upper ? 'U' : 'L', 'N', (lapack_int)n,
+                                       A, (lapack_int)lda),
+                        err);
+}
+
+int lb_dtrtri(bool upper, int64_t n, double *A, int64_t lda, lb_err *err)
+{
+    return trtri_status(LAPACKE_dtrtri(LAPACK_ROW_MAJOR, upper ? 'U' : 'L', 'N', (lapack_int)n,
+                                       A, (lapack_int)lda),
+                        err);
+}
+
 void lb_strsm(bool left, bool upper, bool trans_a, int64_t m, int64_t n, float alpha,
               const float *A, int64_t lda, float *B, int64_t ldb)
 {

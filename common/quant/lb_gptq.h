@@ -68,7 +68,8 @@ typedef struct {
     int64_t rows, cols;
     int64_t block_size;
     const lb_qopts *opts; /* the options lb_gptq_run got */
-    const float *Wt;      /* (cols, rows) working W, transposed, processing order */
+    const float *Wt;      /* (cols, rows) working W, transposed, processing order; columns
+                           * before the current one already hold their dequantized q */
     const float *U;       /* (cols, cols) row-major, upper: H^-1 = Uᵀ U, processing order */
     const float *Hdiag;   /* (cols,) damped diag(H), processing order */
     const int64_t *perm;  /* (cols,) perm[c] = original column of processing column c */

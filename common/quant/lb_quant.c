@@ -11,12 +11,16 @@
 
 /* ---- registry: one line per method; the object is defined in lb_<method>.c ---- */
 
-/* qcore: RTN, GPTQ (enabled as each lands) */
+/* qcore: RTN, GPTQ */
+extern const lb_qmethod lb_qmethod_rtn;
+extern const lb_qmethod lb_qmethod_gptq;
 /* qclaq: CLAQ, PB-LLM (extern declarations here) */
 /* qbin: BiLLM, QBB (extern declarations here) */
 
 static const lb_qmethod *const lb_qmethods[] = {
     /* qcore: RTN, GPTQ */
+    &lb_qmethod_rtn,
+    &lb_qmethod_gptq,
     /* qclaq: CLAQ, PB-LLM */
     /* qbin: BiLLM, QBB */
     NULL,

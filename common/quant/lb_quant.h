@@ -107,7 +107,9 @@ const lb_qmethod *lb_qmethod_find(const char *name);
 int lb_qmethod_list(const lb_qmethod **out, int max);
 
 /* Packed fields. lb_qpacked_add_field allocates a zeroed field of count elements of
- * `bits` bits and returns it (NULL and err on failure); the packed struct owns it. */
+ * `bits` bits and returns it (NULL and err on failure); the packed struct owns it.
+ * The returned pointer is invalidated by the next add (the array grows): add every
+ * field first, then take pointers (p->fields[i] or lb_qpacked_field). */
 lb_qfield *lb_qpacked_add_field(lb_qpacked *p, const char *name, lb_qfield_kind kind,
                                 uint32_t bits, int32_t ndim, const int64_t *shape, lb_err *err);
 const lb_qfield *lb_qpacked_field(const lb_qpacked *p, const char *name);
