@@ -240,7 +240,7 @@ static void ref_claq_column(void *ctx, const ref_obs_state *st, int c, const dou
         }
         int best = 0;
         for (int m = 1; m < k; m++)
-            if (fabs(w[i] - cent[m]) < fabs(w[i] - cent[best]))
+            if (fabs(w[i] - (double)cent[m]) < fabs(w[i] - (double)cent[best]))
                 best = m;
         q[i] = cent[best];
     }
