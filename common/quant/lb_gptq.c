@@ -227,14 +227,24 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
     // sub-blocks: width divides the group size and the block size, so a group's first
     // column always starts a sub-block and sees all earlier in-block updates
     int64_t sub = gcd64(bs, 32);
-    if (opts->group_size > 0)
-        sub = gcd64(sub, opts->group_size);
+    const int64_t gs = opts->group_size;
+    const bool flush_groups = gs > 0 && !opts->static_groups;
+    if (gs > 0)
+        sub = gcd64(sub, gs);
     for (int64_t c0 = 0; c0 < n; c0 += bs) {
         const int64_t be = c0 + bs < n ? c0 + bs : n, nb = be - c0;
         if (hook->block_begin && (rc = hook->block_begin(hook->ctx, &st, c0, nb, err)))
             goto cleanup;
+        int64_t flushed = c0; // E[c0:flushed] already applied to Wt[be:]
         for (int64_t s0 = c0; s0 < be; s0 += sub) {
             const int64_t s1 = s0 + sub < be ? s0 + sub : be;
+            // A group that starts here and crosses the block end is fitted on its
+            // current columns: flush the block's errors so far to Wt[be:] first.
+            if (flush_groups && s0 % gs == 0 && s0 + gs > be && be < n && s0 > flushed) {
+                lb_sgemm(true, false, n - be, rows, s0 - flushed, -1.0f, U + flushed * n + be,
+                         n, E + (flushed - c0) * rows, rows, 1.0f, Wt + be * rows, rows);
+                flushed = s0;
+            }
             for (int64_t c = s0; c < s1; c++) {
                 float *w = Wt + c * rows;
                 float es = 1.0f;
@@ -268,10 +278,10 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
                 lb_sgemm(true, false, be - s1, rows, s1 - s0, -1.0f, U + s0 * n + s1, n,
                          E + (s0 - c0) * rows, rows, 1.0f, Wt + s1 * rows, rows);
         }
-        // lazy batch: Wt[be:] (n-be, rows) -= U[c0:be, be:]ᵀ (n-be, nb) @ E (nb, rows)
+        // lazy batch: Wt[be:] (n-be, rows) -= U[f:be, be:]ᵀ (n-be, be-f) @ E[f:be] (be-f, rows)
         if (be < n)
-            lb_sgemm(true, false, n - be, rows, nb, -1.0f, U + c0 * n + be, n, E, rows, 1.0f,
-                     Wt + be * rows, rows);
+            lb_sgemm(true, false, n - be, rows, be - flushed, -1.0f, U + flushed * n + be, n,
+                     E + (flushed - c0) * rows, rows, 1.0f, Wt + be * rows, rows);
     }
     if (hook->end && (rc = hook->end(hook->ctx, &st, err)))
         goto cleanup;

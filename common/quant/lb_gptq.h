@@ -23,8 +23,14 @@
  *         W[:, c0+nb :] -= E_block @ U[block, c0+nb :]        (ONE lazy GEMM, Sec. 3 Step 2)
  *     Inside a block the rank-1 updates are applied lazily in sub-blocks whose width
  *     divides the group size, so every column, and every group's first column, sees
- *     exactly the updates the reference would have applied (only the float summation
- *     order differs);
+ *     all earlier columns' updates (only the float summation order differs from the
+ *     column-by-column algorithm). When opts->group_size > 0 (and not static groups) and
+ *     a group starts inside a block and runs past its end, the block's errors so far are
+ *     flushed to the later columns (one extra GEMM) before the group is fitted, so the
+ *     group's grid sees its fully compensated columns. The GPTQ reference fits such a
+ *     group on columns that lack the current block's compensation; we do not copy that
+ *     artifact, which makes results independent of block_size (they coincide with the
+ *     reference whenever groups do not cross blocks, e.g. g = 128 = block);
  *  6. W_hat[:, perm[c]] = q_c (output in the ORIGINAL column order).
  *
  * Layout: the engine works on Wt, a transposed copy (cols, rows) in processing order, so
@@ -49,8 +55,8 @@
  *    engine compensates column by column. Group-wise hooks: when c is the first column
  *    of a group (c % group_size == 0 in processing order), fit the group's grid from
  *    st->Wt + c*rows ... (columns [c, min(c+g, cols)), stride rows): those columns are the
- *    CURRENT ones, as in the GPTQ reference (columns past the current block do not yet
- *    have the current block's compensation, exactly as in the reference).
+ *    CURRENT, fully compensated ones (see step 5), as the GPTQ reference intends.
+ *    Other columns past the current block lack the current block's compensation.
  *    Returning non-zero aborts the run with that code (fill err).
  *  - end (optional): once after the last column (finish packing etc.). Not called
  *    when the run failed.
