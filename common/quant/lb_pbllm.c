@@ -241,8 +241,8 @@ static int pb_check_opts(const lb_qopts *o, int64_t rows, int64_t bs, lb_err *er
     if (!(o->salient_frac >= 0.0 && o->salient_frac <= 1.0))
         return lb_err_set(err, LB_EINVAL, "pbllm: salient_frac=%g must be in [0, 1]",
                           o->salient_frac);
-    if (o->salient_bits < 2 || o->salient_bits > 16)
-        return lb_err_set(err, LB_EINVAL, "pbllm: salient_bits=%d must be in 2..16",
+    if (o->salient_bits < 1 || o->salient_bits > 16)
+        return lb_err_set(err, LB_EINVAL, "pbllm: salient_bits=%d must be in 1..16",
                           o->salient_bits);
     if (o->salient_criterion != LB_SALIENT_HESSIAN &&
         o->salient_criterion != LB_SALIENT_MAGNITUDE)

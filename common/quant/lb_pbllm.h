@@ -43,7 +43,7 @@
 
 extern const lb_qmethod lb_qmethod_pbllm;
 
-/* Per-row salient grid covering [lo, hi] with `bits` bits (2..16): OUT lo16 (f16 value,
+/* Per-row salient grid covering [lo, hi] with `bits` bits (1..16): OUT lo16 (f16 value,
  * <= lo) and step16 (f16 value, >= 0) such that lo16 + (2^bits - 1) * step16 >= hi.
  * Returns 0 or LB_ENUMERIC (range beyond f16, NaN) / LB_EINVAL (lo > hi, bits). */
 int lb_pbllm_fit_grid(float lo, float hi, int32_t bits, float *lo16, float *step16,

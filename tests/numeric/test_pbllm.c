@@ -333,6 +333,7 @@ static void test_matches_reference_magnitude(void **state)
     run_against_reference(12, 24, LB_SALIENT_MAGNITUDE, 0, 8, true, 0.1, 3);
     run_against_reference(8, 20, LB_SALIENT_MAGNITUDE, 2, 4, false, 0.3, 4);
     run_against_reference(8, 16, LB_SALIENT_MAGNITUDE, 0, 16, false, 0.0, 5);
+    run_against_reference(8, 16, LB_SALIENT_HESSIAN, 0, 8, false, 0.5, 6);
 }
 
 static void test_options_and_corrupt(void **state)
@@ -351,7 +352,7 @@ static void test_options_and_corrupt(void **state)
     o.salient_group = 48; /* does not divide 128 */
     assert_int_equal(lb_pbllm_quantize(W, R, C, H, &o, &res, &err), LB_EINVAL);
     o.salient_group = 0;
-    o.salient_bits = 1;
+    o.salient_bits = 17;
     assert_int_equal(lb_pbllm_quantize(W, R, C, H, &o, &res, &err), LB_EINVAL);
     o.salient_bits = 8;
     o.salient_frac = 1.5;
