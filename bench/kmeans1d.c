@@ -23,7 +23,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: bench_kmeans1d [n >= 1] [columns >= 1]\n");
         return 2;
     }
-    float *x = malloc((size_t)n * sizeof *x);
+    float *x = malloc((size_t)n * (size_t)cols * sizeof *x);
     lb_kmeans1d_ws *ws = NULL;
     lb_err err = {0};
     if (!x || lb_kmeans1d_ws_new(n, 16, &ws, &err)) {
@@ -31,17 +31,17 @@ int main(int argc, char **argv)
         return 1;
     }
     uint64_t s = 1;
+    for (int64_t i = 0; i < n * cols; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        double u = ((double)(s >> 11) + 0.5) / 9007199254740992.0;
+        x[i] = (float)(0.02 * tan(3.14159265358979 * (u - 0.5) * 0.9)); /* heavy tail */
+    }
     for (int k = 2; k <= 16; k *= 2) {
         double t0 = now_s(), total = 0.0;
         for (int c = 0; c < cols; c++) {
-            for (int64_t i = 0; i < n; i++) {
-                s = s * 6364136223846793005ull + 1442695040888963407ull;
-                double u = ((double)(s >> 11) + 0.5) / 9007199254740992.0;
-                x[i] = (float)(0.02 * tan(3.14159265358979 * (u - 0.5) * 0.9)); /* heavy tail */
-            }
             float cent[16];
             double loss;
-            if (lb_kmeans1d_fit(ws, x, n, k, cent, &loss, &err)) {
+            if (lb_kmeans1d_fit(ws, x + (size_t)c * (size_t)n, n, k, cent, &loss, &err)) {
                 fprintf(stderr, "bench_kmeans1d: %s\n", err.msg);
                 return 1;
             }
