@@ -372,6 +372,36 @@ static void test_options_and_corrupt(void **state)
     lb_qresult_free(&res);
 }
 
+/* A dead input channel (H_jj = 0, no signal) and act-order: the engine zeroes that column;
+ * the method must still produce a consistent packed matrix. */
+static void test_dead_column_act_order(void **state)
+{
+    (void)state;
+    enum { R = 16, C = 12 };
+    uint64_t rng = 31;
+    float W[R * C], H[C * C], Wdq[R * C];
+    for (int i = 0; i < R * C; i++)
+        W[i] = lb_test_rand_normal(&rng);
+    ref_make_hessian(H, C, 48, &rng);
+    for (int j = 0; j < C; j++)
+        H[5 * C + j] = H[j * C + 5] = 0.0f;
+    lb_qopts o;
+    lb_qopts_init(&o);
+    o.bits = 1;
+    o.act_order = true;
+    o.block_size = 4;
+    lb_qresult res;
+    lb_err err = {0};
+    if (lb_pbllm_quantize(W, R, C, H, &o, &res, &err))
+        fail_msg("pbllm: %s", err.msg);
+    for (int i = 0; i < R * C; i++)
+        assert_true(isfinite(res.W_hat[i]));
+    assert_int_equal(lb_pbllm_dequantize(&res.packed, Wdq, &err), 0);
+    assert_memory_equal(Wdq, res.W_hat, sizeof Wdq);
+    assert_non_null(lb_qpacked_field(&res.packed, "perm"));
+    lb_qresult_free(&res);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -380,6 +410,7 @@ int main(void)
         cmocka_unit_test(test_matches_reference_hessian),
         cmocka_unit_test(test_matches_reference_magnitude),
         cmocka_unit_test(test_options_and_corrupt),
+        cmocka_unit_test(test_dead_column_act_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
