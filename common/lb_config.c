@@ -267,6 +267,10 @@ static int parse_root(lb_config *c, json_t *root, const char *src, lb_err *err)
         return rc;
     if ((rc = get_str(root, "torch_dtype", c->torch_dtype, sizeof c->torch_dtype, src, err)) < 0)
         return rc;
+    /* newer transformers write "dtype" instead */
+    if (rc == 0 && (rc = get_str(root, "dtype", c->torch_dtype, sizeof c->torch_dtype, src,
+                                 err)) < 0)
+        return rc;
     if ((rc = lb_config_validate(c, err)) < 0) {
         /* validate names "config.json"; put the real source in front */
         if (strncmp(err ? err->msg : "", "config.json: ", 13) == 0 && err) {

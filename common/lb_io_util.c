@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -123,6 +124,39 @@ done:
     free(buf);
     close(fd);
     return rc;
+}
+
+int lb_io_map(const char *path, const void **map, size_t *size, lb_err *err)
+{
+    *map = NULL;
+    *size = 0;
+    int rc = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return lb_err_set(err, errno == ENOENT ? LB_ENOTFOUND : LB_EIO, "%s: cannot open: %s",
+                          path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        rc = lb_err_set(err, LB_EIO, "%s: fstat failed: %s", path, strerror(errno));
+    } else if (!S_ISREG(sb.st_mode)) {
+        rc = lb_err_set(err, LB_EFORMAT, "%s: not a regular file", path);
+    } else if (sb.st_size > 0) {
+        void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m == MAP_FAILED)
+            rc = lb_err_set(err, LB_EIO, "%s: mmap failed: %s", path, strerror(errno));
+        else {
+            *map = m;
+            *size = (size_t)sb.st_size;
+        }
+    }
+    close(fd); /* the mapping stays valid */
+    return rc;
+}
+
+void lb_io_unmap(const void *map, size_t size)
+{
+    if (map)
+        munmap((void *)map, size);
 }
 
 int lb_io_fsync_parent(const char *path, lb_err *err)

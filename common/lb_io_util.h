@@ -29,6 +29,12 @@ char *lb_io_path_join(const char *dir, const char *name);
 int lb_io_read_file(const char *path, uint64_t max_bytes, char **text, size_t *len,
                     lb_err *err);
 
+/* Maps a whole regular file read-only. OUT: *map (NULL for an empty file),
+ * *size. Unmap with lb_io_unmap. Errors: LB_ENOTFOUND, LB_EIO, LB_EFORMAT
+ * (not a regular file). */
+int lb_io_map(const char *path, const void **map, size_t *size, lb_err *err);
+void lb_io_unmap(const void *map, size_t size);
+
 /* Writes len bytes to path + ".tmp", fsyncs, renames onto path and fsyncs the
  * directory. The temp file is removed on failure. Returns 0 or LB_EIO/LB_ENOMEM. */
 int lb_io_write_atomic(const char *path, const void *data, size_t len, lb_err *err);

@@ -503,6 +503,12 @@ done:
     return rc;
 }
 
+static int has_suffix(const char *s, const char *suf)
+{
+    size_t n = strlen(s), m = strlen(suf);
+    return n >= m && !strcmp(s + n - m, suf);
+}
+
 int lb_st_open(lb_st **out, const char *path, lb_err *err)
 {
     char *index = NULL, *single = NULL;
@@ -542,6 +548,16 @@ int lb_st_open(lb_st **out, const char *path, lb_err *err)
                             path);
             goto fail;
         }
+    } else if (has_suffix(path, ".index.json")) {
+        /* the index file itself: shards live beside it */
+        const char *slash = strrchr(path, '/');
+        index = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+        if (!index) {
+            rc = lb_err_set(err, LB_ENOMEM, "%s: out of memory", path);
+            goto fail;
+        }
+        if ((rc = open_index(st, index, path, err)))
+            goto fail;
     } else {
         if ((rc = add_shard(st, path, err)) || (rc = load_shard(st, 0, err)) ||
             (rc = build_hash(st, err)))

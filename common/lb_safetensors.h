@@ -35,7 +35,8 @@ typedef struct {
     const char *file;              /* path of the file (shard) holding it */
 } lb_st_tensor;
 
-/* Opens path: a .safetensors file, or a directory with model.safetensors or
+/* Opens path: a .safetensors file, a sharded index file (*.index.json, shards
+ * beside it), or a directory with model.safetensors or
  * model.safetensors.index.json (the index wins when both exist). Each shard is
  * opened and mapped once. Returns 0 and sets *out (free with lb_st_free), or
  * LB_EIO / LB_EFORMAT / LB_ENOTFOUND / LB_ENOMEM with a one-line message in err

@@ -231,13 +231,19 @@ int lb_tokens_load_rows(const char *path, uint32_t **out, int64_t *n, int64_t *r
         return lb_err_set(err, LB_EINVAL, "lb_tokens_load: NULL argument");
     *out = NULL;
     *n = 0;
-    char *buf = NULL;
+    const void *map = NULL;
     size_t size = 0;
-    int rc = lb_io_read_file(path, TOKENS_MAX_BYTES, &buf, &size, err);
+    int rc = lb_io_map(path, &map, &size, err);
     if (rc)
         return rc;
+    if ((uint64_t)size > TOKENS_MAX_BYTES) {
+        lb_io_unmap(map, size);
+        return lb_err_set(err, LB_EFORMAT, "%s: %zu bytes is too large for a token file", path,
+                          size);
+    }
+    const uint8_t *buf = map;
     if (has_suffix(path, ".npy")) {
-        rc = parse_npy(path, (const uint8_t *)buf, size, out, n, rows, err);
+        rc = parse_npy(path, buf, size, out, n, rows, err);
     } else if (size % 4) {
         rc = lb_err_set(err, LB_EFORMAT,
                         "%s: %zu bytes is not a multiple of 4; expected raw little-endian uint32 "
@@ -257,7 +263,7 @@ int lb_tokens_load_rows(const char *path, uint32_t **out, int64_t *n, int64_t *r
                 *rows = 1;
         }
     }
-    free(buf);
+    lb_io_unmap(map, size);
     return rc;
 }
 

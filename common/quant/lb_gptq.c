@@ -90,7 +90,7 @@ static int cholesky_inverse_upper(float *A, int64_t n, const float *hdiag,
     }
     int rc = lb_spotrf(false, n, A, n, err);
     if (rc)
-        return lb_err_prefix(err, "gptq: H after damping");
+        return lb_err_prefix(err, "gptq: H is singular after damping (raise --damp)");
     // A float32 factorization of a singular H can "succeed" with rounding-sized
     // pivots; a pivot below 16 eps of its diagonal entry means the column is linearly
     // dependent on the earlier ones in float32, and H^-1 would be noise.
@@ -104,7 +104,7 @@ static int cholesky_inverse_upper(float *A, int64_t n, const float *hdiag,
     }
     rc = lb_strtri(false, n, A, n, err);
     if (rc)
-        return lb_err_prefix(err, "gptq: H after damping");
+        return lb_err_prefix(err, "gptq: H is singular after damping (raise --damp)");
     for (int64_t i = 0, j = n * n - 1; i < j; i++, j--) {
         float t = A[i];
         A[i] = A[j];
@@ -158,15 +158,16 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
                           (long long)cols);
     int rc = LB_OK;
     const int64_t n = cols, bs = opts->block_size;
-    float *A = malloc((size_t)(n * n) * sizeof *A);
-    float *Wt = malloc((size_t)(rows * n) * sizeof *Wt);
+    float *A = lb_quant_big_alloc((size_t)(n * n) * sizeof *A);
+    float *Wt = lb_quant_big_alloc((size_t)(rows * n) * sizeof *Wt);
+    uint8_t *dead = malloc((size_t)n);
     float *E = malloc((size_t)(rows * bs) * sizeof *E);
     float *q = malloc((size_t)rows * sizeof *q);
     float *diag = malloc((size_t)n * sizeof *diag);
     float *hdiag = malloc((size_t)n * sizeof *hdiag);
     int64_t *perm = malloc((size_t)n * sizeof *perm);
     int64_t *iperm = malloc((size_t)n * sizeof *iperm);
-    if (!A || !Wt || !E || !q || !diag || !hdiag || !perm || !iperm) {
+    if (!A || !Wt || !E || !q || !diag || !hdiag || !perm || !iperm || !dead) {
         rc = lb_err_set(err, LB_ENOMEM, "gptq: out of memory for %lld x %lld",
                         (long long)rows, (long long)cols);
         goto cleanup;
@@ -187,7 +188,8 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
     // dead columns: H_jj == 0 -> H_jj = 1, W[:, j] = 0 (GPTQ reference)
     double mean = 0.0;
     for (int64_t j = 0; j < n; j++) {
-        diag[j] = H[j * n + j] == 0.0f ? 1.0f : H[j * n + j];
+        dead[j] = H[j * n + j] == 0.0f;
+        diag[j] = dead[j] ? 1.0f : H[j * n + j];
         mean += (double)diag[j];
     }
     mean /= (double)n;
@@ -202,18 +204,23 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
     // A = P H Pᵀ + damp I (dead diag = 1)
     for (int64_t a = 0; a < n; a++) {
         const float *hrow = H + perm[a] * n;
-        for (int64_t b = 0; b < n; b++)
-            A[a * n + b] = hrow[perm[b]];
+        if (opts->act_order)
+            for (int64_t b = 0; b < n; b++)
+                A[a * n + b] = hrow[perm[b]];
+        else
+            memcpy(A + a * n, hrow, (size_t)n * sizeof *A);
         A[a * n + a] = diag[perm[a]] + damp;
         hdiag[a] = A[a * n + a];
     }
-    // Wt[c, :] = W[:, perm[c]]; zero for dead columns
+    // Wt[c, :] = W[:, perm[c]] (zero for dead columns), by 32 x 32 tiles
     for (int64_t r0 = 0; r0 < rows; r0 += 32)
-        for (int64_t c = 0; c < n; c++) {
-            bool dead = H[perm[c] * n + perm[c]] == 0.0f;
-            int64_t r1 = r0 + 32 < rows ? r0 + 32 : rows;
-            for (int64_t r = r0; r < r1; r++)
-                Wt[c * rows + r] = dead ? 0.0f : W[r * n + perm[c]];
+        for (int64_t c0 = 0; c0 < n; c0 += 32) {
+            int64_t r1 = r0 + 32 < rows ? r0 + 32 : rows, c1 = c0 + 32 < n ? c0 + 32 : n;
+            for (int64_t c = c0; c < c1; c++) {
+                const int64_t o = perm[c];
+                for (int64_t r = r0; r < r1; r++)
+                    Wt[c * rows + r] = dead[o] ? 0.0f : W[r * n + o];
+            }
         }
     rc = cholesky_inverse_upper(A, n, hdiag, perm, err);
     if (rc)
@@ -254,8 +261,9 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
                 const float f = es / U[c * n + c];
                 float *e = E + (c - c0) * rows;
                 bool finite = true;
+#pragma omp simd reduction(&& : finite)
                 for (int64_t r = 0; r < rows; r++) {
-                    finite &= isfinite(q[r]) != 0;
+                    finite = finite && isfinite(q[r]);
                     e[r] = (w[r] - q[r]) * f;
                     w[r] = q[r];
                 }
@@ -269,6 +277,7 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
                 for (int64_t k = c + 1; k < s1; k++) {
                     const float u = U[c * n + k];
                     float *wk = Wt + k * rows;
+#pragma omp simd
                     for (int64_t r = 0; r < rows; r++)
                         wk[r] -= u * e[r];
                 }
@@ -297,5 +306,6 @@ cleanup:
     free(hdiag);
     free(perm);
     free(iperm);
+    free(dead);
     return rc;
 }

@@ -109,7 +109,7 @@ static int gptq_quantize(const float *W, int64_t rows, int64_t cols, const float
     u.static_groups = opts->static_groups;
     u.scale = malloc((size_t)rows * sizeof *u.scale);
     u.zero = malloc((size_t)rows * sizeof *u.zero);
-    out->W_hat = malloc((size_t)(rows * cols) * sizeof *out->W_hat);
+    out->W_hat = lb_quant_big_alloc((size_t)(rows * cols) * sizeof *out->W_hat);
     perm = malloc((size_t)cols * sizeof *perm);
     bool ok = u.scale && u.zero && out->W_hat && perm;
     if (ok && u.static_groups && !u.per_row) {

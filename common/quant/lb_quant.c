@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "lb_blas.h"
 #include "lb_dtype.h"
@@ -282,6 +283,21 @@ float lb_qfield_get_float(const lb_qfield *f, int64_t i)
     }
     default: return NAN;
     }
+}
+
+void *lb_quant_big_alloc(size_t nbytes)
+{
+    if (nbytes == 0)
+        return NULL;
+    const size_t huge = (size_t)2 << 20;
+    if (nbytes < 2 * huge)
+        return malloc(nbytes);
+    void *p = NULL;
+    size_t rounded = (nbytes + huge - 1) / huge * huge;
+    if (rounded < nbytes || posix_memalign(&p, huge, rounded))
+        return NULL;
+    (void)madvise(p, rounded, MADV_HUGEPAGE); /* advice only: failure is harmless */
+    return p;
 }
 
 /* ---- error metric ---- */

@@ -185,6 +185,8 @@ static void test_head_dim_gqa_defaults(void **state)
     assert_true(c.o_bias);
     assert_true(c.mlp_bias);
     assert_int_equal(c.eos_token_id, 7);
+    assert_int_equal(parse_variant(&c, NULL, "\"dtype\": \"bfloat16\"", &err), 0);
+    assert_string_equal(c.torch_dtype, "bfloat16");
     /* integral reals are accepted as sizes */
     assert_int_equal(parse_variant(&c, "hidden_size", "\"hidden_size\": 64.0", &err), 0);
     assert_int_equal(c.hidden_size, 64);
@@ -245,6 +247,43 @@ static void test_errors(void **state)
     assert_non_null(strstr(err.msg, "num_key_value_heads"));
 }
 
+/* Random byte flips of a valid config: parse cleanly or fail with a message,
+ * and any accepted config passes validation. */
+static void test_config_byte_flips(void **state)
+{
+    (void)state;
+    size_t len = strlen(k_qwen2);
+    char *buf = malloc(len + 1);
+    uint64_t rng = 5;
+    int ok = 0, bad = 0;
+    for (int c = 0; c < 400; c++) {
+        memcpy(buf, k_qwen2, len + 1);
+        for (int k = 0; k < 1 + c % 3; k++) {
+            uint64_t r = lb_test_rand_u64(&rng);
+            size_t pos = (size_t)((r >> 8) % len);
+            if (r & 1)
+                buf[pos] = (char)(1 + (r >> 40) % 255);
+            else
+                buf[pos] = (char)(buf[pos] ^ (1 << (r >> 4 & 6)));
+            if (!buf[pos])
+                buf[pos] = ' ';
+        }
+        lb_config cfg;
+        lb_err err = {0};
+        if (lb_config_parse(&cfg, buf, "flip.json", &err) == 0) {
+            assert_int_equal(lb_config_validate(&cfg, &err), 0);
+            ok++;
+        } else {
+            assert_non_null(strstr(err.msg, "flip.json"));
+            assert_null(strchr(err.msg, '\n'));
+            bad++;
+        }
+    }
+    print_message("config flips: %d accepted, %d rejected\n", ok, bad);
+    assert_true(ok > 0 && bad > 0);
+    free(buf);
+}
+
 static void test_write_round_trip(void **state)
 {
     (void)state;
@@ -294,6 +333,7 @@ int main(void)
         cmocka_unit_test(test_mistral_qwen2),
         cmocka_unit_test(test_head_dim_gqa_defaults),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_config_byte_flips),
         cmocka_unit_test(test_write_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

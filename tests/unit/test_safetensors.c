@@ -528,6 +528,11 @@ static void test_sharded_and_directories(void **state)
     for (int k = 0; k < 4; k++)
         assert_true(v[k] == (float)(12 + 8 + k));
     lb_st_free(&st);
+    /* the index file itself opens the same model */
+    assert_int_equal(lb_st_open(&st, idx, &err), 0);
+    assert_int_equal(lb_st_count(st), 5);
+    assert_string_equal(lb_st_find(st, "lm_head.weight")->file, p2);
+    lb_st_free(&st);
 
     /* the index names a tensor its shard lacks */
     write_text(idx, "{\"weight_map\": {"
@@ -675,6 +680,21 @@ static void test_hostile_headers(void **state)
         uint8_t b[12] = {4, 0, 0, 0, 0, 0, 0, 0, '{', 0, '}', ' '};
         write_file(p, b, 12);
         expect_open_fail(p, LB_EFORMAT, p, "JSON");
+    }
+    /* deep nesting must not recurse without bound */
+    {
+        enum { DEPTH = 200000 };
+        char *deep = malloc(2 * DEPTH + 8);
+        size_t k = 0;
+        deep[k++] = '{';
+        memcpy(deep + k, "\"a\":", 4);
+        k += 4;
+        for (int i = 0; i < DEPTH; i++)
+            deep[k++] = '[';
+        deep[k] = '\0';
+        write_st(p, deep, 0);
+        expect_open_fail(p, LB_EFORMAT, p, "JSON");
+        free(deep);
     }
     /* gaps between tensors and unordered offsets are fine */
     write_st(p,

@@ -142,8 +142,9 @@ static void test_npy_dtypes_and_versions(void **state)
             for (int twod = 0; twod < 2; twod++) {
                 char p[4200], dict[200];
                 snprintf(p, sizeof p, "%s/t%d%zu%d.npy", tdir, v, d, twod);
-                snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': %s, }",
-                         dts[d].descr, twod ? "(2, 3)" : "(6,)");
+                snprintf(dict, sizeof dict,
+                         "{'descr': '%s', 'fortran_order': False, 'shape': %s, }", dts[d].descr,
+                         twod ? "(2, 3)" : "(6,)");
                 uint8_t data[48];
                 for (int i = 0; i < 6; i++)
                     put_le(data + (size_t)i * dts[d].es, want[i], dts[d].es);
@@ -255,6 +256,50 @@ static void test_npy_bad(void **state)
     }
 }
 
+static void test_npy_byte_flips(void **state)
+{
+    (void)state;
+    char good[4200], p[4200];
+    snprintf(good, sizeof good, "%s/flip-src.npy", tdir);
+    snprintf(p, sizeof p, "%s/flip.npy", tdir);
+    uint8_t d[24];
+    for (int i = 0; i < 6; i++)
+        put_le(d + 4 * i, (uint64_t)i * 77, 4);
+    write_npy(good, 1, "{'descr': '<u4', 'fortran_order': False, 'shape': (2, 3), }", d, 24);
+    FILE *f = fopen(good, "rb");
+    uint8_t orig[256], mut[256];
+    size_t sz = fread(orig, 1, sizeof orig, f);
+    fclose(f);
+    uint64_t rng = 99;
+    int ok = 0, bad = 0;
+    for (int c = 0; c < 300; c++) {
+        memcpy(mut, orig, sz);
+        for (int k = 0; k < 1 + c % 3; k++) {
+            uint64_t r = lb_test_rand_u64(&rng);
+            size_t pos = (size_t)((r >> 8) % (sz - 24)); /* the header */
+            mut[pos] = (r & 1) ? (uint8_t)(r >> 40) : (uint8_t)(mut[pos] ^ (1u << (r >> 4 & 7)));
+        }
+        write_file(p, mut, sz);
+        uint32_t *t = NULL;
+        int64_t n = -1, rows = -1;
+        lb_err err = {0};
+        if (lb_tokens_load_rows(p, &t, &n, &rows, &err) == 0) {
+            /* accepted: the element count must match the data that is there */
+            assert_true(n >= 0 && rows >= 0);
+            for (int64_t i = 0; i < n; i++)
+                (void)t[i];
+            ok++;
+        } else {
+            assert_non_null(strstr(err.msg, p));
+            assert_null(t);
+            bad++;
+        }
+        free(t);
+    }
+    print_message("npy flips: %d accepted, %d rejected\n", ok, bad);
+    assert_true(bad > 0);
+}
+
 static void test_check_vocab(void **state)
 {
     (void)state;
@@ -296,6 +341,7 @@ int main(void)
         cmocka_unit_test(test_u32_round_trip),
         cmocka_unit_test(test_npy_dtypes_and_versions),
         cmocka_unit_test(test_npy_bad),
+        cmocka_unit_test(test_npy_byte_flips),
         cmocka_unit_test(test_check_vocab),
         cmocka_unit_test(test_fixture_tokens),
     };
