@@ -545,7 +545,7 @@ int lb_pbllm_dequantize(const lb_qpacked *p, float *W_out, lb_err *err)
         goto cleanup;
     }
     const int64_t bs = lb_qfield_get(fbs, 0);
-    if (bs < 1 || fm->bits != 1 || fs->bits != 1 || fc->bits < 2 || fc->bits > 16) {
+    if (bs < 1 || fm->bits != 1 || fs->bits != 1 || fc->bits < 1 || fc->bits > 16) {
         rc = lb_err_set(err, LB_EFORMAT,
                         "pbllm packed: block_size %lld or field widths invalid; corrupt",
                         (long long)bs);

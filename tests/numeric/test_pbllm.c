@@ -358,6 +358,16 @@ static void test_options_and_corrupt(void **state)
     o.salient_frac = 1.5;
     assert_int_equal(lb_pbllm_quantize(W, R, C, H, &o, &res, &err), LB_EINVAL);
     o.salient_frac = 0.25;
+    /* every salient width decodes exactly, 1 bit (two levels) included */
+    for (int32_t sb = 1; sb <= 16; sb += 5) {
+        o.salient_bits = sb;
+        assert_int_equal(lb_pbllm_quantize(W, R, C, H, &o, &res, &err), 0);
+        assert_int_equal(lb_pbllm_dequantize(&res.packed, out, &err), 0);
+        assert_memory_equal(out, res.W_hat, sizeof out);
+        assert_int_equal(lb_qpacked_field(&res.packed, "salient_codes")->bits, (uint32_t)sb);
+        lb_qresult_free(&res);
+    }
+    o.salient_bits = 8;
     assert_int_equal(lb_pbllm_quantize(W, R, C, H, &o, &res, &err), 0);
     assert_int_equal(lb_pbllm_dequantize(&res.packed, out, &err), 0);
     /* flipping a mask bit breaks the count consistency */
