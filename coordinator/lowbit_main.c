@@ -21,6 +21,7 @@ typedef struct {
 static const lb_cli_command commands[] = {
     /* one line per subcommand, in the order `lowbit --help` lists them */
     {"version", cmd_version, "print the version"},
+    {"qmatrix", lb_cmd_qmatrix, "quantize one weight matrix with its Hessian"},
 };
 
 static void usage(FILE *out)
