@@ -446,7 +446,8 @@ static int ops_find(const lb_st *st, const char *name, int64_t *rows, int64_t *c
     return 1;
 }
 
-static int ops_load(const lb_st *st, const char *name, float *dst, int64_t numel, lb_err *err)
+int lb_packed_load_weight(const lb_st *st, const char *name, float *dst, int64_t numel,
+                          lb_err *err)
 {
     char prefix[NAME_CAP];
     lb_qpacked p = {0};
@@ -479,7 +480,7 @@ static int ops_load(const lb_st *st, const char *name, float *dst, int64_t numel
 static const lb_model_packed_ops packed_ops = {
     .check = ops_check,
     .find = ops_find,
-    .load = ops_load,
+    .load = lb_packed_load_weight,
 };
 
 void lb_packed_model_register(void)

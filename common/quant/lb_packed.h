@@ -62,6 +62,13 @@ int lb_packed_write(const char *out_dir, const lb_model *src, const lb_packed_en
                     int64_t n, const lb_packed_info *info, lb_packed_summary *summary,
                     lb_err *err);
 
+/* Dequantizes packed weight `name` ("X.weight", stored under "X.q") of st into
+ * dst (numel floats) through the method registry; what lb_model_load_block uses
+ * for packed checkpoints. Errors: as lb_qpacked_io_read, LB_EFORMAT (unknown
+ * method, size mismatch), LB_ENUMERIC (NaN/Inf result), the method's errors. */
+int lb_packed_load_weight(const lb_st *st, const char *name, float *dst, int64_t numel,
+                          lb_err *err);
+
 /* Registers the packed reader with lb_model (lb_model_set_packed_ops), so that
  * lb_model_open accepts packed checkpoints and load_block/load_head dequantize
  * through the method registry. Idempotent; call at program start. */
