@@ -26,6 +26,7 @@ static const lb_cli_command commands[] = {
     {"eval", lb_cmd_eval, "perplexity / KL of a model on token ids"},
     {"export", lb_cmd_export, "packed checkpoint -> plain HF checkpoint (f32/f16/bf16)"},
     {"verify", lb_cmd_verify, "check a packed checkpoint's manifest checksums"},
+    {"synth", lb_cmd_synth, "write a synthetic LLaMA checkpoint with real outlier structure"},
 };
 
 static void usage(FILE *out)
