@@ -90,7 +90,7 @@ static int cholesky_inverse_upper(float *A, int64_t n, const float *hdiag,
     }
     int rc = lb_spotrf(false, n, A, n, err);
     if (rc)
-        return lb_err_prefix(err, "gptq: H after damping");
+        return lb_err_prefix(err, "gptq: H is singular after damping (raise --damp)");
     // A float32 factorization of a singular H can "succeed" with rounding-sized
     // pivots; a pivot below 16 eps of its diagonal entry means the column is linearly
     // dependent on the earlier ones in float32, and H^-1 would be noise.
@@ -104,7 +104,7 @@ static int cholesky_inverse_upper(float *A, int64_t n, const float *hdiag,
     }
     rc = lb_strtri(false, n, A, n, err);
     if (rc)
-        return lb_err_prefix(err, "gptq: H after damping");
+        return lb_err_prefix(err, "gptq: H is singular after damping (raise --damp)");
     for (int64_t i = 0, j = n * n - 1; i < j; i++, j--) {
         float t = A[i];
         A[i] = A[j];
