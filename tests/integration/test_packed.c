@@ -1,5 +1,5 @@
 /* Packed checkpoint end to end on stories260K: every linear quantized directly
- * through the registry (RTN and GPTQ, 2-4 bits), merged with lb_packed_write,
+ * through the registry (every registered method in turn, 2-4 bits), merged with lb_packed_write,
  * then read back through lb_model, exported, verified and corrupted. */
 #include <math.h>
 #include <stdio.h>
@@ -83,17 +83,21 @@ static int setup(void **state)
             lb_qopts o;
             lb_qopts_init(&o);
             o.bits = 2 + k % 3;
-            o.group_size = k % 4 == 1 ? 32 : 0;
-            const lb_qmethod *meth = lb_qmethod_find(k % 2 ? "gptq" : "rtn");
+            /* every registered method, in turn */
+            const lb_qmethod *all[16];
+            int nm = lb_qmethod_list(all, 16);
+            const lb_qmethod *meth = all[k % nm];
+            int grouped = k % 4 == 1 && (!strcmp(meth->name, "rtn") || !strcmp(meth->name, "gptq"));
+            o.group_size = grouped ? 32 : 0;
             float *H = random_hessian(cols, (uint64_t)k + 1);
             int rc = meth->quantize(lb_block_linear(&bw, (lb_linear)l), rows, cols, H, &o,
                                     &fx.res[k], &err);
             free(H);
             if (rc)
-                return print_error("%s\n", err.msg), -1;
+                return print_error("%s: %s\n", meth->name, err.msg), -1;
             memset(&entries[k], 0, sizeof entries[k]);
             entries[k].name = fx.names[k];
-            entries[k].options = k % 4 == 1 ? "group_size=32" : "";
+            entries[k].options = grouped ? "group_size=32" : "";
             if (k % 5 == 0) { /* some linears come from artifact files */
                 snprintf(paths[k], sizeof paths[k], "%s/art%d.safetensors", fx.dir, k);
                 if (lb_qpacked_io_save(paths[k], &fx.res[k].packed, &err))
