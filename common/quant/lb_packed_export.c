@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "lb_io_util.h"
 #include "lb_packed.h"
@@ -186,6 +187,13 @@ int lb_packed_export(const char *in_dir, const char *out_dir, lb_dtype dtype, lb
     }
     /* config.json last: without it the directory is not a model */
     rc = lb_packed_stage_commit(&stg, "config.json", err);
+    if (!rc) {
+        /* a packed checkpoint's manifest left in out_dir would describe other files */
+        char *stale = lb_io_path_join(out_dir, "manifest.json");
+        if (stale)
+            unlink(stale);
+        free(stale);
+    }
 fail:
     if (rc)
         lb_err_prefix(err, "export %s -> %s", in_dir, out_dir);

@@ -31,6 +31,8 @@ typedef struct {
     lb_qresult res[NLIN_MAX];
     uint64_t bytes;
     int64_t weights;
+    lb_packed_entry entries[NLIN_MAX];
+    char paths[NLIN_MAX][4300];
 } fixture;
 
 static fixture fx;
@@ -68,8 +70,8 @@ static int setup(void **state)
     if (lb_model_open(&m, fx.src, &err))
         return print_error("%s\n", err.msg), -1;
     const lb_config *cfg = lb_model_config(m);
-    lb_packed_entry entries[NLIN_MAX];
-    char paths[NLIN_MAX][4300];
+    lb_packed_entry *entries = fx.entries;
+    char(*paths)[4300] = fx.paths;
     for (int32_t layer = 0; layer < cfg->num_hidden_layers; layer++) {
         lb_block_weights bw;
         if (lb_model_load_block(m, layer, &bw, &err))
@@ -262,6 +264,35 @@ static void test_config_and_manifest(void **state)
     assert_int_equal(s.quantized_bytes, fx.bytes);
     assert_true(s.bpw == bpw);
     assert_int_equal(s.file_bytes, (uint64_t)sb.st_size);
+}
+
+/* Same inputs -> byte-identical checkpoint files. */
+static void test_write_deterministic(void **state)
+{
+    (void)state;
+    REQUIRE_FIXTURE();
+    lb_err err = {0};
+    lb_model *m = NULL;
+    assert_int_equal(lb_model_open(&m, fx.src, &err), 0);
+    char again[4400];
+    snprintf(again, sizeof again, "%s/again", fx.dir);
+    lb_packed_info info = {.method = "mixed", .bits = 3.0, .extra_json = "{\"ctx\":256}"};
+    assert_int_equal(lb_packed_write(again, m, fx.entries, fx.n, &info, NULL, &err), 0);
+    /* and once more over the existing checkpoint (replaced in place) */
+    assert_int_equal(lb_packed_write(again, m, fx.entries, fx.n, &info, NULL, &err), 0);
+    lb_model_free(&m);
+    static const char *const files[] = {"config.json", "manifest.json", "model.safetensors"};
+    for (int i = 0; i < 3; i++) {
+        char *out = NULL;
+        int rc = lb_test_run(&out, "cmp '%s/%s' '%s/%s'", fx.packed, files[i], again, files[i]);
+        if (rc)
+            fail_msg("%s differs: %s", files[i], out ? out : "");
+        free(out);
+    }
+    char *ls = NULL;
+    assert_int_equal(lb_test_run(&ls, "ls -A '%s'", again), 0);
+    assert_string_equal(ls, "config.json\nmanifest.json\nmodel.safetensors\n");
+    free(ls);
 }
 
 /* export f32 loads as a plain model with the same floats; eval is identical. */
@@ -528,6 +559,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_packed_load_equals_w_hat),
         cmocka_unit_test(test_config_and_manifest),
+        cmocka_unit_test(test_write_deterministic),
         cmocka_unit_test(test_export_f32_eval_equal),
         cmocka_unit_test(test_export_half),
         cmocka_unit_test(test_corruption_detected),
