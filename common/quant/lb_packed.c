@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -255,6 +256,11 @@ int lb_packed_write(const char *out_dir, const lb_model *src, const lb_packed_en
     int rc;
     if (!out_dir || !src || (n && !entries) || n < 0 || !info || !info->method) {
         rc = lb_err_set(err, LB_EINVAL, "lb_packed_write: missing argument");
+        goto fail;
+    }
+    char rsrc[PATH_MAX], rout[PATH_MAX];
+    if (realpath(lb_model_dir(src), rsrc) && realpath(out_dir, rout) && !strcmp(rsrc, rout)) {
+        rc = lb_err_set(err, LB_EINVAL, "the output directory is the source model's; pick another");
         goto fail;
     }
     if (lb_model_is_packed(src)) {

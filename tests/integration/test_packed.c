@@ -489,6 +489,9 @@ static void test_write_rejects_bad_entries(void **state)
     e[1].packed = &fx.res[1].packed;
     assert_int_equal(lb_packed_write(out, m, e, 2, &info, NULL, &err), LB_EINVAL);
     assert_non_null(strstr(err.msg, "layers.99"));
+    /* into the source directory itself */
+    assert_int_equal(lb_packed_write(fx.src, m, e, 1, &info, NULL, &err), LB_EINVAL);
+    assert_non_null(strstr(err.msg, "source"));
     /* source already packed */
     lb_model *p = NULL;
     assert_int_equal(lb_model_open(&p, fx.packed, &err), 0);
