@@ -1,9 +1,11 @@
 #include "lb_test_util.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "lb_blas.h"
 #include "lb_gptq.h"
 #include "lb_quant.h"
 #include "lb_test_qref.h"
@@ -508,6 +510,34 @@ static void test_gptq_err_scale(void **state)
     free(Wh);
 }
 
+/* The same input gives the same bits whatever the BLAS and OpenMP thread counts: the
+ * factorization runs in fixed chunks on single-threaded BLAS, and OpenBLAS splits the
+ * loop's GEMMs over rows/columns of C, never over the summed dimension. */
+static void test_gptq_thread_count_invariance(void **state)
+{
+    (void)state;
+    enum { R = 256, C = 384 };
+    float *W = malloc(R * C * sizeof *W), *H = malloc(C * C * sizeof *H);
+    make_problem(R, C, 14, W, H);
+    int saved = lb_blas_get_threads();
+    lb_qresult a = {0}, b = {0};
+    cfg k = {3, 64, true, false, false, false, 0};
+    int saved_omp = omp_get_max_threads();
+    lb_blas_set_threads(1);
+    omp_set_num_threads(1);
+    run_gptq(W, R, C, H, &k, &a, 0);
+    lb_blas_set_threads(2);
+    omp_set_num_threads(3);
+    run_gptq(W, R, C, H, &k, &b, 0);
+    lb_blas_set_threads(saved);
+    omp_set_num_threads(saved_omp);
+    assert_memory_equal(a.W_hat, b.W_hat, R * C * sizeof *a.W_hat);
+    lb_qresult_free(&a);
+    lb_qresult_free(&b);
+    free(W);
+    free(H);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -519,6 +549,7 @@ int main(void)
         cmocka_unit_test(test_gptq_hook_contract),
         cmocka_unit_test(test_gptq_block_size_invariance),
         cmocka_unit_test(test_gptq_err_scale),
+        cmocka_unit_test(test_gptq_thread_count_invariance),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
