@@ -555,6 +555,22 @@ static void test_cli_eval_export_verify(void **state)
                      fx.dir);
     assert_int_equal(rc, 2);
     free(out);
+    /* a damaged copy: verify fails with one line naming the problem */
+    char bad[4400];
+    snprintf(bad, sizeof bad, "%s/cli_bad", fx.dir);
+    copy_dir(fx.packed, bad);
+    out = NULL;
+    assert_int_equal(lb_test_run(&out, "printf 'X' | dd of='%s/model.safetensors' bs=1 seek=100 "
+                                 "conv=notrunc 2>/dev/null", bad), 0);
+    free(out);
+    out = NULL;
+    rc = lb_test_run(&out, "'%s' verify --model '%s'", bin, bad);
+    assert_int_equal(rc, 1);
+    assert_non_null(out);
+    assert_true(strncmp(out, "lowbit verify: ", 15) == 0);
+    assert_non_null(strstr(out, "checksum mismatch"));
+    assert_true(strchr(out, '\n') == out + strlen(out) - 1);
+    free(out);
 }
 
 int main(void)
