@@ -51,7 +51,7 @@ typedef struct {
 int lb_packed_prefix(const char *name, char *buf, size_t size, lb_err *err);
 
 /* Merger: writes the packed checkpoint of src (an fp model) to out_dir (created
- * when missing) with entries[0..n) replacing their source weights. Every entry
+ * with its parents when missing) with entries[0..n) replacing their source weights. Every entry
  * must name a distinct 2-D weight of src with the packed rows/cols and a method
  * in the registry. Files are staged in out_dir/.tmp-XXXXXX and renamed into
  * place, manifest.json last (an old manifest.json is removed first), so an
