@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "lb_cli.h"
+#include "lb_packed.h"
 
 static int cmd_version(int argc, char **argv)
 {
@@ -23,6 +24,8 @@ static const lb_cli_command commands[] = {
     {"version", cmd_version, "print the version"},
     {"qmatrix", lb_cmd_qmatrix, "quantize one weight matrix with its Hessian"},
     {"eval", lb_cmd_eval, "perplexity / KL of a model on token ids"},
+    {"export", lb_cmd_export, "packed checkpoint -> plain HF checkpoint (f32/f16/bf16)"},
+    {"verify", lb_cmd_verify, "check a packed checkpoint's manifest checksums"},
     {"synth", lb_cmd_synth, "write a synthetic LLaMA checkpoint with real outlier structure"},
 };
 
@@ -36,6 +39,7 @@ static void usage(FILE *out)
 
 int main(int argc, char **argv)
 {
+    lb_packed_model_register(); /* lb_model_open then reads packed checkpoints */
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
