@@ -16,7 +16,7 @@ static double row_lse(const float *l, int64_t vocab, int64_t *argmax)
     int64_t am = 0;
     for (int64_t v = 0; v < vocab; v++) {
         if (!isfinite(l[v]))
-            return NAN;
+            return (double)NAN;
         if ((double)l[v] > m) {
             m = (double)l[v];
             am = v;
