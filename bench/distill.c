@@ -3,7 +3,8 @@
  *
  * Usage: bench_distill MODEL EVAL_TOKENS STEPS LR CALIB_TOKENS...
  * For each calibration file and each method configuration (QBB N=2, PB-LLM 10%,
- * CLAQ 2.1, GPTQ 2-bit) it runs the GPTQ sequential protocol twice (distill off / on):
+ * CLAQ 2.1, GPTQ 2-bit, and GPTQ 4-bit and RTN 8-bit as references; env LB_BENCH_ONLY=substring
+ * of a label restricts the set) it runs the GPTQ sequential protocol twice (distill off / on):
  * per block, Hessians from the inputs that passed through the quantized earlier
  * blocks, quantize the 7 linears, [distill: student on the quantized-path input,
  * teacher = fp block on the fp input], propagate with the dequantized weights.
@@ -106,7 +107,10 @@ int main(int argc, char **argv)
         {"PB-LLM 10%", "pbllm", 1, 0, 0.1},
         {"CLAQ 2.1", "claq", 2.1, 0, 0},
         {"GPTQ 2-bit", "gptq", 2, 0, 0},
+        {"GPTQ 4-bit", "gptq", 4, 0, 0}, /* references for scale */
+        {"RTN 8-bit", "rtn", 8, 0, 0},
     };
+    const char *only = getenv("LB_BENCH_ONLY"); /* substring of a label, e.g. "4-bit" */
     for (int ci = 5; ci < argc; ci++) {
         uint32_t *cal = NULL;
         int64_t ncal = 0;
@@ -116,6 +120,8 @@ int main(int argc, char **argv)
         for (size_t k = 0; k < sizeof confs / sizeof confs[0]; k++)
             for (int distill = 0; distill < 2; distill++) {
                 const qconf *c = &confs[k];
+                if (only && !strstr(c->label, only))
+                    continue;
                 lb_qopts qo;
                 lb_qopts_init(&qo);
                 qo.bits = c->bits;
