@@ -108,6 +108,7 @@ int main(int argc, char **argv)
         {"CLAQ 2.1", "claq", 2.1, 0, 0},
         {"GPTQ 2-bit", "gptq", 2, 0, 0},
         {"GPTQ 4-bit", "gptq", 4, 0, 0}, /* references for scale */
+        {"RTN 4-bit", "rtn", 4, 0, 0},
         {"RTN 8-bit", "rtn", 8, 0, 0},
     };
     const char *only = getenv("LB_BENCH_ONLY"); /* substring of a label, e.g. "4-bit" */
