@@ -95,4 +95,25 @@ int lb_distill_eval(const lb_config *cfg, const lb_block_weights *fp,
                     int64_t n_seq, int64_t seq_len, double *loss, double *const grad[LB_LINEAR_COUNT],
                     lb_err *err);
 
+/* Optional final stage: every block's parameters together against the fp
+ * model's next-token distribution, loss = mean over tokens of KL(p_fp || p_q)
+ * of the logits (teacher = fp blocks, recomputed per minibatch). Needs all
+ * blocks' weights, maps and tapes in RAM: for small models. fp: (layers,)
+ * fp blocks; packed[layer][linear] (in/out, NULL entries stay fp); tokens
+ * (n_seq * seq_len,) < vocab. Same optimizer, schedule, keep-if-better rule
+ * and determinism as lb_distill_block (loss_* fields are KL in nats).
+ * Returns 0 or LB_E*; on error packed is unchanged. */
+int lb_distill_model(const lb_config *cfg, const lb_head_weights *head,
+                     const lb_block_weights *fp, lb_qpacked *const (*packed)[LB_LINEAR_COUNT],
+                     const uint32_t *tokens, int64_t n_seq, int64_t seq_len,
+                     const lb_distill_opts *o, lb_distill_stats *stats, lb_err *err);
+
+/* The final-stage loss on all n_seq sequences with the stored parameters and,
+ * when grad != NULL, dL/dθ: grad[layer][linear] as in lb_distill_eval. */
+int lb_distill_model_eval(const lb_config *cfg, const lb_head_weights *head,
+                          const lb_block_weights *fp,
+                          lb_qpacked *const (*packed)[LB_LINEAR_COUNT], const uint32_t *tokens,
+                          int64_t n_seq, int64_t seq_len, double *loss,
+                          double *const (*grad)[LB_LINEAR_COUNT], lb_err *err);
+
 #endif

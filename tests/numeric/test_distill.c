@@ -11,6 +11,7 @@
 
 #include "lb_distill.h"
 #include "lb_forward.h"
+#include "lb_model.h"
 #include "lb_qparams.h"
 #include "lb_test_model.h"
 #include "lb_test_util.h"
@@ -284,6 +285,112 @@ static void test_zero_steps_and_errors(void **state)
     fixture_free(&f);
 }
 
+/* final stage: whole-model KL gradient vs FD, and the loop lowers the KL */
+static void test_model_stage(void **state)
+{
+    (void)state;
+    omp_set_num_threads(1);
+    char *dir = lb_test_mkdtemp();
+    lb_config cfg = lb_test_model_config(32, 4, 2, 8, 48, 40, 2);
+    lb_err err = {0};
+    assert_int_equal(lb_test_model_write(dir, &cfg, 21, NULL, NULL, &err), 0);
+    lb_model *mdl = NULL;
+    assert_int_equal(lb_model_open(&mdl, dir, &err), 0);
+    const lb_config *mc = lb_model_config(mdl);
+    lb_head_weights head = {0};
+    assert_int_equal(lb_model_load_head(mdl, &head, &err), 0);
+    lb_block_weights fpb[2];
+    lb_qresult res[2][LB_LINEAR_COUNT];
+    lb_qpacked *packed[2][LB_LINEAR_COUNT];
+    memset(res, 0, sizeof res);
+    lb_qopts qo;
+    lb_qopts_init(&qo);
+    qo.bits = 2;
+    qo.group_size = 16;
+    for (int l = 0; l < 2; l++) {
+        assert_int_equal(lb_model_load_block(mdl, l, &fpb[l], &err), 0);
+        for (int k = 0; k < LB_LINEAR_COUNT; k++) {
+            int64_t r, c;
+            lb_linear_shape(mc, (lb_linear)k, &r, &c);
+            assert_int_equal(lb_qmethod_find("rtn")->quantize(lb_block_linear(&fpb[l], (lb_linear)k),
+                                                            r, c, NULL, &qo, &res[l][k], &err),
+                             0);
+            packed[l][k] = &res[l][k].packed;
+        }
+    }
+    enum { NS = 4, LEN = 12 };
+    uint32_t tok[NS * LEN];
+    uint64_t rng = 4;
+    for (int i = 0; i < NS * LEN; i++)
+        tok[i] = (uint32_t)(lb_test_rand_u64(&rng) % 40u);
+    double *g[2][LB_LINEAR_COUNT];
+    for (int l = 0; l < 2; l++)
+        for (int k = 0; k < LB_LINEAR_COUNT; k++) {
+            lb_qparams q;
+            assert_int_equal(lb_qparams_from_packed(packed[l][k], &q, &err), 0);
+            g[l][k] = malloc((size_t)q.nparams * sizeof(double));
+            lb_qparams_free(&q);
+        }
+    double loss;
+    assert_int_equal(lb_distill_model_eval(mc, &head, fpb, packed, tok, NS, LEN, &loss, g, &err),
+                     0);
+    assert_true(loss > 0.0);
+    double worst = 0.0;
+    for (int l = 0; l < 2; l++)
+        for (int k = 0; k < LB_LINEAR_COUNT; k++) {
+            lb_qparams q;
+            assert_int_equal(lb_qparams_from_packed(packed[l][k], &q, &err), 0);
+            int64_t best = 0;
+            for (int64_t p = 1; p < q.nparams; p++)
+                if (fabs(g[l][k][p]) > fabs(g[l][k][best]))
+                    best = p;
+            int32_t fi = 0;
+            while (q.offset[fi + 1] <= best)
+                fi++;
+            lb_qfield *fl = &packed[l][k]->fields[q.field[fi]];
+            const int64_t e = best - q.offset[fi];
+            const float old = lb_qfield_get_float(fl, e), h = fabsf(old) * 0.01f;
+            const float vp = lb_qfield_put_float(fl, e, old + h);
+            double lp, lm;
+            assert_int_equal(
+                lb_distill_model_eval(mc, &head, fpb, packed, tok, NS, LEN, &lp, NULL, &err), 0);
+            const float vm = lb_qfield_put_float(fl, e, old - h);
+            assert_int_equal(
+                lb_distill_model_eval(mc, &head, fpb, packed, tok, NS, LEN, &lm, NULL, &err), 0);
+            lb_qfield_put_float(fl, e, old);
+            const double fd = (lp - lm) / ((double)vp - (double)vm);
+            const double rel = fabs(fd - g[l][k][best]) / fabs(g[l][k][best]);
+            worst = fmax(worst, rel);
+            assert_true(rel < 0.05);
+            lb_qparams_free(&q);
+            free(g[l][k]);
+        }
+    printf("  final stage: KL %.4f, 14 parameters, worst relative FD error %.2e\n", loss, worst);
+    lb_distill_opts o;
+    lb_distill_opts_init(&o);
+    o.steps = 30;
+    o.lr = 1e-2;
+    o.batch_seqs = 2;
+    lb_distill_stats st;
+    assert_int_equal(lb_distill_model(mc, &head, fpb, packed, tok, NS, LEN, &o, &st, &err), 0);
+    printf("  final stage: KL %.4f -> %.4f in %d steps (%.2f s)\n", st.loss_before, st.loss_after,
+           st.steps, st.seconds);
+    assert_false(st.kept_original);
+    assert_true(st.loss_after < st.loss_before);
+    double again;
+    assert_int_equal(
+        lb_distill_model_eval(mc, &head, fpb, packed, tok, NS, LEN, &again, NULL, &err), 0);
+    assert_true(fabs(again - st.loss_after) <= 1e-5 * st.loss_after);
+    for (int l = 0; l < 2; l++) {
+        for (int k = 0; k < LB_LINEAR_COUNT; k++)
+            lb_qresult_free(&res[l][k]);
+        lb_block_weights_free(&fpb[l]);
+    }
+    lb_head_weights_free(&head);
+    lb_model_free(&mdl);
+    lb_test_rmdir(&dir);
+}
+
 static void test_cli_options(void **state)
 {
     (void)state;
@@ -330,6 +437,7 @@ int main(void)
         cmocka_unit_test(test_distill_lowers_loss),
         cmocka_unit_test(test_zero_steps_and_errors),
         cmocka_unit_test(test_cli_options),
+        cmocka_unit_test(test_model_stage),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
