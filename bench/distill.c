@@ -3,14 +3,17 @@
  *
  * Usage: bench_distill MODEL EVAL_TOKENS STEPS LR CALIB_TOKENS...
  * For each calibration file and each method configuration (QBB N=2, PB-LLM 10%,
- * CLAQ 2.1, GPTQ 2-bit, and GPTQ 4-bit and RTN 8-bit as references; env LB_BENCH_ONLY=substring
- * of a label restricts the set) it runs the GPTQ sequential protocol twice (distill off / on):
+ * CLAQ 2.1, GPTQ 2-bit, and GPTQ 4-bit and RTN 8-bit as references; env LB_BENCH_ONLY=comma-separated
+ * substrings of labels restricts the set) it runs the GPTQ sequential protocol twice (distill off / on):
  * per block, Hessians from the inputs that passed through the quantized earlier
  * blocks, quantize the 7 linears, [distill: student on the quantized-path input,
  * teacher = fp block on the fp input], propagate with the dequantized weights.
  * Eval: non-overlapping windows of 256 tokens, KL(fp || quant) and ppl.
+ * Env LB_BENCH_FINAL=STEPS adds the final stage (all blocks against the fp logits, KL on
+ * the calibration tokens) after the block-wise distillation.
  * Prints one JSON line per run. Keeps every block in RAM (bench for small models). */
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,6 +78,17 @@ static void model_logits(const lb_config *cfg, const lb_head_weights *head,
     lb_fwd_workspace_free(&ws);
 }
 
+/* only: comma-separated substrings; true when one of them is in label */
+static bool label_selected(const char *only, const char *label)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", only);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+        if (strstr(label, tok))
+            return true;
+    return false;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 6) {
@@ -111,6 +125,15 @@ int main(int argc, char **argv)
         {"RTN 4-bit", "rtn", 4, 0, 0},
         {"RTN 8-bit", "rtn", 8, 0, 0},
     };
+    const char *fs_env = getenv("LB_BENCH_FINAL"); /* final-stage steps after block distill */
+    const int final_steps = fs_env ? atoi(fs_env) : 0;
+    lb_qresult(*allres)[LB_LINEAR_COUNT] = calloc((size_t)nl, sizeof *allres);
+    lb_qpacked *(*allpk)[LB_LINEAR_COUNT] = calloc((size_t)nl, sizeof *allpk);
+    if (!allres || !allpk)
+        return 1;
+    for (int32_t l = 0; l < nl; l++)
+        for (int li = 0; li < LB_LINEAR_COUNT; li++)
+            allpk[l][li] = &allres[l][li].packed;
     const char *only = getenv("LB_BENCH_ONLY"); /* substring of a label, e.g. "4-bit" */
     for (int ci = 5; ci < argc; ci++) {
         uint32_t *cal = NULL;
@@ -121,7 +144,7 @@ int main(int argc, char **argv)
         for (size_t k = 0; k < sizeof confs / sizeof confs[0]; k++)
             for (int distill = 0; distill < 2; distill++) {
                 const qconf *c = &confs[k];
-                if (only && !strstr(c->label, only))
+                if (only && !label_selected(only, c->label))
                     continue;
                 lb_qopts qo;
                 lb_qopts_init(&qo);
@@ -160,9 +183,8 @@ int main(int argc, char **argv)
                     }
                     // (2) quantize
                     const double tq = now_s();
-                    lb_qresult res[LB_LINEAR_COUNT];
-                    lb_qpacked *packed[LB_LINEAR_COUNT];
-                    memset(res, 0, sizeof res);
+                    lb_qresult *res = allres[l];
+                    lb_qpacked **packed = allpk[l];
                     for (int li = 0; li < LB_LINEAR_COUNT; li++) {
                         int64_t r, cc;
                         lb_linear_shape(cfg, (lb_linear)li, &r, &cc);
@@ -197,13 +219,32 @@ int main(int argc, char **argv)
                                                &err));
                         bits += lb_qpacked_bits(packed[li]);
                         nweights += (uint64_t)(packed[li]->rows * packed[li]->cols);
-                        lb_qresult_free(&res[li]);
                     }
                     CHECK(lb_fwd_block(cfg, &qb[l], xq, nseq, CTX, ws, NULL, &err));
                     memcpy(xf, yt, (size_t)(ntok * dim) * sizeof(float));
                     for (int i = 0; i < 4; i++)
                         free(H[i]);
                 }
+                double final_before = 0, final_after = 0, final_s = 0;
+                if (distill && final_steps > 0) {
+                    lb_distill_opts fo = dopt;
+                    fo.steps = final_steps;
+                    lb_distill_stats st;
+                    CHECK(lb_distill_model(cfg, &head, fp, allpk, cal, nseq, CTX, &fo, &st, &err));
+                    final_before = st.loss_before;
+                    final_after = st.loss_after;
+                    final_s = st.seconds;
+                    fprintf(stderr, "  %s final stage: KL %.5g -> %.5g%s, %.2f s\n", c->label,
+                            st.loss_before, st.loss_after,
+                            st.kept_original ? " (kept original)" : "", st.seconds);
+                    for (int32_t l = 0; l < nl; l++)
+                        for (int li = 0; li < LB_LINEAR_COUNT; li++)
+                            CHECK(meth->dequantize(allpk[l][li],
+                                                   lb_block_linear(&qb[l], (lb_linear)li), &err));
+                }
+                for (int32_t l = 0; l < nl; l++)
+                    for (int li = 0; li < LB_LINEAR_COUNT; li++)
+                        lb_qresult_free(&allres[l][li]);
                 const double total = now_s() - t0;
                 model_logits(cfg, &head, qb, ev, nwin, lg);
                 lb_eval_acc acc = {0};
@@ -215,10 +256,13 @@ int main(int argc, char **argv)
                 printf("{\"bench\":\"distill\",\"calib\":\"%s\",\"calib_seqs\":%lld,\"method\":\"%s\","
                        "\"label\":\"%s\",\"distill_steps\":%d,\"lr\":%g,\"bpw\":%.4f,\"kl\":%.5f,"
                        "\"ppl\":%.4f,\"top1\":%.4f,\"block_mse_before\":%.5g,\"block_mse_after\":%.5g,"
-                       "\"quant_s\":%.2f,\"distill_s_per_block\":%.3f,\"total_s\":%.2f}\n",
+                       "\"quant_s\":%.2f,\"distill_s_per_block\":%.3f,\"final_steps\":%d,"
+                       "\"final_kl_calib_before\":%.5g,\"final_kl_calib_after\":%.5g,\"final_s\":%.2f,"
+                       "\"total_s\":%.2f}\n",
                        argv[ci], (long long)nseq, c->method, c->label, distill ? dopt.steps : 0,
                        dopt.lr, (double)bits / (double)nweights, er.kl, er.ppl, er.top1,
-                       dl_before / nl, dl_after / nl, t_quant, t_dist / nl, total);
+                       dl_before / nl, dl_after / nl, t_quant, t_dist / nl,
+                       distill ? final_steps : 0, final_before, final_after, final_s, total);
                 fflush(stdout);
                 for (int i = 0; i < 4; i++)
                     free(cap[i]);
@@ -242,6 +286,8 @@ int main(int argc, char **argv)
     }
     free(fp);
     free(qb);
+    free(allres);
+    free(allpk);
     free(ref);
     free(lg);
     free(ev);
