@@ -11,5 +11,6 @@ int lb_cmd_synth(int argc, char **argv);
 int lb_cmd_qmatrix(int argc, char **argv);
 int lb_cmd_export(int argc, char **argv);
 int lb_cmd_verify(int argc, char **argv);
+int lb_cmd_gen_calib(int argc, char **argv);
 
 #endif
