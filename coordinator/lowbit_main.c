@@ -21,6 +21,7 @@ typedef struct {
 static const lb_cli_command commands[] = {
     /* one line per subcommand, in the order `lowbit --help` lists them */
     {"version", cmd_version, "print the version"},
+    {"eval", lb_cmd_eval, "perplexity / KL of a model on token ids"},
 };
 
 static void usage(FILE *out)
