@@ -15,7 +15,9 @@
 /* qcore: RTN, GPTQ */
 extern const lb_qmethod lb_qmethod_rtn;
 extern const lb_qmethod lb_qmethod_gptq;
-/* qclaq: CLAQ, PB-LLM (extern declarations here) */
+/* qclaq: CLAQ, PB-LLM */
+extern const lb_qmethod lb_qmethod_claq;
+extern const lb_qmethod lb_qmethod_pbllm;
 /* qbin: BiLLM, QBB (extern declarations here) */
 
 static const lb_qmethod *const lb_qmethods[] = {
@@ -23,6 +25,8 @@ static const lb_qmethod *const lb_qmethods[] = {
     &lb_qmethod_rtn,
     &lb_qmethod_gptq,
     /* qclaq: CLAQ, PB-LLM */
+    &lb_qmethod_claq,
+    &lb_qmethod_pbllm,
     /* qbin: BiLLM, QBB */
     NULL,
 };
