@@ -19,6 +19,8 @@ extern const lb_qmethod lb_qmethod_gptq;
 extern const lb_qmethod lb_qmethod_claq;
 extern const lb_qmethod lb_qmethod_pbllm;
 /* qbin: BiLLM, QBB (extern declarations here) */
+extern const lb_qmethod lb_qmethod_billm;
+extern const lb_qmethod lb_qmethod_qbb;
 
 static const lb_qmethod *const lb_qmethods[] = {
     /* qcore: RTN, GPTQ */
@@ -28,6 +30,8 @@ static const lb_qmethod *const lb_qmethods[] = {
     &lb_qmethod_claq,
     &lb_qmethod_pbllm,
     /* qbin: BiLLM, QBB */
+    &lb_qmethod_billm,
+    &lb_qmethod_qbb,
     NULL,
 };
 
