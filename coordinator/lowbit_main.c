@@ -23,6 +23,7 @@ static const lb_cli_command commands[] = {
     {"version", cmd_version, "print the version"},
     {"eval", lb_cmd_eval, "perplexity / KL of a model on token ids"},
     {"qmatrix", lb_cmd_qmatrix, "quantize one weight matrix with its Hessian"},
+    {"synth", lb_cmd_synth, "write a synthetic LLaMA checkpoint with real outlier structure"},
 };
 
 static void usage(FILE *out)
