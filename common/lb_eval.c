@@ -196,7 +196,8 @@ int lb_eval_run(const lb_model *model, const lb_model *ref, const uint32_t *toke
         rlogits = alloc_floats(ctx, vocab);
     }
     if (!x || !logits || (ref && (!rx || !rlogits))) {
-        rc = lb_err_set(err, LB_ENOMEM, "eval: out of memory for %lld windows of %lld; lower --batch",
+        rc = lb_err_set(err, LB_ENOMEM,
+                        "eval: out of memory for %lld windows of %lld; lower --batch",
                         (long long)batch, (long long)ctx);
         goto cleanup;
     }

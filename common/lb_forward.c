@@ -15,12 +15,14 @@ struct lb_fwd_workspace {
     int64_t max_ntok;
     int64_t max_seq_len;
     int64_t dim, q_dim, kv_dim, inter, head_dim;
-    int nthreads;     /* per-thread score buffers allocated */
-    float *xn;        /* (max_ntok, dim) normed stream */
-    float *arena;     /* attention phase: q, k, v, att; MLP phase: gate, up */
-    float *scores;    /* (nthreads, LB_ATT_ROW_BLOCK, max_seq_len) */
-    float *rope_cos;  /* (max_seq_len, head_dim / 2) */
-    float *rope_sin;  /* (max_seq_len, head_dim / 2) */
+    int64_t chunk_max; /* row_chunk(max_ntok) >= row_chunk(ntok) for any ntok <= max_ntok */
+    int nthreads;      /* per-thread buffers allocated */
+    float *qkva;       /* q (max_ntok, q_dim), k, v (max_ntok, kv_dim), att (max_ntok, q_dim) */
+    float *scratch;    /* per thread: xn (chunk_max, dim), gate, up (chunk_max, inter) */
+    int64_t scratch_stride;
+    float *scores;   /* per thread: (LB_ATT_ROW_BLOCK, max_seq_len) */
+    float *rope_cos; /* (max_seq_len, head_dim / 2) */
+    float *rope_sin; /* (max_seq_len, head_dim / 2) */
 };
 
 static int mul_ok(int64_t a, int64_t b, int64_t *out)
@@ -38,6 +40,17 @@ static float *alloc_floats(int64_t n)
     if (n <= 0 || (uint64_t)n > SIZE_MAX / sizeof(float))
         return NULL;
     return malloc((size_t)n * sizeof(float));
+}
+
+/* Rows per chunk of the row-local phases: a function of ntok only, never of
+ * the thread count, so every row goes through the same sgemm call shapes
+ * whatever the number of threads (OpenBLAS's own threading changes the bits;
+ * see lb_forward.h). Monotone in ntok. */
+static int64_t row_chunk(int64_t ntok)
+{
+    int64_t c = (ntok + 15) / 16;
+    c = (c + 15) / 16 * 16;
+    return c < 16 ? 16 : c > 512 ? 512 : c;
 }
 
 int lb_fwd_workspace_new(const lb_config *cfg, int64_t max_ntok, int64_t max_seq_len,
@@ -63,27 +76,28 @@ int lb_fwd_workspace_new(const lb_config *cfg, int64_t max_ntok, int64_t max_seq
     ws->q_dim = (int64_t)cfg->num_attention_heads * hd;
     ws->kv_dim = (int64_t)cfg->num_key_value_heads * hd;
     ws->inter = cfg->intermediate_size;
+    ws->chunk_max = row_chunk(max_ntok);
     ws->nthreads = omp_get_max_threads();
     if (ws->nthreads < 1)
         ws->nthreads = 1;
 
-    int64_t n_xn, n_attn, n_mlp, n_scores, n_rope, t;
+    int64_t n_qkva, n_scratch, n_scores, n_rope, t;
     const int64_t rb = max_seq_len < LB_ATT_ROW_BLOCK ? max_seq_len : LB_ATT_ROW_BLOCK;
-    int ok = mul_ok(max_ntok, ws->dim, &n_xn) &&
-             mul_ok(max_ntok, 2 * ws->q_dim + 2 * ws->kv_dim, &n_attn) &&
-             mul_ok(max_ntok, 2 * ws->inter, &n_mlp) && mul_ok(rb, max_seq_len, &t) &&
+    int ok = mul_ok(max_ntok, 2 * ws->q_dim + 2 * ws->kv_dim, &n_qkva) &&
+             mul_ok(ws->chunk_max, ws->dim + 2 * ws->inter, &ws->scratch_stride) &&
+             mul_ok(ws->scratch_stride, ws->nthreads, &n_scratch) && mul_ok(rb, max_seq_len, &t) &&
              mul_ok(t, ws->nthreads, &n_scores) && mul_ok(max_seq_len, hd / 2, &n_rope);
     if (!ok) {
         lb_fwd_workspace_free(&ws);
         return lb_err_set(err, LB_EINVAL, "forward workspace: sizes overflow (max_ntok %lld)",
                           (long long)max_ntok);
     }
-    ws->xn = alloc_floats(n_xn);
-    ws->arena = alloc_floats(n_attn > n_mlp ? n_attn : n_mlp);
+    ws->qkva = alloc_floats(n_qkva);
+    ws->scratch = alloc_floats(n_scratch);
     ws->scores = alloc_floats(n_scores);
     ws->rope_cos = alloc_floats(n_rope);
     ws->rope_sin = alloc_floats(n_rope);
-    if (!ws->xn || !ws->arena || !ws->scores || !ws->rope_cos || !ws->rope_sin) {
+    if (!ws->qkva || !ws->scratch || !ws->scores || !ws->rope_cos || !ws->rope_sin) {
         lb_fwd_workspace_free(&ws);
         return lb_err_set(err, LB_ENOMEM,
                           "forward workspace: out of memory for %lld tokens; lower --batch",
@@ -107,8 +121,8 @@ void lb_fwd_workspace_free(lb_fwd_workspace **ws)
 {
     if (!ws || !*ws)
         return;
-    free((*ws)->xn);
-    free((*ws)->arena);
+    free((*ws)->qkva);
+    free((*ws)->scratch);
     free((*ws)->scores);
     free((*ws)->rope_cos);
     free((*ws)->rope_sin);
@@ -119,25 +133,24 @@ void lb_fwd_workspace_free(lb_fwd_workspace **ws)
 int lb_fwd_embed(const lb_head_weights *head, const uint32_t *tokens, int64_t ntok, float *x,
                  lb_err *err)
 {
-    for (int64_t t = 0; t < ntok; t++)
+    const int64_t dim = head->dim;
+    for (int64_t t = 0; t < ntok; t++) {
         if ((int64_t)tokens[t] >= head->vocab)
             return lb_err_set(err, LB_EINVAL,
                               "embedding: token id %u at index %lld is >= vocab size %lld",
                               tokens[t], (long long)t, (long long)head->vocab);
-    const int64_t dim = head->dim;
-#pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < ntok; t++)
         memcpy(x + t * dim, head->embed + (int64_t)tokens[t] * dim, (size_t)dim * sizeof(float));
+    }
     return LB_OK;
 }
 
-/* out (ntok, dim) = x * rsqrt(mean(x²) + eps) * g, per row (RMSNorm, Zhang &
- * Sennrich 2019, eq. 4). The sum of squares is taken in double, in order. */
-static void rms_norm(const float *x, const float *g, float *out, int64_t ntok, int64_t dim,
+/* out (rows, dim) = x * rsqrt(mean(x²) + eps) * g, per row (RMSNorm, Zhang &
+ * Sennrich 2019, eq. 4). The sum of squares is taken in double, in order.
+ * out may equal x. */
+static void rms_rows(const float *x, const float *g, float *out, int64_t rows, int64_t dim,
                      double eps)
 {
-#pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < ntok; t++) {
+    for (int64_t t = 0; t < rows; t++) {
         const float *xr = x + t * dim;
         float *o = out + t * dim;
         double ss = 0.0;
@@ -149,60 +162,37 @@ static void rms_norm(const float *x, const float *g, float *out, int64_t ntok, i
     }
 }
 
-/* y (ntok, n) += b (n,) on every row; b may be NULL. */
-static void add_bias(float *y, const float *b, int64_t ntok, int64_t n)
+/* y (rows, n) += b (n,) on every row; b may be NULL. */
+static void add_bias(float *y, const float *b, int64_t rows, int64_t n)
 {
     if (!b)
         return;
-#pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < ntok; t++)
+    for (int64_t t = 0; t < rows; t++)
         for (int64_t j = 0; j < n; j++)
             y[t * n + j] += b[j];
 }
 
-/* Rows per sgemm chunk: a function of ntok only, never of the thread count,
- * so every row is computed by the same kernel call shape whatever the number
- * of threads (OpenBLAS's own threading changes the bits; see lb_forward.h). */
-static int64_t row_chunk(int64_t ntok)
+/* y (rows, out) = x (rows, in) @ W (out, in)ᵀ [+ b]; with beta 1 the product is
+ * added to y (residual add). */
+static void linear(const float *x, const float *w, const float *b, float beta, float *y,
+                   int64_t rows, int64_t in, int64_t out_f)
 {
-    int64_t c = (ntok + 15) / 16;
-    c = (c + 15) / 16 * 16;
-    return c < 16 ? 16 : c > 512 ? 512 : c;
+    lb_sgemm(false, true, rows, out_f, in, 1.0f, x, in, w, in, beta, y, out_f);
+    add_bias(y, b, rows, out_f);
 }
 
-/* y (ntok, n) = x (ntok, k) @ W (n, k)ᵀ + beta * y, as single-threaded sgemms
- * over fixed row chunks run in parallel by OpenMP. */
-static void gemm_rows(const float *x, const float *w, float beta, float *y, int64_t ntok,
-                      int64_t k, int64_t n)
+/* Rotate-half RoPE (Su et al. 2021, eq. 34, HF layout) on rows [r0, r0+rows)
+ * of v (ntok, n_heads * hd): for i < hd/2 the pair (v[i], v[i + hd/2]) of
+ * each head is rotated by pos * theta^(-2i/hd), pos = row % seq_len. */
+static void rope_rows(float *v, int64_t r0, int64_t rows, int64_t seq_len, int64_t n_heads,
+                      int64_t hd, const float *cos_t, const float *sin_t)
 {
-    const int64_t chunk = row_chunk(ntok), nchunks = (ntok + chunk - 1) / chunk;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t c = 0; c < nchunks; c++) {
-        int64_t r0 = c * chunk, rows = ntok - r0 < chunk ? ntok - r0 : chunk;
-        lb_sgemm(false, true, rows, n, k, 1.0f, x + r0 * k, k, w, k, beta, y + r0 * n, n);
-    }
-}
-
-/* y (ntok, out) = x (ntok, in) @ W (out, in)ᵀ [+ b] */
-static void linear(const float *x, const float *w, const float *b, float *y, int64_t ntok,
-                   int64_t in, int64_t out_f)
-{
-    gemm_rows(x, w, 0.0f, y, ntok, in, out_f);
-    add_bias(y, b, ntok, out_f);
-}
-
-/* Rotate-half RoPE (Su et al. 2021, eq. 34, HF layout): for i < hd/2 the pair
- * (v[i], v[i + hd/2]) is rotated by pos * theta^(-2i/hd). */
-static void rope(float *v, int64_t ntok, int64_t seq_len, int64_t n_heads, int64_t hd,
-                 const float *cos_t, const float *sin_t)
-{
-    const int64_t half = hd / 2, row = n_heads * hd;
-#pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < ntok; t++) {
+    const int64_t half = hd / 2, width = n_heads * hd;
+    for (int64_t t = r0; t < r0 + rows; t++) {
         const int64_t pos = t % seq_len;
         const float *c = cos_t + pos * half, *s = sin_t + pos * half;
         for (int64_t h = 0; h < n_heads; h++) {
-            float *p = v + t * row + h * hd;
+            float *p = v + t * width + h * hd;
             for (int64_t i = 0; i < half; i++) {
                 float a = p[i], b = p[i + half];
                 p[i] = a * c[i] - b * s[i];
@@ -210,6 +200,12 @@ static void rope(float *v, int64_t ntok, int64_t seq_len, int64_t n_heads, int64
             }
         }
     }
+}
+
+static void copy_rows(float *dst, const float *src, int64_t r0, int64_t rows, int64_t width)
+{
+    if (dst)
+        memcpy(dst + r0 * width, src, (size_t)(rows * width) * sizeof(float));
 }
 
 /* Causal softmax attention per (sequence, head) (Vaswani et al. 2017, eq. 1),
@@ -261,8 +257,7 @@ static void attention(const float *q, const float *k, const float *v, float *att
 }
 
 int lb_fwd_block(const lb_config *cfg, const lb_block_weights *w, float *x, int64_t n_seq,
-                 int64_t seq_len, lb_fwd_workspace *ws, const lb_fwd_capture *capture,
-                 lb_err *err)
+                 int64_t seq_len, lb_fwd_workspace *ws, const lb_fwd_capture *capture, lb_err *err)
 {
     const int64_t dim = cfg->hidden_size, hd = cfg->head_dim;
     const int64_t n_heads = cfg->num_attention_heads, n_kv = cfg->num_key_value_heads;
@@ -286,45 +281,51 @@ int lb_fwd_block(const lb_config *cfg, const lb_block_weights *w, float *x, int6
                           (long long)seq_len, (int)cfg->sliding_window, (int)cfg->sliding_window);
     const int64_t ntok = n_seq * seq_len;
     const double eps = cfg->rms_norm_eps;
+    const int64_t chunk = row_chunk(ntok), nchunks = (ntok + chunk - 1) / chunk;
+    const lb_fwd_capture nocap = {0};
+    const lb_fwd_capture *cap = capture ? capture : &nocap;
+    float *q = ws->qkva, *k = q + ntok * q_dim, *v = k + ntok * kv_dim, *att = v + ntok * kv_dim;
+    /* the current OpenMP setting, capped by the per-thread buffers */
+    const int nthreads =
+        omp_get_max_threads() < ws->nthreads ? omp_get_max_threads() : ws->nthreads;
     const int blas_threads = lb_blas_get_threads();
     lb_blas_set_threads(1);
-    float *xn = ws->xn;
-    float *q = ws->arena, *k = q + ntok * q_dim, *v = k + ntok * kv_dim, *att = v + ntok * kv_dim;
 
-    // attention half
-    rms_norm(x, w->attn_norm, xn, ntok, dim, eps);
-    if (capture && capture->attn_in)
-        memcpy(capture->attn_in, xn, (size_t)(ntok * dim) * sizeof(float));
-    linear(xn, w->wq, w->bq, q, ntok, dim, q_dim);
-    linear(xn, w->wk, w->bk, k, ntok, dim, kv_dim);
-    linear(xn, w->wv, w->bv, v, ntok, dim, kv_dim);
-    rope(q, ntok, seq_len, n_heads, hd, ws->rope_cos, ws->rope_sin);
-    rope(k, ntok, seq_len, n_kv, hd, ws->rope_cos, ws->rope_sin);
-    attention(q, k, v, att, n_seq, seq_len, n_heads, n_kv, hd, ws->scores, ws->nthreads);
-    if (capture && capture->attn_out)
-        memcpy(capture->attn_out, att, (size_t)(ntok * q_dim) * sizeof(float));
-    // x (ntok, dim) += att (ntok, q_dim) @ wo (dim, q_dim)ᵀ
-    gemm_rows(att, w->wo, 1.0f, x, ntok, q_dim, dim);
-    add_bias(x, w->bo, ntok, dim);
+    // attention input, row-local: xn = rms(x); q, k, v = xn @ W{q,k,v}ᵀ + b; RoPE on q, k
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+    for (int64_t c = 0; c < nchunks; c++) {
+        const int64_t r0 = c * chunk, rows = ntok - r0 < chunk ? ntok - r0 : chunk;
+        float *xn = ws->scratch + (int64_t)omp_get_thread_num() * ws->scratch_stride;
+        rms_rows(x + r0 * dim, w->attn_norm, xn, rows, dim, eps);
+        copy_rows(cap->attn_in, xn, r0, rows, dim);
+        linear(xn, w->wq, w->bq, 0.0f, q + r0 * q_dim, rows, dim, q_dim);
+        linear(xn, w->wk, w->bk, 0.0f, k + r0 * kv_dim, rows, dim, kv_dim);
+        linear(xn, w->wv, w->bv, 0.0f, v + r0 * kv_dim, rows, dim, kv_dim);
+        rope_rows(q, r0, rows, seq_len, n_heads, hd, ws->rope_cos, ws->rope_sin);
+        rope_rows(k, r0, rows, seq_len, n_kv, hd, ws->rope_cos, ws->rope_sin);
+    }
 
-    // MLP half (SwiGLU, Shazeer 2020, eq. 6): the arena now holds gate and up
-    float *gate = ws->arena, *up = gate + ntok * inter;
-    rms_norm(x, w->ffn_norm, xn, ntok, dim, eps);
-    if (capture && capture->mlp_in)
-        memcpy(capture->mlp_in, xn, (size_t)(ntok * dim) * sizeof(float));
-    linear(xn, w->w_gate, w->b_gate, gate, ntok, dim, inter);
-    linear(xn, w->w_up, w->b_up, up, ntok, dim, inter);
-#pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < ntok; t++)
-        for (int64_t j = 0; j < inter; j++) {
-            float g = gate[t * inter + j];
-            gate[t * inter + j] = g / (1.0f + expf(-g)) * up[t * inter + j];
-        }
-    if (capture && capture->mlp_act)
-        memcpy(capture->mlp_act, gate, (size_t)(ntok * inter) * sizeof(float));
-    // x (ntok, dim) += act (ntok, inter) @ w_down (dim, inter)ᵀ
-    gemm_rows(gate, w->w_down, 1.0f, x, ntok, inter, dim);
-    add_bias(x, w->b_down, ntok, dim);
+    attention(q, k, v, att, n_seq, seq_len, n_heads, n_kv, hd, ws->scores, nthreads);
+
+    // rest of the block, row-local: x += att @ Woᵀ (+ bo); then the SwiGLU MLP
+    // (Shazeer 2020, eq. 6): x += (silu(xn @ Wgᵀ) * (xn @ Wuᵀ)) @ Wdᵀ, xn = rms(x)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+    for (int64_t c = 0; c < nchunks; c++) {
+        const int64_t r0 = c * chunk, rows = ntok - r0 < chunk ? ntok - r0 : chunk;
+        float *xn = ws->scratch + (int64_t)omp_get_thread_num() * ws->scratch_stride;
+        float *gate = xn + ws->chunk_max * dim, *up = gate + ws->chunk_max * inter;
+        float *xr = x + r0 * dim;
+        copy_rows(cap->attn_out, att + r0 * q_dim, r0, rows, q_dim);
+        linear(att + r0 * q_dim, w->wo, w->bo, 1.0f, xr, rows, q_dim, dim);
+        rms_rows(xr, w->ffn_norm, xn, rows, dim, eps);
+        copy_rows(cap->mlp_in, xn, r0, rows, dim);
+        linear(xn, w->w_gate, w->b_gate, 0.0f, gate, rows, dim, inter);
+        linear(xn, w->w_up, w->b_up, 0.0f, up, rows, dim, inter);
+        for (int64_t i = 0; i < rows * inter; i++)
+            gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+        copy_rows(cap->mlp_act, gate, r0, rows, inter);
+        linear(gate, w->w_down, w->b_down, 1.0f, xr, rows, inter, dim);
+    }
     lb_blas_set_threads(blas_threads);
     return LB_OK;
 }
@@ -332,12 +333,18 @@ int lb_fwd_block(const lb_config *cfg, const lb_block_weights *w, float *x, int6
 void lb_fwd_logits(const lb_config *cfg, const lb_head_weights *head, float *x, int64_t ntok,
                    float *logits)
 {
-    const int64_t dim = head->dim;
-    rms_norm(x, head->final_norm, x, ntok, dim, (double)cfg->rms_norm_eps);
-    // logits (ntok, vocab) = x (ntok, dim) @ lm_head (vocab, dim)ᵀ
+    const int64_t dim = head->dim, vocab = head->vocab;
+    const int64_t chunk = row_chunk(ntok), nchunks = (ntok + chunk - 1) / chunk;
+    const double eps = cfg->rms_norm_eps;
     const int blas_threads = lb_blas_get_threads();
     lb_blas_set_threads(1);
-    gemm_rows(x, head->lm_head, 0.0f, logits, ntok, dim, head->vocab);
+    // logits (ntok, vocab) = rms(x) (ntok, dim) @ lm_head (vocab, dim)ᵀ, per row chunk
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t c = 0; c < nchunks; c++) {
+        const int64_t r0 = c * chunk, rows = ntok - r0 < chunk ? ntok - r0 : chunk;
+        rms_rows(x + r0 * dim, head->final_norm, x + r0 * dim, rows, dim, eps);
+        linear(x + r0 * dim, head->lm_head, NULL, 0.0f, logits + r0 * vocab, rows, dim, vocab);
+    }
     lb_blas_set_threads(blas_threads);
 }
 

@@ -4,16 +4,21 @@
  * Layout: n_seq sequences of seq_len tokens each, flattened to ntok =
  * n_seq * seq_len rows; the residual stream x is (ntok, dim), row-major.
  * Positions restart at 0 in every sequence and attention is causal within a
- * sequence only. Every projection is an sgemm over all ntok rows at once (no
- * per-token GEMV), and attention is two sgemms per (sequence, head).
+ * sequence only. Projections are sgemms over blocks of rows (never per-token
+ * GEMVs): the ntok rows are cut into chunks of row_chunk(ntok) = clamp(
+ * ntok/16 rounded up to 16, 16, 512) rows. Attention is two sgemms per
+ * (sequence, head, 64-query block), skipping the masked triangle.
  *
  * Threads: results are bit-identical for any OpenMP and BLAS thread count.
- * OpenBLAS's own threading changes the rounding (its partition of the
- * matrix depends on the thread count), so lb_fwd_block and lb_fwd_logits set
- * the BLAS thread count to 1 while they run (and restore it; the setting is
- * process-global) and parallelise with OpenMP instead: projections over fixed
- * row chunks (a function of ntok only), attention over (sequence, head), the
- * element-wise parts over rows. No reduction is split across threads. */
+ * OpenBLAS's own threading changes the rounding (its partition of the matrix
+ * depends on the thread count), so lb_fwd_block and lb_fwd_logits set the
+ * BLAS thread count to 1 while they run (and restore it; the setting is
+ * process-global) and parallelise with OpenMP instead, in three regions per
+ * block: row chunks (RMSNorm, q/k/v, RoPE), (sequence, head) attention, row
+ * chunks (o_proj + residual, RMSNorm, SwiGLU MLP + residual). The chunking
+ * depends on ntok only and no reduction is split across threads. Results do
+ * change (by fp32 rounding) with the batch shape, since that moves rows
+ * between chunks. */
 #ifndef LB_FORWARD_H
 #define LB_FORWARD_H
 

@@ -22,7 +22,9 @@ typedef struct {
     int cols; /* DIM_*, or -1 for a 1-D tensor */
 } block_field;
 
+/* clang-format off */
 #define FIELD(s, f, need, r, c) {s, offsetof(lb_block_weights, f), need, r, c}
+/* clang-format on */
 static const block_field block_fields[] = {
     FIELD("input_layernorm.weight", attn_norm, NEED_ALWAYS, DIM_MODEL, -1),
     FIELD("self_attn.q_proj.weight", wq, NEED_ALWAYS, DIM_Q, DIM_MODEL),
@@ -90,7 +92,7 @@ const char *lb_linear_name(lb_linear which)
 
 void lb_linear_shape(const lb_config *cfg, lb_linear which, int64_t *rows, int64_t *cols)
 {
-    static const int r[LB_LINEAR_COUNT] = {DIM_Q, DIM_KV, DIM_KV, DIM_MODEL,
+    static const int r[LB_LINEAR_COUNT] = {DIM_Q,     DIM_KV,    DIM_KV,   DIM_MODEL,
                                            DIM_INTER, DIM_INTER, DIM_MODEL};
     static const int c[LB_LINEAR_COUNT] = {DIM_MODEL, DIM_MODEL, DIM_MODEL, DIM_Q,
                                            DIM_MODEL, DIM_MODEL, DIM_INTER};
@@ -124,8 +126,7 @@ float *lb_block_linear(const lb_block_weights *w, lb_linear which)
     }
 }
 
-int lb_model_linear_tensor_name(char *buf, size_t size, int32_t layer, lb_linear which,
-                                lb_err *err)
+int lb_model_linear_tensor_name(char *buf, size_t size, int32_t layer, lb_linear which, lb_err *err)
 {
     const char *n = lb_linear_name(which);
     if (!n)
@@ -170,8 +171,8 @@ static int check_tensor(const lb_model *m, const char *name, int64_t rows, int64
                                     (long long)t->shape[i]);
         if (cols < 0)
             return lb_err_set(err, LB_EFORMAT,
-                              "%s: tensor '%s' has shape [%s]; config.json implies [%lld]",
-                              t->file, name, got, (long long)rows);
+                              "%s: tensor '%s' has shape [%s]; config.json implies [%lld]", t->file,
+                              name, got, (long long)rows);
         return lb_err_set(err, LB_EFORMAT,
                           "%s: tensor '%s' has shape [%s]; config.json implies [%lld, %lld]",
                           t->file, name, got, (long long)rows, (long long)cols);
@@ -191,8 +192,8 @@ static int check_all_tensors(const lb_model *m, lb_err *err)
                 continue;
             if (!block_tensor_name(name, sizeof name, layer, f->suffix))
                 return lb_err_set(err, LB_EINVAL, "tensor name too long");
-            rc = check_tensor(m, name, dim_of(cfg, f->rows), f->cols < 0 ? -1 : dim_of(cfg, f->cols),
-                              err);
+            rc = check_tensor(m, name, dim_of(cfg, f->rows),
+                              f->cols < 0 ? -1 : dim_of(cfg, f->cols), err);
             if (rc)
                 return rc;
         }
@@ -310,8 +311,7 @@ void lb_block_weights_free(lb_block_weights *w)
 }
 
 /* lb_st_read_f32 also rejects NaN/Inf (LB_ENUMERIC naming tensor and element). */
-static int read_tensor(const lb_model *m, const char *name, float *dst, int64_t numel,
-                       lb_err *err)
+static int read_tensor(const lb_model *m, const char *name, float *dst, int64_t numel, lb_err *err)
 {
     return lb_st_read_f32(m->st, name, dst, numel, err);
 }
@@ -321,8 +321,8 @@ int lb_model_load_block(const lb_model *m, int32_t layer, lb_block_weights *out,
     const lb_config *cfg = &m->cfg;
     memset(out, 0, sizeof *out);
     if (layer < 0 || layer >= cfg->num_hidden_layers)
-        return lb_err_set(err, LB_EINVAL, "%s: layer %d out of range (model has %d layers)",
-                          m->dir, (int)layer, (int)cfg->num_hidden_layers);
+        return lb_err_set(err, LB_EINVAL, "%s: layer %d out of range (model has %d layers)", m->dir,
+                          (int)layer, (int)cfg->num_hidden_layers);
     int rc = lb_block_weights_alloc(cfg, out, err);
     if (rc)
         return rc;

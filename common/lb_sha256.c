@@ -74,6 +74,8 @@ void lb_sha256_init(lb_sha256 *s)
 void lb_sha256_update(lb_sha256 *s, const void *data, size_t n)
 {
     const uint8_t *p = data;
+    if (n == 0)
+        return; /* data may be NULL */
     s->total += n;
     if (s->buflen) {
         size_t take = 64 - s->buflen < n ? 64 - s->buflen : n;

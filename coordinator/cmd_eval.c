@@ -174,14 +174,14 @@ int lb_cmd_eval(int argc, char **argv)
         goto done;
     }
     progress_state ps = {.enabled = isatty(STDERR_FILENO) == 1};
-    lb_eval_opts opts = {
-        .ctx = ctx, .batch = batch, .progress = on_progress, .progress_user = &ps};
+    lb_eval_opts opts = {.ctx = ctx, .batch = batch, .progress = on_progress, .progress_user = &ps};
     lb_eval_result r;
     if (lb_eval_run(model, ref, tokens, n, &opts, &r, &err))
         goto done;
     if (r.tokens_dropped)
-        fprintf(stderr, "lowbit eval: note: %lld tail tokens (of %lld) do not fill a window of %lld "
-                        "and are not scored\n",
+        fprintf(stderr,
+                "lowbit eval: note: %lld tail tokens (of %lld) do not fill a window of %lld "
+                "and are not scored\n",
                 (long long)r.tokens_dropped, (long long)n, (long long)r.ctx);
     if (json) {
         if (print_json(model_dir, tokens_path, &r)) {

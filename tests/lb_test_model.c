@@ -65,10 +65,10 @@ int lb_test_model_write(const char *dir, const lb_config *cfg, uint64_t seed,
     add_spec(s, &n, "model.embed_tokens.weight", V, d, 0.0f);
     s[0].scale = 1.0f;
     for (int32_t l = 0; l < cfg->num_hidden_layers; l++) {
-#define L(suffix, r, c, off)                                                                   \
-    do {                                                                                       \
-        snprintf(name, sizeof name, "model.layers.%d." suffix, (int)l);                       \
-        add_spec(s, &n, name, r, c, off);                                                      \
+#define L(suffix, r, c, off)                                                                       \
+    do {                                                                                           \
+        snprintf(name, sizeof name, "model.layers.%d." suffix, (int)l);                            \
+        add_spec(s, &n, name, r, c, off);                                                          \
     } while (0)
         L("input_layernorm.weight", d, 0, 1.0f);
         L("self_attn.q_proj.weight", q, d, 0.0f);

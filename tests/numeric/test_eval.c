@@ -31,8 +31,8 @@ static int64_t argmax_of(const float *l, int64_t vocab)
     return a;
 }
 
-static void naive_window(naive_sums *s, const float *logits, const float *ref,
-                         const uint32_t *tok, int64_t ctx, int64_t vocab)
+static void naive_window(naive_sums *s, const float *logits, const float *ref, const uint32_t *tok,
+                         int64_t ctx, int64_t vocab)
 {
     double *p = malloc((size_t)vocab * sizeof(double)), *q = malloc((size_t)vocab * sizeof(double));
     for (int64_t t = 0; t + 1 < ctx; t++) {
@@ -176,6 +176,21 @@ static char *write_model(int32_t vocab, uint64_t seed)
     return dir;
 }
 
+typedef struct {
+    int calls;
+    int64_t done[8], total;
+} progress_log;
+
+static void on_progress(void *user, int64_t done, int64_t total, double seconds)
+{
+    progress_log *p = user;
+    assert_true(seconds >= 0.0);
+    if (p->calls < 8)
+        p->done[p->calls] = done;
+    p->calls++;
+    p->total = total;
+}
+
 /* lb_eval_run vs the naive sums over lb_model_forward logits of the same
  * windows, with and without a reference; the tail is dropped. */
 static void test_run_vs_naive(void **state)
@@ -223,12 +238,19 @@ static void test_run_vs_naive(void **state)
                       (long long)batches[i], r.ppl, r.kl, r.top1);
     }
 
-    /* model vs itself: KL exactly 0 (identical logits), top-1 1.0 */
-    lb_eval_opts opts = {.ctx = ctx, .batch = 3};
+    /* model vs itself: KL exactly 0 (identical logits), top-1 1.0; progress
+     * after each batch of 3 windows: 3, 5 of 5 */
+    progress_log plog = {0};
+    lb_eval_opts opts = {.ctx = ctx, .batch = 3, .progress = on_progress, .progress_user = &plog};
     lb_eval_result self;
     assert_int_equal(lb_eval_run(a, a, tok, n, &opts, &self, &err), 0);
     assert_true(fabs(self.kl) < 1e-9);
     assert_true(self.top1 == 1.0);
+    assert_int_equal(plog.calls, 2);
+    assert_int_equal(plog.done[0], 3);
+    assert_int_equal(plog.done[1], 5);
+    assert_int_equal(plog.total, 5);
+    opts.progress = NULL;
 
     /* errors: ctx too large / too small, too few tokens, token out of vocab */
     opts.ctx = 129;
@@ -324,10 +346,8 @@ static void test_thread_independence(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_acc_vs_naive),
-        cmocka_unit_test(test_acc_errors),
-        cmocka_unit_test(test_run_vs_naive),
-        cmocka_unit_test(test_ref_vocab_mismatch),
+        cmocka_unit_test(test_acc_vs_naive),        cmocka_unit_test(test_acc_errors),
+        cmocka_unit_test(test_run_vs_naive),        cmocka_unit_test(test_ref_vocab_mismatch),
         cmocka_unit_test(test_thread_independence),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

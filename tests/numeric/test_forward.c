@@ -420,10 +420,10 @@ static void toy_from_disk(toy_model *m, const lb_model *model)
     for (int32_t l = 0; l < cfg->num_hidden_layers; l++) {
         lb_block_weights *w = &m->blocks[l];
         assert_int_equal(lb_block_weights_alloc(cfg, w, &err), 0);
-#define R(field, suffix, numel)                                                                \
-    do {                                                                                       \
-        snprintf(n, sizeof n, "model.layers.%d." suffix, (int)l);                             \
-        read_named(st, n, w->field, numel);                                                    \
+#define R(field, suffix, numel)                                                                    \
+    do {                                                                                           \
+        snprintf(n, sizeof n, "model.layers.%d." suffix, (int)l);                                  \
+        read_named(st, n, w->field, numel);                                                        \
     } while (0)
         R(attn_norm, "input_layernorm.weight", d);
         R(wq, "self_attn.q_proj.weight", q * d);
@@ -513,6 +513,40 @@ static void check_disk_model(const lb_config *cfg, uint64_t seed)
     lb_test_rmdir(&dir);
 }
 
+static void test_linear_table(void **state)
+{
+    (void)state;
+    lb_config cfg = toy_config(48, 6, 2, 10, 40, 37, 2);
+    const int64_t want[LB_LINEAR_COUNT][2] = {{60, 48}, {20, 48}, {20, 48}, {48, 60},
+                                              {40, 48}, {40, 48}, {48, 40}};
+    const char *names[LB_LINEAR_COUNT] = {"self_attn.q_proj", "self_attn.k_proj",
+                                          "self_attn.v_proj", "self_attn.o_proj",
+                                          "mlp.gate_proj",    "mlp.up_proj",
+                                          "mlp.down_proj"};
+    lb_block_weights w = {0};
+    lb_err err = {0};
+    assert_int_equal(lb_block_weights_alloc(&cfg, &w, &err), 0);
+    float *const ptrs[LB_LINEAR_COUNT] = {w.wq, w.wk, w.wv, w.wo, w.w_gate, w.w_up, w.w_down};
+    for (int k = 0; k < LB_LINEAR_COUNT; k++) {
+        int64_t r, c;
+        lb_linear_shape(&cfg, (lb_linear)k, &r, &c);
+        assert_int_equal(r, want[k][0]);
+        assert_int_equal(c, want[k][1]);
+        assert_string_equal(lb_linear_name((lb_linear)k), names[k]);
+        assert_ptr_equal(lb_block_linear(&w, (lb_linear)k), ptrs[k]);
+    }
+    assert_null(lb_linear_name(LB_LINEAR_COUNT));
+    assert_null(lb_block_linear(&w, LB_LINEAR_COUNT));
+    char buf[40];
+    assert_int_equal(lb_model_linear_tensor_name(buf, sizeof buf, 12, LB_LINEAR_DOWN, &err), 0);
+    assert_string_equal(buf, "model.layers.12.mlp.down_proj.weight");
+    assert_int_equal(lb_model_linear_tensor_name(buf, 20, 12, LB_LINEAR_DOWN, &err), LB_EINVAL);
+    assert_null(w.bo);
+    lb_block_weights_free(&w);
+    assert_null(w.wq);
+    lb_block_weights_free(&w);
+}
+
 static void test_disk_qwen2(void **state)
 {
     (void)state;
@@ -553,8 +587,8 @@ static void poke_nan(const char *dir, const char *name, int64_t index)
     assert_non_null(root);
     json_t *offs = json_object_get(json_object_get(root, name), "data_offsets");
     assert_non_null(offs);
-    long pos = (long)(8 + hlen) + (long)json_integer_value(json_array_get(offs, 0)) +
-               (long)index * 4;
+    long pos =
+        (long)(8 + hlen) + (long)json_integer_value(json_array_get(offs, 0)) + (long)index * 4;
     float nan = NAN;
     assert_int_equal(fseek(f, pos, SEEK_SET), 0);
     assert_int_equal(fwrite(&nan, 4, 1, f), 1);
@@ -570,17 +604,15 @@ static void test_disk_errors(void **state)
     lb_config cfg = lb_test_model_config(16, 2, 1, 8, 20, 19, 2);
     char *dir = lb_test_mkdtemp();
     lb_model *model = NULL;
-    assert_int_equal(lb_test_model_write(dir, &cfg, 1, "model.layers.1.mlp.up_proj.weight", NULL,
-                                         &err),
-                     0);
+    assert_int_equal(
+        lb_test_model_write(dir, &cfg, 1, "model.layers.1.mlp.up_proj.weight", NULL, &err), 0);
     assert_int_equal(lb_model_open(&model, dir, &err), LB_ENOTFOUND);
     assert_null(model);
     assert_non_null(strstr(err.msg, "model.layers.1.mlp.up_proj.weight"));
     assert_non_null(strstr(err.msg, dir));
 
-    assert_int_equal(lb_test_model_write(dir, &cfg, 1, NULL, "model.layers.0.self_attn.k_proj.weight",
-                                         &err),
-                     0);
+    assert_int_equal(
+        lb_test_model_write(dir, &cfg, 1, NULL, "model.layers.0.self_attn.k_proj.weight", &err), 0);
     assert_int_equal(lb_model_open(&model, dir, &err), LB_EFORMAT);
     assert_non_null(strstr(err.msg, "model.layers.0.self_attn.k_proj.weight"));
     assert_non_null(strstr(err.msg, "[9, 16]"));
@@ -689,14 +721,11 @@ static void test_fixture_reference(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_toy_gqa_qwen2_bias),
-        cmocka_unit_test(test_toy_llama_all_biases),
-        cmocka_unit_test(test_toy_short_sequences),
-        cmocka_unit_test(test_toy_long_sequence),
-        cmocka_unit_test(test_bad_arguments),
+        cmocka_unit_test(test_toy_gqa_qwen2_bias),     cmocka_unit_test(test_toy_llama_all_biases),
+        cmocka_unit_test(test_toy_short_sequences),    cmocka_unit_test(test_toy_long_sequence),
+        cmocka_unit_test(test_bad_arguments),          cmocka_unit_test(test_linear_table),
         cmocka_unit_test(test_disk_qwen2),
-        cmocka_unit_test(test_disk_llama_tied_biases),
-        cmocka_unit_test(test_disk_errors),
+        cmocka_unit_test(test_disk_llama_tied_biases), cmocka_unit_test(test_disk_errors),
         cmocka_unit_test(test_fixture_reference),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
