@@ -208,6 +208,20 @@ static void copy_rows(float *dst, const float *src, int64_t r0, int64_t rows, in
         memcpy(dst + r0 * width, src, (size_t)(rows * width) * sizeof(float));
 }
 
+/* max of r[0..n), n >= 1 (max is exact, so the partial maxima change nothing) */
+static float row_max(const float *r, int64_t n)
+{
+    float m[4] = {r[0], r[0], r[0], r[0]};
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4)
+        for (int u = 0; u < 4; u++)
+            m[u] = r[j + u] > m[u] ? r[j + u] : m[u];
+    for (; j < n; j++)
+        m[0] = r[j] > m[0] ? r[j] : m[0];
+    float a = m[0] > m[1] ? m[0] : m[1], b = m[2] > m[3] ? m[2] : m[3];
+    return a > b ? a : b;
+}
+
 /* Causal softmax attention per (sequence, head) (Vaswani et al. 2017, eq. 1),
  * GQA: head h reads kv head h / (n_heads / n_kv). att (ntok, q_dim). */
 static void attention(const float *q, const float *k, const float *v, float *att, int64_t n_seq,
@@ -235,18 +249,24 @@ static void attention(const float *q, const float *k, const float *v, float *att
             for (int64_t i = 0; i < rows; i++) {
                 float *r = S + i * nk;
                 const int64_t last = r0 + i;
-                float m = r[0];
-                for (int64_t jj = 1; jj <= last; jj++)
-                    m = r[jj] > m ? r[jj] : m;
-                double sum = 0.0;
-                for (int64_t jj = 0; jj <= last; jj++) {
+                const float m = row_max(r, last + 1);
+                /* four interleaved partial sums (fixed order: deterministic)
+                 * break the add latency chain */
+                double sum[4] = {0.0, 0.0, 0.0, 0.0};
+                int64_t jj = 0;
+                for (; jj + 4 <= last + 1; jj += 4)
+                    for (int u = 0; u < 4; u++) {
+                        r[jj + u] = expf(r[jj + u] - m);
+                        sum[u] += (double)r[jj + u];
+                    }
+                for (; jj <= last; jj++) {
                     r[jj] = expf(r[jj] - m);
-                    sum += (double)r[jj];
+                    sum[0] += (double)r[jj];
                 }
-                const float inv = (float)(1.0 / sum);
-                for (int64_t jj = 0; jj <= last; jj++)
+                const float inv = (float)(1.0 / ((sum[0] + sum[1]) + (sum[2] + sum[3])));
+                for (jj = 0; jj <= last; jj++)
                     r[jj] *= inv;
-                for (int64_t jj = last + 1; jj < nk; jj++)
+                for (jj = last + 1; jj < nk; jj++)
                     r[jj] = 0.0f;
             }
             // O[r0:r0+rows] (rows, hd) = P (rows, nk) @ V[0:nk] (nk, hd)
