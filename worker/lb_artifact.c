@@ -198,7 +198,7 @@ done:
 }
 
 int lb_store_put_qlinear(const lb_store *s, const char *id, const char *tensor,
-                         const lb_qpacked *p, lb_err *err)
+                         const char *options, const lb_qpacked *p, lb_err *err)
 {
     int rc = lb_qpacked_io_check(p, err);
     if (rc)
@@ -216,10 +216,11 @@ int lb_store_put_qlinear(const lb_store *s, const char *id, const char *tensor,
     lb_sha256_final(&h, d);
     lb_sha256_to_hex(d, sum);
     snprintf(bpw, sizeof bpw, "%.17g", lb_qpacked_bpw(p));
-    const char *meta[] = {"lowbit.tensor", tensor, "lowbit.bpw", bpw};
+    const char *meta[] = {"lowbit.tensor", tensor, "lowbit.bpw", bpw, "lowbit.options",
+                          options ? options : ""};
     lb_st_writer *w = NULL;
     if ((rc = lb_st_writer_new(&w, path, err)) || (rc = lb_qpacked_io_declare(w, "q", p, err)) ||
-        (rc = set_meta(w, id, "qlinear", sum, meta, 2, err)) ||
+        (rc = set_meta(w, id, "qlinear", sum, meta, 3, err)) ||
         (rc = lb_qpacked_io_write(w, "q", p, err)) || (rc = lb_st_writer_finish(w, err)))
         goto done;
 done:

@@ -64,9 +64,10 @@ int lb_store_put(const lb_store *s, const char *id, const char *kind,
                  lb_err *err);
 
 /* Writes a "qlinear" artifact: packed under prefix "q" (lb_qpacked_io), with
- * metadata lowbit.tensor = tensor and lowbit.bpw. Returns 0 or LB_E*. */
+ * metadata lowbit.tensor = tensor, lowbit.options = options (may be NULL) and
+ * lowbit.bpw. Returns 0 or LB_E*. */
 int lb_store_put_qlinear(const lb_store *s, const char *id, const char *tensor,
-                         const lb_qpacked *p, lb_err *err);
+                         const char *options, const lb_qpacked *p, lb_err *err);
 
 /* Opens artifact id after verifying it (as lb_store_has, kind checked when
  * non-NULL). OUT: *out (lb_st_free). Returns 0, LB_ENOTFOUND (absent: run the
