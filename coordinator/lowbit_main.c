@@ -23,6 +23,7 @@ static const lb_cli_command commands[] = {
     {"version", cmd_version, "print the version"},
     {"eval", lb_cmd_eval, "perplexity / KL of a model on token ids"},
     {"qmatrix", lb_cmd_qmatrix, "quantize one weight matrix with its Hessian"},
+    {"quantize", lb_cmd_quantize, "quantize a whole model block by block (packed checkpoint)"},
     {"synth", lb_cmd_synth, "write a synthetic LLaMA checkpoint with real outlier structure"},
 };
 
