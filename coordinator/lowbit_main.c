@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "lb_cli.h"
+#include "lb_packed.h"
 
 static int cmd_version(int argc, char **argv)
 {
@@ -37,6 +38,7 @@ static void usage(FILE *out)
 
 int main(int argc, char **argv)
 {
+    lb_packed_model_register(); /* lb_model_open then reads packed checkpoints */
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
