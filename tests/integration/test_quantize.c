@@ -258,6 +258,20 @@ static void test_bad_inputs(void **state)
     assert_non_null(strstr(out, "holds a different quantize job"));
     assert_non_null(strstr(out, "--force"));
     free(out);
+    /* --force takes the directory over; the old checkpoint is gone first */
+    rc = lb_test_run(&out, "'%s' quantize %s --force 2>&1", lb_test_lowbit_bin(), args);
+    if (rc != 0)
+        fail_msg("--force: exit %d: %s", rc, out ? out : "");
+    free(out);
+    char p[4300];
+    snprintf(p, sizeof p, "%s/config.json", q);
+    json_t *cfg = json_load_file(p, 0, NULL);
+    assert_non_null(cfg);
+    assert_true(json_real_value(json_object_get(json_object_get(cfg, "quantization_config"),
+                                                "bits")) == 3.0);
+    json_decref(cfg);
+    lb_err verr;
+    assert_int_equal(lb_packed_verify(q, NULL, &verr), 0);
     /* a non-empty directory that is not a lowbit job */
     snprintf(args, sizeof args, "--model '%s' --calib '%s' --out '%s' --method rtn --ctx 128",
              model_dir, calib, model_dir);
