@@ -62,16 +62,18 @@ static int parse_positive(const char *s, long long max, long long *out)
 
 typedef struct {
     bool enabled;
+    bool line_open; /* a progress line without its newline is on stderr */
 } progress_state;
 
 static void on_progress(void *user, int64_t done, int64_t total, double seconds)
 {
-    const progress_state *ps = user;
+    progress_state *ps = user;
     if (!ps->enabled)
         return;
     double eta = done > 0 ? seconds * (double)(total - done) / (double)done : 0.0;
     fprintf(stderr, "\reval: window %lld/%lld, %.1f s, ETA %.0f s   ", (long long)done,
             (long long)total, seconds, eta);
+    ps->line_open = done != total;
     if (done == total)
         fputc('\n', stderr);
     fflush(stderr);
@@ -156,6 +158,7 @@ int lb_cmd_eval(int argc, char **argv)
     uint32_t *tokens = NULL;
     int64_t n = 0;
     int status = 1;
+    progress_state ps = {0};
     if (lb_model_open(&model, model_dir, &err))
         goto done;
     if (ref_dir && lb_model_open(&ref, ref_dir, &err))
@@ -173,7 +176,7 @@ int lb_cmd_eval(int argc, char **argv)
                    tokens_path, (long long)n, ctx);
         goto done;
     }
-    progress_state ps = {.enabled = isatty(STDERR_FILENO) == 1};
+    ps.enabled = isatty(STDERR_FILENO) == 1;
     lb_eval_opts opts = {.ctx = ctx, .batch = batch, .progress = on_progress, .progress_user = &ps};
     lb_eval_result r;
     if (lb_eval_run(model, ref, tokens, n, &opts, &r, &err))
@@ -205,7 +208,7 @@ int lb_cmd_eval(int argc, char **argv)
     status = 0;
 done:
     if (status)
-        fprintf(stderr, "lowbit eval: %s\n", err.msg);
+        fprintf(stderr, "%slowbit eval: %s\n", ps.line_open ? "\n" : "", err.msg);
     free(tokens);
     lb_model_free(&ref);
     lb_model_free(&model);
