@@ -15,6 +15,7 @@
 #include <jansson.h>
 
 #include "lb_cli.h"
+#include "lb_distill.h"
 #include "lb_exec.h"
 #include "lb_io_util.h"
 #include "lb_plan.h"
@@ -32,6 +33,7 @@ static void usage(FILE *out)
             "                       [method options] [--ctx N] [--nsamples N]\n"
             "                       [--override 'REGEX=METHOD[:opt=val,...]' ...]\n"
             "                       [--true-sequential] [--threads N] [--force] [--json]\n"
+            "                       [--distill STEPS [--distill-lr LR] ...]\n"
             "\n"
             "Quantizes every linear of every block (q/k/v/o/gate/up/down) with M, block by\n"
             "block: Hessians from calibration activations that went through the already\n"
@@ -60,8 +62,11 @@ static void usage(FILE *out)
             "                     the output is byte-identical for any N\n"
             "  --force            reuse an --out directory that holds another job\n"
             "  --json             one JSON status line per finished job and a summary line\n"
-            "\n%s",
-            lb_qopts_usage());
+            "\n%s\n"
+            "Scale distillation (after a block's linears are quantized, its continuous\n"
+            "parameters are trained so that the block on the quantized-path input matches\n"
+            "the fp block on the fp-path input; codes and bpw do not change):\n%s",
+            lb_qopts_usage(), lb_distill_usage());
 }
 
 typedef struct {
@@ -322,12 +327,23 @@ int lb_cmd_quantize(int argc, char **argv)
     bool json = false, true_seq = false, force = false;
     lb_qopts opts;
     lb_qopts_init(&opts);
+    lb_distill_opts dopts;
+    lb_distill_opts_init(&dopts);
     lb_err err;
     lb_err_clear(&err);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int rc = lb_qopts_parse_arg(&opts, argc, argv, &i, &err);
+        int rc = lb_distill_parse_arg(&dopts, argc, argv, &i, &err);
+        if (rc < 0) {
+            fprintf(stderr, "lowbit quantize: %s\n", err.msg);
+            return 2;
+        }
+        if (rc == 1) {
+            i--; /* i is past the option; the loop adds one */
+            continue;
+        }
+        rc = lb_qopts_parse_arg(&opts, argc, argv, &i, &err);
         if (rc < 0) {
             fprintf(stderr, "lowbit quantize: %s\n", err.msg);
             return 2;
@@ -485,6 +501,13 @@ int lb_cmd_quantize(int argc, char **argv)
     lb_sha256_update(&run, model_fp, 64);
     lb_sha256_update(&run, calib_fp, 64);
     lb_sha256_update(&run, true_seq ? "ts" : "--", 2);
+    char distill_json[512] = "";
+    if (dopts.steps > 0) {
+        /* only with --distill, so runs without it keep their ids */
+        if (lb_distill_opts_json(&dopts, distill_json, sizeof distill_json, &err))
+            goto fail;
+        lb_sha256_update(&run, distill_json, strlen(distill_json));
+    }
     if (!json)
         fprintf(stderr, "lowbit quantize: %s, %d blocks, %lld calibration windows of %lld "
                 "tokens, %d threads\n", model_dir, (int)L, (long long)nsamples, (long long)ctx,
@@ -532,10 +555,19 @@ int lb_cmd_quantize(int argc, char **argv)
 
     json_t *oj = json_pack("{s:i, s:i, s:b, s:s}", "ctx", (int)ctx, "nsamples", (int)nsamples,
                            "true_sequential", true_seq, "calib_sha256", calib_fp);
+    if (oj && distill_json[0]) {
+        json_error_t jerr;
+        json_t *dj = json_loads(distill_json, 0, &jerr);
+        if (!dj || json_object_set_new(oj, "distill", dj) != 0) {
+            json_decref(oj);
+            oj = NULL;
+        }
+    }
     opts_json = oj ? json_dumps(oj, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     json_decref(oj);
     lb_plan_spec spec = {cfg, model_dir, out, model_fp, calib_fp, LB_VERSION, nsamples, ctx,
-                         true_seq, choices, method, opts.bits, opts_json};
+                         true_seq, choices, method, opts.bits, opts_json,
+                         dopts.steps > 0 ? &dopts : NULL};
     if (lb_plan_new(&spec, &plan, &err))
         goto fail;
     /* the calibration windows are the first artifact */

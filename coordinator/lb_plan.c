@@ -23,7 +23,7 @@ typedef enum { J_SKIP, J_WAIT, J_RUNNING, J_DONE, J_FAILED } jstate;
 
 typedef struct {
     lb_job job;
-    int32_t in[LB_LINEAR_COUNT + 1]; /* artifact indices (merge: see merge_in) */
+    int32_t in[LB_LINEAR_COUNT + 2]; /* artifact indices (merge: see merge_in) */
     int32_t n_in;
     int32_t out[LB_JOB_MAX_OUTPUTS];
     int32_t n_out;
@@ -147,6 +147,8 @@ int lb_plan_new(const lb_plan_spec *s, lb_plan **out, lb_err *err)
     if (j < 0)
         goto fail;
     int32_t x = p->jobs[j].out[0];
+    const bool distill = s->distill && s->distill->steps > 0;
+    int32_t xfp = x; /* fp-path block input (distill only): X_fp(0) = X_0 */
     for (int32_t b = 0; b < L; b++) {
         int32_t q[LB_LINEAR_COUNT], h[4];
         int32_t order[LB_LINEAR_COUNT] = {0, 1, 2, 3, 4, 5, 6};
@@ -182,6 +184,25 @@ int lb_plan_new(const lb_plan_spec *s, lb_plan **out, lb_err *err)
                 if ((j = add_job(p, &t, &h[hess_of(l)], 1, 1, A_QLIN, err)) < 0)
                     goto fail;
                 q[l] = p->jobs[j].out[0];
+            }
+        }
+        if (distill) {
+            int32_t in[LB_LINEAR_COUNT + 2];
+            in[0] = x;
+            in[1] = xfp;
+            for (int l = 0; l < LB_LINEAR_COUNT; l++)
+                in[2 + l] = q[l];
+            base_job(&t, s, LB_JOB_DISTILL, b);
+            t.distill = *s->distill;
+            bool more = b + 1 < L;
+            if ((j = add_job(p, &t, in, LB_LINEAR_COUNT + 2, LB_LINEAR_COUNT + (more ? 1 : 0),
+                             A_QLIN, err)) < 0)
+                goto fail;
+            for (int l = 0; l < LB_LINEAR_COUNT; l++)
+                q[l] = p->jobs[j].out[l];
+            if (more) {
+                xfp = p->jobs[j].out[LB_LINEAR_COUNT];
+                p->arts[xfp].kind = A_ACT;
             }
         }
         for (int l = 0; l < LB_LINEAR_COUNT; l++)

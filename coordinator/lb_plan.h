@@ -7,6 +7,10 @@
  *                7 quantize-linear jobs (q/k/v share the attn_in Hessian,
  *                gate/up the mlp_in one), propagate X_b -> X_{b+1} (not for
  *                the last block: nothing consumes it)
+ *   with spec->distill steps > 0, per block after its quantize jobs:
+ *                distill X_q(b), X_fp(b), 7 packed -> 7 distilled packed and
+ *                X_fp(b+1) (not for the last block); X_fp(0) = X_0. Propagate
+ *                and merge then use the distilled linears.
  *   merge: all quantized linears -> checkpoint.
  * The driver tells it which artifacts already exist (lb_plan_mark_present),
  * then alternates lb_plan_poll (get actions: run job i, delete artifact) and
@@ -42,6 +46,8 @@ typedef struct {
     const char *method;              /* model-wide --method and --bits (for the checkpoint) */
     double bits;
     const char *options_json;        /* run settings recorded in quantization_config */
+    const lb_distill_opts *distill;  /* NULL or steps == 0: no distillation; else one
+                                        DISTILL job per block (see above) */
 } lb_plan_spec;
 
 typedef enum {

@@ -4,7 +4,8 @@
  *   0 "lbjob"  1 version  2 type  3 id  4 block  5 linear  6 stage  7 tensor
  *   8 method   9 opts[23] 10 lowbit_version  11 model_fp  12 calib_fp
  *   13 n_seq  14 seq_len  15 model_dir  16 out_dir  17 options_json
- *   18 inputs[str]  19 outputs[str]
+ *   18 inputs[str]  19 outputs[str]  20 distill[7]
+ * distill: steps lr beta1 beta2 eps batch_seqs seed
  * opts: bits group_size act_order static_groups sym grid damp block_size
  *   outlier_threshold outlier_hessian_score outlier_keep_top outlier_keep_rest
  *   outlier_top_frac centroids_with_outliers salient_frac salient_bits
@@ -24,7 +25,8 @@
 #include "lb_qopts_parse.h"
 #include "lb_sha256.h"
 
-#define JOB_FIELDS 20
+#define JOB_FIELDS 21
+#define DISTILL_FIELDS 7
 #define OPTS_FIELDS 23
 #define RES_FIELDS 10
 
@@ -35,6 +37,7 @@ void lb_job_init(lb_job *job)
     job->linear = -1;
     job->stage = -1;
     lb_qopts_init(&job->opts);
+    lb_distill_opts_init(&job->distill);
 }
 
 void lb_job_clear(lb_job *job)
@@ -81,6 +84,7 @@ const char *lb_job_type_name(lb_job_type t)
     case LB_JOB_QUANTIZE_LINEAR: return "quantize-linear";
     case LB_JOB_PROPAGATE: return "propagate";
     case LB_JOB_MERGE: return "merge";
+    case LB_JOB_DISTILL: return "distill";
     }
     return "?";
 }
@@ -140,9 +144,21 @@ static void pack_opts(msgpack_packer *pk, const lb_qopts *o)
     msgpack_pack_uint64(pk, o->seed);
 }
 
+static void pack_distill(msgpack_packer *pk, const lb_distill_opts *o)
+{
+    msgpack_pack_array(pk, DISTILL_FIELDS);
+    msgpack_pack_int32(pk, o->steps);
+    msgpack_pack_double(pk, o->lr);
+    msgpack_pack_double(pk, o->beta1);
+    msgpack_pack_double(pk, o->beta2);
+    msgpack_pack_double(pk, o->eps);
+    msgpack_pack_int64(pk, o->batch_seqs);
+    msgpack_pack_uint64(pk, o->seed);
+}
+
 static int check_job(const lb_job *job, lb_err *err)
 {
-    if (job->type < LB_JOB_COLLECT_HESSIAN || job->type > LB_JOB_MERGE)
+    if (job->type < LB_JOB_COLLECT_HESSIAN || job->type > LB_JOB_DISTILL)
         return lb_err_set(err, LB_EINVAL, "job: invalid type %d", (int)job->type);
     if (job->n_inputs < 0 || job->n_inputs > LB_JOB_MAX_INPUTS ||
         (job->n_inputs > 0 && !job->inputs))
@@ -193,6 +209,7 @@ static int encode_job(const lb_job *job, bool canonical, uint8_t **buf, size_t *
         for (int32_t i = 0; i < job->n_outputs; i++)
             pack_str(&pk, job->outputs[i].hex);
     }
+    pack_distill(&pk, &job->distill);
     if (!sb.data) {
         msgpack_sbuffer_destroy(&sb);
         return lb_err_set(err, LB_ENOMEM, "job: out of memory encoding");
@@ -390,6 +407,26 @@ static int decode_opts(const cursor *c, lb_qopts *o)
     return 0;
 }
 
+static int decode_distill(const cursor *c, lb_distill_opts *o)
+{
+    if (c->n != DISTILL_FIELDS)
+        return lb_err_set(c->err, LB_EFORMAT, "job message: distill options hold %u values, "
+                          "expected %d", (unsigned)c->n, DISTILL_FIELDS);
+    int rc;
+    if ((rc = get_i32(c, 0, 0, 1000000, &o->steps)) || (rc = get_f64(c, 1, &o->lr)) ||
+        (rc = get_f64(c, 2, &o->beta1)) || (rc = get_f64(c, 3, &o->beta2)) ||
+        (rc = get_f64(c, 4, &o->eps)) || (rc = get_i64(c, 5, INT64_MIN, INT64_MAX, &o->batch_seqs)))
+        return rc;
+    if (c->items[6].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return bad(c, 6, "is not an unsigned integer");
+    o->seed = c->items[6].via.u64;
+    if (!(o->lr >= 0.0 && o->lr <= 1.0) || !(o->beta1 >= 0.0 && o->beta1 < 1.0) ||
+        !(o->beta2 >= 0.0 && o->beta2 < 1.0) || !(o->eps > 0.0))
+        return lb_err_set(c->err, LB_EFORMAT, "job message: distill options out of range "
+                          "(lr in [0, 1], betas in [0, 1), eps > 0)");
+    return 0;
+}
+
 /* Walks the msgpack structure of buf without allocating: exactly one object
  * spanning all len bytes, every length and element count within the bytes that
  * remain. msgpack-c allocates what headers declare, so this runs first and a
@@ -533,8 +570,8 @@ int lb_job_decode(const uint8_t *buf, size_t len, lb_job *job, lb_err *err)
     if ((rc = check_header(&c, "lbjob", JOB_FIELDS)))
         goto fail;
     int32_t type;
-    cursor opts, ins, outs;
-    if ((rc = get_i32(&c, 2, LB_JOB_COLLECT_HESSIAN, LB_JOB_MERGE, &type)) ||
+    cursor opts, ins, outs, dist;
+    if ((rc = get_i32(&c, 2, LB_JOB_COLLECT_HESSIAN, LB_JOB_DISTILL, &type)) ||
         (rc = get_id(&c, 3, job->id, true)) ||
         (rc = get_i32(&c, 4, -1, 1 << 20, &job->block)) ||
         (rc = get_i32(&c, 5, -1, 63, &job->linear)) ||
@@ -551,7 +588,9 @@ int lb_job_decode(const uint8_t *buf, size_t len, lb_job *job, lb_err *err)
         (rc = get_str(&c, 16, job->out_dir, sizeof job->out_dir)) ||
         (rc = get_str(&c, 17, job->options_json, sizeof job->options_json)) ||
         (rc = get_array(&c, 18, LB_JOB_MAX_INPUTS, &ins, "job inputs")) ||
-        (rc = get_array(&c, 19, LB_JOB_MAX_OUTPUTS, &outs, "job outputs")))
+        (rc = get_array(&c, 19, LB_JOB_MAX_OUTPUTS, &outs, "job outputs")) ||
+        (rc = get_array(&c, 20, DISTILL_FIELDS, &dist, "job distill options")) ||
+        (rc = decode_distill(&dist, &job->distill)))
         goto fail;
     job->type = (lb_job_type)type;
     if (job->type == LB_JOB_QUANTIZE_LINEAR && (rc = lb_qopts_validate(&job->opts, err))) {

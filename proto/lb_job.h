@@ -19,12 +19,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lb_distill.h"
 #include "lb_err.h"
 #include "lb_quant.h"
 
-#define LB_JOB_WIRE_VERSION 1
+#define LB_JOB_WIRE_VERSION 2 /* 2: distill job type and options field */
 #define LB_ID_HEX 65          /* 64 hex digits + NUL */
-#define LB_JOB_MAX_OUTPUTS 4  /* collect-hessian of a whole block: 4 Hessians */
+#define LB_JOB_MAX_OUTPUTS 8  /* distill: 7 packed linears + the next fp block input */
 #define LB_JOB_MAX_INPUTS 65536
 #define LB_JOB_PATH_MAX 1024
 #define LB_JOB_TENSOR_MAX 160
@@ -34,6 +35,7 @@ typedef enum {
     LB_JOB_QUANTIZE_LINEAR = 2, /* W (from the model) + H -> packed linear */
     LB_JOB_PROPAGATE = 3,       /* X_b + 7 packed linears -> X_{b+1}; block -1: calib -> X_0 */
     LB_JOB_MERGE = 4,           /* all packed linears + model -> checkpoint in out_dir */
+    LB_JOB_DISTILL = 5,         /* X_q(b), X_fp(b), 7 packed -> 7 distilled packed [, X_fp(b+1)] */
 } lb_job_type;
 
 /* Collect stages. ALL: one pass with fp weights gives the 4 Hessians.
@@ -66,6 +68,7 @@ typedef struct {
     char model_dir[LB_JOB_PATH_MAX]; /* where the source model lives (not part of the id) */
     char out_dir[LB_JOB_PATH_MAX];   /* merge: checkpoint directory (not part of the id) */
     char options_json[1024];        /* merge: run-wide settings recorded in the checkpoint */
+    lb_distill_opts distill;        /* distill: optimizer settings (else lb_distill_opts_init) */
     int32_t n_inputs;
     lb_artifact_id *inputs;         /* owned (lb_job_clear) */
     int32_t n_outputs;
@@ -86,7 +89,8 @@ typedef struct {
     char error[256];                /* one line, "" when ok */
 } lb_job_result;
 
-/* Zeroes *job and sets defaults (block/linear/stage -1, lb_qopts_init). */
+/* Zeroes *job and sets defaults (block/linear/stage -1, lb_qopts_init,
+ * lb_distill_opts_init). */
 void lb_job_init(lb_job *job);
 /* Frees job->inputs and re-initializes. Accepts NULL. */
 void lb_job_clear(lb_job *job);

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "lb_distill.h"
 #include "lb_forward.h"
 #include "lb_hessian.h"
 #include "lb_io_util.h"
@@ -149,8 +150,8 @@ static int stage_prereq(int32_t stage, lb_linear *which)
 /* Runs X_b through block b chunk by chunk. When out != NULL the block outputs
  * go there (ntok, dim); when hs != NULL the captured inputs are added to the
  * Hessians hs[0..4) (NULL entries skipped: attn_in, attn_out, mlp_in, mlp_act). */
-static int run_block(const lb_exec_ctx *ctx, const lb_job *job, const lb_block_weights *w,
-                     float *out, lb_hessian *const *hs, lb_err *err)
+static int run_block(const lb_exec_ctx *ctx, const lb_job *job, const char *xid,
+                     const lb_block_weights *w, float *out, lb_hessian *const *hs, lb_err *err)
 {
     const lb_config *cfg = lb_model_config(ctx->model);
     const int64_t dim = cfg->hidden_size, qd = lb_config_q_dim(cfg),
@@ -167,7 +168,7 @@ static int run_block(const lb_exec_ctx *ctx, const lb_job *job, const lb_block_w
     lb_fwd_workspace *ws = NULL;
     float *x = NULL, *cap[4] = {NULL, NULL, NULL, NULL};
     const int64_t capw[4] = {dim, qd, dim, inter};
-    int rc = open_x(ctx, job->inputs[0].hex, ntok, dim, &xst, &xdata, err);
+    int rc = open_x(ctx, xid, ntok, dim, &xst, &xdata, err);
     if (rc)
         goto done;
     if ((rc = lb_fwd_workspace_new(cfg, chunk, job->seq_len, &ws, err)))
@@ -255,7 +256,7 @@ static int exec_collect(const lb_job *job, const lb_exec_ctx *ctx, lb_err *err)
         if ((job->stage == LB_STAGE_ALL || job->stage == k) &&
             (rc = lb_hessian_new(widths[k], &hs[k], err)))
             goto done;
-    if ((rc = run_block(ctx, job, &w, NULL, hs, err)))
+    if ((rc = run_block(ctx, job, job->inputs[0].hex, &w, NULL, hs, err)))
         goto done;
     for (int k = 0, o = 0; k < 4; k++)
         if (hs[k] && (rc = put_hessian(ctx, job->outputs[o++].hex, hs[k], err)))
@@ -398,11 +399,100 @@ static int exec_propagate(const lb_job *job, const lb_exec_ctx *ctx, lb_err *err
                         (long long)ntok, (long long)dim);
         goto done;
     }
-    if ((rc = run_block(ctx, job, &w, out, NULL, err)))
+    if ((rc = run_block(ctx, job, job->inputs[0].hex, &w, out, NULL, err)))
         goto done;
     rc = put_x(ctx, job->outputs[0].hex, out, ntok, dim, err);
 done:
     free(out);
+    lb_block_weights_free(&w);
+    return rc;
+}
+
+/* DISTILL(b): inputs X_q(b), X_fp(b), the 7 packed linears (lb_linear order);
+ * outputs the 7 distilled packed linears and, when there are 8, X_fp(b+1).
+ * Teacher target Y_t = fp block b on X_fp(b) (= X_fp(b+1)); student input X_q(b). */
+static int exec_distill(const lb_job *job, const lb_exec_ctx *ctx, lb_err *err)
+{
+    const lb_config *cfg = lb_model_config(ctx->model);
+    if (job->n_inputs != 2 + LB_LINEAR_COUNT ||
+        (job->n_outputs != LB_LINEAR_COUNT && job->n_outputs != LB_LINEAR_COUNT + 1) ||
+        job->block < 0)
+        return lb_err_set(err, LB_EINVAL, "distill job %s: %d inputs / %d outputs, expected "
+                          "X_q + X_fp + 7 linears / 7 linears [+ X_fp next]", job->id,
+                          (int)job->n_inputs, (int)job->n_outputs);
+    const int64_t ntok = job->n_seq * job->seq_len, dim = cfg->hidden_size;
+    lb_block_weights w;
+    memset(&w, 0, sizeof w);
+    lb_qpacked pk[LB_LINEAR_COUNT];
+    memset(pk, 0, sizeof pk);
+    lb_qpacked *pp[LB_LINEAR_COUNT];
+    char *opt_desc[LB_LINEAR_COUNT] = {NULL};
+    float *xs = NULL, *yt = NULL;
+    lb_st *xst = NULL;
+    const uint8_t *xdata = NULL;
+    int rc = lb_model_load_block(ctx->model, job->block, &w, err);
+    if (rc)
+        goto done;
+    xs = malloc((size_t)ntok * (size_t)dim * sizeof *xs);
+    yt = malloc((size_t)ntok * (size_t)dim * sizeof *yt);
+    if (!xs || !yt) {
+        rc = lb_err_set(err, LB_ENOMEM, "distill: out of memory for (%lld, %lld) activations",
+                        (long long)ntok, (long long)dim);
+        goto done;
+    }
+    /* fp weights on the fp stream: the teacher's output */
+    if ((rc = run_block(ctx, job, job->inputs[1].hex, &w, yt, NULL, err)))
+        goto done;
+    if ((rc = open_x(ctx, job->inputs[0].hex, ntok, dim, &xst, &xdata, err)))
+        goto done;
+    memcpy(xs, xdata, (size_t)ntok * (size_t)dim * sizeof *xs);
+    lb_st_free(&xst);
+    for (int l = 0; l < LB_LINEAR_COUNT; l++) {
+        const char *id = job->inputs[2 + l].hex;
+        if ((rc = lb_store_open_artifact(ctx->store, id, "qlinear", &xst, err)))
+            goto done;
+        const char *on = lb_st_metadata_get(xst, "lowbit.options");
+        opt_desc[l] = strdup(on ? on : "");
+        lb_st_free(&xst);
+        if (!opt_desc[l]) {
+            rc = lb_err_set(err, LB_ENOMEM, "distill: out of memory");
+            goto done;
+        }
+        if ((rc = lb_store_get_qlinear(ctx->store, id, &pk[l], err)))
+            goto done;
+        int64_t rows, cols;
+        lb_linear_shape(cfg, (lb_linear)l, &rows, &cols);
+        if (pk[l].rows != rows || pk[l].cols != cols) {
+            rc = lb_err_set(err, LB_EFORMAT, "artifact %s: packed shape (%lld, %lld), expected "
+                            "(%lld, %lld)", id, (long long)pk[l].rows, (long long)pk[l].cols,
+                            (long long)rows, (long long)cols);
+            goto done;
+        }
+        pp[l] = &pk[l];
+    }
+    lb_distill_stats st;
+    if ((rc = lb_distill_block(cfg, &w, pp, xs, yt, job->n_seq, job->seq_len, &job->distill,
+                               &st, err))) {
+        lb_err_prefix(err, "distill block %d", (int)job->block);
+        goto done;
+    }
+    for (int l = 0; l < LB_LINEAR_COUNT; l++) {
+        char name[LB_JOB_TENSOR_MAX];
+        if ((rc = lb_model_linear_tensor_name(name, sizeof name, job->block, (lb_linear)l, err)) ||
+            (rc = lb_store_put_qlinear(ctx->store, job->outputs[l].hex, name, opt_desc[l],
+                                       &pk[l], err)))
+            goto done;
+    }
+    if (job->n_outputs == LB_LINEAR_COUNT + 1)
+        rc = put_x(ctx, job->outputs[LB_LINEAR_COUNT].hex, yt, ntok, dim, err);
+done:
+    for (int l = 0; l < LB_LINEAR_COUNT; l++) {
+        lb_qpacked_free(&pk[l]);
+        free(opt_desc[l]);
+    }
+    lb_st_free(&xst);
+    free(xs);
+    free(yt);
     lb_block_weights_free(&w);
     return rc;
 }
@@ -480,6 +570,7 @@ int lb_exec_run(const lb_job *job, const lb_exec_ctx *ctx, lb_job_result *res)
         case LB_JOB_QUANTIZE_LINEAR: rc = exec_quantize(job, ctx, &res->bpw, &err); break;
         case LB_JOB_PROPAGATE: rc = exec_propagate(job, ctx, &err); break;
         case LB_JOB_MERGE: rc = exec_merge(job, ctx, &res->bpw, &err); break;
+        case LB_JOB_DISTILL: rc = exec_distill(job, ctx, &err); break;
         default: rc = lb_err_set(&err, LB_EINVAL, "job %s: unknown type %d", job->id,
                                  (int)job->type);
         }

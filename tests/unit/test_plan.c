@@ -38,7 +38,7 @@ static void fixture_init(fixture *f, int layers)
 static lb_plan *make_plan(fixture *f, bool ts)
 {
     lb_plan_spec s = {&f->cfg, "/m", "/o", f->model_fp, f->calib_fp, "0.1.0", 8, 128, ts,
-                      f->choices, "gptq", 4.0, "{}"};
+                      f->choices, "gptq", 4.0, "{}", NULL};
     lb_plan *p = NULL;
     lb_err err;
     assert_int_equal(lb_plan_new(&s, &p, &err), 0);
