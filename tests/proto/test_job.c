@@ -33,6 +33,12 @@ static void make_job(lb_job *job, lb_job_type type)
         job->opts.act_order = true;
         job->opts.seed = 0xfedcba9876543210ull;
     }
+    if (type == LB_JOB_DISTILL) {
+        job->distill.steps = 40;
+        job->distill.lr = 2.5e-3;
+        job->distill.batch_seqs = 4;
+        job->distill.seed = 0x0123456789abcdefull;
+    }
     strcpy(job->lowbit_version, "0.1.0");
     fake_id(job->model_fp, 100);
     fake_id(job->calib_fp, 101);
@@ -43,12 +49,14 @@ static void make_job(lb_job *job, lb_job_type type)
         strcpy(job->out_dir, "/out/y");
         strcpy(job->options_json, "{\"method\":\"gptq\"}");
     }
-    int nin = type == LB_JOB_MERGE ? 35 : type == LB_JOB_PROPAGATE ? 8 : 1;
+    int nin = type == LB_JOB_MERGE ? 35 : type == LB_JOB_PROPAGATE ? 8
+              : type == LB_JOB_DISTILL ? 9 : 1;
     lb_artifact_id ids[64];
     for (int i = 0; i < nin; i++)
         fake_id(ids[i].hex, i);
     assert_int_equal(lb_job_set_inputs(job, ids, nin, NULL), 0);
-    job->n_outputs = type == LB_JOB_MERGE ? 0 : type == LB_JOB_COLLECT_HESSIAN ? 4 : 1;
+    job->n_outputs = type == LB_JOB_MERGE ? 0 : type == LB_JOB_COLLECT_HESSIAN ? 4
+                     : type == LB_JOB_DISTILL ? 8 : 1;
     assert_int_equal(lb_job_compute_id(job, NULL), 0);
 }
 
@@ -74,6 +82,13 @@ static void assert_jobs_equal(const lb_job *a, const lb_job *b)
     assert_string_equal(a->model_dir, b->model_dir);
     assert_string_equal(a->out_dir, b->out_dir);
     assert_string_equal(a->options_json, b->options_json);
+    assert_int_equal(a->distill.steps, b->distill.steps);
+    assert_memory_equal(&a->distill.lr, &b->distill.lr, sizeof(double));
+    assert_memory_equal(&a->distill.beta1, &b->distill.beta1, sizeof(double));
+    assert_memory_equal(&a->distill.beta2, &b->distill.beta2, sizeof(double));
+    assert_memory_equal(&a->distill.eps, &b->distill.eps, sizeof(double));
+    assert_int_equal(a->distill.batch_seqs, b->distill.batch_seqs);
+    assert_true(a->distill.seed == b->distill.seed);
     assert_int_equal(a->n_inputs, b->n_inputs);
     for (int i = 0; i < a->n_inputs; i++)
         assert_string_equal(a->inputs[i].hex, b->inputs[i].hex);
@@ -85,7 +100,7 @@ static void assert_jobs_equal(const lb_job *a, const lb_job *b)
 static void test_round_trip(void **state)
 {
     (void)state;
-    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_MERGE; t++) {
+    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_DISTILL; t++) {
         lb_job job, back;
         make_job(&job, (lb_job_type)t);
         uint8_t *buf = NULL;
@@ -120,12 +135,28 @@ static void test_id_depends_on_content_not_location(void **state)
     assert_string_not_equal(b.outputs[0].hex, a.outputs[0].hex);
     lb_job_clear(&a);
     lb_job_clear(&b);
+    /* distill settings are part of what a DISTILL job is */
+    make_job(&a, LB_JOB_DISTILL);
+    make_job(&b, LB_JOB_DISTILL);
+    assert_string_equal(a.id, b.id);
+    b.distill.lr = 3e-3;
+    assert_int_equal(lb_job_compute_id(&b, NULL), 0);
+    assert_string_not_equal(a.id, b.id);
+    for (int o = 0; o < a.n_outputs; o++)
+        assert_string_not_equal(a.outputs[o].hex, b.outputs[o].hex);
+    lb_job_clear(&b);
+    make_job(&b, LB_JOB_DISTILL);
+    b.distill.steps = 41;
+    assert_int_equal(lb_job_compute_id(&b, NULL), 0);
+    assert_string_not_equal(a.id, b.id);
+    lb_job_clear(&a);
+    lb_job_clear(&b);
 }
 
 static void test_every_truncation_rejected(void **state)
 {
     (void)state;
-    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_MERGE; t++) {
+    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_DISTILL; t++) {
         lb_job job, back;
         make_job(&job, (lb_job_type)t);
         uint8_t *buf = NULL;
@@ -219,7 +250,7 @@ static void test_random_flips(void **state)
     (void)state;
     uint64_t rng = 12345;
     int decoded = 0, rejected = 0;
-    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_MERGE; t++) {
+    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_DISTILL; t++) {
         lb_job job;
         make_job(&job, (lb_job_type)t);
         uint8_t *buf = NULL;
@@ -262,7 +293,7 @@ static void test_random_flips(void **state)
 
 static void write_corpus(const char *dir)
 {
-    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_MERGE; t++) {
+    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_DISTILL; t++) {
         lb_job job;
         make_job(&job, (lb_job_type)t);
         uint8_t *buf = NULL;
