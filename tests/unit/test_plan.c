@@ -35,6 +35,16 @@ static void fixture_init(fixture *f, int layers)
     lb_sha256_hex("calib", 5, f->calib_fp);
 }
 
+static lb_plan *make_plan_d(fixture *f, bool ts, const lb_distill_opts *d)
+{
+    lb_plan_spec s = {&f->cfg, "/m", "/o", f->model_fp, f->calib_fp, "0.1.0", 8, 128, ts,
+                      f->choices, "gptq", 4.0, "{}", d};
+    lb_plan *p = NULL;
+    lb_err err;
+    assert_int_equal(lb_plan_new(&s, &p, &err), 0);
+    return p;
+}
+
 static lb_plan *make_plan(fixture *f, bool ts)
 {
     lb_plan_spec s = {&f->cfg, "/m", "/o", f->model_fp, f->calib_fp, "0.1.0", 8, 128, ts,
@@ -189,6 +199,94 @@ static void test_graph_and_full_run(void **state)
     free(f.choices);
 }
 
+static const lb_job *find_job(const lb_plan *p, lb_job_type t, int32_t block)
+{
+    for (int32_t i = 0; i < lb_plan_job_count(p); i++) {
+        const lb_job *j = lb_plan_job(p, i);
+        if (j->type == t && j->block == block)
+            return j;
+    }
+    return NULL;
+}
+
+/* --distill: one DISTILL job per block between its quantize jobs and its
+ * propagate; the fp stream X_fp(b) chains DISTILL to DISTILL; propagate and
+ * merge read the distilled linears; steps == 0 is the plain plan. */
+static void test_distill_graph(void **state)
+{
+    (void)state;
+    fixture f;
+    fixture_init(&f, 4);
+    lb_distill_opts d;
+    lb_distill_opts_init(&d);
+    lb_plan *plain = make_plan(&f, false), *zero = make_plan_d(&f, false, &d);
+    assert_int_equal(lb_plan_job_count(plain), lb_plan_job_count(zero));
+    for (int32_t i = 0; i < lb_plan_job_count(plain); i++)
+        assert_string_equal(lb_plan_job(plain, i)->id, lb_plan_job(zero, i)->id);
+    lb_plan_free(&zero);
+    d.steps = 20;
+    lb_plan *p = make_plan_d(&f, false, &d);
+    assert_int_equal(lb_plan_job_count(p), lb_plan_job_count(plain) + 4);
+    const lb_job *embed = find_job(p, LB_JOB_PROPAGATE, -1);
+    const lb_job *merge = find_job(p, LB_JOB_MERGE, -1);
+    const lb_job *prev = NULL;
+    for (int32_t b = 0; b < 4; b++) {
+        const lb_job *dj = find_job(p, LB_JOB_DISTILL, b);
+        assert_non_null(dj);
+        assert_int_equal(dj->distill.steps, 20);
+        assert_int_equal(dj->n_inputs, 2 + LB_LINEAR_COUNT);
+        assert_int_equal(dj->n_outputs, LB_LINEAR_COUNT + (b < 3 ? 1 : 0));
+        /* X_q(b): embed output or the previous propagate's; X_fp(b): X_0 or previous DISTILL's */
+        const lb_job *xq = b == 0 ? embed : find_job(p, LB_JOB_PROPAGATE, b - 1);
+        assert_string_equal(dj->inputs[0].hex, xq->outputs[0].hex);
+        assert_string_equal(dj->inputs[1].hex,
+                            b == 0 ? embed->outputs[0].hex : prev->outputs[LB_LINEAR_COUNT].hex);
+        for (int32_t i = 0; i < lb_plan_job_count(p); i++) {
+            const lb_job *q = lb_plan_job(p, i);
+            if (q->type == LB_JOB_QUANTIZE_LINEAR && q->block == b)
+                assert_string_equal(dj->inputs[2 + q->linear].hex, q->outputs[0].hex);
+        }
+        const lb_job *pr = find_job(p, LB_JOB_PROPAGATE, b);
+        for (int l = 0; l < LB_LINEAR_COUNT; l++) {
+            if (pr)
+                assert_string_equal(pr->inputs[1 + l].hex, dj->outputs[l].hex);
+            assert_string_equal(merge->inputs[b * LB_LINEAR_COUNT + l].hex, dj->outputs[l].hex);
+        }
+        if (b < 3)
+            assert_string_equal(lb_plan_artifact_kind(p, art_index(p, dj->outputs[7].hex)),
+                                "activations");
+        prev = dj;
+    }
+    /* a full run holds at most 4 activations (two per stream) and frees them all */
+    bool present[1024] = {false};
+    present[0] = true;
+    lb_plan_mark_present(p, 0);
+    lb_plan_start(p);
+    int max_acts = 0;
+    assert_int_equal(simulate(p, present, &max_acts), lb_plan_job_count(p));
+    assert_true(max_acts <= 4);
+    for (int32_t a = 0; a < lb_plan_artifact_count(p); a++)
+        if (present[a])
+            assert_true(!strcmp(lb_plan_artifact_kind(p, a), "qlinear") ||
+                        !strcmp(lb_plan_artifact_kind(p, a), "calib"));
+    /* other settings: quantize jobs keep their ids, DISTILL and everything after change */
+    d.lr = 2e-3;
+    lb_plan *p2 = make_plan_d(&f, false, &d);
+    for (int32_t i = 0; i < lb_plan_job_count(p); i++) {
+        const lb_job *a = lb_plan_job(p, i), *c = lb_plan_job(p2, i);
+        bool same = !strcmp(a->id, c->id);
+        if (a->type == LB_JOB_DISTILL || a->type == LB_JOB_MERGE ||
+            (a->type == LB_JOB_PROPAGATE && a->block >= 0) || a->block >= 1)
+            assert_false(same);
+        else
+            assert_true(same);
+    }
+    lb_plan_free(&p2);
+    lb_plan_free(&p);
+    lb_plan_free(&plain);
+    free(f.choices);
+}
+
 static void test_resume(void **state)
 {
     (void)state;
@@ -277,6 +375,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_graph_and_full_run),
         cmocka_unit_test(test_resume),
+        cmocka_unit_test(test_distill_graph),
         cmocka_unit_test(test_true_sequential_and_failure),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
