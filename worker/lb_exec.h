@@ -13,6 +13,10 @@
  *   quantize-linear:    W (from the model) + H = 2/N S -> registry method ->
  *                       packed "qlinear" artifact (W_hat is not stored: it is
  *                       dequantize(packed), bit for bit)
+ *   distill (--distill): X_q(b), X_fp(b), 7 packed -> Y_t = fp block b on X_fp(b)
+ *                       (stored as X_fp(b+1) when the job has an 8th output),
+ *                       lb_distill_block(student input X_q(b), target Y_t) ->
+ *                       7 distilled packed linears (same codes, new f16 fields)
  *   propagate, b >= 0:  X_b through block b with its 7 quantized linears -> X_{b+1}
  *   merge:              all qlinear artifacts + the model -> packed checkpoint
  *                       in job->out_dir (lb_packed_write)
