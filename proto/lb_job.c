@@ -346,7 +346,8 @@ static int get_str(const cursor *c, uint32_t i, char *dst, size_t size)
         return bad(c, i, "is too long");
     if (o->via.str.size && memchr(o->via.str.ptr, 0, o->via.str.size))
         return bad(c, i, "holds a NUL byte");
-    memcpy(dst, o->via.str.ptr, o->via.str.size);
+    if (o->via.str.size) /* an empty string may come with a NULL pointer */
+        memcpy(dst, o->via.str.ptr, o->via.str.size);
     dst[o->via.str.size] = '\0';
     return 0;
 }
