@@ -217,6 +217,30 @@ static void test_wrong_version_and_magic(void **state)
     assert_non_null(strstr(err.msg, "not valid msgpack"));
 }
 
+/* distill options outside what lb_distill accepts are refused at decode */
+static void test_distill_options_range(void **state)
+{
+    (void)state;
+    for (int k = 0; k < 5; k++) {
+        lb_job job, back;
+        make_job(&job, LB_JOB_DISTILL);
+        if (k == 0) job.distill.lr = 5.0;
+        if (k == 1) job.distill.lr = -1e-3;
+        if (k == 2) job.distill.beta1 = 1.0;
+        if (k == 3) job.distill.eps = 0.0;
+        if (k == 4) job.distill.steps = -1;
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        lb_err err;
+        assert_int_equal(lb_job_encode(&job, &buf, &len, &err), 0);
+        assert_int_equal(lb_job_decode(buf, len, &back, &err), LB_EFORMAT);
+        assert_non_null(strstr(err.msg, "job"));
+        assert_null(back.inputs);
+        free(buf);
+        lb_job_clear(&job);
+    }
+}
+
 static void test_result_round_trip(void **state)
 {
     (void)state;
@@ -342,6 +366,7 @@ int main(void)
         cmocka_unit_test(test_id_depends_on_content_not_location),
         cmocka_unit_test(test_every_truncation_rejected),
         cmocka_unit_test(test_wrong_version_and_magic),
+        cmocka_unit_test(test_distill_options_range),
         cmocka_unit_test(test_result_round_trip),
         cmocka_unit_test(test_random_flips),
     };
