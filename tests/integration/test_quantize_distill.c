@@ -190,9 +190,27 @@ static void test_distill(void **state)
     lb_test_rmdir(&dir);
 }
 
+static void test_cli_options(void **state)
+{
+    (void)state;
+    char *out = NULL;
+    assert_int_equal(lb_test_run(&out, "'%s' quantize --help", lb_test_lowbit_bin()), 0);
+    assert_non_null(strstr(out, "--distill STEPS"));
+    assert_non_null(strstr(out, "--distill-lr LR"));
+    free(out);
+    out = NULL;
+    int rc = lb_test_run(&out, "'%s' quantize --model m --calib c --out o --method gptq "
+                         "--distill -3 2>&1", lb_test_lowbit_bin());
+    assert_int_equal(rc, 2);
+    assert_non_null(strstr(out, "--distill"));
+    assert_null(strchr(strchr(out, '\n') ? strchr(out, '\n') + 1 : "", '\n'));
+    free(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_cli_options),
         cmocka_unit_test(test_distill),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
