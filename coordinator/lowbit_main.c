@@ -21,6 +21,7 @@ typedef struct {
 
 static const lb_cli_command commands[] = {
     /* one line per subcommand, in the order `lowbit --help` lists them */
+    {"quantize", lb_cmd_quantize, "quantize a whole model block by block (packed checkpoint)"},
     {"eval", lb_cmd_eval, "perplexity / KL of a model on token ids"},
     {"export", lb_cmd_export, "packed checkpoint -> plain HF checkpoint (f32/f16/bf16)"},
     {"verify", lb_cmd_verify, "check a packed checkpoint's manifest checksums"},
