@@ -22,6 +22,7 @@ static const lb_cli_command commands[] = {
     /* one line per subcommand, in the order `lowbit --help` lists them */
     {"version", cmd_version, "print the version"},
     {"eval", lb_cmd_eval, "perplexity / KL of a model on token ids"},
+    {"qmatrix", lb_cmd_qmatrix, "quantize one weight matrix with its Hessian"},
     {"synth", lb_cmd_synth, "write a synthetic LLaMA checkpoint with real outlier structure"},
 };
 
