@@ -493,7 +493,8 @@ reply:
             send_msg(s->sock, route, &ok, NULL, &err, "artifact server");
         }
     }
-    record(s, rc, peer, err.msg, in, out);
+    /* "absent" is HAS's normal answer, not a failed request */
+    record(s, h.cmd == LB_XFER_HAS && rc == LB_ENOTFOUND ? 0 : rc, peer, err.msg, in, out);
     return 0;
 }
 
@@ -628,7 +629,7 @@ void lb_xfer_server_stop(lb_xfer_server **sp)
 
 int lb_xfer_validate_artifact(const char *path, const char *id, void *user, lb_err *err)
 {
-    (void)user;
+    (void)user; /* messages name no path: the caller prefixes the artifact id */
     lb_st *st = NULL;
     int rc = lb_st_open(&st, path, err);
     if (rc)
@@ -636,8 +637,7 @@ int lb_xfer_validate_artifact(const char *path, const char *id, void *user, lb_e
     const char *own = lb_st_metadata_get(st, "lowbit.artifact");
     const char *sum = lb_st_metadata_get(st, "lowbit.sha256");
     if (!own || strcmp(own, id) != 0 || !sum) {
-        rc = lb_err_set(err, LB_EFORMAT, "%s: not the artifact %s (metadata lowbit.artifact)",
-                        path, id);
+        rc = lb_err_set(err, LB_EFORMAT, "content names another artifact (lowbit.artifact)");
         goto done;
     }
     lb_sha256 h;
@@ -651,8 +651,7 @@ int lb_xfer_validate_artifact(const char *path, const char *id, void *user, lb_e
     lb_sha256_final(&h, d);
     lb_sha256_to_hex(d, hex);
     if (strcmp(hex, sum) != 0)
-        rc = lb_err_set(err, LB_EFORMAT, "%s: tensor data checksum mismatch (lowbit.sha256)",
-                        path);
+        rc = lb_err_set(err, LB_EFORMAT, "tensor data checksum mismatch (lowbit.sha256)");
 done:
     lb_st_free(&st);
     return rc;
