@@ -415,6 +415,49 @@ static void test_malformed_frames(void **state)
     assert_int_equal(st.ok, 2);
 }
 
+/* Random garbage (random frame counts, sizes, bytes; sometimes a valid magic
+ * and version with random fields): every message gets an error reply and the
+ * server keeps serving. */
+static void test_garbage_messages(void **state)
+{
+    fixture *f = *state;
+    raw_peer p;
+    raw_open(&p, lb_xfer_server_endpoint(f->srv));
+    uint64_t seed = 2026;
+    uint8_t buf[3][LB_XFER_HDR_SIZE * 2];
+    char msg[512];
+    int errors = 0;
+    for (int it = 0; it < 300; it++) {
+        int nf = 1 + (int)(lb_test_rand_u64(&seed) % 3);
+        const void *fr[3];
+        size_t ln[3];
+        for (int k = 0; k < nf; k++) {
+            ln[k] = (size_t)(lb_test_rand_u64(&seed) % sizeof buf[k]);
+            for (size_t i = 0; i < ln[k]; i++)
+                buf[k][i] = (uint8_t)(lb_test_rand_u64(&seed) >> 56);
+            fr[k] = buf[k];
+        }
+        if (it % 2) { /* plausible header: right size, magic, version */
+            ln[0] = LB_XFER_HDR_SIZE;
+            memcpy(buf[0], "LBXF", 4);
+            buf[0][4] = LB_XFER_VERSION;
+            buf[0][5] = 0;
+            buf[0][6] = (uint8_t)(lb_test_rand_u64(&seed) % 6);
+            buf[0][7] = 0;
+        }
+        raw_send(&p, fr, ln, nf);
+        if (raw_reply(&p, msg, sizeof msg) != 0)
+            errors++;
+        else
+            assert_true(it % 2 && (buf[0][6] == LB_XFER_PING || buf[0][6] == LB_XFER_HAS));
+    }
+    raw_close(&p);
+    assert_true(errors > 250);
+    lb_err err = {0};
+    assert_int_equal(lb_xfer_ping(f->cli, &err), 0);
+    assert_int_equal(dir_entries(f->dir), 0);
+}
+
 static double now_s(void)
 {
     struct timespec ts;
@@ -684,6 +727,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_files_and_put_again, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupted_payload_rejected, setup, teardown),
         cmocka_unit_test_setup_teardown(test_malformed_frames, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_garbage_messages, setup, teardown),
         cmocka_unit_test(test_dead_server),
         cmocka_unit_test(test_client_verifies_reply),
         cmocka_unit_test_setup_teardown(test_content_ids, setup_content, teardown),
