@@ -9,5 +9,6 @@ typedef int (*lb_cli_fn)(int argc, char **argv);
 int lb_cmd_eval(int argc, char **argv);
 int lb_cmd_synth(int argc, char **argv);
 int lb_cmd_qmatrix(int argc, char **argv);
+int lb_cmd_quantize(int argc, char **argv);
 
 #endif
