@@ -98,6 +98,36 @@ static void reference(bool reversed, unsigned char *buf)
     free(X);
 }
 
+/* The embedded executor (worker/lb_exec.c) feeds one accumulator chunk after
+ * chunk. With the same chunk boundaries that is the same arithmetic as the
+ * chunk-order sum of fresh partials: 0 + double(SYRK(chunk)) is exact. */
+static void test_streaming_equals_chunk_sum(void **state)
+{
+    (void)state;
+    unsigned char ref[RESULT_BYTES], got[RESULT_BYTES];
+    reference(false, ref);
+    float *X = malloc((size_t)CHUNK_SEQS * SEQ_LEN * COLS * sizeof *X);
+    double *S = malloc(COLS * COLS * sizeof *S);
+    assert_true(X && S);
+    lb_hessian *h = NULL;
+    lb_err err = {0};
+    assert_int_equal(lb_hessian_new(COLS, &h, &err), 0);
+    for (int c = 0; c < N_CHUNKS; c++) {
+        int s0 = c * CHUNK_SEQS, s1 = s0 + CHUNK_SEQS < N_SEQ ? s0 + CHUNK_SEQS : N_SEQ;
+        for (int s = s0; s < s1; s++)
+            mhd_sequence(SEED, s, SEQ_LEN, COLS, X + (size_t)(s - s0) * SEQ_LEN * COLS);
+        assert_int_equal(lb_hessian_add_chunk(h, X, (int64_t)(s1 - s0) * SEQ_LEN, COLS, &err), 0);
+    }
+    int64_t ntok = 0;
+    lb_hessian_get_sums(h, S, &ntok);
+    memcpy(got, &ntok, sizeof ntok);
+    memcpy(got + sizeof ntok, S, sizeof(double) * COLS * COLS);
+    assert_memory_equal(got, ref, RESULT_BYTES);
+    lb_hessian_free(&h);
+    free(X);
+    free(S);
+}
+
 static void test_reduction_independent_of_ranks(void **state)
 {
     (void)state;
@@ -162,6 +192,7 @@ static void test_missing_partial_fails_every_rank(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_streaming_equals_chunk_sum),
         cmocka_unit_test(test_reduction_independent_of_ranks),
         cmocka_unit_test(test_missing_partial_fails_every_rank),
     };
