@@ -771,7 +771,9 @@ static int request(lb_xfer_client *c, lb_xfer_hdr *h, const void *payload, frame
             client_close_socket(c); /* EAGAIN: peer not taking data */
             continue;
         }
-        int64_t deadline = now_ms() + c->timeout_ms;
+        /* The server hashes, fsyncs and validates before answering: allow 1 s
+         * more per 64 MiB moved, so a big transfer is not cut short. */
+        int64_t deadline = now_ms() + c->timeout_ms + (int64_t)(h->size >> 26) * 1000;
         for (;;) {
             int64_t left = deadline - now_ms();
             if (left <= 0)

@@ -115,7 +115,8 @@ int lb_xfer_validate_artifact(const char *path, const char *id, void *user, lb_e
 typedef struct lb_xfer_client lb_xfer_client;
 
 /* A client of the server at endpoint. timeout_ms (> 0) bounds the wait for each
- * reply; a request without an answer is re-sent on a fresh socket up to
+ * reply (plus 1 s per 64 MiB of PUT payload, which the server must hash and
+ * fsync first); a request without an answer is re-sent on a fresh socket up to
  * `retries` more times. OUT: *out (lb_xfer_client_free). Returns 0, LB_EINVAL,
  * LB_ENET, LB_ENOMEM. */
 int lb_xfer_client_new(const char *endpoint, int timeout_ms, int retries, lb_xfer_client **out,
