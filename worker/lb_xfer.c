@@ -284,6 +284,8 @@ struct lb_xfer_server {
     bool content_ids;
     lb_xfer_validate_fn validate;
     void *validate_user;
+    void (*log)(void *user, const char *line);
+    void *log_user;
     pthread_mutex_t mu;
     lb_xfer_stats stats;
 };
@@ -311,6 +313,11 @@ static void record(lb_xfer_server *s, int status, const char *peer, const char *
     s->stats.bytes_in += in;
     s->stats.bytes_out += out;
     pthread_mutex_unlock(&s->mu);
+    if (status != 0 && s->log) {
+        char line[400];
+        snprintf(line, sizeof line, "%.100s: peer %.40s: %.250s", s->endpoint, peer, msg);
+        s->log(s->log_user, line);
+    }
 }
 
 /* Sends [route][hdr status][message] (an error reply). */
@@ -391,36 +398,34 @@ static int handle_put(lb_xfer_server *s, const lb_xfer_hdr *h, zmq_msg_t *payloa
 }
 
 /* Serves GET: on success the reply is sent here (returns 0, *sent_bytes set). */
-static int handle_get(lb_xfer_server *s, zmq_msg_t *route, const lb_xfer_hdr *req,
-                      uint64_t *sent_bytes, lb_err *err)
+/* Prepares a GET reply: on success *map and *n hold the mapped artifact (unmap
+ * with lb_io_unmap) and *rep its header; the caller sends it. */
+static int handle_get(lb_xfer_server *s, const lb_xfer_hdr *req, const void **map, size_t *n,
+                      lb_xfer_hdr *rep, lb_err *err)
 {
+    *map = NULL;
+    *n = 0;
     if (!req->id[0])
         return lb_err_set(err, LB_EFORMAT, "GET without an artifact id");
     char *path = artifact_path(s, req->id);
     if (!path)
         return lb_err_set(err, LB_ENOMEM, "GET %s: out of memory", req->id);
-    const void *map = NULL;
-    size_t n = 0;
     int rc = 0;
     if (access(path, F_OK) != 0) {
-        rc = lb_err_set(err, LB_ENOTFOUND, "GET %s: not in the store; its producing job must run first",
-                        req->id);
+        rc = lb_err_set(err, LB_ENOTFOUND,
+                        "GET %s: not in the store; its producing job must run first", req->id);
         goto done;
     }
     if (s->validate && (rc = s->validate(path, req->id, s->validate_user, err))) {
         lb_err_prefix(err, "GET %s: stored copy fails validation", req->id);
         goto done;
     }
-    if ((rc = lb_io_map(path, &map, &n, err)))
+    if ((rc = lb_io_map(path, map, n, err)))
         goto done;
-    lb_xfer_hdr h = {.version = LB_XFER_VERSION, .cmd = LB_XFER_GET, .seq = req->seq,
-                     .size = n, .nframes = frame_count(n)};
-    memcpy(h.id, req->id, sizeof h.id);
-    sha_of(map, n, h.sha256);
-    rc = send_msg(s->sock, route, &h, map, err, "artifact server");
-    if (!rc)
-        *sent_bytes = n;
-    lb_io_unmap(map, n);
+    *rep = (lb_xfer_hdr){.version = LB_XFER_VERSION, .cmd = LB_XFER_GET, .seq = req->seq,
+                         .size = *n, .nframes = frame_count(*n)};
+    memcpy(rep->id, req->id, sizeof rep->id);
+    sha_of(*map, *n, rep->sha256);
 done:
     free(path);
     return rc;
@@ -434,7 +439,9 @@ static int serve_one(lb_xfer_server *s, frames *f)
     lb_xfer_hdr h = {0};
     int rc = 0;
     uint64_t in = 0, out = 0;
-    bool replied = false;
+    const void *map = NULL; /* GET: the artifact being served */
+    size_t map_n = 0;
+    lb_xfer_hdr get_rep = {0};
     if (f->n < 1)
         return 0; /* no routing id: nothing to answer */
     zmq_msg_t *route = &f->m[0];
@@ -475,26 +482,30 @@ static int serve_one(lb_xfer_server *s, frames *f)
             in = h.size;
         break;
     case LB_XFER_GET:
-        rc = handle_get(s, route, &h, &out, &err);
-        replied = rc == 0;
+        rc = handle_get(s, &h, &map, &map_n, &get_rep, &err);
+        if (!rc)
+            out = map_n;
         break;
     default:
         rc = lb_err_set(&err, LB_EINVAL, "unknown command %u (this server knows PING, GET, PUT, HAS)",
                         (unsigned)h.cmd);
     }
 reply:
-    if (!replied) {
-        if (rc) {
-            reply_error(s, route, h.seq, &err);
-        } else {
-            lb_xfer_hdr ok = {.version = LB_XFER_VERSION, .cmd = h.cmd, .seq = h.seq};
-            memcpy(ok.id, h.id, sizeof ok.id);
-            sha_of(NULL, 0, ok.sha256);
-            send_msg(s->sock, route, &ok, NULL, &err, "artifact server");
-        }
-    }
+    /* Counters and log first, so a client that has its reply sees them. */
     /* "absent" is HAS's normal answer, not a failed request */
     record(s, h.cmd == LB_XFER_HAS && rc == LB_ENOTFOUND ? 0 : rc, peer, err.msg, in, out);
+    if (rc) {
+        reply_error(s, route, h.seq, &err);
+    } else if (h.cmd == LB_XFER_GET) {
+        send_msg(s->sock, route, &get_rep, map, &err, "artifact server");
+    } else {
+        lb_xfer_hdr ok = {.version = LB_XFER_VERSION, .cmd = h.cmd, .seq = h.seq};
+        memcpy(ok.id, h.id, sizeof ok.id);
+        sha_of(NULL, 0, ok.sha256);
+        send_msg(s->sock, route, &ok, NULL, &err, "artifact server");
+    }
+    if (map)
+        lb_io_unmap(map, map_n);
     return 0;
 }
 
@@ -550,6 +561,8 @@ int lb_xfer_server_start(const lb_xfer_server_opts *opts, lb_xfer_server **out, 
     s->content_ids = opts->content_ids;
     s->validate = opts->validate;
     s->validate_user = opts->validate_user;
+    s->log = opts->log;
+    s->log_user = opts->log_user;
     int rc = 0;
     if (!s->dir || !s->suffix) {
         rc = lb_err_set(err, LB_ENOMEM, "artifact server: out of memory");

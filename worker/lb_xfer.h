@@ -77,6 +77,10 @@ typedef struct {
     bool content_ids;     /* PUT requires id == sha256(payload) (pure content store) */
     lb_xfer_validate_fn validate; /* optional */
     void *validate_user;
+    /* Optional: called from the server thread with one line per rejected
+     * request, "<endpoint>: peer <address>: <problem>" (e.g. print it to stderr). */
+    void (*log)(void *user, const char *line);
+    void *log_user;
 } lb_xfer_server_opts;
 
 typedef struct lb_xfer_server lb_xfer_server;

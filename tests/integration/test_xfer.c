@@ -29,12 +29,31 @@ typedef struct {
     lb_xfer_client *cli;
 } fixture;
 
+/* Server log lines (written by the server thread, read after a reply). */
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
+static char log_last[400];
+static int log_count;
+
+static void log_line(void *user, const char *line)
+{
+    (void)user;
+    pthread_mutex_lock(&log_mu);
+    snprintf(log_last, sizeof log_last, "%s", line);
+    log_count++;
+    pthread_mutex_unlock(&log_mu);
+}
+
 static int setup_opts(void **state, bool content_ids, lb_xfer_validate_fn validate)
 {
     fixture *f = calloc(1, sizeof *f);
     assert_non_null(f);
     f->dir = lb_test_mkdtemp();
-    lb_xfer_server_opts o = {.dir = f->dir, .content_ids = content_ids, .validate = validate};
+    lb_xfer_server_opts o = {.dir = f->dir, .content_ids = content_ids, .validate = validate,
+                             .log = log_line};
+    pthread_mutex_lock(&log_mu);
+    log_last[0] = '\0';
+    log_count = 0;
+    pthread_mutex_unlock(&log_mu);
     lb_err err = {0};
     if (lb_xfer_server_start(&o, &f->srv, &err))
         fail_msg("server: %s", err.msg);
@@ -303,6 +322,14 @@ static void test_corrupted_payload_rejected(void **state)
     lb_xfer_server_stats(f->srv, &st);
     assert_int_equal(st.errors, 1);
     assert_non_null(strstr(st.last_error, "peer 127.0.0.1"));
+    /* The log line names the server, the peer and the problem, on one line. */
+    pthread_mutex_lock(&log_mu);
+    assert_int_equal(log_count, 1);
+    assert_non_null(strstr(log_last, lb_xfer_server_endpoint(f->srv)));
+    assert_non_null(strstr(log_last, ": peer 127.0.0.1"));
+    assert_non_null(strstr(log_last, "checksum mismatch"));
+    assert_null(strchr(log_last, '\n'));
+    pthread_mutex_unlock(&log_mu);
     raw_close(&p);
     free(data);
 }
