@@ -8,8 +8,7 @@
 #include <string.h>
 
 /* Checks an MPI call; records where it failed and the MPI error text. */
-#define MPI_CHECK(call, err, peer)                                                               \
-    mpi_check((call), #call, __FILE__, __LINE__, (peer), (err))
+#define MPI_CHECK(call, err, peer) mpi_check((call), #call, __FILE__, __LINE__, (peer), (err))
 
 static int mpi_check(int rc, const char *what, const char *file, int line, int peer, lb_err *err)
 {
@@ -20,8 +19,10 @@ static int mpi_check(int rc, const char *what, const char *file, int line, int p
     if (MPI_Error_string(rc, msg, &len) != MPI_SUCCESS)
         strcpy(msg, "unknown MPI error");
     if (peer >= 0)
-        return lb_err_set(err, LB_ENET, "MPI rank %d: %s failed (%s) [%s:%d]; check that all "
-                          "ranks run the same lowbit", peer, what, msg, file, line);
+        return lb_err_set(err, LB_ENET,
+                          "MPI rank %d: %s failed (%s) [%s:%d]; check that all "
+                          "ranks run the same lowbit",
+                          peer, what, msg, file, line);
     return lb_err_set(err, LB_ENET, "MPI: %s failed (%s) [%s:%d]", what, msg, file, line);
 }
 
@@ -112,8 +113,8 @@ static int send_doubles(const double *buf, int64_t count, int dest, lb_err *err)
 {
     for (int64_t off = 0; off < count; off += PIECE_DOUBLES) {
         int64_t len = count - off < PIECE_DOUBLES ? count - off : PIECE_DOUBLES;
-        int rc = MPI_CHECK(MPI_Send(buf + off, (int)len, MPI_DOUBLE, dest, TAG_DATA,
-                                    MPI_COMM_WORLD), err, dest);
+        int rc = MPI_CHECK(
+            MPI_Send(buf + off, (int)len, MPI_DOUBLE, dest, TAG_DATA, MPI_COMM_WORLD), err, dest);
         if (rc)
             return rc;
     }
@@ -124,8 +125,9 @@ static int recv_doubles(double *buf, int64_t count, int src, lb_err *err)
 {
     for (int64_t off = 0; off < count; off += PIECE_DOUBLES) {
         int64_t len = count - off < PIECE_DOUBLES ? count - off : PIECE_DOUBLES;
-        int rc = MPI_CHECK(MPI_Recv(buf + off, (int)len, MPI_DOUBLE, src, TAG_DATA,
-                                    MPI_COMM_WORLD, MPI_STATUS_IGNORE), err, src);
+        int rc = MPI_CHECK(MPI_Recv(buf + off, (int)len, MPI_DOUBLE, src, TAG_DATA, MPI_COMM_WORLD,
+                                    MPI_STATUS_IGNORE),
+                           err, src);
         if (rc)
             return rc;
     }
@@ -136,8 +138,7 @@ static int bcast_doubles(double *buf, int64_t count, lb_err *err)
 {
     for (int64_t off = 0; off < count; off += PIECE_DOUBLES) {
         int64_t len = count - off < PIECE_DOUBLES ? count - off : PIECE_DOUBLES;
-        int rc = MPI_CHECK(MPI_Bcast(buf + off, (int)len, MPI_DOUBLE, 0, MPI_COMM_WORLD), err,
-                           0);
+        int rc = MPI_CHECK(MPI_Bcast(buf + off, (int)len, MPI_DOUBLE, 0, MPI_COMM_WORLD), err, 0);
         if (rc)
             return rc;
     }
@@ -164,15 +165,21 @@ int lb_mpi_hessian_reduce(int64_t n_chunks, const int32_t *owner, lb_hessian *co
     } else {
         for (int64_t c = 0; c < n_chunks && !bad; c++) {
             if (owner[c] < 0 || owner[c] >= size)
-                bad = lb_err_set(err, LB_EINVAL, "hessian reduction: chunk %lld owned by rank "
-                                 "%d of %d", (long long)c, owner[c], size);
+                bad = lb_err_set(err, LB_EINVAL,
+                                 "hessian reduction: chunk %lld owned by rank "
+                                 "%d of %d",
+                                 (long long)c, owner[c], size);
             else if (owner[c] == rank && (!local || !local[c]))
-                bad = lb_err_set(err, LB_EINVAL, "hessian reduction: rank %d owns chunk %lld "
-                                 "but has no partial for it", rank, (long long)c);
+                bad = lb_err_set(err, LB_EINVAL,
+                                 "hessian reduction: rank %d owns chunk %lld "
+                                 "but has no partial for it",
+                                 rank, (long long)c);
             else if (owner[c] == rank && lb_hessian_cols(local[c]) != cols)
-                bad = lb_err_set(err, LB_EINVAL, "hessian reduction: chunk %lld has width %lld, "
-                                 "expected %lld", (long long)c,
-                                 (long long)lb_hessian_cols(local[c]), (long long)cols);
+                bad =
+                    lb_err_set(err, LB_EINVAL,
+                               "hessian reduction: chunk %lld has width %lld, "
+                               "expected %lld",
+                               (long long)c, (long long)lb_hessian_cols(local[c]), (long long)cols);
         }
     }
     uint64_t th = bad ? 0 : table_hash(n_chunks, owner, cols);
@@ -182,16 +189,18 @@ int lb_mpi_hessian_reduce(int64_t n_chunks, const int32_t *owner, lb_hessian *co
                         -1)) ||
         (rc = MPI_CHECK(MPI_Allreduce(&th, &lo, 1, MPI_UINT64_T, MPI_MIN, MPI_COMM_WORLD), err,
                         -1)) ||
-        (rc = MPI_CHECK(MPI_Allreduce(&th, &hi, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD), err,
-                        -1)))
+        (rc =
+             MPI_CHECK(MPI_Allreduce(&th, &hi, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD), err, -1)))
         return rc;
     if (bad)
         return bad;
     if (any_bad)
-        return lb_err_set(err, LB_EINVAL, "hessian reduction: another rank rejected its inputs "
+        return lb_err_set(err, LB_EINVAL,
+                          "hessian reduction: another rank rejected its inputs "
                           "(see that rank's error)");
     if (lo != hi)
-        return lb_err_set(err, LB_EINVAL, "hessian reduction: ranks disagree on the chunk table "
+        return lb_err_set(err, LB_EINVAL,
+                          "hessian reduction: ranks disagree on the chunk table "
                           "or the Hessian width; every rank must plan the same chunks");
 
     buf = malloc((size_t)nn * sizeof *buf);
@@ -218,8 +227,9 @@ int lb_mpi_hessian_reduce(int64_t n_chunks, const int32_t *owner, lb_hessian *co
                     r = lb_hessian_add(out, local[c], err);
             } else {
                 int64_t hdr[3];
-                r = MPI_CHECK(MPI_Recv(hdr, 3, MPI_INT64_T, src, TAG_HDR, MPI_COMM_WORLD,
-                                       MPI_STATUS_IGNORE), err, src);
+                r = MPI_CHECK(
+                    MPI_Recv(hdr, 3, MPI_INT64_T, src, TAG_HDR, MPI_COMM_WORLD, MPI_STATUS_IGNORE),
+                    err, src);
                 if (r)
                     goto fail_collective; /* the transport itself broke */
                 if ((r = recv_doubles(buf, nn, src, err)))
@@ -228,9 +238,11 @@ int lb_mpi_hessian_reduce(int64_t n_chunks, const int32_t *owner, lb_hessian *co
                 if (status)
                     continue; /* keep draining so senders finish */
                 if (hdr[0] != c || hdr[1] != cols) {
-                    r = lb_err_set(err, LB_EFORMAT, "MPI rank %d: sent chunk %lld width %lld, "
-                                   "expected chunk %lld width %lld", src, (long long)hdr[0],
-                                   (long long)hdr[1], (long long)c, (long long)cols);
+                    r = lb_err_set(err, LB_EFORMAT,
+                                   "MPI rank %d: sent chunk %lld width %lld, "
+                                   "expected chunk %lld width %lld",
+                                   src, (long long)hdr[0], (long long)hdr[1], (long long)c,
+                                   (long long)cols);
                 } else if (!(r = lb_hessian_set_sums(tmp, buf, ntok, err))) {
                     r = lb_hessian_add(out, tmp, err); /* the fixed-order step */
                 } else {

@@ -24,9 +24,9 @@ static_assert(LB_XFER_FRAME <= ((size_t)1 << 30), "frames stay far below zmq lim
 static const char LB_XFER_MAGIC[4] = {'L', 'B', 'X', 'F'};
 
 /* Checks a zmq call; records where it failed. */
-#define ZMQ_CHECK(call, err, what)                                                               \
-    ((call) == -1 ? lb_err_set((err), LB_ENET, "%s: %s failed (%s) [%s:%d]", (what), #call,     \
-                               zmq_strerror(zmq_errno()), __FILE__, __LINE__)                    \
+#define ZMQ_CHECK(call, err, what)                                                                 \
+    ((call) == -1 ? lb_err_set((err), LB_ENET, "%s: %s failed (%s) [%s:%d]", (what), #call,        \
+                               zmq_strerror(zmq_errno()), __FILE__, __LINE__)                      \
                   : 0)
 
 /* ------------------------------------------------------------------ header */
@@ -168,8 +168,7 @@ static int verify_payload(const lb_xfer_hdr *h, zmq_msg_t *m, size_t n, lb_err *
         lb_sha256_update(&s, zmq_msg_data(&m[i]), len);
     }
     if (total != h->size)
-        return lb_err_set(err, LB_EFORMAT,
-                          "header announces %llu payload bytes, %llu arrived",
+        return lb_err_set(err, LB_EFORMAT, "header announces %llu payload bytes, %llu arrived",
                           (unsigned long long)h->size, (unsigned long long)total);
     uint8_t d[LB_SHA256_DIGEST];
     lb_sha256_final(&s, d);
@@ -229,7 +228,8 @@ static int write_frames_atomic(const char *path, zmq_msg_t *m, size_t n, const c
     char *tmp = malloc(plen);
     if (!tmp)
         return lb_err_set(err, LB_ENOMEM, "%s: out of memory", path);
-    snprintf(tmp, plen, "%s.%ld.%u.tmp", path, (long)getpid(), __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED));
+    snprintf(tmp, plen, "%s.%ld.%u.tmp", path, (long)getpid(),
+             __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED));
     int rc = 0;
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) {
@@ -323,8 +323,10 @@ static void record(lb_xfer_server *s, int status, const char *peer, const char *
 /* Sends [route][hdr status][message] (an error reply). */
 static int reply_error(lb_xfer_server *s, zmq_msg_t *route, uint64_t seq, const lb_err *e)
 {
-    lb_xfer_hdr h = {.version = LB_XFER_VERSION, .status = e->code ? e->code : LB_EFORMAT,
-                     .seq = seq, .nframes = 1};
+    lb_xfer_hdr h = {.version = LB_XFER_VERSION,
+                     .status = e->code ? e->code : LB_EFORMAT,
+                     .seq = seq,
+                     .nframes = 1};
     size_t len = strnlen(e->msg, sizeof e->msg);
     h.size = len;
     sha_of(e->msg, len, h.sha256);
@@ -352,8 +354,8 @@ static int handle_put(lb_xfer_server *s, const lb_xfer_hdr *h, zmq_msg_t *payloa
     if (!h->id[0])
         return lb_err_set(err, LB_EFORMAT, "PUT without an artifact id");
     if (h->size > s->max_bytes)
-        return lb_err_set(err, LB_EINVAL, "PUT %s: %llu bytes exceed the server limit %llu",
-                          h->id, (unsigned long long)h->size, (unsigned long long)s->max_bytes);
+        return lb_err_set(err, LB_EINVAL, "PUT %s: %llu bytes exceed the server limit %llu", h->id,
+                          (unsigned long long)h->size, (unsigned long long)s->max_bytes);
     int rc = verify_payload(h, payload, n, err);
     if (rc)
         return lb_err_prefix(err, "PUT %s", h->id);
@@ -376,7 +378,8 @@ static int handle_put(lb_xfer_server *s, const lb_xfer_hdr *h, zmq_msg_t *payloa
         uint8_t d[32];
         uint64_t size = 0;
         lb_err e2;
-        bool same = file_sha(path, d, &size, &e2) == 0 && size == h->size && !memcmp(d, h->sha256, 32);
+        bool same =
+            file_sha(path, d, &size, &e2) == 0 && size == h->size && !memcmp(d, h->sha256, 32);
         if (same) {
             free(path);
             return 0;
@@ -422,8 +425,11 @@ static int handle_get(lb_xfer_server *s, const lb_xfer_hdr *req, const void **ma
     }
     if ((rc = lb_io_map(path, map, n, err)))
         goto done;
-    *rep = (lb_xfer_hdr){.version = LB_XFER_VERSION, .cmd = LB_XFER_GET, .seq = req->seq,
-                         .size = *n, .nframes = frame_count(*n)};
+    *rep = (lb_xfer_hdr){.version = LB_XFER_VERSION,
+                         .cmd = LB_XFER_GET,
+                         .seq = req->seq,
+                         .size = *n,
+                         .nframes = frame_count(*n)};
     memcpy(rep->id, req->id, sizeof rep->id);
     sha_of(*map, *n, rep->sha256);
 done:
@@ -487,7 +493,8 @@ static int serve_one(lb_xfer_server *s, frames *f)
             out = map_n;
         break;
     default:
-        rc = lb_err_set(&err, LB_EINVAL, "unknown command %u (this server knows PING, GET, PUT, HAS)",
+        rc = lb_err_set(&err, LB_EINVAL,
+                        "unknown command %u (this server knows PING, GET, PUT, HAS)",
                         (unsigned)h.cmd);
     }
 reply:
@@ -592,13 +599,14 @@ int lb_xfer_server_start(const lb_xfer_server_opts *opts, lb_xfer_server **out, 
         goto fail;
     }
     if (zmq_bind(s->sock, bind) != 0) {
-        rc = lb_err_set(err, LB_ENET, "%s: cannot bind the artifact server (%s); pick another "
-                        "endpoint or free the port", bind, zmq_strerror(zmq_errno()));
+        rc = lb_err_set(err, LB_ENET,
+                        "%s: cannot bind the artifact server (%s); pick another "
+                        "endpoint or free the port",
+                        bind, zmq_strerror(zmq_errno()));
         goto fail;
     }
     size_t elen = sizeof s->endpoint;
-    if ((rc = ZMQ_CHECK(zmq_getsockopt(s->sock, ZMQ_LAST_ENDPOINT, s->endpoint, &elen), err,
-                        bind)))
+    if ((rc = ZMQ_CHECK(zmq_getsockopt(s->sock, ZMQ_LAST_ENDPOINT, s->endpoint, &elen), err, bind)))
         goto fail;
     if (pthread_create(&s->thread, NULL, server_main, s) != 0) {
         rc = lb_err_set(err, LB_ENOMEM, "artifact server: cannot start its thread");
@@ -699,8 +707,7 @@ static int client_open_socket(lb_xfer_client *c, lb_err *err)
     int rc = 0;
     if ((rc = ZMQ_CHECK(zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger), err,
                         c->endpoint)) ||
-        (rc = ZMQ_CHECK(zmq_setsockopt(c->sock, ZMQ_SNDTIMEO, &c->timeout_ms,
-                                       sizeof c->timeout_ms),
+        (rc = ZMQ_CHECK(zmq_setsockopt(c->sock, ZMQ_SNDTIMEO, &c->timeout_ms, sizeof c->timeout_ms),
                         err, c->endpoint)) ||
         (rc = ZMQ_CHECK(zmq_setsockopt(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg), err,
                         c->endpoint)))
@@ -802,11 +809,13 @@ static int request(lb_xfer_client *c, lb_xfer_hdr *h, const void *payload, frame
                 break;
             if (f->n < 1 || f->overflow) {
                 frames_close(f);
-                return lb_err_set(err, LB_EFORMAT, "%s: malformed reply (no header or too many "
-                                  "frames)", c->endpoint);
+                return lb_err_set(err, LB_EFORMAT,
+                                  "%s: malformed reply (no header or too many "
+                                  "frames)",
+                                  c->endpoint);
             }
-            if ((rc = lb_xfer_hdr_decode(zmq_msg_data(&f->m[0]), zmq_msg_size(&f->m[0]), rh,
-                                         err))) {
+            if ((rc =
+                     lb_xfer_hdr_decode(zmq_msg_data(&f->m[0]), zmq_msg_size(&f->m[0]), rh, err))) {
                 frames_close(f);
                 return lb_err_prefix(err, "%s: malformed reply", c->endpoint);
             }
@@ -818,7 +827,8 @@ static int request(lb_xfer_client *c, lb_xfer_hdr *h, const void *payload, frame
         }
         client_close_socket(c); /* drop queued requests and stale replies */
     }
-    return lb_err_set(err, LB_ENET, "%s: no answer in %g s; is the coordinator's artifact "
+    return lb_err_set(err, LB_ENET,
+                      "%s: no answer in %g s; is the coordinator's artifact "
                       "server running?",
                       c->endpoint, (double)c->timeout_ms / 1000.0);
 }
@@ -946,8 +956,7 @@ int lb_xfer_get(lb_xfer_client *c, const char *id, void **data, size_t *n, lb_er
         return rc;
     if (rh.size > SIZE_MAX) {
         frames_close(&f);
-        return lb_err_set(err, LB_ENOMEM, "%s: GET %s: too large for this host", c->endpoint,
-                          id);
+        return lb_err_set(err, LB_ENOMEM, "%s: GET %s: too large for this host", c->endpoint, id);
     }
     uint8_t *buf = NULL;
     if (rh.size) {

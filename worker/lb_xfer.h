@@ -42,12 +42,12 @@ enum lb_xfer_cmd {
 /* One header frame, decoded. */
 typedef struct {
     uint16_t version;
-    uint16_t cmd;              /* enum lb_xfer_cmd */
-    int32_t status;            /* replies: 0 or a negative LB_E* code */
-    uint64_t seq;              /* request number, echoed by the reply */
-    uint32_t nframes;          /* payload frames that follow */
-    uint64_t size;             /* payload bytes */
-    uint8_t sha256[32];        /* SHA-256 of the whole payload */
+    uint16_t cmd;                /* enum lb_xfer_cmd */
+    int32_t status;              /* replies: 0 or a negative LB_E* code */
+    uint64_t seq;                /* request number, echoed by the reply */
+    uint32_t nframes;            /* payload frames that follow */
+    uint64_t size;               /* payload bytes */
+    uint8_t sha256[32];          /* SHA-256 of the whole payload */
     char id[LB_XFER_ID_LEN + 1]; /* NUL-terminated */
 } lb_xfer_hdr;
 
@@ -70,11 +70,11 @@ bool lb_xfer_id_valid(const char *id);
 typedef int (*lb_xfer_validate_fn)(const char *path, const char *id, void *user, lb_err *err);
 
 typedef struct {
-    const char *dir;      /* artifact directory (must exist) */
-    const char *bind;     /* NULL: "tcp://127.0.0.1:*" (loopback, ephemeral port) */
-    const char *suffix;   /* file name = <id><suffix>; NULL: ".safetensors" */
-    uint64_t max_bytes;   /* largest accepted PUT payload; 0: 64 GiB */
-    bool content_ids;     /* PUT requires id == sha256(payload) (pure content store) */
+    const char *dir;              /* artifact directory (must exist) */
+    const char *bind;             /* NULL: "tcp://127.0.0.1:*" (loopback, ephemeral port) */
+    const char *suffix;           /* file name = <id><suffix>; NULL: ".safetensors" */
+    uint64_t max_bytes;           /* largest accepted PUT payload; 0: 64 GiB */
+    bool content_ids;             /* PUT requires id == sha256(payload) (pure content store) */
     lb_xfer_validate_fn validate; /* optional */
     void *validate_user;
     /* Optional: called from the server thread with one line per rejected
@@ -94,12 +94,12 @@ int lb_xfer_server_start(const lb_xfer_server_opts *opts, lb_xfer_server **out, 
 const char *lb_xfer_server_endpoint(const lb_xfer_server *s);
 
 typedef struct {
-    uint64_t requests;   /* messages handled */
-    uint64_t ok;         /* requests answered with status 0 */
-    uint64_t errors;     /* requests answered with an error */
-    uint64_t bytes_in;   /* payload bytes stored */
-    uint64_t bytes_out;  /* payload bytes served */
-    char last_error[256];/* last error reply, prefixed with the peer address */
+    uint64_t requests;    /* messages handled */
+    uint64_t ok;          /* requests answered with status 0 */
+    uint64_t errors;      /* requests answered with an error */
+    uint64_t bytes_in;    /* payload bytes stored */
+    uint64_t bytes_out;   /* payload bytes served */
+    char last_error[256]; /* last error reply, prefixed with the peer address */
 } lb_xfer_stats;
 
 /* Snapshot of the counters (thread-safe). */

@@ -160,8 +160,8 @@ static void test_reduction_independent_of_ranks(void **state)
         for (int rank = 0; rank < runs[r].np; rank++) {
             unsigned char *got = read_result(prefix, rank);
             if (memcmp(got, ref, RESULT_BYTES) != 0)
-                fail_msg("-np %d %s rank %d: H differs from the chunk-order reference",
-                         runs[r].np, runs[r].mode, rank);
+                fail_msg("-np %d %s rank %d: H differs from the chunk-order reference", runs[r].np,
+                         runs[r].mode, rank);
             free(got);
         }
     }

@@ -48,8 +48,8 @@ static int setup_opts(void **state, bool content_ids, lb_xfer_validate_fn valida
     fixture *f = calloc(1, sizeof *f);
     assert_non_null(f);
     f->dir = lb_test_mkdtemp();
-    lb_xfer_server_opts o = {.dir = f->dir, .content_ids = content_ids, .validate = validate,
-                             .log = log_line};
+    lb_xfer_server_opts o = {
+        .dir = f->dir, .content_ids = content_ids, .validate = validate, .log = log_line};
     pthread_mutex_lock(&log_mu);
     log_last[0] = '\0';
     log_count = 0;
@@ -621,8 +621,12 @@ static void test_artifact_validation(void **state)
     float x[64];
     for (int i = 0; i < 64; i++)
         x[i] = (float)i * 0.5f;
-    lb_artifact_tensor t = {.name = "x", .dtype = LB_DTYPE_F32, .ndim = 2, .shape = {8, 8},
-                            .data = x, .nbytes = sizeof x};
+    lb_artifact_tensor t = {.name = "x",
+                            .dtype = LB_DTYPE_F32,
+                            .ndim = 2,
+                            .shape = {8, 8},
+                            .data = x,
+                            .nbytes = sizeof x};
     assert_int_equal(lb_store_put(store, id, "activations", &t, 1, NULL, 0, &err), 0);
     char *path = lb_store_path(store, id);
     char *bytes = NULL;

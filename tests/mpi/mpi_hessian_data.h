@@ -22,8 +22,7 @@ static inline uint64_t mhd_next(uint64_t *s)
 }
 
 /* X (seq_len, cols) for calibration sequence `seq`. */
-static inline void mhd_sequence(uint64_t seed, int64_t seq, int64_t seq_len, int64_t cols,
-                                float *X)
+static inline void mhd_sequence(uint64_t seed, int64_t seq, int64_t seq_len, int64_t cols, float *X)
 {
     uint64_t st = seed ^ ((uint64_t)seq * 0xD1B54A32D192ED03ULL);
     const float scale = seq % 4 == 0 ? 1048576.0f : 1.0f;
