@@ -203,11 +203,20 @@ int lb_mpi_hessian_reduce(int64_t n_chunks, const int32_t *owner, lb_hessian *co
                           "hessian reduction: ranks disagree on the chunk table "
                           "or the Hessian width; every rank must plan the same chunks");
 
+    /* Buffers, agreed on too: a rank that cannot allocate must not leave the
+     * others waiting in phase 2. */
     buf = malloc((size_t)nn * sizeof *buf);
-    if (!buf || lb_hessian_new(cols, &tmp, err)) {
-        rc = lb_err_set(err, LB_ENOMEM, "hessian reduction: out of memory (%lld x %lld)",
-                        (long long)cols, (long long)cols);
-        goto fail_collective;
+    int have = buf && (rank != 0 || lb_hessian_new(cols, &tmp, err) == 0);
+    int all_have = 0;
+    if ((rc = MPI_CHECK(MPI_Allreduce(&have, &all_have, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD),
+                        err, -1)))
+        goto done;
+    if (!all_have) {
+        rc = have ? lb_err_set(err, LB_ENOMEM, "hessian reduction: another rank is out of memory")
+                  : lb_err_set(err, LB_ENOMEM,
+                               "hessian reduction: rank %d out of memory (%lld x %lld float64)",
+                               rank, (long long)cols, (long long)cols);
+        goto done;
     }
 
     /* Phase 2: partials to rank 0 in chunk order. Each sender sends its chunks in
