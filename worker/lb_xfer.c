@@ -357,8 +357,10 @@ static int handle_put(lb_xfer_server *s, const lb_xfer_hdr *h, zmq_msg_t *payloa
         return lb_err_set(err, LB_EINVAL, "PUT %s: %llu bytes exceed the server limit %llu", h->id,
                           (unsigned long long)h->size, (unsigned long long)s->max_bytes);
     int rc = verify_payload(h, payload, n, err);
-    if (rc)
-        return lb_err_prefix(err, "PUT %s", h->id);
+    if (rc) {
+        lb_err_prefix(err, "PUT %s", h->id);
+        return rc;
+    }
     if (s->content_ids) {
         char hex[LB_SHA256_HEX];
         lb_sha256_to_hex(h->sha256, hex);
@@ -817,7 +819,10 @@ static int request(lb_xfer_client *c, lb_xfer_hdr *h, const void *payload, frame
             if ((rc =
                      lb_xfer_hdr_decode(zmq_msg_data(&f->m[0]), zmq_msg_size(&f->m[0]), rh, err))) {
                 frames_close(f);
-                return lb_err_prefix(err, "%s: malformed reply", c->endpoint);
+                {
+                    lb_err_prefix(err, "%s: malformed reply", c->endpoint);
+                    return rc;
+                }
             }
             if (rh->seq != h->seq) { /* a late answer to an earlier attempt */
                 frames_close(f);

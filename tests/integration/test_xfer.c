@@ -22,6 +22,7 @@
 #include "lb_sha256.h"
 #include "lb_test_util.h"
 #include "lb_xfer.h"
+#include "lb_xfer_store.h"
 
 typedef struct {
     char *dir; /* artifact directory */
@@ -672,6 +673,108 @@ static void test_artifact_validation(void **state)
     lb_test_rmdir(&src_root);
 }
 
+/* A remote worker's view: the coordinator's store A is served; the worker
+ * fetches a job's inputs into its own store B, produces an output there and
+ * publishes it back to A. */
+static void put_activation(const lb_store *st, const char *id, float base)
+{
+    float x[32];
+    for (int i = 0; i < 32; i++)
+        x[i] = base + (float)i;
+    lb_artifact_tensor t = {.name = "x",
+                            .dtype = LB_DTYPE_F32,
+                            .ndim = 2,
+                            .shape = {4, 8},
+                            .data = x,
+                            .nbytes = sizeof x};
+    lb_err err = {0};
+    if (lb_store_put(st, id, "activations", &t, 1, NULL, 0, &err))
+        fail_msg("store put: %s", err.msg);
+}
+
+static void test_job_fetch_publish(void **state)
+{
+    (void)state;
+    char *root_a = lb_test_mkdtemp(), *root_b = lb_test_mkdtemp();
+    lb_store *a = NULL, *b = NULL;
+    lb_err err = {0};
+    assert_int_equal(lb_store_open(root_a, &a, &err), 0);
+    assert_int_equal(lb_store_open(root_b, &b, &err), 0);
+    lb_xfer_server_opts o = {.dir = lb_store_dir(a), .validate = lb_xfer_validate_artifact};
+    lb_xfer_server *srv = NULL;
+    lb_xfer_client *c = NULL;
+    assert_int_equal(lb_xfer_server_start(&o, &srv, &err), 0);
+    assert_int_equal(lb_xfer_client_new(lb_xfer_server_endpoint(srv), 5000, 1, &c, &err), 0);
+
+    lb_artifact_id in[2];
+    make_id("input-0", in[0].hex);
+    make_id("input-1", in[1].hex);
+    put_activation(a, in[0].hex, 1.0f);
+    put_activation(a, in[1].hex, 2.0f);
+    lb_job job;
+    memset(&job, 0, sizeof job);
+    make_id("job", job.id);
+    job.n_outputs = 1;
+    make_id("job:0", job.outputs[0].hex);
+    assert_int_equal(lb_job_set_inputs(&job, in, 2, &err), 0);
+
+    if (lb_xfer_fetch_inputs(c, b, &job, &err))
+        fail_msg("fetch: %s", err.msg);
+    assert_true(lb_store_has(b, in[0].hex, "activations"));
+    assert_true(lb_store_has(b, in[1].hex, "activations"));
+    /* Already present and verified locally: no transfer at all. */
+    lb_xfer_stats before, after;
+    lb_xfer_server_stats(srv, &before);
+    assert_int_equal(lb_xfer_fetch_inputs(c, b, &job, &err), 0);
+    lb_xfer_server_stats(srv, &after);
+    assert_int_equal(after.requests, before.requests);
+
+    /* Output made on the worker, published, verified on the coordinator side. */
+    assert_int_equal(lb_xfer_publish_outputs(c, b, &job, &err), LB_ENOTFOUND);
+    put_activation(b, job.outputs[0].hex, 3.0f);
+    if (lb_xfer_publish_outputs(c, b, &job, &err))
+        fail_msg("publish: %s", err.msg);
+    assert_true(lb_store_has(a, job.outputs[0].hex, "activations"));
+
+    /* An input the server lacks: clear error naming the job and the input. */
+    make_id("never-produced", in[1].hex);
+    assert_int_equal(lb_job_set_inputs(&job, in, 2, &err), 0);
+    assert_int_equal(lb_xfer_fetch_inputs(c, b, &job, &err), LB_ENOTFOUND);
+    assert_non_null(strstr(err.msg, "input 1"));
+    assert_non_null(strstr(err.msg, job.id));
+    assert_false(lb_store_has(b, in[1].hex, NULL));
+
+    /* A server without a validator serving another artifact's file under this
+     * id: the transfer checksum holds, the fetch still refuses and removes it. */
+    lb_xfer_client_free(&c);
+    lb_xfer_server_stop(&srv);
+    lb_xfer_server_opts plain = {.dir = lb_store_dir(a)};
+    assert_int_equal(lb_xfer_server_start(&plain, &srv, &err), 0);
+    assert_int_equal(lb_xfer_client_new(lb_xfer_server_endpoint(srv), 5000, 1, &c, &err), 0);
+    char *src = lb_store_path(a, in[0].hex), *dst = lb_store_path(a, in[1].hex);
+    char *bytes = NULL;
+    size_t n = 0;
+    assert_int_equal(lb_io_read_file(src, UINT64_MAX, &bytes, &n, &err), 0);
+    assert_int_equal(lb_io_write_atomic(dst, bytes, n, &err), 0);
+    assert_int_equal(lb_xfer_fetch(c, b, in[1].hex, &err), LB_EFORMAT);
+    assert_non_null(strstr(err.msg, "not this artifact"));
+    assert_false(lb_store_has(b, in[1].hex, NULL));
+    char *local = lb_store_path(b, in[1].hex);
+    assert_int_not_equal(access(local, F_OK), 0);
+    free(local);
+    free(bytes);
+    free(src);
+    free(dst);
+
+    lb_job_clear(&job);
+    lb_xfer_client_free(&c);
+    lb_xfer_server_stop(&srv);
+    lb_store_free(&a);
+    lb_store_free(&b);
+    lb_test_rmdir(&root_a);
+    lb_test_rmdir(&root_b);
+}
+
 typedef struct {
     const char *endpoint;
     int k;
@@ -763,6 +866,7 @@ int main(void)
         cmocka_unit_test(test_client_verifies_reply),
         cmocka_unit_test_setup_teardown(test_content_ids, setup_content, teardown),
         cmocka_unit_test_setup_teardown(test_artifact_validation, setup_validate, teardown),
+        cmocka_unit_test(test_job_fetch_publish),
         cmocka_unit_test_setup_teardown(test_concurrent_clients, setup, teardown),
         cmocka_unit_test(test_server_options),
     };
