@@ -10,5 +10,7 @@ int lb_cmd_eval(int argc, char **argv);
 int lb_cmd_synth(int argc, char **argv);
 int lb_cmd_qmatrix(int argc, char **argv);
 int lb_cmd_quantize(int argc, char **argv);
+int lb_cmd_export(int argc, char **argv);
+int lb_cmd_verify(int argc, char **argv);
 
 #endif
