@@ -15,7 +15,9 @@
 /* qcore: RTN, GPTQ */
 extern const lb_qmethod lb_qmethod_rtn;
 extern const lb_qmethod lb_qmethod_gptq;
-/* qclaq: CLAQ, PB-LLM (extern declarations here) */
+/* qclaq: CLAQ, PB-LLM */
+extern const lb_qmethod lb_qmethod_claq;
+extern const lb_qmethod lb_qmethod_pbllm;
 /* qbin: BiLLM, QBB (extern declarations here) */
 extern const lb_qmethod lb_qmethod_billm;
 extern const lb_qmethod lb_qmethod_qbb;
@@ -25,6 +27,8 @@ static const lb_qmethod *const lb_qmethods[] = {
     &lb_qmethod_rtn,
     &lb_qmethod_gptq,
     /* qclaq: CLAQ, PB-LLM */
+    &lb_qmethod_claq,
+    &lb_qmethod_pbllm,
     /* qbin: BiLLM, QBB */
     &lb_qmethod_billm,
     &lb_qmethod_qbb,
