@@ -4,10 +4,18 @@
 
 #include <float.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "lb_blas.h"
+
+static _Thread_local lb_gptq_stats last_stats;
+
+void lb_gptq_last_stats(lb_gptq_stats *out)
+{
+    *out = last_stats;
+}
 
 uint32_t lb_gptq_perm_bits(int64_t cols)
 {
@@ -113,8 +121,9 @@ static int chol_lower_det(float *A, int64_t n, lb_err *err)
  * J A J = L Lᵀ  =>  A^-1 = (J L^-T J)(J L^-1 J) = Uᵀ U with U = J L^-1 J upper.
  * L^-1 is solved in independent column chunks: L^-1[j0:, j0:j1] = L[j0:, j0:]^-1 I. */
 static int cholesky_inverse_upper(float *A, float *U, int64_t n, const float *hdiag,
-                                  const int64_t *perm, lb_err *err)
+                                  const int64_t *perm, lb_gptq_stats *stats, lb_err *err)
 {
+    double t0 = omp_get_wtime();
     // A <- J A J: reversing the flat array maps (a, b) to (n-1-a, n-1-b)
     for (int64_t i = 0, j = n * n - 1; i < j; i++, j--) {
         float t = A[i];
@@ -124,6 +133,8 @@ static int cholesky_inverse_upper(float *A, float *U, int64_t n, const float *hd
     const int saved_threads = lb_blas_get_threads();
     lb_blas_set_threads(1);
     int rc = chol_lower_det(A, n, err);
+    stats->chol_s = omp_get_wtime() - t0;
+    t0 = omp_get_wtime();
     if (rc) {
         lb_blas_set_threads(saved_threads);
         return lb_err_prefix(err, "gptq: H is singular after damping (raise --damp)");
@@ -166,6 +177,7 @@ static int cholesky_inverse_upper(float *A, float *U, int64_t n, const float *hd
         free(X);
     }
     lb_blas_set_threads(saved_threads);
+    stats->inv_s = omp_get_wtime() - t0; // the checks below are cheap
     if (oom)
         return lb_err_set(err, LB_ENOMEM, "gptq: out of memory inverting H");
     for (int64_t a = 0; a < n; a++) {
@@ -214,6 +226,9 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
                           (long long)cols);
     int rc = LB_OK;
     const int64_t n = cols, bs = opts->block_size;
+    lb_gptq_stats stats = {.run_id = last_stats.run_id + 1};
+    const double t_start = omp_get_wtime();
+    double t_phase = t_start, t_loop = 0.0;
     float *A = lb_quant_big_alloc((size_t)(n * n) * sizeof *A), *Uf = NULL;
     float *Wt = lb_quant_big_alloc((size_t)(rows * n) * sizeof *Wt);
     uint8_t *dead = malloc((size_t)n);
@@ -284,7 +299,10 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
                         (long long)n, (long long)n);
         goto cleanup;
     }
-    rc = cholesky_inverse_upper(A, Uf, n, hdiag, perm, err);
+    stats.prep_s = omp_get_wtime() - t_phase;
+    stats.chol_flops = (double)n * (double)n * (double)n / 3.0;
+    stats.inv_flops = stats.chol_flops;
+    rc = cholesky_inverse_upper(A, Uf, n, hdiag, perm, &stats, err);
     free(A);
     A = NULL;
     if (rc)
@@ -293,8 +311,10 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
 
     lb_gptq_state st = {.rows = rows, .cols = n, .block_size = bs, .opts = opts, .Wt = Wt,
                         .U = U, .Hdiag = hdiag, .perm = perm, .iperm = iperm};
+    t_loop = omp_get_wtime();
     if (hook->begin && (rc = hook->begin(hook->ctx, &st, err)))
         goto cleanup;
+    stats.hook_s += omp_get_wtime() - t_loop;
     // sub-blocks: width divides the group size and the block size, so a group's first
     // column always starts a sub-block and sees all earlier in-block updates
     int64_t sub = gcd64(bs, 32);
@@ -304,23 +324,30 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
         sub = gcd64(sub, gs);
     for (int64_t c0 = 0; c0 < n; c0 += bs) {
         const int64_t be = c0 + bs < n ? c0 + bs : n, nb = be - c0;
+        double th = omp_get_wtime();
         if (hook->block_begin && (rc = hook->block_begin(hook->ctx, &st, c0, nb, err)))
             goto cleanup;
+        stats.hook_s += omp_get_wtime() - th;
         int64_t flushed = c0; // E[c0:flushed] already applied to Wt[be:]
         for (int64_t s0 = c0; s0 < be; s0 += sub) {
             const int64_t s1 = s0 + sub < be ? s0 + sub : be;
             // A group that starts here and crosses the block end is fitted on its
             // current columns: flush the block's errors so far to Wt[be:] first.
             if (flush_groups && s0 % gs == 0 && s0 + gs > be && be < n && s0 > flushed) {
+                const double tg = omp_get_wtime();
+                stats.gemm_flops += 2.0 * (double)(n - be) * (double)rows * (double)(s0 - flushed);
                 lb_sgemm(true, false, n - be, rows, s0 - flushed, -1.0f, U + flushed * n + be,
                          n, E + (flushed - c0) * rows, rows, 1.0f, Wt + be * rows, rows);
+                stats.gemm_s += omp_get_wtime() - tg;
                 flushed = s0;
             }
             for (int64_t c = s0; c < s1; c++) {
                 float *w = Wt + c * rows;
                 float es = 1.0f;
+                const double tc = omp_get_wtime();
                 if ((rc = hook->column(hook->ctx, &st, c, w, q, &es, err)))
                     goto cleanup;
+                stats.hook_s += omp_get_wtime() - tc;
                 // e_c = (w - q) / U_cc   (GPTQ Eq. 4 with the Cholesky row of H^-1)
                 const float f = es / U[c * n + c];
                 float *e = E + (c - c0) * rows;
@@ -346,22 +373,36 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
                         wk[r] -= u * e[r];
                 }
             }
+            stats.update_flops += (double)rows * (double)(s1 - s0) * (double)(s1 - s0 - 1) +
+                                  2.0 * (double)rows * (double)(s1 - s0) * (double)(be - s1);
             // rest of the block: Wt[s1:be] (be-s1, rows) -= U[s0:s1, s1:be]ᵀ @ E[s0:s1]
             if (s1 < be)
                 lb_sgemm(true, false, be - s1, rows, s1 - s0, -1.0f, U + s0 * n + s1, n,
                          E + (s0 - c0) * rows, rows, 1.0f, Wt + s1 * rows, rows);
         }
         // lazy batch: Wt[be:] (n-be, rows) -= U[f:be, be:]ᵀ (n-be, be-f) @ E[f:be] (be-f, rows)
-        if (be < n)
+        if (be < n) {
+            const double tg = omp_get_wtime();
+            stats.gemm_flops += 2.0 * (double)(n - be) * (double)rows * (double)(be - flushed);
             lb_sgemm(true, false, n - be, rows, be - flushed, -1.0f, U + flushed * n + be, n,
                      E + (flushed - c0) * rows, rows, 1.0f, Wt + be * rows, rows);
+            stats.gemm_s += omp_get_wtime() - tg;
+        }
     }
+    t_phase = omp_get_wtime();
+    stats.update_s = t_phase - t_loop - stats.hook_s - stats.gemm_s;
+    t_loop = 0.0;
     if (hook->end && (rc = hook->end(hook->ctx, &st, err)))
         goto cleanup;
     untranspose(Wt, perm, rows, n, W_hat);
     if (perm_out)
         memcpy(perm_out, perm, (size_t)n * sizeof *perm);
+    stats.finish_s = omp_get_wtime() - t_phase;
 cleanup:
+    if (t_loop > 0.0) // failed inside the loop
+        stats.update_s = omp_get_wtime() - t_loop - stats.hook_s - stats.gemm_s;
+    stats.total_s = omp_get_wtime() - t_start;
+    last_stats = stats;
     free(A);
     free(Uf);
     free(Wt);
