@@ -117,19 +117,14 @@ static int chol_lower_det(float *A, int64_t n, lb_err *err)
     return LB_OK;
 }
 
-/* U (n, n): upper factor with H^-1 = Uᵀ U, from the damped, permuted H in A (destroyed).
- * J A J = L Lᵀ  =>  A^-1 = (J L^-T J)(J L^-1 J) = Uᵀ U with U = J L^-1 J upper.
+/* U (n, n): upper factor with H^-1 = Uᵀ U, from J Hp J in A (destroyed), Hp the
+ * damped, permuted H and J the index reversal (the caller builds A reversed).
+ * J Hp J = L Lᵀ  =>  A^-1 = (J L^-T J)(J L^-1 J) = Uᵀ U with U = J L^-1 J upper.
  * L^-1 is solved in independent column chunks: L^-1[j0:, j0:j1] = L[j0:, j0:]^-1 I. */
 static int cholesky_inverse_upper(float *A, float *U, int64_t n, const float *hdiag,
                                   const int64_t *perm, lb_gptq_stats *stats, lb_err *err)
 {
     double t0 = omp_get_wtime();
-    // A <- J A J: reversing the flat array maps (a, b) to (n-1-a, n-1-b)
-    for (int64_t i = 0, j = n * n - 1; i < j; i++, j--) {
-        float t = A[i];
-        A[i] = A[j];
-        A[j] = t;
-    }
     const int saved_threads = lb_blas_get_threads();
     lb_blas_set_threads(1);
     int rc = chol_lower_det(A, n, err);
@@ -195,13 +190,31 @@ static int cholesky_inverse_upper(float *A, float *U, int64_t n, const float *hd
     return LB_OK;
 }
 
+/* Index of the first NaN/Inf in x (len), or -1. Parallel count, serial search only
+ * on failure. */
+static int64_t first_nonfinite(const float *x, int64_t len)
+{
+    int64_t bad = 0;
+#pragma omp parallel for simd schedule(static) reduction(+ : bad)
+    for (int64_t i = 0; i < len; i++)
+        bad += !isfinite(x[i]);
+    if (!bad)
+        return -1;
+    for (int64_t i = 0; i < len; i++)
+        if (!isfinite(x[i]))
+            return i;
+    return -1;
+}
+
 /* Wt (cols, rows) in processing order -> W_hat (rows, cols) original order, by tiles. */
 static void untranspose(const float *Wt, const int64_t *perm, int64_t rows, int64_t cols,
                         float *W_hat)
 {
     enum { T = 32 };
-    for (int64_t c0 = 0; c0 < cols; c0 += T)
-        for (int64_t r0 = 0; r0 < rows; r0 += T) {
+    // each thread owns whole row tiles of W_hat: disjoint writes
+#pragma omp parallel for schedule(static)
+    for (int64_t r0 = 0; r0 < rows; r0 += T)
+        for (int64_t c0 = 0; c0 < cols; c0 += T) {
             int64_t c1 = c0 + T < cols ? c0 + T : cols, r1 = r0 + T < rows ? r0 + T : rows;
             for (int64_t c = c0; c < c1; c++)
                 for (int64_t r = r0; r < r1; r++)
@@ -243,18 +256,17 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
                         (long long)rows, (long long)cols);
         goto cleanup;
     }
-    for (int64_t i = 0; i < n * n; i++)
-        if (!isfinite(H[i])) {
-            rc = lb_err_set(err, LB_ENUMERIC, "gptq: H[%lld, %lld] is NaN/Inf",
-                            (long long)(i / n), (long long)(i % n));
-            goto cleanup;
-        }
-    for (int64_t i = 0; i < rows * n; i++)
-        if (!isfinite(W[i])) {
-            rc = lb_err_set(err, LB_ENUMERIC, "gptq: W[%lld, %lld] is NaN/Inf",
-                            (long long)(i / n), (long long)(i % n));
-            goto cleanup;
-        }
+    int64_t bad;
+    if ((bad = first_nonfinite(H, n * n)) >= 0) {
+        rc = lb_err_set(err, LB_ENUMERIC, "gptq: H[%lld, %lld] is NaN/Inf",
+                        (long long)(bad / n), (long long)(bad % n));
+        goto cleanup;
+    }
+    if ((bad = first_nonfinite(W, rows * n)) >= 0) {
+        rc = lb_err_set(err, LB_ENUMERIC, "gptq: W[%lld, %lld] is NaN/Inf",
+                        (long long)(bad / n), (long long)(bad % n));
+        goto cleanup;
+    }
 
     // dead columns: H_jj == 0 -> H_jj = 1, W[:, j] = 0 (GPTQ reference)
     double mean = 0.0;
@@ -272,20 +284,22 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
     for (int64_t c = 0; c < n; c++)
         iperm[perm[c]] = c;
     const float damp = (float)(opts->damp * mean);
-    // A = P H Pᵀ + damp I (dead diag = 1)
+    // A = J (P H Pᵀ + damp I) J (dead diag = 1): element (a, b) of the damped, permuted
+    // H goes to (n-1-a, n-1-b), the reversed order the factorization wants
+#pragma omp parallel for schedule(static)
     for (int64_t a = 0; a < n; a++) {
         const float *hrow = H + perm[a] * n;
-        if (opts->act_order)
-            for (int64_t b = 0; b < n; b++)
-                A[a * n + b] = hrow[perm[b]];
-        else
-            memcpy(A + a * n, hrow, (size_t)n * sizeof *A);
-        A[a * n + a] = diag[perm[a]] + damp;
-        hdiag[a] = A[a * n + a];
+        float *arow = A + (n - 1 - a) * n + (n - 1); // arow[-b] = element (a, b)
+        for (int64_t b = 0; b < n; b++)
+            arow[-b] = hrow[perm[b]];
+        arow[-a] = diag[perm[a]] + damp;
+        hdiag[a] = arow[-a];
     }
-    // Wt[c, :] = W[:, perm[c]] (zero for dead columns), by 32 x 32 tiles
-    for (int64_t r0 = 0; r0 < rows; r0 += 32)
-        for (int64_t c0 = 0; c0 < n; c0 += 32) {
+    // Wt[c, :] = W[:, perm[c]] (zero for dead columns), by 32 x 32 tiles; each thread
+    // owns whole column tiles (rows of Wt)
+#pragma omp parallel for schedule(static)
+    for (int64_t c0 = 0; c0 < n; c0 += 32)
+        for (int64_t r0 = 0; r0 < rows; r0 += 32) {
             int64_t r1 = r0 + 32 < rows ? r0 + 32 : rows, c1 = c0 + 32 < n ? c0 + 32 : n;
             for (int64_t c = c0; c < c1; c++) {
                 const int64_t o = perm[c];
@@ -394,6 +408,8 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
     t_loop = 0.0;
     if (hook->end && (rc = hook->end(hook->ctx, &st, err)))
         goto cleanup;
+    stats.end_s = omp_get_wtime() - t_phase;
+    t_phase = omp_get_wtime();
     untranspose(Wt, perm, rows, n, W_hat);
     if (perm_out)
         memcpy(perm_out, perm, (size_t)n * sizeof *perm);

@@ -113,10 +113,11 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
  * chol = blocked Cholesky of J H J; inv = triangular inverse into U and its checks;
  * hook = time inside hook->begin/block_begin/column; update = in-block rank-1 updates
  * and sub-block GEMMs (plus error/finiteness pass); gemm = lazy-batch trailing GEMMs
- * and group flushes; finish = hook->end and the transpose back to W_hat. */
+ * and group flushes; end = hook->end (e.g. packing); finish = the transpose back to
+ * W_hat. */
 typedef struct {
     uint64_t run_id; /* increments with every lb_gptq_run on this thread (0: none yet) */
-    double prep_s, chol_s, inv_s, hook_s, update_s, gemm_s, finish_s, total_s;
+    double prep_s, chol_s, inv_s, hook_s, update_s, gemm_s, end_s, finish_s, total_s;
     double chol_flops, inv_flops, update_flops, gemm_flops;
 } lb_gptq_stats;
 
