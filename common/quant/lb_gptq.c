@@ -89,7 +89,7 @@ static int64_t gcd64(int64_t a, int64_t b)
  * the thread count: BLAS runs on one thread and the parallel parts are fixed row chunks
  * computed independently (each element always sees the same operations in the same
  * order), instead of LAPACK's thread-dependent partition. */
-enum { CHOL_NB = 128, CHOL_ROWS = 128, INV_COLS = 128 };
+enum { CHOL_NB = 256, CHOL_ROWS = 256, INV_COLS = 256 };
 
 static int chol_lower_det(float *A, int64_t n, lb_err *err)
 {
@@ -148,15 +148,18 @@ static int cholesky_inverse_upper(float *A, float *U, int64_t n, const float *hd
         }
     }
     const int64_t nchunks = (n + INV_COLS - 1) / INV_COLS;
-    bool oom = false;
-#pragma omp parallel for schedule(dynamic, 1) reduction(|| : oom)
+    // one (n, INV_COLS) scratch per thread, allocated once: fresh pages are expensive
+    const int nthr = omp_get_max_threads();
+    float *Xs = lb_quant_big_alloc((size_t)nthr * (size_t)n * INV_COLS * sizeof *Xs);
+    if (!Xs) {
+        lb_blas_set_threads(saved_threads);
+        return lb_err_set(err, LB_ENOMEM, "gptq: out of memory inverting H");
+    }
+#pragma omp parallel for schedule(dynamic, 1)
     for (int64_t ci = 0; ci < nchunks; ci++) {
         const int64_t j0 = ci * INV_COLS, w = j0 + INV_COLS < n ? INV_COLS : n - j0, m = n - j0;
-        float *X = calloc((size_t)(m * w), sizeof *X);
-        if (!X) {
-            oom = true;
-            continue;
-        }
+        float *X = Xs + (size_t)omp_get_thread_num() * (size_t)n * INV_COLS;
+        memset(X, 0, (size_t)(m * w) * sizeof *X);
         for (int64_t j = 0; j < w; j++)
             X[j * w + j] = 1.0f;
         // X (m, w) <- L[j0:, j0:]^-1 X
@@ -169,12 +172,10 @@ static int cholesky_inverse_upper(float *A, float *U, int64_t n, const float *hd
         for (int64_t i = 0; i < j0; i++)
             for (int64_t j = 0; j < w; j++)
                 U[(n - 1 - i) * n + (n - 1 - (j0 + j))] = 0.0f;
-        free(X);
     }
+    free(Xs);
     lb_blas_set_threads(saved_threads);
     stats->inv_s = omp_get_wtime() - t0; // the checks below are cheap
-    if (oom)
-        return lb_err_set(err, LB_ENOMEM, "gptq: out of memory inverting H");
     for (int64_t a = 0; a < n; a++) {
         float d = U[a * n + a];
         if (!(d > 0.0f) || !isfinite(d))
@@ -242,8 +243,10 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
     lb_gptq_stats stats = {.run_id = last_stats.run_id + 1};
     const double t_start = omp_get_wtime();
     double t_phase = t_start, t_loop = 0.0;
-    float *A = lb_quant_big_alloc((size_t)(n * n) * sizeof *A), *Uf = NULL;
-    float *Wt = lb_quant_big_alloc((size_t)(rows * n) * sizeof *Wt);
+    // one buffer holds A (n, n) during the factorization, then Wt (n, rows): fresh
+    // memory costs page faults, so the engine touches as little as it can
+    float *A = lb_quant_big_alloc((size_t)((rows > n ? rows : n) * n) * sizeof *A), *Uf = NULL;
+    float *Wt = NULL;
     uint8_t *dead = malloc((size_t)n);
     float *E = malloc((size_t)(rows * bs) * sizeof *E);
     float *q = malloc((size_t)rows * sizeof *q);
@@ -251,7 +254,7 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
     float *hdiag = malloc((size_t)n * sizeof *hdiag);
     int64_t *perm = malloc((size_t)n * sizeof *perm);
     int64_t *iperm = malloc((size_t)n * sizeof *iperm);
-    if (!A || !Wt || !E || !q || !diag || !hdiag || !perm || !iperm || !dead) {
+    if (!A || !E || !q || !diag || !hdiag || !perm || !iperm || !dead) {
         rc = lb_err_set(err, LB_ENOMEM, "gptq: out of memory for %lld x %lld",
                         (long long)rows, (long long)cols);
         goto cleanup;
@@ -295,6 +298,21 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
         arow[-a] = diag[perm[a]] + damp;
         hdiag[a] = arow[-a];
     }
+    Uf = lb_quant_big_alloc((size_t)(n * n) * sizeof *Uf);
+    if (!Uf) {
+        rc = lb_err_set(err, LB_ENOMEM, "gptq: out of memory for U (%lld x %lld)",
+                        (long long)n, (long long)n);
+        goto cleanup;
+    }
+    stats.prep_s = omp_get_wtime() - t_phase;
+    stats.chol_flops = (double)n * (double)n * (double)n / 3.0;
+    stats.inv_flops = stats.chol_flops;
+    rc = cholesky_inverse_upper(A, Uf, n, hdiag, perm, &stats, err);
+    if (rc)
+        goto cleanup;
+    t_phase = omp_get_wtime();
+    Wt = A; // A is no longer needed
+    A = NULL;
     // Wt[c, :] = W[:, perm[c]] (zero for dead columns), by 32 x 32 tiles; each thread
     // owns whole column tiles (rows of Wt)
 #pragma omp parallel for schedule(static)
@@ -307,20 +325,7 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
                     Wt[c * rows + r] = dead[o] ? 0.0f : W[r * n + o];
             }
         }
-    Uf = lb_quant_big_alloc((size_t)(n * n) * sizeof *Uf);
-    if (!Uf) {
-        rc = lb_err_set(err, LB_ENOMEM, "gptq: out of memory for U (%lld x %lld)",
-                        (long long)n, (long long)n);
-        goto cleanup;
-    }
-    stats.prep_s = omp_get_wtime() - t_phase;
-    stats.chol_flops = (double)n * (double)n * (double)n / 3.0;
-    stats.inv_flops = stats.chol_flops;
-    rc = cholesky_inverse_upper(A, Uf, n, hdiag, perm, &stats, err);
-    free(A);
-    A = NULL;
-    if (rc)
-        goto cleanup;
+    stats.prep_s += omp_get_wtime() - t_phase;
     const float *U = Uf;
 
     lb_gptq_state st = {.rows = rows, .cols = n, .block_size = bs, .opts = opts, .Wt = Wt,

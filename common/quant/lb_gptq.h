@@ -102,8 +102,8 @@ typedef struct {
  * opts->group_size (sub-block alignment). OUT: W_hat (rows, cols) caller-allocated;
  * perm_out (cols,) caller-allocated or NULL. Returns 0, LB_EINVAL (bad sizes/options),
  * LB_ENUMERIC (NaN/Inf in W or H, H singular after damping, non-finite hook output),
- * LB_ENOMEM, or a hook's code. Memory: two (cols, cols) and one (rows, cols) float
- * buffers besides the inputs. */
+ * LB_ENOMEM, or a hook's code. Memory: one (cols, cols) and one (max(rows, cols), cols)
+ * float buffer besides the inputs. */
 int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
                 const lb_qopts *opts, const lb_gptq_hook *hook, float *W_hat,
                 int64_t *perm_out, lb_err *err);
