@@ -89,7 +89,7 @@ static int64_t gcd64(int64_t a, int64_t b)
  * the thread count: BLAS runs on one thread and the parallel parts are fixed row chunks
  * computed independently (each element always sees the same operations in the same
  * order), instead of LAPACK's thread-dependent partition. */
-enum { CHOL_NB = 256, CHOL_ROWS = 256, INV_COLS = 256 };
+enum { CHOL_NB = 256, CHOL_ROWS = 256, INV_COLS = 256, INV_ROWS = 256 };
 
 static int chol_lower_det(float *A, int64_t n, lb_err *err)
 {
@@ -159,11 +159,19 @@ static int cholesky_inverse_upper(float *A, float *U, int64_t n, const float *hd
     for (int64_t ci = 0; ci < nchunks; ci++) {
         const int64_t j0 = ci * INV_COLS, w = j0 + INV_COLS < n ? INV_COLS : n - j0, m = n - j0;
         float *X = Xs + (size_t)omp_get_thread_num() * (size_t)n * INV_COLS;
-        memset(X, 0, (size_t)(m * w) * sizeof *X);
+        const float *Lc = A + j0 * n + j0; // L[j0:, j0:] (m, m), row stride n
+        // X (m, w) = L[j0:, j0:]^-1 [I; 0] by forward substitution over row blocks,
+        // the bulk as GEMMs: X[i0:i1] = L_ii^-1 ([I; 0][i0:i1] - L[i0:i1, :i0] @ X[:i0])
+        memset(X, 0, (size_t)(w * w) * sizeof *X);
         for (int64_t j = 0; j < w; j++)
             X[j * w + j] = 1.0f;
-        // X (m, w) <- L[j0:, j0:]^-1 X
-        lb_strsm(true, false, false, m, w, 1.0f, A + j0 * n + j0, n, X, w);
+        for (int64_t i0 = 0; i0 < m; i0 += INV_ROWS) {
+            const int64_t i1 = i0 + INV_ROWS < m ? i0 + INV_ROWS : m;
+            if (i0 > 0) // rows past w: the identity part is 0 (INV_ROWS >= INV_COLS)
+                lb_sgemm(false, false, i1 - i0, w, i0, -1.0f, Lc + i0 * n, n, X, w, 0.0f,
+                         X + i0 * w, w);
+            lb_strsm(true, false, false, i1 - i0, w, 1.0f, Lc + i0 * n + i0, n, X + i0 * w, w);
+        }
         // U[n-1-(j0+i), n-1-(j0+j)] = L^-1[j0+i, j0+j]; zero below U's diagonal
         for (int64_t i = 0; i < m; i++)
             for (int64_t j = 0; j < w; j++)
