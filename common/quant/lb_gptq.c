@@ -117,6 +117,22 @@ static int chol_lower_det(float *A, int64_t n, lb_err *err)
     return LB_OK;
 }
 
+/* Index of the first NaN/Inf in x (len), or -1. Parallel count, serial search only
+ * on failure. */
+static int64_t first_nonfinite(const float *x, int64_t len)
+{
+    int64_t bad = 0;
+#pragma omp parallel for simd schedule(static) reduction(+ : bad)
+    for (int64_t i = 0; i < len; i++)
+        bad += !isfinite(x[i]);
+    if (!bad)
+        return -1;
+    for (int64_t i = 0; i < len; i++)
+        if (!isfinite(x[i]))
+            return i;
+    return -1;
+}
+
 /* U (n, n): upper factor with H^-1 = Uᵀ U, from J Hp J in A (destroyed), Hp the
  * damped, permuted H and J the index reversal (the caller builds A reversed).
  * J Hp J = L Lᵀ  =>  A^-1 = (J L^-T J)(J L^-1 J) = Uᵀ U with U = J L^-1 J upper.
@@ -192,27 +208,10 @@ static int cholesky_inverse_upper(float *A, float *U, int64_t n, const float *hd
                               "H is (nearly) singular, raise --damp",
                               (double)d, (long long)a);
     }
-    for (int64_t i = 0; i < n * n; i++)
-        if (!isfinite(U[i]))
-            return lb_err_set(err, LB_ENUMERIC,
-                              "gptq: Cholesky factor of H^-1 is not finite; raise --damp");
+    if (first_nonfinite(U, n * n) >= 0)
+        return lb_err_set(err, LB_ENUMERIC,
+                          "gptq: Cholesky factor of H^-1 is not finite; raise --damp");
     return LB_OK;
-}
-
-/* Index of the first NaN/Inf in x (len), or -1. Parallel count, serial search only
- * on failure. */
-static int64_t first_nonfinite(const float *x, int64_t len)
-{
-    int64_t bad = 0;
-#pragma omp parallel for simd schedule(static) reduction(+ : bad)
-    for (int64_t i = 0; i < len; i++)
-        bad += !isfinite(x[i]);
-    if (!bad)
-        return -1;
-    for (int64_t i = 0; i < len; i++)
-        if (!isfinite(x[i]))
-            return i;
-    return -1;
 }
 
 /* Wt (cols, rows) in processing order -> W_hat (rows, cols) original order, by tiles. */
