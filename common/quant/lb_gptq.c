@@ -117,22 +117,6 @@ static int chol_lower_det(float *A, int64_t n, lb_err *err)
     return LB_OK;
 }
 
-/* C (m, n) -= Aᵀ B with A (k, m) and B (k, n) row-major (strides lda, ldb, ldc), split
- * into fixed column ranges of C computed by OpenMP threads on single-threaded BLAS:
- * no BLAS thread wake-up per call, and each element gets the same operations whatever
- * the thread count (OpenBLAS never splits k). */
-static void gemm_tn_sub_cols(int64_t m, int64_t n, int64_t k, const float *A, int64_t lda,
-                             const float *B, int64_t ldb, float *C, int64_t ldc)
-{
-    enum { COLS = 512 };
-    const int64_t nchunks = (n + COLS - 1) / COLS;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t ci = 0; ci < nchunks; ci++) {
-        const int64_t j0 = ci * COLS, w = j0 + COLS < n ? COLS : n - j0;
-        lb_sgemm(true, false, m, w, k, -1.0f, A, lda, B + j0, ldb, 1.0f, C + j0, ldc);
-    }
-}
-
 /* Index of the first NaN/Inf in x (len), or -1. Parallel count, serial search only
  * on failure. */
 static int64_t first_nonfinite(const float *x, int64_t len)
@@ -426,11 +410,8 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
         if (be < n) {
             const double tg = omp_get_wtime();
             stats.gemm_flops += 2.0 * (double)(n - be) * (double)rows * (double)(be - flushed);
-            const int saved_threads = lb_blas_get_threads();
-            lb_blas_set_threads(1);
-            gemm_tn_sub_cols(n - be, rows, be - flushed, U + flushed * n + be, n,
-                             E + (flushed - c0) * rows, rows, Wt + be * rows, rows);
-            lb_blas_set_threads(saved_threads);
+            lb_sgemm(true, false, n - be, rows, be - flushed, -1.0f, U + flushed * n + be, n,
+                     E + (flushed - c0) * rows, rows, 1.0f, Wt + be * rows, rows);
             stats.gemm_s += omp_get_wtime() - tg;
         }
     }
