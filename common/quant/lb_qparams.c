@@ -8,6 +8,7 @@
 
 #include "lb_dtype.h"
 #include "lb_billm.h"
+#include "lb_pbllm.h"
 #include "lb_gptq.h"
 
 #define QP_MAX_FIELDS ((int32_t)(sizeof((lb_qparams *)0)->field / sizeof(int32_t)))
@@ -118,7 +119,7 @@ static int map_claq(lb_qparams *q, const lb_qpacked *p, int64_t *perm, lb_err *e
 static int map_pbllm(lb_qparams *q, const lb_qpacked *p, int64_t *perm, lb_err *err)
 {
     const int64_t rows = p->rows, cols = p->cols;
-    const lb_qfield *fbs = lb_qpacked_field(p, "block_size"), *fm = lb_qpacked_field(p, "mask");
+    const lb_qfield *fbs = lb_qpacked_field(p, "block_size");
     const lb_qfield *fs = lb_qpacked_field(p, "signs"), *fc = lb_qpacked_field(p, "salient_codes");
     const int64_t bs = lb_qfield_get(fbs, 0);
     const int64_t mub = param_base(q, p, "mu"), alb = param_base(q, p, "alpha");
@@ -126,11 +127,21 @@ static int map_pbllm(lb_qparams *q, const lb_qpacked *p, int64_t *perm, lb_err *
     int rc = get_perm(p, perm, err);
     if (rc)
         return rc;
+    /* the mask is stored as a bitmap or as per-row positions, whichever is smaller */
+    uint8_t *mask = calloc((size_t)((rows * cols + 7) / 8), 1);
+    int64_t nsal = 0;
+    if (!mask)
+        return lb_err_set(err, LB_ENOMEM, "qparams: out of memory for the pbllm mask");
+    if ((rc = lb_pbllm_unpack_mask(p, bs, mask, &nsal, err))) {
+        free(mask);
+        return rc;
+    }
     int64_t os = 0, oc = 0;
     for (int64_t c = 0; c < cols; c++) {
         const int64_t blk = c / bs, col = perm[c];
         for (int64_t i = 0; i < rows; i++) {
-            if (lb_qfield_get(fm, c * rows + i)) { // salient: lo + step * code
+            const int64_t k = c * rows + i;
+            if ((mask[k >> 3] >> (k & 7)) & 1) { // salient: lo + step * code
                 term(q, i, col, 0, lob + i, 1.0f);
                 term(q, i, col, 1, stb + i, (float)lb_qfield_get(fc, oc++));
             } else { // binary: mu ± alpha
@@ -139,6 +150,7 @@ static int map_pbllm(lb_qparams *q, const lb_qpacked *p, int64_t *perm, lb_err *
             }
         }
     }
+    free(mask);
     return LB_OK;
 }
 
