@@ -296,10 +296,8 @@ static int claim_out_dir(const char *out, const char *run_id, bool force, lb_err
                 goto done;
         }
     }
-    if (mkdir(out, 0755) != 0 && errno != EEXIST) {
-        rc = lb_err_set(err, LB_EIO, "%s: cannot create (%s)", out, strerror(errno));
+    if ((rc = lb_io_mkdir_p(out, err)))
         goto done;
-    }
     if (mkdir(hidden, 0755) != 0 && errno != EEXIST) {
         rc = lb_err_set(err, LB_EIO, "%s: cannot create (%s)", hidden, strerror(errno));
         goto done;
