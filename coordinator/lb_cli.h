@@ -7,6 +7,8 @@ typedef int (*lb_cli_fn)(int argc, char **argv);
 
 /* Subcommands; a file that defines one also adds it to the table in lowbit_main.c. */
 int lb_cmd_eval(int argc, char **argv);
+int lb_cmd_status(int argc, char **argv);
+int lb_cmd_cancel(int argc, char **argv);
 int lb_cmd_synth(int argc, char **argv);
 int lb_cmd_qmatrix(int argc, char **argv);
 

@@ -22,6 +22,8 @@ static const lb_cli_command commands[] = {
     /* one line per subcommand, in the order `lowbit --help` lists them */
     {"version", cmd_version, "print the version"},
     {"eval", lb_cmd_eval, "perplexity / KL of a model on token ids"},
+    {"status", lb_cmd_status, "progress of a distributed job (Redis)"},
+    {"cancel", lb_cmd_cancel, "cancel a distributed job (Redis)"},
 };
 
 static void usage(FILE *out)
