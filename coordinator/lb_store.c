@@ -921,7 +921,7 @@ static int dead_letter(lb_store *s, const char *name, const lb_store_msg *msg, c
     int rc = MULTI(s, c, 3, err);
     if (rc)
         return rc;
-    char ev[1024];
+    char ev[1200];
     snprintf(ev, sizeof ev, "dead-lettered %s after %lld failures: %.900s", msg->id,
              (long long)fails, shortened);
     return lb_store_event(s, name, ev, err);
@@ -970,7 +970,7 @@ int lb_store_fail(lb_store *s, const char *name, const lb_store_msg *msg, const 
     a_str(&c[2], "XDEL"), a_str(&c[2], q.s), a_str(&c[2], msg->entry);
     if ((rc = MULTI(s, c, 3, err)))
         return rc;
-    char ev[1024];
+    char ev[1200];
     snprintf(ev, sizeof ev, "%s failed (%lld of %d): %.900s; re-queued", msg->id, (long long)n,
              max_failures, error ? error : "");
     return lb_store_event(s, name, ev, err);
