@@ -10,13 +10,8 @@
 #include <hiredis/hiredis.h>
 
 #include "lb_redis_url.h"
+#include "lb_store_priv.h"
 
-struct lb_store {
-    redisContext *c; /* NULL after a lost connection; the next command reconnects */
-    lb_redis_url url;
-    lb_store_opts o;
-    char peer[320];
-};
 
 /* ---- small helpers ---- */
 
@@ -34,11 +29,6 @@ static void sleep_ms(int ms)
     }
 }
 
-static struct timeval tv_ms(int ms)
-{
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    return tv;
-}
 
 static const char *base_name(const char *path)
 {
@@ -56,36 +46,6 @@ static char *dup_n(const char *s, size_t n)
     return d;
 }
 
-/* Command arguments, binary-safe. Numbers are formatted into owned slots. */
-#define ARGS_MAX 140
-typedef struct {
-    int n;
-    const char *v[ARGS_MAX];
-    size_t l[ARGS_MAX];
-    char nums[8][24];
-    int nn;
-} args;
-
-static void a_bin(args *a, const void *p, size_t n)
-{
-    if (a->n < ARGS_MAX) {
-        a->v[a->n] = p;
-        a->l[a->n] = n;
-    }
-    a->n++; /* overflow is caught in store_run */
-}
-
-static void a_str(args *a, const char *s) { a_bin(a, s, strlen(s)); }
-
-static void a_i64(args *a, int64_t v)
-{
-    if (a->nn >= 8) {
-        a->n = ARGS_MAX + 1;
-        return;
-    }
-    snprintf(a->nums[a->nn], sizeof a->nums[0], "%lld", (long long)v);
-    a_str(a, a->nums[a->nn++]);
-}
 
 /* ---- connection ---- */
 
@@ -251,7 +211,7 @@ const char *lb_store_peer(const lb_store *s) { return s ? s->peer : "redis"; }
 /* Runs one command. A lost connection is retried (reconnect + backoff) only
  * when idempotent. Error replies become LB_ENET unless allow_error (then the
  * caller inspects them). Returns the reply (caller frees) or NULL with err set. */
-static redisReply *store_run(lb_store *s, const args *a, bool idempotent, bool allow_error,
+redisReply *lb_store_priv_run(lb_store *s, const lb_store_args *a, bool idempotent, bool allow_error,
                              const char *file, int line, lb_err *err)
 {
     if (a->n > ARGS_MAX) {
@@ -303,7 +263,7 @@ static const char *type_name(int t)
 }
 
 /* Checks the reply type; on mismatch frees r, sets err and returns NULL. */
-static redisReply *store_expect(lb_store *s, redisReply *r, int type, const char *cmd,
+redisReply *lb_store_priv_expect(lb_store *s, redisReply *r, int type, const char *cmd,
                                 const char *file, int line, lb_err *err)
 {
     if (!r || r->type == type)
@@ -314,14 +274,9 @@ static redisReply *store_expect(lb_store *s, redisReply *r, int type, const char
     return NULL;
 }
 
-/* RUN: run a command; CHECKED: run and require a reply type. Both record the call site. */
-#define RUN(s, a, idem, allow_err, err) store_run((s), (a), (idem), (allow_err), __FILE__, __LINE__, (err))
-#define CHECKED(s, a, idem, type, err)                                                        \
-    store_expect((s), store_run((s), (a), (idem), false, __FILE__, __LINE__, (err)), (type),   \
-                 (a)->v[0], __FILE__, __LINE__, (err))
 
 /* Runs cmds[0..n) inside MULTI/EXEC (pipelined). Returns 0 or an error. */
-static int store_multi(lb_store *s, const args *cmds, int n, const char *file, int line,
+int lb_store_priv_multi(lb_store *s, const lb_store_args *cmds, int n, const char *file, int line,
                        lb_err *err)
 {
     if (!s->c && reconnect(s, err))
@@ -364,7 +319,6 @@ static int store_multi(lb_store *s, const args *cmds, int n, const char *file, i
     }
     return rc;
 }
-#define MULTI(s, cmds, n, err) store_multi((s), (cmds), (n), __FILE__, __LINE__, (err))
 
 /* ---- names and keys ---- */
 
@@ -383,7 +337,7 @@ int lb_store_check_name(const char *name, lb_err *err)
     return 0;
 }
 
-static int check_id(const char *what, const char *id, lb_err *err)
+int lb_store_priv_check_id(const char *what, const char *id, lb_err *err)
 {
     size_t n = id ? strlen(id) : 0;
     bool ok = n >= 1 && n <= LB_STORE_ID_MAX;
@@ -395,7 +349,7 @@ static int check_id(const char *what, const char *id, lb_err *err)
     return 0;
 }
 
-static int check_size(lb_store *s, const char *what, size_t len, lb_err *err)
+int lb_store_priv_check_size(lb_store *s, const char *what, size_t len, lb_err *err)
 {
     if (len > LB_STORE_MAX_RECORD)
         return lb_err_set(err, LB_EINVAL,
@@ -405,13 +359,10 @@ static int check_size(lb_store *s, const char *what, size_t len, lb_err *err)
     return 0;
 }
 
-typedef struct {
-    char s[LB_STORE_NAME_MAX + 32];
-} keybuf;
 
-static keybuf job_key(const char *name, const char *suffix)
+lb_store_key lb_store_priv_job_key(const char *name, const char *suffix)
 {
-    keybuf k;
+    lb_store_key k;
     snprintf(k.s, sizeof k.s, "lowbit:job:%s%s", name, suffix);
     return k;
 }
@@ -478,10 +429,10 @@ int lb_store_job_create(lb_store *s, const char *name, const char *fingerprint, 
     int rc = lb_store_check_name(name, err);
     if (rc)
         return rc;
-    if ((rc = check_id("fingerprint", fingerprint, err)))
+    if ((rc = lb_store_priv_check_id("fingerprint", fingerprint, err)))
         return rc;
-    keybuf k = job_key(name, "");
-    args a = {0};
+    lb_store_key k = lb_store_priv_job_key(name, "");
+    lb_store_args a = {0};
     a_str(&a, "HSETNX"), a_str(&a, k.s), a_str(&a, "fingerprint"), a_str(&a, fingerprint);
     redisReply *r = CHECKED(s, &a, true, REDIS_REPLY_INTEGER, err);
     if (!r)
@@ -489,7 +440,7 @@ int lb_store_job_create(lb_store *s, const char *name, const char *fingerprint, 
     bool created = r->integer == 1;
     freeReplyObject(r);
     if (!created) {
-        args g = {0};
+        lb_store_args g = {0};
         a_str(&g, "HGET"), a_str(&g, k.s), a_str(&g, "fingerprint");
         r = CHECKED(s, &g, true, REDIS_REPLY_STRING, err);
         if (!r)
@@ -506,7 +457,7 @@ int lb_store_job_create(lb_store *s, const char *name, const char *fingerprint, 
         }
         freeReplyObject(r);
     } else {
-        args h = {0};
+        lb_store_args h = {0};
         int64_t t = now_ms() / 1000;
         a_str(&h, "HSET"), a_str(&h, k.s), a_str(&h, "created"), a_i64(&h, t);
         a_str(&h, "updated"), a_i64(&h, t);
@@ -514,7 +465,7 @@ int lb_store_job_create(lb_store *s, const char *name, const char *fingerprint, 
             return err ? err->code : LB_ENET;
         freeReplyObject(r);
     }
-    args j = {0};
+    lb_store_args j = {0};
     a_str(&j, "SADD"), a_str(&j, "lowbit:jobs"), a_str(&j, name);
     if (!(r = CHECKED(s, &j, true, REDIS_REPLY_INTEGER, err)))
         return err ? err->code : LB_ENET;
@@ -532,11 +483,11 @@ int lb_store_job_set(lb_store *s, const char *name, int n, const char *const *fi
         return rc;
     if (n < 0 || n > 64)
         return lb_err_set(err, LB_EINVAL, "lb_store_job_set: %d fields (0..64)", n);
-    keybuf k = job_key(name, "");
-    args a = {0};
+    lb_store_key k = lb_store_priv_job_key(name, "");
+    lb_store_args a = {0};
     a_str(&a, "HSET"), a_str(&a, k.s);
     for (int i = 0; i < n; i++) {
-        if ((rc = check_size(s, fields[i], strlen(values[i]), err)))
+        if ((rc = lb_store_priv_check_size(s, fields[i], strlen(values[i]), err)))
             return rc;
         a_str(&a, fields[i]), a_str(&a, values[i]);
     }
@@ -554,8 +505,8 @@ int lb_store_job_incr(lb_store *s, const char *name, const char *field, int64_t 
     int rc = lb_store_check_name(name, err);
     if (rc)
         return rc;
-    keybuf k = job_key(name, "");
-    args a = {0};
+    lb_store_key k = lb_store_priv_job_key(name, "");
+    lb_store_args a = {0};
     a_str(&a, "HINCRBY"), a_str(&a, k.s), a_str(&a, field), a_i64(&a, delta);
     redisReply *r = CHECKED(s, &a, false, REDIS_REPLY_INTEGER, err);
     if (!r)
@@ -572,8 +523,8 @@ int lb_store_job_get(lb_store *s, const char *name, lb_store_map *out, lb_err *e
     int rc = lb_store_check_name(name, err);
     if (rc)
         return rc;
-    keybuf k = job_key(name, "");
-    args a = {0};
+    lb_store_key k = lb_store_priv_job_key(name, "");
+    lb_store_args a = {0};
     a_str(&a, "HGETALL"), a_str(&a, k.s);
     redisReply *r = CHECKED(s, &a, true, REDIS_REPLY_ARRAY, err);
     if (!r)
@@ -597,7 +548,7 @@ int lb_store_job_list(lb_store *s, char ***names, int32_t *n, lb_err *err)
 {
     *names = NULL;
     *n = 0;
-    args a = {0};
+    lb_store_args a = {0};
     a_str(&a, "SMEMBERS"), a_str(&a, "lowbit:jobs");
     redisReply *r = CHECKED(s, &a, true, REDIS_REPLY_ARRAY, err);
     if (!r)
@@ -632,10 +583,10 @@ done:
 int lb_store_event(lb_store *s, const char *name, const char *msg, lb_err *err)
 {
     int rc = lb_store_check_name(name, err);
-    if (rc || (rc = check_size(s, "event", strlen(msg), err)))
+    if (rc || (rc = lb_store_priv_check_size(s, "event", strlen(msg), err)))
         return rc;
-    keybuf k = job_key(name, ":events");
-    args a = {0};
+    lb_store_key k = lb_store_priv_job_key(name, ":events");
+    lb_store_args a = {0};
     a_str(&a, "XADD"), a_str(&a, k.s), a_str(&a, "MAXLEN"), a_str(&a, "~");
     a_i64(&a, LB_STORE_EVENTS_MAXLEN), a_str(&a, "*");
     a_str(&a, "t"), a_i64(&a, now_ms()), a_str(&a, "msg"), a_str(&a, msg);
@@ -647,7 +598,7 @@ int lb_store_event(lb_store *s, const char *name, const char *msg, lb_err *err)
 }
 
 /* Parses a stream entry [id, [f, v, ...]] into its id and a field map. */
-static int parse_entry(lb_store *s, const redisReply *e, char id[48], lb_store_map *m, lb_err *err)
+int lb_store_priv_parse_entry(lb_store *s, const redisReply *e, char id[48], lb_store_map *m, lb_err *err)
 {
     memset(m, 0, sizeof *m);
     if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
@@ -682,8 +633,8 @@ int lb_store_events_recent(lb_store *s, const char *name, int32_t count,
         return rc;
     if (count < 1)
         return 0;
-    keybuf k = job_key(name, ":events");
-    args a = {0};
+    lb_store_key k = lb_store_priv_job_key(name, ":events");
+    lb_store_args a = {0};
     a_str(&a, "XREVRANGE"), a_str(&a, k.s), a_str(&a, "+"), a_str(&a, "-");
     a_str(&a, "COUNT"), a_i64(&a, count);
     redisReply *r = CHECKED(s, &a, true, REDIS_REPLY_ARRAY, err);
@@ -698,7 +649,7 @@ int lb_store_events_recent(lb_store *s, const char *name, int32_t count,
     for (size_t i = r->elements; i-- > 0;) { /* newest first -> oldest first */
         lb_store_map m;
         lb_store_event_rec *e = &ev[got];
-        if ((rc = parse_entry(s, r->element[i], e->id, &m, err)))
+        if ((rc = lb_store_priv_parse_entry(s, r->element[i], e->id, &m, err)))
             goto done;
         const char *t = lb_store_map_get(&m, "t"), *msg = lb_store_map_get(&m, "msg");
         e->t_ms = t ? strtoll(t, NULL, 10) : 0;
@@ -721,342 +672,8 @@ done:
     return rc;
 }
 
-/* ---- queue ---- */
-
-void lb_store_msg_clear(lb_store_msg *m)
-{
-    if (!m)
-        return;
-    free(m->payload);
-    memset(m, 0, sizeof *m);
-}
-
-int lb_store_queue_init(lb_store *s, const char *name, lb_err *err)
-{
-    int rc = lb_store_check_name(name, err);
-    if (rc)
-        return rc;
-    keybuf k = job_key(name, ":queue");
-    args a = {0};
-    a_str(&a, "XGROUP"), a_str(&a, "CREATE"), a_str(&a, k.s), a_str(&a, LB_STORE_GROUP);
-    a_str(&a, "0"), a_str(&a, "MKSTREAM");
-    redisReply *r = RUN(s, &a, true, true, err);
-    if (!r)
-        return err ? err->code : LB_ENET;
-    if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "BUSYGROUP", 9))
-        rc = lb_err_set(err, LB_ENET, "%s: XGROUP CREATE %s failed: %s", s->peer, k.s, r->str);
-    freeReplyObject(r);
-    return rc;
-}
-
-int lb_store_enqueue(lb_store *s, const char *name, const char *id, const void *payload,
-                     size_t len, char *entry, lb_err *err)
-{
-    int rc = lb_store_check_name(name, err);
-    if (rc || (rc = check_id("queue item id", id, err)))
-        return rc;
-    if ((rc = check_size(s, "the job payload", len, err)))
-        return rc;
-    keybuf k = job_key(name, ":queue");
-    args a = {0};
-    a_str(&a, "XADD"), a_str(&a, k.s), a_str(&a, "*");
-    a_str(&a, "id"), a_str(&a, id), a_str(&a, "payload"), a_bin(&a, payload ? payload : "", len);
-    redisReply *r = CHECKED(s, &a, false, REDIS_REPLY_STRING, err);
-    if (!r)
-        return err ? err->code : LB_ENET;
-    if (entry)
-        snprintf(entry, 48, "%s", r->str);
-    freeReplyObject(r);
-    return 0;
-}
-
-/* Fills msg from a parsed queue entry. */
-static int msg_from_entry(lb_store *s, const char *name, const char *entry, const lb_store_map *m,
-                          lb_store_msg *msg, lb_err *err)
-{
-    memset(msg, 0, sizeof *msg);
-    const char *id = NULL;
-    const char *payload = NULL; /* binary: take_entry copies it with its length */
-    for (int32_t i = 0; i < m->n; i++) {
-        if (!strcmp(m->keys[i], "id"))
-            id = m->vals[i];
-        else if (!strcmp(m->keys[i], "payload"))
-            payload = m->vals[i];
-    }
-    if (!id || !payload || strlen(id) > LB_STORE_ID_MAX)
-        return lb_err_set(err, LB_EFORMAT,
-                          "%s: queue entry %s of job '%s' lacks its id or payload (written by "
-                          "something other than lowbit?)",
-                          s->peer, entry, name);
-    snprintf(msg->entry, sizeof msg->entry, "%s", entry);
-    snprintf(msg->id, sizeof msg->id, "%s", id);
-    return 0;
-}
-
-/* Parses entry e (from XREADGROUP/XAUTOCLAIM) into msg, payload binary-safe.
- * *deleted = true for an entry deleted while pending. */
-static int take_entry(lb_store *s, const char *name, const redisReply *e, lb_store_msg *msg,
-                      bool *deleted, lb_err *err)
-{
-    char id[48];
-    lb_store_map m;
-    *deleted = false;
-    int rc = parse_entry(s, e, id, &m, err);
-    if (rc)
-        return rc;
-    if (e->element[1]->type == REDIS_REPLY_NIL) {
-        *deleted = true;
-        snprintf(msg->entry, sizeof msg->entry, "%s", id);
-        return 0;
-    }
-    rc = msg_from_entry(s, name, id, &m, msg, err);
-    lb_store_map_clear(&m);
-    if (rc)
-        return rc;
-    const redisReply *f = e->element[1];
-    for (size_t i = 0; i + 1 < f->elements; i += 2) {
-        if (f->element[i]->len == 7 && !memcmp(f->element[i]->str, "payload", 7)) {
-            const redisReply *v = f->element[i + 1];
-            msg->payload = malloc(v->len ? v->len : 1);
-            if (!msg->payload)
-                return lb_err_set(err, LB_ENOMEM, "out of memory");
-            memcpy(msg->payload, v->str, v->len);
-            msg->len = v->len;
-        }
-    }
-    return 0;
-}
-
-int lb_store_claim(lb_store *s, const char *name, const char *consumer, int block_ms,
-                   lb_store_msg *msg, bool *got, lb_err *err)
-{
-    *got = false;
-    memset(msg, 0, sizeof *msg);
-    int rc = lb_store_check_name(name, err);
-    if (rc || (rc = check_id("consumer", consumer, err)))
-        return rc;
-    if (block_ms < 0)
-        return lb_err_set(err, LB_EINVAL, "lb_store_claim: negative block time");
-    keybuf k = job_key(name, ":queue");
-    args a = {0};
-    a_str(&a, "XREADGROUP"), a_str(&a, "GROUP"), a_str(&a, LB_STORE_GROUP), a_str(&a, consumer);
-    a_str(&a, "COUNT"), a_str(&a, "1");
-    if (block_ms > 0)
-        a_str(&a, "BLOCK"), a_i64(&a, block_ms);
-    a_str(&a, "STREAMS"), a_str(&a, k.s), a_str(&a, ">");
-    /* the socket must wait longer than the server blocks */
-    if (s->c)
-        redisSetTimeout(s->c, tv_ms(block_ms + s->o.command_timeout_ms));
-    redisReply *r = RUN(s, &a, true, true, err);
-    if (s->c)
-        redisSetTimeout(s->c, tv_ms(s->o.command_timeout_ms));
-    if (!r)
-        return err ? err->code : LB_ENET;
-    if (r->type == REDIS_REPLY_ERROR) {
-        if (!strncmp(r->str, "NOGROUP", 7))
-            rc = lb_err_set(err, LB_ENOTFOUND,
-                            "%s: job '%s' has no queue yet (no coordinator has planned it); "
-                            "start `lowbit coordinator --job %s` first",
-                            s->peer, name, name);
-        else
-            rc = lb_err_set(err, LB_ENET, "%s: XREADGROUP failed: %s", s->peer, r->str);
-        goto done;
-    }
-    if (r->type == REDIS_REPLY_NIL)
-        goto done;
-    /* [[key, [entry]]] */
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 1 ||
-        r->element[0]->type != REDIS_REPLY_ARRAY || r->element[0]->elements != 2 ||
-        r->element[0]->element[1]->type != REDIS_REPLY_ARRAY) {
-        rc = lb_err_set(err, LB_EFORMAT, "%s: unexpected XREADGROUP reply", s->peer);
-        goto done;
-    }
-    const redisReply *entries = r->element[0]->element[1];
-    if (entries->elements == 0)
-        goto done;
-    bool deleted = false;
-    rc = take_entry(s, name, entries->element[0], msg, &deleted, err);
-    if (rc == 0 && !deleted)
-        *got = true;
-    else if (rc)
-        lb_store_msg_clear(msg);
-done:
-    freeReplyObject(r);
-    return rc;
-}
-
-int lb_store_ack(lb_store *s, const char *name, const lb_store_msg *msg, bool del, lb_err *err)
-{
-    int rc = lb_store_check_name(name, err);
-    if (rc)
-        return rc;
-    keybuf k = job_key(name, ":queue"), f = job_key(name, ":fails");
-    args c[3] = {{0}};
-    int n = 0;
-    a_str(&c[n], "XACK"), a_str(&c[n], k.s), a_str(&c[n], LB_STORE_GROUP), a_str(&c[n], msg->entry);
-    n++;
-    if (del) {
-        a_str(&c[n], "XDEL"), a_str(&c[n], k.s), a_str(&c[n], msg->entry);
-        n++;
-    }
-    a_str(&c[n], "HDEL"), a_str(&c[n], f.s), a_str(&c[n], msg->id);
-    n++;
-    return MULTI(s, c, n, err);
-}
-
-/* Moves msg to the dead-letter stream (atomically leaving the queue) and logs it. */
-static int dead_letter(lb_store *s, const char *name, const lb_store_msg *msg, const char *error,
-                       int64_t fails, lb_err *err)
-{
-    keybuf q = job_key(name, ":queue"), d = job_key(name, ":dead");
-    char shortened[LB_STORE_MAX_RECORD / 2];
-    snprintf(shortened, sizeof shortened, "%s", error ? error : "");
-    args c[3] = {{0}};
-    a_str(&c[0], "XADD"), a_str(&c[0], d.s), a_str(&c[0], "*");
-    a_str(&c[0], "id"), a_str(&c[0], msg->id), a_str(&c[0], "payload");
-    a_bin(&c[0], msg->payload ? (const void *)msg->payload : "", msg->len);
-    a_str(&c[0], "error"), a_str(&c[0], shortened), a_str(&c[0], "fails"), a_i64(&c[0], fails);
-    a_str(&c[1], "XACK"), a_str(&c[1], q.s), a_str(&c[1], LB_STORE_GROUP), a_str(&c[1], msg->entry);
-    a_str(&c[2], "XDEL"), a_str(&c[2], q.s), a_str(&c[2], msg->entry);
-    int rc = MULTI(s, c, 3, err);
-    if (rc)
-        return rc;
-    char ev[1200];
-    snprintf(ev, sizeof ev, "dead-lettered %s after %lld failures: %.900s", msg->id,
-             (long long)fails, shortened);
-    return lb_store_event(s, name, ev, err);
-}
-
-static int count_failure(lb_store *s, const char *name, const char *id, int64_t *fails, lb_err *err)
-{
-    keybuf f = job_key(name, ":fails");
-    args a = {0};
-    a_str(&a, "HINCRBY"), a_str(&a, f.s), a_str(&a, id), a_str(&a, "1");
-    redisReply *r = CHECKED(s, &a, false, REDIS_REPLY_INTEGER, err);
-    if (!r)
-        return err ? err->code : LB_ENET;
-    *fails = r->integer;
-    freeReplyObject(r);
-    return 0;
-}
-
-int lb_store_fail(lb_store *s, const char *name, const lb_store_msg *msg, const char *error,
-                  int max_failures, bool *dead, int64_t *failures, lb_err *err)
-{
-    if (dead)
-        *dead = false;
-    int rc = lb_store_check_name(name, err);
-    if (rc)
-        return rc;
-    if (max_failures < 1)
-        return lb_err_set(err, LB_EINVAL, "max failures must be >= 1");
-    int64_t n = 0;
-    if ((rc = count_failure(s, name, msg->id, &n, err)))
-        return rc;
-    if (failures)
-        *failures = n;
-    if (n >= max_failures) {
-        if (dead)
-            *dead = true;
-        return dead_letter(s, name, msg, error, n, err);
-    }
-    /* re-queue at the tail, then release the lease, atomically */
-    keybuf q = job_key(name, ":queue");
-    args c[3] = {{0}};
-    a_str(&c[0], "XADD"), a_str(&c[0], q.s), a_str(&c[0], "*");
-    a_str(&c[0], "id"), a_str(&c[0], msg->id), a_str(&c[0], "payload");
-    a_bin(&c[0], msg->payload ? (const void *)msg->payload : "", msg->len);
-    a_str(&c[1], "XACK"), a_str(&c[1], q.s), a_str(&c[1], LB_STORE_GROUP), a_str(&c[1], msg->entry);
-    a_str(&c[2], "XDEL"), a_str(&c[2], q.s), a_str(&c[2], msg->entry);
-    if ((rc = MULTI(s, c, 3, err)))
-        return rc;
-    char ev[1200];
-    snprintf(ev, sizeof ev, "%s failed (%lld of %d): %.900s; re-queued", msg->id, (long long)n,
-             max_failures, error ? error : "");
-    return lb_store_event(s, name, ev, err);
-}
-
-int lb_store_reclaim(lb_store *s, const char *name, const char *consumer, int64_t min_idle_ms,
-                     int max_failures, lb_store_msg *msg, bool *got, lb_err *err)
-{
-    *got = false;
-    memset(msg, 0, sizeof *msg);
-    int rc = lb_store_check_name(name, err);
-    if (rc || (rc = check_id("consumer", consumer, err)))
-        return rc;
-    if (max_failures < 1 || min_idle_ms < 0)
-        return lb_err_set(err, LB_EINVAL, "lb_store_reclaim: bad min idle or max failures");
-    keybuf k = job_key(name, ":queue");
-    char cursor[48] = "0-0";
-    for (int rounds = 0; rounds < 100000; rounds++) {
-        args a = {0};
-        a_str(&a, "XAUTOCLAIM"), a_str(&a, k.s), a_str(&a, LB_STORE_GROUP), a_str(&a, consumer);
-        a_i64(&a, min_idle_ms), a_str(&a, cursor), a_str(&a, "COUNT"), a_str(&a, "1");
-        redisReply *r = RUN(s, &a, false, true, err);
-        if (!r)
-            return err ? err->code : LB_ENET;
-        if (r->type == REDIS_REPLY_ERROR) {
-            rc = strncmp(r->str, "NOGROUP", 7)
-                     ? lb_err_set(err, LB_ENET, "%s: XAUTOCLAIM failed: %s", s->peer, r->str)
-                     : 0; /* no queue yet: nothing to reclaim */
-            freeReplyObject(r);
-            return rc;
-        }
-        /* [next cursor, [entries], (Redis 7: [deleted ids])] */
-        if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 ||
-            r->element[0]->type != REDIS_REPLY_STRING || r->element[0]->len >= sizeof cursor ||
-            r->element[1]->type != REDIS_REPLY_ARRAY) {
-            freeReplyObject(r);
-            return lb_err_set(err, LB_EFORMAT, "%s: unexpected XAUTOCLAIM reply", s->peer);
-        }
-        snprintf(cursor, sizeof cursor, "%.*s", (int)r->element[0]->len, r->element[0]->str);
-        const redisReply *entries = r->element[1];
-        bool found = false;
-        for (size_t i = 0; i < entries->elements && !found && !rc; i++) {
-            bool deleted = false;
-            if (entries->element[i]->type == REDIS_REPLY_NIL)
-                continue;
-            rc = take_entry(s, name, entries->element[i], msg, &deleted, err);
-            if (rc || deleted) {
-                lb_store_msg_clear(msg);
-                continue;
-            }
-            int64_t fails = 0;
-            char why[160];
-            snprintf(why, sizeof why,
-                     "lease expired: no ack within %lld ms (worker crashed or stalled)",
-                     (long long)min_idle_ms);
-            rc = count_failure(s, name, msg->id, &fails, err);
-            if (!rc && fails >= max_failures) {
-                rc = dead_letter(s, name, msg, why, fails, err);
-                lb_store_msg_clear(msg);
-                continue;
-            }
-            if (!rc) {
-                char ev[400];
-                snprintf(ev, sizeof ev, "%s: %s; re-run by %s (failure %lld of %d)", msg->id, why,
-                         consumer, (long long)fails, max_failures);
-                rc = lb_store_event(s, name, ev, err);
-            }
-            found = !rc;
-        }
-        freeReplyObject(r);
-        if (rc) {
-            lb_store_msg_clear(msg);
-            return rc;
-        }
-        if (found) {
-            *got = true;
-            return 0;
-        }
-        if (!strcmp(cursor, "0-0"))
-            return 0;
-    }
-    return 0;
-}
-
 /* Integer reply of a simple command; a missing key gives 0. */
-static int int_cmd(lb_store *s, const args *a, int64_t *out, lb_err *err)
+int lb_store_priv_int(lb_store *s, const lb_store_args *a, int64_t *out, lb_err *err)
 {
     redisReply *r = CHECKED(s, a, true, REDIS_REPLY_INTEGER, err);
     if (!r)
@@ -1064,119 +681,6 @@ static int int_cmd(lb_store *s, const args *a, int64_t *out, lb_err *err)
     *out = r->integer;
     freeReplyObject(r);
     return 0;
-}
-
-int lb_store_queue_stats(lb_store *s, const char *name, lb_store_queue_counts *out, lb_err *err)
-{
-    memset(out, 0, sizeof *out);
-    int rc = lb_store_check_name(name, err);
-    if (rc)
-        return rc;
-    keybuf q = job_key(name, ":queue"), d = job_key(name, ":dead");
-    args a = {0}, b = {0};
-    a_str(&a, "XLEN"), a_str(&a, q.s);
-    a_str(&b, "XLEN"), a_str(&b, d.s);
-    if ((rc = int_cmd(s, &a, &out->length, err)) || (rc = int_cmd(s, &b, &out->dead, err)))
-        return rc;
-    /* XPENDING summary: [count, min id, max id, [[consumer, count], ...]] */
-    args p = {0};
-    a_str(&p, "XPENDING"), a_str(&p, q.s), a_str(&p, LB_STORE_GROUP);
-    redisReply *r = RUN(s, &p, true, true, err);
-    if (!r)
-        return err ? err->code : LB_ENET;
-    if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
-        r->element[0]->type == REDIS_REPLY_INTEGER)
-        out->pending = r->element[0]->integer;
-    else if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOGROUP", 7))
-        rc = lb_err_set(err, LB_ENET, "%s: XPENDING failed: %s", s->peer, r->str);
-    freeReplyObject(r);
-    if (rc)
-        return rc;
-    args x = {0};
-    a_str(&x, "XINFO"), a_str(&x, "GROUPS"), a_str(&x, q.s);
-    if (!(r = RUN(s, &x, true, true, err)))
-        return err ? err->code : LB_ENET;
-    if (r->type == REDIS_REPLY_ARRAY) {
-        for (size_t g = 0; g < r->elements; g++) {
-            const redisReply *e = r->element[g];
-            if (e->type != REDIS_REPLY_ARRAY)
-                continue;
-            bool ours = false;
-            int64_t consumers = 0;
-            for (size_t i = 0; i + 1 < e->elements; i += 2) {
-                const redisReply *f = e->element[i], *v = e->element[i + 1];
-                if (f->type != REDIS_REPLY_STRING)
-                    continue;
-                if (!strcmp(f->str, "name") && v->type == REDIS_REPLY_STRING)
-                    ours = !strcmp(v->str, LB_STORE_GROUP);
-                else if (!strcmp(f->str, "consumers") && v->type == REDIS_REPLY_INTEGER)
-                    consumers = v->integer;
-            }
-            if (ours)
-                out->consumers = consumers;
-        }
-    }
-    freeReplyObject(r);
-    return 0;
-}
-
-void lb_store_dead_free(lb_store_dead_rec **recs, int32_t n)
-{
-    if (!recs || !*recs)
-        return;
-    for (int32_t i = 0; i < n; i++)
-        free((*recs)[i].error);
-    free(*recs);
-    *recs = NULL;
-}
-
-int lb_store_dead_list(lb_store *s, const char *name, int32_t count, lb_store_dead_rec **recs,
-                       int32_t *n, lb_err *err)
-{
-    *recs = NULL;
-    *n = 0;
-    int rc = lb_store_check_name(name, err);
-    if (rc || count < 1)
-        return rc;
-    keybuf d = job_key(name, ":dead");
-    args a = {0};
-    a_str(&a, "XRANGE"), a_str(&a, d.s), a_str(&a, "-"), a_str(&a, "+");
-    a_str(&a, "COUNT"), a_i64(&a, count);
-    redisReply *r = CHECKED(s, &a, true, REDIS_REPLY_ARRAY, err);
-    if (!r)
-        return err ? err->code : LB_ENET;
-    lb_store_dead_rec *v = calloc(r->elements + 1, sizeof *v);
-    int32_t got = 0;
-    if (!v) {
-        rc = lb_err_set(err, LB_ENOMEM, "out of memory");
-        goto done;
-    }
-    for (size_t i = 0; i < r->elements; i++) {
-        lb_store_map m;
-        lb_store_dead_rec *e = &v[got];
-        if ((rc = parse_entry(s, r->element[i], e->entry, &m, err)))
-            goto done;
-        const char *id = lb_store_map_get(&m, "id"), *er = lb_store_map_get(&m, "error");
-        const char *fl = lb_store_map_get(&m, "fails");
-        snprintf(e->id, sizeof e->id, "%s", id ? id : "?");
-        e->error = strdup(er ? er : "");
-        e->fails = fl ? strtoll(fl, NULL, 10) : 0;
-        lb_store_map_clear(&m);
-        got++;
-        if (!e->error) {
-            rc = lb_err_set(err, LB_ENOMEM, "out of memory");
-            goto done;
-        }
-    }
-done:
-    freeReplyObject(r);
-    if (rc)
-        lb_store_dead_free(&v, got);
-    else {
-        *recs = v;
-        *n = got;
-    }
-    return rc;
 }
 
 /* ---- cancel ---- */
@@ -1195,8 +699,8 @@ int lb_store_cancel(lb_store *s, const char *name, lb_err *err)
         return rc;
     }
     lb_store_map_clear(&m);
-    keybuf c = job_key(name, ":cancel");
-    args a = {0};
+    lb_store_key c = lb_store_priv_job_key(name, ":cancel");
+    lb_store_args a = {0};
     a_str(&a, "SET"), a_str(&a, c.s), a_str(&a, "1");
     redisReply *r = CHECKED(s, &a, true, REDIS_REPLY_STATUS, err);
     if (!r)
@@ -1214,11 +718,11 @@ int lb_store_is_cancelled(lb_store *s, const char *name, bool *cancelled, lb_err
     int rc = lb_store_check_name(name, err);
     if (rc)
         return rc;
-    keybuf c = job_key(name, ":cancel");
-    args a = {0};
+    lb_store_key c = lb_store_priv_job_key(name, ":cancel");
+    lb_store_args a = {0};
     a_str(&a, "EXISTS"), a_str(&a, c.s);
     int64_t n = 0;
-    if ((rc = int_cmd(s, &a, &n, err)))
+    if ((rc = lb_store_priv_int(s, &a, &n, err)))
         return rc;
     *cancelled = n > 0;
     return 0;
@@ -1228,14 +732,14 @@ int lb_store_is_cancelled(lb_store *s, const char *name, bool *cancelled, lb_err
 
 int lb_store_heartbeat(lb_store *s, const char *worker, const char *info, int ttl_s, lb_err *err)
 {
-    int rc = check_id("worker id", worker, err);
-    if (rc || (rc = check_size(s, "worker info", strlen(info), err)))
+    int rc = lb_store_priv_check_id("worker id", worker, err);
+    if (rc || (rc = lb_store_priv_check_size(s, "worker info", strlen(info), err)))
         return rc;
     if (ttl_s < 1)
         return lb_err_set(err, LB_EINVAL, "heartbeat TTL must be >= 1 s");
     char key[LB_STORE_ID_MAX + 32];
     snprintf(key, sizeof key, "lowbit:worker:%s", worker);
-    args a = {0}, b = {0};
+    lb_store_args a = {0}, b = {0};
     a_str(&a, "SET"), a_str(&a, key), a_str(&a, info), a_str(&a, "EX"), a_i64(&a, ttl_s);
     redisReply *r = CHECKED(s, &a, true, REDIS_REPLY_STATUS, err);
     if (!r)
@@ -1243,23 +747,23 @@ int lb_store_heartbeat(lb_store *s, const char *worker, const char *info, int tt
     freeReplyObject(r);
     a_str(&b, "SADD"), a_str(&b, "lowbit:workers"), a_str(&b, worker);
     int64_t added;
-    return int_cmd(s, &b, &added, err);
+    return lb_store_priv_int(s, &b, &added, err);
 }
 
 int lb_store_worker_remove(lb_store *s, const char *worker, lb_err *err)
 {
-    int rc = check_id("worker id", worker, err);
+    int rc = lb_store_priv_check_id("worker id", worker, err);
     if (rc)
         return rc;
     char key[LB_STORE_ID_MAX + 32];
     snprintf(key, sizeof key, "lowbit:worker:%s", worker);
-    args a = {0}, b = {0};
+    lb_store_args a = {0}, b = {0};
     a_str(&a, "DEL"), a_str(&a, key);
     a_str(&b, "SREM"), a_str(&b, "lowbit:workers"), a_str(&b, worker);
     int64_t n;
-    if ((rc = int_cmd(s, &a, &n, err)))
+    if ((rc = lb_store_priv_int(s, &a, &n, err)))
         return rc;
-    return int_cmd(s, &b, &n, err);
+    return lb_store_priv_int(s, &b, &n, err);
 }
 
 void lb_store_workers_free(lb_store_worker_rec **recs, int32_t n)
@@ -1282,7 +786,7 @@ int lb_store_workers_live(lb_store *s, lb_store_worker_rec **recs, int32_t *n, l
     *recs = NULL;
     *n = 0;
     int rc = 0;
-    args a = {0};
+    lb_store_args a = {0};
     a_str(&a, "SMEMBERS"), a_str(&a, "lowbit:workers");
     redisReply *r = CHECKED(s, &a, true, REDIS_REPLY_ARRAY, err);
     if (!r)
@@ -1299,7 +803,7 @@ int lb_store_workers_live(lb_store *s, lb_store_worker_rec **recs, int32_t *n, l
             continue;
         char key[LB_STORE_ID_MAX + 32];
         snprintf(key, sizeof key, "lowbit:worker:%s", e->str);
-        args g = {0}, t = {0};
+        lb_store_args g = {0}, t = {0};
         a_str(&g, "GET"), a_str(&g, key);
         redisReply *gr = RUN(s, &g, true, false, err);
         if (!gr) {
@@ -1309,15 +813,15 @@ int lb_store_workers_live(lb_store *s, lb_store_worker_rec **recs, int32_t *n, l
         if (gr->type != REDIS_REPLY_STRING) {
             /* nil: the heartbeat expired; prune the registry entry */
             freeReplyObject(gr);
-            args d = {0};
+            lb_store_args d = {0};
             int64_t k;
             a_str(&d, "SREM"), a_str(&d, "lowbit:workers"), a_str(&d, e->str);
-            rc = int_cmd(s, &d, &k, err);
+            rc = lb_store_priv_int(s, &d, &k, err);
             continue;
         }
         a_str(&t, "TTL"), a_str(&t, key);
         int64_t ttl = 0;
-        rc = int_cmd(s, &t, &ttl, err);
+        rc = lb_store_priv_int(s, &t, &ttl, err);
         lb_store_worker_rec *w = &v[got];
         snprintf(w->id, sizeof w->id, "%s", e->str);
         w->info = dup_n(gr->str, gr->len);
