@@ -8,7 +8,7 @@
 
 #include "lb_cli.h"
 #include "lb_redis_url.h"
-#include "lb_store.h"
+#include "lb_redis.h"
 
 static void usage(FILE *out)
 {
@@ -51,22 +51,22 @@ int lb_cmd_cancel(int argc, char **argv)
         return 2;
     }
     lb_err err = {0};
-    lb_store *s = NULL;
-    int rc = lb_store_check_name(name, &err);
+    lb_redis *s = NULL;
+    int rc = lb_redis_check_name(name, &err);
     if (!rc)
-        rc = lb_store_connect(lb_redis_url_pick(url), NULL, &s, &err);
+        rc = lb_redis_connect(lb_redis_url_pick(url), NULL, &s, &err);
     if (!rc)
-        rc = lb_store_cancel(s, name, &err);
+        rc = lb_redis_cancel(s, name, &err);
     json_t *o = NULL;
     if (rc) {
         fprintf(stderr, "lowbit cancel: %s\n", err.msg);
         if (json)
             o = json_pack("{s:b, s:s}", "ok", 0, "error", err.msg);
     } else if (json) {
-        o = json_pack("{s:s, s:s, s:b}", "job", name, "redis", lb_store_peer(s), "cancelled", 1);
+        o = json_pack("{s:s, s:s, s:b}", "job", name, "redis", lb_redis_peer(s), "cancelled", 1);
     } else {
         printf("job %s on %s: cancel requested; workers drop its work and the coordinator stops\n",
-               name, lb_store_peer(s));
+               name, lb_redis_peer(s));
     }
     if (o) {
         char *txt = json_dumps(o, JSON_COMPACT);
@@ -74,6 +74,6 @@ int lb_cmd_cancel(int argc, char **argv)
         free(txt);
         json_decref(o);
     }
-    lb_store_free(&s);
+    lb_redis_free(&s);
     return rc == 0 ? 0 : rc == LB_EINVAL ? 2 : 1;
 }

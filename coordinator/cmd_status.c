@@ -10,7 +10,7 @@
 
 #include "lb_cli.h"
 #include "lb_redis_url.h"
-#include "lb_store.h"
+#include "lb_redis.h"
 
 /* The job hash fields shown in this order; others follow as "other". */
 static const char *const known_fields[] = {
@@ -72,66 +72,66 @@ static void fmt_duration(const char *secs, char *buf, size_t size)
 static const char *or_dash(const char *s) { return s && *s ? s : "-"; }
 
 typedef struct {
-    lb_store_map rec;
+    lb_redis_map rec;
     bool cancelled;
-    lb_store_queue_counts q;
-    lb_store_dead_rec *dead;
+    lb_redis_queue_counts q;
+    lb_redis_dead_rec *dead;
     int32_t n_dead;
-    lb_store_worker_rec *workers;
+    lb_redis_worker_rec *workers;
     int32_t n_workers;
-    lb_store_event_rec *events;
+    lb_redis_event_rec *events;
     int32_t n_events;
 } job_view;
 
 static void view_clear(job_view *v)
 {
-    lb_store_map_clear(&v->rec);
-    lb_store_dead_free(&v->dead, v->n_dead);
-    lb_store_workers_free(&v->workers, v->n_workers);
-    lb_store_events_free(&v->events, v->n_events);
+    lb_redis_map_clear(&v->rec);
+    lb_redis_dead_free(&v->dead, v->n_dead);
+    lb_redis_workers_free(&v->workers, v->n_workers);
+    lb_redis_events_free(&v->events, v->n_events);
 }
 
-static int view_load(lb_store *s, const char *name, int32_t n_events, job_view *v, lb_err *err)
+static int view_load(lb_redis *s, const char *name, int32_t n_events, job_view *v, lb_err *err)
 {
-    int rc = lb_store_job_get(s, name, &v->rec, err);
+    int rc = lb_redis_job_get(s, name, &v->rec, err);
     if (!rc)
-        rc = lb_store_is_cancelled(s, name, &v->cancelled, err);
+        rc = lb_redis_is_cancelled(s, name, &v->cancelled, err);
     if (!rc)
-        rc = lb_store_queue_stats(s, name, &v->q, err);
+        rc = lb_redis_queue_stats(s, name, &v->q, err);
     if (!rc)
-        rc = lb_store_dead_list(s, name, 20, &v->dead, &v->n_dead, err);
+        rc = lb_redis_dead_list(s, name, 20, &v->dead, &v->n_dead, err);
     if (!rc)
-        rc = lb_store_workers_live(s, &v->workers, &v->n_workers, err);
+        rc = lb_redis_workers_live(s, &v->workers, &v->n_workers, err);
     if (!rc)
-        rc = lb_store_events_recent(s, name, n_events, &v->events, &v->n_events, err);
+        rc = lb_redis_events_recent(s, name, n_events, &v->events, &v->n_events, err);
     return rc;
 }
 
 static void print_text(const char *name, const char *peer, const job_view *v)
 {
-    const lb_store_map *m = &v->rec;
+    const lb_redis_map *m = &v->rec;
     char a[96], b[96];
     printf("job %s on %s\n", name, peer);
-    printf("  state     %s%s\n", or_dash(lb_store_map_get(m, "state")),
+    printf("  state     %s%s\n", or_dash(lb_redis_map_get(m, "state")),
            v->cancelled ? " (cancel requested)" : "");
-    printf("  method    %s, %s bits\n", or_dash(lb_store_map_get(m, "method")),
-           or_dash(lb_store_map_get(m, "bits")));
-    printf("  blocks    %s/%s done\n", or_dash(lb_store_map_get(m, "blocks_done")),
-           or_dash(lb_store_map_get(m, "blocks_total")));
+    printf("  method    %s, %s bits\n", or_dash(lb_redis_map_get(m, "method")),
+           or_dash(lb_redis_map_get(m, "bits")));
+    printf("  blocks    %s/%s done\n", or_dash(lb_redis_map_get(m, "blocks_done")),
+           or_dash(lb_redis_map_get(m, "blocks_total")));
     printf("  jobs      %s done, %s failed, %s in flight, %s total\n",
-           or_dash(lb_store_map_get(m, "jobs_done")), or_dash(lb_store_map_get(m, "jobs_failed")),
-           or_dash(lb_store_map_get(m, "jobs_in_flight")),
-           or_dash(lb_store_map_get(m, "jobs_total")));
-    fmt_time(lb_store_map_get(m, "started"), a, sizeof a);
-    fmt_time(lb_store_map_get(m, "updated"), b, sizeof b);
+           or_dash(lb_redis_map_get(m, "jobs_done")), or_dash(lb_redis_map_get(m, "jobs_failed")),
+           or_dash(lb_redis_map_get(m, "jobs_in_flight")),
+           or_dash(lb_redis_map_get(m, "jobs_total")));
+    fmt_time(lb_redis_map_get(m, "started"), a, sizeof a);
+    fmt_time(lb_redis_map_get(m, "updated"), b, sizeof b);
     printf("  started   %s\n  updated   %s\n", a, b);
-    fmt_duration(lb_store_map_get(m, "eta_s"), a, sizeof a);
+    fmt_duration(lb_redis_map_get(m, "eta_s"), a, sizeof a);
     printf("  ETA       %s\n", a);
     printf("  queue     %lld entries, %lld leased (XPENDING), %lld dead-lettered, %lld consumers\n",
            (long long)v->q.length, (long long)v->q.pending, (long long)v->q.dead,
            (long long)v->q.consumers);
-    if (lb_store_map_get(m, "error"))
-        printf("  error     %s\n", lb_store_map_get(m, "error"));
+    if (lb_redis_map_get(m, "error"))
+        printf("  error     %s\n", lb_redis_map_get(m, "error"));
     for (int32_t i = 0; i < m->n; i++) {
         bool known = false;
         for (size_t k = 0; k < sizeof known_fields / sizeof known_fields[0]; k++)
@@ -184,23 +184,23 @@ static json_t *view_json(const char *name, const char *peer, const job_view *v)
                      "dead_lettered", dead, "workers", workers, "events", events);
 }
 
-static int list_jobs(lb_store *s, bool json, lb_err *err)
+static int list_jobs(lb_redis *s, bool json, lb_err *err)
 {
     char **names = NULL;
     int32_t n = 0;
-    int rc = lb_store_job_list(s, &names, &n, err);
+    int rc = lb_redis_job_list(s, &names, &n, err);
     if (rc)
         return rc;
     json_t *arr = json ? json_array() : NULL;
     if (!json)
-        printf("jobs on %s (%d):\n", lb_store_peer(s), (int)n);
+        printf("jobs on %s (%d):\n", lb_redis_peer(s), (int)n);
     for (int32_t i = 0; i < n && !rc; i++) {
-        lb_store_map m;
+        lb_redis_map m;
         lb_err e2 = {0};
         const char *state = "(record gone)";
-        int got = lb_store_job_get(s, names[i], &m, &e2) == 0;
-        if (got && lb_store_map_get(&m, "state"))
-            state = lb_store_map_get(&m, "state");
+        int got = lb_redis_job_get(s, names[i], &m, &e2) == 0;
+        if (got && lb_redis_map_get(&m, "state"))
+            state = lb_redis_map_get(&m, "state");
         else if (got)
             state = "-";
         if (json)
@@ -208,10 +208,10 @@ static int list_jobs(lb_store *s, bool json, lb_err *err)
         else
             printf("  %-24s %s\n", names[i], state);
         if (got)
-            lb_store_map_clear(&m);
+            lb_redis_map_clear(&m);
     }
     if (json) {
-        json_t *o = json_pack("{s:s, s:o}", "redis", lb_store_peer(s), "jobs", arr);
+        json_t *o = json_pack("{s:s, s:o}", "redis", lb_redis_peer(s), "jobs", arr);
         char *txt = json_dumps(o, JSON_COMPACT);
         printf("%s\n", txt ? txt : "{}");
         free(txt);
@@ -254,38 +254,38 @@ int lb_cmd_status(int argc, char **argv)
         }
     }
     lb_err err = {0};
-    lb_store *s = NULL;
+    lb_redis *s = NULL;
     job_view v;
     memset(&v, 0, sizeof v);
     int rc = 0;
-    if (name && (rc = lb_store_check_name(name, &err)))
+    if (name && (rc = lb_redis_check_name(name, &err)))
         goto fail;
-    if ((rc = lb_store_connect(lb_redis_url_pick(url), NULL, &s, &err)))
+    if ((rc = lb_redis_connect(lb_redis_url_pick(url), NULL, &s, &err)))
         goto fail;
     if (!name) {
         rc = list_jobs(s, json, &err);
         if (rc)
             goto fail;
-        lb_store_free(&s);
+        lb_redis_free(&s);
         return 0;
     }
     if ((rc = view_load(s, name, (int32_t)n_events, &v, &err)))
         goto fail;
     if (json) {
-        json_t *o = view_json(name, lb_store_peer(s), &v);
+        json_t *o = view_json(name, lb_redis_peer(s), &v);
         char *txt = o ? json_dumps(o, JSON_COMPACT) : NULL;
         printf("%s\n", txt ? txt : "{}");
         free(txt);
         json_decref(o);
     } else {
-        print_text(name, lb_store_peer(s), &v);
+        print_text(name, lb_redis_peer(s), &v);
     }
     view_clear(&v);
-    lb_store_free(&s);
+    lb_redis_free(&s);
     return 0;
 fail:
     view_clear(&v);
-    lb_store_free(&s);
+    lb_redis_free(&s);
     fprintf(stderr, "lowbit status: %s\n", err.msg);
     if (json) {
         json_t *o = json_pack("{s:b, s:s}", "ok", 0, "error", err.msg);

@@ -1,4 +1,4 @@
-#include "lb_store.h"
+#include "lb_redis.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -10,7 +10,7 @@
 #include <hiredis/hiredis.h>
 
 #include "lb_redis_url.h"
-#include "lb_store_priv.h"
+#include "lb_redis_priv.h"
 
 
 /* ---- small helpers ---- */
@@ -49,14 +49,14 @@ static char *dup_n(const char *s, size_t n)
 
 /* ---- connection ---- */
 
-lb_store_opts lb_store_opts_default(void)
+lb_redis_opts lb_redis_opts_default(void)
 {
-    lb_store_opts o = {2000, 10000, 3, 100};
+    lb_redis_opts o = {2000, 10000, 3, 100};
     return o;
 }
 
 /* One connection attempt: connect, AUTH, SELECT, PING. Sets s->c on success. */
-static int connect_once(lb_store *s, bool *retryable, lb_err *err)
+static int connect_once(lb_redis *s, bool *retryable, lb_err *err)
 {
     *retryable = false;
     struct timeval ct = tv_ms(s->o.connect_timeout_ms);
@@ -144,7 +144,7 @@ fail:
 }
 
 /* Connects, retrying unreachable servers with exponential backoff. */
-static int reconnect(lb_store *s, lb_err *err)
+static int reconnect(lb_redis *s, lb_err *err)
 {
     if (s->c) {
         redisFree(s->c);
@@ -161,18 +161,18 @@ static int reconnect(lb_store *s, lb_err *err)
     }
 }
 
-int lb_store_connect(const char *url, const lb_store_opts *opts, lb_store **out, lb_err *err)
+int lb_redis_connect(const char *url, const lb_redis_opts *opts, lb_redis **out, lb_err *err)
 {
     if (!out)
-        return lb_err_set(err, LB_EINVAL, "lb_store_connect: NULL out");
+        return lb_err_set(err, LB_EINVAL, "lb_redis_connect: NULL out");
     *out = NULL;
-    lb_store *s = calloc(1, sizeof *s);
+    lb_redis *s = calloc(1, sizeof *s);
     if (!s)
         return lb_err_set(err, LB_ENOMEM, "out of memory");
     int rc = lb_redis_url_parse(url, &s->url, err);
     if (rc)
         goto fail;
-    s->o = opts ? *opts : lb_store_opts_default();
+    s->o = opts ? *opts : lb_redis_opts_default();
     if (s->o.connect_timeout_ms < 1)
         s->o.connect_timeout_ms = 1;
     if (s->o.command_timeout_ms < 1)
@@ -188,11 +188,11 @@ int lb_store_connect(const char *url, const lb_store_opts *opts, lb_store **out,
     *out = s;
     return 0;
 fail:
-    lb_store_free(&s);
+    lb_redis_free(&s);
     return rc;
 }
 
-void lb_store_free(lb_store **sp)
+void lb_redis_free(lb_redis **sp)
 {
     if (!sp || !*sp)
         return;
@@ -204,14 +204,14 @@ void lb_store_free(lb_store **sp)
     *sp = NULL;
 }
 
-const char *lb_store_peer(const lb_store *s) { return s ? s->peer : "redis"; }
+const char *lb_redis_peer(const lb_redis *s) { return s ? s->peer : "redis"; }
 
 /* ---- the checked command path ---- */
 
 /* Runs one command. A lost connection is retried (reconnect + backoff) only
  * when idempotent. Error replies become LB_ENET unless allow_error (then the
  * caller inspects them). Returns the reply (caller frees) or NULL with err set. */
-redisReply *lb_store_priv_run(lb_store *s, const lb_store_args *a, bool idempotent, bool allow_error,
+redisReply *lb_redis_priv_run(lb_redis *s, const lb_redis_args *a, bool idempotent, bool allow_error,
                              const char *file, int line, lb_err *err)
 {
     if (a->n > ARGS_MAX) {
@@ -263,7 +263,7 @@ static const char *type_name(int t)
 }
 
 /* Checks the reply type; on mismatch frees r, sets err and returns NULL. */
-redisReply *lb_store_priv_expect(lb_store *s, redisReply *r, int type, const char *cmd,
+redisReply *lb_redis_priv_expect(lb_redis *s, redisReply *r, int type, const char *cmd,
                                 const char *file, int line, lb_err *err)
 {
     if (!r || r->type == type)
@@ -276,7 +276,7 @@ redisReply *lb_store_priv_expect(lb_store *s, redisReply *r, int type, const cha
 
 
 /* Runs cmds[0..n) inside MULTI/EXEC (pipelined). Returns 0 or an error. */
-int lb_store_priv_multi(lb_store *s, const lb_store_args *cmds, int n, const char *file, int line,
+int lb_redis_priv_multi(lb_redis *s, const lb_redis_args *cmds, int n, const char *file, int line,
                        lb_err *err)
 {
     if (!s->c && reconnect(s, err))
@@ -322,10 +322,10 @@ int lb_store_priv_multi(lb_store *s, const lb_store_args *cmds, int n, const cha
 
 /* ---- names and keys ---- */
 
-int lb_store_check_name(const char *name, lb_err *err)
+int lb_redis_check_name(const char *name, lb_err *err)
 {
     size_t n = name ? strlen(name) : 0;
-    bool ok = n >= 1 && n <= LB_STORE_NAME_MAX;
+    bool ok = n >= 1 && n <= LB_REDIS_NAME_MAX;
     for (size_t i = 0; ok && i < n; i++) {
         unsigned char c = (unsigned char)name[i];
         ok = isalnum(c) || c == '.' || c == '_' || c == '-';
@@ -333,43 +333,43 @@ int lb_store_check_name(const char *name, lb_err *err)
     if (!ok)
         return lb_err_set(err, LB_EINVAL,
                           "bad job name '%.80s': use 1..%d characters from [A-Za-z0-9._-]",
-                          name ? name : "(null)", LB_STORE_NAME_MAX);
+                          name ? name : "(null)", LB_REDIS_NAME_MAX);
     return 0;
 }
 
-int lb_store_priv_check_id(const char *what, const char *id, lb_err *err)
+int lb_redis_priv_check_id(const char *what, const char *id, lb_err *err)
 {
     size_t n = id ? strlen(id) : 0;
-    bool ok = n >= 1 && n <= LB_STORE_ID_MAX;
+    bool ok = n >= 1 && n <= LB_REDIS_ID_MAX;
     for (size_t i = 0; ok && i < n; i++)
         ok = isgraph((unsigned char)id[i]) != 0;
     if (!ok)
         return lb_err_set(err, LB_EINVAL, "bad %s '%.80s': use 1..%d printable characters, no spaces",
-                          what, id ? id : "(null)", LB_STORE_ID_MAX);
+                          what, id ? id : "(null)", LB_REDIS_ID_MAX);
     return 0;
 }
 
-int lb_store_priv_check_size(lb_store *s, const char *what, size_t len, lb_err *err)
+int lb_redis_priv_check_size(lb_redis *s, const char *what, size_t len, lb_err *err)
 {
-    if (len > LB_STORE_MAX_RECORD)
+    if (len > LB_REDIS_MAX_RECORD)
         return lb_err_set(err, LB_EINVAL,
                           "%s: record too large: %s is %zu bytes, the limit is %d (Redis holds "
                           "only small records; put bulk data in the artifact store)",
-                          s->peer, what, len, LB_STORE_MAX_RECORD);
+                          s->peer, what, len, LB_REDIS_MAX_RECORD);
     return 0;
 }
 
 
-lb_store_key lb_store_priv_job_key(const char *name, const char *suffix)
+lb_redis_key lb_redis_priv_job_key(const char *name, const char *suffix)
 {
-    lb_store_key k;
+    lb_redis_key k;
     snprintf(k.s, sizeof k.s, "lowbit:job:%s%s", name, suffix);
     return k;
 }
 
 /* ---- maps ---- */
 
-void lb_store_map_clear(lb_store_map *m)
+void lb_redis_map_clear(lb_redis_map *m)
 {
     if (!m)
         return;
@@ -382,7 +382,7 @@ void lb_store_map_clear(lb_store_map *m)
     memset(m, 0, sizeof *m);
 }
 
-const char *lb_store_map_get(const lb_store_map *m, const char *key)
+const char *lb_redis_map_get(const lb_redis_map *m, const char *key)
 {
     for (int32_t i = 0; m && i < m->n; i++)
         if (!strcmp(m->keys[i], key))
@@ -391,7 +391,7 @@ const char *lb_store_map_get(const lb_store_map *m, const char *key)
 }
 
 /* Fills m from a flat [k1, v1, k2, v2, ...] array of strings. */
-static int map_from_pairs(lb_store *s, const redisReply *r, lb_store_map *m, lb_err *err)
+static int map_from_pairs(lb_redis *s, const redisReply *r, lb_redis_map *m, lb_err *err)
 {
     memset(m, 0, sizeof *m);
     if (r->elements % 2)
@@ -406,7 +406,7 @@ static int map_from_pairs(lb_store *s, const redisReply *r, lb_store_map *m, lb_
     for (size_t i = 0; i < n; i++) {
         const redisReply *k = r->element[2 * i], *v = r->element[2 * i + 1];
         if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) {
-            lb_store_map_clear(m);
+            lb_redis_map_clear(m);
             return lb_err_set(err, LB_EFORMAT, "%s: non-string field in a hash or entry", s->peer);
         }
         m->keys[i] = dup_n(k->str, k->len);
@@ -417,22 +417,22 @@ static int map_from_pairs(lb_store *s, const redisReply *r, lb_store_map *m, lb_
     }
     return 0;
 oom:
-    lb_store_map_clear(m);
+    lb_redis_map_clear(m);
     return lb_err_set(err, LB_ENOMEM, "out of memory reading a reply from %s", s->peer);
 }
 
 /* ---- job record ---- */
 
-int lb_store_job_create(lb_store *s, const char *name, const char *fingerprint, bool *existed,
+int lb_redis_job_create(lb_redis *s, const char *name, const char *fingerprint, bool *existed,
                         lb_err *err)
 {
-    int rc = lb_store_check_name(name, err);
+    int rc = lb_redis_check_name(name, err);
     if (rc)
         return rc;
-    if ((rc = lb_store_priv_check_id("fingerprint", fingerprint, err)))
+    if ((rc = lb_redis_priv_check_id("fingerprint", fingerprint, err)))
         return rc;
-    lb_store_key k = lb_store_priv_job_key(name, "");
-    lb_store_args a = {0};
+    lb_redis_key k = lb_redis_priv_job_key(name, "");
+    lb_redis_args a = {0};
     a_str(&a, "HSETNX"), a_str(&a, k.s), a_str(&a, "fingerprint"), a_str(&a, fingerprint);
     redisReply *r = CHECKED(s, &a, true, REDIS_REPLY_INTEGER, err);
     if (!r)
@@ -440,7 +440,7 @@ int lb_store_job_create(lb_store *s, const char *name, const char *fingerprint, 
     bool created = r->integer == 1;
     freeReplyObject(r);
     if (!created) {
-        lb_store_args g = {0};
+        lb_redis_args g = {0};
         a_str(&g, "HGET"), a_str(&g, k.s), a_str(&g, "fingerprint");
         r = CHECKED(s, &g, true, REDIS_REPLY_STRING, err);
         if (!r)
@@ -457,7 +457,7 @@ int lb_store_job_create(lb_store *s, const char *name, const char *fingerprint, 
         }
         freeReplyObject(r);
     } else {
-        lb_store_args h = {0};
+        lb_redis_args h = {0};
         int64_t t = now_ms() / 1000;
         a_str(&h, "HSET"), a_str(&h, k.s), a_str(&h, "created"), a_i64(&h, t);
         a_str(&h, "updated"), a_i64(&h, t);
@@ -465,7 +465,7 @@ int lb_store_job_create(lb_store *s, const char *name, const char *fingerprint, 
             return err ? err->code : LB_ENET;
         freeReplyObject(r);
     }
-    lb_store_args j = {0};
+    lb_redis_args j = {0};
     a_str(&j, "SADD"), a_str(&j, "lowbit:jobs"), a_str(&j, name);
     if (!(r = CHECKED(s, &j, true, REDIS_REPLY_INTEGER, err)))
         return err ? err->code : LB_ENET;
@@ -475,19 +475,19 @@ int lb_store_job_create(lb_store *s, const char *name, const char *fingerprint, 
     return 0;
 }
 
-int lb_store_job_set(lb_store *s, const char *name, int n, const char *const *fields,
+int lb_redis_job_set(lb_redis *s, const char *name, int n, const char *const *fields,
                      const char *const *values, lb_err *err)
 {
-    int rc = lb_store_check_name(name, err);
+    int rc = lb_redis_check_name(name, err);
     if (rc)
         return rc;
     if (n < 0 || n > 64)
-        return lb_err_set(err, LB_EINVAL, "lb_store_job_set: %d fields (0..64)", n);
-    lb_store_key k = lb_store_priv_job_key(name, "");
-    lb_store_args a = {0};
+        return lb_err_set(err, LB_EINVAL, "lb_redis_job_set: %d fields (0..64)", n);
+    lb_redis_key k = lb_redis_priv_job_key(name, "");
+    lb_redis_args a = {0};
     a_str(&a, "HSET"), a_str(&a, k.s);
     for (int i = 0; i < n; i++) {
-        if ((rc = lb_store_priv_check_size(s, fields[i], strlen(values[i]), err)))
+        if ((rc = lb_redis_priv_check_size(s, fields[i], strlen(values[i]), err)))
             return rc;
         a_str(&a, fields[i]), a_str(&a, values[i]);
     }
@@ -499,14 +499,14 @@ int lb_store_job_set(lb_store *s, const char *name, int n, const char *const *fi
     return 0;
 }
 
-int lb_store_job_incr(lb_store *s, const char *name, const char *field, int64_t delta,
+int lb_redis_job_incr(lb_redis *s, const char *name, const char *field, int64_t delta,
                       int64_t *now, lb_err *err)
 {
-    int rc = lb_store_check_name(name, err);
+    int rc = lb_redis_check_name(name, err);
     if (rc)
         return rc;
-    lb_store_key k = lb_store_priv_job_key(name, "");
-    lb_store_args a = {0};
+    lb_redis_key k = lb_redis_priv_job_key(name, "");
+    lb_redis_args a = {0};
     a_str(&a, "HINCRBY"), a_str(&a, k.s), a_str(&a, field), a_i64(&a, delta);
     redisReply *r = CHECKED(s, &a, false, REDIS_REPLY_INTEGER, err);
     if (!r)
@@ -514,17 +514,17 @@ int lb_store_job_incr(lb_store *s, const char *name, const char *field, int64_t 
     if (now)
         *now = r->integer;
     freeReplyObject(r);
-    return lb_store_job_set(s, name, 0, NULL, NULL, err);
+    return lb_redis_job_set(s, name, 0, NULL, NULL, err);
 }
 
-int lb_store_job_get(lb_store *s, const char *name, lb_store_map *out, lb_err *err)
+int lb_redis_job_get(lb_redis *s, const char *name, lb_redis_map *out, lb_err *err)
 {
     memset(out, 0, sizeof *out);
-    int rc = lb_store_check_name(name, err);
+    int rc = lb_redis_check_name(name, err);
     if (rc)
         return rc;
-    lb_store_key k = lb_store_priv_job_key(name, "");
-    lb_store_args a = {0};
+    lb_redis_key k = lb_redis_priv_job_key(name, "");
+    lb_redis_args a = {0};
     a_str(&a, "HGETALL"), a_str(&a, k.s);
     redisReply *r = CHECKED(s, &a, true, REDIS_REPLY_ARRAY, err);
     if (!r)
@@ -544,11 +544,11 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-int lb_store_job_list(lb_store *s, char ***names, int32_t *n, lb_err *err)
+int lb_redis_job_list(lb_redis *s, char ***names, int32_t *n, lb_err *err)
 {
     *names = NULL;
     *n = 0;
-    lb_store_args a = {0};
+    lb_redis_args a = {0};
     a_str(&a, "SMEMBERS"), a_str(&a, "lowbit:jobs");
     redisReply *r = CHECKED(s, &a, true, REDIS_REPLY_ARRAY, err);
     if (!r)
@@ -580,15 +580,15 @@ done:
 
 /* ---- events ---- */
 
-int lb_store_event(lb_store *s, const char *name, const char *msg, lb_err *err)
+int lb_redis_event(lb_redis *s, const char *name, const char *msg, lb_err *err)
 {
-    int rc = lb_store_check_name(name, err);
-    if (rc || (rc = lb_store_priv_check_size(s, "event", strlen(msg), err)))
+    int rc = lb_redis_check_name(name, err);
+    if (rc || (rc = lb_redis_priv_check_size(s, "event", strlen(msg), err)))
         return rc;
-    lb_store_key k = lb_store_priv_job_key(name, ":events");
-    lb_store_args a = {0};
+    lb_redis_key k = lb_redis_priv_job_key(name, ":events");
+    lb_redis_args a = {0};
     a_str(&a, "XADD"), a_str(&a, k.s), a_str(&a, "MAXLEN"), a_str(&a, "~");
-    a_i64(&a, LB_STORE_EVENTS_MAXLEN), a_str(&a, "*");
+    a_i64(&a, LB_REDIS_EVENTS_MAXLEN), a_str(&a, "*");
     a_str(&a, "t"), a_i64(&a, now_ms()), a_str(&a, "msg"), a_str(&a, msg);
     redisReply *r = CHECKED(s, &a, false, REDIS_REPLY_STRING, err);
     if (!r)
@@ -598,7 +598,7 @@ int lb_store_event(lb_store *s, const char *name, const char *msg, lb_err *err)
 }
 
 /* Parses a stream entry [id, [f, v, ...]] into its id and a field map. */
-int lb_store_priv_parse_entry(lb_store *s, const redisReply *e, char id[48], lb_store_map *m, lb_err *err)
+int lb_redis_priv_parse_entry(lb_redis *s, const redisReply *e, char id[48], lb_redis_map *m, lb_err *err)
 {
     memset(m, 0, sizeof *m);
     if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
@@ -613,7 +613,7 @@ int lb_store_priv_parse_entry(lb_store *s, const redisReply *e, char id[48], lb_
     return map_from_pairs(s, e->element[1], m, err);
 }
 
-void lb_store_events_free(lb_store_event_rec **events, int32_t n)
+void lb_redis_events_free(lb_redis_event_rec **events, int32_t n)
 {
     if (!events || !*events)
         return;
@@ -623,38 +623,38 @@ void lb_store_events_free(lb_store_event_rec **events, int32_t n)
     *events = NULL;
 }
 
-int lb_store_events_recent(lb_store *s, const char *name, int32_t count,
-                           lb_store_event_rec **events, int32_t *n, lb_err *err)
+int lb_redis_events_recent(lb_redis *s, const char *name, int32_t count,
+                           lb_redis_event_rec **events, int32_t *n, lb_err *err)
 {
     *events = NULL;
     *n = 0;
-    int rc = lb_store_check_name(name, err);
+    int rc = lb_redis_check_name(name, err);
     if (rc)
         return rc;
     if (count < 1)
         return 0;
-    lb_store_key k = lb_store_priv_job_key(name, ":events");
-    lb_store_args a = {0};
+    lb_redis_key k = lb_redis_priv_job_key(name, ":events");
+    lb_redis_args a = {0};
     a_str(&a, "XREVRANGE"), a_str(&a, k.s), a_str(&a, "+"), a_str(&a, "-");
     a_str(&a, "COUNT"), a_i64(&a, count);
     redisReply *r = CHECKED(s, &a, true, REDIS_REPLY_ARRAY, err);
     if (!r)
         return err ? err->code : LB_ENET;
-    lb_store_event_rec *ev = calloc(r->elements + 1, sizeof *ev);
+    lb_redis_event_rec *ev = calloc(r->elements + 1, sizeof *ev);
     int32_t got = 0;
     if (!ev) {
         rc = lb_err_set(err, LB_ENOMEM, "out of memory");
         goto done;
     }
     for (size_t i = r->elements; i-- > 0;) { /* newest first -> oldest first */
-        lb_store_map m;
-        lb_store_event_rec *e = &ev[got];
-        if ((rc = lb_store_priv_parse_entry(s, r->element[i], e->id, &m, err)))
+        lb_redis_map m;
+        lb_redis_event_rec *e = &ev[got];
+        if ((rc = lb_redis_priv_parse_entry(s, r->element[i], e->id, &m, err)))
             goto done;
-        const char *t = lb_store_map_get(&m, "t"), *msg = lb_store_map_get(&m, "msg");
+        const char *t = lb_redis_map_get(&m, "t"), *msg = lb_redis_map_get(&m, "msg");
         e->t_ms = t ? strtoll(t, NULL, 10) : 0;
         e->msg = strdup(msg ? msg : "");
-        lb_store_map_clear(&m);
+        lb_redis_map_clear(&m);
         got++;
         if (!e->msg) {
             rc = lb_err_set(err, LB_ENOMEM, "out of memory");
@@ -664,7 +664,7 @@ int lb_store_events_recent(lb_store *s, const char *name, int32_t count,
 done:
     freeReplyObject(r);
     if (rc)
-        lb_store_events_free(&ev, got);
+        lb_redis_events_free(&ev, got);
     else {
         *events = ev;
         *n = got;
@@ -673,7 +673,7 @@ done:
 }
 
 /* Integer reply of a simple command; a missing key gives 0. */
-int lb_store_priv_int(lb_store *s, const lb_store_args *a, int64_t *out, lb_err *err)
+int lb_redis_priv_int(lb_redis *s, const lb_redis_args *a, int64_t *out, lb_err *err)
 {
     redisReply *r = CHECKED(s, a, true, REDIS_REPLY_INTEGER, err);
     if (!r)
@@ -685,44 +685,44 @@ int lb_store_priv_int(lb_store *s, const lb_store_args *a, int64_t *out, lb_err 
 
 /* ---- cancel ---- */
 
-int lb_store_cancel(lb_store *s, const char *name, lb_err *err)
+int lb_redis_cancel(lb_redis *s, const char *name, lb_err *err)
 {
-    lb_store_map m;
-    int rc = lb_store_job_get(s, name, &m, err);
+    lb_redis_map m;
+    int rc = lb_redis_job_get(s, name, &m, err);
     if (rc)
         return rc;
-    const char *state = lb_store_map_get(&m, "state");
+    const char *state = lb_redis_map_get(&m, "state");
     if (state && !strcmp(state, "done")) {
         rc = lb_err_set(err, LB_ESTATE, "job '%s' on %s already finished (state done); nothing to cancel",
                         name, s->peer);
-        lb_store_map_clear(&m);
+        lb_redis_map_clear(&m);
         return rc;
     }
-    lb_store_map_clear(&m);
-    lb_store_key c = lb_store_priv_job_key(name, ":cancel");
-    lb_store_args a = {0};
+    lb_redis_map_clear(&m);
+    lb_redis_key c = lb_redis_priv_job_key(name, ":cancel");
+    lb_redis_args a = {0};
     a_str(&a, "SET"), a_str(&a, c.s), a_str(&a, "1");
     redisReply *r = CHECKED(s, &a, true, REDIS_REPLY_STATUS, err);
     if (!r)
         return err ? err->code : LB_ENET;
     freeReplyObject(r);
     const char *f[] = {"state"}, *v[] = {"cancelled"};
-    if ((rc = lb_store_job_set(s, name, 1, f, v, err)))
+    if ((rc = lb_redis_job_set(s, name, 1, f, v, err)))
         return rc;
-    return lb_store_event(s, name, "cancel requested; workers drop this job's leases", err);
+    return lb_redis_event(s, name, "cancel requested; workers drop this job's leases", err);
 }
 
-int lb_store_is_cancelled(lb_store *s, const char *name, bool *cancelled, lb_err *err)
+int lb_redis_is_cancelled(lb_redis *s, const char *name, bool *cancelled, lb_err *err)
 {
     *cancelled = false;
-    int rc = lb_store_check_name(name, err);
+    int rc = lb_redis_check_name(name, err);
     if (rc)
         return rc;
-    lb_store_key c = lb_store_priv_job_key(name, ":cancel");
-    lb_store_args a = {0};
+    lb_redis_key c = lb_redis_priv_job_key(name, ":cancel");
+    lb_redis_args a = {0};
     a_str(&a, "EXISTS"), a_str(&a, c.s);
     int64_t n = 0;
-    if ((rc = lb_store_priv_int(s, &a, &n, err)))
+    if ((rc = lb_redis_priv_int(s, &a, &n, err)))
         return rc;
     *cancelled = n > 0;
     return 0;
@@ -730,16 +730,16 @@ int lb_store_is_cancelled(lb_store *s, const char *name, bool *cancelled, lb_err
 
 /* ---- workers ---- */
 
-int lb_store_heartbeat(lb_store *s, const char *worker, const char *info, int ttl_s, lb_err *err)
+int lb_redis_heartbeat(lb_redis *s, const char *worker, const char *info, int ttl_s, lb_err *err)
 {
-    int rc = lb_store_priv_check_id("worker id", worker, err);
-    if (rc || (rc = lb_store_priv_check_size(s, "worker info", strlen(info), err)))
+    int rc = lb_redis_priv_check_id("worker id", worker, err);
+    if (rc || (rc = lb_redis_priv_check_size(s, "worker info", strlen(info), err)))
         return rc;
     if (ttl_s < 1)
         return lb_err_set(err, LB_EINVAL, "heartbeat TTL must be >= 1 s");
-    char key[LB_STORE_ID_MAX + 32];
+    char key[LB_REDIS_ID_MAX + 32];
     snprintf(key, sizeof key, "lowbit:worker:%s", worker);
-    lb_store_args a = {0}, b = {0};
+    lb_redis_args a = {0}, b = {0};
     a_str(&a, "SET"), a_str(&a, key), a_str(&a, info), a_str(&a, "EX"), a_i64(&a, ttl_s);
     redisReply *r = CHECKED(s, &a, true, REDIS_REPLY_STATUS, err);
     if (!r)
@@ -747,26 +747,26 @@ int lb_store_heartbeat(lb_store *s, const char *worker, const char *info, int tt
     freeReplyObject(r);
     a_str(&b, "SADD"), a_str(&b, "lowbit:workers"), a_str(&b, worker);
     int64_t added;
-    return lb_store_priv_int(s, &b, &added, err);
+    return lb_redis_priv_int(s, &b, &added, err);
 }
 
-int lb_store_worker_remove(lb_store *s, const char *worker, lb_err *err)
+int lb_redis_worker_remove(lb_redis *s, const char *worker, lb_err *err)
 {
-    int rc = lb_store_priv_check_id("worker id", worker, err);
+    int rc = lb_redis_priv_check_id("worker id", worker, err);
     if (rc)
         return rc;
-    char key[LB_STORE_ID_MAX + 32];
+    char key[LB_REDIS_ID_MAX + 32];
     snprintf(key, sizeof key, "lowbit:worker:%s", worker);
-    lb_store_args a = {0}, b = {0};
+    lb_redis_args a = {0}, b = {0};
     a_str(&a, "DEL"), a_str(&a, key);
     a_str(&b, "SREM"), a_str(&b, "lowbit:workers"), a_str(&b, worker);
     int64_t n;
-    if ((rc = lb_store_priv_int(s, &a, &n, err)))
+    if ((rc = lb_redis_priv_int(s, &a, &n, err)))
         return rc;
-    return lb_store_priv_int(s, &b, &n, err);
+    return lb_redis_priv_int(s, &b, &n, err);
 }
 
-void lb_store_workers_free(lb_store_worker_rec **recs, int32_t n)
+void lb_redis_workers_free(lb_redis_worker_rec **recs, int32_t n)
 {
     if (!recs || !*recs)
         return;
@@ -778,20 +778,20 @@ void lb_store_workers_free(lb_store_worker_rec **recs, int32_t n)
 
 static int cmp_worker(const void *a, const void *b)
 {
-    return strcmp(((const lb_store_worker_rec *)a)->id, ((const lb_store_worker_rec *)b)->id);
+    return strcmp(((const lb_redis_worker_rec *)a)->id, ((const lb_redis_worker_rec *)b)->id);
 }
 
-int lb_store_workers_live(lb_store *s, lb_store_worker_rec **recs, int32_t *n, lb_err *err)
+int lb_redis_workers_live(lb_redis *s, lb_redis_worker_rec **recs, int32_t *n, lb_err *err)
 {
     *recs = NULL;
     *n = 0;
     int rc = 0;
-    lb_store_args a = {0};
+    lb_redis_args a = {0};
     a_str(&a, "SMEMBERS"), a_str(&a, "lowbit:workers");
     redisReply *r = CHECKED(s, &a, true, REDIS_REPLY_ARRAY, err);
     if (!r)
         return err ? err->code : LB_ENET;
-    lb_store_worker_rec *v = calloc(r->elements + 1, sizeof *v);
+    lb_redis_worker_rec *v = calloc(r->elements + 1, sizeof *v);
     int32_t got = 0;
     if (!v) {
         freeReplyObject(r);
@@ -799,11 +799,11 @@ int lb_store_workers_live(lb_store *s, lb_store_worker_rec **recs, int32_t *n, l
     }
     for (size_t i = 0; i < r->elements && !rc; i++) {
         const redisReply *e = r->element[i];
-        if (e->type != REDIS_REPLY_STRING || e->len > LB_STORE_ID_MAX)
+        if (e->type != REDIS_REPLY_STRING || e->len > LB_REDIS_ID_MAX)
             continue;
-        char key[LB_STORE_ID_MAX + 32];
+        char key[LB_REDIS_ID_MAX + 32];
         snprintf(key, sizeof key, "lowbit:worker:%s", e->str);
-        lb_store_args g = {0}, t = {0};
+        lb_redis_args g = {0}, t = {0};
         a_str(&g, "GET"), a_str(&g, key);
         redisReply *gr = RUN(s, &g, true, false, err);
         if (!gr) {
@@ -813,16 +813,16 @@ int lb_store_workers_live(lb_store *s, lb_store_worker_rec **recs, int32_t *n, l
         if (gr->type != REDIS_REPLY_STRING) {
             /* nil: the heartbeat expired; prune the registry entry */
             freeReplyObject(gr);
-            lb_store_args d = {0};
+            lb_redis_args d = {0};
             int64_t k;
             a_str(&d, "SREM"), a_str(&d, "lowbit:workers"), a_str(&d, e->str);
-            rc = lb_store_priv_int(s, &d, &k, err);
+            rc = lb_redis_priv_int(s, &d, &k, err);
             continue;
         }
         a_str(&t, "TTL"), a_str(&t, key);
         int64_t ttl = 0;
-        rc = lb_store_priv_int(s, &t, &ttl, err);
-        lb_store_worker_rec *w = &v[got];
+        rc = lb_redis_priv_int(s, &t, &ttl, err);
+        lb_redis_worker_rec *w = &v[got];
         snprintf(w->id, sizeof w->id, "%s", e->str);
         w->info = dup_n(gr->str, gr->len);
         w->ttl_s = ttl;
@@ -833,7 +833,7 @@ int lb_store_workers_live(lb_store *s, lb_store_worker_rec **recs, int32_t *n, l
     }
     freeReplyObject(r);
     if (rc) {
-        lb_store_workers_free(&v, got);
+        lb_redis_workers_free(&v, got);
         return rc;
     }
     qsort(v, (size_t)got, sizeof *v, cmp_worker);

@@ -1,14 +1,14 @@
-/* lb_store queue operations: the work stream with its consumer group, leases,
+/* lb_redis queue operations: the work stream with its consumer group, leases,
  * reclaim of stale leases, failure counting and the dead-letter stream. */
 #include <stdlib.h>
 #include <string.h>
 
-#include "lb_store.h"
-#include "lb_store_priv.h"
+#include "lb_redis.h"
+#include "lb_redis_priv.h"
 
 /* ---- queue ---- */
 
-void lb_store_msg_clear(lb_store_msg *m)
+void lb_redis_msg_clear(lb_redis_msg *m)
 {
     if (!m)
         return;
@@ -16,14 +16,14 @@ void lb_store_msg_clear(lb_store_msg *m)
     memset(m, 0, sizeof *m);
 }
 
-int lb_store_queue_init(lb_store *s, const char *name, lb_err *err)
+int lb_redis_queue_init(lb_redis *s, const char *name, lb_err *err)
 {
-    int rc = lb_store_check_name(name, err);
+    int rc = lb_redis_check_name(name, err);
     if (rc)
         return rc;
-    lb_store_key k = lb_store_priv_job_key(name, ":queue");
-    lb_store_args a = {0};
-    a_str(&a, "XGROUP"), a_str(&a, "CREATE"), a_str(&a, k.s), a_str(&a, LB_STORE_GROUP);
+    lb_redis_key k = lb_redis_priv_job_key(name, ":queue");
+    lb_redis_args a = {0};
+    a_str(&a, "XGROUP"), a_str(&a, "CREATE"), a_str(&a, k.s), a_str(&a, LB_REDIS_GROUP);
     a_str(&a, "0"), a_str(&a, "MKSTREAM");
     redisReply *r = RUN(s, &a, true, true, err);
     if (!r)
@@ -34,16 +34,16 @@ int lb_store_queue_init(lb_store *s, const char *name, lb_err *err)
     return rc;
 }
 
-int lb_store_enqueue(lb_store *s, const char *name, const char *id, const void *payload,
+int lb_redis_enqueue(lb_redis *s, const char *name, const char *id, const void *payload,
                      size_t len, char *entry, lb_err *err)
 {
-    int rc = lb_store_check_name(name, err);
-    if (rc || (rc = lb_store_priv_check_id("queue item id", id, err)))
+    int rc = lb_redis_check_name(name, err);
+    if (rc || (rc = lb_redis_priv_check_id("queue item id", id, err)))
         return rc;
-    if ((rc = lb_store_priv_check_size(s, "the job payload", len, err)))
+    if ((rc = lb_redis_priv_check_size(s, "the job payload", len, err)))
         return rc;
-    lb_store_key k = lb_store_priv_job_key(name, ":queue");
-    lb_store_args a = {0};
+    lb_redis_key k = lb_redis_priv_job_key(name, ":queue");
+    lb_redis_args a = {0};
     a_str(&a, "XADD"), a_str(&a, k.s), a_str(&a, "*");
     a_str(&a, "id"), a_str(&a, id), a_str(&a, "payload"), a_bin(&a, payload ? payload : "", len);
     redisReply *r = CHECKED(s, &a, false, REDIS_REPLY_STRING, err);
@@ -56,8 +56,8 @@ int lb_store_enqueue(lb_store *s, const char *name, const char *id, const void *
 }
 
 /* Fills msg from a parsed queue entry. */
-static int msg_from_entry(lb_store *s, const char *name, const char *entry, const lb_store_map *m,
-                          lb_store_msg *msg, lb_err *err)
+static int msg_from_entry(lb_redis *s, const char *name, const char *entry, const lb_redis_map *m,
+                          lb_redis_msg *msg, lb_err *err)
 {
     memset(msg, 0, sizeof *msg);
     const char *id = NULL;
@@ -68,7 +68,7 @@ static int msg_from_entry(lb_store *s, const char *name, const char *entry, cons
         else if (!strcmp(m->keys[i], "payload"))
             payload = m->vals[i];
     }
-    if (!id || !payload || strlen(id) > LB_STORE_ID_MAX)
+    if (!id || !payload || strlen(id) > LB_REDIS_ID_MAX)
         return lb_err_set(err, LB_EFORMAT,
                           "%s: queue entry %s of job '%s' lacks its id or payload (written by "
                           "something other than lowbit?)",
@@ -80,13 +80,13 @@ static int msg_from_entry(lb_store *s, const char *name, const char *entry, cons
 
 /* Parses entry e (from XREADGROUP/XAUTOCLAIM) into msg, payload binary-safe.
  * *deleted = true for an entry deleted while pending. */
-static int take_entry(lb_store *s, const char *name, const redisReply *e, lb_store_msg *msg,
+static int take_entry(lb_redis *s, const char *name, const redisReply *e, lb_redis_msg *msg,
                       bool *deleted, lb_err *err)
 {
     char id[48];
-    lb_store_map m;
+    lb_redis_map m;
     *deleted = false;
-    int rc = lb_store_priv_parse_entry(s, e, id, &m, err);
+    int rc = lb_redis_priv_parse_entry(s, e, id, &m, err);
     if (rc)
         return rc;
     if (e->element[1]->type == REDIS_REPLY_NIL) {
@@ -95,7 +95,7 @@ static int take_entry(lb_store *s, const char *name, const redisReply *e, lb_sto
         return 0;
     }
     rc = msg_from_entry(s, name, id, &m, msg, err);
-    lb_store_map_clear(&m);
+    lb_redis_map_clear(&m);
     if (rc)
         return rc;
     const redisReply *f = e->element[1];
@@ -112,19 +112,19 @@ static int take_entry(lb_store *s, const char *name, const redisReply *e, lb_sto
     return 0;
 }
 
-int lb_store_claim(lb_store *s, const char *name, const char *consumer, int block_ms,
-                   lb_store_msg *msg, bool *got, lb_err *err)
+int lb_redis_claim(lb_redis *s, const char *name, const char *consumer, int block_ms,
+                   lb_redis_msg *msg, bool *got, lb_err *err)
 {
     *got = false;
     memset(msg, 0, sizeof *msg);
-    int rc = lb_store_check_name(name, err);
-    if (rc || (rc = lb_store_priv_check_id("consumer", consumer, err)))
+    int rc = lb_redis_check_name(name, err);
+    if (rc || (rc = lb_redis_priv_check_id("consumer", consumer, err)))
         return rc;
     if (block_ms < 0)
-        return lb_err_set(err, LB_EINVAL, "lb_store_claim: negative block time");
-    lb_store_key k = lb_store_priv_job_key(name, ":queue");
-    lb_store_args a = {0};
-    a_str(&a, "XREADGROUP"), a_str(&a, "GROUP"), a_str(&a, LB_STORE_GROUP), a_str(&a, consumer);
+        return lb_err_set(err, LB_EINVAL, "lb_redis_claim: negative block time");
+    lb_redis_key k = lb_redis_priv_job_key(name, ":queue");
+    lb_redis_args a = {0};
+    a_str(&a, "XREADGROUP"), a_str(&a, "GROUP"), a_str(&a, LB_REDIS_GROUP), a_str(&a, consumer);
     a_str(&a, "COUNT"), a_str(&a, "1");
     if (block_ms > 0)
         a_str(&a, "BLOCK"), a_i64(&a, block_ms);
@@ -164,21 +164,21 @@ int lb_store_claim(lb_store *s, const char *name, const char *consumer, int bloc
     if (rc == 0 && !deleted)
         *got = true;
     else if (rc)
-        lb_store_msg_clear(msg);
+        lb_redis_msg_clear(msg);
 done:
     freeReplyObject(r);
     return rc;
 }
 
-int lb_store_ack(lb_store *s, const char *name, const lb_store_msg *msg, bool del, lb_err *err)
+int lb_redis_ack(lb_redis *s, const char *name, const lb_redis_msg *msg, bool del, lb_err *err)
 {
-    int rc = lb_store_check_name(name, err);
+    int rc = lb_redis_check_name(name, err);
     if (rc)
         return rc;
-    lb_store_key k = lb_store_priv_job_key(name, ":queue"), f = lb_store_priv_job_key(name, ":fails");
-    lb_store_args c[3] = {{0}};
+    lb_redis_key k = lb_redis_priv_job_key(name, ":queue"), f = lb_redis_priv_job_key(name, ":fails");
+    lb_redis_args c[3] = {{0}};
     int n = 0;
-    a_str(&c[n], "XACK"), a_str(&c[n], k.s), a_str(&c[n], LB_STORE_GROUP), a_str(&c[n], msg->entry);
+    a_str(&c[n], "XACK"), a_str(&c[n], k.s), a_str(&c[n], LB_REDIS_GROUP), a_str(&c[n], msg->entry);
     n++;
     if (del) {
         a_str(&c[n], "XDEL"), a_str(&c[n], k.s), a_str(&c[n], msg->entry);
@@ -190,18 +190,18 @@ int lb_store_ack(lb_store *s, const char *name, const lb_store_msg *msg, bool de
 }
 
 /* Moves msg to the dead-letter stream (atomically leaving the queue) and logs it. */
-static int dead_letter(lb_store *s, const char *name, const lb_store_msg *msg, const char *error,
+static int dead_letter(lb_redis *s, const char *name, const lb_redis_msg *msg, const char *error,
                        int64_t fails, lb_err *err)
 {
-    lb_store_key q = lb_store_priv_job_key(name, ":queue"), d = lb_store_priv_job_key(name, ":dead");
-    char shortened[LB_STORE_MAX_RECORD / 2];
+    lb_redis_key q = lb_redis_priv_job_key(name, ":queue"), d = lb_redis_priv_job_key(name, ":dead");
+    char shortened[LB_REDIS_MAX_RECORD / 2];
     snprintf(shortened, sizeof shortened, "%s", error ? error : "");
-    lb_store_args c[3] = {{0}};
+    lb_redis_args c[3] = {{0}};
     a_str(&c[0], "XADD"), a_str(&c[0], d.s), a_str(&c[0], "*");
     a_str(&c[0], "id"), a_str(&c[0], msg->id), a_str(&c[0], "payload");
     a_bin(&c[0], msg->payload ? (const void *)msg->payload : "", msg->len);
     a_str(&c[0], "error"), a_str(&c[0], shortened), a_str(&c[0], "fails"), a_i64(&c[0], fails);
-    a_str(&c[1], "XACK"), a_str(&c[1], q.s), a_str(&c[1], LB_STORE_GROUP), a_str(&c[1], msg->entry);
+    a_str(&c[1], "XACK"), a_str(&c[1], q.s), a_str(&c[1], LB_REDIS_GROUP), a_str(&c[1], msg->entry);
     a_str(&c[2], "XDEL"), a_str(&c[2], q.s), a_str(&c[2], msg->entry);
     int rc = MULTI(s, c, 3, err);
     if (rc)
@@ -209,13 +209,13 @@ static int dead_letter(lb_store *s, const char *name, const lb_store_msg *msg, c
     char ev[1200];
     snprintf(ev, sizeof ev, "dead-lettered %s after %lld failures: %.900s", msg->id,
              (long long)fails, shortened);
-    return lb_store_event(s, name, ev, err);
+    return lb_redis_event(s, name, ev, err);
 }
 
-static int count_failure(lb_store *s, const char *name, const char *id, int64_t *fails, lb_err *err)
+static int count_failure(lb_redis *s, const char *name, const char *id, int64_t *fails, lb_err *err)
 {
-    lb_store_key f = lb_store_priv_job_key(name, ":fails");
-    lb_store_args a = {0};
+    lb_redis_key f = lb_redis_priv_job_key(name, ":fails");
+    lb_redis_args a = {0};
     a_str(&a, "HINCRBY"), a_str(&a, f.s), a_str(&a, id), a_str(&a, "1");
     redisReply *r = CHECKED(s, &a, false, REDIS_REPLY_INTEGER, err);
     if (!r)
@@ -225,12 +225,12 @@ static int count_failure(lb_store *s, const char *name, const char *id, int64_t 
     return 0;
 }
 
-int lb_store_fail(lb_store *s, const char *name, const lb_store_msg *msg, const char *error,
+int lb_redis_fail(lb_redis *s, const char *name, const lb_redis_msg *msg, const char *error,
                   int max_failures, bool *dead, int64_t *failures, lb_err *err)
 {
     if (dead)
         *dead = false;
-    int rc = lb_store_check_name(name, err);
+    int rc = lb_redis_check_name(name, err);
     if (rc)
         return rc;
     if (max_failures < 1)
@@ -246,36 +246,36 @@ int lb_store_fail(lb_store *s, const char *name, const lb_store_msg *msg, const 
         return dead_letter(s, name, msg, error, n, err);
     }
     /* re-queue at the tail, then release the lease, atomically */
-    lb_store_key q = lb_store_priv_job_key(name, ":queue");
-    lb_store_args c[3] = {{0}};
+    lb_redis_key q = lb_redis_priv_job_key(name, ":queue");
+    lb_redis_args c[3] = {{0}};
     a_str(&c[0], "XADD"), a_str(&c[0], q.s), a_str(&c[0], "*");
     a_str(&c[0], "id"), a_str(&c[0], msg->id), a_str(&c[0], "payload");
     a_bin(&c[0], msg->payload ? (const void *)msg->payload : "", msg->len);
-    a_str(&c[1], "XACK"), a_str(&c[1], q.s), a_str(&c[1], LB_STORE_GROUP), a_str(&c[1], msg->entry);
+    a_str(&c[1], "XACK"), a_str(&c[1], q.s), a_str(&c[1], LB_REDIS_GROUP), a_str(&c[1], msg->entry);
     a_str(&c[2], "XDEL"), a_str(&c[2], q.s), a_str(&c[2], msg->entry);
     if ((rc = MULTI(s, c, 3, err)))
         return rc;
     char ev[1200];
     snprintf(ev, sizeof ev, "%s failed (%lld of %d): %.900s; re-queued", msg->id, (long long)n,
              max_failures, error ? error : "");
-    return lb_store_event(s, name, ev, err);
+    return lb_redis_event(s, name, ev, err);
 }
 
-int lb_store_reclaim(lb_store *s, const char *name, const char *consumer, int64_t min_idle_ms,
-                     int max_failures, lb_store_msg *msg, bool *got, lb_err *err)
+int lb_redis_reclaim(lb_redis *s, const char *name, const char *consumer, int64_t min_idle_ms,
+                     int max_failures, lb_redis_msg *msg, bool *got, lb_err *err)
 {
     *got = false;
     memset(msg, 0, sizeof *msg);
-    int rc = lb_store_check_name(name, err);
-    if (rc || (rc = lb_store_priv_check_id("consumer", consumer, err)))
+    int rc = lb_redis_check_name(name, err);
+    if (rc || (rc = lb_redis_priv_check_id("consumer", consumer, err)))
         return rc;
     if (max_failures < 1 || min_idle_ms < 0)
-        return lb_err_set(err, LB_EINVAL, "lb_store_reclaim: bad min idle or max failures");
-    lb_store_key k = lb_store_priv_job_key(name, ":queue");
+        return lb_err_set(err, LB_EINVAL, "lb_redis_reclaim: bad min idle or max failures");
+    lb_redis_key k = lb_redis_priv_job_key(name, ":queue");
     char cursor[48] = "0-0";
     for (int rounds = 0; rounds < 100000; rounds++) {
-        lb_store_args a = {0};
-        a_str(&a, "XAUTOCLAIM"), a_str(&a, k.s), a_str(&a, LB_STORE_GROUP), a_str(&a, consumer);
+        lb_redis_args a = {0};
+        a_str(&a, "XAUTOCLAIM"), a_str(&a, k.s), a_str(&a, LB_REDIS_GROUP), a_str(&a, consumer);
         a_i64(&a, min_idle_ms), a_str(&a, cursor), a_str(&a, "COUNT"), a_str(&a, "1");
         redisReply *r = RUN(s, &a, false, true, err);
         if (!r)
@@ -303,7 +303,7 @@ int lb_store_reclaim(lb_store *s, const char *name, const char *consumer, int64_
                 continue;
             rc = take_entry(s, name, entries->element[i], msg, &deleted, err);
             if (rc || deleted) {
-                lb_store_msg_clear(msg);
+                lb_redis_msg_clear(msg);
                 continue;
             }
             int64_t fails = 0;
@@ -314,20 +314,20 @@ int lb_store_reclaim(lb_store *s, const char *name, const char *consumer, int64_
             rc = count_failure(s, name, msg->id, &fails, err);
             if (!rc && fails >= max_failures) {
                 rc = dead_letter(s, name, msg, why, fails, err);
-                lb_store_msg_clear(msg);
+                lb_redis_msg_clear(msg);
                 continue;
             }
             if (!rc) {
                 char ev[400];
                 snprintf(ev, sizeof ev, "%s: %s; re-run by %s (failure %lld of %d)", msg->id, why,
                          consumer, (long long)fails, max_failures);
-                rc = lb_store_event(s, name, ev, err);
+                rc = lb_redis_event(s, name, ev, err);
             }
             found = !rc;
         }
         freeReplyObject(r);
         if (rc) {
-            lb_store_msg_clear(msg);
+            lb_redis_msg_clear(msg);
             return rc;
         }
         if (found) {
@@ -340,21 +340,21 @@ int lb_store_reclaim(lb_store *s, const char *name, const char *consumer, int64_
     return 0;
 }
 
-int lb_store_queue_stats(lb_store *s, const char *name, lb_store_queue_counts *out, lb_err *err)
+int lb_redis_queue_stats(lb_redis *s, const char *name, lb_redis_queue_counts *out, lb_err *err)
 {
     memset(out, 0, sizeof *out);
-    int rc = lb_store_check_name(name, err);
+    int rc = lb_redis_check_name(name, err);
     if (rc)
         return rc;
-    lb_store_key q = lb_store_priv_job_key(name, ":queue"), d = lb_store_priv_job_key(name, ":dead");
-    lb_store_args a = {0}, b = {0};
+    lb_redis_key q = lb_redis_priv_job_key(name, ":queue"), d = lb_redis_priv_job_key(name, ":dead");
+    lb_redis_args a = {0}, b = {0};
     a_str(&a, "XLEN"), a_str(&a, q.s);
     a_str(&b, "XLEN"), a_str(&b, d.s);
-    if ((rc = lb_store_priv_int(s, &a, &out->length, err)) || (rc = lb_store_priv_int(s, &b, &out->dead, err)))
+    if ((rc = lb_redis_priv_int(s, &a, &out->length, err)) || (rc = lb_redis_priv_int(s, &b, &out->dead, err)))
         return rc;
     /* XPENDING summary: [count, min id, max id, [[consumer, count], ...]] */
-    lb_store_args p = {0};
-    a_str(&p, "XPENDING"), a_str(&p, q.s), a_str(&p, LB_STORE_GROUP);
+    lb_redis_args p = {0};
+    a_str(&p, "XPENDING"), a_str(&p, q.s), a_str(&p, LB_REDIS_GROUP);
     redisReply *r = RUN(s, &p, true, true, err);
     if (!r)
         return err ? err->code : LB_ENET;
@@ -366,7 +366,7 @@ int lb_store_queue_stats(lb_store *s, const char *name, lb_store_queue_counts *o
     freeReplyObject(r);
     if (rc)
         return rc;
-    lb_store_args x = {0};
+    lb_redis_args x = {0};
     a_str(&x, "XINFO"), a_str(&x, "GROUPS"), a_str(&x, q.s);
     if (!(r = RUN(s, &x, true, true, err)))
         return err ? err->code : LB_ENET;
@@ -382,7 +382,7 @@ int lb_store_queue_stats(lb_store *s, const char *name, lb_store_queue_counts *o
                 if (f->type != REDIS_REPLY_STRING)
                     continue;
                 if (!strcmp(f->str, "name") && v->type == REDIS_REPLY_STRING)
-                    ours = !strcmp(v->str, LB_STORE_GROUP);
+                    ours = !strcmp(v->str, LB_REDIS_GROUP);
                 else if (!strcmp(f->str, "consumers") && v->type == REDIS_REPLY_INTEGER)
                     consumers = v->integer;
             }
@@ -394,7 +394,7 @@ int lb_store_queue_stats(lb_store *s, const char *name, lb_store_queue_counts *o
     return 0;
 }
 
-void lb_store_dead_free(lb_store_dead_rec **recs, int32_t n)
+void lb_redis_dead_free(lb_redis_dead_rec **recs, int32_t n)
 {
     if (!recs || !*recs)
         return;
@@ -404,38 +404,38 @@ void lb_store_dead_free(lb_store_dead_rec **recs, int32_t n)
     *recs = NULL;
 }
 
-int lb_store_dead_list(lb_store *s, const char *name, int32_t count, lb_store_dead_rec **recs,
+int lb_redis_dead_list(lb_redis *s, const char *name, int32_t count, lb_redis_dead_rec **recs,
                        int32_t *n, lb_err *err)
 {
     *recs = NULL;
     *n = 0;
-    int rc = lb_store_check_name(name, err);
+    int rc = lb_redis_check_name(name, err);
     if (rc || count < 1)
         return rc;
-    lb_store_key d = lb_store_priv_job_key(name, ":dead");
-    lb_store_args a = {0};
+    lb_redis_key d = lb_redis_priv_job_key(name, ":dead");
+    lb_redis_args a = {0};
     a_str(&a, "XRANGE"), a_str(&a, d.s), a_str(&a, "-"), a_str(&a, "+");
     a_str(&a, "COUNT"), a_i64(&a, count);
     redisReply *r = CHECKED(s, &a, true, REDIS_REPLY_ARRAY, err);
     if (!r)
         return err ? err->code : LB_ENET;
-    lb_store_dead_rec *v = calloc(r->elements + 1, sizeof *v);
+    lb_redis_dead_rec *v = calloc(r->elements + 1, sizeof *v);
     int32_t got = 0;
     if (!v) {
         rc = lb_err_set(err, LB_ENOMEM, "out of memory");
         goto done;
     }
     for (size_t i = 0; i < r->elements; i++) {
-        lb_store_map m;
-        lb_store_dead_rec *e = &v[got];
-        if ((rc = lb_store_priv_parse_entry(s, r->element[i], e->entry, &m, err)))
+        lb_redis_map m;
+        lb_redis_dead_rec *e = &v[got];
+        if ((rc = lb_redis_priv_parse_entry(s, r->element[i], e->entry, &m, err)))
             goto done;
-        const char *id = lb_store_map_get(&m, "id"), *er = lb_store_map_get(&m, "error");
-        const char *fl = lb_store_map_get(&m, "fails");
+        const char *id = lb_redis_map_get(&m, "id"), *er = lb_redis_map_get(&m, "error");
+        const char *fl = lb_redis_map_get(&m, "fails");
         snprintf(e->id, sizeof e->id, "%s", id ? id : "?");
         e->error = strdup(er ? er : "");
         e->fails = fl ? strtoll(fl, NULL, 10) : 0;
-        lb_store_map_clear(&m);
+        lb_redis_map_clear(&m);
         got++;
         if (!e->error) {
             rc = lb_err_set(err, LB_ENOMEM, "out of memory");
@@ -445,7 +445,7 @@ int lb_store_dead_list(lb_store *s, const char *name, int32_t count, lb_store_de
 done:
     freeReplyObject(r);
     if (rc)
-        lb_store_dead_free(&v, got);
+        lb_redis_dead_free(&v, got);
     else {
         *recs = v;
         *n = got;
