@@ -34,6 +34,11 @@ int lb_dpotrf(bool upper, int64_t n, double *A, int64_t lda, lb_err *err);
 int lb_spotri(bool upper, int64_t n, float *A, int64_t lda, lb_err *err);
 int lb_dpotri(bool upper, int64_t n, double *A, int64_t lda, lb_err *err);
 
+/* In-place inverse of a triangular (n, n) matrix with non-unit diagonal (upper or
+ * lower triangle; the other is not referenced). Returns LB_ENUMERIC when singular. */
+int lb_strtri(bool upper, int64_t n, float *A, int64_t lda, lb_err *err);
+int lb_dtrtri(bool upper, int64_t n, double *A, int64_t lda, lb_err *err);
+
 /* Triangular solve, B (m, n) := op(A)^-1 B (left) or B op(A)^-1 (right), A (k, k) upper/lower. */
 void lb_strsm(bool left, bool upper, bool trans_a, int64_t m, int64_t n, float alpha,
               const float *A, int64_t lda, float *B, int64_t ldb);

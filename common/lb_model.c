@@ -1,15 +1,31 @@
 #include "lb_model.h"
 
+#include <jansson.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "lb_io_util.h"
+
 struct lb_model {
     lb_config cfg;
     lb_st *st;
     char *dir;
+    const lb_model_packed_ops *packed; /* non-NULL for a packed checkpoint */
 };
+
+static const lb_model_packed_ops *g_packed_ops;
+
+void lb_model_set_packed_ops(const lb_model_packed_ops *ops)
+{
+    g_packed_ops = ops;
+}
+
+bool lb_model_is_packed(const lb_model *m)
+{
+    return m && m->packed;
+}
 
 /* Per-block tensors: HF name suffix, where it goes, and when it exists. */
 enum { NEED_ALWAYS, NEED_QKV_BIAS, NEED_O_BIAS, NEED_MLP_BIAS };
@@ -154,6 +170,15 @@ static int check_tensor(const lb_model *m, const char *name, int64_t rows, int64
                         lb_err *err)
 {
     const lb_st_tensor *t = lb_st_find(m->st, name);
+    int64_t prow, pcol;
+    if (!t && m->packed && cols >= 0 && m->packed->find(m->st, name, &prow, &pcol)) {
+        if (prow != rows || pcol != cols)
+            return lb_err_set(err, LB_EFORMAT,
+                              "%s: packed tensor '%s' is [%lld, %lld]; config.json implies "
+                              "[%lld, %lld]", m->dir, name, (long long)prow, (long long)pcol,
+                              (long long)rows, (long long)cols);
+        return LB_OK;
+    }
     if (!t)
         return lb_err_set(err, LB_ENOTFOUND,
                           "%s: tensor '%s' is missing; the weights do not match config.json",
@@ -205,6 +230,48 @@ static int check_all_tensors(const lb_model *m, lb_err *err)
     return rc;
 }
 
+/* A lowbit quantization_config in config.json selects the packed reader. */
+static int detect_packed(lb_model *m, lb_err *err)
+{
+    char *path = lb_io_path_join(m->dir, "config.json");
+    if (!path)
+        return lb_err_set(err, LB_ENOMEM, "%s: out of memory", m->dir);
+    json_error_t jerr;
+    json_t *root = json_load_file(path, 0, &jerr);
+    int rc = LB_OK;
+    char *text = NULL;
+    json_t *q = root ? json_object_get(root, "quantization_config") : NULL;
+    if (!q || json_is_null(q))
+        goto done; /* a plain checkpoint (lb_config_load already parsed the file) */
+    const char *qm = json_string_value(json_object_get(q, "quant_method"));
+    if (!json_is_object(q) || !qm || strcmp(qm, "lowbit")) {
+        rc = lb_err_set(err, LB_EFORMAT,
+                        "%s: quantization_config with quant_method '%s' is not supported; lowbit "
+                        "reads fp checkpoints and its own packed ones (quant_method \"lowbit\")",
+                        path, qm ? qm : "?");
+        goto done;
+    }
+    if (!g_packed_ops) {
+        rc = lb_err_set(err, LB_ESTATE,
+                        "%s: packed lowbit checkpoint, but this program did not register the "
+                        "packed reader (call lb_packed_model_register at startup)", path);
+        goto done;
+    }
+    text = json_dumps(q, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (!text) {
+        rc = lb_err_set(err, LB_ENOMEM, "%s: out of memory", path);
+        goto done;
+    }
+    rc = g_packed_ops->check(m->dir, m->st, text, err);
+    if (!rc)
+        m->packed = g_packed_ops;
+done:
+    free(text);
+    json_decref(root);
+    free(path);
+    return rc;
+}
+
 int lb_model_open(lb_model **out, const char *dir, lb_err *err)
 {
     *out = NULL;
@@ -231,6 +298,9 @@ int lb_model_open(lb_model **out, const char *dir, lb_err *err)
         goto fail;
     }
     rc = lb_st_open(&m->st, dir, err);
+    if (rc)
+        goto fail;
+    rc = detect_packed(m, err);
     if (rc)
         goto fail;
     rc = check_all_tensors(m, err);
@@ -313,6 +383,9 @@ void lb_block_weights_free(lb_block_weights *w)
 /* lb_st_read_f32 also rejects NaN/Inf (LB_ENUMERIC naming tensor and element). */
 static int read_tensor(const lb_model *m, const char *name, float *dst, int64_t numel, lb_err *err)
 {
+    int64_t rows, cols;
+    if (m->packed && !lb_st_find(m->st, name) && m->packed->find(m->st, name, &rows, &cols))
+        return m->packed->load(m->st, name, dst, numel, err);
     return lb_st_read_f32(m->st, name, dst, numel, err);
 }
 

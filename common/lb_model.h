@@ -120,4 +120,31 @@ int lb_model_load_head(const lb_model *m, lb_head_weights *out, lb_err *err);
 int lb_model_linear_tensor_name(char *buf, size_t size, int32_t layer, lb_linear which,
                                 lb_err *err);
 
+/* ---- Packed checkpoints (docs/packed-format.md) ---------------------------
+ * A directory whose config.json has "quantization_config" with "quant_method":
+ * "lowbit" stores the quantized linears as packed fields. Decoding them needs
+ * the method registry of liblowbit_quant, which liblowbit_common may not link,
+ * so the quant library registers these operations once at program start
+ * (lb_packed_model_register() in lb_packed.h). Without them lb_model_open
+ * rejects a packed checkpoint with a clear message. */
+typedef struct lb_model_packed_ops {
+    /* Checks the checkpoint as a whole (format version, manifest, file sizes).
+     * qconfig_json is the compact "quantization_config" object. Returns 0 or LB_E*. */
+    int (*check)(const char *dir, const lb_st *st, const char *qconfig_json, lb_err *err);
+    /* 1 and the shape when weight `name` (e.g. "model.layers.0.mlp.up_proj.weight")
+     * is stored packed in st; 0 when it is not. */
+    int (*find)(const lb_st *st, const char *name, int64_t *rows, int64_t *cols);
+    /* Dequantizes packed weight `name` into dst (numel = rows * cols floats),
+     * exactly as the method's dequantize defines it. Returns 0 or LB_E*. */
+    int (*load)(const lb_st *st, const char *name, float *dst, int64_t numel, lb_err *err);
+} lb_model_packed_ops;
+
+/* Installs the packed-checkpoint operations (NULL removes them). Call before
+ * any thread opens a model; ops must outlive every lb_model. */
+void lb_model_set_packed_ops(const lb_model_packed_ops *ops);
+
+/* True when m was opened from a packed checkpoint. lb_model_load_block and
+ * lb_model_load_head then dequantize packed linears one tensor at a time. */
+bool lb_model_is_packed(const lb_model *m);
+
 #endif

@@ -11,5 +11,6 @@ int lb_cmd_status(int argc, char **argv);
 int lb_cmd_cancel(int argc, char **argv);
 int lb_cmd_synth(int argc, char **argv);
 int lb_cmd_qmatrix(int argc, char **argv);
+int lb_cmd_quantize(int argc, char **argv);
 
 #endif

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "lb_cli.h"
+#include "lb_packed.h"
 
 static int cmd_version(int argc, char **argv)
 {
@@ -22,6 +23,9 @@ static const lb_cli_command commands[] = {
     /* one line per subcommand, in the order `lowbit --help` lists them */
     {"version", cmd_version, "print the version"},
     {"eval", lb_cmd_eval, "perplexity / KL of a model on token ids"},
+    {"qmatrix", lb_cmd_qmatrix, "quantize one weight matrix with its Hessian"},
+    {"quantize", lb_cmd_quantize, "quantize a whole model block by block (packed checkpoint)"},
+    {"synth", lb_cmd_synth, "write a synthetic LLaMA checkpoint with real outlier structure"},
     {"status", lb_cmd_status, "progress of a distributed job (Redis)"},
     {"cancel", lb_cmd_cancel, "cancel a distributed job (Redis)"},
 };
@@ -36,6 +40,7 @@ static void usage(FILE *out)
 
 int main(int argc, char **argv)
 {
+    lb_packed_model_register(); /* lb_model_open then reads packed checkpoints */
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

@@ -100,12 +100,16 @@ typedef struct {
     int (*dequantize)(const lb_qpacked *packed, float *W_out, lb_err *err);
 } lb_qmethod;
 
-/* Registry: NULL when unknown. lb_qmethod_list fills up to max names, returns count. */
+/* Registry: NULL when unknown. lb_qmethod_list fills out[0..max) with methods in
+ * registry order and returns how many it filled; with out == NULL it returns the
+ * total number of registered methods. */
 const lb_qmethod *lb_qmethod_find(const char *name);
 int lb_qmethod_list(const lb_qmethod **out, int max);
 
 /* Packed fields. lb_qpacked_add_field allocates a zeroed field of count elements of
- * `bits` bits and returns it (NULL and err on failure); the packed struct owns it. */
+ * `bits` bits and returns it (NULL and err on failure); the packed struct owns it.
+ * The returned pointer is invalidated by the next add (the array grows): add every
+ * field first, then take pointers (p->fields[i] or lb_qpacked_field). */
 lb_qfield *lb_qpacked_add_field(lb_qpacked *p, const char *name, lb_qfield_kind kind,
                                 uint32_t bits, int32_t ndim, const int64_t *shape, lb_err *err);
 const lb_qfield *lb_qpacked_field(const lb_qpacked *p, const char *name);
@@ -121,8 +125,22 @@ uint32_t lb_qfield_get(const lb_qfield *f, int64_t i);
  * type and returns the value that was stored, so W_hat can use exactly it. */
 float lb_qfield_put_float(lb_qfield *f, int64_t i, float v);
 float lb_qfield_get_float(const lb_qfield *f, int64_t i);
+/* LB_QFIELD_INT helpers: store the low `bits` bits of value (caller keeps it in
+ * range [-2^(bits-1), 2^(bits-1))); get sign-extends. Non-float kinds: put_float
+ * stores nothing and returns NAN; get_float returns NAN. Out-of-range i: put is a
+ * no-op, get returns 0. */
+void lb_qfield_put_int(lb_qfield *f, int64_t i, int32_t value);
+int32_t lb_qfield_get_int(const lb_qfield *f, int64_t i);
 
-/* err = tr((W - W_hat) H (W - W_hat)ᵀ) in float64; ref = tr(W H Wᵀ). */
+/* Allocation for large matrices (W_hat, working copies): at least nbytes, released
+ * with free(). Blocks of 4 MiB or more are 2 MiB-aligned and advised as transparent
+ * huge pages, which cuts page faults and TLB misses of the column-wise passes.
+ * Returns NULL on failure or nbytes == 0. */
+void *lb_quant_big_alloc(size_t nbytes);
+
+/* err = tr((W - W_hat) H (W - W_hat)ᵀ) in float64; ref = tr(W H Wᵀ). H is the full
+ * (cols, cols) matrix. OUT: *err_out, *ref_out (either may be NULL). Returns 0,
+ * LB_ENUMERIC on NaN/Inf, LB_ENOMEM. */
 int lb_quant_error(const float *W, const float *W_hat, int64_t rows, int64_t cols,
                    const float *H, double *err_out, double *ref_out, lb_err *err);
 

@@ -1,0 +1,592 @@
+#include "lb_billm.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lb_dtype.h"
+#include "lb_gptq.h"
+
+void lb_billm_cfg_init(lb_billm_cfg *cfg)
+{
+    cfg->max_salient = 50;
+    cfg->split_points = 81;
+}
+
+void lb_billm_plan_free(lb_billm_plan *plan)
+{
+    if (!plan)
+        return;
+    free(plan->salient);
+    free(plan->alpha);
+    free(plan->order);
+    free(plan->score);
+    free(plan->rowbuf);
+    free(plan->cand_err);
+    free(plan->gather);
+    free(plan->bucket);
+    free(plan->ranks);
+    free(plan->cands);
+    memset(plan, 0, sizeof(*plan));
+}
+
+int lb_billm_plan_init(lb_billm_plan *plan, int64_t rows, int64_t nb_max,
+                       const lb_billm_cfg *cfg, lb_err *err)
+{
+    memset(plan, 0, sizeof(*plan));
+    if (rows <= 0 || nb_max <= 0 || rows > INT64_MAX / nb_max ||
+        (uint64_t)(rows * nb_max) > SIZE_MAX / sizeof(float) / 4 || cfg->max_salient < 0 ||
+        cfg->split_points < 1 || cfg->split_points > 100000)
+        return lb_err_set(err, LB_EINVAL,
+                          "billm: bad plan size %lld x %lld or search config (max_salient %d, "
+                          "split_points %d)",
+                          (long long)rows, (long long)nb_max, (int)cfg->max_salient,
+                          (int)cfg->split_points);
+    int64_t nc = cfg->split_points;
+    int64_t ne = (nb_max > nc ? nb_max : nc) + 1;
+    plan->rows = rows;
+    plan->nb_max = nb_max;
+    plan->ncand_max = (int32_t)nc;
+    plan->salient = calloc((size_t)nb_max, 1);
+    plan->alpha = calloc((size_t)rows * 4, sizeof(float));
+    plan->order = malloc((size_t)nb_max * sizeof(int64_t));
+    plan->score = malloc((size_t)nb_max * sizeof(double));
+    plan->rowbuf = malloc((size_t)nb_max * sizeof(float));
+    plan->cand_err = malloc((size_t)ne * sizeof(double));
+    plan->gather = malloc((size_t)(rows * nb_max) * sizeof(float));
+    plan->bucket = malloc((size_t)(2 * (nc + 1)) * sizeof(double));
+    plan->ranks = malloc((size_t)nc * sizeof(int64_t));
+    plan->cands = malloc((size_t)nc * sizeof(float));
+    if (!plan->salient || !plan->alpha || !plan->order || !plan->score || !plan->rowbuf ||
+        !plan->cand_err || !plan->gather || !plan->bucket || !plan->ranks || !plan->cands) {
+        lb_billm_plan_free(plan);
+        return lb_err_set(err, LB_ENOMEM, "billm: out of memory for a %lld x %lld block plan",
+                          (long long)rows, (long long)nb_max);
+    }
+    return LB_OK;
+}
+
+static inline float f16_round(double v)
+{
+    return lb_f16_to_f32(lb_f32_to_f16((float)v));
+}
+
+/* Closed-form error of order-2 residual binarization of a set of magnitudes a (n):
+ * α1 = mean a, α2 = mean |a - α1|, error = Σa² - n α1² - n α2² (paper Eq. 7-8). */
+static double resbin2_err(const float *a, int64_t n)
+{
+    if (n == 0)
+        return 0.0;
+    double s1 = 0.0, s2 = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        s1 += (double)a[i];
+        s2 += (double)a[i] * (double)a[i];
+    }
+    double a1 = s1 / (double)n, t = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        t += fabs((double)a[i] - a1);
+    double a2 = t / (double)n;
+    return s2 - (double)n * (a1 * a1 + a2 * a2);
+}
+
+/* Three-way quickselect: afterwards a[k] is the k-th smallest, a[<k] <= a[k] <= a[>k].
+ * Three-way partitioning keeps many equal values (dead columns) linear. */
+static void select_kth(float *a, int64_t n, int64_t k)
+{
+    int64_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        float x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi];
+        float pivot = (x < y) ? ((y < z) ? y : (x < z ? z : x)) : ((x < z) ? x : (y < z ? z : y));
+        int64_t lt = lo, i = lo, gt = hi;
+        while (i <= gt) {
+            if (a[i] < pivot) {
+                float t = a[lt];
+                a[lt++] = a[i];
+                a[i++] = t;
+            } else if (a[i] > pivot) {
+                float t = a[gt];
+                a[gt--] = a[i];
+                a[i] = t;
+            } else {
+                i++;
+            }
+        }
+        if (k < lt)
+            hi = lt - 1;
+        else if (k > gt)
+            lo = gt + 1;
+        else
+            return;
+    }
+}
+
+/* Places the order statistics of ascending ranks[0..nr) (all in [lo, hi)) at their
+ * positions of a, recursing on the median rank. */
+static void select_many(float *a, int64_t lo, int64_t hi, const int64_t *ranks, int64_t nr)
+{
+    if (nr <= 0 || hi - lo <= 1)
+        return;
+    int64_t mid = nr / 2, k = ranks[mid];
+    select_kth(a + lo, hi - lo, k - lo);
+    int64_t left = mid, right = mid + 1;
+    while (left > 0 && ranks[left - 1] == k)
+        left--;
+    while (right < nr && ranks[right] == k)
+        right++;
+    select_many(a, lo, k, ranks, left);
+    select_many(a, k + 1, hi, ranks + right, nr - right);
+}
+
+int lb_billm_plan_block(lb_billm_plan *plan, const float *Wb, int64_t nb, int64_t ld,
+                        const double *hinv_diag, const lb_billm_cfg *cfg, lb_err *err)
+{
+    const int64_t rows = plan->rows;
+    if (nb <= 0 || nb > plan->nb_max || ld < nb || cfg->split_points != plan->ncand_max)
+        return lb_err_set(err, LB_EINVAL, "billm: block of %lld columns does not fit the plan",
+                          (long long)nb);
+    plan->nb = nb;
+
+    /* 1. salient score per column, paper Eq. 6: Σ_rows w² / [H^-1]_jj². */
+    for (int64_t j = 0; j < nb; j++) {
+        double s = 0.0;
+        for (int64_t r = 0; r < rows; r++)
+            s += (double)Wb[r * ld + j] * (double)Wb[r * ld + j];
+        double d = hinv_diag[j];
+        if (!(d > 0.0) || !isfinite(s))
+            return lb_err_set(err, LB_EINVAL, "billm: column %lld has [H^-1]_jj = %g or a "
+                                              "non-finite weight", (long long)j, d);
+        plan->score[j] = s / (d * d);
+        plan->order[j] = j;
+    }
+    /* columns by descending score; insertion sort is stable (ties: lower index first) */
+    for (int64_t i = 1; i < nb; i++) {
+        int64_t o = plan->order[i];
+        int64_t k = i;
+        while (k > 0 && plan->score[plan->order[k - 1]] < plan->score[o]) {
+            plan->order[k] = plan->order[k - 1];
+            k--;
+        }
+        plan->order[k] = o;
+    }
+
+    /* 2. search the salient count k: top-k columns order-2, the rest order-2 too. */
+    int64_t kmax = cfg->max_salient < nb ? cfg->max_salient : nb;
+    for (int64_t k = 0; k <= kmax; k++)
+        plan->cand_err[k] = 0.0;
+    for (int64_t r = 0; r < rows; r++) {
+        float *a = plan->rowbuf;
+        for (int64_t j = 0; j < nb; j++)
+            a[j] = fabsf(Wb[r * ld + plan->order[j]]);
+        for (int64_t k = 0; k <= kmax; k++)
+            plan->cand_err[k] += resbin2_err(a, k) + resbin2_err(a + k, nb - k);
+    }
+    int64_t best_k = 0;
+    for (int64_t k = 1; k <= kmax; k++)
+        if (plan->cand_err[k] < plan->cand_err[best_k])
+            best_k = k;
+    memset(plan->salient, 0, (size_t)nb);
+    for (int64_t i = 0; i < best_k; i++)
+        plan->salient[plan->order[i]] = 1;
+    plan->nsalient = best_k;
+
+    /* salient scales per row (Eq. 7-8), α2 from the f16 α1 actually used */
+    double err_total = 0.0;
+    for (int64_t r = 0; r < rows; r++) {
+        float *al = plan->alpha + r * 4;
+        const float *w = Wb + r * ld;
+        double s1 = 0.0;
+        for (int64_t j = 0; j < nb; j++)
+            if (plan->salient[j])
+                s1 += fabs((double)w[j]);
+        al[LB_BILLM_A1] = best_k ? f16_round(s1 / (double)best_k) : 0.0f;
+        double t = 0.0;
+        for (int64_t j = 0; j < nb; j++) {
+            if (!plan->salient[j])
+                continue;
+            float v1 = w[j] >= 0.0f ? al[LB_BILLM_A1] : -al[LB_BILLM_A1];
+            t += fabs((double)w[j] - (double)v1);
+        }
+        al[LB_BILLM_A2] = best_k ? f16_round(t / (double)best_k) : 0.0f;
+    }
+
+    /* 3. break point over exact quantiles of the non-salient |w| (Eq. 9-10). */
+    const int64_t m = nb - best_k, nc = cfg->split_points;
+    if (m > 0) {
+        int64_t total = rows * m, g = 0;
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t j = 0; j < nb; j++)
+                if (!plan->salient[j])
+                    plan->gather[g++] = fabsf(Wb[r * ld + j]);
+        for (int64_t t = 0; t < nc; t++) {
+            double q = nc == 1 ? 0.5 : 0.10 + 0.80 * (double)t / (double)(nc - 1);
+            plan->ranks[t] = (int64_t)floor(q * (double)(total - 1));
+        }
+        select_many(plan->gather, 0, total, plan->ranks, nc);
+        for (int64_t t = 0; t < nc; t++)
+            plan->cands[t] = plan->gather[plan->ranks[t]];
+        /* per row: bucket each |w| by the first candidate >= it, then prefix sums give the
+         * two groups' count and Σ|w| for every candidate; error = Σw² - S_c²/n_c - S_s²/n_s */
+        for (int64_t t = 0; t < nc; t++)
+            plan->cand_err[t] = 0.0;
+        double *cnt = plan->bucket, *sum = plan->bucket + (nc + 1);
+        for (int64_t r = 0; r < rows; r++) {
+            const float *w = Wb + r * ld;
+            memset(cnt, 0, (size_t)(nc + 1) * sizeof(double));
+            memset(sum, 0, (size_t)(nc + 1) * sizeof(double));
+            double sq = 0.0, all = 0.0;
+            for (int64_t j = 0; j < nb; j++) {
+                if (plan->salient[j])
+                    continue;
+                float a = fabsf(w[j]);
+                int64_t lo = 0, hi = nc; /* first t with a <= cands[t], nc if none */
+                while (lo < hi) {
+                    int64_t mid = (lo + hi) / 2;
+                    if (a <= plan->cands[mid])
+                        hi = mid;
+                    else
+                        lo = mid + 1;
+                }
+                cnt[lo] += 1.0;
+                sum[lo] += (double)a;
+                sq += (double)a * (double)a;
+                all += (double)a;
+            }
+            double nc_run = 0.0, sc_run = 0.0;
+            for (int64_t t = 0; t < nc; t++) {
+                nc_run += cnt[t];
+                sc_run += sum[t];
+                double ns = (double)m - nc_run, ss = all - sc_run;
+                double e = sq;
+                if (nc_run > 0.0)
+                    e -= sc_run * sc_run / nc_run;
+                if (ns > 0.0)
+                    e -= ss * ss / ns;
+                plan->cand_err[t] += e;
+            }
+        }
+        int64_t best_t = 0;
+        for (int64_t t = 1; t < nc; t++)
+            if (plan->cand_err[t] < plan->cand_err[best_t])
+                best_t = t;
+        plan->split = plan->cands[best_t];
+    } else {
+        plan->split = 0.0f;
+    }
+
+    /* non-salient scales at the chosen p, and the block's error under the final plan */
+    for (int64_t r = 0; r < rows; r++) {
+        float *al = plan->alpha + r * 4;
+        const float *w = Wb + r * ld;
+        double sc = 0.0, ss = 0.0;
+        int64_t ncon = 0, nsp = 0;
+        for (int64_t j = 0; j < nb; j++) {
+            if (plan->salient[j])
+                continue;
+            float a = fabsf(w[j]);
+            if (a > plan->split) {
+                ss += (double)a;
+                nsp++;
+            } else {
+                sc += (double)a;
+                ncon++;
+            }
+        }
+        al[LB_BILLM_AC] = ncon ? f16_round(sc / (double)ncon) : 0.0f;
+        al[LB_BILLM_AS] = nsp ? f16_round(ss / (double)nsp) : 0.0f;
+        for (int k = 0; k < 4; k++)
+            if (!isfinite(al[k]))
+                return lb_err_set(err, LB_ENUMERIC,
+                                  "billm: scale of row %lld overflows f16; rescale W",
+                                  (long long)r);
+        for (int64_t j = 0; j < nb; j++) {
+            uint8_t code;
+            double e = (double)w[j] - (double)lb_billm_quant(w[j], plan->salient[j], al,
+                                                             plan->split, &code);
+            err_total += e * e;
+        }
+    }
+    plan->err = err_total;
+    return LB_OK;
+}
+
+/* ---- the method: structure at block_begin, columns inside the GPTQ engine ---- */
+
+typedef struct {
+    lb_billm_cfg cfg;
+    lb_billm_plan plan;
+    int64_t rows, cols, bs, nblocks;
+    double *hinv_diag; /* (cols,) [H^-1]_jj */
+    float *block;      /* (rows, bs) the current block, row-major */
+    uint8_t *codes_t;  /* (cols, rows) code bits, column-major */
+    uint8_t *salient;  /* (cols,) */
+    float *scales;     /* (rows, nblocks, 4) */
+    int64_t c0;
+} billm_ctx;
+
+static int hook_begin(void *vctx, const lb_gptq_state *st, lb_err *err)
+{
+    billm_ctx *x = vctx;
+    (void)err;
+    /* [H^-1]_jj = Σ_{i<=j} U_ij², since H^-1 = Uᵀ U with U upper. The magnitude
+     * criterion scores columns by Σ w² alone (denominator 1). */
+    bool magnitude = st->opts->salient_criterion == LB_SALIENT_MAGNITUDE;
+    for (int64_t j = 0; j < st->cols; j++)
+        x->hinv_diag[j] = magnitude ? 1.0 : 0.0;
+    if (magnitude)
+        return LB_OK;
+    for (int64_t i = 0; i < st->cols; i++) {
+        const float *Ui = st->U + i * st->cols;
+        for (int64_t j = i; j < st->cols; j++)
+            x->hinv_diag[j] += (double)Ui[j] * (double)Ui[j];
+    }
+    return LB_OK;
+}
+
+static int hook_block_begin(void *vctx, const lb_gptq_state *st, int64_t c0, int64_t nb,
+                            lb_err *err)
+{
+    billm_ctx *x = vctx;
+    for (int64_t j = 0; j < nb; j++) {
+        const float *col = st->Wt + (c0 + j) * st->rows;
+        for (int64_t r = 0; r < st->rows; r++)
+            x->block[r * x->bs + j] = col[r];
+    }
+    int rc = lb_billm_plan_block(&x->plan, x->block, nb, x->bs, x->hinv_diag + c0, &x->cfg,
+                                 err);
+    if (rc)
+        return rc;
+    int64_t b = c0 / x->bs;
+    memcpy(x->salient + c0, x->plan.salient, (size_t)nb);
+    for (int64_t r = 0; r < st->rows; r++)
+        memcpy(x->scales + (r * x->nblocks + b) * 4, x->plan.alpha + r * 4, 4 * sizeof(float));
+    x->c0 = c0;
+    return LB_OK;
+}
+
+static int hook_column(void *vctx, const lb_gptq_state *st, int64_t c, const float *w, float *q,
+                       float *err_scale, lb_err *err)
+{
+    billm_ctx *x = vctx;
+    (void)err;
+    (void)err_scale;
+    bool sal = x->salient[c];
+    uint8_t *codes = x->codes_t + c * st->rows;
+    for (int64_t r = 0; r < st->rows; r++)
+        q[r] = lb_billm_quant(w[r], sal, x->plan.alpha + r * 4, x->plan.split, &codes[r]);
+    return LB_OK;
+}
+
+static int64_t nblocks_of(int64_t cols, int64_t bs)
+{
+    return (cols + bs - 1) / bs;
+}
+
+int lb_billm_quantize_cfg(const float *W, int64_t rows, int64_t cols, const float *H,
+                          const lb_qopts *opts, const lb_billm_cfg *cfg, lb_qresult *out,
+                          lb_err *err)
+{
+    memset(out, 0, sizeof(*out));
+    if (!W || !H || rows <= 0 || cols <= 0 || rows > INT64_MAX / cols ||
+        (uint64_t)(rows * cols) > SIZE_MAX / 8)
+        return lb_err_set(err, LB_EINVAL, "billm: needs W and H and a valid shape "
+                                          "(got %lld x %lld)", (long long)rows, (long long)cols);
+    if (opts->block_size <= 0)
+        return lb_err_set(err, LB_EINVAL, "billm: block_size = %d; use > 0 (default 128)",
+                          (int)opts->block_size);
+    for (int64_t i = 0; i < rows * cols; i++)
+        if (!isfinite(W[i]))
+            return lb_err_set(err, LB_ENUMERIC, "billm: W element %lld is %s; clean the input",
+                              (long long)i, isnan(W[i]) ? "NaN" : "Inf");
+    for (int64_t i = 0; i < cols * cols; i++)
+        if (!isfinite(H[i]))
+            return lb_err_set(err, LB_ENUMERIC, "billm: H element %lld is %s; recollect the "
+                                                "Hessian", (long long)i, isnan(H[i]) ? "NaN" : "Inf");
+
+    billm_ctx x;
+    memset(&x, 0, sizeof(x));
+    x.cfg = *cfg;
+    x.rows = rows;
+    x.cols = cols;
+    x.bs = opts->block_size < cols ? opts->block_size : cols;
+    x.nblocks = nblocks_of(cols, x.bs);
+    lb_qopts o = *opts;
+    o.act_order = false; /* blocks are contiguous original columns */
+    o.block_size = (int32_t)x.bs;
+    o.group_size = 0;
+    int rc = lb_billm_plan_init(&x.plan, rows, x.bs, cfg, err);
+    if (rc)
+        return rc;
+    x.hinv_diag = malloc((size_t)cols * sizeof(double));
+    x.block = malloc((size_t)(rows * x.bs) * sizeof(float));
+    x.codes_t = malloc((size_t)(rows * cols));
+    x.salient = calloc((size_t)cols, 1);
+    x.scales = malloc((size_t)(rows * x.nblocks * 4) * sizeof(float));
+    out->W_hat = malloc((size_t)(rows * cols) * sizeof(float));
+    if (!x.hinv_diag || !x.block || !x.codes_t || !x.salient || !x.scales || !out->W_hat) {
+        rc = lb_err_set(err, LB_ENOMEM, "billm: out of memory for %lld x %lld",
+                        (long long)rows, (long long)cols);
+        goto fail;
+    }
+    lb_gptq_hook hook = {.ctx = &x,
+                         .begin = hook_begin,
+                         .block_begin = hook_block_begin,
+                         .column = hook_column,
+                         .end = NULL};
+    rc = lb_gptq_run(W, rows, cols, H, &o, &hook, out->W_hat, NULL, err);
+    if (rc) {
+        lb_err_prefix(err, "billm");
+        goto fail;
+    }
+
+    /* pack */
+    lb_qpacked *p = &out->packed;
+    snprintf(p->method, sizeof(p->method), "billm");
+    p->rows = rows;
+    p->cols = cols;
+    int64_t nsal = 0;
+    for (int64_t c = 0; c < cols; c++)
+        nsal += x.salient[c];
+    int64_t one = 1, s_cols[1] = {cols}, s_rc[2] = {rows, cols}, s_s2[2] = {rows, nsal},
+            s_g[2] = {rows, cols - nsal}, s_sc[3] = {rows, x.nblocks, 4};
+    /* add every field first: adding reallocates p->fields, so take pointers after */
+    if (!lb_qpacked_add_field(p, "block_size", LB_QFIELD_UINT, 32, 1, &one, err) ||
+        !lb_qpacked_add_field(p, "salient", LB_QFIELD_UINT, 1, 1, s_cols, err) ||
+        !lb_qpacked_add_field(p, "sign1", LB_QFIELD_UINT, 1, 2, s_rc, err) ||
+        !lb_qpacked_add_field(p, "sign2", LB_QFIELD_UINT, 1, 2, s_s2, err) ||
+        !lb_qpacked_add_field(p, "group", LB_QFIELD_UINT, 1, 2, s_g, err) ||
+        !lb_qpacked_add_field(p, "scales", LB_QFIELD_F16, 16, 3, s_sc, err)) {
+        rc = err ? err->code : LB_ENOMEM;
+        goto fail;
+    }
+    lb_qfield *fbs = &p->fields[0], *fsal = &p->fields[1], *fs1 = &p->fields[2],
+              *fs2 = &p->fields[3], *fg = &p->fields[4], *fsc = &p->fields[5];
+    lb_qfield_put(fbs, 0, (uint32_t)x.bs);
+    for (int64_t c = 0; c < cols; c++)
+        lb_qfield_put(fsal, c, x.salient[c]);
+    for (int64_t i = 0; i < rows * x.nblocks * 4; i++)
+        lb_qfield_put_float(fsc, i, x.scales[i]); /* already f16-exact */
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t i2 = r * nsal, ig = r * (cols - nsal);
+        for (int64_t c = 0; c < cols; c++) {
+            uint8_t code = x.codes_t[c * rows + r];
+            lb_qfield_put(fs1, r * cols + c, code & 1u);
+            if (x.salient[c])
+                lb_qfield_put(fs2, i2++, (code >> 1) & 1u);
+            else
+                lb_qfield_put(fg, ig++, (code >> 1) & 1u);
+        }
+    }
+    out->bpw = lb_qpacked_bpw(p);
+    rc = LB_OK;
+    goto cleanup;
+
+fail:
+    lb_qresult_free(out);
+cleanup:
+    lb_billm_plan_free(&x.plan);
+    free(x.hinv_diag);
+    free(x.block);
+    free(x.codes_t);
+    free(x.salient);
+    free(x.scales);
+    return rc;
+}
+
+int lb_billm_quantize(const float *W, int64_t rows, int64_t cols, const float *H,
+                      const lb_qopts *opts, lb_qresult *out, lb_err *err)
+{
+    lb_billm_cfg cfg;
+    lb_billm_cfg_init(&cfg);
+    return lb_billm_quantize_cfg(W, rows, cols, H, opts, &cfg, out, err);
+}
+
+static int bad_field(lb_err *err, const char *name, const char *want)
+{
+    return lb_err_set(err, LB_EFORMAT, "billm dequantize: field \"%s\" missing or not %s; "
+                                       "repack with method billm", name, want);
+}
+
+static bool field_ok(const lb_qfield *f, lb_qfield_kind kind, uint32_t bits, int32_t ndim,
+                     const int64_t *shape)
+{
+    if (!f || f->kind != kind || f->bits != bits || f->ndim != ndim)
+        return false;
+    int64_t count = 1;
+    for (int32_t d = 0; d < ndim; d++) {
+        if (f->shape[d] != shape[d])
+            return false;
+        count *= shape[d];
+    }
+    return f->count == count && f->nbytes >= (size_t)(((uint64_t)count * bits + 7u) / 8u);
+}
+
+int lb_billm_dequantize(const lb_qpacked *packed, float *W_out, lb_err *err)
+{
+    const int64_t rows = packed->rows, cols = packed->cols;
+    if (strcmp(packed->method, "billm") != 0)
+        return lb_err_set(err, LB_EFORMAT, "billm dequantize: packed method is \"%.16s\"",
+                          packed->method);
+    if (rows <= 0 || cols <= 0 || rows > INT64_MAX / cols / 4)
+        return lb_err_set(err, LB_EFORMAT, "billm dequantize: bad shape %lld x %lld",
+                          (long long)rows, (long long)cols);
+    int64_t one = 1;
+    const lb_qfield *fbs = lb_qpacked_field(packed, "block_size");
+    if (!field_ok(fbs, LB_QFIELD_UINT, 32, 1, &one))
+        return bad_field(err, "block_size", "UINT32 (1,)");
+    int64_t bs = lb_qfield_get(fbs, 0);
+    if (bs < 1 || bs > cols)
+        return lb_err_set(err, LB_EFORMAT, "billm dequantize: block_size %lld out of 1..%lld",
+                          (long long)bs, (long long)cols);
+    int64_t nblocks = nblocks_of(cols, bs);
+    const lb_qfield *fsal = lb_qpacked_field(packed, "salient");
+    int64_t s_cols[1] = {cols};
+    if (!field_ok(fsal, LB_QFIELD_UINT, 1, 1, s_cols))
+        return bad_field(err, "salient", "UINT1 (cols,)");
+    int64_t nsal = 0;
+    for (int64_t c = 0; c < cols; c++)
+        nsal += lb_qfield_get(fsal, c);
+    int64_t s_rc[2] = {rows, cols}, s_s2[2] = {rows, nsal}, s_g[2] = {rows, cols - nsal},
+            s_sc[3] = {rows, nblocks, 4};
+    const lb_qfield *fs1 = lb_qpacked_field(packed, "sign1");
+    const lb_qfield *fs2 = lb_qpacked_field(packed, "sign2");
+    const lb_qfield *fg = lb_qpacked_field(packed, "group");
+    const lb_qfield *fsc = lb_qpacked_field(packed, "scales");
+    if (!field_ok(fs1, LB_QFIELD_UINT, 1, 2, s_rc))
+        return bad_field(err, "sign1", "UINT1 (rows, cols)");
+    if (!field_ok(fs2, LB_QFIELD_UINT, 1, 2, s_s2))
+        return bad_field(err, "sign2", "UINT1 (rows, salient columns)");
+    if (!field_ok(fg, LB_QFIELD_UINT, 1, 2, s_g))
+        return bad_field(err, "group", "UINT1 (rows, non-salient columns)");
+    if (!field_ok(fsc, LB_QFIELD_F16, 16, 3, s_sc))
+        return bad_field(err, "scales", "F16 (rows, blocks, 4)");
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t i2 = r * nsal, ig = r * (cols - nsal);
+        for (int64_t b = 0; b < nblocks; b++) {
+            float a[4];
+            for (int k = 0; k < 4; k++) {
+                a[k] = lb_qfield_get_float(fsc, (r * nblocks + b) * 4 + k);
+                if (!isfinite(a[k]))
+                    return lb_err_set(err, LB_ENUMERIC, "billm dequantize: scale (%lld, %lld, "
+                                                        "%d) is not finite",
+                                      (long long)r, (long long)b, k);
+            }
+            int64_t c1 = (b + 1) * bs < cols ? (b + 1) * bs : cols;
+            for (int64_t c = b * bs; c < c1; c++) {
+                bool sal = lb_qfield_get(fsal, c) != 0;
+                uint32_t code = lb_qfield_get(fs1, r * cols + c);
+                code |= (sal ? lb_qfield_get(fs2, i2++) : lb_qfield_get(fg, ig++)) << 1;
+                W_out[r * cols + c] = lb_billm_value(code, sal, a);
+            }
+        }
+    }
+    return LB_OK;
+}
+
+const lb_qmethod lb_qmethod_billm = {
+    .name = "billm",
+    .summary = "BiLLM: salient columns order-2 residual binarized, rest split at a searched "
+               "break point, GPTQ block compensation",
+    .quantize = lb_billm_quantize,
+    .dequantize = lb_billm_dequantize,
+};

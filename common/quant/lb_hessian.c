@@ -1,0 +1,135 @@
+#include "lb_hessian.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lb_blas.h"
+
+struct lb_hessian {
+    int64_t cols;
+    int64_t ntok;
+    double *S;     /* (cols, cols), upper triangle maintained; full on output */
+    float *chunk;  /* (cols, cols) SYRK scratch, allocated on first chunk */
+};
+
+int lb_hessian_new(int64_t cols, lb_hessian **out, lb_err *err)
+{
+    *out = NULL;
+    if (cols < 1 || cols > (int64_t)(SIZE_MAX / sizeof(double)) / cols)
+        return lb_err_set(err, LB_EINVAL, "hessian: %lld columns invalid", (long long)cols);
+    lb_hessian *h = calloc(1, sizeof *h);
+    if (!h || !(h->S = calloc((size_t)(cols * cols), sizeof *h->S))) {
+        free(h);
+        return lb_err_set(err, LB_ENOMEM, "hessian: out of memory for %lld x %lld",
+                          (long long)cols, (long long)cols);
+    }
+    h->cols = cols;
+    *out = h;
+    return LB_OK;
+}
+
+void lb_hessian_free(lb_hessian **hp)
+{
+    if (!hp || !*hp)
+        return;
+    free((*hp)->S);
+    free((*hp)->chunk);
+    free(*hp);
+    *hp = NULL;
+}
+
+int lb_hessian_add_chunk(lb_hessian *h, const float *X, int64_t ntok, int64_t ld, lb_err *err)
+{
+    const int64_t n = h->cols;
+    if (!X || ntok < 0 || ld < n)
+        return lb_err_set(err, LB_EINVAL, "hessian: chunk of %lld tokens, stride %lld < %lld",
+                          (long long)ntok, (long long)ld, (long long)n);
+    if (ntok == 0)
+        return LB_OK;
+    for (int64_t t = 0; t < ntok; t++)
+        for (int64_t c = 0; c < n; c++)
+            if (!isfinite(X[t * ld + c]))
+                return lb_err_set(err, LB_ENUMERIC,
+                                  "hessian: activation [%lld, %lld] is NaN/Inf; check the "
+                                  "model forward",
+                                  (long long)t, (long long)c);
+    if (!h->chunk && !(h->chunk = malloc((size_t)(n * n) * sizeof *h->chunk)))
+        return lb_err_set(err, LB_ENOMEM, "hessian: out of memory for the chunk scratch");
+    // chunk (n, n) upper = Xᵀ X, X (ntok, n)
+    lb_ssyrk_upper_at_a(n, ntok, 1.0f, X, ld, 0.0f, h->chunk, n);
+    for (int64_t a = 0; a < n; a++)
+        for (int64_t b = a; b < n; b++)
+            h->S[a * n + b] += (double)h->chunk[a * n + b];
+    h->ntok += ntok;
+    return LB_OK;
+}
+
+int lb_hessian_add(lb_hessian *h, const lb_hessian *other, lb_err *err)
+{
+    if (!other || other->cols != h->cols)
+        return lb_err_set(err, LB_EINVAL, "hessian: cannot merge widths %lld and %lld",
+                          (long long)h->cols, other ? (long long)other->cols : -1LL);
+    const int64_t n = h->cols;
+    for (int64_t a = 0; a < n; a++)
+        for (int64_t b = a; b < n; b++)
+            h->S[a * n + b] += other->S[a * n + b];
+    h->ntok += other->ntok;
+    return LB_OK;
+}
+
+int64_t lb_hessian_cols(const lb_hessian *h)
+{
+    return h->cols;
+}
+
+int64_t lb_hessian_tokens(const lb_hessian *h)
+{
+    return h->ntok;
+}
+
+int lb_hessian_get(const lb_hessian *h, float *H, lb_err *err)
+{
+    if (h->ntok < 1)
+        return lb_err_set(err, LB_ESTATE, "hessian: no tokens accumulated yet");
+    const int64_t n = h->cols;
+    const double f = 2.0 / (double)h->ntok;
+    for (int64_t a = 0; a < n; a++)
+        for (int64_t b = a; b < n; b++) {
+            float v = (float)(f * h->S[a * n + b]);
+            H[a * n + b] = v;
+            H[b * n + a] = v;
+        }
+    return LB_OK;
+}
+
+void lb_hessian_get_sums(const lb_hessian *h, double *S, int64_t *ntok)
+{
+    const int64_t n = h->cols;
+    for (int64_t a = 0; a < n; a++)
+        for (int64_t b = a; b < n; b++)
+            S[a * n + b] = S[b * n + a] = h->S[a * n + b];
+    if (ntok)
+        *ntok = h->ntok;
+}
+
+int lb_hessian_set_sums(lb_hessian *h, const double *S, int64_t ntok, lb_err *err)
+{
+    const int64_t n = h->cols;
+    if (!S || ntok < 0)
+        return lb_err_set(err, LB_EINVAL, "hessian: negative token count %lld", (long long)ntok);
+    for (int64_t a = 0; a < n; a++)
+        for (int64_t b = a; b < n; b++) {
+            if (!isfinite(S[a * n + b]))
+                return lb_err_set(err, LB_ENUMERIC, "hessian sums: [%lld, %lld] not finite",
+                                  (long long)a, (long long)b);
+            if (S[a * n + b] != S[b * n + a])
+                return lb_err_set(err, LB_EINVAL, "hessian sums: not symmetric at [%lld, %lld]",
+                                  (long long)a, (long long)b);
+        }
+    for (int64_t a = 0; a < n; a++)
+        for (int64_t b = a; b < n; b++)
+            h->S[a * n + b] = S[a * n + b];
+    h->ntok = ntok;
+    return LB_OK;
+}

@@ -1,0 +1,572 @@
+/* lowbit quantize: whole-model quantization, block by block (GPTQ's sequential
+ * protocol), as content-addressed jobs run by the embedded runner. */
+#include <errno.h>
+#include <regex.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <dirent.h>
+#include <jansson.h>
+
+#include "lb_cli.h"
+#include "lb_exec.h"
+#include "lb_io_util.h"
+#include "lb_plan.h"
+#include "lb_qopts_parse.h"
+#include "lb_runner.h"
+#include "lb_sha256.h"
+#include "lb_tokens.h"
+
+#define MAX_OVERRIDES 64
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: lowbit quantize --model DIR --calib TOKENS --out DIR --method M [--bits B]\n"
+            "                       [method options] [--ctx N] [--nsamples N]\n"
+            "                       [--override 'REGEX=METHOD[:opt=val,...]' ...]\n"
+            "                       [--true-sequential] [--threads N] [--force] [--json]\n"
+            "\n"
+            "Quantizes every linear of every block (q/k/v/o/gate/up/down) with M, block by\n"
+            "block: Hessians from calibration activations that went through the already\n"
+            "quantized earlier blocks, one job per linear, then the block's outputs with\n"
+            "the quantized weights feed the next block. Embeddings, norms and lm_head stay\n"
+            "as they are. Writes a packed checkpoint (config.json with quantization_config,\n"
+            "model.safetensors, manifest.json) to --out. Intermediate artifacts are kept\n"
+            "by content id in OUT/.lowbit/artifacts, so a rerun resumes where it stopped.\n"
+            "\n"
+            "  --method M         one of:");
+    const lb_qmethod *m[64];
+    int n = lb_qmethod_list(m, 64);
+    for (int i = 0; i < n; i++)
+        fprintf(out, " %s", m[i]->name);
+    fprintf(out,
+            "\n"
+            "  --calib TOKENS     token ids (.u32 or .npy), cut into windows of --ctx\n"
+            "  --ctx N            window length (default min(2048, max_position_embeddings))\n"
+            "  --nsamples N       use the first N windows (default all)\n"
+            "  --override R=M[:o] tensors whose full name matches the POSIX extended regex R\n"
+            "                     (whole name) use method M with the global options changed\n"
+            "                     by o (e.g. 'bits=4,group-size=32'); the last match wins\n"
+            "  --true-sequential  re-collect inside the block: o_proj's input after q/k/v are\n"
+            "                     quantized, gate/up's after attention, down's after gate/up\n"
+            "  --threads N        pool workers and forward threads (default: all cores);\n"
+            "                     the output is byte-identical for any N\n"
+            "  --force            reuse an --out directory that holds another job\n"
+            "  --json             one JSON status line per finished job and a summary line\n"
+            "\n%s",
+            lb_qopts_usage());
+}
+
+typedef struct {
+    char *pattern;
+    regex_t re;
+    char method[16];
+    lb_qopts opts;
+    char spec[512];
+} override;
+
+typedef struct {
+    bool json, tty;
+    double t0;
+    const lb_config *cfg;
+} progress_state;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void on_progress(void *user, const lb_plan *plan, int32_t j, const lb_job_result *res,
+                        int32_t done, int32_t total)
+{
+    progress_state *ps = user;
+    const lb_job *job = lb_plan_job(plan, j);
+    double el = now_s() - ps->t0;
+    double eta = done > 0 ? el / done * (total - done) : 0;
+    const char *what = job->tensor[0] ? job->tensor : "";
+    if (ps->json) {
+        json_t *o = json_pack("{s:s, s:s, s:i, s:s, s:s, s:i, s:i, s:f, s:f, s:f, s:s}",
+                              "event", "job", "type", lb_job_type_name(job->type), "block",
+                              (int)job->block, "tensor", what, "method", job->method, "done",
+                              (int)done, "total", (int)total, "seconds", res->seconds,
+                              "elapsed", el, "bpw", res->bpw, "status",
+                              res->status == LB_JOB_OK ? "ok" : "failed");
+        char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        if (s)
+            printf("%s\n", s);
+        fflush(stdout);
+        free(s);
+        json_decref(o);
+        return;
+    }
+    char extra[64] = "";
+    if (job->type == LB_JOB_QUANTIZE_LINEAR)
+        snprintf(extra, sizeof extra, " %s %.4f bpw", job->method, res->bpw);
+    char blk[32] = "";
+    if (job->type != LB_JOB_MERGE)
+        snprintf(blk, sizeof blk, job->block < 0 ? " embed" : " block %d/%d", (int)job->block,
+                 (int)ps->cfg->num_hidden_layers);
+    fprintf(stderr, "[%d/%d]%s %s%s%s%s %.2fs | elapsed %.1fs", (int)done, (int)total, blk,
+            lb_job_type_name(job->type), what[0] ? " " : "", what, extra, res->seconds, el);
+    if (ps->tty)
+        fprintf(stderr, " ETA %.1fs", eta);
+    fprintf(stderr, "\n");
+}
+
+/* Parses "k=v,k=v" into opts with the shared vocabulary ("--k=v"). */
+static int parse_override_opts(const char *list, lb_qopts *opts, lb_err *err)
+{
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", list);
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        char arg[300];
+        snprintf(arg, sizeof arg, "--%s", tok);
+        for (char *c = arg + 2; *c && *c != '='; c++)
+            if (*c == '_')
+                *c = '-';
+        char *argv[1] = {arg};
+        int i = 0;
+        int rc = lb_qopts_parse_arg(opts, 1, argv, &i, err);
+        if (rc < 0)
+            return rc;
+        if (rc == 0)
+            return lb_err_set(err, LB_EINVAL, "--override: unknown option \"%s\" (see lowbit "
+                              "quantize --help)", tok);
+    }
+    return lb_qopts_validate(opts, err);
+}
+
+static int parse_override(const char *spec, const lb_qopts *base, override *o, lb_err *err)
+{
+    memset(o, 0, sizeof *o);
+    snprintf(o->spec, sizeof o->spec, "%s", spec);
+    const char *eq = strrchr(spec, '=');
+    /* the method part holds no '=' unless options follow ':' */
+    const char *colon = NULL;
+    for (const char *c = spec; *c; c++)
+        if (*c == '=') {
+            const char *after = c + 1;
+            const char *col = strchr(after, ':');
+            const char *e2 = strchr(after, '=');
+            if (!e2 || (col && col < e2)) {
+                eq = c;
+                colon = col;
+                break;
+            }
+        }
+    if (!eq || eq == spec)
+        return lb_err_set(err, LB_EINVAL, "--override '%s': expected REGEX=METHOD[:options]",
+                          spec);
+    size_t plen = (size_t)(eq - spec);
+    o->pattern = malloc(plen + 5);
+    if (!o->pattern)
+        return lb_err_set(err, LB_ENOMEM, "out of memory");
+    snprintf(o->pattern, plen + 5, "^(%.*s)$", (int)plen, spec);
+    int rrc = regcomp(&o->re, o->pattern, REG_EXTENDED | REG_NOSUB);
+    if (rrc) {
+        char msg[128];
+        regerror(rrc, &o->re, msg, sizeof msg);
+        free(o->pattern);
+        o->pattern = NULL;
+        return lb_err_set(err, LB_EINVAL, "--override '%s': bad regular expression (%s)", spec,
+                          msg);
+    }
+    size_t mlen = colon ? (size_t)(colon - eq - 1) : strlen(eq + 1);
+    if (mlen == 0 || mlen >= sizeof o->method) {
+        regfree(&o->re);
+        free(o->pattern);
+        o->pattern = NULL;
+        return lb_err_set(err, LB_EINVAL, "--override '%s': missing or too long method", spec);
+    }
+    memcpy(o->method, eq + 1, mlen);
+    o->method[mlen] = '\0';
+    int rc = 0;
+    if (!lb_qmethod_find(o->method))
+        rc = lb_err_set(err, LB_EINVAL, "--override '%s': unknown method \"%s\" (lowbit "
+                        "quantize --help lists them)", spec, o->method);
+    o->opts = *base;
+    if (!rc && colon)
+        rc = parse_override_opts(colon + 1, &o->opts, err);
+    if (rc) {
+        regfree(&o->re);
+        free(o->pattern);
+        o->pattern = NULL;
+        if (err->msg[0] && !strstr(err->msg, "--override"))
+            lb_err_prefix(err, "--override '%s'", spec);
+    }
+    return rc;
+}
+
+static long peak_rss_kib(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return -1;
+    return ru.ru_maxrss;
+}
+
+/* Compares/writes OUT/.lowbit/job.json. */
+static int claim_out_dir(const char *out, const char *run_id, bool force, lb_err *err)
+{
+    char *hidden = lb_io_path_join(out, ".lowbit");
+    char *path = hidden ? lb_io_path_join(hidden, "job.json") : NULL;
+    int rc = 0;
+    if (!path) {
+        rc = lb_err_set(err, LB_ENOMEM, "out of memory");
+        goto done;
+    }
+    char *text = NULL;
+    size_t len = 0;
+    lb_err rerr;
+    if (lb_io_read_file(path, 1 << 20, &text, &len, &rerr) == 0) {
+        json_t *j = json_loads(text, 0, NULL);
+        const char *old = j ? json_string_value(json_object_get(j, "run_id")) : NULL;
+        bool same = old && strcmp(old, run_id) == 0;
+        json_decref(j);
+        free(text);
+        if (!same && !force) {
+            rc = lb_err_set(err, LB_ESTATE, "%s holds a different quantize job (other model, "
+                            "calibration or options); use another --out or pass --force", out);
+            goto done;
+        }
+    } else {
+        /* no job record: refuse a directory that holds anything else */
+        DIR *d = opendir(out);
+        if (d) {
+            struct dirent *e;
+            bool other = false;
+            while ((e = readdir(d)) != NULL)
+                if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") &&
+                    strcmp(e->d_name, ".lowbit"))
+                    other = true;
+            closedir(d);
+            if (other && !force) {
+                rc = lb_err_set(err, LB_ESTATE, "%s is not empty and holds no lowbit quantize "
+                                "job; use another --out or pass --force", out);
+                goto done;
+            }
+        }
+    }
+    if (mkdir(out, 0755) != 0 && errno != EEXIST) {
+        rc = lb_err_set(err, LB_EIO, "%s: cannot create (%s)", out, strerror(errno));
+        goto done;
+    }
+    if (mkdir(hidden, 0755) != 0 && errno != EEXIST) {
+        rc = lb_err_set(err, LB_EIO, "%s: cannot create (%s)", hidden, strerror(errno));
+        goto done;
+    }
+    char rec[256];
+    int n = snprintf(rec, sizeof rec, "{\"run_id\":\"%s\"}\n", run_id);
+    rc = lb_io_write_atomic(path, rec, (size_t)n, err);
+done:
+    free(path);
+    free(hidden);
+    return rc;
+}
+
+int lb_cmd_quantize(int argc, char **argv)
+{
+    const char *model_dir = NULL, *calib = NULL, *out = NULL, *method = NULL;
+    const char *ovr_spec[MAX_OVERRIDES];
+    int n_ovr = 0, threads = 0;
+    int64_t ctx = 0, nsamples = 0;
+    bool json = false, true_seq = false, force = false;
+    lb_qopts opts;
+    lb_qopts_init(&opts);
+    lb_err err;
+    lb_err_clear(&err);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int rc = lb_qopts_parse_arg(&opts, argc, argv, &i, &err);
+        if (rc < 0) {
+            fprintf(stderr, "lowbit quantize: %s\n", err.msg);
+            return 2;
+        }
+        if (rc == 1) {
+            i--; /* the parser left i past its option; the loop adds one */
+            continue;
+        }
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--json")) {
+            json = true;
+        } else if (!strcmp(a, "--true-sequential")) {
+            true_seq = true;
+        } else if (!strcmp(a, "--force")) {
+            force = true;
+        } else if (!strcmp(a, "--quantize-lm-head")) {
+            fprintf(stderr, "lowbit quantize: --quantize-lm-head is not implemented yet; "
+                            "lm_head stays in its source precision\n");
+            return 2;
+        } else if (v && (!strcmp(a, "--model") || !strcmp(a, "--calib") || !strcmp(a, "--out") ||
+                         !strcmp(a, "--method") || !strcmp(a, "--ctx") ||
+                         !strcmp(a, "--nsamples") || !strcmp(a, "--threads") ||
+                         !strcmp(a, "--override"))) {
+            i++;
+            char *end = NULL;
+            long long num = 0;
+            if (!strcmp(a, "--ctx") || !strcmp(a, "--nsamples") || !strcmp(a, "--threads")) {
+                num = strtoll(v, &end, 10);
+                if (!end || *end || num <= 0 || num > (1LL << 40)) {
+                    fprintf(stderr, "lowbit quantize: %s needs a positive integer, got \"%s\"\n",
+                            a, v);
+                    return 2;
+                }
+            }
+            if (!strcmp(a, "--model")) model_dir = v;
+            else if (!strcmp(a, "--calib")) calib = v;
+            else if (!strcmp(a, "--out")) out = v;
+            else if (!strcmp(a, "--method")) method = v;
+            else if (!strcmp(a, "--ctx")) ctx = num;
+            else if (!strcmp(a, "--nsamples")) nsamples = num;
+            else if (!strcmp(a, "--threads")) threads = (int)(num > 1024 ? 1024 : num);
+            else {
+                if (n_ovr == MAX_OVERRIDES) {
+                    fprintf(stderr, "lowbit quantize: more than %d --override\n", MAX_OVERRIDES);
+                    return 2;
+                }
+                ovr_spec[n_ovr++] = v;
+            }
+        } else {
+            fprintf(stderr, "lowbit quantize: unknown or incomplete option \"%s\" (see lowbit "
+                            "quantize --help)\n", a);
+            return 2;
+        }
+    }
+    if (!model_dir || !calib || !out || !method) {
+        fprintf(stderr, "lowbit quantize: --model, --calib, --out and --method are required "
+                        "(see lowbit quantize --help)\n");
+        return 2;
+    }
+    if (!lb_qmethod_find(method)) {
+        fprintf(stderr, "lowbit quantize: unknown method \"%s\"; one of:", method);
+        const lb_qmethod *m[64];
+        int n = lb_qmethod_list(m, 64);
+        for (int i = 0; i < n; i++)
+            fprintf(stderr, " %s", m[i]->name);
+        fprintf(stderr, "\n");
+        return 2;
+    }
+    if (lb_qopts_validate(&opts, &err)) {
+        fprintf(stderr, "lowbit quantize: %s\n", err.msg);
+        return 2;
+    }
+    if (threads <= 0) {
+        long nc = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = nc > 0 ? (int)nc : 1;
+    }
+
+    int status = 1;
+    double t0 = now_s();
+    lb_model *model = NULL;
+    uint32_t *tokens = NULL;
+    override ovr[MAX_OVERRIDES];
+    int n_ovr_ok = 0;
+    lb_plan_choice *choices = NULL;
+    lb_store *store = NULL;
+    lb_plan *plan = NULL;
+    char *opts_json = NULL;
+    json_t *per = NULL;
+
+    for (; n_ovr_ok < n_ovr; n_ovr_ok++)
+        if (parse_override(ovr_spec[n_ovr_ok], &opts, &ovr[n_ovr_ok], &err)) {
+            status = 2;
+            goto fail;
+        }
+    if (lb_model_open(&model, model_dir, &err))
+        goto fail;
+    const lb_config *cfg = lb_model_config(model);
+    int64_t n_tok = 0;
+    if (lb_tokens_load(calib, &tokens, &n_tok, &err) ||
+        lb_tokens_check_vocab(tokens, n_tok, cfg->vocab_size, calib, &err))
+        goto fail;
+    if (ctx == 0)
+        ctx = cfg->max_position_embeddings < 2048 ? cfg->max_position_embeddings : 2048;
+    if (ctx > cfg->max_position_embeddings) {
+        lb_err_set(&err, LB_EINVAL, "--ctx %lld exceeds the model's max_position_embeddings %d",
+                   (long long)ctx, (int)cfg->max_position_embeddings);
+        goto fail;
+    }
+    if (n_tok == 0 || n_tok % ctx != 0) {
+        lb_err_set(&err, LB_EINVAL, "%s: %lld tokens is not a multiple of --ctx %lld (%lld "
+                   "windows + %lld tokens); pass a --ctx that divides it, or trim the file",
+                   calib, (long long)n_tok, (long long)ctx, (long long)(n_tok / ctx),
+                   (long long)(n_tok % ctx));
+        goto fail;
+    }
+    int64_t windows = n_tok / ctx;
+    if (nsamples == 0)
+        nsamples = windows;
+    if (nsamples > windows) {
+        lb_err_set(&err, LB_EINVAL, "--nsamples %lld but %s holds only %lld windows of %lld "
+                   "tokens; lower --nsamples or --ctx", (long long)nsamples, calib,
+                   (long long)windows, (long long)ctx);
+        goto fail;
+    }
+
+    /* fingerprints: the model's content, the calibration windows used */
+    char model_fp[LB_ID_HEX], calib_fp[LB_ID_HEX];
+    if (lb_exec_model_fingerprint(model, model_fp, &err))
+        goto fail;
+    {
+        lb_sha256 h;
+        lb_sha256_init(&h);
+        char head[64];
+        int n = snprintf(head, sizeof head, "calib|%lld|%lld|", (long long)nsamples,
+                         (long long)ctx);
+        lb_sha256_update(&h, head, (size_t)n);
+        lb_sha256_update(&h, tokens, (size_t)(nsamples * ctx) * sizeof *tokens);
+        uint8_t d[LB_SHA256_DIGEST];
+        lb_sha256_final(&h, d);
+        lb_sha256_to_hex(d, calib_fp);
+    }
+
+    /* per-tensor choices: global method, then every matching override (last wins) */
+    const int32_t L = cfg->num_hidden_layers;
+    choices = calloc((size_t)L * LB_LINEAR_COUNT, sizeof *choices);
+    per = json_object();
+    if (!choices || !per) {
+        lb_err_set(&err, LB_ENOMEM, "out of memory");
+        goto fail;
+    }
+    lb_sha256 run;
+    lb_sha256_init(&run);
+    lb_sha256_update(&run, model_fp, 64);
+    lb_sha256_update(&run, calib_fp, 64);
+    lb_sha256_update(&run, true_seq ? "ts" : "--", 2);
+    if (!json)
+        fprintf(stderr, "lowbit quantize: %s, %d blocks, %lld calibration windows of %lld "
+                "tokens, %d threads\n", model_dir, (int)L, (long long)nsamples, (long long)ctx,
+                threads);
+    for (int32_t b = 0; b < L; b++)
+        for (int l = 0; l < LB_LINEAR_COUNT; l++) {
+            lb_plan_choice *c = &choices[(size_t)b * LB_LINEAR_COUNT + (size_t)l];
+            snprintf(c->method, sizeof c->method, "%s", method);
+            c->opts = opts;
+            char name[LB_JOB_TENSOR_MAX];
+            if (lb_model_linear_tensor_name(name, sizeof name, b, (lb_linear)l, &err))
+                goto fail;
+            const char *by = "--method";
+            for (int k = 0; k < n_ovr_ok; k++)
+                if (regexec(&ovr[k].re, name, 0, NULL, 0) == 0) {
+                    snprintf(c->method, sizeof c->method, "%s", ovr[k].method);
+                    c->opts = ovr[k].opts;
+                    by = ovr[k].spec;
+                }
+            char desc[512];
+            lb_exec_describe_opts(&c->opts, desc, sizeof desc);
+            lb_sha256_update(&run, c->method, strlen(c->method));
+            lb_sha256_update(&run, desc, strlen(desc));
+            json_object_set_new(per, name, json_pack("{s:s, s:f}", "method", c->method, "bits",
+                                                     c->opts.bits));
+            if (!json)
+                fprintf(stderr, "  %-44s %-6s bits=%g group=%d (%s)\n", name, c->method,
+                        c->opts.bits, (int)c->opts.group_size, by);
+            else {
+                json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s}", "event", "choice", "tensor",
+                                      name, "method", c->method, "options", desc, "by", by);
+                char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+                if (s)
+                    printf("%s\n", s);
+                free(s);
+                json_decref(o);
+            }
+        }
+    uint8_t rd[LB_SHA256_DIGEST];
+    char run_id[LB_ID_HEX];
+    lb_sha256_final(&run, rd);
+    lb_sha256_to_hex(rd, run_id);
+    if (claim_out_dir(out, run_id, force, &err) || lb_store_open(out, &store, &err))
+        goto fail;
+
+    json_t *oj = json_pack("{s:i, s:i, s:b, s:s}", "ctx", (int)ctx, "nsamples", (int)nsamples,
+                           "true_sequential", true_seq, "calib_sha256", calib_fp);
+    opts_json = oj ? json_dumps(oj, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(oj);
+    lb_plan_spec spec = {cfg, model_dir, out, model_fp, calib_fp, LB_VERSION, nsamples, ctx,
+                         true_seq, choices, method, opts.bits, opts_json};
+    if (lb_plan_new(&spec, &plan, &err))
+        goto fail;
+    /* the calibration windows are the first artifact */
+    const char *cid = lb_plan_calib_id(plan);
+    if (!lb_store_has(store, cid, "calib")) {
+        lb_artifact_tensor t = {"tokens", LB_DTYPE_U32, 2, {nsamples, ctx, 0, 0}, tokens,
+                                (size_t)(nsamples * ctx) * sizeof *tokens};
+        if (lb_store_put(store, cid, "calib", &t, 1, NULL, 0, &err))
+            goto fail;
+    }
+    int32_t reused = 0;
+    for (int32_t i = 0; i < lb_plan_artifact_count(plan); i++)
+        if (lb_store_has(store, lb_plan_artifact_id(plan, i), lb_plan_artifact_kind(plan, i))) {
+            lb_plan_mark_present(plan, i);
+            reused += i > 0;
+        }
+    lb_plan_start(plan);
+    if (!json)
+        fprintf(stderr, "lowbit quantize: %d jobs to run (%d artifacts reused from %s)\n",
+                (int)lb_plan_needed_count(plan), (int)reused, lb_store_dir(store));
+
+    lb_exec_ctx ectx = {model, model_fp, store, threads};
+    progress_state ps = {json, isatty(2) != 0, now_s(), cfg};
+    lb_runner_opts ro = {threads, 0, on_progress, &ps};
+    const char *crash = getenv("LOWBIT_TEST_CRASH_AFTER_JOBS");
+    if (crash && *crash)
+        ro.crash_after_jobs = atoi(crash);
+    if (lb_runner_run(plan, &ectx, &ro, &err))
+        goto fail;
+
+    lb_packed_summary sum;
+    if (lb_packed_verify(out, &sum, &err))
+        goto fail;
+    double secs = now_s() - t0;
+    long rss = peak_rss_kib();
+    if (json) {
+        json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:f, s:I, s:I, s:f, s:f, s:I}", "event",
+                              "done", "out", out, "method", method, "quantized_linears",
+                              (json_int_t)sum.n_quantized, "bpw", sum.bpw, "quantized_bytes",
+                              (json_int_t)sum.quantized_bytes, "file_bytes",
+                              (json_int_t)sum.file_bytes, "seconds", secs, "peak_rss_mib",
+                              (double)rss / 1024.0, "threads", (json_int_t)threads);
+        char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        if (s)
+            printf("%s\n", s);
+        free(s);
+        json_decref(o);
+    } else {
+        printf("quantized %lld linears: %.4f bpw (everything stored for them: %llu bytes), "
+               "model.safetensors %llu bytes, %.1f s, peak RSS %.1f MiB -> %s\n",
+               (long long)sum.n_quantized, sum.bpw, (unsigned long long)sum.quantized_bytes,
+               (unsigned long long)sum.file_bytes, secs, (double)rss / 1024.0, out);
+    }
+    status = 0;
+fail:
+    if (status != 0 && err.msg[0]) {
+        fprintf(stderr, "lowbit quantize: %s\n", err.msg);
+        if (status == 1 && err.code == LB_EINVAL)
+            status = 2;
+    }
+    for (int k = 0; k < n_ovr_ok; k++) {
+        regfree(&ovr[k].re);
+        free(ovr[k].pattern);
+    }
+    json_decref(per);
+    free(opts_json);
+    lb_plan_free(&plan);
+    lb_store_free(&store);
+    free(choices);
+    free(tokens);
+    lb_model_free(&model);
+    return status;
+}

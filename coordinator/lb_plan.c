@@ -1,0 +1,357 @@
+/* lb_plan: the pipeline state machine (see lb_plan.h). */
+#include "lb_plan.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lb_model.h"
+#include "lb_sha256.h"
+
+enum { A_CALIB, A_ACT, A_HESS, A_QLIN };
+static const char *const kind_names[] = {"calib", "activations", "hessian", "qlinear"};
+
+typedef struct {
+    char id[LB_ID_HEX];
+    int kind;
+    bool present;   /* exists now (given or produced) */
+    bool deleted;
+    int32_t pending; /* needed consumers not yet done */
+} artifact;
+
+typedef enum { J_SKIP, J_WAIT, J_RUNNING, J_DONE, J_FAILED } jstate;
+
+typedef struct {
+    lb_job job;
+    int32_t in[LB_LINEAR_COUNT + 1]; /* artifact indices (merge: see merge_in) */
+    int32_t n_in;
+    int32_t out[LB_JOB_MAX_OUTPUTS];
+    int32_t n_out;
+    bool needed;
+    jstate state;
+} pjob;
+
+struct lb_plan {
+    artifact *arts;
+    int32_t n_arts, cap_arts;
+    pjob *jobs;
+    int32_t n_jobs, cap_jobs;
+    int32_t *merge_in; /* merge inputs (every qlinear) */
+    int32_t n_merge_in;
+    int32_t running, done_needed, n_needed;
+    bool failed, started;
+};
+
+static int32_t add_artifact(lb_plan *p, const char *id, int kind)
+{
+    if (p->n_arts == p->cap_arts) {
+        int32_t cap = p->cap_arts ? 2 * p->cap_arts : 64;
+        artifact *a = realloc(p->arts, (size_t)cap * sizeof *a);
+        if (!a)
+            return -1;
+        p->arts = a;
+        p->cap_arts = cap;
+    }
+    artifact *a = &p->arts[p->n_arts];
+    memset(a, 0, sizeof *a);
+    memcpy(a->id, id, LB_ID_HEX);
+    a->kind = kind;
+    return p->n_arts++;
+}
+
+/* Adds a job whose inputs are artifact indices in[0..nin) (merge: p->merge_in),
+ * assigns its id and registers its outputs of kind out_kind. Returns its index or -1. */
+static int32_t add_job(lb_plan *p, lb_job *tmpl, const int32_t *in, int32_t nin, int32_t nout,
+                       int out_kind, lb_err *err)
+{
+    if (p->n_jobs == p->cap_jobs) {
+        int32_t cap = p->cap_jobs ? 2 * p->cap_jobs : 64;
+        pjob *j = realloc(p->jobs, (size_t)cap * sizeof *j);
+        if (!j)
+            return -1;
+        p->jobs = j;
+        p->cap_jobs = cap;
+    }
+    lb_artifact_id *ids = malloc((size_t)(nin > 0 ? nin : 1) * sizeof *ids);
+    if (!ids)
+        return -1;
+    for (int32_t i = 0; i < nin; i++)
+        memcpy(ids[i].hex, p->arts[in[i]].id, LB_ID_HEX);
+    tmpl->n_outputs = nout;
+    int rc = lb_job_set_inputs(tmpl, ids, nin, err);
+    free(ids);
+    if (rc || lb_job_compute_id(tmpl, err))
+        return -1;
+    pjob *j = &p->jobs[p->n_jobs];
+    memset(j, 0, sizeof *j);
+    j->job = *tmpl; /* takes ownership of tmpl->inputs */
+    tmpl->inputs = NULL;
+    tmpl->n_inputs = 0;
+    j->n_in = tmpl->type == LB_JOB_MERGE ? 0 : nin;
+    for (int32_t i = 0; i < j->n_in; i++)
+        j->in[i] = in[i];
+    j->n_out = nout;
+    for (int32_t o = 0; o < nout; o++) {
+        int32_t a = add_artifact(p, j->job.outputs[o].hex, out_kind);
+        if (a < 0)
+            return -1;
+        j->out[o] = a;
+    }
+    return p->n_jobs++;
+}
+
+static void base_job(lb_job *t, const lb_plan_spec *s, lb_job_type type, int32_t block)
+{
+    lb_job_init(t);
+    t->type = type;
+    t->block = block;
+    snprintf(t->lowbit_version, sizeof t->lowbit_version, "%s", s->lowbit_version);
+    memcpy(t->model_fp, s->model_fp, LB_ID_HEX);
+    memcpy(t->calib_fp, s->calib_fp, LB_ID_HEX);
+    t->n_seq = s->n_seq;
+    t->seq_len = s->seq_len;
+    snprintf(t->model_dir, sizeof t->model_dir, "%s", s->model_dir);
+}
+
+/* Which collect output feeds linear l: 0 attn_in, 1 attn_out, 2 mlp_in, 3 mlp_act. */
+static int hess_of(int l)
+{
+    return l <= LB_LINEAR_V ? 0 : l == LB_LINEAR_O ? 1 : l == LB_LINEAR_DOWN ? 3 : 2;
+}
+
+int lb_plan_new(const lb_plan_spec *s, lb_plan **out, lb_err *err)
+{
+    *out = NULL;
+    if (!s->cfg || !lb_id_valid(s->model_fp) || !lb_id_valid(s->calib_fp) || s->n_seq <= 0 ||
+        s->seq_len <= 0 || !s->choices || s->cfg->num_hidden_layers <= 0)
+        return lb_err_set(err, LB_EINVAL, "plan: invalid specification");
+    lb_plan *p = calloc(1, sizeof *p);
+    if (!p)
+        return lb_err_set(err, LB_ENOMEM, "plan: out of memory");
+    lb_err scratch;
+    if (!err)
+        err = &scratch;
+    lb_err_clear(err);
+    const int32_t L = s->cfg->num_hidden_layers;
+    lb_job t;
+    char calib_id[LB_ID_HEX], buf[LB_ID_HEX + 16];
+    int n = snprintf(buf, sizeof buf, "calib:%s", s->calib_fp);
+    lb_sha256_hex(buf, (size_t)n, calib_id);
+    int32_t calib = add_artifact(p, calib_id, A_CALIB);
+    p->merge_in = malloc((size_t)L * LB_LINEAR_COUNT * sizeof *p->merge_in);
+    if (calib < 0 || !p->merge_in)
+        goto oom;
+    base_job(&t, s, LB_JOB_PROPAGATE, -1);
+    int32_t j = add_job(p, &t, &calib, 1, 1, A_ACT, err);
+    if (j < 0)
+        goto fail;
+    int32_t x = p->jobs[j].out[0];
+    for (int32_t b = 0; b < L; b++) {
+        int32_t q[LB_LINEAR_COUNT], h[4];
+        int32_t order[LB_LINEAR_COUNT] = {0, 1, 2, 3, 4, 5, 6};
+        for (int stage = s->true_sequential ? 0 : LB_STAGE_ALL;
+             stage < (s->true_sequential ? 4 : 0); stage++) {
+            /* inputs: X_b then the linears quantized before this stage */
+            int32_t in[LB_LINEAR_COUNT + 1], nin = 0;
+            in[nin++] = x;
+            int npre = stage == 1 ? 3 : stage == 2 ? 4 : stage == 3 ? 6 : 0;
+            for (int k = 0; k < npre; k++)
+                in[nin++] = q[k];
+            base_job(&t, s, LB_JOB_COLLECT_HESSIAN, b);
+            t.stage = stage;
+            if ((j = add_job(p, &t, in, nin, stage == LB_STAGE_ALL ? 4 : 1, A_HESS, err)) < 0)
+                goto fail;
+            if (stage == LB_STAGE_ALL)
+                for (int k = 0; k < 4; k++)
+                    h[k] = p->jobs[j].out[k];
+            else
+                h[stage] = p->jobs[j].out[0];
+            /* quantize the linears this stage's Hessian (or all four) feeds */
+            for (int k = 0; k < LB_LINEAR_COUNT; k++) {
+                int l = order[k];
+                if (stage != LB_STAGE_ALL && hess_of(l) != stage)
+                    continue;
+                const lb_plan_choice *c = &s->choices[(size_t)b * LB_LINEAR_COUNT + (size_t)l];
+                base_job(&t, s, LB_JOB_QUANTIZE_LINEAR, b);
+                t.linear = l;
+                if (lb_model_linear_tensor_name(t.tensor, sizeof t.tensor, b, (lb_linear)l, err))
+                    goto fail;
+                snprintf(t.method, sizeof t.method, "%s", c->method);
+                t.opts = c->opts;
+                if ((j = add_job(p, &t, &h[hess_of(l)], 1, 1, A_QLIN, err)) < 0)
+                    goto fail;
+                q[l] = p->jobs[j].out[0];
+            }
+        }
+        for (int l = 0; l < LB_LINEAR_COUNT; l++)
+            p->merge_in[p->n_merge_in++] = q[l];
+        if (b + 1 < L) {
+            int32_t in[LB_LINEAR_COUNT + 1];
+            in[0] = x;
+            for (int l = 0; l < LB_LINEAR_COUNT; l++)
+                in[1 + l] = q[l];
+            base_job(&t, s, LB_JOB_PROPAGATE, b);
+            if ((j = add_job(p, &t, in, LB_LINEAR_COUNT + 1, 1, A_ACT, err)) < 0)
+                goto fail;
+            x = p->jobs[j].out[0];
+        }
+    }
+    base_job(&t, s, LB_JOB_MERGE, -1);
+    snprintf(t.out_dir, sizeof t.out_dir, "%s", s->out_dir);
+    snprintf(t.method, sizeof t.method, "%s", s->method);
+    t.opts.bits = s->bits;
+    snprintf(t.options_json, sizeof t.options_json, "%s", s->options_json ? s->options_json : "");
+    if (add_job(p, &t, p->merge_in, p->n_merge_in, 0, A_QLIN, err) < 0)
+        goto fail;
+    *out = p;
+    return 0;
+oom:
+    lb_err_set(err, LB_ENOMEM, "plan: out of memory");
+fail:
+    lb_job_clear(&t);
+    if (!err->code)
+        lb_err_set(err, LB_ENOMEM, "plan: out of memory");
+    int rc = err->code;
+    lb_plan_free(&p);
+    return rc;
+}
+
+void lb_plan_free(lb_plan **pp)
+{
+    if (!pp || !*pp)
+        return;
+    lb_plan *p = *pp;
+    for (int32_t i = 0; i < p->n_jobs; i++)
+        lb_job_clear(&p->jobs[i].job);
+    free(p->jobs);
+    free(p->arts);
+    free(p->merge_in);
+    free(p);
+    *pp = NULL;
+}
+
+const char *lb_plan_calib_id(const lb_plan *p) { return p->arts[0].id; }
+int32_t lb_plan_artifact_count(const lb_plan *p) { return p->n_arts; }
+const char *lb_plan_artifact_id(const lb_plan *p, int32_t i) { return p->arts[i].id; }
+const char *lb_plan_artifact_kind(const lb_plan *p, int32_t i)
+{
+    return kind_names[p->arts[i].kind];
+}
+void lb_plan_mark_present(lb_plan *p, int32_t i)
+{
+    if (i >= 0 && i < p->n_arts)
+        p->arts[i].present = true;
+}
+int32_t lb_plan_job_count(const lb_plan *p) { return p->n_jobs; }
+const lb_job *lb_plan_job(const lb_plan *p, int32_t i) { return &p->jobs[i].job; }
+bool lb_plan_job_needed(const lb_plan *p, int32_t i) { return p->jobs[i].needed; }
+int32_t lb_plan_needed_count(const lb_plan *p) { return p->n_needed; }
+bool lb_plan_done(const lb_plan *p) { return p->started && p->done_needed == p->n_needed; }
+bool lb_plan_failed(const lb_plan *p) { return p->failed; }
+int32_t lb_plan_running(const lb_plan *p) { return p->running; }
+
+static const int32_t *job_inputs(const lb_plan *p, const pjob *j, int32_t *n)
+{
+    if (j->job.type == LB_JOB_MERGE) {
+        *n = p->n_merge_in;
+        return p->merge_in;
+    }
+    *n = j->n_in;
+    return j->in;
+}
+
+void lb_plan_start(lb_plan *p)
+{
+    /* Backwards over the topological order: a job is needed when one of its
+     * outputs is missing and a needed job consumes it (merge always is). */
+    bool *wanted = calloc((size_t)p->n_arts, sizeof *wanted);
+    for (int32_t i = p->n_jobs - 1; i >= 0; i--) {
+        pjob *j = &p->jobs[i];
+        bool need = j->job.type == LB_JOB_MERGE;
+        for (int32_t o = 0; o < j->n_out && !need; o++)
+            need = !p->arts[j->out[o]].present && (wanted ? wanted[j->out[o]] : true);
+        j->needed = need;
+        j->state = need ? J_WAIT : J_SKIP;
+        if (!need)
+            continue;
+        p->n_needed++;
+        int32_t n;
+        const int32_t *in = job_inputs(p, j, &n);
+        for (int32_t k = 0; k < n; k++) {
+            if (wanted)
+                wanted[in[k]] = true;
+            p->arts[in[k]].pending++;
+        }
+    }
+    free(wanted);
+    p->started = true;
+}
+
+static bool deletable(const artifact *a)
+{
+    return (a->kind == A_ACT || a->kind == A_HESS) && a->present && !a->deleted &&
+           a->pending == 0;
+}
+
+int lb_plan_poll(lb_plan *p, lb_action *acts, int max)
+{
+    int n = 0;
+    if (!p->started)
+        return 0;
+    for (int32_t i = 0; i < p->n_arts && n < max; i++) {
+        if (deletable(&p->arts[i])) {
+            p->arts[i].deleted = true;
+            p->arts[i].present = false;
+            acts[n].type = LB_ACT_DELETE;
+            acts[n].job = -1;
+            memcpy(acts[n].artifact, p->arts[i].id, LB_ID_HEX);
+            n++;
+        }
+    }
+    if (p->failed)
+        return n;
+    for (int32_t i = 0; i < p->n_jobs && n < max; i++) {
+        pjob *j = &p->jobs[i];
+        if (j->state != J_WAIT)
+            continue;
+        int32_t nin;
+        const int32_t *in = job_inputs(p, j, &nin);
+        bool ready = true;
+        for (int32_t k = 0; k < nin && ready; k++)
+            ready = p->arts[in[k]].present;
+        if (!ready)
+            continue;
+        j->state = J_RUNNING;
+        p->running++;
+        acts[n].type = LB_ACT_RUN;
+        acts[n].job = i;
+        acts[n].artifact[0] = '\0';
+        n++;
+    }
+    return n;
+}
+
+void lb_plan_feed_done(lb_plan *p, int32_t i)
+{
+    if (i < 0 || i >= p->n_jobs || p->jobs[i].state != J_RUNNING)
+        return;
+    pjob *j = &p->jobs[i];
+    j->state = J_DONE;
+    p->running--;
+    p->done_needed++;
+    for (int32_t o = 0; o < j->n_out; o++)
+        p->arts[j->out[o]].present = true;
+    int32_t n;
+    const int32_t *in = job_inputs(p, j, &n);
+    for (int32_t k = 0; k < n; k++)
+        p->arts[in[k]].pending--;
+}
+
+void lb_plan_feed_failed(lb_plan *p, int32_t i)
+{
+    if (i < 0 || i >= p->n_jobs || p->jobs[i].state != J_RUNNING)
+        return;
+    p->jobs[i].state = J_FAILED;
+    p->running--;
+    p->failed = true;
+}

@@ -1,0 +1,101 @@
+/* lb_plan: the quantize pipeline as a pure state machine (no I/O, no threads).
+ *
+ * From the model shape and the options it builds every job up front (ids are
+ * content addresses, lb_job.h), in dependency order:
+ *   embed (propagate -1): calib -> X_0
+ *   per block b: collect-hessian (one job, or 4 true-sequential stages),
+ *                7 quantize-linear jobs (q/k/v share the attn_in Hessian,
+ *                gate/up the mlp_in one), propagate X_b -> X_{b+1} (not for
+ *                the last block: nothing consumes it)
+ *   merge: all quantized linears -> checkpoint.
+ * The driver tells it which artifacts already exist (lb_plan_mark_present),
+ * then alternates lb_plan_poll (get actions: run job i, delete artifact) and
+ * lb_plan_feed (job i done / failed). Only jobs whose outputs are missing and
+ * needed by a needed job run (merge always runs), so a rerun resumes.
+ * Deletion keeps disk bounded: an activation or Hessian artifact is deleted as
+ * soon as every job that needs it is done, so X_{b-1} goes only after the
+ * propagate that wrote X_{b} finished (at most two block inputs exist). */
+#ifndef LB_PLAN_H
+#define LB_PLAN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "lb_config.h"
+#include "lb_err.h"
+#include "lb_job.h"
+
+/* Method and options of one linear (after --override resolution). */
+typedef struct {
+    char method[16];
+    lb_qopts opts;
+} lb_plan_choice;
+
+typedef struct {
+    const lb_config *cfg;            /* shape (borrowed during lb_plan_new) */
+    const char *model_dir, *out_dir; /* where things live (not part of ids) */
+    const char *model_fp, *calib_fp; /* content fingerprints (64 hex) */
+    const char *lowbit_version;
+    int64_t n_seq, seq_len;
+    bool true_sequential;
+    const lb_plan_choice *choices;   /* [num_hidden_layers * 7], (block, linear) order */
+    const char *method;              /* model-wide --method and --bits (for the checkpoint) */
+    double bits;
+    const char *options_json;        /* run settings recorded in quantization_config */
+} lb_plan_spec;
+
+typedef enum {
+    LB_ACT_RUN = 0,    /* run job `job` */
+    LB_ACT_DELETE = 1, /* artifact `artifact` is no longer needed: delete it */
+} lb_action_type;
+
+typedef struct {
+    lb_action_type type;
+    int32_t job;
+    char artifact[LB_ID_HEX];
+} lb_action;
+
+typedef struct lb_plan lb_plan;
+
+/* Builds the plan. OUT: *out (lb_plan_free). Returns 0, LB_EINVAL, LB_ENOMEM. */
+int lb_plan_new(const lb_plan_spec *spec, lb_plan **out, lb_err *err);
+void lb_plan_free(lb_plan **p);
+
+/* The calibration artifact id (the driver writes it before starting). */
+const char *lb_plan_calib_id(const lb_plan *p);
+
+/* All artifacts the plan references (calib + every job output). */
+int32_t lb_plan_artifact_count(const lb_plan *p);
+const char *lb_plan_artifact_id(const lb_plan *p, int32_t i);
+/* Kind of artifact i: "calib", "activations", "hessian", "qlinear". */
+const char *lb_plan_artifact_kind(const lb_plan *p, int32_t i);
+
+/* Before lb_plan_start: artifact i exists and verifies. */
+void lb_plan_mark_present(lb_plan *p, int32_t i);
+
+/* Decides what must run. After this, lb_plan_poll gives actions. */
+void lb_plan_start(lb_plan *p);
+
+int32_t lb_plan_job_count(const lb_plan *p);
+const lb_job *lb_plan_job(const lb_plan *p, int32_t i);
+/* Whether job i will run (decided by lb_plan_start). */
+bool lb_plan_job_needed(const lb_plan *p, int32_t i);
+int32_t lb_plan_needed_count(const lb_plan *p);
+
+/* Fills acts[0..max) with the actions available now (each job is handed out
+ * once; deletions once) and returns how many. 0 with lb_plan_done() false
+ * means: wait for a running job to finish. */
+int lb_plan_poll(lb_plan *p, lb_action *acts, int max);
+
+/* Events: job i finished (its outputs now exist) or failed. After a failure
+ * no new job is handed out; lb_plan_failed() becomes true. */
+void lb_plan_feed_done(lb_plan *p, int32_t job);
+void lb_plan_feed_failed(lb_plan *p, int32_t job);
+
+/* Every needed job done. */
+bool lb_plan_done(const lb_plan *p);
+bool lb_plan_failed(const lb_plan *p);
+/* Jobs handed out and not yet fed back. */
+int32_t lb_plan_running(const lb_plan *p);
+
+#endif

@@ -1,0 +1,541 @@
+/* lb_job: msgpack encode/decode of jobs and results (see lb_job.h).
+ *
+ * Job array, in order:
+ *   0 "lbjob"  1 version  2 type  3 id  4 block  5 linear  6 stage  7 tensor
+ *   8 method   9 opts[23] 10 lowbit_version  11 model_fp  12 calib_fp
+ *   13 n_seq  14 seq_len  15 model_dir  16 out_dir  17 options_json
+ *   18 inputs[str]  19 outputs[str]
+ * opts: bits group_size act_order static_groups sym grid damp block_size
+ *   outlier_threshold outlier_hessian_score outlier_keep_top outlier_keep_rest
+ *   outlier_top_frac centroids_with_outliers salient_frac salient_bits
+ *   salient_criterion salient_group bases refine_iters hessian_weighted
+ *   gptq_init seed
+ * Result array: "lbres" version job_id status err_code outputs[str] bpw seconds
+ *   cached error */
+#include "lb_job.h"
+
+#include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <msgpack.h>
+
+#include "lb_qopts_parse.h"
+#include "lb_sha256.h"
+
+#define JOB_FIELDS 20
+#define OPTS_FIELDS 23
+#define RES_FIELDS 10
+
+void lb_job_init(lb_job *job)
+{
+    memset(job, 0, sizeof *job);
+    job->block = -1;
+    job->linear = -1;
+    job->stage = -1;
+    lb_qopts_init(&job->opts);
+}
+
+void lb_job_clear(lb_job *job)
+{
+    if (!job)
+        return;
+    free(job->inputs);
+    lb_job_init(job);
+}
+
+int lb_job_set_inputs(lb_job *job, const lb_artifact_id *ids, int32_t n, lb_err *err)
+{
+    if (n < 0 || n > LB_JOB_MAX_INPUTS || (n > 0 && !ids))
+        return lb_err_set(err, LB_EINVAL, "job: %d inputs (0..%d allowed)", (int)n,
+                          LB_JOB_MAX_INPUTS);
+    lb_artifact_id *copy = NULL;
+    if (n > 0) {
+        copy = malloc((size_t)n * sizeof *copy);
+        if (!copy)
+            return lb_err_set(err, LB_ENOMEM, "job: out of memory for %d input ids", (int)n);
+        memcpy(copy, ids, (size_t)n * sizeof *copy);
+    }
+    free(job->inputs);
+    job->inputs = copy;
+    job->n_inputs = n;
+    return 0;
+}
+
+int lb_job_copy(lb_job *dst, const lb_job *src, lb_err *err)
+{
+    *dst = *src;
+    dst->inputs = NULL;
+    dst->n_inputs = 0;
+    int rc = lb_job_set_inputs(dst, src->inputs, src->n_inputs, err);
+    if (rc)
+        lb_job_init(dst);
+    return rc;
+}
+
+const char *lb_job_type_name(lb_job_type t)
+{
+    switch (t) {
+    case LB_JOB_COLLECT_HESSIAN: return "collect-hessian";
+    case LB_JOB_QUANTIZE_LINEAR: return "quantize-linear";
+    case LB_JOB_PROPAGATE: return "propagate";
+    case LB_JOB_MERGE: return "merge";
+    }
+    return "?";
+}
+
+int lb_id_valid(const char *s)
+{
+    if (!s)
+        return 0;
+    for (int i = 0; i < 64; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return 0;
+    return s[64] == '\0';
+}
+
+/* ---- encoding ---------------------------------------------------------- */
+
+static void pack_str(msgpack_packer *pk, const char *s)
+{
+    size_t n = strlen(s);
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s, n);
+}
+
+static void pack_bool(msgpack_packer *pk, bool b)
+{
+    if (b)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+}
+
+static void pack_opts(msgpack_packer *pk, const lb_qopts *o)
+{
+    msgpack_pack_array(pk, OPTS_FIELDS);
+    msgpack_pack_double(pk, o->bits);
+    msgpack_pack_int64(pk, o->group_size);
+    pack_bool(pk, o->act_order);
+    pack_bool(pk, o->static_groups);
+    pack_bool(pk, o->sym);
+    msgpack_pack_int64(pk, (int64_t)o->grid);
+    msgpack_pack_double(pk, o->damp);
+    msgpack_pack_int64(pk, o->block_size);
+    msgpack_pack_double(pk, o->outlier_threshold);
+    pack_bool(pk, o->outlier_hessian_score);
+    msgpack_pack_double(pk, o->outlier_keep_top);
+    msgpack_pack_double(pk, o->outlier_keep_rest);
+    msgpack_pack_double(pk, o->outlier_top_frac);
+    pack_bool(pk, o->centroids_with_outliers);
+    msgpack_pack_double(pk, o->salient_frac);
+    msgpack_pack_int64(pk, o->salient_bits);
+    msgpack_pack_int64(pk, (int64_t)o->salient_criterion);
+    msgpack_pack_int64(pk, o->salient_group);
+    msgpack_pack_int64(pk, o->bases);
+    msgpack_pack_int64(pk, o->refine_iters);
+    pack_bool(pk, o->hessian_weighted);
+    pack_bool(pk, o->gptq_init);
+    msgpack_pack_uint64(pk, o->seed);
+}
+
+static int check_job(const lb_job *job, lb_err *err)
+{
+    if (job->type < LB_JOB_COLLECT_HESSIAN || job->type > LB_JOB_MERGE)
+        return lb_err_set(err, LB_EINVAL, "job: invalid type %d", (int)job->type);
+    if (job->n_inputs < 0 || job->n_inputs > LB_JOB_MAX_INPUTS ||
+        (job->n_inputs > 0 && !job->inputs))
+        return lb_err_set(err, LB_EINVAL, "job: invalid input count %d", (int)job->n_inputs);
+    if (job->n_outputs < 0 || job->n_outputs > LB_JOB_MAX_OUTPUTS)
+        return lb_err_set(err, LB_EINVAL, "job: invalid output count %d", (int)job->n_outputs);
+    return 0;
+}
+
+static int encode_job(const lb_job *job, bool canonical, uint8_t **buf, size_t *len,
+                      lb_err *err)
+{
+    int rc = check_job(job, err);
+    if (rc)
+        return rc;
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, JOB_FIELDS);
+    pack_str(&pk, "lbjob");
+    msgpack_pack_uint32(&pk, LB_JOB_WIRE_VERSION);
+    msgpack_pack_int32(&pk, (int32_t)job->type);
+    pack_str(&pk, canonical ? "" : job->id);
+    msgpack_pack_int32(&pk, job->block);
+    msgpack_pack_int32(&pk, job->linear);
+    msgpack_pack_int32(&pk, job->stage);
+    pack_str(&pk, job->tensor);
+    pack_str(&pk, job->method);
+    pack_opts(&pk, &job->opts);
+    pack_str(&pk, job->lowbit_version);
+    pack_str(&pk, job->model_fp);
+    pack_str(&pk, job->calib_fp);
+    msgpack_pack_int64(&pk, job->n_seq);
+    msgpack_pack_int64(&pk, job->seq_len);
+    pack_str(&pk, canonical ? "" : job->model_dir);
+    pack_str(&pk, canonical ? "" : job->out_dir);
+    pack_str(&pk, job->options_json);
+    msgpack_pack_array(&pk, (size_t)job->n_inputs);
+    for (int32_t i = 0; i < job->n_inputs; i++)
+        pack_str(&pk, job->inputs[i].hex);
+    if (canonical) {
+        /* the number of outputs is part of what the job is; their ids derive from it */
+        msgpack_pack_array(&pk, 0);
+        msgpack_pack_int32(&pk, job->n_outputs);
+    } else {
+        msgpack_pack_array(&pk, (size_t)job->n_outputs);
+        for (int32_t i = 0; i < job->n_outputs; i++)
+            pack_str(&pk, job->outputs[i].hex);
+    }
+    if (!sb.data) {
+        msgpack_sbuffer_destroy(&sb);
+        return lb_err_set(err, LB_ENOMEM, "job: out of memory encoding");
+    }
+    *buf = (uint8_t *)sb.data;
+    *len = sb.size;
+    return 0;
+}
+
+int lb_job_encode(const lb_job *job, uint8_t **buf, size_t *len, lb_err *err)
+{
+    return encode_job(job, false, buf, len, err);
+}
+
+int lb_job_compute_id(lb_job *job, lb_err *err)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int rc = encode_job(job, true, &buf, &len, err);
+    if (rc)
+        return rc;
+    lb_sha256_hex(buf, len, job->id);
+    free(buf);
+    for (int32_t i = 0; i < job->n_outputs; i++) {
+        char tmp[LB_ID_HEX + 16];
+        int n = snprintf(tmp, sizeof tmp, "%s:%d", job->id, (int)i);
+        lb_sha256_hex(tmp, (size_t)n, job->outputs[i].hex);
+    }
+    return 0;
+}
+
+int lb_job_result_encode(const lb_job_result *res, uint8_t **buf, size_t *len, lb_err *err)
+{
+    if (res->n_outputs < 0 || res->n_outputs > LB_JOB_MAX_OUTPUTS)
+        return lb_err_set(err, LB_EINVAL, "result: invalid output count %d",
+                          (int)res->n_outputs);
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, RES_FIELDS);
+    pack_str(&pk, "lbres");
+    msgpack_pack_uint32(&pk, LB_JOB_WIRE_VERSION);
+    pack_str(&pk, res->job_id);
+    msgpack_pack_int32(&pk, (int32_t)res->status);
+    msgpack_pack_int32(&pk, res->err_code);
+    msgpack_pack_array(&pk, (size_t)res->n_outputs);
+    for (int32_t i = 0; i < res->n_outputs; i++)
+        pack_str(&pk, res->outputs[i].hex);
+    msgpack_pack_double(&pk, res->bpw);
+    msgpack_pack_double(&pk, res->seconds);
+    msgpack_pack_int32(&pk, res->cached);
+    pack_str(&pk, res->error);
+    if (!sb.data) {
+        msgpack_sbuffer_destroy(&sb);
+        return lb_err_set(err, LB_ENOMEM, "result: out of memory encoding");
+    }
+    *buf = (uint8_t *)sb.data;
+    *len = sb.size;
+    return 0;
+}
+
+/* ---- decoding ---------------------------------------------------------- */
+
+typedef struct {
+    const msgpack_object *items;
+    uint32_t n;
+    const char *what; /* "job" / "job options" / "result" */
+    lb_err *err;
+} cursor;
+
+static int bad(const cursor *c, uint32_t i, const char *problem)
+{
+    return lb_err_set(c->err, LB_EFORMAT, "%s message: field %u %s; the sender is not a "
+                      "compatible lowbit or the message was corrupted", c->what, (unsigned)i,
+                      problem);
+}
+
+static int get_i64(const cursor *c, uint32_t i, int64_t lo, int64_t hi, int64_t *out)
+{
+    const msgpack_object *o = &c->items[i];
+    int64_t v;
+    if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        if (o->via.u64 > (uint64_t)INT64_MAX)
+            return bad(c, i, "is out of range");
+        v = (int64_t)o->via.u64;
+    } else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+        v = o->via.i64;
+    } else {
+        return bad(c, i, "is not an integer");
+    }
+    if (v < lo || v > hi)
+        return bad(c, i, "is out of range");
+    *out = v;
+    return 0;
+}
+
+static int get_i32(const cursor *c, uint32_t i, int32_t lo, int32_t hi, int32_t *out)
+{
+    int64_t v;
+    int rc = get_i64(c, i, lo, hi, &v);
+    if (!rc)
+        *out = (int32_t)v;
+    return rc;
+}
+
+static int get_f64(const cursor *c, uint32_t i, double *out)
+{
+    const msgpack_object *o = &c->items[i];
+    if (o->type != MSGPACK_OBJECT_FLOAT64 && o->type != MSGPACK_OBJECT_FLOAT32)
+        return bad(c, i, "is not a float");
+    if (!isfinite(o->via.f64))
+        return bad(c, i, "is not finite");
+    *out = o->via.f64;
+    return 0;
+}
+
+static int get_bool(const cursor *c, uint32_t i, bool *out)
+{
+    const msgpack_object *o = &c->items[i];
+    if (o->type != MSGPACK_OBJECT_BOOLEAN)
+        return bad(c, i, "is not a boolean");
+    *out = o->via.boolean;
+    return 0;
+}
+
+/* Copies a string field into dst[size] (must fit with its NUL, no embedded NUL). */
+static int get_str(const cursor *c, uint32_t i, char *dst, size_t size)
+{
+    const msgpack_object *o = &c->items[i];
+    if (o->type != MSGPACK_OBJECT_STR)
+        return bad(c, i, "is not a string");
+    if (o->via.str.size >= size)
+        return bad(c, i, "is too long");
+    if (o->via.str.size && memchr(o->via.str.ptr, 0, o->via.str.size))
+        return bad(c, i, "holds a NUL byte");
+    memcpy(dst, o->via.str.ptr, o->via.str.size);
+    dst[o->via.str.size] = '\0';
+    return 0;
+}
+
+static int get_id(const cursor *c, uint32_t i, char *dst, bool allow_empty)
+{
+    int rc = get_str(c, i, dst, LB_ID_HEX);
+    if (rc)
+        return rc;
+    if (allow_empty && dst[0] == '\0')
+        return 0;
+    return lb_id_valid(dst) ? 0 : bad(c, i, "is not a 64-digit lower-case hex id");
+}
+
+static int get_array(const cursor *c, uint32_t i, uint32_t max, cursor *sub, const char *what)
+{
+    const msgpack_object *o = &c->items[i];
+    if (o->type != MSGPACK_OBJECT_ARRAY)
+        return bad(c, i, "is not an array");
+    if (o->via.array.size > max)
+        return bad(c, i, "has too many elements");
+    sub->items = o->via.array.ptr;
+    sub->n = o->via.array.size;
+    sub->what = what;
+    sub->err = c->err;
+    return 0;
+}
+
+static int decode_opts(const cursor *c, lb_qopts *o)
+{
+    if (c->n != OPTS_FIELDS)
+        return lb_err_set(c->err, LB_EFORMAT, "job message: options hold %u values, expected %d",
+                          (unsigned)c->n, OPTS_FIELDS);
+    int64_t grid, crit;
+    int rc = 0;
+    if ((rc = get_f64(c, 0, &o->bits)) || (rc = get_i32(c, 1, 0, INT32_MAX, &o->group_size)) ||
+        (rc = get_bool(c, 2, &o->act_order)) || (rc = get_bool(c, 3, &o->static_groups)) ||
+        (rc = get_bool(c, 4, &o->sym)) || (rc = get_i64(c, 5, 0, 1, &grid)) ||
+        (rc = get_f64(c, 6, &o->damp)) || (rc = get_i32(c, 7, 0, INT32_MAX, &o->block_size)) ||
+        (rc = get_f64(c, 8, &o->outlier_threshold)) ||
+        (rc = get_bool(c, 9, &o->outlier_hessian_score)) ||
+        (rc = get_f64(c, 10, &o->outlier_keep_top)) ||
+        (rc = get_f64(c, 11, &o->outlier_keep_rest)) ||
+        (rc = get_f64(c, 12, &o->outlier_top_frac)) ||
+        (rc = get_bool(c, 13, &o->centroids_with_outliers)) ||
+        (rc = get_f64(c, 14, &o->salient_frac)) ||
+        (rc = get_i32(c, 15, 0, 64, &o->salient_bits)) || (rc = get_i64(c, 16, 0, 1, &crit)) ||
+        (rc = get_i32(c, 17, 0, INT32_MAX, &o->salient_group)) ||
+        (rc = get_i32(c, 18, 0, 64, &o->bases)) ||
+        (rc = get_i32(c, 19, 0, 1000000, &o->refine_iters)) ||
+        (rc = get_bool(c, 20, &o->hessian_weighted)) || (rc = get_bool(c, 21, &o->gptq_init)))
+        return rc;
+    if (c->items[22].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return bad(c, 22, "is not an unsigned integer");
+    o->seed = c->items[22].via.u64;
+    o->grid = (lb_qgrid)grid;
+    o->salient_criterion = (lb_qsalient)crit;
+    return 0;
+}
+
+/* Unpacks exactly one top-level array from buf. */
+static int unpack_one(const uint8_t *buf, size_t len, msgpack_unpacked *u, const char *what,
+                      lb_err *err)
+{
+    if (!buf || len == 0)
+        return lb_err_set(err, LB_EFORMAT, "%s message: empty", what);
+    size_t off = 0;
+    msgpack_unpack_return r = msgpack_unpack_next(u, (const char *)buf, len, &off);
+    if (r == MSGPACK_UNPACK_CONTINUE)
+        return lb_err_set(err, LB_EFORMAT, "%s message: truncated (%zu bytes); resend it",
+                          what, len);
+    if (r == MSGPACK_UNPACK_NOMEM_ERROR)
+        /* msgpack-c allocates what a header declares; a corrupted length lands here */
+        return lb_err_set(err, LB_EFORMAT, "%s message: declares more elements than can be "
+                          "allocated (corrupted length?)", what);
+    if (r != MSGPACK_UNPACK_SUCCESS && r != MSGPACK_UNPACK_EXTRA_BYTES)
+        return lb_err_set(err, LB_EFORMAT, "%s message: not valid msgpack", what);
+    if (off != len)
+        return lb_err_set(err, LB_EFORMAT, "%s message: %zu trailing bytes after the message",
+                          what, len - off);
+    if (u->data.type != MSGPACK_OBJECT_ARRAY)
+        return lb_err_set(err, LB_EFORMAT, "%s message: not an array", what);
+    return 0;
+}
+
+static int check_header(const cursor *c, const char *magic, uint32_t nfields)
+{
+    char m[8];
+    if (c->n < 2 || get_str(c, 0, m, sizeof m) || strcmp(m, magic) != 0)
+        return lb_err_set(c->err, LB_EFORMAT, "%s message: missing \"%s\" magic; not a lowbit "
+                          "%s", c->what, magic, c->what);
+    int64_t ver;
+    if (get_i64(c, 1, 0, INT32_MAX, &ver))
+        return c->err->code;
+    if (ver != LB_JOB_WIRE_VERSION)
+        return lb_err_set(c->err, LB_EFORMAT, "%s message: wire version %lld, this lowbit "
+                          "speaks %d; run the same lowbit version everywhere", c->what,
+                          (long long)ver, LB_JOB_WIRE_VERSION);
+    if (c->n != nfields)
+        return lb_err_set(c->err, LB_EFORMAT, "%s message: %u fields, expected %u", c->what,
+                          (unsigned)c->n, (unsigned)nfields);
+    return 0;
+}
+
+int lb_job_decode(const uint8_t *buf, size_t len, lb_job *job, lb_err *err)
+{
+    lb_err scratch;
+    if (!err)
+        err = &scratch;
+    lb_job_init(job);
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    int rc = unpack_one(buf, len, &u, "job", err);
+    if (rc)
+        goto fail;
+    cursor c = {u.data.via.array.ptr, u.data.via.array.size, "job", err};
+    if ((rc = check_header(&c, "lbjob", JOB_FIELDS)))
+        goto fail;
+    int32_t type;
+    cursor opts, ins, outs;
+    if ((rc = get_i32(&c, 2, LB_JOB_COLLECT_HESSIAN, LB_JOB_MERGE, &type)) ||
+        (rc = get_id(&c, 3, job->id, true)) ||
+        (rc = get_i32(&c, 4, -1, 1 << 20, &job->block)) ||
+        (rc = get_i32(&c, 5, -1, 63, &job->linear)) ||
+        (rc = get_i32(&c, 6, -1, LB_STAGE_MLP_ACT, &job->stage)) ||
+        (rc = get_str(&c, 7, job->tensor, sizeof job->tensor)) ||
+        (rc = get_str(&c, 8, job->method, sizeof job->method)) ||
+        (rc = get_array(&c, 9, OPTS_FIELDS, &opts, "job options")) ||
+        (rc = decode_opts(&opts, &job->opts)) ||
+        (rc = get_str(&c, 10, job->lowbit_version, sizeof job->lowbit_version)) ||
+        (rc = get_id(&c, 11, job->model_fp, true)) || (rc = get_id(&c, 12, job->calib_fp, true)) ||
+        (rc = get_i64(&c, 13, 0, INT64_MAX, &job->n_seq)) ||
+        (rc = get_i64(&c, 14, 0, INT64_MAX, &job->seq_len)) ||
+        (rc = get_str(&c, 15, job->model_dir, sizeof job->model_dir)) ||
+        (rc = get_str(&c, 16, job->out_dir, sizeof job->out_dir)) ||
+        (rc = get_str(&c, 17, job->options_json, sizeof job->options_json)) ||
+        (rc = get_array(&c, 18, LB_JOB_MAX_INPUTS, &ins, "job inputs")) ||
+        (rc = get_array(&c, 19, LB_JOB_MAX_OUTPUTS, &outs, "job outputs")))
+        goto fail;
+    job->type = (lb_job_type)type;
+    if (job->type == LB_JOB_QUANTIZE_LINEAR && (rc = lb_qopts_validate(&job->opts, err))) {
+        lb_err_prefix(err, "job message: invalid options");
+        rc = LB_EFORMAT;
+        err->code = rc;
+        goto fail;
+    }
+    if (ins.n > 0) {
+        job->inputs = calloc(ins.n, sizeof *job->inputs);
+        if (!job->inputs) {
+            rc = lb_err_set(err, LB_ENOMEM, "job message: out of memory for %u inputs",
+                            (unsigned)ins.n);
+            goto fail;
+        }
+    }
+    job->n_inputs = (int32_t)ins.n;
+    for (uint32_t i = 0; i < ins.n; i++)
+        if ((rc = get_id(&ins, i, job->inputs[i].hex, false)))
+            goto fail;
+    job->n_outputs = (int32_t)outs.n;
+    for (uint32_t i = 0; i < outs.n; i++)
+        if ((rc = get_id(&outs, i, job->outputs[i].hex, false)))
+            goto fail;
+    msgpack_unpacked_destroy(&u);
+    return 0;
+fail:
+    msgpack_unpacked_destroy(&u);
+    lb_job_clear(job);
+    return rc;
+}
+
+int lb_job_result_decode(const uint8_t *buf, size_t len, lb_job_result *res, lb_err *err)
+{
+    lb_err scratch;
+    if (!err)
+        err = &scratch;
+    memset(res, 0, sizeof *res);
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    int rc = unpack_one(buf, len, &u, "result", err);
+    if (rc)
+        goto fail;
+    cursor c = {u.data.via.array.ptr, u.data.via.array.size, "result", err};
+    if ((rc = check_header(&c, "lbres", RES_FIELDS)))
+        goto fail;
+    int32_t status;
+    cursor outs;
+    if ((rc = get_id(&c, 2, res->job_id, false)) || (rc = get_i32(&c, 3, 0, 1, &status)) ||
+        (rc = get_i32(&c, 4, LB_ENET, 0, &res->err_code)) ||
+        (rc = get_array(&c, 5, LB_JOB_MAX_OUTPUTS, &outs, "result outputs")) ||
+        (rc = get_f64(&c, 6, &res->bpw)) || (rc = get_f64(&c, 7, &res->seconds)) ||
+        (rc = get_i32(&c, 8, 0, 1, &res->cached)) ||
+        (rc = get_str(&c, 9, res->error, sizeof res->error)))
+        goto fail;
+    res->status = (lb_job_status)status;
+    res->n_outputs = (int32_t)outs.n;
+    for (uint32_t i = 0; i < outs.n; i++)
+        if ((rc = get_id(&outs, i, res->outputs[i].hex, false)))
+            goto fail;
+    if (res->bpw < 0 || res->seconds < 0) {
+        rc = lb_err_set(err, LB_EFORMAT, "result message: negative bpw or seconds");
+        goto fail;
+    }
+    msgpack_unpacked_destroy(&u);
+    return 0;
+fail:
+    msgpack_unpacked_destroy(&u);
+    memset(res, 0, sizeof *res);
+    return rc;
+}

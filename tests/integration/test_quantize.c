@@ -1,0 +1,280 @@
+/* `lowbit quantize` end to end on stories260K: every registered method gives a
+ * verified packed checkpoint whose dequantized weights are close to (and not
+ * equal to) the source, 1 vs 2 threads give byte-identical files, overrides
+ * pick per-tensor methods, true-sequential runs, and bad inputs fail with one
+ * clear line and no checkpoint presented as complete. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "lb_model.h"
+#include "lb_packed.h"
+#include "lb_test_util.h"
+#include "lb_tokens.h"
+
+static char model_dir[4096], calib[4096];
+
+static int setup(void **state)
+{
+    (void)state;
+    lb_packed_model_register();
+    return 0;
+}
+
+static int quantize(char **out, const char *dir, const char *args)
+{
+    return lb_test_run(out, "'%s' quantize --model '%s' --calib '%s' --out '%s' --ctx 128 "
+                       "--nsamples 8 %s 2>&1", lb_test_lowbit_bin(), model_dir, calib, dir, args);
+}
+
+static bool file_exists(const char *dir, const char *name)
+{
+    char p[4200];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    return access(p, F_OK) == 0;
+}
+
+/* Relative Frobenius error of every linear of block b, packed vs source. */
+static void check_block_close(const char *packed_dir, int32_t b, double max_rel)
+{
+    lb_model *src = NULL, *q = NULL;
+    lb_err err;
+    assert_int_equal(lb_model_open(&src, model_dir, &err), 0);
+    if (lb_model_open(&q, packed_dir, &err) != 0)
+        fail_msg("%s", err.msg);
+    lb_block_weights ws, wq;
+    assert_int_equal(lb_model_load_block(src, b, &ws, &err), 0);
+    assert_int_equal(lb_model_load_block(q, b, &wq, &err), 0);
+    const lb_config *cfg = lb_model_config(src);
+    for (int l = 0; l < LB_LINEAR_COUNT; l++) {
+        int64_t rows, cols;
+        lb_linear_shape(cfg, (lb_linear)l, &rows, &cols);
+        const float *a = lb_block_linear(&ws, (lb_linear)l), *c = lb_block_linear(&wq, (lb_linear)l);
+        double num = 0, den = 0;
+        for (int64_t i = 0; i < rows * cols; i++) {
+            double d = (double)a[i] - (double)c[i];
+            num += d * d;
+            den += (double)a[i] * (double)a[i];
+        }
+        double rel = sqrt(num / den);
+        if (!(rel > 0 && rel < max_rel))
+            fail_msg("block %d linear %d: relative error %g not in (0, %g)", (int)b, l, rel,
+                     max_rel);
+    }
+    /* norms are copied, not quantized */
+    assert_memory_equal(ws.attn_norm, wq.attn_norm, (size_t)cfg->hidden_size * sizeof(float));
+    lb_block_weights_free(&ws);
+    lb_block_weights_free(&wq);
+    lb_model_free(&src);
+    lb_model_free(&q);
+}
+
+static void test_every_method(void **state)
+{
+    (void)state;
+    LB_TEST_REQUIRE_SHARED(model_dir, "models/stories260K");
+    LB_TEST_REQUIRE_SHARED(calib, "data/stories260K-calib.u32");
+    static const struct {
+        const char *name, *args;
+        double max_rel;
+    } cases[] = {
+        {"rtn", "--bits 4", 0.3},
+        {"gptq", "--bits 3 --group-size 32", 0.5},
+        {"claq", "--bits 2.1", 0.8},
+        {"pbllm", "--bits 1 --salient 0.1", 1.0},
+        {"billm", "--bits 1", 1.0},
+        {"qbb", "--bits 1 --bases 2", 1.0},
+    };
+    const lb_qmethod *all[64];
+    int nm = lb_qmethod_list(all, 64);
+    for (int m = 0; m < nm; m++) {
+        int k = -1;
+        for (int c = 0; c < (int)(sizeof cases / sizeof cases[0]); c++)
+            if (!strcmp(cases[c].name, all[m]->name))
+                k = c;
+        if (k < 0)
+            fail_msg("method %s has no end-to-end case here: add one", all[m]->name);
+        char *dir = lb_test_mkdtemp();
+        char out_dir[4200], args[256];
+        snprintf(out_dir, sizeof out_dir, "%s/q", dir);
+        snprintf(args, sizeof args, "--method %s %s --json --threads 2", cases[k].name,
+                 cases[k].args);
+        char *out = NULL;
+        int rc = quantize(&out, out_dir, args);
+        if (rc != 0)
+            fail_msg("%s: exit %d: %s", cases[k].name, rc, out ? out : "");
+        /* the last line is the summary */
+        char *last = out + strlen(out) - 1;
+        while (last > out && last[-1] != '\n')
+            last--;
+        json_t *o = json_loads(last, 0, NULL);
+        if (!o)
+            fail_msg("%s: summary is not JSON: %s", cases[k].name, last);
+        assert_string_equal(json_string_value(json_object_get(o, "event")), "done");
+        assert_int_equal(json_integer_value(json_object_get(o, "quantized_linears")), 35);
+        double bpw = json_real_value(json_object_get(o, "bpw"));
+        assert_true(json_real_value(json_object_get(o, "peak_rss_mib")) > 0);
+        lb_packed_summary sum;
+        lb_err err;
+        if (lb_packed_verify(out_dir, &sum, &err) != 0)
+            fail_msg("%s: %s", cases[k].name, err.msg);
+        assert_true(fabs(sum.bpw - bpw) < 1e-9 * bpw);
+        assert_true(bpw > 0.5 && bpw < 8);
+        check_block_close(out_dir, 0, cases[k].max_rel);
+        check_block_close(out_dir, 4, cases[k].max_rel);
+        json_decref(o);
+        free(out);
+        lb_test_rmdir(&dir);
+    }
+}
+
+static void test_threads_byte_identical(void **state)
+{
+    (void)state;
+    LB_TEST_REQUIRE_SHARED(model_dir, "models/stories260K");
+    LB_TEST_REQUIRE_SHARED(calib, "data/stories260K-calib.u32");
+    char *dir = lb_test_mkdtemp();
+    char a[4200], b[4200];
+    snprintf(a, sizeof a, "%s/a", dir);
+    snprintf(b, sizeof b, "%s/b", dir);
+    char *out = NULL;
+    assert_int_equal(quantize(&out, a, "--method gptq --bits 2 --act-order --threads 1"), 0);
+    free(out);
+    assert_int_equal(quantize(&out, b, "--method gptq --bits 2 --act-order --threads 2"), 0);
+    free(out);
+    assert_int_equal(lb_test_run(&out, "cmp '%s/model.safetensors' '%s/model.safetensors' && "
+                                 "cmp '%s/manifest.json' '%s/manifest.json' && cmp "
+                                 "'%s/config.json' '%s/config.json'", a, b, a, b, a, b), 0);
+    free(out);
+    lb_test_rmdir(&dir);
+}
+
+static void test_override_and_true_sequential(void **state)
+{
+    (void)state;
+    LB_TEST_REQUIRE_SHARED(model_dir, "models/stories260K");
+    LB_TEST_REQUIRE_SHARED(calib, "data/stories260K-calib.u32");
+    char *dir = lb_test_mkdtemp();
+    char q[4200];
+    snprintf(q, sizeof q, "%s/q", dir);
+    char *out = NULL;
+    int rc = quantize(&out, q, "--method gptq --bits 2 --true-sequential --threads 2 "
+                      "--override 'model\\.layers\\.[0-9]+\\.mlp\\..*=rtn:bits=4' "
+                      "--override '.*down_proj.*=rtn:bits=3,group-size=32'");
+    if (rc != 0)
+        fail_msg("exit %d: %s", rc, out ? out : "");
+    /* the log names every tensor's final choice */
+    assert_non_null(strstr(out, "model.layers.2.mlp.up_proj.weight"));
+    free(out);
+    char p[4300];
+    snprintf(p, sizeof p, "%s/config.json", q);
+    json_t *cfg = json_load_file(p, 0, NULL);
+    assert_non_null(cfg);
+    json_t *per = json_object_get(json_object_get(cfg, "quantization_config"), "per_tensor");
+    assert_non_null(per);
+    const char *mq = json_string_value(json_object_get(
+        json_object_get(per, "model.layers.1.self_attn.q_proj.weight"), "method"));
+    const char *mu = json_string_value(
+        json_object_get(json_object_get(per, "model.layers.1.mlp.up_proj.weight"), "method"));
+    const char *md = json_string_value(json_object_get(
+        json_object_get(per, "model.layers.1.mlp.down_proj.weight"), "method"));
+    assert_string_equal(mq, "gptq");
+    assert_string_equal(mu, "rtn");
+    assert_string_equal(md, "rtn");
+    const char *od = json_string_value(json_object_get(
+        json_object_get(per, "model.layers.1.mlp.down_proj.weight"), "options"));
+    assert_non_null(strstr(od, "bits=3,group_size=32"));
+    json_decref(cfg);
+    check_block_close(q, 1, 0.9);
+    lb_test_rmdir(&dir);
+}
+
+/* Fails with one "lowbit quantize: " line containing `want`, and out_dir holds
+ * no manifest.json. */
+static void expect_error(const char *out_dir, const char *args, const char *want)
+{
+    char *out = NULL;
+    int rc = lb_test_run(&out, "'%s' quantize %s 2>&1", lb_test_lowbit_bin(), args);
+    if (rc == 0 || !out || !strstr(out, want))
+        fail_msg("expected failure mentioning \"%s\", got exit %d: %s", want, rc,
+                 out ? out : "");
+    const char *line = strstr(out, "lowbit quantize: ");
+    assert_non_null(line);
+    assert_false(file_exists(out_dir, "manifest.json"));
+    free(out);
+}
+
+static void test_bad_inputs(void **state)
+{
+    (void)state;
+    LB_TEST_REQUIRE_SHARED(model_dir, "models/stories260K");
+    LB_TEST_REQUIRE_SHARED(calib, "data/stories260K-calib.u32");
+    char *dir = lb_test_mkdtemp();
+    char q[4200], odd[4200], big[4200], args[16384];
+    snprintf(q, sizeof q, "%s/q", dir);
+    uint32_t ids[1000];
+    for (int i = 0; i < 1000; i++)
+        ids[i] = (uint32_t)(i % 500);
+    snprintf(odd, sizeof odd, "%s/odd.u32", dir);
+    assert_int_equal(lb_tokens_write_u32(odd, ids, 1000, NULL), 0);
+    ids[300] = 512;
+    snprintf(big, sizeof big, "%s/big.u32", dir);
+    assert_int_equal(lb_tokens_write_u32(big, ids, 1024, NULL), 0);
+
+    snprintf(args, sizeof args, "--model '%s' --calib '%s' --out '%s' --method gptq --ctx 128",
+             model_dir, odd, q);
+    expect_error(q, args, "1000 tokens is not a multiple of --ctx 128");
+    snprintf(args, sizeof args, "--model '%s' --calib '%s' --out '%s' --method gptq --ctx 128",
+             model_dir, big, q);
+    expect_error(q, args, "token id 512 at index 300");
+    snprintf(args, sizeof args, "--model '%s' --calib '%s' --out '%s' --method nope", model_dir,
+             calib, q);
+    expect_error(q, args, "unknown method \"nope\"");
+    snprintf(args, sizeof args, "--model '%s' --calib '%s' --out '%s' --method gptq --bogus 3",
+             model_dir, calib, q);
+    expect_error(q, args, "unknown or incomplete option \"--bogus\"");
+    snprintf(args, sizeof args, "--model '%s' --calib '%s' --out '%s' --method gptq "
+             "--override 'x=gptq:bits=9,frobnicate=1'", model_dir, calib, q);
+    expect_error(q, args, "--override");
+    snprintf(args, sizeof args, "--model '%s' --calib '%s' --out '%s' --method gptq", dir,
+             calib, q);
+    expect_error(q, args, dir);
+    snprintf(args, sizeof args, "--model '%s' --calib '%s' --out '%s' --method gptq "
+             "--ctx 128 --nsamples 1000", model_dir, calib, q);
+    expect_error(q, args, "--nsamples 1000");
+
+    /* an output dir holding a different job */
+    char *out = NULL;
+    assert_int_equal(quantize(&out, q, "--method rtn --bits 4"), 0);
+    free(out);
+    snprintf(args, sizeof args, "--model '%s' --calib '%s' --out '%s' --method rtn --bits 3 "
+             "--ctx 128 --nsamples 8", model_dir, calib, q);
+    int rc = lb_test_run(&out, "'%s' quantize %s 2>&1", lb_test_lowbit_bin(), args);
+    assert_int_not_equal(rc, 0);
+    assert_non_null(strstr(out, "holds a different quantize job"));
+    assert_non_null(strstr(out, "--force"));
+    free(out);
+    /* a non-empty directory that is not a lowbit job */
+    snprintf(args, sizeof args, "--model '%s' --calib '%s' --out '%s' --method rtn --ctx 128",
+             model_dir, calib, model_dir);
+    rc = lb_test_run(&out, "'%s' quantize %s 2>&1", lb_test_lowbit_bin(), args);
+    assert_int_not_equal(rc, 0);
+    assert_non_null(strstr(out, "holds no lowbit quantize job"));
+    free(out);
+    lb_test_rmdir(&dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_every_method),
+        cmocka_unit_test(test_threads_byte_identical),
+        cmocka_unit_test(test_override_and_true_sequential),
+        cmocka_unit_test(test_bad_inputs),
+    };
+    return cmocka_run_group_tests(tests, setup, NULL);
+}

@@ -1,0 +1,673 @@
+/* BiLLM: the block planner and the full method against plain double references. */
+#include "lb_test_util.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lb_billm.h"
+#include "lb_dtype.h"
+#include "lb_quant.h"
+
+#define ASSERT_NEAR(a, b, tol) assert_near_impl((double)(a), (double)(b), (double)(tol), __LINE__)
+static void assert_near_impl(double a, double b, double tol, int line)
+{
+    if (!(fabs(a - b) <= tol))
+        fail_msg("line %d: %.9g vs %.9g differ by %.3g > %.3g", line, a, b, fabs(a - b), tol);
+}
+
+/* Heavy-tailed weights with a few strong columns, like LLM layers. */
+static float *rand_weights(int64_t rows, int64_t cols, uint64_t seed)
+{
+    float *W = malloc((size_t)(rows * cols) * sizeof(float));
+    assert_non_null(W);
+    uint64_t s = seed;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < cols; j++) {
+            float g = lb_test_rand_normal(&s);
+            float scale = (j % 11 == 3) ? 0.08f : 0.02f;
+            if (lb_test_rand_uniform(&s) < 0.02f)
+                scale *= 4.0f;
+            W[r * cols + j] = scale * g;
+        }
+    return W;
+}
+
+static float *rand_hessian(int64_t cols, uint64_t seed)
+{
+    int64_t nx = 2 * cols + 8;
+    double *X = malloc((size_t)(nx * cols) * sizeof(double));
+    float *H = malloc((size_t)(cols * cols) * sizeof(float));
+    assert_non_null(X);
+    assert_non_null(H);
+    uint64_t s = seed;
+    for (int64_t t = 0; t < nx; t++) {
+        double common = (double)lb_test_rand_normal(&s);
+        for (int64_t j = 0; j < cols; j++)
+            X[t * cols + j] = 0.5 * common + (double)lb_test_rand_normal(&s) * (1.0 + (double)(j % 7));
+    }
+    for (int64_t a = 0; a < cols; a++)
+        for (int64_t b = 0; b < cols; b++) {
+            double acc = 0.0;
+            for (int64_t t = 0; t < nx; t++)
+                acc += X[t * cols + a] * X[t * cols + b];
+            H[a * cols + b] = (float)acc;
+        }
+    free(X);
+    return H;
+}
+
+static float f16r(double v)
+{
+    return lb_f16_to_f32(lb_f32_to_f16((float)v));
+}
+
+/* ---- slow reference planner (double, explicit binarization, full sort) ---- */
+
+typedef struct {
+    int nsal;
+    uint8_t sal[256];
+    double split;
+    float alpha[64 * 4];
+    double err;
+} ref_plan;
+
+/* Order-2 residual binarization of the entries of row w (nb) selected by sel: explicit
+ * error Σ (w - ŵ)² with α1 = mean |w|, α2 = mean |w - α1 sign w| (unrounded). */
+static double ref_resbin2_err(const double *w, const bool *sel, int nb)
+{
+    int n = 0;
+    double s = 0.0;
+    for (int j = 0; j < nb; j++)
+        if (sel[j]) {
+            n++;
+            s += fabs(w[j]);
+        }
+    if (!n)
+        return 0.0;
+    double a1 = s / n, t = 0.0;
+    for (int j = 0; j < nb; j++)
+        if (sel[j])
+            t += fabs(w[j] - (w[j] >= 0 ? a1 : -a1));
+    double a2 = t / n, e = 0.0;
+    for (int j = 0; j < nb; j++)
+        if (sel[j]) {
+            double v1 = w[j] >= 0 ? a1 : -a1;
+            double q = v1 + (w[j] - v1 >= 0 ? a2 : -a2);
+            e += (w[j] - q) * (w[j] - q);
+        }
+    return e;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* W block (rows, nb) double; quantize one weight with a plan (same rule as the method). */
+static double ref_quant(double w, bool sal, const float *a, double split)
+{
+    if (sal) {
+        double v1 = w >= 0 ? (double)a[0] : -(double)a[0];
+        return v1 + (w - v1 >= 0 ? (double)a[1] : -(double)a[1]);
+    }
+    double g = fabs(w) > split ? (double)a[3] : (double)a[2];
+    return w >= 0 ? g : -g;
+}
+
+static void ref_plan_block(const double *Wb, int rows, int nb, const double *hinv_diag,
+                           int max_salient, int split_points, ref_plan *P)
+{
+    /* salient score, descending, ties by index */
+    double score[256];
+    int order[256];
+    for (int j = 0; j < nb; j++) {
+        double s = 0.0;
+        for (int r = 0; r < rows; r++)
+            s += Wb[r * nb + j] * Wb[r * nb + j];
+        score[j] = s / (hinv_diag[j] * hinv_diag[j]);
+        order[j] = j;
+    }
+    for (int i = 0; i < nb; i++) /* selection sort: the largest remaining, lowest index */
+        for (int k = i + 1; k < nb; k++)
+            if (score[order[k]] > score[order[i]] ||
+                (score[order[k]] == score[order[i]] && order[k] < order[i])) {
+                int t = order[i];
+                order[i] = order[k];
+                order[k] = t;
+            }
+    int kmax = max_salient < nb ? max_salient : nb, best_k = 0;
+    double best_e = INFINITY;
+    for (int k = 0; k <= kmax; k++) {
+        bool sel[256] = {0}, rest[256];
+        for (int i = 0; i < k; i++)
+            sel[order[i]] = true;
+        for (int j = 0; j < nb; j++)
+            rest[j] = !sel[j];
+        double e = 0.0;
+        for (int r = 0; r < rows; r++)
+            e += ref_resbin2_err(Wb + r * nb, sel, nb) + ref_resbin2_err(Wb + r * nb, rest, nb);
+        if (e < best_e) {
+            best_e = e;
+            best_k = k;
+        }
+    }
+    memset(P->sal, 0, sizeof(P->sal));
+    for (int i = 0; i < best_k; i++)
+        P->sal[order[i]] = 1;
+    P->nsal = best_k;
+    for (int r = 0; r < rows; r++) {
+        double s = 0.0;
+        for (int j = 0; j < nb; j++)
+            if (P->sal[j])
+                s += fabs(Wb[r * nb + j]);
+        float a1 = best_k ? f16r(s / best_k) : 0.0f;
+        double t = 0.0;
+        for (int j = 0; j < nb; j++)
+            if (P->sal[j])
+                t += fabs(Wb[r * nb + j] - (Wb[r * nb + j] >= 0 ? (double)a1 : -(double)a1));
+        P->alpha[r * 4 + 0] = a1;
+        P->alpha[r * 4 + 1] = best_k ? f16r(t / best_k) : 0.0f;
+    }
+    /* break point: exact quantiles by sorting all non-salient |w| */
+    int m = nb - best_k, total = rows * m;
+    double *all = malloc((size_t)(total > 0 ? total : 1) * sizeof(double));
+    int g = 0;
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < nb; j++)
+            if (!P->sal[j])
+                all[g++] = fabs((double)(float)Wb[r * nb + j]);
+    qsort(all, (size_t)total, sizeof(double), cmp_double);
+    P->split = 0.0;
+    if (m > 0) {
+        best_e = INFINITY;
+        for (int t = 0; t < split_points; t++) {
+            double q = split_points == 1 ? 0.5 : 0.10 + 0.80 * (double)t / (double)(split_points - 1);
+            double p = all[(int64_t)floor(q * (double)(total - 1))];
+            double e = 0.0;
+            for (int r = 0; r < rows; r++) {
+                double sc = 0, ss = 0;
+                int nc = 0, ns = 0;
+                for (int j = 0; j < nb; j++)
+                    if (!P->sal[j]) {
+                        double a = fabs(Wb[r * nb + j]);
+                        if (a > p) {
+                            ss += a;
+                            ns++;
+                        } else {
+                            sc += a;
+                            nc++;
+                        }
+                    }
+                double ac = nc ? sc / nc : 0.0, as = ns ? ss / ns : 0.0;
+                for (int j = 0; j < nb; j++)
+                    if (!P->sal[j]) {
+                        double a = fabs(Wb[r * nb + j]);
+                        double d = a - (a > p ? as : ac);
+                        e += d * d;
+                    }
+            }
+            if (e < best_e) {
+                best_e = e;
+                P->split = p;
+            }
+        }
+    }
+    free(all);
+    P->err = 0.0;
+    for (int r = 0; r < rows; r++) {
+        double sc = 0, ss = 0;
+        int nc = 0, ns = 0;
+        for (int j = 0; j < nb; j++)
+            if (!P->sal[j]) {
+                double a = fabs(Wb[r * nb + j]);
+                if (a > P->split) {
+                    ss += a;
+                    ns++;
+                } else {
+                    sc += a;
+                    nc++;
+                }
+            }
+        P->alpha[r * 4 + 2] = nc ? f16r(sc / nc) : 0.0f;
+        P->alpha[r * 4 + 3] = ns ? f16r(ss / ns) : 0.0f;
+        for (int j = 0; j < nb; j++) {
+            double d = Wb[r * nb + j] - ref_quant(Wb[r * nb + j], P->sal[j], P->alpha + r * 4, P->split);
+            P->err += d * d;
+        }
+    }
+}
+
+/* scales may differ by one f16 step when the double sums differ in the last bits */
+static void assert_f16_close(float a, float b)
+{
+    ASSERT_NEAR(a, b, fabs((double)b) * 0x1p-10 + 1e-12);
+}
+
+static void test_registry(void **state)
+{
+    (void)state;
+    assert_ptr_equal(lb_qmethod_find("billm"), &lb_qmethod_billm);
+}
+
+/* Worked example of order-2 residual binarization and of the group rule. */
+static void test_residual_binarization_by_hand(void **state)
+{
+    (void)state;
+    /* salient {3, -1, 2, -2}: α1 = 2, residuals {1, 1, 0, 0}, α2 = 0.5 */
+    const float a[4] = {2.0f, 0.5f, 0.25f, 1.0f};
+    const float w[4] = {3.0f, -1.0f, 2.0f, -2.0f};
+    const float want[4] = {2.5f, -1.5f, 2.5f, -1.5f};
+    for (int i = 0; i < 4; i++) {
+        uint8_t code;
+        assert_true(lb_billm_quant(w[i], true, a, 0.0f, &code) == want[i]);
+        assert_true(lb_billm_value(code, true, a) == want[i]);
+    }
+    /* non-salient with p = 0.5: |w| <= p -> ±0.25, else ±1 */
+    const float wn[4] = {0.5f, -0.2f, 0.7f, -3.0f};
+    const float wantn[4] = {0.25f, -0.25f, 1.0f, -1.0f};
+    for (int i = 0; i < 4; i++) {
+        uint8_t code;
+        assert_true(lb_billm_quant(wn[i], false, a, 0.5f, &code) == wantn[i]);
+        assert_true(lb_billm_value(code, false, a) == wantn[i]);
+    }
+}
+
+static void check_plan(int rows, int nb, int max_salient, int split_points, uint64_t seed)
+{
+    float *Wb = rand_weights(rows, nb, seed);
+    double *Wd = malloc((size_t)(rows * nb) * sizeof(double));
+    double hd[256];
+    uint64_t s = seed * 7 + 1;
+    for (int i = 0; i < rows * nb; i++)
+        Wd[i] = Wb[i];
+    for (int j = 0; j < nb; j++)
+        hd[j] = 0.5 + (double)lb_test_rand_uniform(&s);
+    lb_billm_cfg cfg = {.max_salient = max_salient, .split_points = split_points};
+    lb_billm_plan plan;
+    lb_err e;
+    assert_int_equal(lb_billm_plan_init(&plan, rows, nb, &cfg, &e), 0);
+    assert_int_equal(lb_billm_plan_block(&plan, Wb, nb, nb, hd, &cfg, &e), 0);
+    ref_plan *P = calloc(1, sizeof(*P));
+    ref_plan_block(Wd, rows, nb, hd, max_salient, split_points, P);
+    assert_int_equal(plan.nsalient, P->nsal);
+    assert_memory_equal(plan.salient, P->sal, (size_t)nb);
+    ASSERT_NEAR(plan.split, P->split, 0.0);
+    for (int i = 0; i < rows * 4; i++)
+        assert_f16_close(plan.alpha[i], P->alpha[i]);
+    ASSERT_NEAR(plan.err, P->err, 1e-6 * P->err);
+    lb_billm_plan_free(&plan);
+    assert_null(plan.alpha);
+    free(P);
+    free(Wb);
+    free(Wd);
+}
+
+static void test_plan_matches_reference(void **state)
+{
+    (void)state;
+    check_plan(16, 32, 50, 81, 1);  /* every salient count searched */
+    check_plan(24, 40, 8, 81, 2);   /* capped search */
+    check_plan(9, 17, 5, 1, 3);     /* one split candidate (median) */
+    check_plan(64, 64, 20, 33, 4);
+}
+
+/* The planner's choice beats every salient count and every split it was offered:
+ * compare against the reference's error for forced choices. */
+static void test_plan_is_search_optimal(void **state)
+{
+    (void)state;
+    const int rows = 20, nb = 32;
+    float *Wb = rand_weights(rows, nb, 9);
+    double hd[32];
+    for (int j = 0; j < nb; j++)
+        hd[j] = 1.0;
+    lb_billm_cfg cfg;
+    lb_billm_cfg_init(&cfg);
+    lb_billm_plan plan;
+    assert_int_equal(lb_billm_plan_init(&plan, rows, nb, &cfg, NULL), 0);
+    assert_int_equal(lb_billm_plan_block(&plan, Wb, nb, nb, hd, &cfg, NULL), 0);
+    /* with the chosen salient set, no other split among the candidates is better */
+    double *all = malloc(sizeof(double) * (size_t)(rows * nb));
+    int g = 0;
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < nb; j++)
+            if (!plan.salient[j])
+                all[g++] = fabs((double)Wb[r * nb + j]);
+    qsort(all, (size_t)g, sizeof(double), cmp_double);
+    double chosen = -1.0, best = INFINITY;
+    for (int t = 0; t < g; t++) { /* every possible split, not just the grid */
+        double p = all[t], e = 0.0;
+        for (int r = 0; r < rows; r++) {
+            double sc = 0, ss = 0, sq = 0;
+            int nc = 0, ns = 0;
+            for (int j = 0; j < nb; j++)
+                if (!plan.salient[j]) {
+                    double a = fabs((double)Wb[r * nb + j]);
+                    sq += a * a;
+                    if (a > p) {
+                        ss += a;
+                        ns++;
+                    } else {
+                        sc += a;
+                        nc++;
+                    }
+                }
+            e += sq - (nc ? sc * sc / nc : 0) - (ns ? ss * ss / ns : 0);
+        }
+        if (p == (double)plan.split)
+            chosen = e;
+        if (e < best)
+            best = e;
+    }
+    assert_true(chosen >= 0.0);
+    /* the 81-point grid gets within 2% of the best split over all values */
+    assert_true(chosen <= best * 1.02);
+    free(all);
+    lb_billm_plan_free(&plan);
+    free(Wb);
+}
+
+/* ---- slow reference of the full method: plain OBS column loop in double ---- */
+
+static void ref_billm(const float *W, const float *H, int rows, int cols, int bs,
+                      const lb_billm_cfg *cfg, double *W_hat)
+{
+    int n = cols;
+    double *A = malloc(sizeof(double) * (size_t)(n * 2 * n));
+    double *Wd = malloc(sizeof(double) * (size_t)(rows * n));
+    double *U = calloc((size_t)(n * n), sizeof(double));
+    double mean = 0.0;
+    for (int j = 0; j < n; j++)
+        mean += H[j * n + j] == 0.0f ? 1.0 : (double)H[j * n + j];
+    double damp = (double)(float)(0.01 * (mean / n));
+    /* [Hd | I] -> [I | Hd^-1] by Gauss-Jordan */
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < 2 * n; j++) {
+            double v = j < n ? (double)H[i * n + j] : (j - n == i ? 1.0 : 0.0);
+            if (j == i)
+                v = (H[i * n + i] == 0.0f ? 1.0 : (double)H[i * n + i]) + damp;
+            A[i * 2 * n + j] = v;
+        }
+    for (int k = 0; k < n; k++) {
+        double piv = A[k * 2 * n + k];
+        for (int j = 0; j < 2 * n; j++)
+            A[k * 2 * n + j] /= piv;
+        for (int i = 0; i < n; i++)
+            if (i != k) {
+                double f = A[i * 2 * n + k];
+                for (int j = 0; j < 2 * n; j++)
+                    A[i * 2 * n + j] -= f * A[k * 2 * n + j];
+            }
+    }
+    /* Hinv = Uᵀ U, U upper: Cholesky from the bottom-right corner */
+    double *Hi = malloc(sizeof(double) * (size_t)(n * n));
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++)
+            Hi[i * n + j] = A[i * 2 * n + n + j];
+    for (int i = 0; i < n; i++) {
+        double d = Hi[i * n + i];
+        for (int k = 0; k < i; k++)
+            d -= U[k * n + i] * U[k * n + i];
+        U[i * n + i] = sqrt(d);
+        for (int j = i + 1; j < n; j++) {
+            double v = Hi[i * n + j];
+            for (int k = 0; k < i; k++)
+                v -= U[k * n + i] * U[k * n + j];
+            U[i * n + j] = v / U[i * n + i];
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < n; j++)
+            Wd[r * n + j] = H[j * n + j] == 0.0f ? 0.0 : (double)W[r * n + j];
+    ref_plan *P = calloc(1, sizeof(*P));
+    double *blk = malloc(sizeof(double) * (size_t)(rows * bs));
+    for (int c0 = 0; c0 < n; c0 += bs) {
+        int nb = n - c0 < bs ? n - c0 : bs;
+        double hd[256];
+        for (int j = 0; j < nb; j++)
+            hd[j] = Hi[(c0 + j) * n + c0 + j];
+        /* the method plans on float weights: round like the engine's float state */
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < nb; j++)
+                blk[r * nb + j] = (double)(float)Wd[r * n + c0 + j];
+        ref_plan_block(blk, rows, nb, hd, cfg->max_salient, cfg->split_points, P);
+        for (int j = 0; j < nb; j++) {
+            int c = c0 + j;
+            for (int r = 0; r < rows; r++) {
+                double w = Wd[r * n + c];
+                double q = ref_quant(w, P->sal[j], P->alpha + r * 4, P->split);
+                W_hat[r * n + c] = q;
+                double e = (w - q) / U[c * n + c]; /* GPTQ Eq. 4 */
+                for (int k = c + 1; k < n; k++)
+                    Wd[r * n + k] -= e * U[c * n + k];
+            }
+        }
+    }
+    free(blk);
+    free(P);
+    free(A);
+    free(Hi);
+    free(U);
+    free(Wd);
+}
+
+static void check_method_vs_reference(int rows, int cols, int bs, bool dead, uint64_t seed)
+{
+    float *W = rand_weights(rows, cols, seed);
+    float *H = rand_hessian(cols, seed + 100);
+    if (dead)
+        for (int j = 0; j < cols; j++) {
+            H[3 * cols + j] = 0.0f;
+            H[j * cols + 3] = 0.0f;
+        }
+    lb_qopts o;
+    lb_qopts_init(&o);
+    o.block_size = bs;
+    lb_billm_cfg cfg;
+    lb_billm_cfg_init(&cfg);
+    lb_qresult res;
+    lb_err e;
+    int rc = lb_billm_quantize_cfg(W, rows, cols, H, &o, &cfg, &res, &e);
+    if (rc)
+        fail_msg("%s", e.msg);
+    double *ref = malloc(sizeof(double) * (size_t)(rows * cols));
+    ref_billm(W, H, rows, cols, bs, &cfg, ref);
+    double amax = 0.0, maxdiff = 0.0;
+    for (int i = 0; i < rows * cols; i++) {
+        amax = fmax(amax, fabs(ref[i]));
+        maxdiff = fmax(maxdiff, fabs(ref[i] - (double)res.W_hat[i]));
+    }
+    /* same structure and codes; scales agree to an f16 step */
+    assert_true(maxdiff <= 2e-3 * amax);
+    /* the method's salient bitmap is the reference's */
+    const lb_qfield *fsal = lb_qpacked_field(&res.packed, "salient");
+    assert_non_null(fsal);
+    if (dead)
+        assert_int_equal(lb_qfield_get(fsal, 3), 0); /* no input, no saliency */
+    /* dequantize == W_hat bit for bit */
+    float *D = malloc(sizeof(float) * (size_t)(rows * cols));
+    assert_int_equal(lb_billm_dequantize(&res.packed, D, &e), 0);
+    assert_memory_equal(D, res.W_hat, sizeof(float) * (size_t)(rows * cols));
+    /* bpw = stored bits / weights, from the formula of every field */
+    int64_t nsal = 0, nblocks = (cols + bs - 1) / bs;
+    for (int c = 0; c < cols; c++)
+        nsal += lb_qfield_get(fsal, c);
+    uint64_t bits = 32 + 8 * (uint64_t)((cols + 7) / 8) + 8 * (uint64_t)((rows * cols + 7) / 8) +
+                    8 * (uint64_t)((rows * nsal + 7) / 8) +
+                    8 * (uint64_t)((rows * (cols - nsal) + 7) / 8) +
+                    (uint64_t)(16 * 4 * rows * nblocks);
+    assert_int_equal(lb_qpacked_bits(&res.packed), bits);
+    ASSERT_NEAR(res.bpw, (double)bits / (double)(rows * cols), 1e-12);
+    free(D);
+    free(ref);
+    lb_qresult_free(&res);
+    free(W);
+    free(H);
+}
+
+static void test_method_matches_reference(void **state)
+{
+    (void)state;
+    check_method_vs_reference(12, 64, 32, false, 21);
+    check_method_vs_reference(10, 80, 32, false, 22); /* last block narrower */
+    check_method_vs_reference(8, 48, 128, false, 23); /* one block */
+}
+
+static void test_dead_column(void **state)
+{
+    (void)state;
+    check_method_vs_reference(12, 48, 16, true, 31);
+}
+
+/* Block compensation must pay off: the H-weighted error of the method is below that of
+ * the same structure applied without GPTQ, and far below plain sign binarization. */
+static void test_compensation_lowers_error(void **state)
+{
+    (void)state;
+    const int rows = 32, cols = 96, bs = 32;
+    float *W = rand_weights(rows, cols, 41);
+    float *H = rand_hessian(cols, 42);
+    lb_qopts o;
+    lb_qopts_init(&o);
+    o.block_size = bs;
+    lb_qresult res;
+    assert_int_equal(lb_billm_quantize(W, rows, cols, H, &o, &res, NULL), 0);
+    double e_billm;
+    assert_int_equal(lb_quant_error(W, res.W_hat, rows, cols, H, &e_billm, NULL, NULL), 0);
+    /* no compensation: plan each block of the original W and quantize it */
+    lb_billm_cfg cfg;
+    lb_billm_cfg_init(&cfg);
+    lb_billm_plan plan;
+    assert_int_equal(lb_billm_plan_init(&plan, rows, bs, &cfg, NULL), 0);
+    float *Q = malloc(sizeof(float) * (size_t)(rows * cols));
+    float *S = malloc(sizeof(float) * (size_t)(rows * cols));
+    float blk[32 * 32];
+    double hd[32];
+    for (int j = 0; j < bs; j++)
+        hd[j] = 1.0;
+    for (int c0 = 0; c0 < cols; c0 += bs) {
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < bs; j++)
+                blk[r * bs + j] = W[r * cols + c0 + j];
+        assert_int_equal(lb_billm_plan_block(&plan, blk, bs, bs, hd, &cfg, NULL), 0);
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < bs; j++) {
+                uint8_t code;
+                Q[r * cols + c0 + j] = lb_billm_quant(blk[r * bs + j], plan.salient[j],
+                                                      plan.alpha + r * 4, plan.split, &code);
+            }
+    }
+    for (int r = 0; r < rows; r++) { /* 1-bit: sign(w) * mean |w| per row */
+        double m = 0.0;
+        for (int j = 0; j < cols; j++)
+            m += fabs((double)W[r * cols + j]);
+        m /= cols;
+        for (int j = 0; j < cols; j++)
+            S[r * cols + j] = W[r * cols + j] >= 0.0f ? (float)m : -(float)m;
+    }
+    double e_plain, e_sign;
+    assert_int_equal(lb_quant_error(W, Q, rows, cols, H, &e_plain, NULL, NULL), 0);
+    assert_int_equal(lb_quant_error(W, S, rows, cols, H, &e_sign, NULL, NULL), 0);
+    assert_true(e_billm < e_plain);
+    assert_true(e_plain < e_sign);
+    free(Q);
+    free(S);
+    lb_billm_plan_free(&plan);
+    lb_qresult_free(&res);
+    free(W);
+    free(H);
+}
+
+/* Magnitude criterion: salient columns ranked by Σ w² only. With H = I (no correlation,
+ * equal [H^-1]_jj) both criteria must pick the same structure and the same W_hat; with a
+ * Hessian whose diagonal varies they must differ. */
+static void test_salient_criterion(void **state)
+{
+    (void)state;
+    const int rows = 16, cols = 64;
+    float *W = rand_weights(rows, cols, 61);
+    float *I = calloc((size_t)(cols * cols), sizeof(float));
+    for (int j = 0; j < cols; j++)
+        I[j * cols + j] = 1.0f;
+    float *H = rand_hessian(cols, 62);
+    lb_qopts o;
+    lb_qopts_init(&o);
+    o.block_size = 32;
+    lb_qresult a, b;
+    for (int pass = 0; pass < 2; pass++) {
+        const float *Hp = pass ? H : I;
+        o.salient_criterion = LB_SALIENT_HESSIAN;
+        assert_int_equal(lb_billm_quantize(W, rows, cols, Hp, &o, &a, NULL), 0);
+        o.salient_criterion = LB_SALIENT_MAGNITUDE;
+        assert_int_equal(lb_billm_quantize(W, rows, cols, Hp, &o, &b, NULL), 0);
+        const lb_qfield *sa = lb_qpacked_field(&a.packed, "salient");
+        const lb_qfield *sb = lb_qpacked_field(&b.packed, "salient");
+        bool same = sa->nbytes == sb->nbytes && !memcmp(sa->data, sb->data, sa->nbytes);
+        if (pass == 0) {
+            assert_true(same);
+            assert_memory_equal(a.W_hat, b.W_hat, sizeof(float) * (size_t)(rows * cols));
+        } else {
+            assert_false(same);
+        }
+        lb_qresult_free(&a);
+        lb_qresult_free(&b);
+    }
+    free(W);
+    free(I);
+    free(H);
+}
+
+static void test_nan_and_bad_input(void **state)
+{
+    (void)state;
+    const int rows = 4, cols = 16;
+    float *W = rand_weights(rows, cols, 51);
+    float *H = rand_hessian(cols, 52);
+    lb_qopts o;
+    lb_qopts_init(&o);
+    lb_qresult res;
+    lb_err e;
+    W[5] = NAN;
+    assert_int_equal(lb_billm_quantize(W, rows, cols, H, &o, &res, &e), LB_ENUMERIC);
+    assert_non_null(strstr(e.msg, "NaN"));
+    assert_null(res.W_hat);
+    W[5] = 0.0f;
+    H[7] = INFINITY;
+    assert_int_equal(lb_billm_quantize(W, rows, cols, H, &o, &res, &e), LB_ENUMERIC);
+    H[7] = 0.0f;
+    H[7 * cols] = 0.0f;
+    assert_int_equal(lb_billm_quantize(W, rows, cols, NULL, &o, &res, &e), LB_EINVAL);
+    assert_int_equal(lb_billm_quantize(W, rows, cols, H, &o, &res, &e), 0);
+    /* corrupted packed data is refused */
+    float *D = malloc(sizeof(float) * (size_t)(rows * cols));
+    lb_qfield *fsal = (lb_qfield *)lb_qpacked_field(&res.packed, "salient");
+    uint32_t old = lb_qfield_get(fsal, 0);
+    lb_qfield_put(fsal, 0, !old); /* now sign2/group lengths disagree with the bitmap */
+    assert_int_equal(lb_billm_dequantize(&res.packed, D, &e), LB_EFORMAT);
+    lb_qfield_put(fsal, 0, old);
+    lb_qfield *fbs = (lb_qfield *)lb_qpacked_field(&res.packed, "block_size");
+    lb_qfield_put(fbs, 0, 0);
+    assert_int_equal(lb_billm_dequantize(&res.packed, D, &e), LB_EFORMAT);
+    free(D);
+    lb_qresult_free(&res);
+    free(W);
+    free(H);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_registry),
+        cmocka_unit_test(test_residual_binarization_by_hand),
+        cmocka_unit_test(test_plan_matches_reference),
+        cmocka_unit_test(test_plan_is_search_optimal),
+        cmocka_unit_test(test_method_matches_reference),
+        cmocka_unit_test(test_dead_column),
+        cmocka_unit_test(test_compensation_lowers_error),
+        cmocka_unit_test(test_salient_criterion),
+        cmocka_unit_test(test_nan_and_bad_input),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,128 @@
+#include "lb_test_util.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lb_hessian.h"
+#include "lb_test_qref.h"
+
+enum { T = 300, C = 45 };
+
+/* |a - b| <= tol * max|ref| over the matrix */
+static double max_rel_diff(const float *a, const float *b, int64_t n)
+{
+    double m = 0, d = 0;
+    for (int64_t i = 0; i < n; i++) {
+        m = fmax(m, fabs((double)b[i]));
+        d = fmax(d, fabs((double)a[i] - (double)b[i]));
+    }
+    return d / m;
+}
+
+static void test_chunks_match_reference(void **state)
+{
+    (void)state;
+    float *X = malloc(T * C * sizeof *X), *H = malloc(C * C * sizeof *H);
+    float *Href = malloc(C * C * sizeof *Href);
+    lb_test_activations(X, T, C, 2, 1);
+    lb_test_hessian_ref(X, T, C, Href);
+    lb_hessian *h = NULL;
+    lb_err err = {0};
+    assert_int_equal(lb_hessian_new(C, &h, &err), 0);
+    assert_int_equal(lb_hessian_get(h, H, &err), LB_ESTATE);
+    /* uneven chunks, including an empty one */
+    const int sizes[] = {1, 0, 17, 100, 82, 100};
+    int t0 = 0;
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(lb_hessian_add_chunk(h, X + t0 * C, sizes[i], C, &err), 0);
+        t0 += sizes[i];
+    }
+    assert_int_equal(t0, T);
+    assert_int_equal(lb_hessian_tokens(h), T);
+    assert_int_equal(lb_hessian_cols(h), C);
+    assert_int_equal(lb_hessian_get(h, H, &err), 0);
+    /* float32 SYRK per chunk, float64 across chunks: 1e-5 of the largest entry */
+    assert_true(max_rel_diff(H, Href, C * C) < 1e-5);
+    for (int a = 0; a < C; a++)
+        for (int b = 0; b < C; b++)
+            assert_true(H[a * C + b] == H[b * C + a]);
+    lb_hessian_free(&h);
+    assert_null(h);
+    free(X);
+    free(H);
+    free(Href);
+}
+
+static void test_partials_add(void **state)
+{
+    (void)state;
+    float *X = malloc(T * C * sizeof *X), *Ha = malloc(C * C * sizeof *Ha);
+    float *Hall = malloc(C * C * sizeof *Hall);
+    lb_test_activations(X, T, C, 2, 2);
+    lb_hessian *all = NULL, *a = NULL, *b = NULL;
+    lb_err err = {0};
+    assert_int_equal(lb_hessian_new(C, &all, &err), 0);
+    assert_int_equal(lb_hessian_new(C, &a, &err), 0);
+    assert_int_equal(lb_hessian_new(C, &b, &err), 0);
+    assert_int_equal(lb_hessian_add_chunk(all, X, 120, C, &err), 0);
+    assert_int_equal(lb_hessian_add_chunk(all, X + 120 * C, T - 120, C, &err), 0);
+    assert_int_equal(lb_hessian_add_chunk(a, X, 120, C, &err), 0);
+    assert_int_equal(lb_hessian_add_chunk(b, X + 120 * C, T - 120, C, &err), 0);
+    assert_int_equal(lb_hessian_add(a, b, &err), 0);
+    assert_int_equal(lb_hessian_tokens(a), T);
+    /* same chunks in the same order: the merged sums are bit-identical */
+    assert_int_equal(lb_hessian_get(a, Ha, &err), 0);
+    assert_int_equal(lb_hessian_get(all, Hall, &err), 0);
+    assert_memory_equal(Ha, Hall, C * C * sizeof *Ha);
+    /* raw sums round-trip */
+    double *S = malloc(C * C * sizeof *S);
+    int64_t n = 0;
+    lb_hessian_get_sums(a, S, &n);
+    assert_int_equal(n, T);
+    lb_hessian *c = NULL;
+    assert_int_equal(lb_hessian_new(C, &c, &err), 0);
+    assert_int_equal(lb_hessian_set_sums(c, S, n, &err), 0);
+    assert_int_equal(lb_hessian_get(c, Ha, &err), 0);
+    assert_memory_equal(Ha, Hall, C * C * sizeof *Ha);
+    S[1] += 1.0;
+    assert_int_equal(lb_hessian_set_sums(c, S, n, &err), LB_EINVAL);
+    lb_hessian *other = NULL;
+    assert_int_equal(lb_hessian_new(C + 1, &other, &err), 0);
+    assert_int_equal(lb_hessian_add(a, other, &err), LB_EINVAL);
+    lb_hessian_free(&other);
+    lb_hessian_free(&c);
+    lb_hessian_free(&all);
+    lb_hessian_free(&a);
+    lb_hessian_free(&b);
+    free(S);
+    free(X);
+    free(Ha);
+    free(Hall);
+}
+
+static void test_rejects_bad_input(void **state)
+{
+    (void)state;
+    float X[2 * 4] = {1, 2, 3, 4, 5, NAN, 7, 8};
+    lb_hessian *h = NULL;
+    lb_err err = {0};
+    assert_int_equal(lb_hessian_new(0, &h, &err), LB_EINVAL);
+    assert_int_equal(lb_hessian_new(4, &h, &err), 0);
+    assert_int_equal(lb_hessian_add_chunk(h, X, 2, 4, &err), LB_ENUMERIC);
+    assert_int_equal(lb_hessian_tokens(h), 0);
+    assert_int_equal(lb_hessian_add_chunk(h, X, 1, 3, &err), LB_EINVAL);
+    assert_int_equal(lb_hessian_add_chunk(h, X, 1, 4, &err), 0);
+    assert_int_equal(lb_hessian_tokens(h), 1);
+    lb_hessian_free(&h);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_chunks_match_reference),
+        cmocka_unit_test(test_partials_add),
+        cmocka_unit_test(test_rejects_bad_input),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

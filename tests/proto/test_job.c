@@ -1,0 +1,309 @@
+/* lb_job wire format: round trips of every job type and of results, rejection
+ * of every truncation, trailing bytes, wrong magic/version/types, and random
+ * byte flips (must never crash; whatever decodes must re-encode identically).
+ * LB_PROTO_WRITE_CORPUS=DIR writes the seed corpus (tests/proto/corpus/). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lb_job.h"
+#include "lb_sha256.h"
+#include "lb_test_util.h"
+
+static void fake_id(char hex[LB_ID_HEX], int k)
+{
+    char s[32];
+    snprintf(s, sizeof s, "artifact-%d", k);
+    lb_sha256_hex(s, strlen(s), hex);
+}
+
+static void make_job(lb_job *job, lb_job_type type)
+{
+    lb_job_init(job);
+    job->type = type;
+    job->block = type == LB_JOB_MERGE ? -1 : 3;
+    job->linear = type == LB_JOB_QUANTIZE_LINEAR ? 5 : -1;
+    job->stage = type == LB_JOB_COLLECT_HESSIAN ? LB_STAGE_MLP_IN : -1;
+    if (type == LB_JOB_QUANTIZE_LINEAR) {
+        strcpy(job->tensor, "model.layers.3.mlp.up_proj.weight");
+        strcpy(job->method, "gptq");
+        job->opts.bits = 3;
+        job->opts.group_size = 32;
+        job->opts.act_order = true;
+        job->opts.seed = 0xfedcba9876543210ull;
+    }
+    strcpy(job->lowbit_version, "0.1.0");
+    fake_id(job->model_fp, 100);
+    fake_id(job->calib_fp, 101);
+    job->n_seq = 8;
+    job->seq_len = 128;
+    strcpy(job->model_dir, "/models/x");
+    if (type == LB_JOB_MERGE) {
+        strcpy(job->out_dir, "/out/y");
+        strcpy(job->options_json, "{\"method\":\"gptq\"}");
+    }
+    int nin = type == LB_JOB_MERGE ? 35 : type == LB_JOB_PROPAGATE ? 8 : 1;
+    lb_artifact_id ids[64];
+    for (int i = 0; i < nin; i++)
+        fake_id(ids[i].hex, i);
+    assert_int_equal(lb_job_set_inputs(job, ids, nin, NULL), 0);
+    job->n_outputs = type == LB_JOB_MERGE ? 0 : type == LB_JOB_COLLECT_HESSIAN ? 4 : 1;
+    assert_int_equal(lb_job_compute_id(job, NULL), 0);
+}
+
+static void assert_jobs_equal(const lb_job *a, const lb_job *b)
+{
+    assert_int_equal(a->type, b->type);
+    assert_string_equal(a->id, b->id);
+    assert_int_equal(a->block, b->block);
+    assert_int_equal(a->linear, b->linear);
+    assert_int_equal(a->stage, b->stage);
+    assert_string_equal(a->tensor, b->tensor);
+    assert_string_equal(a->method, b->method);
+    assert_memory_equal(&a->opts.bits, &b->opts.bits, sizeof(double));
+    assert_int_equal(a->opts.group_size, b->opts.group_size);
+    assert_int_equal(a->opts.act_order, b->opts.act_order);
+    assert_true(a->opts.seed == b->opts.seed);
+    assert_true(a->opts.damp == b->opts.damp);
+    assert_int_equal(a->opts.bases, b->opts.bases);
+    assert_string_equal(a->model_fp, b->model_fp);
+    assert_string_equal(a->calib_fp, b->calib_fp);
+    assert_int_equal(a->n_seq, b->n_seq);
+    assert_int_equal(a->seq_len, b->seq_len);
+    assert_string_equal(a->model_dir, b->model_dir);
+    assert_string_equal(a->out_dir, b->out_dir);
+    assert_string_equal(a->options_json, b->options_json);
+    assert_int_equal(a->n_inputs, b->n_inputs);
+    for (int i = 0; i < a->n_inputs; i++)
+        assert_string_equal(a->inputs[i].hex, b->inputs[i].hex);
+    assert_int_equal(a->n_outputs, b->n_outputs);
+    for (int i = 0; i < a->n_outputs; i++)
+        assert_string_equal(a->outputs[i].hex, b->outputs[i].hex);
+}
+
+static void test_round_trip(void **state)
+{
+    (void)state;
+    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_MERGE; t++) {
+        lb_job job, back;
+        make_job(&job, (lb_job_type)t);
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        lb_err err;
+        assert_int_equal(lb_job_encode(&job, &buf, &len, &err), 0);
+        assert_int_equal(lb_job_decode(buf, len, &back, &err), 0);
+        assert_jobs_equal(&job, &back);
+        /* the id is recomputable from the decoded description */
+        char id[LB_ID_HEX];
+        strcpy(id, back.id);
+        assert_int_equal(lb_job_compute_id(&back, &err), 0);
+        assert_string_equal(id, back.id);
+        free(buf);
+        lb_job_clear(&job);
+        lb_job_clear(&back);
+    }
+}
+
+static void test_id_depends_on_content_not_location(void **state)
+{
+    (void)state;
+    lb_job a, b;
+    make_job(&a, LB_JOB_QUANTIZE_LINEAR);
+    make_job(&b, LB_JOB_QUANTIZE_LINEAR);
+    strcpy(b.model_dir, "/elsewhere");
+    assert_int_equal(lb_job_compute_id(&b, NULL), 0);
+    assert_string_equal(a.id, b.id);
+    b.opts.bits = 2;
+    assert_int_equal(lb_job_compute_id(&b, NULL), 0);
+    assert_string_not_equal(a.id, b.id);
+    assert_string_not_equal(b.outputs[0].hex, a.outputs[0].hex);
+    lb_job_clear(&a);
+    lb_job_clear(&b);
+}
+
+static void test_every_truncation_rejected(void **state)
+{
+    (void)state;
+    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_MERGE; t++) {
+        lb_job job, back;
+        make_job(&job, (lb_job_type)t);
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        assert_int_equal(lb_job_encode(&job, &buf, &len, NULL), 0);
+        for (size_t n = 0; n < len; n++) {
+            lb_err err;
+            assert_int_equal(lb_job_decode(buf, n, &back, &err), LB_EFORMAT);
+            assert_true(strlen(err.msg) > 0);
+            assert_null(back.inputs);
+        }
+        /* trailing bytes */
+        uint8_t *longer = malloc(len + 1);
+        memcpy(longer, buf, len);
+        longer[len] = 0xc0;
+        lb_err err;
+        assert_int_equal(lb_job_decode(longer, len + 1, &back, &err), LB_EFORMAT);
+        assert_non_null(strstr(err.msg, "trailing"));
+        free(longer);
+        free(buf);
+        lb_job_clear(&job);
+    }
+}
+
+static void test_wrong_version_and_magic(void **state)
+{
+    (void)state;
+    lb_job job, back;
+    make_job(&job, LB_JOB_PROPAGATE);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(lb_job_encode(&job, &buf, &len, NULL), 0);
+    /* layout: fixarray(0xdc 00 14), fixstr "lbjob" (6 bytes), version fixint */
+    assert_int_equal(buf[0], 0xdc);
+    assert_int_equal(buf[9], LB_JOB_WIRE_VERSION);
+    lb_err err;
+    buf[9] = LB_JOB_WIRE_VERSION + 1;
+    assert_int_equal(lb_job_decode(buf, len, &back, &err), LB_EFORMAT);
+    assert_non_null(strstr(err.msg, "wire version"));
+    buf[9] = LB_JOB_WIRE_VERSION;
+    buf[4] = 'X';
+    assert_int_equal(lb_job_decode(buf, len, &back, &err), LB_EFORMAT);
+    assert_non_null(strstr(err.msg, "magic"));
+    buf[4] = 'l';
+    /* a result is not a job and vice versa */
+    lb_job_result res;
+    assert_int_equal(lb_job_result_decode(buf, len, &res, &err), LB_EFORMAT);
+    free(buf);
+    lb_job_clear(&job);
+}
+
+static void test_result_round_trip(void **state)
+{
+    (void)state;
+    lb_job_result r, back;
+    memset(&r, 0, sizeof r);
+    fake_id(r.job_id, 7);
+    r.status = LB_JOB_FAILED;
+    r.err_code = LB_ENUMERIC;
+    r.n_outputs = 2;
+    fake_id(r.outputs[0].hex, 8);
+    fake_id(r.outputs[1].hex, 9);
+    r.bpw = 2.125;
+    r.seconds = 0.5;
+    r.cached = 1;
+    strcpy(r.error, "Hessian not positive definite");
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    lb_err err;
+    assert_int_equal(lb_job_result_encode(&r, &buf, &len, &err), 0);
+    assert_int_equal(lb_job_result_decode(buf, len, &back, &err), 0);
+    assert_memory_equal(&r, &back, sizeof r);
+    for (size_t n = 0; n < len; n++)
+        assert_int_equal(lb_job_result_decode(buf, n, &back, &err), LB_EFORMAT);
+    lb_job job;
+    assert_int_equal(lb_job_decode(buf, len, &job, &err), LB_EFORMAT);
+    free(buf);
+}
+
+static void test_random_flips(void **state)
+{
+    (void)state;
+    uint64_t rng = 12345;
+    int decoded = 0, rejected = 0;
+    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_MERGE; t++) {
+        lb_job job;
+        make_job(&job, (lb_job_type)t);
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        assert_int_equal(lb_job_encode(&job, &buf, &len, NULL), 0);
+        uint8_t *m = malloc(len);
+        for (int round = 0; round < 2000; round++) {
+            memcpy(m, buf, len);
+            int nflip = 1 + (int)(lb_test_rand_u64(&rng) % 3);
+            for (int f = 0; f < nflip; f++)
+                m[lb_test_rand_u64(&rng) % len] ^= (uint8_t)(1u << (lb_test_rand_u64(&rng) % 8));
+            lb_job back;
+            lb_err err;
+            int rc = lb_job_decode(m, len, &back, &err);
+            if (rc == 0) {
+                decoded++;
+                uint8_t *b2 = NULL;
+                size_t l2 = 0;
+                assert_int_equal(lb_job_encode(&back, &b2, &l2, &err), 0);
+                lb_job again;
+                assert_int_equal(lb_job_decode(b2, l2, &again, &err), 0);
+                assert_jobs_equal(&back, &again);
+                free(b2);
+                lb_job_clear(&again);
+                lb_job_clear(&back);
+            } else {
+                rejected++;
+                assert_int_equal(rc, LB_EFORMAT);
+                assert_true(err.msg[0] != '\0');
+            }
+        }
+        free(m);
+        free(buf);
+        lb_job_clear(&job);
+    }
+    /* flips inside strings decode (different content); structure flips must not */
+    assert_true(rejected > 1000);
+    assert_true(decoded > 0);
+}
+
+static void write_corpus(const char *dir)
+{
+    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_MERGE; t++) {
+        lb_job job;
+        make_job(&job, (lb_job_type)t);
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        assert_int_equal(lb_job_encode(&job, &buf, &len, NULL), 0);
+        char path[4096];
+        snprintf(path, sizeof path, "%s/job-%s.msgpack", dir, lb_job_type_name(job.type));
+        FILE *f = fopen(path, "wb");
+        assert_non_null(f);
+        fwrite(buf, 1, len, f);
+        snprintf(path, sizeof path, "%s/job-%s-truncated.msgpack", dir,
+                 lb_job_type_name(job.type));
+        fclose(f);
+        f = fopen(path, "wb");
+        fwrite(buf, 1, len / 2, f);
+        fclose(f);
+        free(buf);
+        lb_job_clear(&job);
+    }
+    lb_job_result r;
+    memset(&r, 0, sizeof r);
+    fake_id(r.job_id, 1);
+    r.n_outputs = 1;
+    fake_id(r.outputs[0].hex, 2);
+    r.bpw = 3.25;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(lb_job_result_encode(&r, &buf, &len, NULL), 0);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/result-ok.msgpack", dir);
+    FILE *f = fopen(path, "wb");
+    fwrite(buf, 1, len, f);
+    fclose(f);
+    free(buf);
+}
+
+int main(void)
+{
+    const char *corpus = getenv("LB_PROTO_WRITE_CORPUS");
+    if (corpus) {
+        write_corpus(corpus);
+        return 0;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_id_depends_on_content_not_location),
+        cmocka_unit_test(test_every_truncation_rejected),
+        cmocka_unit_test(test_wrong_version_and_magic),
+        cmocka_unit_test(test_result_round_trip),
+        cmocka_unit_test(test_random_flips),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,283 @@
+/* lb_plan: job graph, dependencies, resume from present artifacts and the
+ * bounded deletion of activations, driven as a pure state machine. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lb_model.h"
+#include "lb_plan.h"
+#include "lb_sha256.h"
+#include "lb_test_util.h"
+
+typedef struct {
+    lb_config cfg;
+    lb_plan_choice *choices;
+    char model_fp[LB_ID_HEX], calib_fp[LB_ID_HEX];
+} fixture;
+
+static void fixture_init(fixture *f, int layers)
+{
+    memset(f, 0, sizeof *f);
+    f->cfg.hidden_size = 64;
+    f->cfg.intermediate_size = 172;
+    f->cfg.num_hidden_layers = layers;
+    f->cfg.num_attention_heads = 8;
+    f->cfg.num_key_value_heads = 4;
+    f->cfg.head_dim = 8;
+    f->cfg.vocab_size = 512;
+    f->cfg.max_position_embeddings = 512;
+    f->choices = calloc((size_t)layers * LB_LINEAR_COUNT, sizeof *f->choices);
+    for (int i = 0; i < layers * LB_LINEAR_COUNT; i++) {
+        strcpy(f->choices[i].method, "gptq");
+        lb_qopts_init(&f->choices[i].opts);
+    }
+    lb_sha256_hex("model", 5, f->model_fp);
+    lb_sha256_hex("calib", 5, f->calib_fp);
+}
+
+static lb_plan *make_plan(fixture *f, bool ts)
+{
+    lb_plan_spec s = {&f->cfg, "/m", "/o", f->model_fp, f->calib_fp, "0.1.0", 8, 128, ts,
+                      f->choices, "gptq", 4.0, "{}"};
+    lb_plan *p = NULL;
+    lb_err err;
+    assert_int_equal(lb_plan_new(&s, &p, &err), 0);
+    return p;
+}
+
+static int32_t art_index(const lb_plan *p, const char *id)
+{
+    for (int32_t i = 0; i < lb_plan_artifact_count(p); i++)
+        if (!strcmp(lb_plan_artifact_id(p, i), id))
+            return i;
+    return -1;
+}
+
+/* Simulates a run; "present" tracks artifacts on the fake disk. Checks every
+ * job's inputs exist when it is handed out, the activation bound, and that
+ * merge comes last. Returns the number of jobs run. */
+static int simulate(lb_plan *p, bool *present, int *max_acts)
+{
+    const int32_t na = lb_plan_artifact_count(p);
+    lb_action acts[4096];
+    int ran = 0;
+    *max_acts = 0;
+    int32_t running[4096];
+    int nrun = 0;
+    uint64_t rng = 7;
+    while (!lb_plan_done(p)) {
+        int n = lb_plan_poll(p, acts, 4096);
+        for (int i = 0; i < n; i++) {
+            if (acts[i].type == LB_ACT_DELETE) {
+                int32_t a = art_index(p, acts[i].artifact);
+                assert_true(a >= 0);
+                assert_true(present[a]);
+                const char *k = lb_plan_artifact_kind(p, a);
+                assert_true(!strcmp(k, "activations") || !strcmp(k, "hessian"));
+                present[a] = false;
+                continue;
+            }
+            const lb_job *j = lb_plan_job(p, acts[i].job);
+            for (int32_t k = 0; k < j->n_inputs; k++) {
+                int32_t a = art_index(p, j->inputs[k].hex);
+                assert_true(a >= 0);
+                assert_true(present[a]);
+            }
+            running[nrun++] = acts[i].job;
+        }
+        int acts_now = 0;
+        for (int32_t a = 0; a < na; a++)
+            acts_now += present[a] && !strcmp(lb_plan_artifact_kind(p, a), "activations");
+        if (acts_now > *max_acts)
+            *max_acts = acts_now;
+        if (nrun == 0) {
+            assert_true(n > 0 || lb_plan_done(p)); /* never stalls */
+            continue;
+        }
+        /* finish a random running job (any completion order must work) */
+        int pick = (int)(lb_test_rand_u64(&rng) % (uint64_t)nrun);
+        int32_t jid = running[pick];
+        running[pick] = running[--nrun];
+        const lb_job *j = lb_plan_job(p, jid);
+        if (j->type == LB_JOB_MERGE)
+            assert_int_equal(nrun, 0);
+        for (int32_t o = 0; o < j->n_outputs; o++)
+            present[art_index(p, j->outputs[o].hex)] = true;
+        lb_plan_feed_done(p, jid);
+        ran++;
+    }
+    return ran;
+}
+
+static void test_graph_and_full_run(void **state)
+{
+    (void)state;
+    fixture f;
+    fixture_init(&f, 5);
+    lb_plan *p = make_plan(&f, false);
+    /* embed + per block (collect + 7 quantize) + 4 propagates + merge */
+    assert_int_equal(lb_plan_job_count(p), 1 + 5 * 8 + 4 + 1);
+    int nq = 0;
+    for (int32_t i = 0; i < lb_plan_job_count(p); i++) {
+        const lb_job *j = lb_plan_job(p, i);
+        if (j->type == LB_JOB_QUANTIZE_LINEAR) {
+            nq++;
+            assert_int_equal(j->n_inputs, 1);
+            char want[LB_JOB_TENSOR_MAX];
+            assert_int_equal(lb_model_linear_tensor_name(want, sizeof want, j->block,
+                                                         (lb_linear)j->linear, NULL), 0);
+            assert_string_equal(j->tensor, want);
+        }
+        if (j->type == LB_JOB_PROPAGATE && j->block >= 0)
+            assert_int_equal(j->n_inputs, 8);
+        if (j->type == LB_JOB_MERGE)
+            assert_int_equal(j->n_inputs, 35);
+    }
+    assert_int_equal(nq, 35);
+    /* q/k/v share one Hessian, gate/up another */
+    const lb_job *jq = NULL, *jk = NULL, *jo = NULL, *jg = NULL, *ju = NULL;
+    for (int32_t i = 0; i < lb_plan_job_count(p); i++) {
+        const lb_job *j = lb_plan_job(p, i);
+        if (j->type != LB_JOB_QUANTIZE_LINEAR || j->block != 0)
+            continue;
+        if (j->linear == LB_LINEAR_Q) jq = j;
+        if (j->linear == LB_LINEAR_K) jk = j;
+        if (j->linear == LB_LINEAR_O) jo = j;
+        if (j->linear == LB_LINEAR_GATE) jg = j;
+        if (j->linear == LB_LINEAR_UP) ju = j;
+    }
+    assert_string_equal(jq->inputs[0].hex, jk->inputs[0].hex);
+    assert_string_equal(jg->inputs[0].hex, ju->inputs[0].hex);
+    assert_string_not_equal(jq->inputs[0].hex, jo->inputs[0].hex);
+
+    bool present[1024] = {false};
+    present[0] = true; /* calib */
+    lb_plan_mark_present(p, 0);
+    lb_plan_start(p);
+    assert_int_equal(lb_plan_needed_count(p), lb_plan_job_count(p));
+    int max_acts = 0;
+    assert_int_equal(simulate(p, present, &max_acts), lb_plan_job_count(p));
+    assert_true(max_acts <= 2);
+    assert_false(lb_plan_failed(p));
+    /* all Hessians and activations were released */
+    for (int32_t a = 0; a < lb_plan_artifact_count(p); a++)
+        if (present[a])
+            assert_true(!strcmp(lb_plan_artifact_kind(p, a), "qlinear") ||
+                        !strcmp(lb_plan_artifact_kind(p, a), "calib"));
+    lb_plan_free(&p);
+
+    /* same spec -> same ids */
+    lb_plan *p1 = make_plan(&f, false), *p2 = make_plan(&f, false);
+    for (int32_t i = 0; i < lb_plan_job_count(p1); i++)
+        assert_string_equal(lb_plan_job(p1, i)->id, lb_plan_job(p2, i)->id);
+    lb_plan_free(&p2);
+    /* a different option for one tensor changes that job and everything downstream */
+    f.choices[3 * LB_LINEAR_COUNT + LB_LINEAR_O].opts.bits = 2;
+    p2 = make_plan(&f, false);
+    int changed = 0;
+    for (int32_t i = 0; i < lb_plan_job_count(p1); i++) {
+        const lb_job *a = lb_plan_job(p1, i), *b = lb_plan_job(p2, i);
+        bool diff = strcmp(a->id, b->id) != 0;
+        changed += diff;
+        if (a->block >= 0 && a->block < 3)
+            assert_false(diff);
+    }
+    /* o_proj 3, propagate 3, block 4 (collect + 7) and merge */
+    assert_int_equal(changed, 1 + 1 + 8 + 1);
+    lb_plan_free(&p1);
+    lb_plan_free(&p2);
+    free(f.choices);
+}
+
+static void test_resume(void **state)
+{
+    (void)state;
+    fixture f;
+    fixture_init(&f, 3);
+    lb_plan *p = make_plan(&f, false);
+    bool present[1024] = {false};
+    present[0] = true;
+    lb_plan_mark_present(p, 0);
+    lb_plan_start(p);
+    int max_acts;
+    simulate(p, present, &max_acts);
+    lb_plan_free(&p);
+
+    /* everything quantized: only the merge runs */
+    p = make_plan(&f, false);
+    for (int32_t a = 0; a < lb_plan_artifact_count(p); a++)
+        if (present[a])
+            lb_plan_mark_present(p, a);
+    lb_plan_start(p);
+    assert_int_equal(lb_plan_needed_count(p), 1);
+    bool pres2[1024];
+    memcpy(pres2, present, sizeof pres2);
+    assert_int_equal(simulate(p, pres2, &max_acts), 1);
+    lb_plan_free(&p);
+
+    /* block 2's down_proj lost: the chain to recompute it is X_0.. -> collect 2 -> it */
+    p = make_plan(&f, false);
+    int32_t lost = -1;
+    for (int32_t i = 0; i < lb_plan_job_count(p); i++) {
+        const lb_job *j = lb_plan_job(p, i);
+        if (j->type == LB_JOB_QUANTIZE_LINEAR && j->block == 2 && j->linear == LB_LINEAR_DOWN)
+            lost = art_index(p, j->outputs[0].hex);
+    }
+    present[lost] = false;
+    for (int32_t a = 0; a < lb_plan_artifact_count(p); a++)
+        if (present[a])
+            lb_plan_mark_present(p, a);
+    lb_plan_start(p);
+    /* embed, propagate 0, propagate 1, collect 2, quantize down 2, merge */
+    assert_int_equal(lb_plan_needed_count(p), 6);
+    for (int32_t i = 0; i < lb_plan_job_count(p); i++) {
+        const lb_job *j = lb_plan_job(p, i);
+        if (j->type == LB_JOB_QUANTIZE_LINEAR)
+            assert_int_equal(lb_plan_job_needed(p, i), j->block == 2 &&
+                                                           j->linear == LB_LINEAR_DOWN);
+    }
+    assert_int_equal(simulate(p, present, &max_acts), 6);
+    lb_plan_free(&p);
+    free(f.choices);
+}
+
+static void test_true_sequential_and_failure(void **state)
+{
+    (void)state;
+    fixture f;
+    fixture_init(&f, 2);
+    lb_plan *p = make_plan(&f, true);
+    /* embed + per block (4 collects + 7 quantize) + 1 propagate + merge */
+    assert_int_equal(lb_plan_job_count(p), 1 + 2 * 11 + 1 + 1);
+    for (int32_t i = 0; i < lb_plan_job_count(p); i++) {
+        const lb_job *j = lb_plan_job(p, i);
+        if (j->type == LB_JOB_COLLECT_HESSIAN) {
+            int want = j->stage == 0 ? 1 : j->stage == 1 ? 4 : j->stage == 2 ? 5 : 7;
+            assert_int_equal(j->n_inputs, want);
+            assert_int_equal(j->n_outputs, 1);
+        }
+    }
+    lb_plan_mark_present(p, 0);
+    lb_plan_start(p);
+    lb_action acts[64];
+    int n = lb_plan_poll(p, acts, 64);
+    assert_int_equal(n, 1); /* only the embedding is ready */
+    assert_int_equal(lb_plan_job(p, acts[0].job)->type, LB_JOB_PROPAGATE);
+    assert_int_equal(lb_plan_poll(p, acts, 64), 0);
+    lb_plan_feed_failed(p, acts[0].job);
+    assert_true(lb_plan_failed(p));
+    assert_int_equal(lb_plan_poll(p, acts, 64), 0);
+    assert_false(lb_plan_done(p));
+    lb_plan_free(&p);
+    free(f.choices);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_graph_and_full_run),
+        cmocka_unit_test(test_resume),
+        cmocka_unit_test(test_true_sequential_and_failure),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,498 @@
+/* lb_exec: the job executor (see lb_exec.h). */
+#include "lb_exec.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "lb_forward.h"
+#include "lb_hessian.h"
+#include "lb_io_util.h"
+#include "lb_qopts_parse.h"
+#include "lb_qpacked_io.h"
+#include "lb_sha256.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int lb_exec_model_fingerprint(const lb_model *m, char hex[LB_ID_HEX], lb_err *err)
+{
+    char *cfg_path = lb_io_path_join(lb_model_dir(m), "config.json");
+    char *text = NULL;
+    size_t len = 0;
+    if (!cfg_path)
+        return lb_err_set(err, LB_ENOMEM, "fingerprint: out of memory");
+    int rc = lb_io_read_file(cfg_path, 1u << 24, &text, &len, err);
+    free(cfg_path);
+    if (rc)
+        return rc;
+    lb_sha256 h;
+    lb_sha256_init(&h);
+    lb_sha256_update(&h, "lowbit-model-v1", 15);
+    lb_sha256_update(&h, text, len);
+    free(text);
+    const lb_st *st = lb_model_tensors(m);
+    for (int64_t i = 0; i < lb_st_count(st); i++) {
+        const lb_st_tensor *t = lb_st_at(st, i);
+        char head[512];
+        int n = snprintf(head, sizeof head, "|%s|%d|%d", t->name, (int)t->dtype, (int)t->ndim);
+        lb_sha256_update(&h, head, (size_t)n);
+        for (int32_t d = 0; d < t->ndim; d++) {
+            n = snprintf(head, sizeof head, ",%lld", (long long)t->shape[d]);
+            lb_sha256_update(&h, head, (size_t)n);
+        }
+        lb_sha256_update(&h, t->data, t->nbytes);
+    }
+    uint8_t d[LB_SHA256_DIGEST];
+    lb_sha256_final(&h, d);
+    lb_sha256_to_hex(d, hex);
+    return 0;
+}
+
+void lb_exec_describe_opts(const lb_qopts *o, char *buf, size_t size)
+{
+    snprintf(buf, size,
+             "bits=%g,group_size=%d,act_order=%d,static_groups=%d,sym=%d,grid=%s,damp=%g,"
+             "block_size=%d,outlier_threshold=%g,outlier_hessian_score=%d,outlier_keep_top=%g,"
+             "outlier_keep_rest=%g,outlier_top_frac=%g,centroids_with_outliers=%d,"
+             "salient_frac=%g,salient_bits=%d,salient_criterion=%s,salient_group=%d,bases=%d,"
+             "refine_iters=%d,hessian_weighted=%d,gptq_init=%d,seed=%llu",
+             o->bits, (int)o->group_size, o->act_order, o->static_groups, o->sym,
+             lb_qgrid_name(o->grid), o->damp, (int)o->block_size, o->outlier_threshold,
+             o->outlier_hessian_score, o->outlier_keep_top, o->outlier_keep_rest,
+             o->outlier_top_frac, o->centroids_with_outliers, o->salient_frac,
+             (int)o->salient_bits, lb_qsalient_name(o->salient_criterion),
+             (int)o->salient_group, (int)o->bases, (int)o->refine_iters, o->hessian_weighted,
+             o->gptq_init, (unsigned long long)o->seed);
+}
+
+int lb_exec_load_qlinear(const lb_store *store, const char *id, int64_t rows, int64_t cols,
+                         float *W, lb_err *err)
+{
+    lb_qpacked p;
+    int rc = lb_store_get_qlinear(store, id, &p, err);
+    if (rc)
+        return rc;
+    const lb_qmethod *m = lb_qmethod_find(p.method);
+    if (!m)
+        rc = lb_err_set(err, LB_EFORMAT, "artifact %s: unknown method \"%s\"", id, p.method);
+    else if (p.rows != rows || p.cols != cols)
+        rc = lb_err_set(err, LB_EFORMAT, "artifact %s: packed shape (%lld, %lld), expected "
+                        "(%lld, %lld)", id, (long long)p.rows, (long long)p.cols,
+                        (long long)rows, (long long)cols);
+    else
+        rc = m->dequantize(&p, W, err);
+    lb_qpacked_free(&p);
+    return rc;
+}
+
+/* X artifact: "x" F32 (ntok, dim). Borrowed view into the mapping. */
+static int open_x(const lb_exec_ctx *ctx, const char *id, int64_t ntok, int64_t dim, lb_st **st,
+                  const uint8_t **data, lb_err *err)
+{
+    int rc = lb_store_open_artifact(ctx->store, id, "activations", st, err);
+    if (rc)
+        return rc;
+    const lb_st_tensor *t = lb_st_find(*st, "x");
+    if (!t || t->dtype != LB_DTYPE_F32 || t->ndim != 2 || t->shape[0] != ntok ||
+        t->shape[1] != dim) {
+        lb_st_free(st);
+        return lb_err_set(err, LB_EFORMAT, "artifact %s: no F32 tensor x of shape (%lld, %lld)",
+                          id, (long long)ntok, (long long)dim);
+    }
+    *data = t->data;
+    return 0;
+}
+
+static int put_x(const lb_exec_ctx *ctx, const char *id, const float *x, int64_t ntok,
+                 int64_t dim, lb_err *err)
+{
+    lb_artifact_tensor t = {"x", LB_DTYPE_F32, 2, {ntok, dim, 0, 0}, x,
+                            (size_t)ntok * (size_t)dim * sizeof(float)};
+    return lb_store_put(ctx->store, id, "activations", &t, 1, NULL, 0, err);
+}
+
+/* Replaces linears which[0..n) of w with the dequantized artifacts ids[0..n). */
+static int load_quantized(const lb_exec_ctx *ctx, const lb_config *cfg, lb_block_weights *w,
+                          const lb_linear *which, const lb_artifact_id *ids, int n, lb_err *err)
+{
+    for (int i = 0; i < n; i++) {
+        int64_t rows, cols;
+        lb_linear_shape(cfg, which[i], &rows, &cols);
+        int rc = lb_exec_load_qlinear(ctx->store, ids[i].hex, rows, cols,
+                                      lb_block_linear(w, which[i]), err);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* Linears already quantized when stage s collects (true-sequential). */
+static int stage_prereq(int32_t stage, lb_linear *which)
+{
+    static const lb_linear all[] = {LB_LINEAR_Q, LB_LINEAR_K, LB_LINEAR_V,
+                                    LB_LINEAR_O, LB_LINEAR_GATE, LB_LINEAR_UP};
+    int n = stage == LB_STAGE_ATTN_OUT ? 3 : stage == LB_STAGE_MLP_IN ? 4
+            : stage == LB_STAGE_MLP_ACT ? 6 : 0;
+    for (int i = 0; i < n; i++)
+        which[i] = all[i];
+    return n;
+}
+
+/* Runs X_b through block b chunk by chunk. When out != NULL the block outputs
+ * go there (ntok, dim); when hs != NULL the captured inputs are added to the
+ * Hessians hs[0..4) (NULL entries skipped: attn_in, attn_out, mlp_in, mlp_act). */
+static int run_block(const lb_exec_ctx *ctx, const lb_job *job, const lb_block_weights *w,
+                     float *out, lb_hessian *const *hs, lb_err *err)
+{
+    const lb_config *cfg = lb_model_config(ctx->model);
+    const int64_t dim = cfg->hidden_size, qd = lb_config_q_dim(cfg),
+                  inter = cfg->intermediate_size;
+    const int64_t ntok = job->n_seq * job->seq_len;
+    int64_t chunk_seqs = LB_EXEC_CHUNK_TOKENS / job->seq_len;
+    if (chunk_seqs < 1)
+        chunk_seqs = 1;
+    if (chunk_seqs > job->n_seq)
+        chunk_seqs = job->n_seq;
+    const int64_t chunk = chunk_seqs * job->seq_len;
+    lb_st *xst = NULL;
+    const uint8_t *xdata = NULL;
+    lb_fwd_workspace *ws = NULL;
+    float *x = NULL, *cap[4] = {NULL, NULL, NULL, NULL};
+    const int64_t capw[4] = {dim, qd, dim, inter};
+    int rc = open_x(ctx, job->inputs[0].hex, ntok, dim, &xst, &xdata, err);
+    if (rc)
+        goto done;
+    if ((rc = lb_fwd_workspace_new(cfg, chunk, job->seq_len, &ws, err)))
+        goto done;
+    x = malloc((size_t)chunk * (size_t)dim * sizeof *x);
+    if (!x)
+        goto oom;
+    lb_fwd_capture capture = {NULL, NULL, NULL, NULL};
+    for (int k = 0; hs && k < 4; k++) {
+        if (!hs[k])
+            continue;
+        cap[k] = malloc((size_t)chunk * (size_t)capw[k] * sizeof(float));
+        if (!cap[k])
+            goto oom;
+    }
+    capture.attn_in = cap[0];
+    capture.attn_out = cap[1];
+    capture.mlp_in = cap[2];
+    capture.mlp_act = cap[3];
+    for (int64_t s0 = 0; s0 < job->n_seq; s0 += chunk_seqs) {
+        int64_t ns = job->n_seq - s0 < chunk_seqs ? job->n_seq - s0 : chunk_seqs;
+        int64_t nt = ns * job->seq_len, t0 = s0 * job->seq_len;
+        memcpy(x, xdata + (size_t)t0 * (size_t)dim * sizeof(float),
+               (size_t)nt * (size_t)dim * sizeof(float));
+        if ((rc = lb_fwd_block(cfg, w, x, ns, job->seq_len, ws, hs ? &capture : NULL, err)))
+            goto done;
+        for (int k = 0; hs && k < 4; k++)
+            if (hs[k] && (rc = lb_hessian_add_chunk(hs[k], cap[k], nt, capw[k], err)))
+                goto done;
+        if (out)
+            memcpy(out + (size_t)t0 * (size_t)dim, x, (size_t)nt * (size_t)dim * sizeof(float));
+    }
+    goto done;
+oom:
+    rc = lb_err_set(err, LB_ENOMEM, "block %d: out of memory for %lld-token chunks",
+                    (int)job->block, (long long)chunk);
+done:
+    for (int k = 0; k < 4; k++)
+        free(cap[k]);
+    free(x);
+    lb_fwd_workspace_free(&ws);
+    lb_st_free(&xst);
+    return rc;
+}
+
+static int put_hessian(const lb_exec_ctx *ctx, const char *id, const lb_hessian *h, lb_err *err)
+{
+    int64_t cols = lb_hessian_cols(h), ntok;
+    double *S = malloc((size_t)cols * (size_t)cols * sizeof *S);
+    if (!S)
+        return lb_err_set(err, LB_ENOMEM, "out of memory for a (%lld, %lld) Hessian",
+                          (long long)cols, (long long)cols);
+    lb_hessian_get_sums(h, S, &ntok);
+    char nt[32];
+    snprintf(nt, sizeof nt, "%lld", (long long)ntok);
+    const char *meta[] = {"lowbit.ntok", nt};
+    lb_artifact_tensor t = {"S", LB_DTYPE_F64, 2, {cols, cols, 0, 0}, S,
+                            (size_t)cols * (size_t)cols * sizeof(double)};
+    int rc = lb_store_put(ctx->store, id, "hessian", &t, 1, meta, 1, err);
+    free(S);
+    return rc;
+}
+
+static int exec_collect(const lb_job *job, const lb_exec_ctx *ctx, lb_err *err)
+{
+    const lb_config *cfg = lb_model_config(ctx->model);
+    const int64_t widths[4] = {cfg->hidden_size, lb_config_q_dim(cfg), cfg->hidden_size,
+                               cfg->intermediate_size};
+    lb_linear pre[6];
+    int npre = stage_prereq(job->stage, pre);
+    int nout = job->stage == LB_STAGE_ALL ? 4 : 1;
+    if (job->n_inputs != 1 + npre || job->n_outputs != nout)
+        return lb_err_set(err, LB_EINVAL, "collect-hessian job %s: %d inputs / %d outputs, "
+                          "expected %d / %d", job->id, (int)job->n_inputs, (int)job->n_outputs,
+                          1 + npre, nout);
+    lb_block_weights w;
+    memset(&w, 0, sizeof w);
+    lb_hessian *hs[4] = {NULL, NULL, NULL, NULL};
+    int rc = lb_model_load_block(ctx->model, job->block, &w, err);
+    if (rc)
+        goto done;
+    if ((rc = load_quantized(ctx, cfg, &w, pre, job->inputs + 1, npre, err)))
+        goto done;
+    for (int k = 0; k < 4; k++)
+        if ((job->stage == LB_STAGE_ALL || job->stage == k) &&
+            (rc = lb_hessian_new(widths[k], &hs[k], err)))
+            goto done;
+    if ((rc = run_block(ctx, job, &w, NULL, hs, err)))
+        goto done;
+    for (int k = 0, o = 0; k < 4; k++)
+        if (hs[k] && (rc = put_hessian(ctx, job->outputs[o++].hex, hs[k], err)))
+            goto done;
+done:
+    for (int k = 0; k < 4; k++)
+        lb_hessian_free(&hs[k]);
+    lb_block_weights_free(&w);
+    return rc;
+}
+
+static int exec_quantize(const lb_job *job, const lb_exec_ctx *ctx, double *bpw, lb_err *err)
+{
+    const lb_config *cfg = lb_model_config(ctx->model);
+    const lb_qmethod *m = lb_qmethod_find(job->method);
+    if (!m)
+        return lb_err_set(err, LB_EINVAL, "quantize-linear %s: unknown method \"%s\"",
+                          job->tensor, job->method);
+    if (job->n_inputs != 1 || job->n_outputs != 1 || job->linear < 0 ||
+        job->linear >= LB_LINEAR_COUNT)
+        return lb_err_set(err, LB_EINVAL, "quantize-linear job %s: malformed (inputs %d, "
+                          "outputs %d, linear %d)", job->id, (int)job->n_inputs,
+                          (int)job->n_outputs, (int)job->linear);
+    int64_t rows, cols;
+    lb_linear_shape(cfg, (lb_linear)job->linear, &rows, &cols);
+    float *W = NULL, *H = NULL;
+    double *S = NULL;
+    lb_hessian *acc = NULL;
+    lb_st *hst = NULL;
+    lb_qresult res;
+    memset(&res, 0, sizeof res);
+    int rc = lb_store_open_artifact(ctx->store, job->inputs[0].hex, "hessian", &hst, err);
+    if (rc)
+        goto done;
+    const lb_st_tensor *t = lb_st_find(hst, "S");
+    const char *nts = lb_st_metadata_get(hst, "lowbit.ntok");
+    char *end = NULL;
+    long long ntok = nts ? strtoll(nts, &end, 10) : -1;
+    if (!t || t->dtype != LB_DTYPE_F64 || t->ndim != 2 || t->shape[0] != cols ||
+        t->shape[1] != cols || !nts || *end != '\0' || ntok <= 0) {
+        rc = lb_err_set(err, LB_EFORMAT, "Hessian artifact %s: expected F64 S (%lld, %lld) and "
+                        "lowbit.ntok > 0", job->inputs[0].hex, (long long)cols, (long long)cols);
+        goto done;
+    }
+    W = lb_quant_big_alloc((size_t)rows * (size_t)cols * sizeof *W);
+    H = lb_quant_big_alloc((size_t)cols * (size_t)cols * sizeof *H);
+    S = lb_quant_big_alloc((size_t)cols * (size_t)cols * sizeof *S);
+    if (!W || !H || !S) {
+        rc = lb_err_set(err, LB_ENOMEM, "quantize-linear %s: out of memory", job->tensor);
+        goto done;
+    }
+    memcpy(S, t->data, t->nbytes); /* the mapping may be unaligned for double */
+    if ((rc = lb_hessian_new(cols, &acc, err)) ||
+        (rc = lb_hessian_set_sums(acc, S, (int64_t)ntok, err)) ||
+        (rc = lb_hessian_get(acc, H, err)))
+        goto done;
+    if ((rc = lb_st_read_f32(lb_model_tensors(ctx->model), job->tensor, W, rows * cols, err)))
+        goto done;
+    if ((rc = m->quantize(W, rows, cols, H, &job->opts, &res, err))) {
+        lb_err_prefix(err, "%s (%s)", job->tensor, job->method);
+        goto done;
+    }
+    *bpw = lb_qpacked_bpw(&res.packed);
+    char desc[512];
+    lb_exec_describe_opts(&job->opts, desc, sizeof desc);
+    rc = lb_store_put_qlinear(ctx->store, job->outputs[0].hex, job->tensor, desc, &res.packed,
+                              err);
+done:
+    lb_qresult_free(&res);
+    lb_hessian_free(&acc);
+    lb_st_free(&hst);
+    free(W);
+    free(H);
+    free(S);
+    return rc;
+}
+
+static int exec_embed(const lb_job *job, const lb_exec_ctx *ctx, lb_err *err)
+{
+    const lb_config *cfg = lb_model_config(ctx->model);
+    const int64_t ntok = job->n_seq * job->seq_len, dim = cfg->hidden_size;
+    if (job->n_inputs != 1 || job->n_outputs != 1)
+        return lb_err_set(err, LB_EINVAL, "embed job %s: malformed", job->id);
+    lb_st *cst = NULL;
+    lb_head_weights head;
+    memset(&head, 0, sizeof head);
+    uint32_t *tok = NULL;
+    float *x = NULL;
+    int rc = lb_store_open_artifact(ctx->store, job->inputs[0].hex, "calib", &cst, err);
+    if (rc)
+        goto done;
+    const lb_st_tensor *t = lb_st_find(cst, "tokens");
+    if (!t || t->dtype != LB_DTYPE_U32 || t->numel != ntok) {
+        rc = lb_err_set(err, LB_EFORMAT, "calib artifact %s: expected U32 tokens of %lld ids",
+                        job->inputs[0].hex, (long long)ntok);
+        goto done;
+    }
+    tok = malloc((size_t)ntok * sizeof *tok);
+    x = malloc((size_t)ntok * (size_t)dim * sizeof *x);
+    if (!tok || !x) {
+        rc = lb_err_set(err, LB_ENOMEM, "embed: out of memory for %lld tokens", (long long)ntok);
+        goto done;
+    }
+    memcpy(tok, t->data, t->nbytes);
+    if ((rc = lb_model_load_head(ctx->model, &head, err)) ||
+        (rc = lb_fwd_embed(&head, tok, ntok, x, err)))
+        goto done;
+    rc = put_x(ctx, job->outputs[0].hex, x, ntok, dim, err);
+done:
+    lb_head_weights_free(&head);
+    lb_st_free(&cst);
+    free(tok);
+    free(x);
+    return rc;
+}
+
+static int exec_propagate(const lb_job *job, const lb_exec_ctx *ctx, lb_err *err)
+{
+    if (job->block < 0)
+        return exec_embed(job, ctx, err);
+    const lb_config *cfg = lb_model_config(ctx->model);
+    if (job->n_inputs != 1 + LB_LINEAR_COUNT || job->n_outputs != 1)
+        return lb_err_set(err, LB_EINVAL, "propagate job %s: %d inputs, expected X + 7 linears",
+                          job->id, (int)job->n_inputs);
+    const int64_t ntok = job->n_seq * job->seq_len, dim = cfg->hidden_size;
+    static const lb_linear all[LB_LINEAR_COUNT] = {LB_LINEAR_Q, LB_LINEAR_K, LB_LINEAR_V,
+                                                   LB_LINEAR_O, LB_LINEAR_GATE, LB_LINEAR_UP,
+                                                   LB_LINEAR_DOWN};
+    lb_block_weights w;
+    memset(&w, 0, sizeof w);
+    float *out = NULL;
+    int rc = lb_model_load_block(ctx->model, job->block, &w, err);
+    if (rc)
+        goto done;
+    if ((rc = load_quantized(ctx, cfg, &w, all, job->inputs + 1, LB_LINEAR_COUNT, err)))
+        goto done;
+    out = malloc((size_t)ntok * (size_t)dim * sizeof *out);
+    if (!out) {
+        rc = lb_err_set(err, LB_ENOMEM, "propagate: out of memory for (%lld, %lld) activations",
+                        (long long)ntok, (long long)dim);
+        goto done;
+    }
+    if ((rc = run_block(ctx, job, &w, out, NULL, err)))
+        goto done;
+    rc = put_x(ctx, job->outputs[0].hex, out, ntok, dim, err);
+done:
+    free(out);
+    lb_block_weights_free(&w);
+    return rc;
+}
+
+static int exec_merge(const lb_job *job, const lb_exec_ctx *ctx, double *bpw, lb_err *err)
+{
+    int n = job->n_inputs, rc = 0;
+    lb_packed_entry *e = calloc((size_t)(n > 0 ? n : 1), sizeof *e);
+    char **names = calloc((size_t)(n > 0 ? n : 1), sizeof *names);
+    char **paths = calloc((size_t)(n > 0 ? n : 1), sizeof *paths);
+    char **opts = calloc((size_t)(n > 0 ? n : 1), sizeof *opts);
+    if (!e || !names || !paths || !opts) {
+        rc = lb_err_set(err, LB_ENOMEM, "merge: out of memory");
+        goto done;
+    }
+    for (int i = 0; i < n; i++) {
+        lb_st *st = NULL;
+        if ((rc = lb_store_open_artifact(ctx->store, job->inputs[i].hex, "qlinear", &st, err)))
+            goto done;
+        const char *tn = lb_st_metadata_get(st, "lowbit.tensor");
+        const char *on = lb_st_metadata_get(st, "lowbit.options");
+        names[i] = tn ? strdup(tn) : NULL;
+        opts[i] = strdup(on ? on : "");
+        lb_st_free(&st);
+        paths[i] = lb_store_path(ctx->store, job->inputs[i].hex);
+        if (!names[i] || !opts[i] || !paths[i]) {
+            rc = lb_err_set(err, LB_EFORMAT, "merge: artifact %s lacks lowbit.tensor",
+                            job->inputs[i].hex);
+            goto done;
+        }
+        e[i].name = names[i];
+        e[i].packed = NULL;
+        e[i].packed_path = paths[i];
+        e[i].options = opts[i];
+    }
+    lb_packed_info info = {job->method, job->opts.bits,
+                           job->options_json[0] ? job->options_json : NULL};
+    lb_packed_summary sum;
+    memset(&sum, 0, sizeof sum);
+    if ((rc = lb_packed_write(job->out_dir, ctx->model, e, n, &info, &sum, err)))
+        goto done;
+    *bpw = sum.bpw;
+done:
+    for (int i = 0; i < n && names && paths && opts; i++) {
+        free(names[i]);
+        free(paths[i]);
+        free(opts[i]);
+    }
+    free(names);
+    free(paths);
+    free(opts);
+    free(e);
+    return rc;
+}
+
+int lb_exec_run(const lb_job *job, const lb_exec_ctx *ctx, lb_job_result *res)
+{
+    memset(res, 0, sizeof *res);
+    memcpy(res->job_id, job->id, LB_ID_HEX);
+    double t0 = now_s();
+    lb_err err;
+    lb_err_clear(&err);
+    int rc;
+    if (strcmp(job->model_fp, ctx->model_fp) != 0) {
+        rc = lb_err_set(&err, LB_ESTATE, "job %s is for model %.12s..., this worker holds "
+                        "%.12s...; give it the job's model", job->id, job->model_fp,
+                        ctx->model_fp);
+    } else if (job->type != LB_JOB_MERGE && (job->n_inputs < 1 || job->n_seq <= 0 ||
+                                             job->seq_len <= 0)) {
+        rc = lb_err_set(&err, LB_EINVAL, "job %s: no inputs or empty calibration", job->id);
+    } else {
+        omp_set_num_threads(ctx->omp_threads > 0 ? ctx->omp_threads : 1);
+        switch (job->type) {
+        case LB_JOB_COLLECT_HESSIAN: rc = exec_collect(job, ctx, &err); break;
+        case LB_JOB_QUANTIZE_LINEAR: rc = exec_quantize(job, ctx, &res->bpw, &err); break;
+        case LB_JOB_PROPAGATE: rc = exec_propagate(job, ctx, &err); break;
+        case LB_JOB_MERGE: rc = exec_merge(job, ctx, &res->bpw, &err); break;
+        default: rc = lb_err_set(&err, LB_EINVAL, "job %s: unknown type %d", job->id,
+                                 (int)job->type);
+        }
+    }
+    res->seconds = now_s() - t0;
+    if (rc) {
+        res->status = LB_JOB_FAILED;
+        res->err_code = rc;
+        snprintf(res->error, sizeof res->error, "%s", err.msg);
+        return rc;
+    }
+    res->status = LB_JOB_OK;
+    res->n_outputs = job->n_outputs;
+    memcpy(res->outputs, job->outputs, sizeof res->outputs);
+    return 0;
+}
