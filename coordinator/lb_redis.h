@@ -8,6 +8,8 @@
  *   lowbit:job:NAME:queue            stream of {id: job id, payload: bytes}, group "workers"
  *   lowbit:job:NAME:fails            hash: job id -> failure count
  *   lowbit:job:NAME:dead             stream of dead-lettered {id, payload, error, fails}
+ *   lowbit:job:NAME:results          stream of {id, result} (done) or {id, error} (dead)
+ *   lowbit:job:NAME:enqueued         set of item ids ever queued (lb_redis_enqueue_once)
  *   lowbit:job:NAME:cancel           string "1" once cancelled
  *   lowbit:workers                   set of worker ids
  *   lowbit:worker:ID                 heartbeat string (SET EX ttl): free-form info
@@ -156,6 +158,37 @@ int lb_redis_reclaim(lb_redis *s, const char *name, const char *consumer, int64_
  * Atomic (MULTI/EXEC). OUT: *dead (may be NULL), *failures (may be NULL). */
 int lb_redis_fail(lb_redis *s, const char *name, const lb_redis_msg *msg, const char *error,
                   int max_failures, bool *dead, int64_t *failures, lb_err *err);
+
+/* Like lb_redis_enqueue, but at most once per id and job (SADD on
+ * lowbit:job:NAME:enqueued): a restarted coordinator does not queue work twice.
+ * OUT: *added = false when id was queued before. */
+int lb_redis_enqueue_once(lb_redis *s, const char *name, const char *id, const void *payload,
+                          size_t len, bool *added, lb_err *err);
+
+/* Success of a leased item: XADD lowbit:job:NAME:results {id, result <bytes>},
+ * XACK + XDEL the lease and clear its failure count, atomically. len <= 64 KiB. */
+int lb_redis_complete(lb_redis *s, const char *name, const lb_redis_msg *msg, const void *result,
+                      size_t len, lb_err *err);
+
+/* Keeps a long-running lease from looking stale: XCLAIM to the same consumer
+ * with min-idle 0 (resets the idle time). */
+int lb_redis_lease_touch(lb_redis *s, const char *name, const char *consumer,
+                         const lb_redis_msg *msg, lb_err *err);
+
+/* One entry of lowbit:job:NAME:results: a success (result bytes) or a
+ * dead-lettered item (error). */
+typedef struct {
+    char id[LB_REDIS_ID_MAX + 1];
+    uint8_t *result; /* owned; NULL for a dead-lettered item */
+    size_t len;
+    char *error;     /* owned; NULL on success */
+} lb_redis_result;
+
+/* XREAD COUNT count [BLOCK block_ms] STREAMS results <cursor>; advances cursor
+ * (start with "0"). OUT: *out (lb_redis_results_free), *n (0 on timeout). */
+int lb_redis_results_read(lb_redis *s, const char *name, char cursor[48], int32_t count,
+                          int block_ms, lb_redis_result **out, int32_t *n, lb_err *err);
+void lb_redis_results_free(lb_redis_result **res, int32_t n);
 
 typedef struct {
     int64_t length;    /* entries in the queue stream (waiting + leased) */

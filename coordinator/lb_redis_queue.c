@@ -196,14 +196,18 @@ static int dead_letter(lb_redis *s, const char *name, const lb_redis_msg *msg, c
     lb_redis_key q = lb_redis_priv_job_key(name, ":queue"), d = lb_redis_priv_job_key(name, ":dead");
     char shortened[LB_REDIS_MAX_RECORD / 2];
     snprintf(shortened, sizeof shortened, "%s", error ? error : "");
-    lb_redis_args c[3] = {{0}};
+    lb_redis_key res = lb_redis_priv_job_key(name, ":results");
+    lb_redis_args c[4] = {{0}};
     a_str(&c[0], "XADD"), a_str(&c[0], d.s), a_str(&c[0], "*");
     a_str(&c[0], "id"), a_str(&c[0], msg->id), a_str(&c[0], "payload");
     a_bin(&c[0], msg->payload ? (const void *)msg->payload : "", msg->len);
     a_str(&c[0], "error"), a_str(&c[0], shortened), a_str(&c[0], "fails"), a_i64(&c[0], fails);
     a_str(&c[1], "XACK"), a_str(&c[1], q.s), a_str(&c[1], LB_REDIS_GROUP), a_str(&c[1], msg->entry);
     a_str(&c[2], "XDEL"), a_str(&c[2], q.s), a_str(&c[2], msg->entry);
-    int rc = MULTI(s, c, 3, err);
+    /* the coordinator learns of the failure from the results stream */
+    a_str(&c[3], "XADD"), a_str(&c[3], res.s), a_str(&c[3], "*");
+    a_str(&c[3], "id"), a_str(&c[3], msg->id), a_str(&c[3], "error"), a_str(&c[3], shortened);
+    int rc = MULTI(s, c, 4, err);
     if (rc)
         return rc;
     char ev[1200];
@@ -453,3 +457,155 @@ done:
     return rc;
 }
 
+
+int lb_redis_enqueue_once(lb_redis *s, const char *name, const char *id, const void *payload,
+                          size_t len, bool *added, lb_err *err)
+{
+    *added = false;
+    int rc = lb_redis_check_name(name, err);
+    if (rc || (rc = lb_redis_priv_check_id("queue item id", id, err)))
+        return rc;
+    lb_redis_key k = lb_redis_priv_job_key(name, ":enqueued");
+    lb_redis_args a = {0};
+    a_str(&a, "SADD"), a_str(&a, k.s), a_str(&a, id);
+    int64_t n = 0;
+    if ((rc = lb_redis_priv_int(s, &a, &n, err)))
+        return rc;
+    if (n == 0)
+        return 0; /* an earlier coordinator already queued it */
+    rc = lb_redis_enqueue(s, name, id, payload, len, NULL, err);
+    if (rc) { /* undo the gate so a retry can queue it */
+        lb_redis_args u = {0};
+        lb_err e2 = {0};
+        a_str(&u, "SREM"), a_str(&u, k.s), a_str(&u, id);
+        lb_redis_priv_int(s, &u, &n, &e2);
+        return rc;
+    }
+    *added = true;
+    return 0;
+}
+
+int lb_redis_complete(lb_redis *s, const char *name, const lb_redis_msg *msg, const void *result,
+                      size_t len, lb_err *err)
+{
+    int rc = lb_redis_check_name(name, err);
+    if (rc || (rc = lb_redis_priv_check_size(s, "the job result", len, err)))
+        return rc;
+    lb_redis_key q = lb_redis_priv_job_key(name, ":queue"), f = lb_redis_priv_job_key(name, ":fails");
+    lb_redis_key res = lb_redis_priv_job_key(name, ":results");
+    lb_redis_args c[4] = {{0}};
+    a_str(&c[0], "XADD"), a_str(&c[0], res.s), a_str(&c[0], "*");
+    a_str(&c[0], "id"), a_str(&c[0], msg->id), a_str(&c[0], "result");
+    a_bin(&c[0], result ? result : "", len);
+    a_str(&c[1], "XACK"), a_str(&c[1], q.s), a_str(&c[1], LB_REDIS_GROUP), a_str(&c[1], msg->entry);
+    a_str(&c[2], "XDEL"), a_str(&c[2], q.s), a_str(&c[2], msg->entry);
+    a_str(&c[3], "HDEL"), a_str(&c[3], f.s), a_str(&c[3], msg->id);
+    return MULTI(s, c, 4, err);
+}
+
+void lb_redis_results_free(lb_redis_result **res, int32_t n)
+{
+    if (!res || !*res)
+        return;
+    for (int32_t i = 0; i < n; i++) {
+        free((*res)[i].result);
+        free((*res)[i].error);
+    }
+    free(*res);
+    *res = NULL;
+}
+
+int lb_redis_results_read(lb_redis *s, const char *name, char cursor[48], int32_t count,
+                          int block_ms, lb_redis_result **out, int32_t *n, lb_err *err)
+{
+    *out = NULL;
+    *n = 0;
+    int rc = lb_redis_check_name(name, err);
+    if (rc)
+        return rc;
+    if (count < 1 || block_ms < 0)
+        return lb_err_set(err, LB_EINVAL, "lb_redis_results_read: bad count or block time");
+    lb_redis_key k = lb_redis_priv_job_key(name, ":results");
+    lb_redis_args a = {0};
+    a_str(&a, "XREAD"), a_str(&a, "COUNT"), a_i64(&a, count);
+    if (block_ms > 0)
+        a_str(&a, "BLOCK"), a_i64(&a, block_ms);
+    a_str(&a, "STREAMS"), a_str(&a, k.s), a_str(&a, cursor);
+    if (s->c)
+        redisSetTimeout(s->c, tv_ms(block_ms + s->o.command_timeout_ms));
+    redisReply *r = RUN(s, &a, true, false, err);
+    if (s->c)
+        redisSetTimeout(s->c, tv_ms(s->o.command_timeout_ms));
+    if (!r)
+        return err ? err->code : LB_ENET;
+    if (r->type == REDIS_REPLY_NIL)
+        goto done;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 1 ||
+        r->element[0]->type != REDIS_REPLY_ARRAY || r->element[0]->elements != 2 ||
+        r->element[0]->element[1]->type != REDIS_REPLY_ARRAY) {
+        rc = lb_err_set(err, LB_EFORMAT, "%s: unexpected XREAD reply", s->peer);
+        goto done;
+    }
+    const redisReply *entries = r->element[0]->element[1];
+    lb_redis_result *v = calloc(entries->elements + 1, sizeof *v);
+    if (!v) {
+        rc = lb_err_set(err, LB_ENOMEM, "out of memory");
+        goto done;
+    }
+    int32_t got = 0;
+    for (size_t i = 0; i < entries->elements && !rc; i++) {
+        const redisReply *e = entries->element[i];
+        lb_redis_map m;
+        char entry[48];
+        if ((rc = lb_redis_priv_parse_entry(s, e, entry, &m, err)))
+            break;
+        snprintf(cursor, 48, "%s", entry);
+        const char *id = lb_redis_map_get(&m, "id"), *er = lb_redis_map_get(&m, "error");
+        lb_redis_result *x = &v[got];
+        snprintf(x->id, sizeof x->id, "%s", id ? id : "");
+        if (er && !(x->error = strdup(er)))
+            rc = lb_err_set(err, LB_ENOMEM, "out of memory");
+        lb_redis_map_clear(&m);
+        /* the result is binary: copy it with its length from the reply */
+        const redisReply *f = e->element[1];
+        for (size_t j = 0; !rc && f->type == REDIS_REPLY_ARRAY && j + 1 < f->elements; j += 2)
+            if (f->element[j]->len == 6 && !memcmp(f->element[j]->str, "result", 6)) {
+                const redisReply *val = f->element[j + 1];
+                x->result = malloc(val->len ? val->len : 1);
+                if (!x->result)
+                    rc = lb_err_set(err, LB_ENOMEM, "out of memory");
+                else {
+                    memcpy(x->result, val->str, val->len);
+                    x->len = val->len;
+                }
+            }
+        got++;
+    }
+    if (rc)
+        lb_redis_results_free(&v, got);
+    else {
+        *out = v;
+        *n = got;
+    }
+done:
+    freeReplyObject(r);
+    return rc;
+}
+
+int lb_redis_lease_touch(lb_redis *s, const char *name, const char *consumer,
+                         const lb_redis_msg *msg, lb_err *err)
+{
+    int rc = lb_redis_check_name(name, err);
+    if (rc || (rc = lb_redis_priv_check_id("consumer", consumer, err)))
+        return rc;
+    lb_redis_key q = lb_redis_priv_job_key(name, ":queue");
+    lb_redis_args a = {0};
+    /* XCLAIM to the same consumer with min-idle 0 resets the idle time */
+    a_str(&a, "XCLAIM"), a_str(&a, q.s), a_str(&a, LB_REDIS_GROUP), a_str(&a, consumer);
+    a_str(&a, "0"), a_str(&a, msg->entry), a_str(&a, "JUSTID");
+    redisReply *r = CHECKED(s, &a, true, REDIS_REPLY_ARRAY, err);
+    if (!r)
+        return err ? err->code : LB_ENET;
+    freeReplyObject(r);
+    return 0;
+}
