@@ -28,6 +28,8 @@ static const lb_cli_command commands[] = {
     {"synth", lb_cmd_synth, "write a synthetic LLaMA checkpoint with real outlier structure"},
     {"status", lb_cmd_status, "progress of a distributed job (Redis)"},
     {"cancel", lb_cmd_cancel, "cancel a distributed job (Redis)"},
+    {"coordinator", lb_cmd_coordinator, "plan a quantize run as a distributed job (Redis)"},
+    {"worker", lb_cmd_worker, "run distributed jobs from Redis"},
 };
 
 static void usage(FILE *out)
