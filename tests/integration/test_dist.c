@@ -170,12 +170,48 @@ static void test_worker_sigterm_deregisters(void **state)
     free(out);
 }
 
+static void test_cancel_stops_coordinator(void **state)
+{
+    (void)state;
+    LB_TEST_REQUIRE_REDIS();
+    char model[4096], calib[4096];
+    LB_TEST_REQUIRE_SHARED(model, "models/stories260K");
+    LB_TEST_REQUIRE_SHARED(calib, "data/stories260K-calib.u32");
+    char *dir = lb_test_mkdtemp();
+    const char *bin = lb_test_lowbit_bin();
+    char *out = NULL;
+    /* no workers: the coordinator waits until `lowbit cancel` */
+    int rc = lb_test_run(&out,
+                         "'%s' coordinator --redis %s --job c1 --model '%s' --calib '%s' "
+                         "--out '%s/o' --ctx 128 --nsamples 8 --method rtn --threads 1 "
+                         "> '%s/coord.log' 2>&1 & p=$!; "
+                         "for i in $(seq 100); do redis-cli -p %d HGET lowbit:job:c1 state | "
+                         "grep -q running && break; sleep 0.1; done; "
+                         "'%s' cancel c1 --redis %s; wait $p; echo rc=$?; cat '%s/coord.log'",
+                         bin, g_srv.url, model, calib, dir, dir, g_srv.port, bin, g_srv.url, dir);
+    assert_int_equal(rc, 0);
+    assert_non_null(out);
+    assert_non_null(strstr(out, "cancel requested"));
+    assert_non_null(strstr(out, "rc=1"));
+    assert_non_null(strstr(out, "was cancelled"));
+    free(out);
+    /* a cancelled name is not reused */
+    rc = lb_test_run(&out, "'%s' coordinator --redis %s --job c1 --model '%s' --calib '%s' "
+                     "--out '%s/o' --ctx 128 --nsamples 8 --method rtn --threads 1 2>&1",
+                     bin, g_srv.url, model, calib, dir);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "was cancelled"));
+    free(out);
+    lb_test_rmdir(&dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_distributed_equals_embedded),
         cmocka_unit_test(test_poison_item_dead_lettered),
         cmocka_unit_test(test_worker_sigterm_deregisters),
+        cmocka_unit_test(test_cancel_stops_coordinator),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
