@@ -205,6 +205,60 @@ static void test_cancel_stops_coordinator(void **state)
     lb_test_rmdir(&dir);
 }
 
+/* A worker that leased an item and died (a consumer that never acks): a live
+ * worker takes the lease over after --lease-ms and the run completes. */
+static void test_crashed_worker_lease_reclaimed(void **state)
+{
+    (void)state;
+    LB_TEST_REQUIRE_REDIS();
+    char model[4096], calib[4096];
+    LB_TEST_REQUIRE_SHARED(model, "models/stories260K");
+    LB_TEST_REQUIRE_SHARED(calib, "data/stories260K-calib.u32");
+    char *dir = lb_test_mkdtemp();
+    const char *bin = lb_test_lowbit_bin();
+    char *out = NULL;
+    char coord[16384];
+    snprintf(coord, sizeof coord,
+             "'%s' coordinator --redis %s --job k1 --model '%s' --calib '%s' --out '%s/o' "
+             "--ctx 128 --nsamples 8 --method rtn --threads 1 > '%s/coord.log' 2>&1",
+             bin, g_srv.url, model, calib, dir, dir);
+    /* start the coordinator; once the first item is queued, "crash" a worker on it */
+    int rc = lb_test_run(&out, "%s & echo $! > '%s/coord.pid'; "
+                         "for i in $(seq 100); do [ \"$(redis-cli -p %d XLEN lowbit:job:k1:queue)\" "
+                         "-ge 1 ] 2>/dev/null && break; sleep 0.1; done; "
+                         "redis-cli -p %d XREADGROUP GROUP workers ghost COUNT 1 STREAMS "
+                         "lowbit:job:k1:queue '>' | head -2",
+                         coord, dir, g_srv.port, g_srv.port);
+    assert_int_equal(rc, 0);
+    free(out);
+    lb_redis *s = NULL;
+    lb_err err = {0};
+    assert_int_equal(lb_redis_connect(g_srv.url, NULL, &s, &err), 0);
+    lb_redis_queue_counts c;
+    assert_int_equal(lb_redis_queue_stats(s, "k1", &c, &err), 0);
+    assert_int_equal(c.pending, 1); /* held by the dead "ghost" */
+    rc = lb_test_run(&out, "'%s' worker --redis %s --threads 1 --lease-ms 300 --idle-exit 2 "
+                     "--id wR 2>&1; wait $(cat '%s/coord.pid') 2>/dev/null; cat '%s/coord.log'",
+                     bin, g_srv.url, dir, dir);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "quantized 35 linears"));
+    free(out);
+    lb_redis_event_rec *ev = NULL;
+    int32_t n = 0;
+    assert_int_equal(lb_redis_events_recent(s, "k1", 200, &ev, &n, &err), 0);
+    bool reclaimed = false;
+    for (int32_t i = 0; i < n; i++)
+        reclaimed = reclaimed || (strstr(ev[i].msg, "lease expired") && strstr(ev[i].msg, "wR"));
+    lb_redis_events_free(&ev, n);
+    assert_true(reclaimed);
+    lb_redis_map m;
+    assert_int_equal(lb_redis_job_get(s, "k1", &m, &err), 0);
+    assert_string_equal(lb_redis_map_get(&m, "state"), "done");
+    lb_redis_map_clear(&m);
+    lb_redis_free(&s);
+    lb_test_rmdir(&dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -212,6 +266,7 @@ int main(void)
         cmocka_unit_test(test_poison_item_dead_lettered),
         cmocka_unit_test(test_worker_sigterm_deregisters),
         cmocka_unit_test(test_cancel_stops_coordinator),
+        cmocka_unit_test(test_crashed_worker_lease_reclaimed),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
