@@ -259,6 +259,50 @@ static void test_crashed_worker_lease_reclaimed(void **state)
     lb_test_rmdir(&dir);
 }
 
+/* kill -9 of the coordinator: a new one with the same options resumes, queues
+ * nothing twice, and the run completes. */
+static void test_coordinator_restart_resumes(void **state)
+{
+    (void)state;
+    LB_TEST_REQUIRE_REDIS();
+    char model[4096], calib[4096];
+    LB_TEST_REQUIRE_SHARED(model, "models/stories260K");
+    LB_TEST_REQUIRE_SHARED(calib, "data/stories260K-calib.u32");
+    char *dir = lb_test_mkdtemp();
+    const char *bin = lb_test_lowbit_bin();
+    char coord[16384];
+    snprintf(coord, sizeof coord,
+             "'%s' coordinator --redis %s --job r1 --model '%s' --calib '%s' --out '%s/o' "
+             "--ctx 128 --nsamples 8 --method rtn --threads 1",
+             bin, g_srv.url, model, calib, dir);
+    char *out = NULL;
+    int rc = lb_test_run(&out, "%s > '%s/c1.log' 2>&1 & p=$!; "
+                         "for i in $(seq 100); do [ \"$(redis-cli -p %d XLEN lowbit:job:r1:queue)\" "
+                         "-ge 1 ] 2>/dev/null && break; sleep 0.1; done; kill -9 $p; wait $p; "
+                         "echo killed=$?",
+                         coord, dir, g_srv.port);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "killed=137"));
+    free(out);
+    rc = lb_test_run(&out, "%s --resume > '%s/c2.log' 2>&1 & p=$!; sleep 1; "
+                     "redis-cli -p %d XLEN lowbit:job:r1:queue; "
+                     "'%s' worker --redis %s --threads 1 --idle-exit 2 --id wS > /dev/null 2>&1; "
+                     "wait $p; echo rc=$?; cat '%s/c2.log'",
+                     coord, dir, g_srv.port, bin, g_srv.url, dir);
+    assert_int_equal(rc, 0);
+    assert_non_null(out);
+    /* the restarted coordinator did not queue the embed item a second time */
+    assert_int_equal(strncmp(out, "1\n", 2), 0);
+    assert_non_null(strstr(out, "rc=0"));
+    assert_non_null(strstr(out, "quantized 35 linears"));
+    free(out);
+    assert_int_equal(lb_test_run(&out, "'%s' status r1 --redis %s --events 50", bin, g_srv.url), 0);
+    assert_non_null(strstr(out, "state     done"));
+    assert_non_null(strstr(out, "resumed"));
+    free(out);
+    lb_test_rmdir(&dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -267,6 +311,7 @@ int main(void)
         cmocka_unit_test(test_worker_sigterm_deregisters),
         cmocka_unit_test(test_cancel_stops_coordinator),
         cmocka_unit_test(test_crashed_worker_lease_reclaimed),
+        cmocka_unit_test(test_coordinator_restart_resumes),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
