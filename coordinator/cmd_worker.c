@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
 #include <omp.h>
 
 #include "lb_artifact.h"
@@ -23,6 +24,19 @@
 #include "lb_redis_url.h"
 
 static volatile sig_atomic_t g_stop;
+static bool g_json; /* --json: one JSON object per line on stdout */
+
+/* Prints o as one JSON line on stdout and releases it. */
+static void emit(json_t *o)
+{
+    char *t = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    if (t) {
+        printf("%s\n", t);
+        fflush(stdout);
+    }
+    free(t);
+    json_decref(o);
+}
 
 static void on_signal(int sig)
 {
@@ -34,7 +48,7 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: lowbit worker [--redis URL] [--threads N] [--id ID] [--lease-ms MS]\n"
-            "                     [--max-failures K] [--heartbeat-ttl S] [--idle-exit S]\n"
+            "                     [--max-failures K] [--heartbeat-ttl S] [--idle-exit S] [--json]\n"
             "\n"
             "Runs the jobs of every running distributed job on the Redis server: leases an\n"
             "item (XREADGROUP), runs it, posts its result and acks it. Items whose lease\n"
@@ -50,7 +64,8 @@ static void usage(FILE *out)
             "                      is renewed every heartbeat\n"
             "  --max-failures K    failures before dead-lettering (default 3)\n"
             "  --heartbeat-ttl S   heartbeat key TTL, refreshed every S/3 (default 30)\n"
-            "  --idle-exit S       exit after S seconds without work (default 0: never)\n",
+            "  --idle-exit S       exit after S seconds without work (default 0: never)\n"
+            "  --json              JSON lines on stdout: start, ran, failed, exit/error\n",
             LB_REDIS_DEFAULT_URL);
 }
 
@@ -223,13 +238,24 @@ static int run_item(lb_redis *r, beat_state *b, exec_cache *cache, const char *n
                  lb_job_type_name(job.type), job.id, (int)job.block, secs);
         if (!out)
             out = lb_redis_event(r, name, ev, err);
-        fprintf(stderr, "lowbit worker: %s: %s\n", name, ev);
+        if (g_json)
+            emit(json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:f}", "event", "ran", "worker", b->id,
+                           "job", name, "item", job.id, "type", lb_job_type_name(job.type),
+                           "block", (int)job.block, "seconds", secs));
+        else
+            fprintf(stderr, "lowbit worker: %s: %s\n", name, ev);
     } else {
         bool dead = false;
         int64_t fails = 0;
         out = lb_redis_fail(r, name, msg, jerr.msg, max_failures, &dead, &fails, err);
-        fprintf(stderr, "lowbit worker: %s: item %.12s failed (%lld of %d%s): %s\n", name, msg->id,
-                (long long)fails, max_failures, dead ? ", dead-lettered" : "", jerr.msg);
+        if (g_json)
+            emit(json_pack("{s:s, s:s, s:s, s:s, s:I, s:i, s:b, s:s}", "event", "failed", "worker",
+                           b->id, "job", name, "item", msg->id, "fails", (json_int_t)fails,
+                           "max_failures", max_failures, "dead", dead, "error", jerr.msg));
+        else
+            fprintf(stderr, "lowbit worker: %s: item %.12s failed (%lld of %d%s): %s\n", name,
+                    msg->id, (long long)fails, max_failures, dead ? ", dead-lettered" : "",
+                    jerr.msg);
     }
     lb_job_clear(&job);
     return out;
@@ -245,6 +271,9 @@ int lb_cmd_worker(int argc, char **argv)
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 0;
+        } else if (!strcmp(a, "--json")) {
+            g_json = true;
+            continue;
         } else if (!strcmp(a, "--redis") && v) {
             url = v;
         } else if (!strcmp(a, "--id") && v) {
@@ -307,8 +336,12 @@ int lb_cmd_worker(int argc, char **argv)
     sa.sa_handler = on_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
-    fprintf(stderr, "lowbit worker %s: serving %s (%ld threads)\n", b.id, lb_redis_peer(r),
-            threads);
+    if (g_json)
+        emit(json_pack("{s:s, s:s, s:s, s:i}", "event", "start", "worker", b.id, "redis",
+                       lb_redis_peer(r), "threads", (int)threads));
+    else
+        fprintf(stderr, "lowbit worker %s: serving %s (%ld threads)\n", b.id, lb_redis_peer(r),
+                threads);
 
     double idle_since = now_s();
     while (!g_stop) {
@@ -387,6 +420,11 @@ fail:
     else
         fprintf(stderr, "lowbit worker %s: %s, exiting\n", b.id,
                 g_stop ? "signal received" : "idle");
+    if (g_json)
+        emit(status ? json_pack("{s:s, s:s, s:s}", "event", "error", "worker", b.id, "error",
+                                err.msg)
+                    : json_pack("{s:s, s:s, s:s}", "event", "exit", "worker", b.id, "reason",
+                                g_stop ? "signal" : "idle"));
     cache_clear(&cache);
     lb_redis_free(&r);
     pthread_mutex_destroy(&b.mu);

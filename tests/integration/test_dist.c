@@ -124,10 +124,12 @@ static void test_poison_item_dead_lettered(void **state)
     assert_int_equal(lb_redis_queue_init(s, "poison", &err), 0);
     assert_int_equal(lb_redis_enqueue(s, "poison", "junk", "\x93\x01\x02", 3, NULL, &err), 0);
     char *out = NULL;
-    int rc = lb_test_run(&out, "'%s' worker --redis %s --threads 1 --idle-exit 1 "
-                         "--max-failures 2 --id wP 2>&1", lb_test_lowbit_bin(), g_srv.url);
+    int rc = lb_test_run(&out, "'%s' worker --redis %s --threads 1 --idle-exit 1 --json "
+                         "--max-failures 2 --id wP 2>/dev/null", lb_test_lowbit_bin(), g_srv.url);
     assert_int_equal(rc, 0);
-    assert_non_null(strstr(out, "dead-lettered"));
+    assert_non_null(strstr(out, "\"event\":\"failed\""));
+    assert_non_null(strstr(out, "\"dead\":true"));
+    assert_non_null(strstr(out, "\"event\":\"exit\""));
     free(out);
     lb_redis_dead_rec *d = NULL;
     int32_t n = 0;
