@@ -92,15 +92,18 @@ if ! has_cmd coordinator || ! has_cmd worker; then
 fi
 
 export LOWBIT_REDIS=$url
+# share the cores between the workers
+cores=$(nproc 2>/dev/null || echo 2)
+per=$(( cores / workers )); [ "$per" -ge 1 ] || per=1
 "$lowbit" coordinator --redis "$url" --job "$job" --resume "${quantize[@]}" &
 coord=$!
 pids+=("$coord")
 if command -v mpirun >/dev/null; then
   # shellcheck disable=SC2086  # LOWBIT_MPIRUN_ARGS: e.g. --allow-run-as-root
-  mpirun --oversubscribe ${LOWBIT_MPIRUN_ARGS:-} -np "$workers" "$lowbit" worker --redis "$url" &
+  mpirun --oversubscribe ${LOWBIT_MPIRUN_ARGS:-} -np "$workers" "$lowbit" worker --redis "$url" --threads "$per" &
   pids+=("$!")
 else
   echo "local-cluster: mpirun not found; starting $workers plain workers" >&2
-  for _ in $(seq "$workers"); do "$lowbit" worker --redis "$url" & pids+=("$!"); done
+  for _ in $(seq "$workers"); do "$lowbit" worker --redis "$url" --threads "$per" & pids+=("$!"); done
 fi
 wait "$coord"
