@@ -12,15 +12,15 @@
  * Projection timing basis: lb_fwd_block exposes no per-phase timing, so
  * proj_gflops = projection flops / WHOLE-block time (attention, norms, RoPE
  * and SwiGLU included): a lower bound on the projections' own rate. The line
- * also reports the attention flops and total_gflops = (projection + attention
- * flops, attention counted as executed: full seq_len^2 score matrices) / block
- * time. sgemm_gflops: each distinct projection shape run as ONE lb_sgemm call
+ * also reports the attention flops (the causal useful work: s (s + 1) / 2
+ * (query, key) pairs per head) and total_gflops = (layers * (projection +
+ * attention) + lm_head flops) / whole forward time. sgemm_gflops: each distinct projection shape run as ONE lb_sgemm call
  * (x (ntok, k) @ W (n, k)^T, OpenBLAS threads = --threads), weighted by the
  * seven projections of a block. */
 #include <jansson.h>
 #include <math.h>
-#include <stdbool.h>
 #include <omp.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,8 +69,8 @@ static void die(const char *what, const lb_err *err)
 
 /* Median seconds of `reps` runs of y (m, n) = x (m, k) @ W (n, k)^T (after one
  * untimed run when warm). */
-static double time_sgemm(const float *x, const float *w, float *y, int64_t m, int64_t n,
-                         int64_t k, int reps, bool warm)
+static double time_sgemm(const float *x, const float *w, float *y, int64_t m, int64_t n, int64_t k,
+                         int reps, bool warm)
 {
     double t[16];
     if (warm)
@@ -88,7 +88,8 @@ static double time_sgemm(const float *x, const float *w, float *y, int64_t m, in
  * (found by its metadata) also the ratio of its outlier channels. */
 static json_t *outlier_stats(const lb_model *m, const float *a, int64_t ntok, int64_t dim)
 {
-    double *mean = calloc((size_t)dim, sizeof *mean), *sorted = malloc((size_t)dim * sizeof *sorted);
+    double *mean = calloc((size_t)dim, sizeof *mean),
+           *sorted = malloc((size_t)dim * sizeof *sorted);
     if (!mean || !sorted)
         die("out of memory for statistics", NULL);
     for (int64_t t = 0; t < ntok; t++)
@@ -131,8 +132,9 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) {
-            fprintf(stderr, "bench_forward: %s needs a value (see the comment at the top of "
-                            "bench/forward.c)\n",
+            fprintf(stderr,
+                    "bench_forward: %s needs a value (see the comment at the top of "
+                    "bench/forward.c)\n",
                     argv[i]);
             return 2;
         }
@@ -265,45 +267,46 @@ int main(int argc, char **argv)
     const lb_block_weights *w0 = &blocks[0];
     const int sg_reps = 1;
     double t_qo = time_sgemm(xin, w0->wq, y, ntok, q_dim, dim, sg_reps, true);
-    double t_kv = kv_dim == q_dim ? t_qo : time_sgemm(xin, w0->wk, y, ntok, kv_dim, dim, sg_reps, false);
+    double t_kv =
+        kv_dim == q_dim ? t_qo : time_sgemm(xin, w0->wk, y, ntok, kv_dim, dim, sg_reps, false);
     double t_gu = time_sgemm(xin, w0->w_gate, y, ntok, inter, dim, sg_reps, false);
     double t_dn = time_sgemm(xin, w0->w_down, y, ntok, dim, inter, sg_reps, false);
     double t_lm = time_sgemm(xin, head.lm_head, y, ntok, vocab, dim, sg_reps, false);
     lb_blas_set_threads(blas_saved);
 
     const double f = 2.0 * (double)ntok;
-    const double proj_flops_layer =
-        f * (double)dim * (double)(2 * q_dim + 2 * kv_dim + 2 * inter) + f * (double)inter * (double)dim;
-    const double attn_flops_layer =
-        (double)n_seq * (double)cfg->num_attention_heads * 4.0 * (double)seq_len * (double)seq_len * (double)hd;
+    const double proj_flops_layer = f * (double)dim * (double)(2 * q_dim + 2 * kv_dim + 2 * inter) +
+                                    f * (double)inter * (double)dim;
+    // causal: QK^T and PV over the s (s + 1) / 2 unmasked (query, key) pairs, 2 flops each
+    const double attn_flops_layer = (double)n_seq * (double)cfg->num_attention_heads * 2.0 *
+                                    2.0 * (double)hd * (double)seq_len *
+                                    (double)(seq_len + 1) / 2.0;
     const double lm_flops = f * (double)dim * (double)vocab;
     // one layer's projections as sgemm: q, o (dim x q_dim shapes), k, v, gate, up, down
     const double sg_layer_s = 2 * t_qo + 2 * t_kv + 2 * t_gu + t_dn;
     const double proj_gflops = proj_flops_layer * (double)L / block_s * 1e-9;
     const double sgemm_gflops = proj_flops_layer / sg_layer_s * 1e-9;
 
-    json_t *conf = json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:i, s:i, s:s}",
-                             "model", tmpl[0] ? "synth (temp dir)" : model_dir, "preset",
-                             tmpl[0] ? preset : "", "layers", (json_int_t)L, "hidden",
-                             (json_int_t)dim, "intermediate", (json_int_t)inter, "heads",
-                             (json_int_t)cfg->num_attention_heads, "kv_heads",
-                             (json_int_t)cfg->num_key_value_heads, "vocab", (json_int_t)vocab,
-                             "seqs", (json_int_t)n_seq, "seq_len", (json_int_t)seq_len,
-                             "threads", threads, "repeats", repeats, "proj_timing",
-                             "whole_block");
+    json_t *conf = json_pack(
+        "{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:i, s:i, s:s}", "model",
+        tmpl[0] ? "synth (temp dir)" : model_dir, "preset", tmpl[0] ? preset : "", "layers",
+        (json_int_t)L, "hidden", (json_int_t)dim, "intermediate", (json_int_t)inter, "heads",
+        (json_int_t)cfg->num_attention_heads, "kv_heads", (json_int_t)cfg->num_key_value_heads,
+        "vocab", (json_int_t)vocab, "seqs", (json_int_t)n_seq, "seq_len", (json_int_t)seq_len,
+        "threads", threads, "repeats", repeats, "proj_timing", "whole_block");
     json_t *j = json_pack(
         "{s:s, s:o, s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "bench",
-        "forward", "config", conf, "tokens", (json_int_t)ntok, "seconds", total_s,
-        "block_seconds", block_s, "lm_head_seconds", lm_s, "proj_gflops", proj_gflops,
-        "attn_gflop_per_layer", attn_flops_layer * 1e-9, "total_gflops",
+        "forward", "config", conf, "tokens", (json_int_t)ntok, "seconds", total_s, "block_seconds",
+        block_s, "lm_head_seconds", lm_s, "proj_gflops", proj_gflops, "attn_gflop_per_layer",
+        attn_flops_layer * 1e-9, "total_gflops",
         ((proj_flops_layer + attn_flops_layer) * (double)L + lm_flops) / total_s * 1e-9,
         "sgemm_gflops", sgemm_gflops, "proj_fraction_of_sgemm", proj_gflops / sgemm_gflops,
-        "lm_head_gflops", lm_flops / lm_s * 1e-9, "sgemm_lm_head_gflops",
-        lm_flops / t_lm * 1e-9, "load_seconds", load_s, "synth_seconds", synth_s);
+        "lm_head_gflops", lm_flops / lm_s * 1e-9, "sgemm_lm_head_gflops", lm_flops / t_lm * 1e-9,
+        "load_seconds", load_s, "synth_seconds", synth_s);
     json_object_set_new(j, "block0_attn_in", stats);
     emit(j);
-    emit(json_pack("{s:s, s:I, s:f, s:f, s:f, s:f, s:f}", "bench", "forward_sgemm_shapes",
-                   "m", (json_int_t)ntok, "qo_gflops", f * (double)dim * (double)q_dim / t_qo * 1e-9,
+    emit(json_pack("{s:s, s:I, s:f, s:f, s:f, s:f, s:f}", "bench", "forward_sgemm_shapes", "m",
+                   (json_int_t)ntok, "qo_gflops", f * (double)dim * (double)q_dim / t_qo * 1e-9,
                    "kv_gflops", f * (double)dim * (double)kv_dim / t_kv * 1e-9, "gate_up_gflops",
                    f * (double)dim * (double)inter / t_gu * 1e-9, "down_gflops",
                    f * (double)dim * (double)inter / t_dn * 1e-9, "lm_head_gflops",

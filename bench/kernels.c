@@ -186,7 +186,7 @@ int main(int argc, char **argv)
         double gemm_sq = sgemm_gflops(2048, 2048, 2048);
         double flops = (double)rows * (double)cols * (double)cols +
                        2.0 / 3.0 * (double)cols * (double)cols * (double)cols;
-        printf("{\"bench\":\"sgemm\",\"shape\":\"%lldx%lldx128\",\"gflops\":%.2f,"
+        printf("{\"bench\":\"sgemm\",\"mnk\":\"%lldx%lldx128\",\"gflops\":%.2f,"
                "\"square2048_gflops\":%.2f,\"hessian_seconds\":%.3f,\"tokens\":%ld,"
                "\"threads\":%d}\n",
                cols, rows, gemm, gemm_sq, th, tokens, lb_blas_get_threads());
@@ -218,13 +218,16 @@ int main(int argc, char **argv)
                     lb_quant_error(W, res.W_hat, rows, cols, H, &e, &ref, &err);
                 if (is_gptq)
                     t_gptq = dt;
+                char ratio[32] = "null";
+                if (t_gptq > 0)
+                    snprintf(ratio, sizeof ratio, "%.3f", dt / t_gptq);
                 printf("{\"bench\":\"quantize\",\"method\":\"%s\",\"shape\":\"%lldx%lld\","
                        "\"bits\":%g,\"group_size\":%ld,\"act_order\":%s,\"seconds\":%.3f,"
-                       "\"gflops\":%.2f,\"frac_of_sgemm\":%.3f,\"ratio_to_gptq\":%s%.3f,"
+                       "\"gflops\":%.2f,\"frac_of_sgemm\":%.3f,\"ratio_to_gptq\":%s,"
                        "\"bpw\":%.4f,\"rel_err\":%.6g}\n",
                        all[k]->name, rows, cols, bits, group, act ? "true" : "false", dt,
-                       flops / dt / 1e9, flops / dt / 1e9 / gemm, t_gptq > 0 ? "" : "null,\"_\":",
-                       t_gptq > 0 ? dt / t_gptq : 0.0, res.bpw, ref > 0 ? e / ref : 0.0);
+                       flops / dt / 1e9, flops / dt / 1e9 / gemm, ratio, res.bpw,
+                       ref > 0 ? e / ref : 0.0);
                 fflush(stdout);
                 lb_qresult_free(&res);
             }

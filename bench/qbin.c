@@ -1,5 +1,6 @@
 /* bench_qbin: wall time of BiLLM and QBB against GPTQ on one synthetic matrix.
- * Usage: bench_qbin [rows cols [threads]]   (default 4096 4096, BLAS threads 2)
+ * Usage: bench_qbin [rows cols [threads [only]]]  (default 4096 4096, BLAS threads 2;
+ *        only = gptq|billm|qbb runs that method alone) 
  * Prints one JSON line per method: config, seconds, bpw, relative H-weighted error.
  * W ~ N(0, 0.02²); H = AᵀA + 0.1·I with A (256, cols) ~ N(0, 1), a low-rank-ish Hessian. */
 #include <jansson.h>
@@ -79,6 +80,7 @@ int main(int argc, char **argv)
 {
     int64_t rows = argc > 2 ? atoll(argv[1]) : 4096, cols = argc > 2 ? atoll(argv[2]) : 4096;
     int threads = argc > 3 ? atoi(argv[3]) : 2;
+    const char *only = argc > 4 ? argv[4] : NULL;
     if (rows <= 0 || cols <= 0 || threads <= 0) {
         fprintf(stderr, "usage: bench_qbin [rows cols [threads]]\n");
         return 2;
@@ -107,14 +109,18 @@ int main(int argc, char **argv)
     lb_qopts_init(&o);
     int rc = 0;
     o.bits = 2;
-    rc |= run_one("gptq", W, H, rows, cols, &o, "bits=2", threads);
+    if (!only || !strcmp(only, "gptq"))
+        rc |= run_one("gptq", W, H, rows, cols, &o, "bits=2", threads);
     lb_qopts_init(&o);
-    rc |= run_one("billm", W, H, rows, cols, &o, "block=128", threads);
+    if (!only || !strcmp(only, "billm"))
+        rc |= run_one("billm", W, H, rows, cols, &o, "block=128", threads);
     lb_qopts_init(&o);
     o.bases = 3;
-    rc |= run_one("qbb", W, H, rows, cols, &o, "N=3 refine=10 plain", threads);
-    o.hessian_weighted = true;
-    rc |= run_one("qbb", W, H, rows, cols, &o, "N=3 refine=10 hessian_weighted", threads);
+    if (!only || !strcmp(only, "qbb")) {
+        rc |= run_one("qbb", W, H, rows, cols, &o, "N=3 refine=10 plain", threads);
+        o.hessian_weighted = true;
+        rc |= run_one("qbb", W, H, rows, cols, &o, "N=3 refine=10 hessian_weighted", threads);
+    }
     free(W);
     free(A);
     free(H);

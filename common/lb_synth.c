@@ -1,14 +1,15 @@
 /* lb_synth: synthetic LLaMA checkpoints (see lb_synth.h for the statistics). */
 #include "lb_synth.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <dirent.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "lb_config.h"
 #include "lb_safetensors.h"
@@ -22,27 +23,31 @@
 #define SYNTH_OUTLIER_RESID 6.0f   /* outlier magnitude in the embedding (normal: std 1) */
 #define SYNTH_OUTLIER_GAIN 4.0f    /* RMSNorm gain on outlier channels (normal: ~1) */
 #define SYNTH_DOMINANT_GAIN 2.5f
-#define SYNTH_GAIN_SIGMA 0.2f      /* log-normal spread of all norm gains */
-#define SYNTH_BRANCH 0.7f          /* residual branch std = this / sqrt(2 * preset layers) */
-#define SYNTH_LOGIT_STD 1.5f       /* std of the logits over the vocabulary */
-#define SYNTH_FINAL_OUTLIER_GAIN 0.2f /* final norm damps the fixed-sign outliers (else a few
-                                          tokens win everywhere) */
-#define SYNTH_SILU_RMS 0.5965f     /* sqrt(E[silu(g)^2]), g ~ N(0,1): rms of silu(gate)*up */
+#define SYNTH_GAIN_SIGMA 0.2f /* log-normal spread of all norm gains */
+#define SYNTH_BRANCH 0.7f     /* residual branch std = this / sqrt(2 * preset layers) */
+#define SYNTH_LOGIT_STD 1.5f  /* std of the logits over the vocabulary */
+#define SYNTH_FINAL_OUTLIER_GAIN                                                                   \
+    0.2f                       /* final norm damps the fixed-sign outliers (else a few             \
+                                   tokens win everywhere) */
+#define SYNTH_SILU_RMS 0.5965f /* sqrt(E[silu(g)^2]), g ~ N(0,1): rms of silu(gate)*up */
 
 enum { CH_NORMAL = 0, CH_OUTLIER = 1, CH_DOMINANT = 2 };
 
 static const lb_synth_preset presets[] = {
-    {"tiny", "hidden 64, inter 172, 2 layers, 8 heads / 4 kv, vocab 512 (fast tests)", 64, 172,
-     2, 8, 4, 512, 512, 10000.0, 1e-5},
+    {"tiny", "hidden 64, inter 172, 2 layers, 8 heads / 4 kv, vocab 512 (fast tests)", 64, 172, 2,
+     8, 4, 512, 512, 10000.0, 1e-5},
     {"small", "hidden 256, inter 688, 4 layers, 8 heads / 8 kv, vocab 1024", 256, 688, 4, 8, 8,
      1024, 1024, 10000.0, 1e-5},
-    {"llama-7b", "LLaMA-7B shape: hidden 4096, inter 11008, 32 layers, 32 heads, vocab 32000",
-     4096, 11008, 32, 32, 32, 32000, 4096, 10000.0, 1e-6},
+    {"llama-7b", "LLaMA-7B shape: hidden 4096, inter 11008, 32 layers, 32 heads, vocab 32000", 4096,
+     11008, 32, 32, 32, 32000, 4096, 10000.0, 1e-6},
     {"llama-7b-gqa", "as llama-7b with 8 kv heads (grouped-query attention)", 4096, 11008, 32, 32,
      8, 32000, 4096, 10000.0, 1e-6},
 };
 
-int lb_synth_preset_count(void) { return (int)(sizeof presets / sizeof presets[0]); }
+int lb_synth_preset_count(void)
+{
+    return (int)(sizeof presets / sizeof presets[0]);
+}
 
 const lb_synth_preset *lb_synth_preset_at(int i)
 {
@@ -63,9 +68,9 @@ struct lb_synth {
     uint64_t seed;
     int64_t n_tensors;
     lb_synth_tensor *tensors;
-    uint64_t *keys;        /* per tensor: hash(seed, name) */
-    uint8_t *channel;      /* (hidden,) CH_* */
-    float *outlier_sign;   /* (hidden,) +-1 on outlier channels */
+    uint64_t *keys;      /* per tensor: hash(seed, name) */
+    uint8_t *channel;    /* (hidden,) CH_* */
+    float *outlier_sign; /* (hidden,) +-1 on outlier channels */
     int64_t n_outliers;
     int64_t *outliers;     /* sorted */
     float *r_attn, *r_ffn; /* (n_layers,) expected rms after that layer's norm */
@@ -174,8 +179,8 @@ static int add_tensor(lb_synth *s, lb_synth_kind kind, int64_t layer, const char
                       int64_t rows, int64_t cols)
 {
     lb_synth_tensor *t = &s->tensors[s->n_tensors];
-    int n = layer >= 0 ? snprintf(t->name, sizeof t->name, "model.layers.%lld.%s",
-                                  (long long)layer, suffix)
+    int n = layer >= 0 ? snprintf(t->name, sizeof t->name, "model.layers.%lld.%s", (long long)layer,
+                                  suffix)
                        : snprintf(t->name, sizeof t->name, "%s", suffix);
     if (n < 0 || (size_t)n >= sizeof t->name)
         return LB_EINVAL;
@@ -308,10 +313,22 @@ void lb_synth_free(lb_synth **sp)
     *sp = NULL;
 }
 
-const lb_synth_preset *lb_synth_get_preset(const lb_synth *s) { return &s->preset; }
-int64_t lb_synth_n_layers(const lb_synth *s) { return s->n_layers; }
-uint64_t lb_synth_seed(const lb_synth *s) { return s->seed; }
-int64_t lb_synth_n_tensors(const lb_synth *s) { return s->n_tensors; }
+const lb_synth_preset *lb_synth_get_preset(const lb_synth *s)
+{
+    return &s->preset;
+}
+int64_t lb_synth_n_layers(const lb_synth *s)
+{
+    return s->n_layers;
+}
+uint64_t lb_synth_seed(const lb_synth *s)
+{
+    return s->seed;
+}
+int64_t lb_synth_n_tensors(const lb_synth *s)
+{
+    return s->n_tensors;
+}
 
 const lb_synth_tensor *lb_synth_tensor_at(const lb_synth *s, int64_t i)
 {
@@ -485,6 +502,11 @@ int lb_synth_write(const lb_synth *s, const char *dir, const lb_synth_write_opts
         return lb_err_set(err, LB_EINVAL, "synth: output path %s is too long", dir);
     if ((rc = write_config(s, path, opts->dtype, err)))
         return rc;
+    /* A stale shard index would win over the new model.safetensors in every reader. */
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    if (unlink(path) != 0 && errno != ENOENT)
+        return lb_err_set(err, LB_EIO, "synth: cannot remove the stale %s: %s", path,
+                          strerror(errno));
 
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     if ((rc = lb_st_writer_new(&w, path, err)))
@@ -492,8 +514,7 @@ int lb_synth_write(const lb_synth *s, const char *dir, const lb_synth_write_opts
     for (int64_t i = 0; i < s->n_tensors; i++) {
         const lb_synth_tensor *t = &s->tensors[i];
         int64_t shape[2] = {t->rows, t->cols};
-        bool vec = t->rows == 1 && (t->kind == LB_SYNTH_ATTN_NORM ||
-                                    t->kind == LB_SYNTH_FFN_NORM ||
+        bool vec = t->rows == 1 && (t->kind == LB_SYNTH_ATTN_NORM || t->kind == LB_SYNTH_FFN_NORM ||
                                     t->kind == LB_SYNTH_FINAL_NORM);
         if ((rc = lb_st_writer_add_tensor(w, t->name, opts->dtype, vec ? 1 : 2,
                                           vec ? &shape[1] : shape, err)))
@@ -515,8 +536,8 @@ int lb_synth_write(const lb_synth *s, const char *dir, const lb_synth_write_opts
         goto fail;
 
     /* One chunk buffer for all tensors: ~16 MiB of f32 unless asked otherwise. */
-    int64_t max_cols = s->preset.intermediate > s->preset.hidden ? s->preset.intermediate
-                                                                 : s->preset.hidden;
+    int64_t max_cols =
+        s->preset.intermediate > s->preset.hidden ? s->preset.intermediate : s->preset.hidden;
     int64_t chunk = opts->chunk_rows > 0 ? opts->chunk_rows : (4 << 20) / max_cols;
     if (chunk < 1)
         chunk = 1;

@@ -58,11 +58,11 @@ typedef enum {
 } lb_synth_kind;
 
 typedef struct lb_synth_tensor {
-    char name[96];  /* HF name, e.g. "model.layers.3.mlp.up_proj.weight" */
+    char name[96]; /* HF name, e.g. "model.layers.3.mlp.up_proj.weight" */
     lb_synth_kind kind;
-    int64_t layer;  /* -1 for embed / final norm / lm_head */
-    int64_t rows;   /* out features (or vocab); 1 for a norm gain */
-    int64_t cols;   /* in features (or hidden) */
+    int64_t layer; /* -1 for embed / final norm / lm_head */
+    int64_t rows;  /* out features (or vocab); 1 for a norm gain */
+    int64_t cols;  /* in features (or hidden) */
 } lb_synth_tensor;
 
 typedef struct lb_synth lb_synth;
@@ -97,8 +97,8 @@ typedef void (*lb_synth_progress_fn)(void *ctx, const lb_synth_tensor *t, int64_
                                      int64_t count, double seconds);
 
 typedef struct lb_synth_write_opts {
-    lb_dtype dtype;   /* LB_DTYPE_BF16 or LB_DTYPE_F32 */
-    bool force;       /* allow a non-empty existing dir (files are overwritten) */
+    lb_dtype dtype;     /* LB_DTYPE_BF16 or LB_DTYPE_F32 */
+    bool force;         /* allow a non-empty existing dir (files are overwritten) */
     int64_t chunk_rows; /* rows generated per chunk; 0 = automatic (~16 MiB f32) */
     lb_synth_progress_fn progress;
     void *progress_ctx;
@@ -112,7 +112,8 @@ typedef struct lb_synth_write_stats {
 
 /* Writes DIR/config.json and DIR/model.safetensors (tensor by tensor, in row
  * chunks: peak memory is one chunk plus the writer's header). Creates dir if
- * missing; a non-empty existing dir is refused (LB_ESTATE) unless opts->force.
+ * missing; a non-empty existing dir is refused (LB_ESTATE) unless opts->force
+ * (which also deletes a stale model.safetensors.index.json there).
  * OUT stats (may be NULL). Returns 0 or a negative LB_E* code with err set. */
 int lb_synth_write(const lb_synth *s, const char *dir, const lb_synth_write_opts *opts,
                    lb_synth_write_stats *stats, lb_err *err);

@@ -216,6 +216,41 @@ static long peak_rss_kib(void)
     return ru.ru_maxrss;
 }
 
+/* --force over another run: its checkpoint must not look complete while this
+ * one runs (manifest.json goes first), and its artifacts are dead weight. */
+static int forget_other_job(const char *out, const char *hidden, lb_err *err)
+{
+    char *manifest = lb_io_path_join(out, "manifest.json");
+    char *arts = lb_io_path_join(hidden, "artifacts");
+    int rc = 0;
+    if (!manifest || !arts) {
+        rc = lb_err_set(err, LB_ENOMEM, "out of memory");
+        goto done;
+    }
+    if (unlink(manifest) != 0 && errno != ENOENT) {
+        rc = lb_err_set(err, LB_EIO, "%s: cannot remove (%s)", manifest, strerror(errno));
+        goto done;
+    }
+    DIR *d = opendir(arts);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL) {
+            size_t n = strlen(e->d_name);
+            if (n > 12 && !strcmp(e->d_name + n - 12, ".safetensors")) {
+                char *f = lb_io_path_join(arts, e->d_name);
+                if (f)
+                    unlink(f);
+                free(f);
+            }
+        }
+        closedir(d);
+    }
+done:
+    free(manifest);
+    free(arts);
+    return rc;
+}
+
 /* Compares/writes OUT/.lowbit/job.json. */
 static int claim_out_dir(const char *out, const char *run_id, bool force, lb_err *err)
 {
@@ -240,6 +275,8 @@ static int claim_out_dir(const char *out, const char *run_id, bool force, lb_err
                             "calibration or options); use another --out or pass --force", out);
             goto done;
         }
+        if (!same && (rc = forget_other_job(out, hidden, err)))
+            goto done;
     } else {
         /* no job record: refuse a directory that holds anything else */
         DIR *d = opendir(out);
@@ -256,6 +293,8 @@ static int claim_out_dir(const char *out, const char *run_id, bool force, lb_err
                                 "job; use another --out or pass --force", out);
                 goto done;
             }
+            if (other && (rc = forget_other_job(out, hidden, err)))
+                goto done;
         }
     }
     if (mkdir(out, 0755) != 0 && errno != EEXIST) {

@@ -12,21 +12,21 @@
 
 static void synth_usage(FILE *out)
 {
-    fprintf(out,
-            "usage: lowbit synth --out DIR --preset NAME [--layers N] [--seed S]\n"
-            "                    [--dtype bf16|f32] [--force] [--json]\n\n"
-            "Writes DIR/config.json and DIR/model.safetensors: a LLaMA checkpoint with\n"
-            "random weights shaped like a real LLM's (Student-t tails, per-row scales, a\n"
-            "fixed ~0.75%% of hidden channels that carry 10-100x activations after the\n"
-            "RMSNorms). The bytes depend only on the preset, layers, seed and dtype.\n\n"
-            "options:\n"
-            "  --out DIR      output directory (created; must be empty unless --force)\n"
-            "  --preset NAME  model shape (below)\n"
-            "  --layers N     decoder layers (default: the preset's)\n"
-            "  --seed S       64-bit seed (default 0)\n"
-            "  --dtype T      bf16 (default) or f32\n"
-            "  --force        write into a non-empty DIR, replacing the two files\n"
-            "  --json         print the summary as one JSON line\n\npresets:\n");
+    fprintf(out, "usage: lowbit synth --out DIR --preset NAME [--layers N] [--seed S]\n"
+                 "                    [--dtype bf16|f32] [--force] [--json]\n\n"
+                 "Writes DIR/config.json and DIR/model.safetensors: a LLaMA checkpoint with\n"
+                 "random weights shaped like a real LLM's (Student-t tails, per-row scales, a\n"
+                 "fixed ~0.75%% of hidden channels that carry 10-100x activations after the\n"
+                 "RMSNorms). The bytes depend only on the preset, layers, seed and dtype.\n\n"
+                 "options:\n"
+                 "  --out DIR      output directory (created; must be empty unless --force)\n"
+                 "  --preset NAME  model shape (below)\n"
+                 "  --layers N     decoder layers (default: the preset's)\n"
+                 "  --seed S       64-bit seed (default 0)\n"
+                 "  --dtype T      bf16 (default) or f32\n"
+                 "  --force        write into a non-empty DIR, replacing the two files (and\n"
+                 "                 deleting a model.safetensors.index.json there)\n"
+                 "  --json         print the summary as one JSON line\n\npresets:\n");
     for (int i = 0; i < lb_synth_preset_count(); i++) {
         const lb_synth_preset *p = lb_synth_preset_at(i);
         fprintf(out, "  %-13s %s\n", p->name, p->summary);
@@ -83,8 +83,7 @@ int lb_cmd_synth(int argc, char **argv)
                 preset_name = v;
             } else if (!strcmp(a, "--layers")) {
                 if (parse_i64(v, &layers) || layers < 1) {
-                    fprintf(stderr, "lowbit synth: --layers '%s' must be a positive integer\n",
-                            v);
+                    fprintf(stderr, "lowbit synth: --layers '%s' must be a positive integer\n", v);
                     return 2;
                 }
             } else if (!strcmp(a, "--seed")) {
@@ -92,8 +91,7 @@ int lb_cmd_synth(int argc, char **argv)
                 errno = 0;
                 unsigned long long sv = strtoull(v, &end, 0);
                 if (errno || end == v || *end || *v == '-') {
-                    fprintf(stderr, "lowbit synth: --seed '%s' must be an unsigned integer\n",
-                            v);
+                    fprintf(stderr, "lowbit synth: --seed '%s' must be an unsigned integer\n", v);
                     return 2;
                 }
                 seed = (uint64_t)sv;
@@ -108,8 +106,7 @@ int lb_cmd_synth(int argc, char **argv)
                 }
             }
         } else {
-            fprintf(stderr, "lowbit synth: unknown option '%s'; see `lowbit synth --help`\n",
-                    a);
+            fprintf(stderr, "lowbit synth: unknown option '%s'; see `lowbit synth --help`\n", a);
             return 2;
         }
     }
@@ -148,13 +145,12 @@ int lb_cmd_synth(int argc, char **argv)
         /* seed as a string: JSON integers above 2^53 do not survive most readers */
         char seed_txt[32];
         snprintf(seed_txt, sizeof seed_txt, "%" PRIu64, seed);
-        json_t *j = json_pack("{s:s, s:s, s:s, s:I, s:s, s:s, s:I, s:I, s:I, s:f}", "command",
-                              "synth", "out", out, "preset", p->name, "layers",
-                              (json_int_t)lb_synth_n_layers(s), "seed", seed_txt,
-                              "dtype", opts.dtype == LB_DTYPE_BF16 ? "bf16" : "f32",
-                              "outlier_channels", (json_int_t)n_out, "params",
-                              (json_int_t)st.params, "bytes", (json_int_t)st.file_bytes,
-                              "seconds", st.seconds);
+        json_t *j =
+            json_pack("{s:s, s:s, s:s, s:I, s:s, s:s, s:I, s:I, s:I, s:f}", "command", "synth",
+                      "out", out, "preset", p->name, "layers", (json_int_t)lb_synth_n_layers(s),
+                      "seed", seed_txt, "dtype", opts.dtype == LB_DTYPE_BF16 ? "bf16" : "f32",
+                      "outlier_channels", (json_int_t)n_out, "params", (json_int_t)st.params,
+                      "bytes", (json_int_t)st.file_bytes, "seconds", st.seconds);
         char *txt = j ? json_dumps(j, JSON_COMPACT) : NULL;
         if (txt)
             printf("%s\n", txt);

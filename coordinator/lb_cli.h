@@ -14,6 +14,8 @@ int lb_cmd_coordinator(int argc, char **argv);
 int lb_cmd_synth(int argc, char **argv);
 int lb_cmd_qmatrix(int argc, char **argv);
 int lb_cmd_quantize(int argc, char **argv);
+int lb_cmd_export(int argc, char **argv);
+int lb_cmd_verify(int argc, char **argv);
 
 struct lb_dist_opts;
 /* lowbit quantize's body; with dist non-NULL (redis_url and job_name set) the

@@ -25,6 +25,8 @@ static const lb_cli_command commands[] = {
     {"eval", lb_cmd_eval, "perplexity / KL of a model on token ids"},
     {"qmatrix", lb_cmd_qmatrix, "quantize one weight matrix with its Hessian"},
     {"quantize", lb_cmd_quantize, "quantize a whole model block by block (packed checkpoint)"},
+    {"export", lb_cmd_export, "packed checkpoint -> plain HF checkpoint (f32/f16/bf16)"},
+    {"verify", lb_cmd_verify, "check a packed checkpoint's manifest checksums"},
     {"synth", lb_cmd_synth, "write a synthetic LLaMA checkpoint with real outlier structure"},
     {"status", lb_cmd_status, "progress of a distributed job (Redis)"},
     {"cancel", lb_cmd_cancel, "cancel a distributed job (Redis)"},

@@ -22,12 +22,12 @@ void lb_billm_plan_free(lb_billm_plan *plan)
     free(plan->alpha);
     free(plan->order);
     free(plan->score);
-    free(plan->rowbuf);
     free(plan->cand_err);
     free(plan->gather);
     free(plan->bucket);
     free(plan->ranks);
     free(plan->cands);
+    free(plan->rowerr);
     memset(plan, 0, sizeof(*plan));
 }
 
@@ -52,14 +52,14 @@ int lb_billm_plan_init(lb_billm_plan *plan, int64_t rows, int64_t nb_max,
     plan->alpha = calloc((size_t)rows * 4, sizeof(float));
     plan->order = malloc((size_t)nb_max * sizeof(int64_t));
     plan->score = malloc((size_t)nb_max * sizeof(double));
-    plan->rowbuf = malloc((size_t)nb_max * sizeof(float));
     plan->cand_err = malloc((size_t)ne * sizeof(double));
     plan->gather = malloc((size_t)(rows * nb_max) * sizeof(float));
     plan->bucket = malloc((size_t)(2 * (nc + 1)) * sizeof(double));
     plan->ranks = malloc((size_t)nc * sizeof(int64_t));
     plan->cands = malloc((size_t)nc * sizeof(float));
-    if (!plan->salient || !plan->alpha || !plan->order || !plan->score || !plan->rowbuf ||
-        !plan->cand_err || !plan->gather || !plan->bucket || !plan->ranks || !plan->cands) {
+    plan->rowerr = malloc((size_t)(rows * (nb_max + 1)) * sizeof(double));
+    if (!plan->salient || !plan->alpha || !plan->order || !plan->score ||
+        !plan->cand_err || !plan->gather || !plan->bucket || !plan->ranks || !plan->cands || !plan->rowerr) {
         lb_billm_plan_free(plan);
         return lb_err_set(err, LB_ENOMEM, "billm: out of memory for a %lld x %lld block plan",
                           (long long)rows, (long long)nb_max);
@@ -172,15 +172,23 @@ int lb_billm_plan_block(lb_billm_plan *plan, const float *Wb, int64_t nb, int64_
 
     /* 2. search the salient count k: top-k columns order-2, the rest order-2 too. */
     int64_t kmax = cfg->max_salient < nb ? cfg->max_salient : nb;
-    for (int64_t k = 0; k <= kmax; k++)
-        plan->cand_err[k] = 0.0;
+    const int64_t ke = kmax + 1;
+    /* rows in parallel; each row's errors go to its own slot and are summed in row
+     * order afterwards, so the result does not depend on the thread count */
+    #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
-        float *a = plan->rowbuf;
+        float *a = plan->gather + r * nb;
+        double *er = plan->rowerr + r * ke;
         for (int64_t j = 0; j < nb; j++)
             a[j] = fabsf(Wb[r * ld + plan->order[j]]);
         for (int64_t k = 0; k <= kmax; k++)
-            plan->cand_err[k] += resbin2_err(a, k) + resbin2_err(a + k, nb - k);
+            er[k] = resbin2_err(a, k) + resbin2_err(a + k, nb - k);
     }
+    for (int64_t k = 0; k <= kmax; k++)
+        plan->cand_err[k] = 0.0;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t k = 0; k <= kmax; k++)
+            plan->cand_err[k] += plan->rowerr[r * ke + k];
     int64_t best_k = 0;
     for (int64_t k = 1; k <= kmax; k++)
         if (plan->cand_err[k] < plan->cand_err[best_k])
@@ -191,7 +199,7 @@ int lb_billm_plan_block(lb_billm_plan *plan, const float *Wb, int64_t nb, int64_
     plan->nsalient = best_k;
 
     /* salient scales per row (Eq. 7-8), α2 from the f16 α1 actually used */
-    double err_total = 0.0;
+    #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         float *al = plan->alpha + r * 4;
         const float *w = Wb + r * ld;
@@ -275,6 +283,8 @@ int lb_billm_plan_block(lb_billm_plan *plan, const float *Wb, int64_t nb, int64_
     }
 
     /* non-salient scales at the chosen p, and the block's error under the final plan */
+    int bad_row = -1;
+    #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         float *al = plan->alpha + r * 4;
         const float *w = Wb + r * ld;
@@ -294,18 +304,26 @@ int lb_billm_plan_block(lb_billm_plan *plan, const float *Wb, int64_t nb, int64_
         }
         al[LB_BILLM_AC] = ncon ? f16_round(sc / (double)ncon) : 0.0f;
         al[LB_BILLM_AS] = nsp ? f16_round(ss / (double)nsp) : 0.0f;
-        for (int k = 0; k < 4; k++)
-            if (!isfinite(al[k]))
-                return lb_err_set(err, LB_ENUMERIC,
-                                  "billm: scale of row %lld overflows f16; rescale W",
-                                  (long long)r);
+        double e2 = 0.0;
         for (int64_t j = 0; j < nb; j++) {
             uint8_t code;
-            double e = (double)w[j] - (double)lb_billm_quant(w[j], plan->salient[j], al,
+            double d = (double)w[j] - (double)lb_billm_quant(w[j], plan->salient[j], al,
                                                              plan->split, &code);
-            err_total += e * e;
+            e2 += d * d;
         }
+        plan->rowerr[r] = e2;
+        for (int k = 0; k < 4; k++)
+            if (!isfinite(al[k])) {
+                #pragma omp critical(lb_billm_bad_row)
+                bad_row = (int)r;
+            }
     }
+    if (bad_row >= 0)
+        return lb_err_set(err, LB_ENUMERIC, "billm: scale of row %d overflows f16; rescale W",
+                          bad_row);
+    double err_total = 0.0;
+    for (int64_t r = 0; r < rows; r++)
+        err_total += plan->rowerr[r];
     plan->err = err_total;
     return LB_OK;
 }
@@ -372,6 +390,8 @@ static int hook_column(void *vctx, const lb_gptq_state *st, int64_t c, const flo
     (void)err_scale;
     bool sal = x->salient[c];
     uint8_t *codes = x->codes_t + c * st->rows;
+    /* serial: a parallel region per column would leave spinning OpenMP threads competing
+     * with the engine's BLAS threads between columns */
     for (int64_t r = 0; r < st->rows; r++)
         q[r] = lb_billm_quant(w[r], sal, x->plan.alpha + r * 4, x->plan.split, &codes[r]);
     return LB_OK;

@@ -22,7 +22,8 @@
  * values, and the engine propagates the error column by column (the reference code
  * skips the in-block updates; we do not).
  * All scales are rounded to f16 when planned; the stored values are the ones used.
- * sign(0) = +1 throughout.
+ * sign(0) = +1 throughout. The planner runs rows in parallel (OpenMP); results do not
+ * depend on the thread count.
  *
  * Packed fields (row-major, columns ascending):
  *   "block_size" UINT32 (1,)            block width used for the scales
@@ -63,12 +64,12 @@ typedef struct {
     /* workspace */
     int64_t *order;      /* (nb_max,) */
     double *score;       /* (nb_max,) */
-    float *rowbuf;       /* (nb_max,) */
     double *cand_err;    /* (max(nb_max, split_points) + 1,) */
-    float *gather;       /* (rows * nb_max,) */
+    float *gather;       /* (rows * nb_max,) |w| per row in score order, then split values */
     double *bucket;      /* 2 * (split_points + 1) */
     int64_t *ranks;      /* (split_points,) */
     float *cands;        /* (split_points,) */
+    double *rowerr;      /* (rows, nb_max + 1) */
     int32_t ncand_max;
 } lb_billm_plan;
 

@@ -38,7 +38,8 @@ static uint32_t bits_for_index(int64_t n)
 
 typedef struct {
     double score;
-    int64_t id; /* original column: tie-break */
+    double tie; /* max |w| (or max w^2 H_jj): breaks ties such as "no outliers at all" */
+    int64_t id; /* original column: last tie-break */
     int64_t c;  /* position in the caller's order */
 } claq_rank;
 
@@ -47,6 +48,8 @@ static int cmp_rank(const void *pa, const void *pb)
     const claq_rank *a = pa, *b = pb;
     if (a->score != b->score)
         return a->score > b->score ? -1 : 1;
+    if (a->tie != b->tie)
+        return a->tie > b->tie ? -1 : 1;
     return (a->id > b->id) - (a->id < b->id);
 }
 
@@ -104,13 +107,16 @@ int lb_claq_plan(const float *Wt, int64_t rows, int64_t cols, const float *hdiag
     const double thr = opts->outlier_threshold * mean;
     for (int64_t c = 0; c < cols; c++) {
         const float *w = Wt + c * rows;
-        double s = 0.0;
+        double s = 0.0, amax = 0.0;
         for (int64_t i = 0; i < rows; i++) {
             double a = fabs((double)w[i]);
             if (a >= thr)
                 s += opts->outlier_hessian_score ? a * a * (double)hdiag[c] : 1.0;
+            if (a > amax)
+                amax = a;
         }
         rk[c].score = s;
+        rk[c].tie = opts->outlier_hessian_score ? amax * amax * (double)hdiag[c] : amax;
         rk[c].id = colid ? colid[c] : c;
         rk[c].c = c;
     }

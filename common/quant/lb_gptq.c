@@ -77,9 +77,42 @@ static int64_t gcd64(int64_t a, int64_t b)
     return a;
 }
 
-/* U (n, n): upper factor with H^-1 = Uᵀ U, from the damped, permuted H already in A.
- * J A J = L Lᵀ  =>  A^-1 = (J L^-T J)(J L^-1 J) = Uᵀ U with U = J L^-1 J upper. */
-static int cholesky_inverse_upper(float *A, int64_t n, const float *hdiag,
+/* Blocked lower Cholesky A = L Lᵀ (row-major, in place) whose result does not depend on
+ * the thread count: BLAS runs on one thread and the parallel parts are fixed row chunks
+ * computed independently (each element always sees the same operations in the same
+ * order), instead of LAPACK's thread-dependent partition. */
+enum { CHOL_NB = 128, CHOL_ROWS = 128, INV_COLS = 128 };
+
+static int chol_lower_det(float *A, int64_t n, lb_err *err)
+{
+    for (int64_t k0 = 0; k0 < n; k0 += CHOL_NB) {
+        const int64_t k1 = k0 + CHOL_NB < n ? k0 + CHOL_NB : n, kb = k1 - k0;
+        int rc = lb_spotrf(false, kb, A + k0 * n + k0, n, err);
+        if (rc)
+            return rc;
+        const int64_t nchunks = (n - k1 + CHOL_ROWS - 1) / CHOL_ROWS;
+        // panel: A[k1:, k0:k1] <- A[k1:, k0:k1] L_kk^-T
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int64_t ci = 0; ci < nchunks; ci++) {
+            const int64_t i0 = k1 + ci * CHOL_ROWS, i1 = i0 + CHOL_ROWS < n ? i0 + CHOL_ROWS : n;
+            lb_strsm(false, false, true, i1 - i0, kb, 1.0f, A + k0 * n + k0, n, A + i0 * n + k0,
+                     n);
+        }
+        // trailing lower part: A[i0:i1, k1:i1] -= P[i0:i1] P[k1:i1]ᵀ, P = A[:, k0:k1]
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int64_t ci = 0; ci < nchunks; ci++) {
+            const int64_t i0 = k1 + ci * CHOL_ROWS, i1 = i0 + CHOL_ROWS < n ? i0 + CHOL_ROWS : n;
+            lb_sgemm(false, true, i1 - i0, i1 - k1, kb, -1.0f, A + i0 * n + k0, n,
+                     A + k1 * n + k0, n, 1.0f, A + i0 * n + k1, n);
+        }
+    }
+    return LB_OK;
+}
+
+/* U (n, n): upper factor with H^-1 = Uᵀ U, from the damped, permuted H in A (destroyed).
+ * J A J = L Lᵀ  =>  A^-1 = (J L^-T J)(J L^-1 J) = Uᵀ U with U = J L^-1 J upper.
+ * L^-1 is solved in independent column chunks: L^-1[j0:, j0:j1] = L[j0:, j0:]^-1 I. */
+static int cholesky_inverse_upper(float *A, float *U, int64_t n, const float *hdiag,
                                   const int64_t *perm, lb_err *err)
 {
     // A <- J A J: reversing the flat array maps (a, b) to (n-1-a, n-1-b)
@@ -88,32 +121,55 @@ static int cholesky_inverse_upper(float *A, int64_t n, const float *hdiag,
         A[i] = A[j];
         A[j] = t;
     }
-    int rc = lb_spotrf(false, n, A, n, err);
-    if (rc)
-        return lb_err_prefix(err, "gptq: H after damping");
+    const int saved_threads = lb_blas_get_threads();
+    lb_blas_set_threads(1);
+    int rc = chol_lower_det(A, n, err);
+    if (rc) {
+        lb_blas_set_threads(saved_threads);
+        return lb_err_prefix(err, "gptq: H is singular after damping (raise --damp)");
+    }
     // A float32 factorization of a singular H can "succeed" with rounding-sized
     // pivots; a pivot below 16 eps of its diagonal entry means the column is linearly
     // dependent on the earlier ones in float32, and H^-1 would be noise.
     for (int64_t a = 0; a < n; a++) {
         float l = A[a * n + a];
-        if (!(l * l >= 16.0f * FLT_EPSILON * hdiag[n - 1 - a]))
+        if (!(l * l >= 16.0f * FLT_EPSILON * hdiag[n - 1 - a])) {
+            lb_blas_set_threads(saved_threads);
             return lb_err_set(err, LB_ENUMERIC,
                               "gptq: H is singular after damping (column %lld depends "
                               "linearly on others); raise --damp (e.g. 0.01)",
                               (long long)perm[n - 1 - a]);
+        }
     }
-    rc = lb_strtri(false, n, A, n, err);
-    if (rc)
-        return lb_err_prefix(err, "gptq: H after damping");
-    for (int64_t i = 0, j = n * n - 1; i < j; i++, j--) {
-        float t = A[i];
-        A[i] = A[j];
-        A[j] = t;
+    const int64_t nchunks = (n + INV_COLS - 1) / INV_COLS;
+    bool oom = false;
+#pragma omp parallel for schedule(dynamic, 1) reduction(|| : oom)
+    for (int64_t ci = 0; ci < nchunks; ci++) {
+        const int64_t j0 = ci * INV_COLS, w = j0 + INV_COLS < n ? INV_COLS : n - j0, m = n - j0;
+        float *X = calloc((size_t)(m * w), sizeof *X);
+        if (!X) {
+            oom = true;
+            continue;
+        }
+        for (int64_t j = 0; j < w; j++)
+            X[j * w + j] = 1.0f;
+        // X (m, w) <- L[j0:, j0:]^-1 X
+        lb_strsm(true, false, false, m, w, 1.0f, A + j0 * n + j0, n, X, w);
+        // U[n-1-(j0+i), n-1-(j0+j)] = L^-1[j0+i, j0+j]; zero below U's diagonal
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < w; j++)
+                U[(n - 1 - (j0 + i)) * n + (n - 1 - (j0 + j))] = i >= j ? X[i * w + j] : 0.0f;
+        // rows of U below the ones solved here (L^-1 rows above j0): zero, as U is upper
+        for (int64_t i = 0; i < j0; i++)
+            for (int64_t j = 0; j < w; j++)
+                U[(n - 1 - i) * n + (n - 1 - (j0 + j))] = 0.0f;
+        free(X);
     }
+    lb_blas_set_threads(saved_threads);
+    if (oom)
+        return lb_err_set(err, LB_ENOMEM, "gptq: out of memory inverting H");
     for (int64_t a = 0; a < n; a++) {
-        for (int64_t b = 0; b < a; b++)
-            A[a * n + b] = 0.0f;
-        float d = A[a * n + a];
+        float d = U[a * n + a];
         if (!(d > 0.0f) || !isfinite(d))
             return lb_err_set(err, LB_ENUMERIC,
                               "gptq: Cholesky factor of H^-1 has diagonal %g at column %lld; "
@@ -121,7 +177,7 @@ static int cholesky_inverse_upper(float *A, int64_t n, const float *hdiag,
                               (double)d, (long long)a);
     }
     for (int64_t i = 0; i < n * n; i++)
-        if (!isfinite(A[i]))
+        if (!isfinite(U[i]))
             return lb_err_set(err, LB_ENUMERIC,
                               "gptq: Cholesky factor of H^-1 is not finite; raise --damp");
     return LB_OK;
@@ -158,7 +214,7 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
                           (long long)cols);
     int rc = LB_OK;
     const int64_t n = cols, bs = opts->block_size;
-    float *A = lb_quant_big_alloc((size_t)(n * n) * sizeof *A);
+    float *A = lb_quant_big_alloc((size_t)(n * n) * sizeof *A), *Uf = NULL;
     float *Wt = lb_quant_big_alloc((size_t)(rows * n) * sizeof *Wt);
     uint8_t *dead = malloc((size_t)n);
     float *E = malloc((size_t)(rows * bs) * sizeof *E);
@@ -222,10 +278,18 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
                     Wt[c * rows + r] = dead[o] ? 0.0f : W[r * n + o];
             }
         }
-    rc = cholesky_inverse_upper(A, n, hdiag, perm, err);
+    Uf = lb_quant_big_alloc((size_t)(n * n) * sizeof *Uf);
+    if (!Uf) {
+        rc = lb_err_set(err, LB_ENOMEM, "gptq: out of memory for U (%lld x %lld)",
+                        (long long)n, (long long)n);
+        goto cleanup;
+    }
+    rc = cholesky_inverse_upper(A, Uf, n, hdiag, perm, err);
+    free(A);
+    A = NULL;
     if (rc)
         goto cleanup;
-    const float *U = A;
+    const float *U = Uf;
 
     lb_gptq_state st = {.rows = rows, .cols = n, .block_size = bs, .opts = opts, .Wt = Wt,
                         .U = U, .Hdiag = hdiag, .perm = perm, .iperm = iperm};
@@ -299,6 +363,7 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
         memcpy(perm_out, perm, (size_t)n * sizeof *perm);
 cleanup:
     free(A);
+    free(Uf);
     free(Wt);
     free(E);
     free(q);

@@ -11,9 +11,13 @@
  *     processing position c. Without act-order perm is the identity;
  *  4. U = upper Cholesky factor of H^-1 (H^-1 = Uᵀ U), "Cholesky reformulation" of the
  *     paper (Sec. 3, Step 3). Computed as U = J L^-1 J where J H J = L Lᵀ (J reverses
- *     the index order): one potrf and one trtri, the same U as the reference's
- *     cholesky -> cholesky_inverse -> cholesky(upper). A matrix that is not positive
- *     definite after damping gives LB_ENUMERIC (never NaN);
+ *     the index order): one Cholesky and one triangular inverse (2/3 n^3 flops instead of
+ *     the reference's cholesky -> cholesky_inverse -> cholesky(upper), 5/3 n^3; same U).
+ *     Both run as fixed blocks/chunks on single-threaded BLAS under OpenMP, so the result
+ *     is bit-identical for any BLAS or OpenMP thread count (the BLAS thread count is
+ *     process-global: it is set to 1 during this step and restored). A matrix that is not
+ *     positive definite after damping, or numerically singular in float32 (a pivot below
+ *     16 eps of its diagonal), gives LB_ENUMERIC naming the column (never NaN);
  *  5. the column loop in lazy-batch blocks of opts->block_size columns (default 128):
  *       for block [c0, c0+nb):   hook->block_begin (optional)
  *         for column c in the block:

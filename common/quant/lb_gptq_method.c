@@ -16,6 +16,7 @@ typedef struct {
     float *sscale;         /* static groups: (ngroups, rows) */
     int32_t *szero;
     float *gather;         /* static groups: (g, rows) gather buffer */
+    uint16_t *ct;          /* (cols, rows) codes in processing order, packed at the end */
 } gptq_uniform;
 
 /* Stores the grid of group gi from scale/zero; scales are already f16 values. */
@@ -76,10 +77,31 @@ static int uniform_column(void *ctx, const lb_gptq_state *st, int64_t c, const f
             return rc;
         store_grid(u, rows, c / u->g, u->scale, u->zero);
     }
+    uint16_t *ct = u->ct + c * rows;
+    const int32_t maxq = u->cfg.maxq;
+#pragma omp simd
     for (int64_t r = 0; r < rows; r++) {
-        int32_t code = lb_uniform_code(w[r], scale[r], zero[r], u->cfg.maxq);
-        lb_qfield_put(u->f.codes, r * cols + o, (uint32_t)code);
+        int32_t code = lb_uniform_code(w[r], scale[r], zero[r], maxq);
+        ct[r] = (uint16_t)code;
         q[r] = lb_uniform_value(code, scale[r], zero[r]);
+    }
+    return LB_OK;
+}
+
+/* codes (rows, cols) original order <- ct (cols, rows) processing order, by tiles so
+ * both the reads and the 32 row bit streams being written stay in cache. */
+static int uniform_end(void *ctx, const lb_gptq_state *st, lb_err *err)
+{
+    (void)err;
+    gptq_uniform *u = ctx;
+    const int64_t rows = st->rows, cols = st->cols;
+    for (int64_t r0 = 0; r0 < rows; r0 += 32) {
+        const int64_t r1 = r0 + 32 < rows ? r0 + 32 : rows;
+        for (int64_t o = 0; o < cols; o++) {
+            const uint16_t *src = u->ct + st->iperm[o] * rows;
+            for (int64_t r = r0; r < r1; r++)
+                lb_qfield_put(u->f.codes, r * cols + o, src[r]);
+        }
     }
     return LB_OK;
 }
@@ -111,7 +133,8 @@ static int gptq_quantize(const float *W, int64_t rows, int64_t cols, const float
     u.zero = malloc((size_t)rows * sizeof *u.zero);
     out->W_hat = lb_quant_big_alloc((size_t)(rows * cols) * sizeof *out->W_hat);
     perm = malloc((size_t)cols * sizeof *perm);
-    bool ok = u.scale && u.zero && out->W_hat && perm;
+    u.ct = lb_quant_big_alloc((size_t)(rows * cols) * sizeof *u.ct);
+    bool ok = u.scale && u.zero && out->W_hat && perm && u.ct;
     if (ok && u.static_groups && !u.per_row) {
         u.sscale = malloc((size_t)(u.f.ngroups * rows) * sizeof *u.sscale);
         u.szero = malloc((size_t)(u.f.ngroups * rows) * sizeof *u.szero);
@@ -123,7 +146,8 @@ static int gptq_quantize(const float *W, int64_t rows, int64_t cols, const float
                         (long long)cols);
         goto fail;
     }
-    lb_gptq_hook hook = {.ctx = &u, .begin = uniform_begin, .column = uniform_column};
+    lb_gptq_hook hook = {.ctx = &u, .begin = uniform_begin, .column = uniform_column,
+                         .end = uniform_end};
     rc = lb_gptq_run(W, rows, cols, H, opts, &hook, out->W_hat, perm, err);
     if (rc)
         goto fail;
@@ -143,6 +167,7 @@ cleanup:
     free(u.sscale);
     free(u.szero);
     free(u.gather);
+    free(u.ct);
     free(perm);
     return rc;
 }

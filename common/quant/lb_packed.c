@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -257,6 +258,11 @@ int lb_packed_write(const char *out_dir, const lb_model *src, const lb_packed_en
         rc = lb_err_set(err, LB_EINVAL, "lb_packed_write: missing argument");
         goto fail;
     }
+    char rsrc[PATH_MAX], rout[PATH_MAX];
+    if (realpath(lb_model_dir(src), rsrc) && realpath(out_dir, rout) && !strcmp(rsrc, rout)) {
+        rc = lb_err_set(err, LB_EINVAL, "the output directory is the source model's; pick another");
+        goto fail;
+    }
     if (lb_model_is_packed(src)) {
         rc = lb_err_set(err, LB_EINVAL, "%s: already a packed checkpoint; quantize the fp model",
                         lb_model_dir(src));
@@ -446,7 +452,8 @@ static int ops_find(const lb_st *st, const char *name, int64_t *rows, int64_t *c
     return 1;
 }
 
-static int ops_load(const lb_st *st, const char *name, float *dst, int64_t numel, lb_err *err)
+int lb_packed_load_weight(const lb_st *st, const char *name, float *dst, int64_t numel,
+                          lb_err *err)
 {
     char prefix[NAME_CAP];
     lb_qpacked p = {0};
@@ -479,7 +486,7 @@ static int ops_load(const lb_st *st, const char *name, float *dst, int64_t numel
 static const lb_model_packed_ops packed_ops = {
     .check = ops_check,
     .find = ops_find,
-    .load = ops_load,
+    .load = lb_packed_load_weight,
 };
 
 void lb_packed_model_register(void)

@@ -11,10 +11,32 @@
 
 #include "lb_io_util.h"
 
+/* mkdir -p: each missing component of path. Returns 0 or -1 (errno set). */
+static int mkdir_parents(const char *path)
+{
+    char buf[4096];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof buf) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(buf, path, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (buf[i] != '/' && buf[i] != '\0')
+            continue;
+        char c = buf[i];
+        buf[i] = '\0';
+        if (mkdir(buf, 0755) && errno != EEXIST)
+            return -1;
+        buf[i] = c;
+    }
+    return 0;
+}
+
 int lb_packed_stage_open(lb_packed_stage *s, const char *out_dir, lb_err *err)
 {
     memset(s, 0, sizeof *s);
-    if (mkdir(out_dir, 0755) && errno != EEXIST)
+    if (mkdir_parents(out_dir))
         return lb_err_set(err, LB_EIO, "%s: cannot create output directory: %s", out_dir,
                           strerror(errno));
     struct stat sb;

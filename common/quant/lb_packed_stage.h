@@ -13,7 +13,7 @@ typedef struct {
     int n;
 } lb_packed_stage;
 
-/* Creates out_dir (parents must exist) when missing and the temp dir inside it.
+/* Creates out_dir (and missing parents) and the temp dir inside it.
  * OUT: *s. Returns 0 or LB_EIO/LB_ENOMEM. */
 int lb_packed_stage_open(lb_packed_stage *s, const char *out_dir, lb_err *err);
 

@@ -79,6 +79,15 @@ static inline float bin_value(float mu, float alpha, uint32_t positive)
     return positive ? (float)((double)mu + (double)alpha) : (float)((double)mu - (double)alpha);
 }
 
+/* Bits to store any value in 0..maxval (at least 1). */
+static uint32_t pb_bits_for_max(uint64_t maxval)
+{
+    uint32_t b = 1;
+    while (b < 64 && (maxval >> b) != 0)
+        b++;
+    return b;
+}
+
 /* ---- the hook ---- */
 
 typedef struct {
@@ -94,11 +103,12 @@ typedef struct {
     double *sum;            /* (rows,) scratch */
     int64_t *cnt;           /* (rows,) scratch */
     uint8_t *signbits;      /* bit buffer, capacity rows*cols bits */
+    uint8_t *maskbits;      /* (cols, rows) salient bitmap, bit c*rows + i */
     int64_t nsign;
     uint16_t *scodes;       /* salient codes, grown on demand */
     int64_t nsal, cap_sal;
     int64_t c0;
-    int fi_mask, fi_mu, fi_alpha;
+    int fi_mu, fi_alpha;
 } pb_ctx;
 
 static void pb_ctx_release(pb_ctx *cx)
@@ -112,6 +122,7 @@ static void pb_ctx_release(pb_ctx *cx)
     free(cx->sum);
     free(cx->cnt);
     free(cx->signbits);
+    free(cx->maskbits);
     free(cx->scodes);
 }
 
@@ -281,11 +292,12 @@ static int pb_begin(void *ctx, const lb_gptq_state *st, lb_err *err)
     cx->sum = malloc((size_t)rows * sizeof(double));
     cx->cnt = malloc((size_t)rows * sizeof(int64_t));
     cx->signbits = calloc((size_t)((rows * cols + 7) / 8), 1);
+    cx->maskbits = calloc((size_t)((rows * cols + 7) / 8), 1);
     float *smin = malloc((size_t)rows * sizeof(float)), *smax = malloc((size_t)rows * sizeof(float));
     float *rmin = malloc((size_t)rows * sizeof(float)), *rmax = malloc((size_t)rows * sizeof(float));
     uint32_t *hist = malloc(65536 * sizeof(uint32_t));
     if (!cx->lo || !cx->step || !cx->mu || !cx->alpha || !cx->mask || !cx->sel || !cx->sum ||
-        !cx->cnt || !cx->signbits || !smin || !smax || !rmin || !rmax || !hist) {
+        !cx->cnt || !cx->signbits || !cx->maskbits || !smin || !smax || !rmin || !rmax || !hist) {
         rc = lb_err_set(err, LB_ENOMEM, "pbllm: out of memory for a %lld x %lld matrix",
                         (long long)rows, (long long)cols);
         goto done;
@@ -312,10 +324,9 @@ static int pb_begin(void *ctx, const lb_gptq_state *st, lb_err *err)
             }
     }
     lb_qpacked *p = cx->packed;
-    int64_t one = 1, shape_mask[2] = {cols, rows}, shape_blk[2] = {cx->nblocks, rows};
+    int64_t one = 1, shape_blk[2] = {cx->nblocks, rows};
     int fi_lo = 0, fi_step = 0, fi_bs = 0;
     if ((rc = add_field(p, "block_size", LB_QFIELD_UINT, 32, 1, &one, &fi_bs, err)) ||
-        (rc = add_field(p, "mask", LB_QFIELD_UINT, 1, 2, shape_mask, &cx->fi_mask, err)) ||
         (rc = add_field(p, "mu", LB_QFIELD_F16, 16, 2, shape_blk, &cx->fi_mu, err)) ||
         (rc = add_field(p, "alpha", LB_QFIELD_F16, 16, 2, shape_blk, &cx->fi_alpha, err)) ||
         (rc = add_field(p, "salient_min", LB_QFIELD_F16, 16, 1, &rows, &fi_lo, err)) ||
@@ -353,11 +364,12 @@ static int pb_block_begin(void *ctx, const lb_gptq_state *st, int64_t c0, int64_
     const int64_t rows = cx->rows;
     cx->c0 = c0;
     block_mask(cx, st, st->Wt, c0, nb, cx->mask);
-    lb_qfield *fm = &cx->packed->fields[cx->fi_mask];
     for (int64_t j = 0; j < nb; j++)
         for (int64_t i = 0; i < rows; i++)
-            if (cx->mask[j * rows + i])
-                lb_qfield_put(fm, (c0 + j) * rows + i, 1);
+            if (cx->mask[j * rows + i]) {
+                int64_t bit = (c0 + j) * rows + i;
+                cx->maskbits[bit >> 3] |= (uint8_t)(1u << (bit & 7));
+            }
     /* mu_i = mean, alpha_i = mean |w - mu_i| over the row's non-salient block entries
      * (PB-LLM's optimal scale for the sign code). */
     for (int64_t i = 0; i < rows; i++) {
@@ -427,6 +439,54 @@ static int pb_column(void *ctx, const lb_gptq_state *st, int64_t c, const float 
     return 0;
 }
 
+static inline int mask_bit(const uint8_t *bits, int64_t k)
+{
+    return (bits[k >> 3] >> (k & 7)) & 1;
+}
+
+/* The mask as whichever is smaller (both counted in bpw): a bitmap "mask" (cols, rows),
+ * or per row and block the count of salient entries "salient_count" (blocks, rows,
+ * ceil(log2(B + 1)) bits) and their in-block columns "salient_pos" (ascending, ceil(log2 B)
+ * bits each, ordered by block, row). At 10% salient and B = 128 the index form costs
+ * 8/128 + 0.1 * 7 = 0.76 bit per weight instead of 1. */
+static int pb_pack_mask(pb_ctx *cx, lb_err *err)
+{
+    const int64_t rows = cx->rows, cols = cx->cols, bs = cx->bs;
+    const uint32_t cbits = pb_bits_for_max((uint64_t)bs), pbits = pb_bits_for_max((uint64_t)(bs - 1));
+    const uint64_t bitmap = (uint64_t)(rows * cols);
+    const uint64_t index = (uint64_t)(cx->nblocks * rows) * cbits + (uint64_t)cx->nsal * pbits;
+    int rc, fi;
+    if (bitmap <= index) {
+        int64_t shape[2] = {cols, rows};
+        if ((rc = add_field(cx->packed, "mask", LB_QFIELD_UINT, 1, 2, shape, &fi, err)))
+            return rc;
+        memcpy(cx->packed->fields[fi].data, cx->maskbits, (size_t)((rows * cols + 7) / 8));
+        return 0;
+    }
+    int64_t shape_cnt[2] = {cx->nblocks, rows};
+    int fi_pos;
+    if ((rc = add_field(cx->packed, "salient_count", LB_QFIELD_UINT, cbits, 2, shape_cnt, &fi,
+                        err)) ||
+        (rc = add_field(cx->packed, "salient_pos", LB_QFIELD_UINT, pbits, 1, &cx->nsal, &fi_pos,
+                        err)))
+        return rc;
+    lb_qfield *fcnt = &cx->packed->fields[fi], *fpos = &cx->packed->fields[fi_pos];
+    int64_t t = 0;
+    for (int64_t blk = 0; blk < cx->nblocks; blk++) {
+        const int64_t c0 = blk * bs, nb = cols - c0 < bs ? cols - c0 : bs;
+        for (int64_t i = 0; i < rows; i++) {
+            uint32_t n = 0;
+            for (int64_t j = 0; j < nb; j++)
+                if (mask_bit(cx->maskbits, (c0 + j) * rows + i)) {
+                    lb_qfield_put(fpos, t++, (uint32_t)j);
+                    n++;
+                }
+            lb_qfield_put(fcnt, blk * rows + i, n);
+        }
+    }
+    return 0;
+}
+
 static int pb_end(void *ctx, const lb_gptq_state *st, lb_err *err)
 {
     (void)st;
@@ -442,7 +502,7 @@ static int pb_end(void *ctx, const lb_gptq_state *st, lb_err *err)
     memcpy(fs->data, cx->signbits, (size_t)((cx->nsign + 7) / 8));
     for (int64_t t = 0; t < cx->nsal; t++)
         lb_qfield_put(fc, t, cx->scodes[t]);
-    return 0;
+    return pb_pack_mask(cx, err);
 }
 
 int lb_pbllm_quantize(const float *W, int64_t rows, int64_t cols, const float *H,
@@ -532,20 +592,23 @@ int lb_pbllm_dequantize(const lb_qpacked *p, float *W_out, lb_err *err)
                           p->method, (long long)rows, (long long)cols);
     int rc = 0;
     int64_t *perm = malloc((size_t)cols * sizeof *perm);
-    if (!perm)
+    uint8_t *mask = calloc((size_t)((rows * cols + 7) / 8), 1); /* bit c*rows + i */
+    if (!perm || !mask) {
+        free(perm);
+        free(mask);
         return lb_err_set(err, LB_ENOMEM, "pbllm dequantize: out of memory");
+    }
     const lb_qfield *fbs = need_field(p, "block_size", LB_QFIELD_UINT, 1, err);
-    const lb_qfield *fm = need_field(p, "mask", LB_QFIELD_UINT, rows * cols, err);
     const lb_qfield *fs = need_field(p, "signs", LB_QFIELD_UINT, -1, err);
     const lb_qfield *fc = need_field(p, "salient_codes", LB_QFIELD_UINT, -1, err);
     const lb_qfield *flo = need_field(p, "salient_min", LB_QFIELD_F16, rows, err);
     const lb_qfield *fst = need_field(p, "salient_step", LB_QFIELD_F16, rows, err);
-    if (!fbs || !fm || !fs || !fc || !flo || !fst) {
+    if (!fbs || !fs || !fc || !flo || !fst) {
         rc = err->code;
         goto cleanup;
     }
     const int64_t bs = lb_qfield_get(fbs, 0);
-    if (bs < 1 || fm->bits != 1 || fs->bits != 1 || fc->bits < 2 || fc->bits > 16) {
+    if (bs < 1 || fs->bits != 1 || fc->bits < 1 || fc->bits > 16) {
         rc = lb_err_set(err, LB_EFORMAT,
                         "pbllm packed: block_size %lld or field widths invalid; corrupt",
                         (long long)bs);
@@ -559,8 +622,53 @@ int lb_pbllm_dequantize(const lb_qpacked *p, float *W_out, lb_err *err)
         goto cleanup;
     }
     int64_t nsal = 0;
-    for (int64_t t = 0; t < rows * cols; t++)
-        nsal += lb_qfield_get(fm, t);
+    if (lb_qpacked_field(p, "mask")) {
+        const lb_qfield *fm = need_field(p, "mask", LB_QFIELD_UINT, rows * cols, err);
+        if (!fm || fm->bits != 1) {
+            rc = fm ? lb_err_set(err, LB_EFORMAT, "pbllm packed: mask is not 1-bit; corrupt")
+                    : err->code;
+            goto cleanup;
+        }
+        memcpy(mask, fm->data, (size_t)((rows * cols + 7) / 8));
+        for (int64_t t = 0; t < rows * cols; t++)
+            nsal += mask_bit(mask, t);
+    } else {
+        /* index form: per row and block a count, then ascending in-block columns */
+        const lb_qfield *fcnt = need_field(p, "salient_count", LB_QFIELD_UINT, nblocks * rows, err);
+        const lb_qfield *fpos = fcnt ? need_field(p, "salient_pos", LB_QFIELD_UINT, -1, err) : NULL;
+        if (!fcnt || !fpos) {
+            rc = err->code;
+            goto cleanup;
+        }
+        for (int64_t blk = 0; blk < nblocks; blk++) {
+            const int64_t c0 = blk * bs, nb = cols - c0 < bs ? cols - c0 : bs;
+            for (int64_t i = 0; i < rows; i++) {
+                const int64_t n = lb_qfield_get(fcnt, blk * rows + i);
+                int64_t prev = -1;
+                for (int64_t t = 0; t < n; t++) {
+                    const int64_t j = nsal < fpos->count ? (int64_t)lb_qfield_get(fpos, nsal) : -1;
+                    if (j <= prev || j >= nb) {
+                        rc = lb_err_set(err, LB_EFORMAT,
+                                        "pbllm packed: salient positions of block %lld row %lld "
+                                        "not ascending below %lld or too few; corrupt",
+                                        (long long)blk, (long long)i, (long long)nb);
+                        goto cleanup;
+                    }
+                    const int64_t bit = (c0 + j) * rows + i;
+                    mask[bit >> 3] |= (uint8_t)(1u << (bit & 7));
+                    prev = j;
+                    nsal++;
+                }
+            }
+        }
+        if (nsal != fpos->count) {
+            rc = lb_err_set(err, LB_EFORMAT,
+                            "pbllm packed: counts give %lld salient entries, %lld positions "
+                            "stored; corrupt",
+                            (long long)nsal, (long long)fpos->count);
+            goto cleanup;
+        }
+    }
     if (nsal != fc->count || rows * cols - nsal != fs->count) {
         rc = lb_err_set(err, LB_EFORMAT,
                         "pbllm packed: mask has %lld salient entries but %lld codes and %lld "
@@ -593,7 +701,7 @@ int lb_pbllm_dequantize(const lb_qpacked *p, float *W_out, lb_err *err)
         const int64_t blk = c / bs, col = perm[c];
         for (int64_t i = 0; i < rows; i++) {
             float v;
-            if (lb_qfield_get(fm, c * rows + i)) {
+            if (mask_bit(mask, c * rows + i)) {
                 v = lb_pbllm_grid_value(lb_qfield_get_float(flo, i), lb_qfield_get_float(fst, i),
                                         lb_qfield_get(fc, oc++));
             } else {
@@ -605,5 +713,6 @@ int lb_pbllm_dequantize(const lb_qpacked *p, float *W_out, lb_err *err)
     }
 cleanup:
     free(perm);
+    free(mask);
     return rc;
 }

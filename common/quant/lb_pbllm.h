@@ -25,7 +25,11 @@
  *
  * Packed fields (processing order c = 0..cols-1; perm[c] = original column):
  *   block_size     UINT 32  (1,)
- *   mask           UINT 1   (cols, rows)  1 = salient
+ *   the salient mask, whichever form is smaller (both counted):
+ *     mask           UINT 1   (cols, rows)  1 = salient (bitmap), or
+ *     salient_count  UINT ceil(log2(B+1)) (blocks, rows)  salient entries per row and block
+ *     salient_pos    UINT ceil(log2 B)    (salient count,) their in-block columns,
+ *                             ascending, ordered by block then row
  *   signs          UINT 1   (non-salient count,)  1 = +alpha, column by column, rows ascending
  *   salient_codes  UINT b   (salient count,)      same order
  *   mu, alpha      F16      (blocks, rows)

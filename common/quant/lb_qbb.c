@@ -26,6 +26,7 @@ static inline double sgn_of(uint32_t c, int32_t i)
 void lb_qbb_init_greedy(const float *W, int64_t rows, int64_t cols, int32_t n,
                         uint8_t *codes, float *scales)
 {
+    #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const float *w = W + r * cols;
         uint8_t *c = codes + r * cols;
@@ -49,6 +50,7 @@ void lb_qbb_update_codes(const float *W, int64_t rows, int64_t cols, int32_t n,
                          const float *scales, uint8_t *codes)
 {
     const uint32_t ncodes = 1u << n;
+    #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const float *w = W + r * cols;
         uint8_t *c = codes + r * cols;
@@ -80,6 +82,7 @@ static int row_systems(const float *W, int64_t rows, int64_t cols, int32_t n,
 {
     const uint32_t ncodes = 1u << n;
     if (!H) {
+        #pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < rows; r++) {
             const float *w = W + r * cols;
             const uint8_t *cr = codes + r * cols;
@@ -140,6 +143,7 @@ static int row_systems(const float *W, int64_t rows, int64_t cols, int32_t n,
         memcpy(Bf + m * n * cols, W + r0 * cols, (size_t)(m * cols) * sizeof(float));
         // [Bf; W] (m*(n+1), cols) @ H (cols, cols) -> [B H; W H]
         lb_sgemm(false, false, m * (n + 1), cols, cols, 1.0f, Bf, cols, H, cols, 0.0f, BH, cols);
+        #pragma omp parallel for schedule(static)
         for (int64_t rr = 0; rr < m; rr++) {
             int64_t r = r0 + rr;
             const float *w = W + r * cols;
@@ -236,6 +240,7 @@ static void solve_rows(const double *M, const double *b, const double *c, int64_
                        int32_t n, double ridge, bool keep_if_better, float *scales,
                        double *row_obj)
 {
+    #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const double *Mr = M + r * n * n, *br = b + r * n;
         float *s = scales + r * n;
@@ -375,7 +380,7 @@ int lb_qbb_fit(const float *T, int64_t rows, int64_t cols, const float *H,
 
     /* Hessian-weighted (a) on the final codes. Alternating it with (b) inside the rounds
      * was measured worse: (b) minimises the plain error, so a guarded alternation stalls
-     * and an unguarded one ends above this (docs/bit-accounting-billm-qbb.md). */
+     * and an unguarded one ends above this (docs/bit-accounting.md, QBB). */
     if (cfg->hessian_weighted) {
         rc = row_systems(T, rows, cols, n, codes, H, M, b, c, err);
         if (rc)

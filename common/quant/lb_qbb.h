@@ -13,6 +13,8 @@
  * (a per-row guard keeps a row's previous codes/scales if float ties would raise its
  * error), then optionally one exact H-weighted (a) on the final codes.
  *
+ * Rows run in parallel (OpenMP); results do not depend on the thread count.
+ *
  * Packed fields: "signs" UINT 1 bit, shape (N, rows, cols), 1 = +1;
  *                "scales" F16, shape (rows, N).  bpw = N + 16 N / cols. */
 #ifndef LB_QBB_H

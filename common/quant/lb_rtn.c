@@ -28,7 +28,7 @@ static int rtn_quantize(const float *W, int64_t rows, int64_t cols, const float 
     lb_uniform_cfg cfg = {.maxq = f.maxq, .sym = opts->sym, .grid = opts->grid};
     float *scale = malloc((size_t)rows * sizeof *scale);
     int32_t *zero = malloc((size_t)rows * sizeof *zero);
-    out->W_hat = malloc((size_t)(rows * cols) * sizeof *out->W_hat);
+    out->W_hat = lb_quant_big_alloc((size_t)(rows * cols) * sizeof *out->W_hat);
     if (!scale || !zero || !out->W_hat) {
         rc = lb_err_set(err, LB_ENOMEM, "rtn: out of memory for %lld x %lld", (long long)rows,
                         (long long)cols);

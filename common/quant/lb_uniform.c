@@ -53,8 +53,11 @@ int lb_uniform_fit(const float *X, int64_t rows, int64_t n, int64_t rs, int64_t 
     for (int64_t r = 0; r < rows; r++)
         xmin[r] = xmax[r] = 0.0f;
     bool finite = true;
-    for (int64_t k = 0; k < n; k++)
-        for (int64_t r = 0; r < rows; r++) {
+    // loop order follows the memory layout; each row still sees its k in order
+    const bool row_inner = rs < cs;
+    for (int64_t a = 0; a < (row_inner ? n : rows); a++)
+        for (int64_t b = 0; b < (row_inner ? rows : n); b++) {
+            const int64_t r = row_inner ? b : a, k = row_inner ? a : b;
             float x = X[r * rs + k * cs];
             finite &= isfinite(x) != 0;
             xmin[r] = x < xmin[r] ? x : xmin[r];
@@ -109,8 +112,9 @@ int lb_uniform_fit(const float *X, int64_t rows, int64_t n, int64_t rs, int64_t 
             z1[r] = cfg->sym ? zsym : zero_of(lo, s1[r], maxq);
             e[r] = 0.0;
         }
-        for (int64_t k = 0; k < n; k++)
-            for (int64_t r = 0; r < rows; r++) {
+        for (int64_t a = 0; a < (row_inner ? n : rows); a++)
+            for (int64_t b = 0; b < (row_inner ? rows : n); b++) {
+                const int64_t r = row_inner ? b : a, k = row_inner ? a : b;
                 float x = X[r * rs + k * cs];
                 float v = lb_uniform_value(lb_uniform_code(x, s1[r], z1[r], maxq), s1[r], z1[r]);
                 e[r] += (double)powf(fabsf(v - x), 2.4f);

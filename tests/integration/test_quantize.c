@@ -258,6 +258,20 @@ static void test_bad_inputs(void **state)
     assert_non_null(strstr(out, "holds a different quantize job"));
     assert_non_null(strstr(out, "--force"));
     free(out);
+    /* --force takes the directory over; the old checkpoint is gone first */
+    rc = lb_test_run(&out, "'%s' quantize %s --force 2>&1", lb_test_lowbit_bin(), args);
+    if (rc != 0)
+        fail_msg("--force: exit %d: %s", rc, out ? out : "");
+    free(out);
+    char p[4300];
+    snprintf(p, sizeof p, "%s/config.json", q);
+    json_t *cfg = json_load_file(p, 0, NULL);
+    assert_non_null(cfg);
+    assert_true(json_real_value(json_object_get(json_object_get(cfg, "quantization_config"),
+                                                "bits")) == 3.0);
+    json_decref(cfg);
+    lb_err verr;
+    assert_int_equal(lb_packed_verify(q, NULL, &verr), 0);
     /* a non-empty directory that is not a lowbit job */
     snprintf(args, sizeof args, "--model '%s' --calib '%s' --out '%s' --method rtn --ctx 128",
              model_dir, calib, model_dir);
@@ -268,6 +282,48 @@ static void test_bad_inputs(void **state)
     lb_test_rmdir(&dir);
 }
 
+/* `lowbit eval` on the packed checkpoint and on its f32 export give the same
+ * numbers exactly (eval dequantizes block by block through the registry). */
+static void test_packed_eval_equals_export_eval(void **state)
+{
+    (void)state;
+    LB_TEST_REQUIRE_SHARED(model_dir, "models/stories260K");
+    LB_TEST_REQUIRE_SHARED(calib, "data/stories260K-calib.u32");
+    char evalf[4096];
+    LB_TEST_REQUIRE_SHARED(evalf, "data/stories260K-eval.u32");
+    char *dir = lb_test_mkdtemp();
+    char q[4200], x[4200];
+    snprintf(q, sizeof q, "%s/q", dir);
+    snprintf(x, sizeof x, "%s/x", dir);
+    char *out = NULL;
+    assert_int_equal(quantize(&out, q, "--method gptq --bits 3 --threads 2"), 0);
+    free(out);
+    int rc = lb_test_run(&out, "'%s' export --model '%s' --out '%s' --dtype f32 2>&1",
+                         lb_test_lowbit_bin(), q, x);
+    if (rc != 0)
+        fail_msg("export: exit %d: %s", rc, out ? out : "");
+    free(out);
+    char *ea = NULL, *eb = NULL;
+    assert_int_equal(lb_test_run(&ea, "'%s' eval --model '%s' --tokens '%s' --ctx 256 --json",
+                                 lb_test_lowbit_bin(), q, evalf), 0);
+    assert_int_equal(lb_test_run(&eb, "'%s' eval --model '%s' --tokens '%s' --ctx 256 --json",
+                                 lb_test_lowbit_bin(), x, evalf), 0);
+    json_t *a = json_loads(ea, 0, NULL), *b = json_loads(eb, 0, NULL);
+    if (!a || !b)
+        fail_msg("eval output: %s / %s", ea, eb);
+    double pa = json_real_value(json_object_get(a, "ppl"));
+    double pb = json_real_value(json_object_get(b, "ppl"));
+    double na = json_real_value(json_object_get(a, "nll"));
+    double nb = json_real_value(json_object_get(b, "nll"));
+    if (!(pa == pb && na == nb && pa > 1))
+        fail_msg("packed eval %s != export eval %s", ea, eb);
+    json_decref(a);
+    json_decref(b);
+    free(ea);
+    free(eb);
+    lb_test_rmdir(&dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -275,6 +331,7 @@ int main(void)
         cmocka_unit_test(test_threads_byte_identical),
         cmocka_unit_test(test_override_and_true_sequential),
         cmocka_unit_test(test_bad_inputs),
+        cmocka_unit_test(test_packed_eval_equals_export_eval),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }

@@ -128,6 +128,16 @@ static void test_plan_scores(void **state)
     assert_true(fabs(score[3] - 12.0) < 1e-9);
     assert_int_equal(keep[1], 2); /* column 1 is now the top one */
     assert_int_equal(keep[3], 1);
+    /* no outliers anywhere: ranked by max |w| (3.0, 2.5, 2.0, 0.5), not by index */
+    o.outlier_hessian_score = false;
+    o.outlier_threshold = 100.0;
+    assert_int_equal(lb_claq_plan(Wt, R, C, NULL, NULL, &o, width, keep, score, &err), 0);
+    assert_true(score[0] == 0 && score[1] == 0 && score[2] == 0 && score[3] == 0);
+    assert_int_equal(width[1], 3);
+    assert_int_equal(width[2], 3);
+    assert_int_equal(width[3], 2);
+    assert_int_equal(width[0], 2);
+    assert_int_equal(keep[1], 2);
     free(Wt);
 }
 
@@ -183,13 +193,15 @@ static void ref_claq_begin(void *ctx, const ref_obs_state *st)
     for (int i = 0; i < rows * cols; i++)
         mean += fabs(st->W0[i]);
     mean /= rows * cols;
-    double score[64];
+    double score[64], tie[64];
     for (int c = 0; c < cols; c++) {
-        score[c] = 0;
+        score[c] = tie[c] = 0;
         for (int i = 0; i < rows; i++) {
             double a = fabs((double)(float)st->W0[i * cols + c]);
             if (a >= r->o->outlier_threshold * mean)
                 score[c] += r->o->outlier_hessian_score ? a * a * st->hdiag[c] : 1.0;
+            double t = r->o->outlier_hessian_score ? a * a * st->hdiag[c] : a;
+            tie[c] = fmax(tie[c], t);
         }
     }
     /* rank: selection by (score desc, original column asc) */
@@ -199,8 +211,10 @@ static void ref_claq_begin(void *ctx, const ref_obs_state *st)
     for (int rank = 0; rank < cols; rank++) {
         int best = -1;
         for (int c = 0; c < cols; c++)
-            if (!used[c] && (best < 0 || score[c] > score[best] ||
-                             (score[c] == score[best] && st->perm[c] < st->perm[best])))
+            if (!used[c] &&
+                (best < 0 || score[c] > score[best] ||
+                 (score[c] == score[best] &&
+                  (tie[c] > tie[best] || (tie[c] == tie[best] && st->perm[c] < st->perm[best])))))
                 best = c;
         used[best] = 1;
         r->width[best] = base + (rank < n_hi);
@@ -495,6 +509,38 @@ static void test_dequantize_rejects_corrupt(void **state)
     assert_int_equal(lb_claq_quantize(W, R, C, H, &o, &res, &err), LB_EINVAL);
 }
 
+/* A dead input channel (H_jj = 0, no signal) and act-order: the engine zeroes that column;
+ * the method must still produce a consistent packed matrix. */
+static void test_dead_column_act_order(void **state)
+{
+    (void)state;
+    enum { R = 16, C = 12 };
+    uint64_t rng = 31;
+    float W[R * C], H[C * C], Wdq[R * C];
+    for (int i = 0; i < R * C; i++)
+        W[i] = lb_test_rand_normal(&rng);
+    ref_make_hessian(H, C, 48, &rng);
+    for (int j = 0; j < C; j++)
+        H[5 * C + j] = H[j * C + 5] = 0.0f;
+    lb_qopts o;
+    lb_qopts_init(&o);
+    o.bits = 2.5;
+    o.act_order = true;
+    o.block_size = 4;
+    lb_qresult res;
+    lb_err err = {0};
+    if (lb_claq_quantize(W, R, C, H, &o, &res, &err))
+        fail_msg("claq: %s", err.msg);
+    for (int i = 0; i < R * C; i++)
+        assert_true(isfinite(res.W_hat[i]));
+    for (int i = 0; i < R; i++)
+        assert_true(res.W_hat[i * C + 5] == 0.0f); /* zeroed by the engine, codebook {0} */
+    assert_int_equal(lb_claq_dequantize(&res.packed, Wdq, &err), 0);
+    assert_memory_equal(Wdq, res.W_hat, sizeof Wdq);
+    assert_non_null(lb_qpacked_field(&res.packed, "perm"));
+    lb_qresult_free(&res);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -505,6 +551,7 @@ int main(void)
         cmocka_unit_test(test_outlier_ratio_uses_global_column),
         cmocka_unit_test(test_kept_values_exact_and_codebook_size),
         cmocka_unit_test(test_dequantize_rejects_corrupt),
+        cmocka_unit_test(test_dead_column_act_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,9 +1,11 @@
 #include "lb_test_util.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "lb_blas.h"
 #include "lb_gptq.h"
 #include "lb_quant.h"
 #include "lb_test_qref.h"
@@ -423,6 +425,119 @@ static void test_gptq_hook_contract(void **state)
     free(Wh);
 }
 
+/* The lazy batching is an implementation detail: any block size gives the same codes
+ * (the engine flushes before a group crossing a block), up to float summation order. */
+static void test_gptq_block_size_invariance(void **state)
+{
+    (void)state;
+    enum { R = 24, C = 100 };
+    float *W = malloc(R * C * sizeof *W), *H = malloc(C * C * sizeof *H);
+    make_problem(R, C, 12, W, H);
+    const int groups[] = {0, 24, 50};
+    for (int gi = 0; gi < 3; gi++) {
+        cfg k0 = {3, groups[gi], true, false, false, false, 1};
+        lb_qresult base = {0};
+        run_gptq(W, R, C, H, &k0, &base, 0); /* block 1: plain column-by-column loop */
+        const int blocks[] = {7, 16, 32, 128};
+        for (int bi = 0; bi < 4; bi++) {
+            cfg k = k0;
+            k.block = blocks[bi];
+            lb_qresult res = {0};
+            run_gptq(W, R, C, H, &k, &res, 0);
+            const lb_qfield *c0 = lb_qpacked_field(&base.packed, "codes");
+            const lb_qfield *c1 = lb_qpacked_field(&res.packed, "codes");
+            int same = 0;
+            for (int i = 0; i < R * C; i++)
+                same += lb_qfield_get(c0, i) == lb_qfield_get(c1, i);
+            if (same < R * C * 995 / 1000)
+                fail_msg("group %d block %d: %d/%d codes equal to block 1", groups[gi],
+                         blocks[bi], same, R * C);
+            lb_qresult_free(&res);
+        }
+        lb_qresult_free(&base);
+    }
+    free(W);
+    free(H);
+}
+
+/* err_scale: a hook that rounds to a fixed 1/4 grid with err_scale 0 gets plain rounding
+ * (no compensation); with err_scale 1 the compensation changes the result. */
+static int quarter_column(void *ctx, const lb_gptq_state *st, int64_t c, const float *w, float *q,
+                          float *es, lb_err *err)
+{
+    (void)c;
+    (void)err;
+    for (int64_t r = 0; r < st->rows; r++)
+        q[r] = nearbyintf(w[r] * 4.0f) / 4.0f;
+    *es = *(const float *)ctx;
+    return 0;
+}
+
+static void test_gptq_err_scale(void **state)
+{
+    (void)state;
+    enum { R = 10, C = 40 };
+    float *W = malloc(R * C * sizeof *W), *H = malloc(C * C * sizeof *H);
+    float *Wh = malloc(R * C * sizeof *Wh);
+    make_problem(R, C, 13, W, H);
+    for (int i = 0; i < R * C; i++)
+        W[i] *= 20.0f;
+    lb_qopts o;
+    lb_qopts_init(&o);
+    o.block_size = 16;
+    float scale = 0.0f;
+    lb_gptq_hook hook = {.ctx = &scale, .column = quarter_column};
+    lb_err err = {0};
+    assert_int_equal(lb_gptq_run(W, R, C, H, &o, &hook, Wh, NULL, &err), 0);
+    for (int i = 0; i < R * C; i++)
+        assert_true(Wh[i] == nearbyintf(W[i] * 4.0f) / 4.0f);
+    scale = 1.0f;
+    assert_int_equal(lb_gptq_run(W, R, C, H, &o, &hook, Wh, NULL, &err), 0);
+    int differ = 0;
+    for (int i = 0; i < R * C; i++)
+        differ += Wh[i] != nearbyintf(W[i] * 4.0f) / 4.0f;
+    assert_true(differ > R * C / 10);
+    double e_plain, e_comp, ref;
+    float *Wr = malloc(R * C * sizeof *Wr);
+    for (int i = 0; i < R * C; i++)
+        Wr[i] = nearbyintf(W[i] * 4.0f) / 4.0f;
+    assert_int_equal(lb_quant_error(W, Wr, R, C, H, &e_plain, &ref, &err), 0);
+    assert_int_equal(lb_quant_error(W, Wh, R, C, H, &e_comp, &ref, &err), 0);
+    assert_true(e_comp < e_plain);
+    free(Wr);
+    free(W);
+    free(H);
+    free(Wh);
+}
+
+/* The same input gives the same bits whatever the BLAS and OpenMP thread counts: the
+ * factorization runs in fixed chunks on single-threaded BLAS, and OpenBLAS splits the
+ * loop's GEMMs over rows/columns of C, never over the summed dimension. */
+static void test_gptq_thread_count_invariance(void **state)
+{
+    (void)state;
+    enum { R = 256, C = 384 };
+    float *W = malloc(R * C * sizeof *W), *H = malloc(C * C * sizeof *H);
+    make_problem(R, C, 14, W, H);
+    int saved = lb_blas_get_threads();
+    lb_qresult a = {0}, b = {0};
+    cfg k = {3, 64, true, false, false, false, 0};
+    int saved_omp = omp_get_max_threads();
+    lb_blas_set_threads(1);
+    omp_set_num_threads(1);
+    run_gptq(W, R, C, H, &k, &a, 0);
+    lb_blas_set_threads(2);
+    omp_set_num_threads(3);
+    run_gptq(W, R, C, H, &k, &b, 0);
+    lb_blas_set_threads(saved);
+    omp_set_num_threads(saved_omp);
+    assert_memory_equal(a.W_hat, b.W_hat, R * C * sizeof *a.W_hat);
+    lb_qresult_free(&a);
+    lb_qresult_free(&b);
+    free(W);
+    free(H);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -432,6 +547,9 @@ int main(void)
         cmocka_unit_test(test_gptq_dead_column),
         cmocka_unit_test(test_gptq_singular_h_without_damping),
         cmocka_unit_test(test_gptq_hook_contract),
+        cmocka_unit_test(test_gptq_block_size_invariance),
+        cmocka_unit_test(test_gptq_err_scale),
+        cmocka_unit_test(test_gptq_thread_count_invariance),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

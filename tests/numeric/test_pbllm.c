@@ -11,6 +11,34 @@
 #include "lb_quant.h"
 #include "lb_ref_obs.h"
 
+/* The salient mask (cols, rows) as bytes, decoded independently from whichever form was
+ * stored: the bitmap "mask" or "salient_count" + "salient_pos". OUT *index_form. */
+static unsigned char *decode_mask(const lb_qpacked *p, int rows, int cols, int bs,
+                                  bool *index_form)
+{
+    unsigned char *m = calloc((size_t)rows * (size_t)cols, 1);
+    assert_non_null(m);
+    const lb_qfield *fm = lb_qpacked_field(p, "mask");
+    const lb_qfield *fcnt = lb_qpacked_field(p, "salient_count");
+    const lb_qfield *fpos = lb_qpacked_field(p, "salient_pos");
+    assert_true((fm != NULL) != (fcnt != NULL && fpos != NULL));
+    *index_form = fm == NULL;
+    if (fm) {
+        for (int k = 0; k < rows * cols; k++)
+            m[k] = (unsigned char)lb_qfield_get(fm, k);
+        return m;
+    }
+    int64_t t = 0;
+    for (int c0 = 0, blk = 0; c0 < cols; c0 += bs, blk++)
+        for (int i = 0; i < rows; i++) {
+            uint32_t n = lb_qfield_get(fcnt, (int64_t)blk * rows + i);
+            for (uint32_t k = 0; k < n; k++)
+                m[(c0 + (int)lb_qfield_get(fpos, t++)) * rows + i] = 1;
+        }
+    assert_int_equal(t, fpos->count);
+    return m;
+}
+
 static void test_grid_covers_range_and_round_trips(void **state)
 {
     (void)state;
@@ -71,18 +99,18 @@ static void test_positive_and_negative_rows_round_trip(void **state)
     lb_err err = {0};
     if (lb_pbllm_quantize(W, R, C, H, &o, &res, &err))
         fail_msg("pbllm: %s", err.msg);
-    const lb_qfield *fm = lb_qpacked_field(&res.packed, "mask");
+    bool idx;
+    unsigned char *mk = decode_mask(&res.packed, R, C, 16, &idx);
     const lb_qfield *fst = lb_qpacked_field(&res.packed, "salient_step");
     const lb_qfield *fmu = lb_qpacked_field(&res.packed, "mu");
     const lb_qfield *fal = lb_qpacked_field(&res.packed, "alpha");
-    assert_non_null(fm);
     assert_non_null(fst);
     int nsal[2] = {0, 0};
     for (int i = 0; i < R; i++) {
         double step = (double)lb_qfield_get_float(fst, i);
         for (int j = 0; j < C; j++) {
             double w = (double)W[i * C + j], wh = (double)res.W_hat[i * C + j];
-            if (lb_qfield_get(fm, (int64_t)j * R + i)) {
+            if (mk[j * R + i]) {
                 assert_true(fabs(wh - w) <= 0.5 * step * 1.0001 + 1e-7);
                 if (i < 2)
                     nsal[i]++;
@@ -95,6 +123,7 @@ static void test_positive_and_negative_rows_round_trip(void **state)
         }
     }
     assert_true(nsal[0] > 0 && nsal[1] > 0); /* the big rows hold salient weights */
+    free(mk);
     assert_int_equal(lb_pbllm_dequantize(&res.packed, Wdq, &err), 0);
     assert_memory_equal(Wdq, res.W_hat, sizeof Wdq);
     lb_qresult_free(&res);
@@ -281,32 +310,42 @@ static void run_against_reference(int rows, int cols, lb_qsalient crit, int grou
     assert_int_equal(lb_pbllm_dequantize(&res.packed, Wdq, &err), 0);
     assert_memory_equal(Wdq, res.W_hat, sizeof(float) * n);
     /* per-group salient counts are exact */
-    const lb_qfield *fm = lb_qpacked_field(&res.packed, "mask");
-    assert_non_null(fm);
+    bool idx;
+    unsigned char *mk = decode_mask(&res.packed, rows, cols, bs, &idx);
     int64_t total = 0;
     for (int c = 0; c < cols; c++)
         for (int i = 0; i < rows; i++)
-            total += lb_qfield_get(fm, (int64_t)c * rows + i);
+            total += mk[c * rows + i];
     if (group > 0) {
         for (int g0 = 0; g0 < cols; g0 += group) {
             int gc = cols - g0 < group ? cols - g0 : group;
             int64_t cnt = 0;
             for (int c = g0; c < g0 + gc; c++)
                 for (int i = 0; i < rows; i++)
-                    cnt += lb_qfield_get(fm, (int64_t)c * rows + i);
+                    cnt += mk[c * rows + i];
             assert_int_equal(cnt, lround(frac * gc * rows));
         }
     }
     /* bit accounting: the formula in lb_pbllm.h */
     int64_t nblocks = (cols + bs - 1) / bs, sal = total, bin = (int64_t)n - total;
-    uint64_t bytes = 4 + (n + 7) / 8 + (uint64_t)(bin + 7) / 8 +
+    uint64_t cb = 1, pb = 1;
+    while (((uint64_t)bs >> cb) != 0)
+        cb++;
+    while (((uint64_t)(bs - 1) >> pb) != 0)
+        pb++;
+    uint64_t bitmap = n, index = (uint64_t)(nblocks * rows) * cb + (uint64_t)sal * pb;
+    assert_true(idx == (index < bitmap)); /* the cheaper form was chosen */
+    uint64_t mask_bytes = idx ? ((uint64_t)(nblocks * rows) * cb + 7) / 8 + ((uint64_t)sal * pb + 7) / 8
+                              : (n + 7) / 8;
+    free(mk);
+    uint64_t bytes = 4 + mask_bytes + (uint64_t)(bin + 7) / 8 +
                      (uint64_t)(sal * o.salient_bits + 7) / 8 +
                      2 * (uint64_t)(nblocks * rows * 2) + 2 * (uint64_t)rows * 2;
     if (act_order) {
-        uint64_t pb = 1;
-        while (((uint64_t)(cols - 1) >> pb) != 0)
-            pb++;
-        bytes += ((uint64_t)cols * pb + 7) / 8;
+        uint64_t permb = 1;
+        while (((uint64_t)(cols - 1) >> permb) != 0)
+            permb++;
+        bytes += ((uint64_t)cols * permb + 7) / 8;
     }
     assert_true(lb_qpacked_bits(&res.packed) == 8 * bytes);
     assert_true(fabs(res.bpw - 8.0 * (double)bytes / (double)n) < 1e-12);
@@ -358,6 +397,16 @@ static void test_options_and_corrupt(void **state)
     o.salient_frac = 1.5;
     assert_int_equal(lb_pbllm_quantize(W, R, C, H, &o, &res, &err), LB_EINVAL);
     o.salient_frac = 0.25;
+    /* every salient width decodes exactly, 1 bit (two levels) included */
+    for (int32_t sb = 1; sb <= 16; sb += 5) {
+        o.salient_bits = sb;
+        assert_int_equal(lb_pbllm_quantize(W, R, C, H, &o, &res, &err), 0);
+        assert_int_equal(lb_pbllm_dequantize(&res.packed, out, &err), 0);
+        assert_memory_equal(out, res.W_hat, sizeof out);
+        assert_int_equal(lb_qpacked_field(&res.packed, "salient_codes")->bits, (uint32_t)sb);
+        lb_qresult_free(&res);
+    }
+    o.salient_bits = 8;
     assert_int_equal(lb_pbllm_quantize(W, R, C, H, &o, &res, &err), 0);
     assert_int_equal(lb_pbllm_dequantize(&res.packed, out, &err), 0);
     /* flipping a mask bit breaks the count consistency */
@@ -370,6 +419,78 @@ static void test_options_and_corrupt(void **state)
     assert_int_equal(lb_pbllm_dequantize(&res.packed, out, &err), LB_EFORMAT);
     assert_non_null(strstr(err.msg, "mask"));
     lb_qresult_free(&res);
+    /* few salient weights: the index form; a position out of order is rejected */
+    enum { R2 = 64, C2 = 128 };
+    float *W2 = malloc(sizeof(float) * R2 * C2), *H2 = malloc(sizeof(float) * C2 * C2);
+    float *out2 = malloc(sizeof(float) * R2 * C2);
+    assert_non_null(W2);
+    assert_non_null(H2);
+    assert_non_null(out2);
+    for (int i = 0; i < R2 * C2; i++)
+        W2[i] = lb_test_rand_normal(&rng);
+    ref_make_hessian(H2, C2, 2 * C2, &rng);
+    o.salient_frac = 0.02;
+    assert_int_equal(lb_pbllm_quantize(W2, R2, C2, H2, &o, &res, &err), 0);
+    assert_null(lb_qpacked_field(&res.packed, "mask"));
+    assert_int_equal(lb_pbllm_dequantize(&res.packed, out2, &err), 0);
+    assert_memory_equal(out2, res.W_hat, sizeof(float) * R2 * C2);
+    lb_qfield *fpos = NULL, *fcnt = NULL;
+    for (int i = 0; i < res.packed.nfields; i++) {
+        if (!strcmp(res.packed.fields[i].name, "salient_pos"))
+            fpos = &res.packed.fields[i];
+        if (!strcmp(res.packed.fields[i].name, "salient_count"))
+            fcnt = &res.packed.fields[i];
+    }
+    assert_non_null(fpos);
+    assert_non_null(fcnt);
+    int64_t first = -1; /* first row with two or more salient entries */
+    for (int64_t i = 0, t = 0; i < R2 && first < 0; t += lb_qfield_get(fcnt, i), i++)
+        if (lb_qfield_get(fcnt, i) >= 2)
+            first = t;
+    assert_true(first >= 0);
+    uint32_t a = lb_qfield_get(fpos, first), b = lb_qfield_get(fpos, first + 1);
+    lb_qfield_put(fpos, first, b);
+    lb_qfield_put(fpos, first + 1, a);
+    assert_int_equal(lb_pbllm_dequantize(&res.packed, out2, &err), LB_EFORMAT);
+    assert_non_null(strstr(err.msg, "ascending"));
+    lb_qfield_put(fpos, first, a);
+    lb_qfield_put(fpos, first + 1, b);
+    lb_qfield_put(fcnt, 0, lb_qfield_get(fcnt, 0) + 1); /* one count too many */
+    assert_int_equal(lb_pbllm_dequantize(&res.packed, out2, &err), LB_EFORMAT);
+    lb_qresult_free(&res);
+    free(W2);
+    free(H2);
+    free(out2);
+}
+
+/* A dead input channel (H_jj = 0, no signal) and act-order: the engine zeroes that column;
+ * the method must still produce a consistent packed matrix. */
+static void test_dead_column_act_order(void **state)
+{
+    (void)state;
+    enum { R = 16, C = 12 };
+    uint64_t rng = 31;
+    float W[R * C], H[C * C], Wdq[R * C];
+    for (int i = 0; i < R * C; i++)
+        W[i] = lb_test_rand_normal(&rng);
+    ref_make_hessian(H, C, 48, &rng);
+    for (int j = 0; j < C; j++)
+        H[5 * C + j] = H[j * C + 5] = 0.0f;
+    lb_qopts o;
+    lb_qopts_init(&o);
+    o.bits = 1;
+    o.act_order = true;
+    o.block_size = 4;
+    lb_qresult res;
+    lb_err err = {0};
+    if (lb_pbllm_quantize(W, R, C, H, &o, &res, &err))
+        fail_msg("pbllm: %s", err.msg);
+    for (int i = 0; i < R * C; i++)
+        assert_true(isfinite(res.W_hat[i]));
+    assert_int_equal(lb_pbllm_dequantize(&res.packed, Wdq, &err), 0);
+    assert_memory_equal(Wdq, res.W_hat, sizeof Wdq);
+    assert_non_null(lb_qpacked_field(&res.packed, "perm"));
+    lb_qresult_free(&res);
 }
 
 int main(void)
@@ -380,6 +501,7 @@ int main(void)
         cmocka_unit_test(test_matches_reference_hessian),
         cmocka_unit_test(test_matches_reference_magnitude),
         cmocka_unit_test(test_options_and_corrupt),
+        cmocka_unit_test(test_dead_column_act_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <omp.h>
+
 #include "lb_dtype.h"
 #include "lb_qbb.h"
 #include "lb_quant.h"
@@ -567,9 +569,66 @@ static void test_gptq_init_fits_gptq_reconstruction(void **state)
     free(H);
 }
 
+/* Rows are fitted in parallel; the result must not depend on the thread count. */
+static void test_thread_count_invariant(void **state)
+{
+    (void)state;
+    const int64_t rows = 40, cols = 64;
+    float *W = rand_matrix(rows, cols, 111);
+    float *H = rand_hessian(cols, 112);
+    lb_qopts o;
+    lb_qopts_init(&o);
+    o.bases = 3;
+    o.hessian_weighted = true;
+    lb_qresult a, b;
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    assert_int_equal(lb_qbb_quantize(W, rows, cols, H, &o, &a, NULL), 0);
+    omp_set_num_threads(3);
+    assert_int_equal(lb_qbb_quantize(W, rows, cols, H, &o, &b, NULL), 0);
+    omp_set_num_threads(saved);
+    assert_memory_equal(a.W_hat, b.W_hat, (size_t)(rows * cols) * sizeof(float));
+    lb_qresult_free(&a);
+    lb_qresult_free(&b);
+    free(W);
+    free(H);
+}
+
+/* Degenerate shapes: a single row, a single column, a single weight. */
+static void test_tiny_shapes(void **state)
+{
+    (void)state;
+    const int64_t shapes[4][2] = {{1, 1}, {1, 7}, {5, 1}, {3, 130}};
+    for (int i = 0; i < 4; i++) {
+        const int64_t rows = shapes[i][0], cols = shapes[i][1];
+        float *W = rand_matrix(rows, cols, 81 + (uint64_t)i);
+        float *H = rand_hessian(shapes[i][1], 92 + (uint64_t)i);
+        lb_qopts o;
+        lb_qopts_init(&o);
+        o.bases = 4;
+        o.hessian_weighted = true;
+        lb_qresult res;
+        lb_err e;
+        int rc = lb_qbb_quantize(W, rows, cols, H, &o, &res, &e);
+        if (rc)
+            fail_msg("%lld x %lld: %s", (long long)rows, (long long)cols, e.msg);
+        float *D = malloc(sizeof(float) * (size_t)(rows * cols));
+        assert_int_equal(lb_qbb_dequantize(&res.packed, D, &e), 0);
+        assert_memory_equal(D, res.W_hat, sizeof(float) * (size_t)(rows * cols));
+        for (int64_t k = 0; k < rows * cols; k++)
+            assert_true(isfinite(res.W_hat[k]));
+        ASSERT_NEAR(res.bpw, (double)lb_qpacked_bits(&res.packed) / (double)(rows * cols), 1e-12);
+        free(D);
+        lb_qresult_free(&res);
+        free(W);
+        free(H);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tiny_shapes),
         cmocka_unit_test(test_registry),
         cmocka_unit_test(test_greedy_init_matches_reference),
         cmocka_unit_test(test_code_update_is_brute_force_optimal),
@@ -584,6 +643,7 @@ int main(void)
         cmocka_unit_test(test_nan_input_rejected),
         cmocka_unit_test(test_bad_options_and_packed),
         cmocka_unit_test(test_gptq_init_fits_gptq_reconstruction),
+        cmocka_unit_test(test_thread_count_invariant),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

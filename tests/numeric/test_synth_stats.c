@@ -199,8 +199,8 @@ static void check_outliers(const char *preset, int64_t layers, uint64_t seed)
         max_maxp = fmax(max_maxp, maxp);
     }
     double mean_maxp = sum_maxp / (double)ntok;
-    print_message("%s next-token max prob: mean %.3f, range %.3f..%.3f (uniform %.4f)\n",
-                  preset, mean_maxp, min_maxp, max_maxp, 1.0 / (double)V);
+    print_message("%s next-token max prob: mean %.3f, range %.3f..%.3f (uniform %.4f)\n", preset,
+                  mean_maxp, min_maxp, max_maxp, 1.0 / (double)V);
     if (!(mean_maxp < 0.5))
         fail_msg("%s: next-token distribution is nearly one-hot (mean max prob %.3f)", preset,
                  mean_maxp);

@@ -289,6 +289,67 @@ static void test_read_rejects_corrupt(void **state)
     lb_test_rmdir(&dir);
 }
 
+
+/* Random mutations of a valid file's header (where the metadata lives): every
+ * read either fails with an error or returns a well-formed packed matrix
+ * (ASan/UBSan builds check that nothing is touched out of bounds). */
+static void test_mutated_headers(void **state)
+{
+    (void)state;
+    char *dir = lb_test_mkdtemp();
+    char path[4096];
+    snprintf(path, sizeof path, "%s/m.safetensors", dir);
+    lb_qpacked p;
+    lb_err err = {0};
+    make_packed(&p, 11);
+    assert_int_equal(lb_qpacked_io_save(path, &p, &err), 0);
+    lb_qpacked_free(&p);
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *orig = malloc((size_t)size), *buf = malloc((size_t)size);
+    assert_int_equal(fread(orig, 1, (size_t)size, f), (size_t)size);
+    fclose(f);
+    uint64_t hlen = 0;
+    for (int i = 0; i < 8; i++)
+        hlen |= (uint64_t)orig[i] << (8 * i);
+    assert_true(hlen + 8 <= (uint64_t)size);
+    static const char subst[] = "0123456789-[]{}\",:eE.";
+    uint64_t rng = 2024;
+    int ok = 0, failed = 0;
+    for (int iter = 0; iter < 400; iter++) {
+        memcpy(buf, orig, (size_t)size);
+        int nmut = 1 + (int)(lb_test_rand_u64(&rng) % 3);
+        for (int k = 0; k < nmut; k++) {
+            uint64_t at = 8 + lb_test_rand_u64(&rng) % hlen;
+            buf[at] = (uint8_t)subst[lb_test_rand_u64(&rng) % (sizeof subst - 1)];
+        }
+        f = fopen(path, "wb");
+        assert_non_null(f);
+        assert_int_equal(fwrite(buf, 1, (size_t)size, f), (size_t)size);
+        fclose(f);
+        lb_qpacked out = {0};
+        int rc = lb_qpacked_io_load(path, &out, &err);
+        if (rc == 0) {
+            assert_int_equal(lb_qpacked_io_check(&out, &err), 0);
+            ok++;
+        } else {
+            assert_true(rc < 0);
+            assert_true(strlen(err.msg) > 0);
+            assert_int_equal(out.nfields, 0);
+            failed++;
+        }
+        lb_qpacked_free(&out);
+    }
+    assert_true(failed > 0);
+    print_message("mutations: %d read fine, %d rejected\n", ok, failed);
+    free(orig);
+    free(buf);
+    lb_test_rmdir(&dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -296,6 +357,7 @@ int main(void)
         cmocka_unit_test(test_rtn_save_load_dequantize),
         cmocka_unit_test(test_declare_rejects_bad_packed),
         cmocka_unit_test(test_read_rejects_corrupt),
+        cmocka_unit_test(test_mutated_headers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -63,14 +63,12 @@ static void test_int_and_float_fields(void **state)
     p.rows = 4;
     p.cols = 8;
     int64_t n = 16;
-    lb_qfield *fi = lb_qpacked_add_field(&p, "zeros", LB_QFIELD_INT, 3, 1, &n, &err);
-    lb_qfield *fh = lb_qpacked_add_field(&p, "scales", LB_QFIELD_F16, 16, 1, &n, &err);
-    lb_qfield *fb = lb_qpacked_add_field(&p, "bscales", LB_QFIELD_BF16, 16, 1, &n, &err);
-    lb_qfield *ff = lb_qpacked_add_field(&p, "fscales", LB_QFIELD_F32, 32, 1, &n, &err);
-    assert_non_null(fi);
-    assert_non_null(fh);
-    assert_non_null(fb);
-    assert_non_null(ff);
+    /* add every field first: each add may move the array (documented) */
+    assert_non_null(lb_qpacked_add_field(&p, "zeros", LB_QFIELD_INT, 3, 1, &n, &err));
+    assert_non_null(lb_qpacked_add_field(&p, "scales", LB_QFIELD_F16, 16, 1, &n, &err));
+    assert_non_null(lb_qpacked_add_field(&p, "bscales", LB_QFIELD_BF16, 16, 1, &n, &err));
+    assert_non_null(lb_qpacked_add_field(&p, "fscales", LB_QFIELD_F32, 32, 1, &n, &err));
+    lb_qfield *fi = &p.fields[0], *fh = &p.fields[1], *fb = &p.fields[2], *ff = &p.fields[3];
     for (int64_t i = 0; i < n; i++) {
         lb_qfield_put_int(fi, i, (int32_t)(i % 8) - 4);
         float v = 0.1f * (float)(i + 1) - 0.77f;

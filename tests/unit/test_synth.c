@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "lb_config.h"
 #include "lb_dtype.h"
@@ -222,6 +223,23 @@ static void test_layout_and_prefix(void **state)
         free(x);
         free(y);
     }
+    /* the outlier channels move with the seed (small: 2 of 256 channels) */
+    int distinct = 0;
+    int64_t first[2] = {-1, -1};
+    for (uint64_t seed = 0; seed < 4; seed++) {
+        lb_synth *q = NULL;
+        int64_t n = 0;
+        assert_int_equal(lb_synth_new(lb_synth_preset_find("small"), 1, seed, &q, &err), 0);
+        const int64_t *o = lb_synth_outlier_channels(q, &n);
+        assert_int_equal(n, 2);
+        assert_true(o[0] < o[1] && o[1] < 256);
+        if (seed == 0)
+            memcpy(first, o, sizeof first);
+        else
+            distinct += memcmp(first, o, sizeof first) != 0;
+        lb_synth_free(&q);
+    }
+    assert_true(distinct >= 2);
     /* bad ranges and sizes */
     float v[64];
     assert_int_equal(lb_synth_fill(s2, 0, 511, 2, v, &err), LB_EINVAL);
@@ -276,6 +294,12 @@ static void test_cli_errors(void **state)
     free(out);
     expect_fail(args, 1, "not empty");
     expect_fail(args, 1, "--force");
+    char idx[4300];
+    snprintf(idx, sizeof idx, "%s/model.safetensors.index.json", dir);
+    FILE *f = fopen(idx, "w");
+    assert_non_null(f);
+    fputs("{\"weight_map\": {}}", f);
+    fclose(f);
     snprintf(args, sizeof args, "--out %s --preset tiny --force --seed 5", dir);
     assert_int_equal(run_synth(&out, "", args), 0);
     free(out);
@@ -284,6 +308,11 @@ static void test_cli_errors(void **state)
     assert_int_equal(lb_config_load(&cfg, dir, &err), 0);
     assert_int_equal(cfg.num_hidden_layers, 2);
     assert_string_equal(cfg.torch_dtype, "bfloat16");
+    assert_int_equal(access(idx, F_OK), -1); /* the stale index is gone */
+    lb_model *m = NULL;
+    if (lb_model_open(&m, dir, &err))
+        fail_msg("model after --force: %s", err.msg);
+    lb_model_free(&m);
     /* a file where the dir should be */
     snprintf(args, sizeof args, "--out %s/config.json --preset tiny", dir);
     expect_fail(args, 1, "not a directory");

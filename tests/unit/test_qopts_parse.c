@@ -1,0 +1,102 @@
+#include "lb_test_util.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "lb_qopts_parse.h"
+
+/* Parses a whitespace-separated command line; returns the first non-option index or a
+ * negative code. */
+static int parse_line(lb_qopts *o, const char *line, lb_err *err)
+{
+    char buf[512];
+    char *argv[64];
+    int argc = 0;
+    snprintf(buf, sizeof buf, "%s", line);
+    for (char *t = strtok(buf, " "); t && argc < 64; t = strtok(NULL, " "))
+        argv[argc++] = t;
+    lb_qopts_init(o);
+    int i = 0;
+    while (i < argc) {
+        int r = lb_qopts_parse_arg(o, argc, argv, &i, err);
+        if (r < 0)
+            return r;
+        if (r == 0)
+            return i;
+    }
+    return i;
+}
+
+static void test_every_option(void **state)
+{
+    (void)state;
+    lb_qopts o;
+    lb_err err = {0};
+    int n = parse_line(&o,
+                       "--bits 2.1 --group-size 128 --act-order --static-groups --sym --grid mse "
+                       "--damp 0.05 --block-size 64 --salient 0.2 --salient-bits 4 "
+                       "--salient-criterion magnitude --salient-group 128 --bases 3 "
+                       "--refine-iters 7 --hessian-weighted --gptq-init --outlier-threshold 9.5 "
+                       "--outlier-keep 0.02,0.001 --outlier-top-frac 0.2 --outlier-hessian-score "
+                       "--centroids-with-outliers --seed 42",
+                       &err);
+    if (n != 37) /* every token consumed */
+        fail_msg("parsed %d: %s", n, err.msg);
+    assert_true(o.bits == 2.1);
+    assert_int_equal(o.group_size, 128);
+    assert_true(o.act_order && o.static_groups && o.sym);
+    assert_int_equal(o.grid, LB_GRID_MSE);
+    assert_true(o.damp == 0.05);
+    assert_int_equal(o.block_size, 64);
+    assert_true(o.salient_frac == 0.2);
+    assert_int_equal(o.salient_bits, 4);
+    assert_int_equal(o.salient_criterion, LB_SALIENT_MAGNITUDE);
+    assert_int_equal(o.salient_group, 128);
+    assert_int_equal(o.bases, 3);
+    assert_int_equal(o.refine_iters, 7);
+    assert_true(o.hessian_weighted && o.gptq_init && o.outlier_hessian_score &&
+                o.centroids_with_outliers);
+    assert_true(o.outlier_threshold == 9.5);
+    assert_true(o.outlier_keep_top == 0.02 && o.outlier_keep_rest == 0.001);
+    assert_true(o.outlier_top_frac == 0.2);
+    assert_int_equal(o.seed, 42);
+    assert_int_equal(lb_qopts_validate(&o, &err), 0);
+    /* --opt=value form, and a non-option stops the scan without consuming it */
+    n = parse_line(&o, "--bits=3 --grid=minmax --weight w.st", &err);
+    assert_int_equal(n, 2);
+    assert_true(o.bits == 3.0);
+    assert_int_equal(o.grid, LB_GRID_MINMAX);
+}
+
+static void test_rejects(void **state)
+{
+    (void)state;
+    const char *bad[] = {"--bits",          "--bits 0.5",         "--bits 17",
+                         "--bits nan",      "--bits 3x",          "--group-size -1",
+                         "--group-size 1.5", "--damp 2",          "--grid best",
+                         "--salient 1.5",   "--salient-bits 0",   "--salient-criterion x",
+                         "--bases 5",       "--refine-iters -1",  "--outlier-threshold 0",
+                         "--outlier-keep 0.1", "--outlier-keep a,b", "--outlier-keep 0.1,2",
+                         "--sym=1",         "--block-size 0",     "--seed -3"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        lb_qopts o;
+        lb_err err = {0};
+        int rc = parse_line(&o, bad[i], &err);
+        if (rc != LB_EINVAL || !strchr(err.msg, '-') || strchr(err.msg, '\n'))
+            fail_msg("'%s' gave %d '%s'", bad[i], rc, err.msg);
+    }
+    lb_qopts o;
+    lb_err err = {0};
+    assert_int_equal(parse_line(&o, "--static-groups", &err), 1);
+    assert_int_equal(lb_qopts_validate(&o, &err), LB_EINVAL);
+    assert_non_null(strstr(lb_qopts_usage(), "--outlier-keep"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_every_option),
+        cmocka_unit_test(test_rejects),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
