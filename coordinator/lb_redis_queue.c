@@ -458,6 +458,13 @@ done:
 }
 
 
+/* SADD gate + XADD in one server-side step: atomic, so retrying it after a lost
+ * connection can neither lose nor duplicate the item. */
+static const char enqueue_once_lua[] =
+    "if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then "
+    "return redis.call('XADD', KEYS[2], '*', 'id', ARGV[1], 'payload', ARGV[2]) "
+    "else return 0 end";
+
 int lb_redis_enqueue_once(lb_redis *s, const char *name, const char *id, const void *payload,
                           size_t len, bool *added, lb_err *err)
 {
@@ -465,24 +472,21 @@ int lb_redis_enqueue_once(lb_redis *s, const char *name, const char *id, const v
     int rc = lb_redis_check_name(name, err);
     if (rc || (rc = lb_redis_priv_check_id("queue item id", id, err)))
         return rc;
-    lb_redis_key k = lb_redis_priv_job_key(name, ":enqueued");
+    if ((rc = lb_redis_priv_check_size(s, "the job payload", len, err)))
+        return rc;
+    lb_redis_key k = lb_redis_priv_job_key(name, ":enqueued"), q = lb_redis_priv_job_key(name, ":queue");
     lb_redis_args a = {0};
-    a_str(&a, "SADD"), a_str(&a, k.s), a_str(&a, id);
-    int64_t n = 0;
-    if ((rc = lb_redis_priv_int(s, &a, &n, err)))
-        return rc;
-    if (n == 0)
-        return 0; /* an earlier coordinator already queued it */
-    rc = lb_redis_enqueue(s, name, id, payload, len, NULL, err);
-    if (rc) { /* undo the gate so a retry can queue it */
-        lb_redis_args u = {0};
-        lb_err e2 = {0};
-        a_str(&u, "SREM"), a_str(&u, k.s), a_str(&u, id);
-        lb_redis_priv_int(s, &u, &n, &e2);
-        return rc;
-    }
-    *added = true;
-    return 0;
+    a_str(&a, "EVAL"), a_str(&a, enqueue_once_lua), a_str(&a, "2"), a_str(&a, k.s), a_str(&a, q.s);
+    a_str(&a, id), a_bin(&a, payload ? payload : "", len);
+    redisReply *r = RUN(s, &a, true, false, err);
+    if (!r)
+        return err ? err->code : LB_ENET;
+    if (r->type == REDIS_REPLY_STRING)
+        *added = true; /* the new entry id; an integer 0 means queued before */
+    else if (r->type != REDIS_REPLY_INTEGER)
+        rc = lb_err_set(err, LB_EFORMAT, "%s: unexpected reply to the enqueue script", s->peer);
+    freeReplyObject(r);
+    return rc;
 }
 
 int lb_redis_complete(lb_redis *s, const char *name, const lb_redis_msg *msg, const void *result,

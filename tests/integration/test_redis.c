@@ -347,6 +347,15 @@ static void test_enqueue_claim_ack(void **state)
     for (int i = 0; i < 3; i++)
         lb_redis_msg_clear(&m[i]);
 
+    /* enqueue_once: the second call for the same id queues nothing */
+    bool added = false;
+    assert_int_equal(lb_redis_enqueue_once(s, "q1", "once", "p", 1, &added, &err), 0);
+    assert_true(added);
+    assert_int_equal(lb_redis_enqueue_once(s, "q1", "once", "p", 1, &added, &err), 0);
+    assert_false(added);
+    assert_int_equal(lb_redis_queue_stats(s, "q1", &c, &err), 0);
+    assert_int_equal(c.length, 2);
+
     /* a job without a queue: clear error, nothing to reclaim */
     assert_int_equal(lb_redis_claim(s, "noqueue", "w1", 0, &none, &got, &err), LB_ENOTFOUND);
     assert_non_null(strstr(err.msg, "has no queue yet"));
