@@ -65,6 +65,7 @@ static void usage(FILE *out)
             "  --max-failures K    failures before dead-lettering (default 3)\n"
             "  --heartbeat-ttl S   heartbeat key TTL, refreshed every S/3 (default 30)\n"
             "  --idle-exit S       exit after S seconds without work (default 0: never)\n"
+            "  --redis-wait S      keep retrying an unreachable Redis for S seconds (default 300)\n"
             "  --json              JSON lines on stdout: start, ran, failed, exit/error\n",
             LB_REDIS_DEFAULT_URL);
 }
@@ -265,6 +266,7 @@ int lb_cmd_worker(int argc, char **argv)
 {
     const char *url = NULL, *id_arg = NULL;
     long threads = 0, lease_ms = 600000, max_failures = 3, ttl = 30, idle_exit = 0;
+    long redis_wait = 300;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
@@ -286,6 +288,8 @@ int lb_cmd_worker(int argc, char **argv)
             bad = parse_num(v, 1, 1000, &max_failures);
         } else if (!strcmp(a, "--heartbeat-ttl") && v) {
             bad = parse_num(v, 1, 3600, &ttl);
+        } else if (!strcmp(a, "--redis-wait") && v) {
+            bad = parse_num(v, 0, 86400, &redis_wait);
         } else if (!strcmp(a, "--idle-exit") && v) {
             bad = parse_num(v, 0, 86400 * 365, &idle_exit);
         } else {
@@ -323,7 +327,10 @@ int lb_cmd_worker(int argc, char **argv)
     pthread_t beat;
     bool beat_started = false;
     int status = 1;
-    if (lb_redis_connect(b.url, NULL, &r, &err) ||
+    lb_redis_opts ro = lb_redis_opts_default();
+    ro.retries = 8; /* ~20 s of reconnect attempts per command: rides out a Redis restart */
+    ro.backoff_ms = 200;
+    if (lb_redis_connect(b.url, &ro, &r, &err) ||
         lb_redis_heartbeat(r, b.id, "starting", b.ttl_s, &err))
         goto fail;
     if (pthread_create(&beat, NULL, beat_main, &b) != 0) {
@@ -343,13 +350,19 @@ int lb_cmd_worker(int argc, char **argv)
         fprintf(stderr, "lowbit worker %s: serving %s (%ld threads)\n", b.id, lb_redis_peer(r),
                 threads);
 
-    double idle_since = now_s();
+    double idle_since = now_s(), ok_since = now_s();
     while (!g_stop) {
         char **names = NULL;
         int32_t n = 0;
         bool worked = false;
-        if (lb_redis_job_list(r, &names, &n, &err))
-            goto fail;
+        if (lb_redis_job_list(r, &names, &n, &err)) {
+            if (err.code != LB_ENET || now_s() - ok_since > (double)redis_wait)
+                goto fail;
+            fprintf(stderr, "lowbit worker %s: %s; retrying\n", b.id, err.msg);
+            sleep_ms(1000);
+            continue;
+        }
+        ok_since = now_s();
         for (int32_t j = 0; j < n && !g_stop; j++) {
             lb_redis_map m;
             bool cancelled = false;
@@ -371,6 +384,8 @@ int lb_cmd_worker(int argc, char **argv)
                 rc = lb_redis_claim(r, names[j], b.id, 0, &msg, &got, &err);
             if (rc == LB_ENOTFOUND)
                 continue; /* queue not created yet */
+            if (rc == LB_ENET)
+                break; /* Redis went away: back to the outer loop, which waits for it */
             if (rc) {
                 for (int32_t k = 0; k < n; k++)
                     free(names[k]);
@@ -382,12 +397,14 @@ int lb_cmd_worker(int argc, char **argv)
                 rc = run_item(r, &b, &cache, names[j], out_dir, &msg, (int)threads,
                               (int)max_failures, &err);
                 lb_redis_msg_clear(&msg);
-                if (rc) {
+                if (rc && rc != LB_ENET) {
                     for (int32_t k = 0; k < n; k++)
                         free(names[k]);
                     free(names);
                     goto fail;
                 }
+                if (rc) /* the result did not reach Redis: the lease expires and it re-runs */
+                    fprintf(stderr, "lowbit worker %s: %s\n", b.id, err.msg);
                 break; /* rescan from the first job: earlier jobs first */
             }
         }

@@ -9,7 +9,9 @@
 #include "lb_job.h"
 #include "lb_redis.h"
 
-enum { JOB_IDLE = 0, JOB_OUT = 1, JOB_FED = 2 };
+enum { JOB_IDLE = 0, JOB_OUT = 1, JOB_FED = 2, JOB_TO_QUEUE = 3 };
+
+#define REDIS_WAIT_S 300.0 /* how long an unreachable Redis is waited for */
 
 static double now_s(void)
 {
@@ -61,7 +63,10 @@ int lb_dist_run(lb_plan *plan, const lb_store *artifacts, const lb_dist_opts *o,
     lb_redis_result *res = NULL;
     int32_t n_res = 0;
     const char *name = o->job_name;
-    int rc = lb_redis_connect(o->redis_url, NULL, &r, err);
+    lb_redis_opts ro = lb_redis_opts_default();
+    ro.retries = 8; /* ~20 s of reconnect attempts per command */
+    ro.backoff_ms = 200;
+    int rc = lb_redis_connect(o->redis_url, &ro, &r, err);
     if (rc)
         return rc;
     int32_t n = lb_plan_job_count(plan);
@@ -111,9 +116,25 @@ int lb_dist_run(lb_plan *plan, const lb_store *artifacts, const lb_dist_opts *o,
     char cursor[48] = "0";
     int32_t done_count = 0, failed = 0;
     char first_error[512] = "";
+    double ok_since = now_s();
     for (;;) {
-        if ((rc = lb_redis_is_cancelled(r, name, &cancelled, err)))
+        /* A lost Redis (restart, failover) is waited for: every call below is
+         * idempotent, so the loop just goes round again. */
+        if (rc == LB_ENET) {
+            if (now_s() - ok_since > REDIS_WAIT_S)
+                goto done;
+            fprintf(stderr, "lowbit coordinator: %s; retrying\n", err ? err->msg : "Redis lost");
+            struct timespec ts = {1, 0};
+            nanosleep(&ts, NULL);
+        } else {
+            ok_since = now_s();
+        }
+        rc = 0;
+        if ((rc = lb_redis_is_cancelled(r, name, &cancelled, err))) {
+            if (rc == LB_ENET)
+                continue;
             goto done;
+        }
         if (cancelled) {
             rc = lb_err_set(err, LB_ESTATE, "job '%s' was cancelled (lowbit cancel)", name);
             goto done;
@@ -127,23 +148,34 @@ int lb_dist_run(lb_plan *plan, const lb_store *artifacts, const lb_dist_opts *o,
                         goto done;
                     continue;
                 }
-                const lb_job *job = lb_plan_job(plan, acts[k].job);
-                uint8_t *buf = NULL;
-                size_t len = 0;
-                bool added = false;
-                if ((rc = lb_job_encode(job, &buf, &len, err)))
-                    goto done;
-                rc = lb_redis_enqueue_once(r, name, job->id, buf, len, &added, err);
-                free(buf);
-                if (rc)
-                    goto done;
-                st[acts[k].job] = JOB_OUT;
+                st[acts[k].job] = JOB_TO_QUEUE;
             }
         }
+        for (int32_t j = 0; j < n && !rc; j++) {
+            if (st[j] != JOB_TO_QUEUE)
+                continue;
+            const lb_job *job = lb_plan_job(plan, j);
+            uint8_t *buf = NULL;
+            size_t len = 0;
+            bool added = false;
+            if ((rc = lb_job_encode(job, &buf, &len, err)))
+                goto done;
+            rc = lb_redis_enqueue_once(r, name, job->id, buf, len, &added, err);
+            free(buf);
+            if (!rc)
+                st[j] = JOB_OUT;
+        }
+        if (rc == LB_ENET)
+            continue;
+        if (rc)
+            goto done;
         if (lb_plan_done(plan) || (lb_plan_failed(plan) && lb_plan_running(plan) == 0))
             break;
-        if ((rc = lb_redis_results_read(r, name, cursor, 64, 1000, &res, &n_res, err)))
+        if ((rc = lb_redis_results_read(r, name, cursor, 64, 1000, &res, &n_res, err))) {
+            if (rc == LB_ENET)
+                continue;
             goto done;
+        }
         for (int32_t i = 0; i < n_res; i++) {
             int32_t j = find_job(plan, res[i].id);
             if (j < 0 || st[j] != JOB_OUT)
@@ -176,7 +208,8 @@ int lb_dist_run(lb_plan *plan, const lb_store *artifacts, const lb_dist_opts *o,
         }
         lb_redis_results_free(&res, n_res);
         n_res = 0;
-        if ((rc = update_record(r, name, plan, st, o->n_blocks, done_count, failed, t0, err)))
+        if ((rc = update_record(r, name, plan, st, o->n_blocks, done_count, failed, t0, err)) &&
+            rc != LB_ENET)
             goto done;
     }
     if ((rc = update_record(r, name, plan, st, o->n_blocks, done_count, failed, t0, err)))
