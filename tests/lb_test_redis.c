@@ -102,20 +102,10 @@ static int answers(int port)
     return ok;
 }
 
-int lb_test_redis_start(lb_test_redis *r, const char *const *extra)
+/* Starts redis-server on port in r->dir; 0 when it answers, -1 otherwise. */
+static int spawn_at(lb_test_redis *r, int port, const char *const *extra)
 {
-    memset(r, 0, sizeof *r);
-    if (!atexit_done) {
-        atexit(kill_all);
-        atexit_done = 1;
-    }
-    r->dir = lb_test_mkdtemp();
-    if (!r->dir)
-        return -1;
-    for (int attempt = 0; attempt < 5; attempt++) {
-        int port = lb_test_free_port();
-        if (port < 0)
-            break;
+    {
         char port_s[16], log[4200];
         snprintf(port_s, sizeof port_s, "%d", port);
         snprintf(log, sizeof log, "%s/redis.log", r->dir);
@@ -129,7 +119,7 @@ int lb_test_redis_start(lb_test_redis *r, const char *const *extra)
         pid_t parent = getpid();
         pid_t pid = fork();
         if (pid < 0)
-            break;
+            return -1;
         if (pid == 0) {
             prctl(PR_SET_PDEATHSIG, SIGKILL);
             if (getppid() != parent)
@@ -145,10 +135,9 @@ int lb_test_redis_start(lb_test_redis *r, const char *const *extra)
         }
         track(pid, 1);
         for (int i = 0; i < 250; i++) { /* up to ~5 s */
-            if (waitpid(pid, NULL, WNOHANG) == pid) { /* died: port taken, retry */
+            if (waitpid(pid, NULL, WNOHANG) == pid) { /* died: port taken */
                 track(pid, 0);
-                pid = 0;
-                break;
+                return -1;
             }
             if (answers(port)) {
                 r->pid = pid;
@@ -164,8 +153,44 @@ int lb_test_redis_start(lb_test_redis *r, const char *const *extra)
             track(pid, 0);
         }
     }
+    return -1;
+}
+
+int lb_test_redis_start(lb_test_redis *r, const char *const *extra)
+{
+    memset(r, 0, sizeof *r);
+    if (!atexit_done) {
+        atexit(kill_all);
+        atexit_done = 1;
+    }
+    r->dir = lb_test_mkdtemp();
+    if (!r->dir)
+        return -1;
+    for (int attempt = 0; attempt < 5; attempt++) {
+        int port = lb_test_free_port();
+        if (port < 0)
+            break;
+        if (spawn_at(r, port, extra) == 0)
+            return 0;
+    }
     lb_test_rmdir(&r->dir);
     return -1;
+}
+
+void lb_test_redis_crash(lb_test_redis *r)
+{
+    if (r->pid > 0) {
+        kill(r->pid, SIGKILL);
+        waitpid(r->pid, NULL, 0);
+        track(r->pid, 0);
+        r->pid = 0;
+    }
+}
+
+int lb_test_redis_restart(lb_test_redis *r, const char *const *extra)
+{
+    lb_test_redis_crash(r);
+    return r->dir && r->port > 0 ? spawn_at(r, r->port, extra) : -1;
 }
 
 void lb_test_redis_stop(lb_test_redis *r)

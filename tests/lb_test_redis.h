@@ -24,6 +24,13 @@ int lb_test_redis_start(lb_test_redis *r, const char *const *extra);
  * dir. Safe to call twice or on a never-started record. */
 void lb_test_redis_stop(lb_test_redis *r);
 
+/* kill -9 of the server, keeping its directory (AOF) and port for a restart. */
+void lb_test_redis_crash(lb_test_redis *r);
+
+/* Starts the server again on the same port and directory (extra as for start).
+ * Returns 0 or -1. */
+int lb_test_redis_restart(lb_test_redis *r, const char *const *extra);
+
 /* A free TCP port on 127.0.0.1 (bound then closed), or -1. Nothing listens there. */
 int lb_test_free_port(void);
 
