@@ -134,6 +134,7 @@ int lb_plan_new(const lb_plan_spec *s, lb_plan **out, lb_err *err)
     lb_err_clear(err);
     const int32_t L = s->cfg->num_hidden_layers;
     lb_job t;
+    lb_job_init(&t); /* the failure path clears it */
     char calib_id[LB_ID_HEX], buf[LB_ID_HEX + 16];
     int n = snprintf(buf, sizeof buf, "calib:%s", s->calib_fp);
     lb_sha256_hex(buf, (size_t)n, calib_id);

@@ -329,7 +329,8 @@ static int get_str(const cursor *c, uint32_t i, char *dst, size_t size)
         return bad(c, i, "is too long");
     if (o->via.str.size && memchr(o->via.str.ptr, 0, o->via.str.size))
         return bad(c, i, "holds a NUL byte");
-    memcpy(dst, o->via.str.ptr, o->via.str.size);
+    if (o->via.str.size) /* an empty string may come with a NULL pointer */
+        memcpy(dst, o->via.str.ptr, o->via.str.size);
     dst[o->via.str.size] = '\0';
     return 0;
 }
@@ -390,6 +391,80 @@ static int decode_opts(const cursor *c, lb_qopts *o)
     return 0;
 }
 
+/* Walks the msgpack structure of buf without allocating: exactly one object
+ * spanning all len bytes, every length and element count within the bytes that
+ * remain. msgpack-c allocates what headers declare, so this runs first and a
+ * corrupted count cannot make the decoder allocate gigabytes.
+ * Returns 0, 1 (truncated), 2 (trailing bytes), 3 (invalid byte / count). */
+static int msgpack_scan(const uint8_t *buf, size_t len, size_t *end)
+{
+    uint64_t pending = 1, pos = 0;
+    while (pending > 0) {
+        if (pos >= len)
+            return 1;
+        uint8_t b = buf[pos++];
+        uint64_t skip = 0, count = 0;
+        int lenbytes = 0, extra = 0;
+        pending--;
+        if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) {
+            continue;
+        } else if (b >= 0x80 && b <= 0x8f) {
+            count = 2u * (uint64_t)(b & 0x0f);
+        } else if (b >= 0x90 && b <= 0x9f) {
+            count = b & 0x0f;
+        } else if (b >= 0xa0 && b <= 0xbf) {
+            skip = b & 0x1f;
+        } else {
+            switch (b) {
+            case 0xc4: case 0xd9: lenbytes = 1; break;
+            case 0xc5: case 0xda: lenbytes = 2; break;
+            case 0xc6: case 0xdb: lenbytes = 4; break;
+            case 0xc7: lenbytes = 1; extra = 1; break;
+            case 0xc8: lenbytes = 2; extra = 1; break;
+            case 0xc9: lenbytes = 4; extra = 1; break;
+            case 0xca: skip = 4; break;
+            case 0xcb: skip = 8; break;
+            case 0xcc: case 0xd0: skip = 1; break;
+            case 0xcd: case 0xd1: skip = 2; break;
+            case 0xce: case 0xd2: skip = 4; break;
+            case 0xcf: case 0xd3: skip = 8; break;
+            case 0xd4: skip = 2; break;
+            case 0xd5: skip = 3; break;
+            case 0xd6: skip = 5; break;
+            case 0xd7: skip = 9; break;
+            case 0xd8: skip = 17; break;
+            case 0xdc: case 0xde: lenbytes = -2; break;
+            case 0xdd: case 0xdf: lenbytes = -4; break;
+            default: return 3; /* 0xc1 is never used */
+            }
+        }
+        if (lenbytes != 0) {
+            int nb = lenbytes < 0 ? -lenbytes : lenbytes;
+            if (len - pos < (uint64_t)nb)
+                return 1;
+            uint64_t v = 0;
+            for (int k = 0; k < nb; k++)
+                v = (v << 8) | buf[pos + (uint64_t)k];
+            pos += (uint64_t)nb;
+            if (lenbytes < 0)
+                count = (b == 0xde || b == 0xdf) ? 2 * v : v;
+            else
+                skip = v + (uint64_t)extra;
+        }
+        if (count > 0) {
+            /* every element takes at least one byte */
+            if (count > len - pos)
+                return 1;
+            pending += count;
+        }
+        if (skip > len - pos)
+            return 1;
+        pos += skip;
+    }
+    *end = (size_t)pos;
+    return pos == len ? 0 : 2;
+}
+
 /* Unpacks exactly one top-level array from buf. */
 static int unpack_one(const uint8_t *buf, size_t len, msgpack_unpacked *u, const char *what,
                       lb_err *err)
@@ -397,6 +472,16 @@ static int unpack_one(const uint8_t *buf, size_t len, msgpack_unpacked *u, const
     if (!buf || len == 0)
         return lb_err_set(err, LB_EFORMAT, "%s message: empty", what);
     size_t off = 0;
+    int scan = msgpack_scan(buf, len, &off);
+    if (scan == 1)
+        return lb_err_set(err, LB_EFORMAT, "%s message: truncated (%zu bytes); resend it",
+                          what, len);
+    if (scan == 2)
+        return lb_err_set(err, LB_EFORMAT, "%s message: %zu trailing bytes after the message",
+                          what, len - off);
+    if (scan == 3)
+        return lb_err_set(err, LB_EFORMAT, "%s message: not valid msgpack", what);
+    off = 0;
     msgpack_unpack_return r = msgpack_unpack_next(u, (const char *)buf, len, &off);
     if (r == MSGPACK_UNPACK_CONTINUE)
         return lb_err_set(err, LB_EFORMAT, "%s message: truncated (%zu bytes); resend it",

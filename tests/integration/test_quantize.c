@@ -216,8 +216,8 @@ static void test_bad_inputs(void **state)
     char *dir = lb_test_mkdtemp();
     char q[4200], odd[4200], big[4200], args[16384];
     snprintf(q, sizeof q, "%s/q", dir);
-    uint32_t ids[1000];
-    for (int i = 0; i < 1000; i++)
+    uint32_t ids[1024];
+    for (int i = 0; i < 1024; i++)
         ids[i] = (uint32_t)(i % 500);
     snprintf(odd, sizeof odd, "%s/odd.u32", dir);
     assert_int_equal(lb_tokens_write_u32(odd, ids, 1000, NULL), 0);

@@ -175,6 +175,15 @@ static void test_wrong_version_and_magic(void **state)
     assert_int_equal(lb_job_result_decode(buf, len, &res, &err), LB_EFORMAT);
     free(buf);
     lb_job_clear(&job);
+    /* a header declaring 2^32-1 elements is rejected before anything is allocated */
+    const uint8_t huge[] = {0xdd, 0xff, 0xff, 0xff, 0xff, 0xa5, 'l', 'b', 'j', 'o', 'b'};
+    assert_int_equal(lb_job_decode(huge, sizeof huge, &back, &err), LB_EFORMAT);
+    assert_non_null(strstr(err.msg, "truncated"));
+    const uint8_t bigstr[] = {0xdb, 0x7f, 0xff, 0xff, 0xff, 'x'};
+    assert_int_equal(lb_job_decode(bigstr, sizeof bigstr, &back, &err), LB_EFORMAT);
+    const uint8_t never[] = {0xc1};
+    assert_int_equal(lb_job_decode(never, sizeof never, &back, &err), LB_EFORMAT);
+    assert_non_null(strstr(err.msg, "not valid msgpack"));
 }
 
 static void test_result_round_trip(void **state)
