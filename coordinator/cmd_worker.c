@@ -360,6 +360,7 @@ int lb_cmd_worker(int argc, char **argv)
                 goto fail;
             fprintf(stderr, "lowbit worker %s: %s; retrying\n", b.id, err.msg);
             sleep_ms(1000);
+            idle_since = now_s();
             continue;
         }
         ok_since = now_s();
@@ -384,8 +385,14 @@ int lb_cmd_worker(int argc, char **argv)
                 rc = lb_redis_claim(r, names[j], b.id, 0, &msg, &got, &err);
             if (rc == LB_ENOTFOUND)
                 continue; /* queue not created yet */
-            if (rc == LB_ENET)
-                break; /* Redis went away: back to the outer loop, which waits for it */
+            if (rc == LB_ENET) {
+                /* Redis went away: back to the outer loop, which waits for it;
+                 * an outage is not idleness */
+                fprintf(stderr, "lowbit worker %s: %s; retrying\n", b.id, err.msg);
+                idle_since = now_s();
+                sleep_ms(500);
+                break;
+            }
             if (rc) {
                 for (int32_t k = 0; k < n; k++)
                     free(names[k]);

@@ -6,19 +6,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "lb_redis.h"
 #include "lb_test_redis.h"
 #include "lb_test_util.h"
 
 static lb_test_redis g_srv;
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
 
 static int group_setup(void **state)
 {
@@ -312,79 +305,6 @@ static void test_coordinator_restart_resumes(void **state)
     lb_test_rmdir(&dir);
 }
 
-/* Redis killed (-9) mid-run and restarted from its AOF: coordinator and
- * worker wait for it and finish with the same checkpoint bytes as embedded. */
-static void test_redis_crash_mid_run(void **state)
-{
-    (void)state;
-    LB_TEST_REQUIRE_REDIS();
-    char model[4096], calib[4096];
-    LB_TEST_REQUIRE_SHARED(model, "models/stories260K");
-    LB_TEST_REQUIRE_SHARED(calib, "data/stories260K-calib.u32");
-    const char *aof[] = {"--appendonly", "yes", "--appendfsync", "always", NULL};
-    lb_test_redis srv;
-    assert_int_equal(lb_test_redis_start(&srv, aof), 0);
-    char *dir = lb_test_mkdtemp();
-    const char *bin = lb_test_lowbit_bin();
-    const char *q = "--ctx 128 --nsamples 8 --method gptq --bits 3 --threads 1";
-    char *out = NULL;
-    int rc = lb_test_run(&out, "'%s' quantize --model '%s' --calib '%s' --out '%s/emb' %s 2>&1",
-                         bin, model, calib, dir, q);
-    free(out);
-    if (rc) {
-        lb_test_redis_stop(&srv);
-        fail_msg("embedded quantize failed");
-    }
-    rc = lb_test_run(&out,
-                     "'%s' coordinator --redis %s --job x1 --model '%s' --calib '%s' --out '%s/dist' "
-                     "%s > '%s/coord.log' 2>&1 < /dev/null & echo $! > '%s/coord.pid'; "
-                     "'%s' worker --redis %s --threads 1 --idle-exit 4 --id wX > '%s/w.log' 2>&1 "
-                     "< /dev/null & echo $! > '%s/w.pid'",
-                     bin, srv.url, model, calib, dir, q, dir, dir, bin, srv.url, dir, dir);
-    free(out);
-    /* wait for some progress, then crash Redis and bring it back a second later */
-    bool progressed = false;
-    for (int i = 0; i < 200 && !progressed && rc == 0; i++) {
-        lb_redis *s = NULL;
-        lb_err err = {0};
-        lb_redis_map m;
-        memset(&m, 0, sizeof m);
-        if (lb_redis_connect(srv.url, NULL, &s, &err) == 0 &&
-            lb_redis_job_get(s, "x1", &m, &err) == 0) {
-            const char *d = lb_redis_map_get(&m, "jobs_done");
-            progressed = d && atoi(d) >= 3;
-        }
-        lb_redis_map_clear(&m);
-        lb_redis_free(&s);
-        if (!progressed)
-            sleep_ms(50);
-    }
-    lb_test_redis_crash(&srv);
-    sleep_ms(1000);
-    int restarted = lb_test_redis_restart(&srv, aof);
-    rc = lb_test_run(&out, "for p in $(cat '%s/coord.pid') $(cat '%s/w.pid'); do "
-                     "while kill -0 $p 2>/dev/null; do sleep 0.2; done; done; "
-                     "grep -c retrying '%s/coord.log' '%s/w.log'; tail -n 1 '%s/coord.log'",
-                     dir, dir, dir, dir, dir);
-    char a[4200], b[4200];
-    snprintf(a, sizeof a, "%s/emb/model.safetensors", dir);
-    snprintf(b, sizeof b, "%s/dist/model.safetensors", dir);
-    size_t la = 0, lb = 0;
-    unsigned char *da = slurp(a, &la), *db = slurp(b, &lb);
-    bool same = da && db && la == lb && !memcmp(da, db, la);
-    free(da);
-    free(db);
-    lb_test_redis_stop(&srv);
-    lb_test_rmdir(&dir);
-    assert_true(progressed);
-    assert_int_equal(restarted, 0);
-    assert_int_equal(rc, 0);
-    if (!same)
-        fail_msg("distributed checkpoint differs or is missing after the Redis crash: %s",
-                 out ? out : "");
-    free(out);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -394,7 +314,6 @@ int main(void)
         cmocka_unit_test(test_cancel_stops_coordinator),
         cmocka_unit_test(test_crashed_worker_lease_reclaimed),
         cmocka_unit_test(test_coordinator_restart_resumes),
-        cmocka_unit_test(test_redis_crash_mid_run),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
