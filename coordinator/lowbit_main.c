@@ -28,6 +28,10 @@ static const lb_cli_command commands[] = {
     {"qmatrix", lb_cmd_qmatrix, "quantize one weight matrix with its Hessian"},
     {"gen-calib", lb_cmd_gen_calib, "sample calibration tokens from the model (data-free)"},
     {"synth", lb_cmd_synth, "write a synthetic LLaMA checkpoint with real outlier structure"},
+    {"status", lb_cmd_status, "progress of a distributed job (Redis)"},
+    {"cancel", lb_cmd_cancel, "cancel a distributed job (Redis)"},
+    {"coordinator", lb_cmd_coordinator, "plan a quantize run as a distributed job (Redis)"},
+    {"worker", lb_cmd_worker, "run distributed jobs from Redis"},
     {"version", cmd_version, "print the version"},
 };
 
