@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "lb_blas.h"
+#include "lb_gptq.h"
 #include "lb_hessian.h"
 #include "lb_quant.h"
 
@@ -204,6 +205,8 @@ int main(int argc, char **argv)
                 o.group_size = (int32_t)group;
                 o.act_order = act;
                 lb_qresult res = {0};
+                lb_gptq_stats st0, st;
+                lb_gptq_last_stats(&st0);
                 double t1 = now();
                 int rc = all[k]->quantize(W, rows, cols, H, &o, &res, &err);
                 double dt = now() - t1;
@@ -228,6 +231,20 @@ int main(int argc, char **argv)
                        all[k]->name, rows, cols, bits, group, act ? "true" : "false", dt,
                        flops / dt / 1e9, flops / dt / 1e9 / gemm, ratio, res.bpw,
                        ref > 0 ? e / ref : 0.0);
+                lb_gptq_last_stats(&st);
+                if (st.run_id == st0.run_id + 1) // exactly one engine run: its phases
+                    printf("{\"bench\":\"gptq_phases\",\"method\":\"%s\",\"shape\":\"%lldx%lld\","
+                           "\"prep_s\":%.3f,\"chol_s\":%.3f,\"chol_gflops\":%.2f,"
+                           "\"inv_s\":%.3f,\"inv_gflops\":%.2f,\"hook_s\":%.3f,"
+                           "\"update_s\":%.3f,\"update_gflops\":%.2f,\"gemm_s\":%.3f,"
+                           "\"gemm_gflops\":%.2f,\"gemm_frac_of_sgemm\":%.3f,"
+                           "\"end_s\":%.3f,\"finish_s\":%.3f,\"engine_s\":%.3f,\"outside_engine_s\":%.3f}\n",
+                           all[k]->name, rows, cols, st.prep_s, st.chol_s,
+                           st.chol_flops / st.chol_s / 1e9, st.inv_s,
+                           st.inv_flops / st.inv_s / 1e9, st.hook_s, st.update_s,
+                           st.update_flops / st.update_s / 1e9, st.gemm_s,
+                           st.gemm_flops / st.gemm_s / 1e9, st.gemm_flops / st.gemm_s / 1e9 / gemm,
+                           st.end_s, st.finish_s, st.total_s, dt - st.total_s);
                 fflush(stdout);
                 lb_qresult_free(&res);
             }

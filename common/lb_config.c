@@ -197,7 +197,7 @@ static int parse_root(lb_config *c, json_t *root, const char *src, lb_err *err)
                           "%s: key \"model_type\" = '%s' is not supported (llama, mistral, qwen2)",
                           src, mt);
     c->arch = k_archs[ai].arch;
-    snprintf(c->model_type, sizeof c->model_type, "%s", mt);
+    snprintf(c->model_type, sizeof c->model_type, "%.*s", (int)sizeof c->model_type - 1, mt);
 
     if ((rc = get_int(root, "hidden_size", 1, &c->hidden_size, src, err)) < 0 ||
         (rc = get_int(root, "intermediate_size", 1, &c->intermediate_size, src, err)) < 0 ||

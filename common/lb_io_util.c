@@ -226,3 +226,25 @@ done:
     free(tmp);
     return rc;
 }
+
+int lb_io_mkdir_p(const char *path, lb_err *err)
+{
+    char buf[4096];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof buf)
+        return lb_err_set(err, LB_EINVAL, "%s: directory path is empty or too long", path);
+    memcpy(buf, path, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (buf[i] != '/' && buf[i] != '\0')
+            continue;
+        char saved = buf[i];
+        buf[i] = '\0';
+        struct stat st;
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+            return lb_err_set(err, LB_EIO, "%s: cannot create directory: %s", buf, strerror(errno));
+        if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode))
+            return lb_err_set(err, LB_EIO, "%s: exists and is not a directory", buf);
+        buf[i] = saved;
+    }
+    return LB_OK;
+}

@@ -43,4 +43,8 @@ int lb_io_write_atomic(const char *path, const void *data, size_t len, lb_err *e
  * Returns 0 or LB_EIO. */
 int lb_io_fsync_parent(const char *path, lb_err *err);
 
+/* Creates directory path and any missing parents (like `mkdir -p`); an existing
+ * directory is fine. Returns 0 or LB_EIO naming the component that failed. */
+int lb_io_mkdir_p(const char *path, lb_err *err);
+
 #endif

@@ -15,6 +15,7 @@
 #include <jansson.h>
 
 #include "lb_cli.h"
+#include "lb_dist.h"
 #include "lb_distill.h"
 #include "lb_exec.h"
 #include "lb_io_util.h"
@@ -301,10 +302,8 @@ static int claim_out_dir(const char *out, const char *run_id, bool force, lb_err
                 goto done;
         }
     }
-    if (mkdir(out, 0755) != 0 && errno != EEXIST) {
-        rc = lb_err_set(err, LB_EIO, "%s: cannot create (%s)", out, strerror(errno));
+    if ((rc = lb_io_mkdir_p(out, err)))
         goto done;
-    }
     if (mkdir(hidden, 0755) != 0 && errno != EEXIST) {
         rc = lb_err_set(err, LB_EIO, "%s: cannot create (%s)", hidden, strerror(errno));
         goto done;
@@ -318,7 +317,7 @@ done:
     return rc;
 }
 
-int lb_cmd_quantize(int argc, char **argv)
+int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
 {
     const char *model_dir = NULL, *calib = NULL, *out = NULL, *method = NULL;
     const char *ovr_spec[MAX_OVERRIDES];
@@ -595,8 +594,21 @@ int lb_cmd_quantize(int argc, char **argv)
     const char *crash = getenv("LOWBIT_TEST_CRASH_AFTER_JOBS");
     if (crash && *crash)
         ro.crash_after_jobs = atoi(crash);
-    if (lb_runner_run(plan, &ectx, &ro, &err))
+    if (dist) { /* distributed: the same plan, fed through Redis to `lowbit worker`s */
+        lb_dist_opts d = *dist;
+        d.fingerprint = run_id;
+        d.method = method;
+        d.bits = opts.bits;
+        d.model_dir = model_dir;
+        d.out_dir = out;
+        d.n_blocks = L;
+        d.progress = on_progress;
+        d.user = &ps;
+        if (lb_dist_run(plan, store, &d, &err))
+            goto fail;
+    } else if (lb_runner_run(plan, &ectx, &ro, &err)) {
         goto fail;
+    }
 
     lb_packed_summary sum;
     if (lb_packed_verify(out, &sum, &err))
@@ -641,3 +653,5 @@ fail:
     lb_model_free(&model);
     return status;
 }
+
+int lb_cmd_quantize(int argc, char **argv) { return lb_quantize_main(argc, argv, NULL); }

@@ -21,14 +21,18 @@ typedef struct {
 
 static const lb_cli_command commands[] = {
     /* one line per subcommand, in the order `lowbit --help` lists them */
-    {"version", cmd_version, "print the version"},
-    {"eval", lb_cmd_eval, "perplexity / KL of a model on token ids"},
-    {"qmatrix", lb_cmd_qmatrix, "quantize one weight matrix with its Hessian"},
     {"quantize", lb_cmd_quantize, "quantize a whole model block by block (packed checkpoint)"},
+    {"eval", lb_cmd_eval, "perplexity / KL of a model on token ids"},
     {"export", lb_cmd_export, "packed checkpoint -> plain HF checkpoint (f32/f16/bf16)"},
     {"verify", lb_cmd_verify, "check a packed checkpoint's manifest checksums"},
+    {"qmatrix", lb_cmd_qmatrix, "quantize one weight matrix with its Hessian"},
     {"gen-calib", lb_cmd_gen_calib, "sample calibration tokens from the model (data-free)"},
     {"synth", lb_cmd_synth, "write a synthetic LLaMA checkpoint with real outlier structure"},
+    {"status", lb_cmd_status, "progress of a distributed job (Redis)"},
+    {"cancel", lb_cmd_cancel, "cancel a distributed job (Redis)"},
+    {"coordinator", lb_cmd_coordinator, "plan a quantize run as a distributed job (Redis)"},
+    {"worker", lb_cmd_worker, "run distributed jobs from Redis"},
+    {"version", cmd_version, "print the version"},
 };
 
 static void usage(FILE *out)

@@ -5,7 +5,7 @@
 #
 # Usage: deploy/quickstart.sh [OUT_DIR]
 # Environment: LOWBIT_SHARED (fixtures, default ../shared), METHOD (gptq),
-#              BITS (3), EXTRA (more `lowbit quantize` options).
+#              BITS (4), EXTRA (more `lowbit quantize` options).
 # Without the shared fixtures it synthesizes a tiny model and samples its
 # calibration data from the model itself (gen-calib).
 set -euo pipefail
@@ -13,7 +13,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 out=${1:-out/quickstart}
 method=${METHOD:-gptq}
-bits=${BITS:-3}
+bits=${BITS:-4}
 shared=${LOWBIT_SHARED:-$root/../shared}
 
 bash deploy/install-deps.sh

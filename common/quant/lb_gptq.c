@@ -4,10 +4,18 @@
 
 #include <float.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "lb_blas.h"
+
+static _Thread_local lb_gptq_stats last_stats;
+
+void lb_gptq_last_stats(lb_gptq_stats *out)
+{
+    *out = last_stats;
+}
 
 uint32_t lb_gptq_perm_bits(int64_t cols)
 {
@@ -81,7 +89,7 @@ static int64_t gcd64(int64_t a, int64_t b)
  * the thread count: BLAS runs on one thread and the parallel parts are fixed row chunks
  * computed independently (each element always sees the same operations in the same
  * order), instead of LAPACK's thread-dependent partition. */
-enum { CHOL_NB = 128, CHOL_ROWS = 128, INV_COLS = 128 };
+enum { CHOL_NB = 256, CHOL_ROWS = 256, INV_COLS = 256, INV_ROWS = 256 };
 
 static int chol_lower_det(float *A, int64_t n, lb_err *err)
 {
@@ -109,21 +117,35 @@ static int chol_lower_det(float *A, int64_t n, lb_err *err)
     return LB_OK;
 }
 
-/* U (n, n): upper factor with H^-1 = Uᵀ U, from the damped, permuted H in A (destroyed).
- * J A J = L Lᵀ  =>  A^-1 = (J L^-T J)(J L^-1 J) = Uᵀ U with U = J L^-1 J upper.
+/* Index of the first NaN/Inf in x (len), or -1. Parallel count, serial search only
+ * on failure. */
+static int64_t first_nonfinite(const float *x, int64_t len)
+{
+    int64_t bad = 0;
+#pragma omp parallel for simd schedule(static) reduction(+ : bad)
+    for (int64_t i = 0; i < len; i++)
+        bad += !isfinite(x[i]);
+    if (!bad)
+        return -1;
+    for (int64_t i = 0; i < len; i++)
+        if (!isfinite(x[i]))
+            return i;
+    return -1;
+}
+
+/* U (n, n): upper factor with H^-1 = Uᵀ U, from J Hp J in A (destroyed), Hp the
+ * damped, permuted H and J the index reversal (the caller builds A reversed).
+ * J Hp J = L Lᵀ  =>  A^-1 = (J L^-T J)(J L^-1 J) = Uᵀ U with U = J L^-1 J upper.
  * L^-1 is solved in independent column chunks: L^-1[j0:, j0:j1] = L[j0:, j0:]^-1 I. */
 static int cholesky_inverse_upper(float *A, float *U, int64_t n, const float *hdiag,
-                                  const int64_t *perm, lb_err *err)
+                                  const int64_t *perm, lb_gptq_stats *stats, lb_err *err)
 {
-    // A <- J A J: reversing the flat array maps (a, b) to (n-1-a, n-1-b)
-    for (int64_t i = 0, j = n * n - 1; i < j; i++, j--) {
-        float t = A[i];
-        A[i] = A[j];
-        A[j] = t;
-    }
+    double t0 = omp_get_wtime();
     const int saved_threads = lb_blas_get_threads();
     lb_blas_set_threads(1);
     int rc = chol_lower_det(A, n, err);
+    stats->chol_s = omp_get_wtime() - t0;
+    t0 = omp_get_wtime();
     if (rc) {
         lb_blas_set_threads(saved_threads);
         return lb_err_prefix(err, "gptq: H is singular after damping (raise --damp)");
@@ -142,19 +164,30 @@ static int cholesky_inverse_upper(float *A, float *U, int64_t n, const float *hd
         }
     }
     const int64_t nchunks = (n + INV_COLS - 1) / INV_COLS;
-    bool oom = false;
-#pragma omp parallel for schedule(dynamic, 1) reduction(|| : oom)
+    // one (n, INV_COLS) scratch per thread, allocated once: fresh pages are expensive
+    const int nthr = omp_get_max_threads();
+    float *Xs = lb_quant_big_alloc((size_t)nthr * (size_t)n * INV_COLS * sizeof *Xs);
+    if (!Xs) {
+        lb_blas_set_threads(saved_threads);
+        return lb_err_set(err, LB_ENOMEM, "gptq: out of memory inverting H");
+    }
+#pragma omp parallel for schedule(dynamic, 1)
     for (int64_t ci = 0; ci < nchunks; ci++) {
         const int64_t j0 = ci * INV_COLS, w = j0 + INV_COLS < n ? INV_COLS : n - j0, m = n - j0;
-        float *X = calloc((size_t)(m * w), sizeof *X);
-        if (!X) {
-            oom = true;
-            continue;
-        }
+        float *X = Xs + (size_t)omp_get_thread_num() * (size_t)n * INV_COLS;
+        const float *Lc = A + j0 * n + j0; // L[j0:, j0:] (m, m), row stride n
+        // X (m, w) = L[j0:, j0:]^-1 [I; 0] by forward substitution over row blocks,
+        // the bulk as GEMMs: X[i0:i1] = L_ii^-1 ([I; 0][i0:i1] - L[i0:i1, :i0] @ X[:i0])
+        memset(X, 0, (size_t)(w * w) * sizeof *X);
         for (int64_t j = 0; j < w; j++)
             X[j * w + j] = 1.0f;
-        // X (m, w) <- L[j0:, j0:]^-1 X
-        lb_strsm(true, false, false, m, w, 1.0f, A + j0 * n + j0, n, X, w);
+        for (int64_t i0 = 0; i0 < m; i0 += INV_ROWS) {
+            const int64_t i1 = i0 + INV_ROWS < m ? i0 + INV_ROWS : m;
+            if (i0 > 0) // rows past w: the identity part is 0 (INV_ROWS >= INV_COLS)
+                lb_sgemm(false, false, i1 - i0, w, i0, -1.0f, Lc + i0 * n, n, X, w, 0.0f,
+                         X + i0 * w, w);
+            lb_strsm(true, false, false, i1 - i0, w, 1.0f, Lc + i0 * n + i0, n, X + i0 * w, w);
+        }
         // U[n-1-(j0+i), n-1-(j0+j)] = L^-1[j0+i, j0+j]; zero below U's diagonal
         for (int64_t i = 0; i < m; i++)
             for (int64_t j = 0; j < w; j++)
@@ -163,11 +196,10 @@ static int cholesky_inverse_upper(float *A, float *U, int64_t n, const float *hd
         for (int64_t i = 0; i < j0; i++)
             for (int64_t j = 0; j < w; j++)
                 U[(n - 1 - i) * n + (n - 1 - (j0 + j))] = 0.0f;
-        free(X);
     }
+    free(Xs);
     lb_blas_set_threads(saved_threads);
-    if (oom)
-        return lb_err_set(err, LB_ENOMEM, "gptq: out of memory inverting H");
+    stats->inv_s = omp_get_wtime() - t0; // the checks below are cheap
     for (int64_t a = 0; a < n; a++) {
         float d = U[a * n + a];
         if (!(d > 0.0f) || !isfinite(d))
@@ -176,10 +208,9 @@ static int cholesky_inverse_upper(float *A, float *U, int64_t n, const float *hd
                               "H is (nearly) singular, raise --damp",
                               (double)d, (long long)a);
     }
-    for (int64_t i = 0; i < n * n; i++)
-        if (!isfinite(U[i]))
-            return lb_err_set(err, LB_ENUMERIC,
-                              "gptq: Cholesky factor of H^-1 is not finite; raise --damp");
+    if (first_nonfinite(U, n * n) >= 0)
+        return lb_err_set(err, LB_ENUMERIC,
+                          "gptq: Cholesky factor of H^-1 is not finite; raise --damp");
     return LB_OK;
 }
 
@@ -188,8 +219,10 @@ static void untranspose(const float *Wt, const int64_t *perm, int64_t rows, int6
                         float *W_hat)
 {
     enum { T = 32 };
-    for (int64_t c0 = 0; c0 < cols; c0 += T)
-        for (int64_t r0 = 0; r0 < rows; r0 += T) {
+    // each thread owns whole row tiles of W_hat: disjoint writes
+#pragma omp parallel for schedule(static)
+    for (int64_t r0 = 0; r0 < rows; r0 += T)
+        for (int64_t c0 = 0; c0 < cols; c0 += T) {
             int64_t c1 = c0 + T < cols ? c0 + T : cols, r1 = r0 + T < rows ? r0 + T : rows;
             for (int64_t c = c0; c < c1; c++)
                 for (int64_t r = r0; r < r1; r++)
@@ -214,8 +247,13 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
                           (long long)cols);
     int rc = LB_OK;
     const int64_t n = cols, bs = opts->block_size;
-    float *A = lb_quant_big_alloc((size_t)(n * n) * sizeof *A), *Uf = NULL;
-    float *Wt = lb_quant_big_alloc((size_t)(rows * n) * sizeof *Wt);
+    lb_gptq_stats stats = {.run_id = last_stats.run_id + 1};
+    const double t_start = omp_get_wtime();
+    double t_phase = t_start, t_loop = 0.0;
+    // one buffer holds A (n, n) during the factorization, then Wt (n, rows): fresh
+    // memory costs page faults, so the engine touches as little as it can
+    float *A = lb_quant_big_alloc((size_t)((rows > n ? rows : n) * n) * sizeof *A), *Uf = NULL;
+    float *Wt = NULL;
     uint8_t *dead = malloc((size_t)n);
     float *E = malloc((size_t)(rows * bs) * sizeof *E);
     float *q = malloc((size_t)rows * sizeof *q);
@@ -223,23 +261,22 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
     float *hdiag = malloc((size_t)n * sizeof *hdiag);
     int64_t *perm = malloc((size_t)n * sizeof *perm);
     int64_t *iperm = malloc((size_t)n * sizeof *iperm);
-    if (!A || !Wt || !E || !q || !diag || !hdiag || !perm || !iperm || !dead) {
+    if (!A || !E || !q || !diag || !hdiag || !perm || !iperm || !dead) {
         rc = lb_err_set(err, LB_ENOMEM, "gptq: out of memory for %lld x %lld",
                         (long long)rows, (long long)cols);
         goto cleanup;
     }
-    for (int64_t i = 0; i < n * n; i++)
-        if (!isfinite(H[i])) {
-            rc = lb_err_set(err, LB_ENUMERIC, "gptq: H[%lld, %lld] is NaN/Inf",
-                            (long long)(i / n), (long long)(i % n));
-            goto cleanup;
-        }
-    for (int64_t i = 0; i < rows * n; i++)
-        if (!isfinite(W[i])) {
-            rc = lb_err_set(err, LB_ENUMERIC, "gptq: W[%lld, %lld] is NaN/Inf",
-                            (long long)(i / n), (long long)(i % n));
-            goto cleanup;
-        }
+    int64_t bad;
+    if ((bad = first_nonfinite(H, n * n)) >= 0) {
+        rc = lb_err_set(err, LB_ENUMERIC, "gptq: H[%lld, %lld] is NaN/Inf",
+                        (long long)(bad / n), (long long)(bad % n));
+        goto cleanup;
+    }
+    if ((bad = first_nonfinite(W, rows * n)) >= 0) {
+        rc = lb_err_set(err, LB_ENUMERIC, "gptq: W[%lld, %lld] is NaN/Inf",
+                        (long long)(bad / n), (long long)(bad % n));
+        goto cleanup;
+    }
 
     // dead columns: H_jj == 0 -> H_jj = 1, W[:, j] = 0 (GPTQ reference)
     double mean = 0.0;
@@ -257,20 +294,37 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
     for (int64_t c = 0; c < n; c++)
         iperm[perm[c]] = c;
     const float damp = (float)(opts->damp * mean);
-    // A = P H Pᵀ + damp I (dead diag = 1)
+    // A = J (P H Pᵀ + damp I) J (dead diag = 1): element (a, b) of the damped, permuted
+    // H goes to (n-1-a, n-1-b), the reversed order the factorization wants
+#pragma omp parallel for schedule(static)
     for (int64_t a = 0; a < n; a++) {
         const float *hrow = H + perm[a] * n;
-        if (opts->act_order)
-            for (int64_t b = 0; b < n; b++)
-                A[a * n + b] = hrow[perm[b]];
-        else
-            memcpy(A + a * n, hrow, (size_t)n * sizeof *A);
-        A[a * n + a] = diag[perm[a]] + damp;
-        hdiag[a] = A[a * n + a];
+        float *arow = A + (n - 1 - a) * n + (n - 1); // arow[-b] = element (a, b)
+        for (int64_t b = 0; b < n; b++)
+            arow[-b] = hrow[perm[b]];
+        arow[-a] = diag[perm[a]] + damp;
+        hdiag[a] = arow[-a];
     }
-    // Wt[c, :] = W[:, perm[c]] (zero for dead columns), by 32 x 32 tiles
-    for (int64_t r0 = 0; r0 < rows; r0 += 32)
-        for (int64_t c0 = 0; c0 < n; c0 += 32) {
+    Uf = lb_quant_big_alloc((size_t)(n * n) * sizeof *Uf);
+    if (!Uf) {
+        rc = lb_err_set(err, LB_ENOMEM, "gptq: out of memory for U (%lld x %lld)",
+                        (long long)n, (long long)n);
+        goto cleanup;
+    }
+    stats.prep_s = omp_get_wtime() - t_phase;
+    stats.chol_flops = (double)n * (double)n * (double)n / 3.0;
+    stats.inv_flops = stats.chol_flops;
+    rc = cholesky_inverse_upper(A, Uf, n, hdiag, perm, &stats, err);
+    if (rc)
+        goto cleanup;
+    t_phase = omp_get_wtime();
+    Wt = A; // A is no longer needed
+    A = NULL;
+    // Wt[c, :] = W[:, perm[c]] (zero for dead columns), by 32 x 32 tiles; each thread
+    // owns whole column tiles (rows of Wt)
+#pragma omp parallel for schedule(static)
+    for (int64_t c0 = 0; c0 < n; c0 += 32)
+        for (int64_t r0 = 0; r0 < rows; r0 += 32) {
             int64_t r1 = r0 + 32 < rows ? r0 + 32 : rows, c1 = c0 + 32 < n ? c0 + 32 : n;
             for (int64_t c = c0; c < c1; c++) {
                 const int64_t o = perm[c];
@@ -278,23 +332,15 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
                     Wt[c * rows + r] = dead[o] ? 0.0f : W[r * n + o];
             }
         }
-    Uf = lb_quant_big_alloc((size_t)(n * n) * sizeof *Uf);
-    if (!Uf) {
-        rc = lb_err_set(err, LB_ENOMEM, "gptq: out of memory for U (%lld x %lld)",
-                        (long long)n, (long long)n);
-        goto cleanup;
-    }
-    rc = cholesky_inverse_upper(A, Uf, n, hdiag, perm, err);
-    free(A);
-    A = NULL;
-    if (rc)
-        goto cleanup;
+    stats.prep_s += omp_get_wtime() - t_phase;
     const float *U = Uf;
 
     lb_gptq_state st = {.rows = rows, .cols = n, .block_size = bs, .opts = opts, .Wt = Wt,
                         .U = U, .Hdiag = hdiag, .perm = perm, .iperm = iperm};
+    t_loop = omp_get_wtime();
     if (hook->begin && (rc = hook->begin(hook->ctx, &st, err)))
         goto cleanup;
+    stats.hook_s += omp_get_wtime() - t_loop;
     // sub-blocks: width divides the group size and the block size, so a group's first
     // column always starts a sub-block and sees all earlier in-block updates
     int64_t sub = gcd64(bs, 32);
@@ -304,23 +350,30 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
         sub = gcd64(sub, gs);
     for (int64_t c0 = 0; c0 < n; c0 += bs) {
         const int64_t be = c0 + bs < n ? c0 + bs : n, nb = be - c0;
+        double th = omp_get_wtime();
         if (hook->block_begin && (rc = hook->block_begin(hook->ctx, &st, c0, nb, err)))
             goto cleanup;
+        stats.hook_s += omp_get_wtime() - th;
         int64_t flushed = c0; // E[c0:flushed] already applied to Wt[be:]
         for (int64_t s0 = c0; s0 < be; s0 += sub) {
             const int64_t s1 = s0 + sub < be ? s0 + sub : be;
             // A group that starts here and crosses the block end is fitted on its
             // current columns: flush the block's errors so far to Wt[be:] first.
             if (flush_groups && s0 % gs == 0 && s0 + gs > be && be < n && s0 > flushed) {
+                const double tg = omp_get_wtime();
+                stats.gemm_flops += 2.0 * (double)(n - be) * (double)rows * (double)(s0 - flushed);
                 lb_sgemm(true, false, n - be, rows, s0 - flushed, -1.0f, U + flushed * n + be,
                          n, E + (flushed - c0) * rows, rows, 1.0f, Wt + be * rows, rows);
+                stats.gemm_s += omp_get_wtime() - tg;
                 flushed = s0;
             }
             for (int64_t c = s0; c < s1; c++) {
                 float *w = Wt + c * rows;
                 float es = 1.0f;
+                const double tc = omp_get_wtime();
                 if ((rc = hook->column(hook->ctx, &st, c, w, q, &es, err)))
                     goto cleanup;
+                stats.hook_s += omp_get_wtime() - tc;
                 // e_c = (w - q) / U_cc   (GPTQ Eq. 4 with the Cholesky row of H^-1)
                 const float f = es / U[c * n + c];
                 float *e = E + (c - c0) * rows;
@@ -346,22 +399,38 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
                         wk[r] -= u * e[r];
                 }
             }
+            stats.update_flops += (double)rows * (double)(s1 - s0) * (double)(s1 - s0 - 1) +
+                                  2.0 * (double)rows * (double)(s1 - s0) * (double)(be - s1);
             // rest of the block: Wt[s1:be] (be-s1, rows) -= U[s0:s1, s1:be]ᵀ @ E[s0:s1]
             if (s1 < be)
                 lb_sgemm(true, false, be - s1, rows, s1 - s0, -1.0f, U + s0 * n + s1, n,
                          E + (s0 - c0) * rows, rows, 1.0f, Wt + s1 * rows, rows);
         }
         // lazy batch: Wt[be:] (n-be, rows) -= U[f:be, be:]ᵀ (n-be, be-f) @ E[f:be] (be-f, rows)
-        if (be < n)
+        if (be < n) {
+            const double tg = omp_get_wtime();
+            stats.gemm_flops += 2.0 * (double)(n - be) * (double)rows * (double)(be - flushed);
             lb_sgemm(true, false, n - be, rows, be - flushed, -1.0f, U + flushed * n + be, n,
                      E + (flushed - c0) * rows, rows, 1.0f, Wt + be * rows, rows);
+            stats.gemm_s += omp_get_wtime() - tg;
+        }
     }
+    t_phase = omp_get_wtime();
+    stats.update_s = t_phase - t_loop - stats.hook_s - stats.gemm_s;
+    t_loop = 0.0;
     if (hook->end && (rc = hook->end(hook->ctx, &st, err)))
         goto cleanup;
+    stats.end_s = omp_get_wtime() - t_phase;
+    t_phase = omp_get_wtime();
     untranspose(Wt, perm, rows, n, W_hat);
     if (perm_out)
         memcpy(perm_out, perm, (size_t)n * sizeof *perm);
+    stats.finish_s = omp_get_wtime() - t_phase;
 cleanup:
+    if (t_loop > 0.0) // failed inside the loop
+        stats.update_s = omp_get_wtime() - t_loop - stats.hook_s - stats.gemm_s;
+    stats.total_s = omp_get_wtime() - t_start;
+    last_stats = stats;
     free(A);
     free(Uf);
     free(Wt);

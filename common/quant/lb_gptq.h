@@ -102,11 +102,28 @@ typedef struct {
  * opts->group_size (sub-block alignment). OUT: W_hat (rows, cols) caller-allocated;
  * perm_out (cols,) caller-allocated or NULL. Returns 0, LB_EINVAL (bad sizes/options),
  * LB_ENUMERIC (NaN/Inf in W or H, H singular after damping, non-finite hook output),
- * LB_ENOMEM, or a hook's code. Memory: two (cols, cols) and one (rows, cols) float
- * buffers besides the inputs. */
+ * LB_ENOMEM, or a hook's code. Memory: one (cols, cols) and one (max(rows, cols), cols)
+ * float buffer besides the inputs. */
 int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
                 const lb_qopts *opts, const lb_gptq_hook *hook, float *W_hat,
                 int64_t *perm_out, lb_err *err);
+
+/* Per-phase wall time (seconds) and nominal flops of one lb_gptq_run, for benchmarks.
+ * Phases: prep = input scans, dead columns, damping, act-order, H copy and W transpose;
+ * chol = blocked Cholesky of J H J; inv = triangular inverse into U and its checks;
+ * hook = time inside hook->begin/block_begin/column; update = in-block rank-1 updates
+ * and sub-block GEMMs (plus error/finiteness pass); gemm = lazy-batch trailing GEMMs
+ * and group flushes; end = hook->end (e.g. packing); finish = the transpose back to
+ * W_hat. */
+typedef struct {
+    uint64_t run_id; /* increments with every lb_gptq_run on this thread (0: none yet) */
+    double prep_s, chol_s, inv_s, hook_s, update_s, gemm_s, end_s, finish_s, total_s;
+    double chol_flops, inv_flops, update_flops, gemm_flops;
+} lb_gptq_stats;
+
+/* Copies the stats of the most recent lb_gptq_run on the calling thread (also a failed
+ * one: phases not reached are 0) into *out. Thread-local, no locking. */
+void lb_gptq_last_stats(lb_gptq_stats *out);
 
 /* Bits used to store one permutation entry: ceil(log2(cols)), at least 1. */
 uint32_t lb_gptq_perm_bits(int64_t cols);

@@ -95,6 +95,9 @@ static int uniform_end(void *ctx, const lb_gptq_state *st, lb_err *err)
     (void)err;
     gptq_uniform *u = ctx;
     const int64_t rows = st->rows, cols = st->cols;
+    // 32 rows hold 32 * cols * bits bits, a whole number of bytes: threads writing
+    // different 32-row chunks never share a byte of the stream
+#pragma omp parallel for schedule(static)
     for (int64_t r0 = 0; r0 < rows; r0 += 32) {
         const int64_t r1 = r0 + 32 < rows ? r0 + 32 : rows;
         for (int64_t o = 0; o < cols; o++) {

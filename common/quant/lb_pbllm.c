@@ -577,6 +577,62 @@ static const lb_qfield *need_field(const lb_qpacked *p, const char *name, lb_qfi
     return f;
 }
 
+int lb_pbllm_unpack_mask(const lb_qpacked *p, int64_t bs, uint8_t *mask, int64_t *nsal_out,
+                         lb_err *err)
+{
+    const int64_t rows = p->rows, cols = p->cols, nblocks = (cols + bs - 1) / bs;
+    int64_t nsal = 0;
+    int rc;
+    if (lb_qpacked_field(p, "mask")) {
+        const lb_qfield *fm = need_field(p, "mask", LB_QFIELD_UINT, rows * cols, err);
+        if (!fm || fm->bits != 1) {
+            rc = fm ? lb_err_set(err, LB_EFORMAT, "pbllm packed: mask is not 1-bit; corrupt")
+                    : err->code;
+            return rc;
+        }
+        memcpy(mask, fm->data, (size_t)((rows * cols + 7) / 8));
+        for (int64_t t = 0; t < rows * cols; t++)
+            nsal += mask_bit(mask, t);
+    } else {
+        /* index form: per row and block a count, then ascending in-block columns */
+        const lb_qfield *fcnt = need_field(p, "salient_count", LB_QFIELD_UINT, nblocks * rows, err);
+        const lb_qfield *fpos = fcnt ? need_field(p, "salient_pos", LB_QFIELD_UINT, -1, err) : NULL;
+        if (!fcnt || !fpos) {
+            return err->code;
+        }
+        for (int64_t blk = 0; blk < nblocks; blk++) {
+            const int64_t c0 = blk * bs, nb = cols - c0 < bs ? cols - c0 : bs;
+            for (int64_t i = 0; i < rows; i++) {
+                const int64_t n = lb_qfield_get(fcnt, blk * rows + i);
+                int64_t prev = -1;
+                for (int64_t t = 0; t < n; t++) {
+                    const int64_t j = nsal < fpos->count ? (int64_t)lb_qfield_get(fpos, nsal) : -1;
+                    if (j <= prev || j >= nb) {
+                        rc = lb_err_set(err, LB_EFORMAT,
+                                        "pbllm packed: salient positions of block %lld row %lld "
+                                        "not ascending below %lld or too few; corrupt",
+                                        (long long)blk, (long long)i, (long long)nb);
+                        return rc;
+                    }
+                    const int64_t bit = (c0 + j) * rows + i;
+                    mask[bit >> 3] |= (uint8_t)(1u << (bit & 7));
+                    prev = j;
+                    nsal++;
+                }
+            }
+        }
+        if (nsal != fpos->count) {
+            rc = lb_err_set(err, LB_EFORMAT,
+                            "pbllm packed: counts give %lld salient entries, %lld positions "
+                            "stored; corrupt",
+                            (long long)nsal, (long long)fpos->count);
+            return rc;
+        }
+    }
+    *nsal_out = nsal;
+    return 0;
+}
+
 int lb_pbllm_dequantize(const lb_qpacked *p, float *W_out, lb_err *err)
 {
     lb_err local = {0};
@@ -622,53 +678,8 @@ int lb_pbllm_dequantize(const lb_qpacked *p, float *W_out, lb_err *err)
         goto cleanup;
     }
     int64_t nsal = 0;
-    if (lb_qpacked_field(p, "mask")) {
-        const lb_qfield *fm = need_field(p, "mask", LB_QFIELD_UINT, rows * cols, err);
-        if (!fm || fm->bits != 1) {
-            rc = fm ? lb_err_set(err, LB_EFORMAT, "pbllm packed: mask is not 1-bit; corrupt")
-                    : err->code;
-            goto cleanup;
-        }
-        memcpy(mask, fm->data, (size_t)((rows * cols + 7) / 8));
-        for (int64_t t = 0; t < rows * cols; t++)
-            nsal += mask_bit(mask, t);
-    } else {
-        /* index form: per row and block a count, then ascending in-block columns */
-        const lb_qfield *fcnt = need_field(p, "salient_count", LB_QFIELD_UINT, nblocks * rows, err);
-        const lb_qfield *fpos = fcnt ? need_field(p, "salient_pos", LB_QFIELD_UINT, -1, err) : NULL;
-        if (!fcnt || !fpos) {
-            rc = err->code;
-            goto cleanup;
-        }
-        for (int64_t blk = 0; blk < nblocks; blk++) {
-            const int64_t c0 = blk * bs, nb = cols - c0 < bs ? cols - c0 : bs;
-            for (int64_t i = 0; i < rows; i++) {
-                const int64_t n = lb_qfield_get(fcnt, blk * rows + i);
-                int64_t prev = -1;
-                for (int64_t t = 0; t < n; t++) {
-                    const int64_t j = nsal < fpos->count ? (int64_t)lb_qfield_get(fpos, nsal) : -1;
-                    if (j <= prev || j >= nb) {
-                        rc = lb_err_set(err, LB_EFORMAT,
-                                        "pbllm packed: salient positions of block %lld row %lld "
-                                        "not ascending below %lld or too few; corrupt",
-                                        (long long)blk, (long long)i, (long long)nb);
-                        goto cleanup;
-                    }
-                    const int64_t bit = (c0 + j) * rows + i;
-                    mask[bit >> 3] |= (uint8_t)(1u << (bit & 7));
-                    prev = j;
-                    nsal++;
-                }
-            }
-        }
-        if (nsal != fpos->count) {
-            rc = lb_err_set(err, LB_EFORMAT,
-                            "pbllm packed: counts give %lld salient entries, %lld positions "
-                            "stored; corrupt",
-                            (long long)nsal, (long long)fpos->count);
-            goto cleanup;
-        }
-    }
+    if ((rc = lb_pbllm_unpack_mask(p, bs, mask, &nsal, err)))
+        goto cleanup;
     if (nsal != fc->count || rows * cols - nsal != fs->count) {
         rc = lb_err_set(err, LB_EFORMAT,
                         "pbllm packed: mask has %lld salient entries but %lld codes and %lld "

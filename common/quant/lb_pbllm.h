@@ -62,4 +62,11 @@ int lb_pbllm_quantize(const float *W, int64_t rows, int64_t cols, const float *H
                       const lb_qopts *opts, lb_qresult *out, lb_err *err);
 int lb_pbllm_dequantize(const lb_qpacked *packed, float *W_out, lb_err *err);
 
+/* Decodes the salient mask of a packed pbllm matrix (bitmap or index form) into
+ * mask, a zeroed bitmap of ceil(rows*cols/8) bytes with bit c*rows + i for
+ * (permuted) column c, row i; bs is the stored block size. OUT: *nsal, the
+ * number of salient entries. Returns 0 or LB_EFORMAT naming the problem. */
+int lb_pbllm_unpack_mask(const lb_qpacked *packed, int64_t bs, uint8_t *mask, int64_t *nsal,
+                         lb_err *err);
+
 #endif

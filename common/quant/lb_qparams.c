@@ -8,6 +8,7 @@
 
 #include "lb_dtype.h"
 #include "lb_billm.h"
+#include "lb_pbllm.h"
 #include "lb_gptq.h"
 
 #define QP_MAX_FIELDS ((int32_t)(sizeof((lb_qparams *)0)->field / sizeof(int32_t)))
@@ -115,41 +116,6 @@ static int map_claq(lb_qparams *q, const lb_qpacked *p, int64_t *perm, lb_err *e
     return LB_OK;
 }
 
-/* pbllm's salient mask as one byte per weight (c * rows + i): the "mask" bitmap,
- * or the index form (per block and row a count, then ascending in-block
- * columns). dequantize already validated the layout; bounds are rechecked. */
-static int pbllm_mask(const lb_qpacked *p, int64_t bs, uint8_t *mask, lb_err *err)
-{
-    const int64_t rows = p->rows, cols = p->cols, nblocks = (cols + bs - 1) / bs;
-    const lb_qfield *fm = lb_qpacked_field(p, "mask");
-    if (fm) {
-        for (int64_t t = 0; t < rows * cols; t++)
-            mask[t] = lb_qfield_get(fm, t) != 0;
-        return LB_OK;
-    }
-    const lb_qfield *fcnt = lb_qpacked_field(p, "salient_count");
-    const lb_qfield *fpos = lb_qpacked_field(p, "salient_pos");
-    if (!fcnt || !fpos || fcnt->count != nblocks * rows)
-        return lb_err_set(err, LB_EFORMAT, "qparams: pbllm packed has neither mask nor "
-                          "salient_count/salient_pos; corrupt");
-    memset(mask, 0, (size_t)(rows * cols));
-    int64_t k = 0;
-    for (int64_t blk = 0; blk < nblocks; blk++) {
-        const int64_t c0 = blk * bs, nb = cols - c0 < bs ? cols - c0 : bs;
-        for (int64_t i = 0; i < rows; i++) {
-            const int64_t n = (int64_t)lb_qfield_get(fcnt, blk * rows + i);
-            for (int64_t t = 0; t < n; t++, k++) {
-                const int64_t j = k < fpos->count ? (int64_t)lb_qfield_get(fpos, k) : -1;
-                if (j < 0 || j >= nb)
-                    return lb_err_set(err, LB_EFORMAT, "qparams: pbllm salient position %lld "
-                                      "out of range; corrupt", (long long)k);
-                mask[(c0 + j) * rows + i] = 1;
-            }
-        }
-    }
-    return LB_OK;
-}
-
 static int map_pbllm(lb_qparams *q, const lb_qpacked *p, int64_t *perm, lb_err *err)
 {
     const int64_t rows = p->rows, cols = p->cols;
@@ -161,10 +127,12 @@ static int map_pbllm(lb_qparams *q, const lb_qpacked *p, int64_t *perm, lb_err *
     int rc = get_perm(p, perm, err);
     if (rc)
         return rc;
-    uint8_t *mask = malloc((size_t)(rows * cols));
+    /* the mask is stored as a bitmap or as per-row positions, whichever is smaller */
+    uint8_t *mask = calloc((size_t)((rows * cols + 7) / 8), 1);
+    int64_t nsal = 0;
     if (!mask)
         return lb_err_set(err, LB_ENOMEM, "qparams: out of memory for the pbllm mask");
-    if ((rc = pbllm_mask(p, bs, mask, err))) {
+    if ((rc = lb_pbllm_unpack_mask(p, bs, mask, &nsal, err))) {
         free(mask);
         return rc;
     }
@@ -172,7 +140,8 @@ static int map_pbllm(lb_qparams *q, const lb_qpacked *p, int64_t *perm, lb_err *
     for (int64_t c = 0; c < cols; c++) {
         const int64_t blk = c / bs, col = perm[c];
         for (int64_t i = 0; i < rows; i++) {
-            if (mask[c * rows + i]) { // salient: lo + step * code
+            const int64_t k = c * rows + i;
+            if ((mask[k >> 3] >> (k & 7)) & 1) { // salient: lo + step * code
                 term(q, i, col, 0, lob + i, 1.0f);
                 term(q, i, col, 1, stb + i, (float)lb_qfield_get(fc, oc++));
             } else { // binary: mu ± alpha

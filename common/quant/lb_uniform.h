@@ -35,7 +35,12 @@ int lb_uniform_fit(const float *X, int64_t rows, int64_t n, int64_t rs, int64_t 
 
 static inline int32_t lb_uniform_code(float x, float scale, int32_t zero, int32_t maxq)
 {
-    float c = nearbyintf(x / scale) + (float)zero;
+    // round half to even without a libm call (vectorizes): for |v| <= 2^20 adding and
+    // subtracting 1.5 * 2^23 rounds exactly like nearbyintf; larger |v| clamp to a code
+    // bound anyway (0 <= zero <= maxq <= 65535), so clamp v first
+    float v = x / scale;
+    v = v < -0x1p20f ? -0x1p20f : v > 0x1p20f ? 0x1p20f : v;
+    float c = ((v + 0x1.8p23f) - 0x1.8p23f) + (float)zero;
     return c < 0.0f ? 0 : c > (float)maxq ? maxq : (int32_t)c;
 }
 

@@ -1,0 +1,93 @@
+/* lowbit coordinator: `lowbit quantize` planned into Redis and run by `lowbit
+ * worker` processes (lb_dist.h). Restartable: rerunning it with the same
+ * options resumes from Redis and the artifacts. */
+#include <limits.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lb_cli.h"
+#include "lb_dist.h"
+#include "lb_redis.h"
+#include "lb_redis_url.h"
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: lowbit coordinator --job NAME [--redis URL] [--resume] <lowbit quantize options>\n"
+            "\n"
+            "Plans the quantize run exactly as `lowbit quantize` does (same options, same\n"
+            "checkpoint bytes), but queues its jobs in Redis for `lowbit worker`s and follows\n"
+            "their results. The job record lowbit:job:NAME shows progress (`lowbit status\n"
+            "NAME`). NAME planned before with other options is refused; with the same\n"
+            "options the run resumes (--resume is accepted and is the default behaviour).\n"
+            "Workers need the same paths: --model/--calib/--out are made absolute.\n"
+            "\n"
+            "  --job NAME   [A-Za-z0-9._-]{1,64}\n"
+            "  --redis URL  default $LOWBIT_REDIS, else %s\n",
+            LB_REDIS_DEFAULT_URL);
+}
+
+int lb_cmd_coordinator(int argc, char **argv)
+{
+    const char *url = NULL, *job = NULL;
+    char **fwd = calloc((size_t)argc + 1, sizeof *fwd);
+    char **owned = calloc((size_t)argc + 1, sizeof *owned);
+    int nf = 0, no = 0, status = 2;
+    if (!fwd || !owned) {
+        fprintf(stderr, "lowbit coordinator: out of memory\n");
+        goto done;
+    }
+    fwd[nf++] = "quantize";
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            status = 0;
+            goto done;
+        } else if (!strcmp(a, "--redis") && i + 1 < argc) {
+            url = argv[++i];
+        } else if (!strcmp(a, "--job") && i + 1 < argc) {
+            job = argv[++i];
+        } else if (!strcmp(a, "--resume")) {
+            /* resuming is what the same NAME and options do anyway */
+        } else if ((!strcmp(a, "--model") || !strcmp(a, "--calib") || !strcmp(a, "--out")) &&
+                   i + 1 < argc && argv[i + 1][0] != '/') {
+            char cwd[PATH_MAX];
+            char *abs = NULL;
+            if (!getcwd(cwd, sizeof cwd) || asprintf(&abs, "%s/%s", cwd, argv[i + 1]) < 0) {
+                fprintf(stderr, "lowbit coordinator: cannot make %s absolute\n", argv[i + 1]);
+                status = 1;
+                goto done;
+            }
+            owned[no++] = abs;
+            fwd[nf++] = argv[i];
+            fwd[nf++] = abs;
+            i++;
+        } else {
+            fwd[nf++] = argv[i];
+        }
+    }
+    if (!job) {
+        fprintf(stderr, "lowbit coordinator: --job NAME is required; run `lowbit coordinator --help`\n");
+        goto done;
+    }
+    lb_err err = {0};
+    if (lb_redis_check_name(job, &err)) {
+        fprintf(stderr, "lowbit coordinator: %s\n", err.msg);
+        goto done;
+    }
+    lb_dist_opts d;
+    memset(&d, 0, sizeof d);
+    d.redis_url = lb_redis_url_pick(url);
+    d.job_name = job;
+    status = lb_quantize_main(nf, fwd, &d);
+done:
+    for (int i = 0; i < no; i++)
+        free(owned[i]);
+    free(owned);
+    free(fwd);
+    return status;
+}

@@ -1,0 +1,456 @@
+/* lowbit worker: takes pipeline jobs from Redis, runs them with lb_exec_run,
+ * posts results. Heartbeats (SET EX) and lease renewal run on a second
+ * connection in a thread; SIGTERM/SIGINT finish the current job, then exit. */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <omp.h>
+
+#include "lb_artifact.h"
+#include "lb_blas.h"
+#include "lb_cli.h"
+#include "lb_exec.h"
+#include "lb_job.h"
+#include "lb_model.h"
+#include "lb_redis.h"
+#include "lb_redis_url.h"
+
+static volatile sig_atomic_t g_stop;
+static bool g_json; /* --json: one JSON object per line on stdout */
+
+/* Prints o as one JSON line on stdout and releases it. */
+static void emit(json_t *o)
+{
+    char *t = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    if (t) {
+        printf("%s\n", t);
+        fflush(stdout);
+    }
+    free(t);
+    json_decref(o);
+}
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    g_stop = 1;
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: lowbit worker [--redis URL] [--threads N] [--id ID] [--lease-ms MS]\n"
+            "                     [--max-failures K] [--heartbeat-ttl S] [--idle-exit S] [--json]\n"
+            "\n"
+            "Runs the jobs of every running distributed job on the Redis server: leases an\n"
+            "item (XREADGROUP), runs it, posts its result and acks it. Items whose lease\n"
+            "is idle longer than --lease-ms are taken over (XAUTOCLAIM); an item failing\n"
+            "--max-failures times is dead-lettered. SIGTERM/SIGINT: finish the current item,\n"
+            "deregister, exit 0. Artifacts are read and written in the job's output\n"
+            "directory (shared filesystem).\n"
+            "\n"
+            "  --redis URL         default $LOWBIT_REDIS, else %s\n"
+            "  --threads N         OpenMP threads per job (default: all cores)\n"
+            "  --id ID             worker id (default HOST-PID)\n"
+            "  --lease-ms MS       stale-lease timeout (default 600000); the running lease\n"
+            "                      is renewed every heartbeat\n"
+            "  --max-failures K    failures before dead-lettering (default 3)\n"
+            "  --heartbeat-ttl S   heartbeat key TTL, refreshed every S/3 (default 30)\n"
+            "  --idle-exit S       exit after S seconds without work (default 0: never)\n"
+            "  --redis-wait S      keep retrying an unreachable Redis for S seconds (default 300)\n"
+            "  --json              JSON lines on stdout: start, ran, failed, exit/error\n",
+            LB_REDIS_DEFAULT_URL);
+}
+
+static int parse_num(const char *s, long lo, long hi, long *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || !end || end == s || *end || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* State shared with the heartbeat thread. */
+typedef struct {
+    pthread_mutex_t mu;
+    const char *url;
+    char id[LB_REDIS_ID_MAX + 1];
+    char host[128];
+    int ttl_s;
+    bool quit;
+    bool leased;
+    char job[LB_REDIS_NAME_MAX + 1];
+    lb_redis_msg lease; /* entry + id only (no payload) */
+    char last_error[256];
+} beat_state;
+
+static void *beat_main(void *arg)
+{
+    beat_state *b = arg;
+    lb_redis *r = NULL;
+    int period_ms = b->ttl_s * 1000 / 3;
+    if (period_ms < 100)
+        period_ms = 100;
+    for (;;) {
+        pthread_mutex_lock(&b->mu);
+        bool quit = b->quit, leased = b->leased;
+        char job[LB_REDIS_NAME_MAX + 1], info[512];
+        lb_redis_msg lease = b->lease;
+        snprintf(job, sizeof job, "%s", b->job);
+        pthread_mutex_unlock(&b->mu);
+        if (quit)
+            break;
+        lb_err err = {0};
+        if (!r && lb_redis_connect(b->url, NULL, &r, &err))
+            r = NULL;
+        if (r) {
+            snprintf(info, sizeof info, "host=%s pid=%ld job=%s item=%.16s", b->host,
+                     (long)getpid(), leased ? job : "-", leased ? lease.id : "-");
+            int rc = lb_redis_heartbeat(r, b->id, info, b->ttl_s, &err);
+            if (!rc && leased)
+                rc = lb_redis_lease_touch(r, job, b->id, &lease, &err);
+            if (rc) {
+                pthread_mutex_lock(&b->mu);
+                snprintf(b->last_error, sizeof b->last_error, "%s", err.msg);
+                pthread_mutex_unlock(&b->mu);
+            }
+        }
+        for (int t = 0; t < period_ms; t += 50) {
+            pthread_mutex_lock(&b->mu);
+            quit = b->quit;
+            pthread_mutex_unlock(&b->mu);
+            if (quit)
+                break;
+            sleep_ms(50);
+        }
+    }
+    lb_redis_free(&r);
+    return NULL;
+}
+
+/* Cached source model and artifact store (jobs of one run share them). */
+typedef struct {
+    char model_dir[LB_JOB_PATH_MAX];
+    char out_dir[LB_JOB_PATH_MAX];
+    lb_model *model;
+    char model_fp[LB_ID_HEX];
+    lb_store *store;
+} exec_cache;
+
+static void cache_clear(exec_cache *c)
+{
+    lb_model_free(&c->model);
+    lb_store_free(&c->store);
+    memset(c, 0, sizeof *c);
+}
+
+static int cache_get(exec_cache *c, const char *model_dir, const char *out_dir, lb_err *err)
+{
+    if (!c->model || strcmp(c->model_dir, model_dir)) {
+        lb_model_free(&c->model);
+        c->model_dir[0] = 0;
+        int rc = lb_model_open(&c->model, model_dir, err);
+        if (!rc)
+            rc = lb_exec_model_fingerprint(c->model, c->model_fp, err);
+        if (rc) {
+            lb_model_free(&c->model);
+            return rc;
+        }
+        snprintf(c->model_dir, sizeof c->model_dir, "%s", model_dir);
+    }
+    if (!c->store || strcmp(c->out_dir, out_dir)) {
+        lb_store_free(&c->store);
+        c->out_dir[0] = 0;
+        int rc = lb_store_open(out_dir, &c->store, err);
+        if (rc)
+            return rc;
+        snprintf(c->out_dir, sizeof c->out_dir, "%s", out_dir);
+    }
+    return 0;
+}
+
+/* Runs one leased item of job `name`; acks, fails or dead-letters it. Returns 0
+ * unless Redis itself failed. */
+static int run_item(lb_redis *r, beat_state *b, exec_cache *cache, const char *name,
+                    const char *out_dir, lb_redis_msg *msg, int threads, int max_failures,
+                    lb_err *err)
+{
+    lb_job job;
+    lb_job_init(&job);
+    lb_job_result res;
+    memset(&res, 0, sizeof res);
+    lb_err jerr = {0};
+    int rc = lb_job_decode(msg->payload, msg->len, &job, &jerr);
+    if (rc == 0 && strcmp(job.id, msg->id))
+        rc = lb_err_set(&jerr, LB_EFORMAT, "queue item %s carries job %s", msg->id, job.id);
+    if (rc == 0)
+        rc = cache_get(cache, job.model_dir, job.out_dir[0] ? job.out_dir : out_dir, &jerr);
+    pthread_mutex_lock(&b->mu);
+    b->leased = true;
+    snprintf(b->job, sizeof b->job, "%s", name);
+    b->lease = *msg;
+    b->lease.payload = NULL;
+    pthread_mutex_unlock(&b->mu);
+    double t0 = now_s();
+    if (rc == 0) {
+        lb_exec_ctx ctx = {cache->model, cache->model_fp, cache->store, threads};
+        rc = lb_exec_run(&job, &ctx, &res);
+        if (rc)
+            snprintf(jerr.msg, sizeof jerr.msg, "%s", res.error);
+    }
+    pthread_mutex_lock(&b->mu);
+    b->leased = false;
+    pthread_mutex_unlock(&b->mu);
+    double secs = now_s() - t0;
+    int out = 0;
+    char ev[512];
+    if (rc == 0) {
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        out = lb_job_result_encode(&res, &buf, &len, err);
+        if (!out)
+            out = lb_redis_complete(r, name, msg, buf, len, err);
+        free(buf);
+        snprintf(ev, sizeof ev, "%s ran %s %.12s (block %d) in %.1f s", b->id,
+                 lb_job_type_name(job.type), job.id, (int)job.block, secs);
+        if (!out)
+            out = lb_redis_event(r, name, ev, err);
+        if (g_json)
+            emit(json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:f}", "event", "ran", "worker", b->id,
+                           "job", name, "item", job.id, "type", lb_job_type_name(job.type),
+                           "block", (int)job.block, "seconds", secs));
+        else
+            fprintf(stderr, "lowbit worker: %s: %s\n", name, ev);
+    } else {
+        bool dead = false;
+        int64_t fails = 0;
+        out = lb_redis_fail(r, name, msg, jerr.msg, max_failures, &dead, &fails, err);
+        if (g_json)
+            emit(json_pack("{s:s, s:s, s:s, s:s, s:I, s:i, s:b, s:s}", "event", "failed", "worker",
+                           b->id, "job", name, "item", msg->id, "fails", (json_int_t)fails,
+                           "max_failures", max_failures, "dead", dead, "error", jerr.msg));
+        else
+            fprintf(stderr, "lowbit worker: %s: item %.12s failed (%lld of %d%s): %s\n", name,
+                    msg->id, (long long)fails, max_failures, dead ? ", dead-lettered" : "",
+                    jerr.msg);
+    }
+    lb_job_clear(&job);
+    return out;
+}
+
+int lb_cmd_worker(int argc, char **argv)
+{
+    const char *url = NULL, *id_arg = NULL;
+    long threads = 0, lease_ms = 600000, max_failures = 3, ttl = 30, idle_exit = 0;
+    long redis_wait = 300;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--json")) {
+            g_json = true;
+            continue;
+        } else if (!strcmp(a, "--redis") && v) {
+            url = v;
+        } else if (!strcmp(a, "--id") && v) {
+            id_arg = v;
+        } else if (!strcmp(a, "--threads") && v) {
+            bad = parse_num(v, 1, 1024, &threads);
+        } else if (!strcmp(a, "--lease-ms") && v) {
+            bad = parse_num(v, 10, 86400000L, &lease_ms);
+        } else if (!strcmp(a, "--max-failures") && v) {
+            bad = parse_num(v, 1, 1000, &max_failures);
+        } else if (!strcmp(a, "--heartbeat-ttl") && v) {
+            bad = parse_num(v, 1, 3600, &ttl);
+        } else if (!strcmp(a, "--redis-wait") && v) {
+            bad = parse_num(v, 0, 86400, &redis_wait);
+        } else if (!strcmp(a, "--idle-exit") && v) {
+            bad = parse_num(v, 0, 86400 * 365, &idle_exit);
+        } else {
+            fprintf(stderr, "lowbit worker: unknown or incomplete option '%s'; run `lowbit worker --help`\n", a);
+            return 2;
+        }
+        if (bad) {
+            fprintf(stderr, "lowbit worker: bad value '%s' for %s\n", v, a);
+            return 2;
+        }
+        i++;
+    }
+    if (threads <= 0) {
+        long nc = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = nc > 0 ? nc : 1;
+    }
+    /* one BLAS thread: products round the same at any worker count (lb_runner.h) */
+    lb_blas_set_threads(1);
+
+    beat_state b;
+    memset(&b, 0, sizeof b);
+    pthread_mutex_init(&b.mu, NULL);
+    b.url = lb_redis_url_pick(url);
+    b.ttl_s = (int)ttl;
+    gethostname(b.host, sizeof b.host - 1);
+    if (id_arg)
+        snprintf(b.id, sizeof b.id, "%s", id_arg);
+    else
+        snprintf(b.id, sizeof b.id, "%.100s-%ld", b.host, (long)getpid());
+
+    lb_err err = {0};
+    lb_redis *r = NULL;
+    exec_cache cache;
+    memset(&cache, 0, sizeof cache);
+    pthread_t beat;
+    bool beat_started = false;
+    int status = 1;
+    lb_redis_opts ro = lb_redis_opts_default();
+    ro.retries = 8; /* ~20 s of reconnect attempts per command: rides out a Redis restart */
+    ro.backoff_ms = 200;
+    if (lb_redis_connect(b.url, &ro, &r, &err) ||
+        lb_redis_heartbeat(r, b.id, "starting", b.ttl_s, &err))
+        goto fail;
+    if (pthread_create(&beat, NULL, beat_main, &b) != 0) {
+        lb_err_set(&err, LB_ENOMEM, "cannot start the heartbeat thread");
+        goto fail;
+    }
+    beat_started = true;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    if (g_json)
+        emit(json_pack("{s:s, s:s, s:s, s:i}", "event", "start", "worker", b.id, "redis",
+                       lb_redis_peer(r), "threads", (int)threads));
+    else
+        fprintf(stderr, "lowbit worker %s: serving %s (%ld threads)\n", b.id, lb_redis_peer(r),
+                threads);
+
+    double idle_since = now_s(), ok_since = now_s();
+    while (!g_stop) {
+        char **names = NULL;
+        int32_t n = 0;
+        bool worked = false;
+        if (lb_redis_job_list(r, &names, &n, &err)) {
+            if (err.code != LB_ENET || now_s() - ok_since > (double)redis_wait)
+                goto fail;
+            fprintf(stderr, "lowbit worker %s: %s; retrying\n", b.id, err.msg);
+            sleep_ms(1000);
+            idle_since = now_s();
+            continue;
+        }
+        ok_since = now_s();
+        for (int32_t j = 0; j < n && !g_stop; j++) {
+            lb_redis_map m;
+            bool cancelled = false;
+            if (lb_redis_job_get(r, names[j], &m, &err))
+                continue; /* record deleted meanwhile */
+            const char *state = lb_redis_map_get(&m, "state");
+            const char *out = lb_redis_map_get(&m, "out");
+            char out_dir[LB_JOB_PATH_MAX];
+            snprintf(out_dir, sizeof out_dir, "%s", out ? out : "");
+            bool running = state && !strcmp(state, "running") && out;
+            lb_redis_map_clear(&m);
+            if (!running || lb_redis_is_cancelled(r, names[j], &cancelled, &err) || cancelled)
+                continue;
+            lb_redis_msg msg;
+            bool got = false;
+            int rc = lb_redis_reclaim(r, names[j], b.id, lease_ms, (int)max_failures, &msg, &got,
+                                      &err);
+            if (!rc && !got)
+                rc = lb_redis_claim(r, names[j], b.id, 0, &msg, &got, &err);
+            if (rc == LB_ENOTFOUND)
+                continue; /* queue not created yet */
+            if (rc == LB_ENET) {
+                /* Redis went away: back to the outer loop, which waits for it;
+                 * an outage is not idleness */
+                fprintf(stderr, "lowbit worker %s: %s; retrying\n", b.id, err.msg);
+                idle_since = now_s();
+                sleep_ms(500);
+                break;
+            }
+            if (rc) {
+                for (int32_t k = 0; k < n; k++)
+                    free(names[k]);
+                free(names);
+                goto fail;
+            }
+            if (got) {
+                worked = true;
+                rc = run_item(r, &b, &cache, names[j], out_dir, &msg, (int)threads,
+                              (int)max_failures, &err);
+                lb_redis_msg_clear(&msg);
+                if (rc && rc != LB_ENET) {
+                    for (int32_t k = 0; k < n; k++)
+                        free(names[k]);
+                    free(names);
+                    goto fail;
+                }
+                if (rc) /* the result did not reach Redis: the lease expires and it re-runs */
+                    fprintf(stderr, "lowbit worker %s: %s\n", b.id, err.msg);
+                break; /* rescan from the first job: earlier jobs first */
+            }
+        }
+        for (int32_t k = 0; k < n; k++)
+            free(names[k]);
+        free(names);
+        if (worked) {
+            idle_since = now_s();
+            continue;
+        }
+        if (idle_exit > 0 && now_s() - idle_since >= (double)idle_exit)
+            break;
+        for (int t = 0; t < 10 && !g_stop; t++)
+            sleep_ms(50);
+    }
+    status = 0;
+fail:
+    if (beat_started) {
+        pthread_mutex_lock(&b.mu);
+        b.quit = true;
+        pthread_mutex_unlock(&b.mu);
+        pthread_join(beat, NULL);
+    }
+    if (r) {
+        lb_err e2 = {0};
+        lb_redis_worker_remove(r, b.id, &e2);
+    }
+    if (status)
+        fprintf(stderr, "lowbit worker %s: %s\n", b.id, err.msg);
+    else
+        fprintf(stderr, "lowbit worker %s: %s, exiting\n", b.id,
+                g_stop ? "signal received" : "idle");
+    if (g_json)
+        emit(status ? json_pack("{s:s, s:s, s:s}", "event", "error", "worker", b.id, "error",
+                                err.msg)
+                    : json_pack("{s:s, s:s, s:s}", "event", "exit", "worker", b.id, "reason",
+                                g_stop ? "signal" : "idle"));
+    cache_clear(&cache);
+    lb_redis_free(&r);
+    pthread_mutex_destroy(&b.mu);
+    return status;
+}

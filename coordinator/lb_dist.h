@@ -1,0 +1,38 @@
+/* lb_dist: the distributed driver of an lb_plan. Where lb_runner feeds an
+ * in-process pool, lb_dist feeds Redis (lb_redis.h): runnable jobs go to the
+ * job's stream queue as msgpack (lb_job_encode), `lowbit worker` processes run
+ * them with lb_exec_run and post results, and this loop feeds the results back
+ * into the plan, deletes released artifacts and keeps the job record (state,
+ * counters, ETA) and events current. It holds no state Redis and the artifacts
+ * do not: a restarted coordinator rebuilds the plan from the present artifacts,
+ * re-reads the results stream from the start and never queues an item twice.
+ *
+ * Artifacts: workers open the artifact store of the job's "out" directory
+ * (recorded in the job record), so for now coordinator and workers share a
+ * filesystem; fetching artifacts by id over ZeroMQ replaces that later. */
+#ifndef LB_DIST_H
+#define LB_DIST_H
+
+#include "lb_artifact.h"
+#include "lb_plan.h"
+#include "lb_runner.h"
+
+typedef struct lb_dist_opts {
+    const char *redis_url;   /* lb_redis_url syntax */
+    const char *job_name;    /* [A-Za-z0-9._-]{1,64} */
+    const char *fingerprint; /* run id: same options -> same value (lb_redis_job_create) */
+    const char *method;      /* for the job record */
+    double bits;
+    const char *model_dir, *out_dir; /* recorded for workers */
+    int32_t n_blocks;        /* transformer blocks (blocks_total) */
+    lb_runner_progress_fn progress; /* may be NULL; called per finished job */
+    void *user;
+} lb_dist_opts;
+
+/* Runs every needed job of plan (lb_plan_start called) through Redis.
+ * Returns 0 when all finished (state "done"), LB_ESTATE when the job was
+ * cancelled (state stays "cancelled"), or the first failure (a dead-lettered
+ * item, or a Redis error) with err naming it (state "failed" + error). */
+int lb_dist_run(lb_plan *plan, const lb_store *artifacts, const lb_dist_opts *o, lb_err *err);
+
+#endif
