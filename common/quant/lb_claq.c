@@ -236,33 +236,6 @@ static int claq_begin(void *ctx, const lb_gptq_state *st, lb_err *err)
     return 0;
 }
 
-/* Moves the k largest keys to a[0..k) (any order); keys are distinct. Hoare selection. */
-static void select_top(uint64_t *a, int64_t n, int64_t k)
-{
-    int64_t lo = 0, hi = n - 1, t = k - 1;
-    while (lo < hi) {
-        uint64_t x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi];
-        uint64_t p = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
-        int64_t i = lo, j = hi;
-        while (i <= j) {
-            while (a[i] > p)
-                i++;
-            while (a[j] < p)
-                j--;
-            if (i <= j) {
-                uint64_t s = a[i];
-                a[i++] = a[j];
-                a[j--] = s;
-            }
-        }
-        if (t <= j)
-            hi = j;
-        else if (t >= i)
-            lo = i;
-        else
-            break;
-    }
-}
 
 static int cmp_i64(const void *pa, const void *pb)
 {
@@ -288,7 +261,7 @@ static int claq_column(void *ctx, const lb_gptq_state *st, int64_t c, const floa
             memcpy(&bitsv, &a, sizeof bitsv);
             cx->sel[i] = ((uint64_t)bitsv << 32) | (uint64_t)(UINT32_MAX - (uint32_t)i);
         }
-        select_top(cx->sel, rows, nk);
+        lb_quant_select_top_u64(cx->sel, rows, nk);
         for (int64_t t = 0; t < nk; t++)
             cx->kept_rows[t] = (int64_t)(UINT32_MAX - (uint32_t)(cx->sel[t] & 0xffffffffu));
         qsort(cx->kept_rows, (size_t)nk, sizeof *cx->kept_rows, cmp_i64);

@@ -178,33 +178,6 @@ static float matrix_threshold(const pb_ctx *cx, const lb_gptq_state *st, const f
     return t;
 }
 
-/* Moves the k largest keys to a[0..k) (any order); keys are distinct. Hoare selection. */
-static void select_top(uint64_t *a, int64_t n, int64_t k)
-{
-    int64_t lo = 0, hi = n - 1, t = k - 1;
-    while (lo < hi) {
-        uint64_t x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi];
-        uint64_t p = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
-        int64_t i = lo, j = hi;
-        while (i <= j) {
-            while (a[i] > p)
-                i++;
-            while (a[j] < p)
-                j--;
-            if (i <= j) {
-                uint64_t s = a[i];
-                a[i++] = a[j];
-                a[j--] = s;
-            }
-        }
-        if (t <= j)
-            hi = j;
-        else if (t >= i)
-            lo = i;
-        else
-            break;
-    }
-}
 
 /* Salient mask of block [c0, c0+nb) of Wt (cols, rows) -> mask (nb, rows). */
 static void block_mask(pb_ctx *cx, const lb_gptq_state *st, const float *Wt, int64_t c0,
@@ -231,7 +204,7 @@ static void block_mask(pb_ctx *cx, const lb_gptq_state *st, const float *Wt, int
                 uint32_t local = (uint32_t)(j * rows + i);
                 cx->sel[j * rows + i] = ((uint64_t)float_bits(s) << 32) | (UINT32_MAX - local);
             }
-        select_top(cx->sel, n, k);
+        lb_quant_select_top_u64(cx->sel, n, k);
         for (int64_t t = 0; t < k; t++)
             mask[g0 * rows + (int64_t)(UINT32_MAX - (uint32_t)(cx->sel[t] & 0xffffffffu))] = 1;
     }

@@ -362,3 +362,31 @@ cleanup:
     free(P);
     return rc;
 }
+
+/* Hoare selection (contract in lb_quant.h). */
+void lb_quant_select_top_u64(uint64_t *a, int64_t n, int64_t k)
+{
+    int64_t lo = 0, hi = n - 1, t = k - 1;
+    while (lo < hi) {
+        uint64_t x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi];
+        uint64_t p = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] > p)
+                i++;
+            while (a[j] < p)
+                j--;
+            if (i <= j) {
+                uint64_t s = a[i];
+                a[i++] = a[j];
+                a[j--] = s;
+            }
+        }
+        if (t <= j)
+            hi = j;
+        else if (t >= i)
+            lo = i;
+        else
+            break;
+    }
+}
