@@ -377,27 +377,15 @@ fail:
 
 /* ---- dequantize: rebuild W_hat from the packed fields alone ---- */
 
+/* A field of count 0 (no outliers, no column at some width) may be absent. */
 static const lb_qfield *need_field(const lb_qpacked *p, const char *name, lb_qfield_kind kind,
                                    int64_t count, lb_err *err)
 {
-    const lb_qfield *f = lb_qpacked_field(p, name);
-    if (!f) {
-        if (count == 0)
-            return NULL;
-        lb_err_set(err, LB_EFORMAT, "claq packed: field '%s' missing; re-run quantization",
-                   name);
+    if (count == 0 && !lb_qpacked_field(p, name))
         return NULL;
-    }
-    if (f->kind != kind || f->count != count || f->bits < 1 || f->bits > 32 ||
-        f->nbytes < ((uint64_t)f->count * f->bits + 7u) / 8u) {
-        lb_err_set(err, LB_EFORMAT,
-                   "claq packed: field '%s' has kind %d, %lld elements (expected %lld); the "
-                   "file is corrupt",
-                   name, (int)f->kind, (long long)f->count, (long long)count);
-        return NULL;
-    }
-    return f;
+    return lb_qpacked_need_field(p, name, kind, count, err);
 }
+
 
 int lb_claq_dequantize(const lb_qpacked *p, float *W_out, lb_err *err)
 {

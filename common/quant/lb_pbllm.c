@@ -530,25 +530,6 @@ fail:
 
 /* ---- dequantize ---- */
 
-static const lb_qfield *need_field(const lb_qpacked *p, const char *name, lb_qfield_kind kind,
-                                   int64_t count, lb_err *err)
-{
-    const lb_qfield *f = lb_qpacked_field(p, name);
-    if (!f) {
-        lb_err_set(err, LB_EFORMAT, "pbllm packed: field '%s' missing; re-run quantization",
-                   name);
-        return NULL;
-    }
-    if (f->kind != kind || (count >= 0 && f->count != count) || f->bits < 1 || f->bits > 32 ||
-        f->nbytes < ((uint64_t)f->count * f->bits + 7u) / 8u) {
-        lb_err_set(err, LB_EFORMAT,
-                   "pbllm packed: field '%s' has kind %d, %lld elements (expected %lld); the "
-                   "file is corrupt",
-                   name, (int)f->kind, (long long)f->count, (long long)count);
-        return NULL;
-    }
-    return f;
-}
 
 int lb_pbllm_unpack_mask(const lb_qpacked *p, int64_t bs, uint8_t *mask, int64_t *nsal_out,
                          lb_err *err)
@@ -557,7 +538,7 @@ int lb_pbllm_unpack_mask(const lb_qpacked *p, int64_t bs, uint8_t *mask, int64_t
     int64_t nsal = 0;
     int rc;
     if (lb_qpacked_field(p, "mask")) {
-        const lb_qfield *fm = need_field(p, "mask", LB_QFIELD_UINT, rows * cols, err);
+        const lb_qfield *fm = lb_qpacked_need_field(p, "mask", LB_QFIELD_UINT, rows * cols, err);
         if (!fm || fm->bits != 1) {
             rc = fm ? lb_err_set(err, LB_EFORMAT, "pbllm packed: mask is not 1-bit; corrupt")
                     : err->code;
@@ -568,8 +549,10 @@ int lb_pbllm_unpack_mask(const lb_qpacked *p, int64_t bs, uint8_t *mask, int64_t
             nsal += mask_bit(mask, t);
     } else {
         /* index form: per row and block a count, then ascending in-block columns */
-        const lb_qfield *fcnt = need_field(p, "salient_count", LB_QFIELD_UINT, nblocks * rows, err);
-        const lb_qfield *fpos = fcnt ? need_field(p, "salient_pos", LB_QFIELD_UINT, -1, err) : NULL;
+        const lb_qfield *fcnt =
+            lb_qpacked_need_field(p, "salient_count", LB_QFIELD_UINT, nblocks * rows, err);
+        const lb_qfield *fpos =
+            fcnt ? lb_qpacked_need_field(p, "salient_pos", LB_QFIELD_UINT, -1, err) : NULL;
         if (!fcnt || !fpos) {
             return err->code;
         }
@@ -627,11 +610,11 @@ int lb_pbllm_dequantize(const lb_qpacked *p, float *W_out, lb_err *err)
         free(mask);
         return lb_err_set(err, LB_ENOMEM, "pbllm dequantize: out of memory");
     }
-    const lb_qfield *fbs = need_field(p, "block_size", LB_QFIELD_UINT, 1, err);
-    const lb_qfield *fs = need_field(p, "signs", LB_QFIELD_UINT, -1, err);
-    const lb_qfield *fc = need_field(p, "salient_codes", LB_QFIELD_UINT, -1, err);
-    const lb_qfield *flo = need_field(p, "salient_min", LB_QFIELD_F16, rows, err);
-    const lb_qfield *fst = need_field(p, "salient_step", LB_QFIELD_F16, rows, err);
+    const lb_qfield *fbs = lb_qpacked_need_field(p, "block_size", LB_QFIELD_UINT, 1, err);
+    const lb_qfield *fs = lb_qpacked_need_field(p, "signs", LB_QFIELD_UINT, -1, err);
+    const lb_qfield *fc = lb_qpacked_need_field(p, "salient_codes", LB_QFIELD_UINT, -1, err);
+    const lb_qfield *flo = lb_qpacked_need_field(p, "salient_min", LB_QFIELD_F16, rows, err);
+    const lb_qfield *fst = lb_qpacked_need_field(p, "salient_step", LB_QFIELD_F16, rows, err);
     if (!fbs || !fs || !fc || !flo || !fst) {
         rc = err->code;
         goto cleanup;
@@ -644,8 +627,8 @@ int lb_pbllm_dequantize(const lb_qpacked *p, float *W_out, lb_err *err)
         goto cleanup;
     }
     const int64_t nblocks = (cols + bs - 1) / bs;
-    const lb_qfield *fmu = need_field(p, "mu", LB_QFIELD_F16, nblocks * rows, err);
-    const lb_qfield *fal = need_field(p, "alpha", LB_QFIELD_F16, nblocks * rows, err);
+    const lb_qfield *fmu = lb_qpacked_need_field(p, "mu", LB_QFIELD_F16, nblocks * rows, err);
+    const lb_qfield *fal = lb_qpacked_need_field(p, "alpha", LB_QFIELD_F16, nblocks * rows, err);
     if (!fmu || !fal) {
         rc = err->code;
         goto cleanup;

@@ -390,3 +390,23 @@ void lb_quant_select_top_u64(uint64_t *a, int64_t n, int64_t k)
             break;
     }
 }
+
+const lb_qfield *lb_qpacked_need_field(const lb_qpacked *p, const char *name,
+                                       lb_qfield_kind kind, int64_t count, lb_err *err)
+{
+    const lb_qfield *f = lb_qpacked_field(p, name);
+    if (!f) {
+        lb_err_set(err, LB_EFORMAT, "%.16s packed: field '%s' missing; re-run quantization",
+                   p->method, name);
+        return NULL;
+    }
+    if (f->kind != kind || (count >= 0 && f->count != count) || f->bits < 1 || f->bits > 32 ||
+        f->nbytes < ((uint64_t)f->count * f->bits + 7u) / 8u) {
+        lb_err_set(err, LB_EFORMAT,
+                   "%.16s packed: field '%s' has kind %d, %lld elements (expected %lld); the "
+                   "file is corrupt",
+                   p->method, name, (int)f->kind, (long long)f->count, (long long)count);
+        return NULL;
+    }
+    return f;
+}

@@ -144,6 +144,12 @@ void *lb_quant_big_alloc(size_t nbytes);
 int lb_quant_error(const float *W, const float *W_hat, int64_t rows, int64_t cols,
                    const float *H, double *err_out, double *ref_out, lb_err *err);
 
+/* The field `name` of p, checked for a dequantizer: kind, count (any when count < 0)
+ * and enough bytes for count * bits. NULL with LB_EFORMAT in err ("<method> packed:
+ * field ... missing / corrupt") otherwise. Borrowed pointer. */
+const lb_qfield *lb_qpacked_need_field(const lb_qpacked *p, const char *name,
+                                       lb_qfield_kind kind, int64_t count, lb_err *err);
+
 /* Moves the k largest of n distinct keys to a[0..k) (in any order), in place,
  * by Hoare selection; expected O(n). Used to pick top-ranked columns/weights. */
 void lb_quant_select_top_u64(uint64_t *a, int64_t n, int64_t k);
