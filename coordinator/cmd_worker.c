@@ -489,6 +489,9 @@ int lb_cmd_worker(int argc, char **argv)
             fprintf(stderr, "lowbit worker: %s\n", err.msg);
             return 1;
         } else if (lb_mpi_group_rank(g_group) > 0) {
+            const char *fc = getenv("LOWBIT_TEST_MPI_FAIL_CHUNK"); /* test hook */
+            if (fc && *fc)
+                lb_mpi_group_set_fail_chunk(g_group, strtoll(fc, NULL, 10));
             /* rank 0 handles signals and stops the group; never touch Redis here */
             struct sigaction si;
             memset(&si, 0, sizeof si);
