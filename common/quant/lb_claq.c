@@ -307,7 +307,7 @@ static int claq_column(void *ctx, const lb_gptq_state *st, int64_t c, const floa
         }
     }
     cx->off_cent += k;
-    lb_kmeans1d_assign(cx->xrest, nrest, cent, k, cx->codes);
+    lb_kmeans1d_assign_sorted(cx->xrest, nrest, cent, k, cx->codes);
     lb_qfield *fq = &p->fields[cx->fi_codes[width]];
     lb_qfield *frow = &p->fields[cx->fi_orow], *fval = &p->fields[cx->fi_oval];
     int64_t r = 0;

@@ -456,6 +456,37 @@ void lb_kmeans1d_assign(const float *x, int64_t n, const float *centroids, int32
     }
 }
 
+void lb_kmeans1d_assign_sorted(const float *x, int64_t n, const float *centroids, int32_t k,
+                               uint8_t *codes)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const double xi = (double)x[i];
+        int32_t lo = 0, hi = k; /* p = the number of centroids <= x */
+        while (lo < hi) {
+            int32_t mid = (lo + hi) / 2;
+            if ((double)centroids[mid] <= xi)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        const int32_t p = lo;
+        int32_t j;
+        if (p == 0) {
+            j = 0;
+        } else if (p == k) {
+            j = k - 1;
+        } else {
+            double dl = fabs(xi - (double)centroids[p - 1]), dr = fabs(xi - (double)centroids[p]);
+            j = dr < dl ? p : p - 1;
+        }
+        /* Distances fall up to p - 1 and rise from p: the first index with the minimum
+         * is found by walking left over equal distances (repeated centroids). */
+        while (j > 0 && fabs(xi - (double)centroids[j - 1]) == fabs(xi - (double)centroids[j]))
+            j--;
+        codes[i] = (uint8_t)j;
+    }
+}
+
 double lb_kmeans1d_loss(const float *x, int64_t n, const float *centroids, int32_t k)
 {
     double s = 0.0;

@@ -47,6 +47,11 @@ int lb_kmeans1d_fit(lb_kmeans1d_ws *ws, const float *x, int64_t n, int32_t k,
 void lb_kmeans1d_assign(const float *x, int64_t n, const float *centroids, int32_t k,
                         uint8_t *codes);
 
+/* The same codes as lb_kmeans1d_assign for centroids sorted ascending (repeats
+ * allowed), by binary search: O(n log k). */
+void lb_kmeans1d_assign_sorted(const float *x, int64_t n, const float *centroids, int32_t k,
+                               uint8_t *codes);
+
 /* Sum over i of (x[i] - nearest centroid)^2 in double. */
 double lb_kmeans1d_loss(const float *x, int64_t n, const float *centroids, int32_t k);
 

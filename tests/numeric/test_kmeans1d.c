@@ -363,6 +363,43 @@ static void test_assign_nearest(void **state)
     /* -0.5 and 0.25, 1.75 are exact midpoints: the lower index wins. */
     const uint8_t want[6] = {0, 0, 1, 2, 2, 3};
     assert_memory_equal(codes, want, 6);
+    lb_kmeans1d_assign_sorted(x, 6, c, 4, codes);
+    assert_memory_equal(codes, want, 6);
+}
+
+/* The binary-search assignment equals the linear scan on sorted centroids with repeats,
+ * on points at centroids, at midpoints, outside the range and at random. */
+static void test_assign_sorted_equals_scan(void **state)
+{
+    (void)state;
+    enum { N = 4000 };
+    float *x = malloc(N * sizeof *x);
+    uint8_t *a = malloc(N), *b = malloc(N);
+    assert_true(x && a && b);
+    uint64_t rng = 11;
+    for (int trial = 0; trial < 40; trial++) {
+        int k = 1 + trial % 16;
+        float c[16];
+        for (int j = 0; j < k; j++)
+            c[j] = roundf(lb_test_rand_normal(&rng) * 4.0f) / 4.0f; /* repeats likely */
+        qsort(c, (size_t)k, sizeof *c, cmp_float);
+        for (int i = 0; i < N; i++) {
+            int j = (int)(lb_test_rand_u64(&rng) % (uint64_t)k);
+            int j2 = j + 1 < k ? j + 1 : j;
+            switch (i % 4) {
+            case 0: x[i] = c[j]; break;
+            case 1: x[i] = 0.5f * (c[j] + c[j2]); break;
+            case 2: x[i] = lb_test_rand_normal(&rng) * 3.0f; break;
+            default: x[i] = roundf(lb_test_rand_normal(&rng) * 16.0f) / 16.0f; break;
+            }
+        }
+        lb_kmeans1d_assign(x, N, c, k, a);
+        lb_kmeans1d_assign_sorted(x, N, c, k, b);
+        assert_memory_equal(a, b, N);
+    }
+    free(x);
+    free(a);
+    free(b);
 }
 
 int main(void)
@@ -375,6 +412,7 @@ int main(void)
         cmocka_unit_test(test_fewer_points_than_clusters_and_constant),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_assign_nearest),
+        cmocka_unit_test(test_assign_sorted_equals_scan),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
