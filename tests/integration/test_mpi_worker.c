@@ -27,14 +27,18 @@ static char g_model[4096], g_calib[4096];
                "OMPI_MCA_btl_vader_single_copy_mechanism=none ASAN_OPTIONS=detect_leaks=0 " \
                "timeout 240 mpirun --oversubscribe"
 
+/* mpirun on PATH and a lowbit built with MPI (CMake sets LOWBIT_MPI=1). */
 static bool have_mpirun(void)
 {
-    if (lb_test_run(NULL, "command -v mpirun >/dev/null") == 0)
+    const char *m = getenv("LOWBIT_MPI");
+    bool built = m && !strcmp(m, "1");
+    if (built && lb_test_run(NULL, "command -v mpirun >/dev/null") == 0)
         return true;
     const char *ci = getenv("CI");
     if (ci && !strcmp(ci, "true"))
-        fail_msg("mpirun not found under CI=true; run deploy/install-deps.sh");
-    print_message("mpirun not found; skipping\n");
+        fail_msg("%s under CI=true; run deploy/install-deps.sh and rebuild",
+                 built ? "mpirun not found" : "lowbit built without MPI");
+    print_message("%s; skipping\n", built ? "mpirun not found" : "lowbit built without MPI");
     return false;
 }
 
