@@ -482,6 +482,14 @@ int lb_cmd_worker(int argc, char **argv)
     exec_cache cache;
     memset(&cache, 0, sizeof cache);
     if (mpi_mode > 0 || (mpi_mode == 0 && lb_mpi_group_launched())) {
+        /* mpirun forwards SIGTERM to every rank, maybe before they reach the
+         * loop: catch it from the start (rank 0 stops the group; ranks > 0
+         * wait for that) */
+        struct sigaction si;
+        memset(&si, 0, sizeof si);
+        si.sa_handler = on_signal;
+        sigaction(SIGTERM, &si, NULL);
+        sigaction(SIGINT, &si, NULL);
         if (mpi_mode == 0 && !lb_mpi_group_available()) {
             fprintf(stderr, "lowbit worker: started by an MPI launcher, but this lowbit was "
                     "built without MPI: each rank is an independent worker\n");
@@ -492,12 +500,7 @@ int lb_cmd_worker(int argc, char **argv)
             const char *fc = getenv("LOWBIT_TEST_MPI_FAIL_CHUNK"); /* test hook */
             if (fc && *fc)
                 lb_mpi_group_set_fail_chunk(g_group, strtoll(fc, NULL, 10));
-            /* rank 0 handles signals and stops the group; never touch Redis here */
-            struct sigaction si;
-            memset(&si, 0, sizeof si);
-            si.sa_handler = on_signal;
-            sigaction(SIGTERM, &si, NULL);
-            sigaction(SIGINT, &si, NULL);
+            /* serve rank 0 until it stops the group; never touch Redis here */
             group_user gu = {&cache, (int)threads};
             int rc = lb_mpi_group_serve(g_group, group_ctx, &gu, &err);
             if (rc)

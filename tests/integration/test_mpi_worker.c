@@ -320,11 +320,14 @@ static void test_sigterm_stops_group(void **state)
     if (!have_mpirun())
         skip();
     char *out = NULL;
-    int rc = lb_test_run(&out, MPIRUN " -np 2 '%s' worker --redis %s --id wT --threads 1 2>&1 & "
-                         "p=$!; for i in $(seq 100); do redis-cli -p %d EXISTS lowbit:worker:wT "
-                         "| grep -q 1 && break; sleep 0.1; done; kill -TERM $p; wait $p; "
-                         "echo rc=$?; redis-cli -p %d EXISTS lowbit:worker:wT",
-                         lb_test_lowbit_bin(), g_srv.url, g_srv.port, g_srv.port);
+    char *dir = lb_test_mkdtemp();
+    /* SIGTERM once rank 0 serves (every rank is past MPI_Init by then) */
+    int rc = lb_test_run(&out, MPIRUN " -np 2 '%s' worker --redis %s --id wT --threads 1 "
+                         "> '%s/w.log' 2>&1 & p=$!; for i in $(seq 300); do "
+                         "grep -q serving '%s/w.log' && break; sleep 0.1; done; kill -TERM $p; "
+                         "wait $p; echo rc=$?; cat '%s/w.log'; "
+                         "redis-cli -p %d EXISTS lowbit:worker:wT",
+                         lb_test_lowbit_bin(), g_srv.url, dir, dir, dir, g_srv.port);
     assert_int_equal(rc, 0);
     assert_non_null(out);
     assert_non_null(strstr(out, "2 MPI ranks"));
@@ -334,6 +337,7 @@ static void test_sigterm_stops_group(void **state)
     size_t len = strlen(out);
     assert_true(len >= 2 && out[len - 2] == '0'); /* deregistered */
     free(out);
+    lb_test_rmdir(&dir);
 }
 
 int main(void)
