@@ -499,7 +499,8 @@ int lb_cmd_worker(int argc, char **argv)
         } else if (lb_mpi_group_rank(g_group) > 0) {
             const char *fc = getenv("LOWBIT_TEST_MPI_FAIL_CHUNK"); /* test hook */
             if (fc && *fc)
-                lb_mpi_group_set_fail_chunk(g_group, strtoll(fc, NULL, 10));
+                lb_mpi_group_set_fail_chunk(g_group, !strcmp(fc, "open") ? LB_MPI_FAIL_OPEN
+                                                                          : strtoll(fc, NULL, 10));
             /* serve rank 0 until it stops the group; never touch Redis here */
             group_user gu = {&cache, (int)threads};
             int rc = lb_mpi_group_serve(g_group, group_ctx, &gu, &err);

@@ -54,6 +54,9 @@ static int mpi_fail(int code, const char *what, int peer, lb_err *err)
     int len = 0;
     if (MPI_Error_string(code, text, &len) != MPI_SUCCESS)
         snprintf(text, sizeof text, "MPI error %d", code);
+    if (peer < 0)
+        return lb_err_set(err, LB_ENET, "MPI worker group: %s failed (%s); the group cannot "
+                          "continue, restart the mpirun", what, text);
     return lb_err_set(err, LB_ENET, "MPI worker group: %s with rank %d failed (%s); the group "
                       "cannot continue, restart the mpirun", what, peer, text);
 }
@@ -184,6 +187,9 @@ static int part_run(lb_mpi_group *g, const lb_job *job, int setup_rc, const lb_e
     float *y = NULL;
     int rc = setup_rc, net;
     *broken = false;
+    if (!rc && g->fail_chunk == LB_MPI_FAIL_OPEN)
+        rc = lb_err_set(jerr, LB_EINVAL, "test hook: rank %d fails opening job %.12s", rank,
+                        job->id);
     if (!rc) {
         omp_set_num_threads(ctx->omp_threads > 0 ? ctx->omp_threads : 1);
         rc = lb_exec_part_open(job, ctx, &p, jerr);

@@ -3,8 +3,8 @@
  * byte-identical to the embedded `lowbit quantize` (gptq and claq 3-bit, -np 2
  * and -np 3 with uneven shards), ranks > 0 did chunks and jobs, the bytes
  * moved over MPI are reported consistently in --json and in the job record; a
- * rank failing a chunk fails the item (retried, then dead-lettered) without a
- * hang; SIGTERM stops the group cleanly. Skips when mpirun is missing, fails
+ * rank failing a chunk, or failing to open the job, fails the item (retried,
+ * then dead-lettered) without a hang; SIGTERM stops the group cleanly. Skips when mpirun is missing, fails
  * under CI=true. */
 #include <stdbool.h>
 #include <stdio.h>
@@ -311,6 +311,26 @@ static void test_failing_rank_fails_item(void **state)
     lb_test_rmdir(&dir);
 }
 
+/* Rank 1 fails while opening every data-parallel job (before any data moves):
+ * all ranks learn it from the agreement step and rank 0 fails the item with
+ * rank 1's message. */
+static void test_rank_failing_open_fails_item(void **state)
+{
+    (void)state;
+    REQUIRE_ALL();
+    char *dir = lb_test_mkdtemp();
+    int mrc = -1;
+    assert_int_equal(run_group(dir, "o2", "gptq", 2, "LOWBIT_TEST_MPI_FAIL_CHUNK=open", &mrc), 1);
+    assert_int_equal(mrc, 0);
+    char p[4300];
+    snprintf(p, sizeof p, "%s/o2.coord", dir);
+    assert_int_equal(count_lines(p, "collect-hessian .*MPI rank 1 of 2: test hook: rank 1 fails "
+                                    "opening job"), 1);
+    snprintf(p, sizeof p, "%s/o2.json", dir);
+    assert_int_equal(count_lines(p, "\"event\":\"failed\""), 2);
+    lb_test_rmdir(&dir);
+}
+
 /* SIGTERM to mpirun reaches every rank: rank 0 leaves its loop and stops the
  * group; nobody is left waiting. */
 static void test_sigterm_stops_group(void **state)
@@ -346,6 +366,7 @@ int main(void)
         cmocka_unit_test(test_gptq_np2_np3_equal_embedded),
         cmocka_unit_test(test_claq_np2_equal_embedded),
         cmocka_unit_test(test_failing_rank_fails_item),
+        cmocka_unit_test(test_rank_failing_open_fails_item),
         cmocka_unit_test(test_sigterm_stops_group),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
