@@ -4,7 +4,8 @@
  * and -np 3 with uneven shards), ranks > 0 did chunks and jobs, the bytes
  * moved over MPI are reported consistently in --json and in the job record; a
  * rank failing a chunk, or failing to open the job, fails the item (retried,
- * then dead-lettered) without a hang; SIGTERM stops the group cleanly. Skips when mpirun is missing, fails
+ * then dead-lettered) without a hang; SIGTERM to rank 0 stops the group
+ * cleanly, SIGTERM to mpirun ends it. Skips when mpirun is missing, fails
  * under CI=true. */
 #include <stdbool.h>
 #include <stdio.h>
@@ -331,9 +332,9 @@ static void test_rank_failing_open_fails_item(void **state)
     lb_test_rmdir(&dir);
 }
 
-/* SIGTERM to mpirun reaches every rank: rank 0 leaves its loop and stops the
- * group; nobody is left waiting. */
-static void test_sigterm_stops_group(void **state)
+/* SIGTERM to rank 0 (its pid is in the heartbeat): it leaves its loop,
+ * deregisters and stops the group; every rank exits 0, so mpirun does too. */
+static void test_sigterm_rank0_stops_group(void **state)
 {
     (void)state;
     LB_TEST_REQUIRE_REDIS();
@@ -341,21 +342,43 @@ static void test_sigterm_stops_group(void **state)
         skip();
     char *out = NULL;
     char *dir = lb_test_mkdtemp();
-    /* SIGTERM once rank 0 serves (every rank is past MPI_Init by then) */
     int rc = lb_test_run(&out, MPIRUN " -np 2 '%s' worker --redis %s --id wT --threads 1 "
                          "> '%s/w.log' 2>&1 & p=$!; for i in $(seq 300); do "
-                         "grep -q serving '%s/w.log' && break; sleep 0.1; done; kill -TERM $p; "
+                         "grep -q serving '%s/w.log' && break; sleep 0.1; done; "
+                         "kill -TERM $(redis-cli -p %d GET lowbit:worker:wT | "
+                         "sed -n 's/.*pid=\\([0-9]*\\).*/\\1/p'); "
                          "wait $p; echo rc=$?; cat '%s/w.log'; "
                          "redis-cli -p %d EXISTS lowbit:worker:wT",
-                         lb_test_lowbit_bin(), g_srv.url, dir, dir, dir, g_srv.port);
+                         lb_test_lowbit_bin(), g_srv.url, dir, dir, g_srv.port, dir, g_srv.port);
     assert_int_equal(rc, 0);
     assert_non_null(out);
-    assert_non_null(strstr(out, "2 MPI ranks"));
-    assert_non_null(strstr(out, "signal received"));
-    assert_null(strstr(out, "rc=124")); /* not the timeout */
-    assert_null(strstr(out, "rank 1:"));  /* rank 1 returned without an error */
+    if (!strstr(out, "rc=0") || !strstr(out, "2 MPI ranks") || !strstr(out, "signal received"))
+        fail_msg("no clean stop:\n%s", out);
+    assert_null(strstr(out, "rank 1:")); /* rank 1 returned without an error */
     size_t len = strlen(out);
     assert_true(len >= 2 && out[len - 2] == '0'); /* deregistered */
+    free(out);
+    lb_test_rmdir(&dir);
+}
+
+/* SIGTERM to mpirun aborts the group (Open MPI kills the ranks within a
+ * second): it must end, not hang. */
+static void test_sigterm_mpirun_ends_group(void **state)
+{
+    (void)state;
+    LB_TEST_REQUIRE_REDIS();
+    if (!have_mpirun())
+        skip();
+    char *out = NULL;
+    char *dir = lb_test_mkdtemp();
+    int rc = lb_test_run(&out, MPIRUN " -np 2 '%s' worker --redis %s --id wU --threads 1 "
+                         "> '%s/w.log' 2>&1 & p=$!; for i in $(seq 300); do "
+                         "grep -q serving '%s/w.log' && break; sleep 0.1; done; "
+                         "kill -TERM $p; wait $p; echo rc=$?",
+                         lb_test_lowbit_bin(), g_srv.url, dir, dir);
+    assert_int_equal(rc, 0);
+    assert_non_null(out);
+    assert_null(strstr(out, "rc=124")); /* not ended by the timeout */
     free(out);
     lb_test_rmdir(&dir);
 }
@@ -367,7 +390,8 @@ int main(void)
         cmocka_unit_test(test_claq_np2_equal_embedded),
         cmocka_unit_test(test_failing_rank_fails_item),
         cmocka_unit_test(test_rank_failing_open_fails_item),
-        cmocka_unit_test(test_sigterm_stops_group),
+        cmocka_unit_test(test_sigterm_rank0_stops_group),
+        cmocka_unit_test(test_sigterm_mpirun_ends_group),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
