@@ -10,14 +10,18 @@
  *                       or, true-sequential stage s, with the block's earlier
  *                       linears replaced by their quantized versions (inputs
  *                       after X_b), giving the one Hessian of stage s
+ *   collect-hessian, stage LM_HEAD (b = num_hidden_layers): X_L -> rms(X_L,
+ *                       final norm) -> the lm_head input Hessian (dim, dim)
  *   quantize-linear:    W (from the model) + H = 2/N S -> registry method ->
  *                       packed "qlinear" artifact (W_hat is not stored: it is
- *                       dequantize(packed), bit for bit)
+ *                       dequantize(packed), bit for bit); lm_head.weight
+ *                       (LB_JOB_LINEAR_LM_HEAD) is the embedding when tied
  *   distill (--distill): X_q(b), X_fp(b), 7 packed -> Y_t = fp block b on X_fp(b)
  *                       (stored as X_fp(b+1) when the job has an 8th output),
  *                       lb_distill_block(student input X_q(b), target Y_t) ->
  *                       7 distilled packed linears (same codes, new f16 fields)
  *   propagate, b >= 0:  X_b through block b with its 7 quantized linears -> X_{b+1}
+ *                       (b = L-1 only for --quantize-lm-head)
  *   merge:              all qlinear artifacts + the model -> packed checkpoint
  *                       in job->out_dir (lb_packed_write)
  * Forward passes run over fixed chunks of LB_EXEC_CHUNK_TOKENS tokens (whole
