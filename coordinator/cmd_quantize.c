@@ -40,8 +40,9 @@ static void usage(FILE *out)
             "block: Hessians from calibration activations that went through the already\n"
             "quantized earlier blocks, one job per linear, then the block's outputs with\n"
             "the quantized weights feed the next block. Embeddings, norms and lm_head stay\n"
-            "as they are (lm_head: unless --quantize-lm-head). Writes a packed checkpoint (config.json with quantization_config,\n"
-            "model.safetensors, manifest.json) to --out. Intermediate artifacts are kept\n"
+            "as they are (lm_head: unless --quantize-lm-head). Writes a packed checkpoint\n"
+            "(config.json with quantization_config, model.safetensors, manifest.json) to\n"
+            "--out. Intermediate artifacts are kept\n"
             "by content id in OUT/.lowbit/artifacts, so a rerun resumes where it stopped.\n"
             "\n"
             "  --method M         one of:");
@@ -81,6 +82,7 @@ typedef struct {
     char method[16];
     lb_qopts opts;
     char spec[512];
+    int matched; /* tensors it applies to */
 } override;
 
 typedef struct {
@@ -224,7 +226,7 @@ static int parse_override(const char *spec, const lb_qopts *base, override *o, l
  * override: the last wins), adds them to the run id, records and prints the
  * choice. OUT: *c. */
 static void choose(const char *name, const char *method, const lb_qopts *opts,
-                   const override *ovr, int n_ovr, bool json, lb_sha256 *run, json_t *per,
+                   override *ovr, int n_ovr, bool json, lb_sha256 *run, json_t *per,
                    lb_plan_choice *c)
 {
     snprintf(c->method, sizeof c->method, "%s", method);
@@ -235,6 +237,7 @@ static void choose(const char *name, const char *method, const lb_qopts *opts,
             snprintf(c->method, sizeof c->method, "%s", ovr[k].method);
             c->opts = ovr[k].opts;
             by = ovr[k].spec;
+            ovr[k].matched++;
         }
     char desc[512];
     lb_exec_describe_opts(&c->opts, desc, sizeof desc);
@@ -566,6 +569,16 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
         lb_sha256_update(&run, "lm_head", 7);
         choose(LB_JOB_LM_HEAD_TENSOR, method, &opts, ovr, n_ovr_ok, json, &run, per,
                &head_choice);
+    } else {
+        /* an override aimed at lm_head alone would otherwise be silently ignored */
+        for (int k = 0; k < n_ovr_ok; k++)
+            if (ovr[k].matched == 0 &&
+                regexec(&ovr[k].re, LB_JOB_LM_HEAD_TENSOR, 0, NULL, 0) == 0) {
+                lb_err_set(&err, LB_EINVAL, "--override '%s' matches only lm_head.weight, "
+                           "which stays as it is without --quantize-lm-head; add the flag or "
+                           "drop the override", ovr[k].spec);
+                goto fail;
+            }
     }
     uint8_t rd[LB_SHA256_DIGEST];
     char run_id[LB_ID_HEX];

@@ -246,6 +246,9 @@ static void test_bad_inputs(void **state)
     snprintf(args, sizeof args, "--model '%s' --calib '%s' --out '%s' --method gptq "
              "--ctx 128 --nsamples 1000", model_dir, calib, q);
     expect_error(q, args, "--nsamples 1000");
+    snprintf(args, sizeof args, "--model '%s' --calib '%s' --out '%s' --method gptq "
+             "--ctx 128 --override 'lm_head\\.weight=rtn:bits=8'", model_dir, calib, q);
+    expect_error(q, args, "matches only lm_head.weight");
 
     /* an output dir holding a different job */
     char *out = NULL;
