@@ -20,11 +20,13 @@
 #include "lb_exec.h"
 #include "lb_job.h"
 #include "lb_model.h"
+#include "lb_mpi_group.h"
 #include "lb_redis.h"
 #include "lb_redis_url.h"
 
 static volatile sig_atomic_t g_stop;
 static bool g_json; /* --json: one JSON object per line on stdout */
+static lb_mpi_group *g_group; /* rank 0 of an MPI worker group, else NULL */
 
 /* Prints o as one JSON line on stdout and releases it. */
 static void emit(json_t *o)
@@ -49,6 +51,7 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: lowbit worker [--redis URL] [--threads N] [--id ID] [--lease-ms MS]\n"
             "                     [--max-failures K] [--heartbeat-ttl S] [--idle-exit S] [--json]\n"
+            "                     [--mpi | --no-mpi]\n"
             "\n"
             "Runs the jobs of every running distributed job on the Redis server: leases an\n"
             "item (XREADGROUP), runs it, posts its result and acks it. Items whose lease\n"
@@ -66,7 +69,10 @@ static void usage(FILE *out)
             "  --heartbeat-ttl S   heartbeat key TTL, refreshed every S/3 (default 30)\n"
             "  --idle-exit S       exit after S seconds without work (default 0: never)\n"
             "  --redis-wait S      keep retrying an unreachable Redis for S seconds (default 300)\n"
-            "  --json              JSON lines on stdout: start, ran, failed, exit/error\n",
+            "  --json              JSON lines on stdout: start, ran, failed, exit/error\n"
+            "  --mpi / --no-mpi    form one worker of all MPI ranks (default: when started\n"
+            "                      by mpirun/srun with more than one rank); rank 0 talks\n"
+            "                      to Redis, every rank computes (docs/distributed.md)\n",
             LB_REDIS_DEFAULT_URL);
 }
 
@@ -193,6 +199,26 @@ static int cache_get(exec_cache *c, const char *model_dir, const char *out_dir, 
     return 0;
 }
 
+/* Ranks > 0 of an MPI group: the context of a job rank 0 sent. */
+typedef struct {
+    exec_cache *cache;
+    int threads;
+} group_user;
+
+static int group_ctx(void *user, const lb_job *job, const char *out_dir, lb_exec_ctx *ctx,
+                     lb_err *err)
+{
+    group_user *u = user;
+    int rc = cache_get(u->cache, job->model_dir, job->out_dir[0] ? job->out_dir : out_dir, err);
+    if (rc)
+        return rc;
+    ctx->model = u->cache->model;
+    ctx->model_fp = u->cache->model_fp;
+    ctx->store = u->cache->store;
+    ctx->omp_threads = u->threads;
+    return 0;
+}
+
 /* Runs one leased item of job `name`; acks, fails or dead-letters it. Returns 0
  * unless Redis itself failed. */
 static int run_item(lb_redis *r, beat_state *b, exec_cache *cache, const char *name,
@@ -216,9 +242,13 @@ static int run_item(lb_redis *r, beat_state *b, exec_cache *cache, const char *n
     b->lease.payload = NULL;
     pthread_mutex_unlock(&b->mu);
     double t0 = now_s();
+    lb_mpi_stats ms;
+    memset(&ms, 0, sizeof ms);
     if (rc == 0) {
         lb_exec_ctx ctx = {cache->model, cache->model_fp, cache->store, threads};
-        rc = lb_exec_run(&job, &ctx, &res);
+        rc = g_group ? lb_mpi_group_run(g_group, &job, msg->payload, msg->len,
+                                        job.out_dir[0] ? job.out_dir : out_dir, &ctx, &res, &ms)
+                     : lb_exec_run(&job, &ctx, &res);
         if (rc)
             snprintf(jerr.msg, sizeof jerr.msg, "%s", res.error);
     }
@@ -235,14 +265,23 @@ static int run_item(lb_redis *r, beat_state *b, exec_cache *cache, const char *n
         if (!out)
             out = lb_redis_complete(r, name, msg, buf, len, err);
         free(buf);
-        snprintf(ev, sizeof ev, "%s ran %s %.12s (block %d) in %.1f s", b->id,
-                 lb_job_type_name(job.type), job.id, (int)job.block, secs);
+        int n = snprintf(ev, sizeof ev, "%s ran %s %.12s (block %d) in %.1f s", b->id,
+                         lb_job_type_name(job.type), job.id, (int)job.block, secs);
+        if (g_group && ms.chunks && n > 0 && (size_t)n < sizeof ev)
+            snprintf(ev + n, sizeof ev - (size_t)n, " on %d MPI ranks (%d of %d chunks remote, "
+                     "%lld bytes over MPI)", (int)ms.ranks_used, (int)ms.chunks_remote,
+                     (int)ms.chunks, (long long)ms.mpi_bytes);
         if (!out)
             out = lb_redis_event(r, name, ev, err);
+        if (!out && g_group)
+            out = lb_redis_job_incr(r, name, "mpi_bytes", ms.mpi_bytes, NULL, err);
         if (g_json)
-            emit(json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:f}", "event", "ran", "worker", b->id,
-                           "job", name, "item", job.id, "type", lb_job_type_name(job.type),
-                           "block", (int)job.block, "seconds", secs));
+            emit(json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:f, s:I, s:i, s:i, s:i}", "event",
+                           "ran", "worker", b->id, "job", name, "item", job.id, "type",
+                           lb_job_type_name(job.type), "block", (int)job.block, "seconds", secs,
+                           "mpi_bytes", (json_int_t)ms.mpi_bytes, "mpi_ranks",
+                           (int)ms.ranks_used, "mpi_chunks", (int)ms.chunks,
+                           "mpi_chunks_remote", (int)ms.chunks_remote));
         else
             fprintf(stderr, "lowbit worker: %s: %s\n", name, ev);
     } else {
@@ -259,6 +298,8 @@ static int run_item(lb_redis *r, beat_state *b, exec_cache *cache, const char *n
                     jerr.msg);
     }
     lb_job_clear(&job);
+    if (!out && g_group && res.err_code == LB_ENET)
+        out = lb_err_set(err, LB_ENET, "%s", jerr.msg); /* the MPI group broke: stop */
     return out;
 }
 
@@ -267,6 +308,7 @@ int lb_cmd_worker(int argc, char **argv)
     const char *url = NULL, *id_arg = NULL;
     long threads = 0, lease_ms = 600000, max_failures = 3, ttl = 30, idle_exit = 0;
     long redis_wait = 300;
+    int mpi_mode = 0; /* 1 --mpi, -1 --no-mpi, 0 auto */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
@@ -275,6 +317,9 @@ int lb_cmd_worker(int argc, char **argv)
             return 0;
         } else if (!strcmp(a, "--json")) {
             g_json = true;
+            continue;
+        } else if (!strcmp(a, "--mpi") || !strcmp(a, "--no-mpi")) {
+            mpi_mode = a[2] == 'm' ? 1 : -1;
             continue;
         } else if (!strcmp(a, "--redis") && v) {
             url = v;
@@ -324,6 +369,32 @@ int lb_cmd_worker(int argc, char **argv)
     lb_redis *r = NULL;
     exec_cache cache;
     memset(&cache, 0, sizeof cache);
+    if (mpi_mode > 0 || (mpi_mode == 0 && lb_mpi_group_launched())) {
+        if (mpi_mode == 0 && !lb_mpi_group_available()) {
+            fprintf(stderr, "lowbit worker: started by an MPI launcher, but this lowbit was "
+                    "built without MPI: each rank is an independent worker\n");
+        } else if (lb_mpi_group_open(&argc, &argv, &g_group, &err)) {
+            fprintf(stderr, "lowbit worker: %s\n", err.msg);
+            return 1;
+        } else if (lb_mpi_group_rank(g_group) > 0) {
+            /* rank 0 handles signals and stops the group; never touch Redis here */
+            struct sigaction si;
+            memset(&si, 0, sizeof si);
+            si.sa_handler = on_signal;
+            sigaction(SIGTERM, &si, NULL);
+            sigaction(SIGINT, &si, NULL);
+            group_user gu = {&cache, (int)threads};
+            int rc = lb_mpi_group_serve(g_group, group_ctx, &gu, &err);
+            if (rc)
+                fprintf(stderr, "lowbit worker rank %d: %s\n", lb_mpi_group_rank(g_group),
+                        err.msg);
+            lb_mpi_group_close(&g_group, &err);
+            cache_clear(&cache);
+            return rc ? 1 : 0;
+        } else if (lb_mpi_group_size(g_group) < 2) {
+            lb_mpi_group_close(&g_group, &err); /* one rank: a plain worker */
+        }
+    }
     pthread_t beat;
     bool beat_started = false;
     int status = 1;
@@ -344,11 +415,13 @@ int lb_cmd_worker(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     if (g_json)
-        emit(json_pack("{s:s, s:s, s:s, s:i}", "event", "start", "worker", b.id, "redis",
-                       lb_redis_peer(r), "threads", (int)threads));
+        emit(json_pack("{s:s, s:s, s:s, s:i, s:i}", "event", "start", "worker", b.id, "redis",
+                       lb_redis_peer(r), "threads", (int)threads, "mpi_ranks",
+                       lb_mpi_group_size(g_group)));
     else
-        fprintf(stderr, "lowbit worker %s: serving %s (%ld threads)\n", b.id, lb_redis_peer(r),
-                threads);
+        fprintf(stderr, "lowbit worker %s: serving %s (%ld threads, %d MPI rank%s)\n", b.id,
+                lb_redis_peer(r), threads, lb_mpi_group_size(g_group),
+                lb_mpi_group_size(g_group) > 1 ? "s" : "");
 
     double idle_since = now_s(), ok_since = now_s();
     while (!g_stop) {
@@ -452,5 +525,10 @@ fail:
     cache_clear(&cache);
     lb_redis_free(&r);
     pthread_mutex_destroy(&b.mu);
+    if (g_group) {
+        lb_err e3 = {0};
+        if (lb_mpi_group_close(&g_group, &e3))
+            fprintf(stderr, "lowbit worker %s: %s\n", b.id, e3.msg);
+    }
     return status;
 }
