@@ -526,6 +526,75 @@ static void test_quantize_lm_head(void **state)
     lb_test_rmdir(&dir);
 }
 
+/* An untied source (`lowbit synth --preset tiny`, bf16): --quantize-lm-head
+ * replaces its lm_head.weight in place (same tensor order, nothing appended),
+ * config stays untied, and packed eval == f32 export eval. */
+static void test_quantize_lm_head_untied(void **state)
+{
+    (void)state;
+    LB_TEST_REQUIRE_SHARED(calib, "data/stories260K-calib.u32");
+    char evalf[4096];
+    LB_TEST_REQUIRE_SHARED(evalf, "data/stories260K-eval.u32");
+    char *dir = lb_test_mkdtemp();
+    char syn[4200], q[4200], x[4200], tok[4200];
+    snprintf(syn, sizeof syn, "%s/syn", dir);
+    snprintf(q, sizeof q, "%s/q", dir);
+    snprintf(x, sizeof x, "%s/x", dir);
+    snprintf(tok, sizeof tok, "%s/eval8.u32", dir);
+    uint32_t *ids = NULL;
+    int64_t n = 0;
+    lb_err err;
+    assert_int_equal(lb_tokens_load(evalf, &ids, &n, &err), 0);
+    assert_int_equal(lb_tokens_write_u32(tok, ids, 8 * 256, &err), 0);
+    free(ids);
+    const char *bin = lb_test_lowbit_bin();
+    char *out = NULL;
+    int rc = lb_test_run(&out, "'%s' synth --out '%s' --preset tiny 2>&1 && '%s' quantize "
+                         "--model '%s' --calib '%s' --out '%s' --ctx 128 --nsamples 8 --method "
+                         "gptq --bits 4 --threads 2 --quantize-lm-head 2>&1 && '%s' export "
+                         "--model '%s' --out '%s' --dtype f32 2>&1", bin, syn, bin, syn, calib,
+                         q, bin, q, x);
+    if (rc != 0)
+        fail_msg("exit %d: %s", rc, out ? out : "");
+    assert_non_null(strstr(out, "lm_head included"));
+    free(out);
+    lb_packed_summary ps;
+    if (lb_packed_verify(q, &ps, &err) != 0)
+        fail_msg("%s", err.msg);
+    assert_true(ps.lm_head_packed);
+    json_t *cq = load_json_in(q, "config.json");
+    assert_true(json_is_false(json_object_get(cq, "tie_word_embeddings")));
+    json_decref(cq);
+    /* manifest tensors: the source's, in order, lm_head.weight packed in its place */
+    lb_st *src = NULL;
+    assert_int_equal(lb_st_open(&src, syn, &err), 0);
+    json_t *man = load_json_in(q, "manifest.json");
+    json_t *tens = json_object_get(man, "tensors");
+    assert_int_equal(json_object_size(tens), lb_st_count(src));
+    assert_non_null(lb_st_find(src, "lm_head.weight"));
+    assert_string_equal(json_string_value(json_object_get(
+                            json_object_get(tens, "lm_head.weight"), "stored")), "packed");
+    json_decref(man);
+    lb_st_free(&src);
+    char *ea = NULL, *eb = NULL;
+    assert_int_equal(lb_test_run(&ea, "'%s' eval --model '%s' --tokens '%s' --ctx 256 --json "
+                                 "--threads 2", bin, q, tok), 0);
+    assert_int_equal(lb_test_run(&eb, "'%s' eval --model '%s' --tokens '%s' --ctx 256 --json "
+                                 "--threads 2", bin, x, tok), 0);
+    json_t *a = json_loads(ea, 0, NULL), *b = json_loads(eb, 0, NULL);
+    if (!a || !b)
+        fail_msg("eval output: %s / %s", ea, eb);
+    double na = json_real_value(json_object_get(a, "nll"));
+    double nb = json_real_value(json_object_get(b, "nll"));
+    if (!(na == nb && na > 0))
+        fail_msg("packed eval %s != export eval %s", ea, eb);
+    json_decref(a);
+    json_decref(b);
+    free(ea);
+    free(eb);
+    lb_test_rmdir(&dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -535,6 +604,7 @@ int main(void)
         cmocka_unit_test(test_bad_inputs),
         cmocka_unit_test(test_packed_eval_equals_export_eval),
         cmocka_unit_test(test_quantize_lm_head),
+        cmocka_unit_test(test_quantize_lm_head_untied),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
