@@ -153,7 +153,7 @@ int64_t lb_exec_chunk_seqs(int64_t n_seq, int64_t seq_len)
     if (n_seq < 1 || seq_len < 1)
         return 1;
     int64_t by_tokens = LB_EXEC_CHUNK_TOKENS / seq_len;
-    int64_t by_count = (n_seq + LB_EXEC_MIN_CHUNKS - 1) / LB_EXEC_MIN_CHUNKS;
+    int64_t by_count = n_seq / LB_EXEC_MIN_CHUNKS;
     int64_t cs = by_tokens < by_count ? by_tokens : by_count;
     return cs < 1 ? 1 : cs;
 }

@@ -41,7 +41,7 @@
 #include "lb_hessian.h"
 
 #define LB_EXEC_CHUNK_TOKENS 4096 /* at most this many tokens per chunk (>= 1 sequence) */
-#define LB_EXEC_MIN_CHUNKS 8      /* at least this many chunks when n_seq allows it */
+#define LB_EXEC_MIN_CHUNKS 8      /* at least this many chunks when n_seq >= 8 */
 
 typedef struct {
     const lb_model *model;      /* the source (fp) model of job->model_fp (borrowed) */
@@ -51,9 +51,11 @@ typedef struct {
     int omp_threads;            /* OpenMP threads for forward passes in this thread (>= 1) */
 } lb_exec_ctx;
 
-/* Sequences per chunk: min(LB_EXEC_CHUNK_TOKENS / seq_len, ceil(n_seq /
- * LB_EXEC_MIN_CHUNKS)), at least 1, so small calibration sets still split into
- * several chunks for data-parallel workers. Depends on nothing else. */
+/* Sequences per chunk: min(LB_EXEC_CHUNK_TOKENS / seq_len, floor(n_seq /
+ * LB_EXEC_MIN_CHUNKS)), at least 1: the largest chunk within the token cap
+ * that still leaves LB_EXEC_MIN_CHUNKS chunks (n_seq chunks of one sequence
+ * when n_seq < LB_EXEC_MIN_CHUNKS), so small calibration sets still spread
+ * over data-parallel workers. Depends on nothing else. */
 int64_t lb_exec_chunk_seqs(int64_t n_seq, int64_t seq_len);
 /* Number of chunks: ceil(n_seq / lb_exec_chunk_seqs); 0 when n_seq < 1. */
 int64_t lb_exec_chunk_count(int64_t n_seq, int64_t seq_len);

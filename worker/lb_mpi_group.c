@@ -42,6 +42,7 @@ typedef struct {
 
 struct lb_mpi_group {
     int rank, size;
+    int64_t fail_chunk; /* test hook, -1 off */
 };
 
 /* Largest piece per MPI message (counts are int). */
@@ -53,6 +54,9 @@ static int mpi_fail(int code, const char *what, int peer, lb_err *err)
     int len = 0;
     if (MPI_Error_string(code, text, &len) != MPI_SUCCESS)
         snprintf(text, sizeof text, "MPI error %d", code);
+    if (peer < 0)
+        return lb_err_set(err, LB_ENET, "MPI worker group: %s failed (%s); the group cannot "
+                          "continue, restart the mpirun", what, text);
     return lb_err_set(err, LB_ENET, "MPI worker group: %s with rank %d failed (%s); the group "
                       "cannot continue, restart the mpirun", what, peer, text);
 }
@@ -137,8 +141,25 @@ int lb_mpi_group_open(int *argc, char ***argv, lb_mpi_group **out, lb_err *err)
         free(g);
         return rc;
     }
+    g->fail_chunk = -1;
     *out = g;
     return 0;
+}
+
+void lb_mpi_group_set_fail_chunk(lb_mpi_group *g, int64_t c)
+{
+    if (g)
+        g->fail_chunk = c;
+}
+
+/* Chunk c on this rank, or the test hook's failure. */
+static int run_chunk(const lb_mpi_group *g, lb_exec_part *p, int64_t c, lb_hessian *const *hs,
+                     float *y, lb_err *err)
+{
+    if (c == g->fail_chunk)
+        return lb_err_set(err, LB_EINVAL, "test hook: chunk %lld fails on rank %d",
+                          (long long)c, g->rank);
+    return lb_exec_part_run_chunk(p, c, hs, y, err);
 }
 
 int lb_mpi_group_rank(const lb_mpi_group *g)
@@ -166,6 +187,9 @@ static int part_run(lb_mpi_group *g, const lb_job *job, int setup_rc, const lb_e
     float *y = NULL;
     int rc = setup_rc, net;
     *broken = false;
+    if (!rc && g->fail_chunk == LB_MPI_FAIL_OPEN)
+        rc = lb_err_set(jerr, LB_EINVAL, "test hook: rank %d fails opening job %.12s", rank,
+                        job->id);
     if (!rc) {
         omp_set_num_threads(ctx->omp_threads > 0 ? ctx->omp_threads : 1);
         rc = lb_exec_part_open(job, ctx, &p, jerr);
@@ -240,7 +264,7 @@ static int part_run(lb_mpi_group *g, const lb_job *job, int setup_rc, const lb_e
             for (int k = 0; !first && k < K; k++)
                 first = lb_hessian_new(lb_exec_part_hessian_width(p, k), &tmp[k], jerr);
             if (!first)
-                first = lb_exec_part_run_chunk(p, c, tmp, y, jerr);
+                first = run_chunk(g, p, c, tmp, y, jerr);
             if (first) {
                 h.rc = first;
                 snprintf(h.msg, sizeof h.msg, "%s", jerr->msg);
@@ -273,8 +297,7 @@ static int part_run(lb_mpi_group *g, const lb_job *job, int setup_rc, const lb_e
         int64_t t0, nt;
         lb_exec_part_chunk_range(p, c, &t0, &nt);
         if (src == 0) {
-            if (!first && (first = lb_exec_part_run_chunk(p, c, sums, K ? NULL : y + t0 * dim,
-                                                          jerr)))
+            if (!first && (first = run_chunk(g, p, c, sums, K ? NULL : y + t0 * dim, jerr)))
                 lb_err_prefix(jerr, "MPI rank 0, chunk %lld", (long long)c);
             continue;
         }

@@ -89,6 +89,14 @@ int lb_mpi_group_run_batch(lb_mpi_group *g, int n, const lb_job *const *jobs,
                            const lb_exec_ctx *ctx, lb_job_result *res, lb_mpi_stats *stats,
                            lb_err *err);
 
+/* Test hook: this rank reports "test hook: chunk C fails" instead of computing
+ * chunk c of any data-parallel job; with c == LB_MPI_FAIL_OPEN it fails every
+ * data-parallel job while opening it (before any data moves); -1: off. The CLI
+ * sets it on ranks > 0 from LOWBIT_TEST_MPI_FAIL_CHUNK (a number or "open") so
+ * tests can make one rank fail. */
+#define LB_MPI_FAIL_OPEN (-2)
+void lb_mpi_group_set_fail_chunk(lb_mpi_group *g, int64_t c);
+
 /* Rank 0 tells the serving ranks to return; every rank then finalizes MPI and
  * frees the group; *g = NULL. Accepts NULL. Returns 0 or LB_ENET. */
 int lb_mpi_group_close(lb_mpi_group **g, lb_err *err);

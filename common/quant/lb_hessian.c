@@ -4,7 +4,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <omp.h>
+
 #include "lb_blas.h"
+
+/* Above this width the chunk product runs as fixed tiles across threads; at or below
+ * it, as one SYRK (so small models keep their exact bits). */
+#define LB_HESSIAN_TILE 512
 
 struct lb_hessian {
     int64_t cols;
@@ -57,7 +63,35 @@ int lb_hessian_add_chunk(lb_hessian *h, const float *X, int64_t ntok, int64_t ld
     if (!h->chunk && !(h->chunk = malloc((size_t)(n * n) * sizeof *h->chunk)))
         return lb_err_set(err, LB_ENOMEM, "hessian: out of memory for the chunk scratch");
     // chunk (n, n) upper = Xᵀ X, X (ntok, n)
-    lb_ssyrk_upper_at_a(n, ntok, 1.0f, X, ld, 0.0f, h->chunk, n);
+    if (n <= LB_HESSIAN_TILE) {
+        lb_ssyrk_upper_at_a(n, ntok, 1.0f, X, ld, 0.0f, h->chunk, n);
+    } else {
+        /* Fixed tiles, each one BLAS call on one thread, shared out among the OpenMP
+         * threads: every element sees the same operations at any thread count. */
+        const int64_t nt = (n + LB_HESSIAN_TILE - 1) / LB_HESSIAN_TILE,
+                      npairs = nt * (nt + 1) / 2;
+        const int blas_threads = lb_blas_get_threads();
+        lb_blas_set_threads(1);
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int64_t p = 0; p < npairs; p++) {
+            int64_t ti = 0, rest = p; /* pair p -> tiles (ti, tj), ti <= tj */
+            while (rest >= nt - ti) {
+                rest -= nt - ti;
+                ti++;
+            }
+            const int64_t tj = ti + rest;
+            const int64_t i0 = ti * LB_HESSIAN_TILE, j0 = tj * LB_HESSIAN_TILE;
+            const int64_t ni = n - i0 < LB_HESSIAN_TILE ? n - i0 : LB_HESSIAN_TILE;
+            const int64_t nj = n - j0 < LB_HESSIAN_TILE ? n - j0 : LB_HESSIAN_TILE;
+            if (ti == tj) // chunk[I, I] upper = X[:, I]ᵀ X[:, I]
+                lb_ssyrk_upper_at_a(ni, ntok, 1.0f, X + i0, ld, 0.0f, h->chunk + i0 * n + i0, n);
+            else // chunk[I, J] = X[:, I]ᵀ X[:, J]
+                lb_sgemm(true, false, ni, nj, ntok, 1.0f, X + i0, ld, X + j0, ld, 0.0f,
+                         h->chunk + i0 * n + j0, n);
+        }
+        lb_blas_set_threads(blas_threads);
+    }
+#pragma omp parallel for schedule(static)
     for (int64_t a = 0; a < n; a++)
         for (int64_t b = a; b < n; b++)
             h->S[a * n + b] += (double)h->chunk[a * n + b];

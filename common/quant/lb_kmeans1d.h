@@ -27,6 +27,13 @@ typedef struct lb_kmeans1d_ws lb_kmeans1d_ws;
 int lb_kmeans1d_ws_new(int64_t max_n, int32_t max_k, lb_kmeans1d_ws **out, lb_err *err);
 void lb_kmeans1d_ws_free(lb_kmeans1d_ws **ws);
 
+/* threads >= 2 starts one helper thread (kept until threads < 2 or free) that takes half
+ * of each DP level of fits with n >= 1024; threads < 2 stops it. Results are identical
+ * either way. The helper spins briefly, then yields, then sleeps between fits.
+ * Returns 0, or LB_ENOMEM when the thread cannot be started (the workspace stays
+ * single-threaded and usable). */
+int lb_kmeans1d_ws_set_threads(lb_kmeans1d_ws *ws, int threads, lb_err *err);
+
 /* Optimal k-means of x (n,) into k clusters.
  * OUT: centroids (k,) ascending, each the mean of its run; when the data have fewer
  *      than k points the missing centroids repeat the largest one.
@@ -39,6 +46,11 @@ int lb_kmeans1d_fit(lb_kmeans1d_ws *ws, const float *x, int64_t n, int32_t k,
  * centroids (k,) need not be sorted; k <= LB_KMEANS1D_MAX_K. */
 void lb_kmeans1d_assign(const float *x, int64_t n, const float *centroids, int32_t k,
                         uint8_t *codes);
+
+/* The same codes as lb_kmeans1d_assign for centroids sorted ascending (repeats
+ * allowed), by binary search: O(n log k). */
+void lb_kmeans1d_assign_sorted(const float *x, int64_t n, const float *centroids, int32_t k,
+                               uint8_t *codes);
 
 /* Sum over i of (x[i] - nearest centroid)^2 in double. */
 double lb_kmeans1d_loss(const float *x, int64_t n, const float *centroids, int32_t k);

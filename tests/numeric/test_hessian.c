@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <omp.h>
+
 #include "lb_hessian.h"
 #include "lb_test_qref.h"
 
@@ -52,6 +54,45 @@ static void test_chunks_match_reference(void **state)
     free(X);
     free(H);
     free(Href);
+}
+
+/* Wide inputs take the tiled path (tiles of 512 and a ragged edge): it matches the
+ * float64 reference and gives bit-identical sums on one thread and on two. */
+static void test_wide_tiled_matches_reference_at_any_thread_count(void **state)
+{
+    (void)state;
+    enum { TW = 96, CW = 1100 };
+    float *X = malloc((size_t)TW * CW * sizeof *X), *H = malloc((size_t)CW * CW * sizeof *H);
+    float *Href = malloc((size_t)CW * CW * sizeof *Href);
+    double *S1 = malloc((size_t)CW * CW * sizeof *S1), *S2 = malloc((size_t)CW * CW * sizeof *S2);
+    assert_true(X && H && Href && S1 && S2);
+    lb_test_activations(X, TW, CW, 3, 5);
+    lb_test_hessian_ref(X, TW, CW, Href);
+    lb_err err = {0};
+    double *out[2] = {S1, S2};
+    const int saved = omp_get_max_threads();
+    for (int run = 0; run < 2; run++) {
+        omp_set_num_threads(run + 1);
+        lb_hessian *h = NULL;
+        assert_int_equal(lb_hessian_new(CW, &h, &err), 0);
+        assert_int_equal(lb_hessian_add_chunk(h, X, 50, CW, &err), 0);
+        assert_int_equal(lb_hessian_add_chunk(h, X + 50 * CW, TW - 50, CW, &err), 0);
+        int64_t ntok = 0;
+        lb_hessian_get_sums(h, out[run], &ntok);
+        assert_int_equal(ntok, TW);
+        if (run == 0) {
+            assert_int_equal(lb_hessian_get(h, H, &err), 0);
+            assert_true(max_rel_diff(H, Href, (int64_t)CW * CW) < 1e-5);
+        }
+        lb_hessian_free(&h);
+    }
+    omp_set_num_threads(saved);
+    assert_memory_equal(S1, S2, (size_t)CW * CW * sizeof *S1);
+    free(X);
+    free(H);
+    free(Href);
+    free(S1);
+    free(S2);
 }
 
 static void test_partials_add(void **state)
@@ -121,6 +162,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_chunks_match_reference),
+        cmocka_unit_test(test_wide_tiled_matches_reference_at_any_thread_count),
         cmocka_unit_test(test_partials_add),
         cmocka_unit_test(test_rejects_bad_input),
     };

@@ -225,6 +225,90 @@ static void test_dp_not_worse_than_lloyd(void **state)
     lb_kmeans1d_ws_free(&ws);
 }
 
+/* The plain O(k n^2) DP on sorted x with every split tried (no divide and conquer,
+ * no monotonicity bounds): the optimal loss. */
+static double plain_dp_loss(const float *x, int n, int k)
+{
+    float *xs = malloc((size_t)n * sizeof *xs);
+    double *s1 = malloc((size_t)(n + 1) * sizeof *s1), *s2 = malloc((size_t)(n + 1) * sizeof *s2);
+    double *dp = malloc((size_t)(n + 1) * sizeof *dp), *nx = malloc((size_t)(n + 1) * sizeof *nx);
+    assert_true(xs && s1 && s2 && dp && nx);
+    memcpy(xs, x, (size_t)n * sizeof *xs);
+    qsort(xs, (size_t)n, sizeof *xs, cmp_float);
+    s1[0] = s2[0] = 0;
+    for (int i = 0; i < n; i++) {
+        s1[i + 1] = s1[i] + (double)xs[i];
+        s2[i + 1] = s2[i] + (double)xs[i] * (double)xs[i];
+    }
+    for (int b = 1; b <= n; b++)
+        dp[b] = s2[b] - s1[b] * s1[b] / b;
+    for (int m = 2; m <= k; m++) {
+        for (int b = m; b <= n; b++) {
+            double best = INFINITY;
+            for (int a = m - 1; a < b; a++) {
+                double d = s1[b] - s1[a];
+                double v = dp[a] + (s2[b] - s2[a]) - d * d / (b - a);
+                if (v < best)
+                    best = v;
+            }
+            nx[b] = best;
+        }
+        memcpy(dp + m, nx + m, (size_t)(n + 1 - m) * sizeof *dp);
+    }
+    double r = dp[n];
+    free(xs);
+    free(s1);
+    free(s2);
+    free(dp);
+    free(nx);
+    return r;
+}
+
+/* Long columns: the two-thread levels give bit-identical centroids and loss to one
+ * thread, and both equal the plain DP's optimum (ties included: rounded data). */
+static void test_two_threads_equal_one_and_plain_dp(void **state)
+{
+    (void)state;
+    enum { N = 1500 };
+    lb_kmeans1d_ws *one = NULL, *two = NULL;
+    lb_err err = {0};
+    assert_int_equal(lb_kmeans1d_ws_new(N, 16, &one, &err), 0);
+    assert_int_equal(lb_kmeans1d_ws_new(N, 16, &two, &err), 0);
+    assert_int_equal(lb_kmeans1d_ws_set_threads(two, 2, &err), 0);
+    float *x = malloc(N * sizeof *x);
+    assert_non_null(x);
+    uint64_t rng = 7;
+    for (int trial = 0; trial < 9; trial++) {
+        int k = (int[]){3, 8, 16}[trial % 3];
+        int n = N - 37 * trial; /* >= 1024: the two-thread path */
+        for (int i = 0; i < n; i++) {
+            float v = lb_test_rand_normal(&rng);
+            if (trial / 3 == 1)
+                v = v * v * v; /* heavy tails */
+            else if (trial / 3 == 2)
+                v = roundf(v * 4.0f) / 4.0f; /* many equal values: ties */
+            x[i] = v;
+        }
+        float c1[16], c2[16];
+        double l1, l2;
+        assert_int_equal(lb_kmeans1d_fit(one, x, n, k, c1, &l1, &err), 0);
+        assert_int_equal(lb_kmeans1d_fit(two, x, n, k, c2, &l2, &err), 0);
+        assert_memory_equal(c1, c2, (size_t)k * sizeof *c1);
+        assert_memory_equal(&l1, &l2, sizeof l1);
+        double ref = plain_dp_loss(x, n, k);
+        assert_true(fabs(l1 - ref) <= 1e-9 * ref + 1e-9);
+        assert_true(fabs(lb_kmeans1d_loss(x, n, c1, k) - ref) <= 1e-6 * ref + 1e-6);
+    }
+    /* back to one thread: the helper stops, results unchanged */
+    assert_int_equal(lb_kmeans1d_ws_set_threads(two, 1, &err), 0);
+    float c[16];
+    double l;
+    assert_int_equal(lb_kmeans1d_fit(two, x, 1200, 8, c, &l, &err), 0);
+    free(x);
+    lb_kmeans1d_ws_free(&one);
+    lb_kmeans1d_ws_free(&two);
+}
+
 static void test_fewer_points_than_clusters_and_constant(void **state)
 {
     (void)state;
@@ -279,6 +363,43 @@ static void test_assign_nearest(void **state)
     /* -0.5 and 0.25, 1.75 are exact midpoints: the lower index wins. */
     const uint8_t want[6] = {0, 0, 1, 2, 2, 3};
     assert_memory_equal(codes, want, 6);
+    lb_kmeans1d_assign_sorted(x, 6, c, 4, codes);
+    assert_memory_equal(codes, want, 6);
+}
+
+/* The binary-search assignment equals the linear scan on sorted centroids with repeats,
+ * on points at centroids, at midpoints, outside the range and at random. */
+static void test_assign_sorted_equals_scan(void **state)
+{
+    (void)state;
+    enum { N = 4000 };
+    float *x = malloc(N * sizeof *x);
+    uint8_t *a = malloc(N), *b = malloc(N);
+    assert_true(x && a && b);
+    uint64_t rng = 11;
+    for (int trial = 0; trial < 40; trial++) {
+        int k = 1 + trial % 16;
+        float c[16];
+        for (int j = 0; j < k; j++)
+            c[j] = roundf(lb_test_rand_normal(&rng) * 4.0f) / 4.0f; /* repeats likely */
+        qsort(c, (size_t)k, sizeof *c, cmp_float);
+        for (int i = 0; i < N; i++) {
+            int j = (int)(lb_test_rand_u64(&rng) % (uint64_t)k);
+            int j2 = j + 1 < k ? j + 1 : j;
+            switch (i % 4) {
+            case 0: x[i] = c[j]; break;
+            case 1: x[i] = 0.5f * (c[j] + c[j2]); break;
+            case 2: x[i] = lb_test_rand_normal(&rng) * 3.0f; break;
+            default: x[i] = roundf(lb_test_rand_normal(&rng) * 16.0f) / 16.0f; break;
+            }
+        }
+        lb_kmeans1d_assign(x, N, c, k, a);
+        lb_kmeans1d_assign_sorted(x, N, c, k, b);
+        assert_memory_equal(a, b, N);
+    }
+    free(x);
+    free(a);
+    free(b);
 }
 
 int main(void)
@@ -287,9 +408,11 @@ int main(void)
         cmocka_unit_test(test_dp_equals_brute_force_tiny),
         cmocka_unit_test(test_dp_equals_contiguous_partitions),
         cmocka_unit_test(test_dp_not_worse_than_lloyd),
+        cmocka_unit_test(test_two_threads_equal_one_and_plain_dp),
         cmocka_unit_test(test_fewer_points_than_clusters_and_constant),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_assign_nearest),
+        cmocka_unit_test(test_assign_sorted_equals_scan),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
