@@ -538,8 +538,6 @@ static int exec_quantize(const lb_job *job, const lb_exec_ctx *ctx, double *bpw,
     const char *src_name = lm_head && cfg->tie_word_embeddings ? "model.embed_tokens.weight"
                                                                : job->tensor;
     float *W = NULL, *H = NULL;
-    double *S = NULL;
-    lb_hessian *acc = NULL;
     lb_st *hst = NULL;
     lb_qresult res;
     memset(&res, 0, sizeof res);
@@ -558,15 +556,11 @@ static int exec_quantize(const lb_job *job, const lb_exec_ctx *ctx, double *bpw,
     }
     W = lb_quant_big_alloc((size_t)rows * (size_t)cols * sizeof *W);
     H = lb_quant_big_alloc((size_t)cols * (size_t)cols * sizeof *H);
-    S = lb_quant_big_alloc((size_t)cols * (size_t)cols * sizeof *S);
-    if (!W || !H || !S) {
+    if (!W || !H) {
         rc = lb_err_set(err, LB_ENOMEM, "quantize-linear %s: out of memory", job->tensor);
         goto done;
     }
-    memcpy(S, t->data, t->nbytes); /* the mapping may be unaligned for double */
-    if ((rc = lb_hessian_new(cols, &acc, err)) ||
-        (rc = lb_hessian_set_sums(acc, S, (int64_t)ntok, err)) ||
-        (rc = lb_hessian_get(acc, H, err)))
+    if ((rc = lb_hessian_from_sums(t->data, cols, (int64_t)ntok, H, err)))
         goto done;
     if ((rc = lb_st_read_f32(lb_model_tensors(ctx->model), src_name, W, rows * cols, err)))
         goto done;
@@ -581,11 +575,9 @@ static int exec_quantize(const lb_job *job, const lb_exec_ctx *ctx, double *bpw,
                               err);
 done:
     lb_qresult_free(&res);
-    lb_hessian_free(&acc);
     lb_st_free(&hst);
     free(W);
     free(H);
-    free(S);
     return rc;
 }
 
