@@ -20,11 +20,13 @@
 #include "lb_exec.h"
 #include "lb_job.h"
 #include "lb_model.h"
+#include "lb_mpi_group.h"
 #include "lb_redis.h"
 #include "lb_redis_url.h"
 
 static volatile sig_atomic_t g_stop;
 static bool g_json; /* --json: one JSON object per line on stdout */
+static lb_mpi_group *g_group; /* rank 0 of an MPI worker group, else NULL */
 
 /* Prints o as one JSON line on stdout and releases it. */
 static void emit(json_t *o)
@@ -49,6 +51,7 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: lowbit worker [--redis URL] [--threads N] [--id ID] [--lease-ms MS]\n"
             "                     [--max-failures K] [--heartbeat-ttl S] [--idle-exit S] [--json]\n"
+            "                     [--mpi | --no-mpi]\n"
             "\n"
             "Runs the jobs of every running distributed job on the Redis server: leases an\n"
             "item (XREADGROUP), runs it, posts its result and acks it. Items whose lease\n"
@@ -66,7 +69,10 @@ static void usage(FILE *out)
             "  --heartbeat-ttl S   heartbeat key TTL, refreshed every S/3 (default 30)\n"
             "  --idle-exit S       exit after S seconds without work (default 0: never)\n"
             "  --redis-wait S      keep retrying an unreachable Redis for S seconds (default 300)\n"
-            "  --json              JSON lines on stdout: start, ran, failed, exit/error\n",
+            "  --json              JSON lines on stdout: start, ran, failed, exit/error\n"
+            "  --mpi / --no-mpi    form one worker of all MPI ranks (default: when started\n"
+            "                      by mpirun/srun with more than one rank); rank 0 talks\n"
+            "                      to Redis, every rank computes (docs/distributed.md)\n",
             LB_REDIS_DEFAULT_URL);
 }
 
@@ -193,6 +199,157 @@ static int cache_get(exec_cache *c, const char *model_dir, const char *out_dir, 
     return 0;
 }
 
+/* Reports a finished item: acks it with its result, or counts a failure
+ * (re-queue or dead-letter); event and log line. Returns 0 unless Redis failed. */
+static int finish_item(lb_redis *r, const beat_state *b, const char *name,
+                       const lb_redis_msg *msg, const lb_job *job, int rc,
+                       const lb_job_result *res, const lb_err *jerr, double secs,
+                       const lb_mpi_stats *ms, int max_failures, lb_err *err)
+{
+    int out = 0;
+    char ev[512];
+    if (rc == 0) {
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        out = lb_job_result_encode(res, &buf, &len, err);
+        if (!out)
+            out = lb_redis_complete(r, name, msg, buf, len, err);
+        free(buf);
+        int n = snprintf(ev, sizeof ev, "%s ran %s %.12s (block %d) in %.1f s", b->id,
+                         lb_job_type_name(job->type), job->id, (int)job->block, secs);
+        if (g_group && ms->chunks && n > 0 && (size_t)n < sizeof ev)
+            snprintf(ev + n, sizeof ev - (size_t)n, " on %d MPI ranks (%d of %d chunks remote, "
+                     "%lld bytes over MPI)", (int)ms->ranks_used, (int)ms->chunks_remote,
+                     (int)ms->chunks, (long long)ms->mpi_bytes);
+        if (!out)
+            out = lb_redis_event(r, name, ev, err);
+        if (!out && g_group)
+            out = lb_redis_job_incr(r, name, "mpi_bytes", ms->mpi_bytes, NULL, err);
+        if (g_json)
+            emit(json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:f, s:I, s:i, s:i, s:i}", "event",
+                           "ran", "worker", b->id, "job", name, "item", job->id, "type",
+                           lb_job_type_name(job->type), "block", (int)job->block, "seconds", secs,
+                           "mpi_bytes", (json_int_t)ms->mpi_bytes, "mpi_ranks",
+                           (int)ms->ranks_used, "mpi_chunks", (int)ms->chunks,
+                           "mpi_chunks_remote", (int)ms->chunks_remote));
+        else
+            fprintf(stderr, "lowbit worker: %s: %s\n", name, ev);
+    } else {
+        bool dead = false;
+        int64_t fails = 0;
+        out = lb_redis_fail(r, name, msg, jerr->msg, max_failures, &dead, &fails, err);
+        if (g_json)
+            emit(json_pack("{s:s, s:s, s:s, s:s, s:I, s:i, s:b, s:s}", "event", "failed", "worker",
+                           b->id, "job", name, "item", msg->id, "fails", (json_int_t)fails,
+                           "max_failures", max_failures, "dead", dead, "error", jerr->msg));
+        else
+            fprintf(stderr, "lowbit worker: %s: item %.12s failed (%lld of %d%s): %s\n", name,
+                    msg->id, (long long)fails, max_failures, dead ? ", dead-lettered" : "",
+                    jerr->msg);
+    }
+    return out;
+}
+
+/* MPI group, independent job (quantize-linear, distill, merge, embed): claims
+ * up to size - 1 more items of `name` and runs them side by side, one per
+ * rank (job0 on rank 0: its result in *res0, the batch's MPI figures in *ms0).
+ * The extra items are finished here. A claimed item that cannot join the
+ * batch (data-parallel, undecodable, another model) is returned in *deferred
+ * (*has_deferred) for the caller to run next. Returns 0 unless Redis failed;
+ * a broken group shows as res0->err_code == LB_ENET. */
+static int run_batch(lb_redis *r, const beat_state *b, const char *name, const char *dir,
+                     const lb_redis_msg *msg0, const lb_job *job0, const lb_exec_ctx *ctx,
+                     lb_job_result *res0, lb_mpi_stats *ms0, int max_failures,
+                     lb_redis_msg *deferred, bool *has_deferred, lb_err *err)
+{
+    const int size = lb_mpi_group_size(g_group);
+    lb_redis_msg *xm = calloc((size_t)size, sizeof *xm);
+    lb_job *xj = calloc((size_t)size, sizeof *xj);
+    const lb_job **jobs = calloc((size_t)size, sizeof *jobs);
+    const uint8_t **pl = calloc((size_t)size, sizeof *pl);
+    size_t *lens = calloc((size_t)size, sizeof *lens);
+    lb_job_result *res = calloc((size_t)size, sizeof *res);
+    int n = 1, out = 0;
+    *has_deferred = false;
+    if (!xm || !xj || !jobs || !pl || !lens || !res) {
+        free(xm), free(xj), free(jobs), free(pl), free(lens), free(res);
+        memset(ms0, 0, sizeof *ms0);
+        lb_exec_run(job0, ctx, res0); /* no memory for a batch: this job alone */
+        return 0;
+    }
+    jobs[0] = job0;
+    pl[0] = msg0->payload;
+    lens[0] = msg0->len;
+    while (n < size) {
+        bool got = false;
+        lb_redis_msg m;
+        lb_err ce = {0};
+        if (lb_redis_claim(r, name, b->id, 0, &m, &got, &ce) || !got)
+            break; /* nothing more now (or Redis hiccup: the main loop sees it) */
+        lb_job_init(&xj[n]);
+        lb_err je = {0};
+        if (lb_job_decode(m.payload, m.len, &xj[n], &je) || strcmp(xj[n].id, m.id) ||
+            lb_exec_is_data_parallel(&xj[n]) || strcmp(xj[n].model_dir, job0->model_dir) ||
+            strcmp(xj[n].out_dir, job0->out_dir)) {
+            lb_job_clear(&xj[n]);
+            *deferred = m;
+            *has_deferred = true;
+            break;
+        }
+        xm[n] = m;
+        jobs[n] = &xj[n];
+        pl[n] = m.payload;
+        lens[n] = m.len;
+        n++;
+    }
+    lb_err be = {0};
+    if (lb_mpi_group_run_batch(g_group, n, jobs, pl, lens, dir, ctx, res, ms0, &be)) {
+        for (int i = 0; i < n; i++) {
+            memset(&res[i], 0, sizeof res[i]);
+            res[i].status = LB_JOB_FAILED;
+            res[i].err_code = LB_ENET;
+            snprintf(res[i].error, sizeof res[i].error, "%s", be.msg);
+        }
+    }
+    *res0 = res[0];
+    for (int i = 1; i < n; i++) {
+        lb_err je = {0};
+        int rc = res[i].status == LB_JOB_OK ? 0 : (res[i].err_code ? res[i].err_code : LB_EINVAL);
+        snprintf(je.msg, sizeof je.msg, "%s", res[i].error);
+        lb_mpi_stats none;
+        memset(&none, 0, sizeof none);
+        none.ranks_used = 1;
+        int o = finish_item(r, b, name, &xm[i], &xj[i], rc, &res[i], &je, res[i].seconds, &none,
+                            max_failures, err);
+        if (o && !out)
+            out = o;
+        lb_redis_msg_clear(&xm[i]);
+        lb_job_clear(&xj[i]);
+    }
+    free(xm), free(xj), free(jobs), free(pl), free(lens), free(res);
+    return out;
+}
+
+/* Ranks > 0 of an MPI group: the context of a job rank 0 sent. */
+typedef struct {
+    exec_cache *cache;
+    int threads;
+} group_user;
+
+static int group_ctx(void *user, const lb_job *job, const char *out_dir, lb_exec_ctx *ctx,
+                     lb_err *err)
+{
+    group_user *u = user;
+    int rc = cache_get(u->cache, job->model_dir, job->out_dir[0] ? job->out_dir : out_dir, err);
+    if (rc)
+        return rc;
+    ctx->model = u->cache->model;
+    ctx->model_fp = u->cache->model_fp;
+    ctx->store = u->cache->store;
+    ctx->omp_threads = u->threads;
+    return 0;
+}
+
 /* Runs one leased item of job `name`; acks, fails or dead-letters it. Returns 0
  * unless Redis itself failed. */
 static int run_item(lb_redis *r, beat_state *b, exec_cache *cache, const char *name,
@@ -216,9 +373,23 @@ static int run_item(lb_redis *r, beat_state *b, exec_cache *cache, const char *n
     b->lease.payload = NULL;
     pthread_mutex_unlock(&b->mu);
     double t0 = now_s();
+    lb_mpi_stats ms;
+    memset(&ms, 0, sizeof ms);
+    lb_redis_msg deferred;
+    bool has_deferred = false;
+    int batch_out = 0;
     if (rc == 0) {
         lb_exec_ctx ctx = {cache->model, cache->model_fp, cache->store, threads};
-        rc = lb_exec_run(&job, &ctx, &res);
+        const char *dir = job.out_dir[0] ? job.out_dir : out_dir;
+        if (g_group && !lb_exec_is_data_parallel(&job)) {
+            batch_out = run_batch(r, b, name, dir, msg, &job, &ctx, &res, &ms, max_failures,
+                                  &deferred, &has_deferred, err);
+            rc = res.status == LB_JOB_OK ? 0 : (res.err_code ? res.err_code : LB_EINVAL);
+        } else if (g_group) {
+            rc = lb_mpi_group_run(g_group, &job, msg->payload, msg->len, dir, &ctx, &res, &ms);
+        } else {
+            rc = lb_exec_run(&job, &ctx, &res);
+        }
         if (rc)
             snprintf(jerr.msg, sizeof jerr.msg, "%s", res.error);
     }
@@ -226,39 +397,21 @@ static int run_item(lb_redis *r, beat_state *b, exec_cache *cache, const char *n
     b->leased = false;
     pthread_mutex_unlock(&b->mu);
     double secs = now_s() - t0;
-    int out = 0;
-    char ev[512];
-    if (rc == 0) {
-        uint8_t *buf = NULL;
-        size_t len = 0;
-        out = lb_job_result_encode(&res, &buf, &len, err);
-        if (!out)
-            out = lb_redis_complete(r, name, msg, buf, len, err);
-        free(buf);
-        snprintf(ev, sizeof ev, "%s ran %s %.12s (block %d) in %.1f s", b->id,
-                 lb_job_type_name(job.type), job.id, (int)job.block, secs);
-        if (!out)
-            out = lb_redis_event(r, name, ev, err);
-        if (g_json)
-            emit(json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:f}", "event", "ran", "worker", b->id,
-                           "job", name, "item", job.id, "type", lb_job_type_name(job.type),
-                           "block", (int)job.block, "seconds", secs));
-        else
-            fprintf(stderr, "lowbit worker: %s: %s\n", name, ev);
-    } else {
-        bool dead = false;
-        int64_t fails = 0;
-        out = lb_redis_fail(r, name, msg, jerr.msg, max_failures, &dead, &fails, err);
-        if (g_json)
-            emit(json_pack("{s:s, s:s, s:s, s:s, s:I, s:i, s:b, s:s}", "event", "failed", "worker",
-                           b->id, "job", name, "item", msg->id, "fails", (json_int_t)fails,
-                           "max_failures", max_failures, "dead", dead, "error", jerr.msg));
-        else
-            fprintf(stderr, "lowbit worker: %s: item %.12s failed (%lld of %d%s): %s\n", name,
-                    msg->id, (long long)fails, max_failures, dead ? ", dead-lettered" : "",
-                    jerr.msg);
-    }
+    int out = finish_item(r, b, name, msg, &job, rc, &res, &jerr, secs, &ms, max_failures, err);
     lb_job_clear(&job);
+    if (!out)
+        out = batch_out;
+    if (!out && g_group && res.err_code == LB_ENET)
+        out = lb_err_set(err, LB_ENET, "%s", res.error); /* the MPI group broke: stop */
+    if (has_deferred) {
+        /* claimed while batching but not batchable: run it now (before any
+         * error return, so its lease is not left to expire needlessly) */
+        int o = out ? 0 : run_item(r, b, cache, name, out_dir, &deferred, threads, max_failures,
+                                   err);
+        lb_redis_msg_clear(&deferred);
+        if (!out)
+            out = o;
+    }
     return out;
 }
 
@@ -267,6 +420,7 @@ int lb_cmd_worker(int argc, char **argv)
     const char *url = NULL, *id_arg = NULL;
     long threads = 0, lease_ms = 600000, max_failures = 3, ttl = 30, idle_exit = 0;
     long redis_wait = 300;
+    int mpi_mode = 0; /* 1 --mpi, -1 --no-mpi, 0 auto */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
@@ -275,6 +429,9 @@ int lb_cmd_worker(int argc, char **argv)
             return 0;
         } else if (!strcmp(a, "--json")) {
             g_json = true;
+            continue;
+        } else if (!strcmp(a, "--mpi") || !strcmp(a, "--no-mpi")) {
+            mpi_mode = a[2] == 'm' ? 1 : -1;
             continue;
         } else if (!strcmp(a, "--redis") && v) {
             url = v;
@@ -324,6 +481,39 @@ int lb_cmd_worker(int argc, char **argv)
     lb_redis *r = NULL;
     exec_cache cache;
     memset(&cache, 0, sizeof cache);
+    if (mpi_mode > 0 || (mpi_mode == 0 && lb_mpi_group_launched())) {
+        /* mpirun forwards SIGTERM to every rank, maybe before they reach the
+         * loop: catch it from the start (rank 0 stops the group; ranks > 0
+         * wait for that) */
+        struct sigaction si;
+        memset(&si, 0, sizeof si);
+        si.sa_handler = on_signal;
+        sigaction(SIGTERM, &si, NULL);
+        sigaction(SIGINT, &si, NULL);
+        if (mpi_mode == 0 && !lb_mpi_group_available()) {
+            fprintf(stderr, "lowbit worker: started by an MPI launcher, but this lowbit was "
+                    "built without MPI: each rank is an independent worker\n");
+        } else if (lb_mpi_group_open(&argc, &argv, &g_group, &err)) {
+            fprintf(stderr, "lowbit worker: %s\n", err.msg);
+            return 1;
+        } else if (lb_mpi_group_rank(g_group) > 0) {
+            const char *fc = getenv("LOWBIT_TEST_MPI_FAIL_CHUNK"); /* test hook */
+            if (fc && *fc)
+                lb_mpi_group_set_fail_chunk(g_group, !strcmp(fc, "open") ? LB_MPI_FAIL_OPEN
+                                                                          : strtoll(fc, NULL, 10));
+            /* serve rank 0 until it stops the group; never touch Redis here */
+            group_user gu = {&cache, (int)threads};
+            int rc = lb_mpi_group_serve(g_group, group_ctx, &gu, &err);
+            if (rc)
+                fprintf(stderr, "lowbit worker rank %d: %s\n", lb_mpi_group_rank(g_group),
+                        err.msg);
+            lb_mpi_group_close(&g_group, &err);
+            cache_clear(&cache);
+            return rc ? 1 : 0;
+        } else if (lb_mpi_group_size(g_group) < 2) {
+            lb_mpi_group_close(&g_group, &err); /* one rank: a plain worker */
+        }
+    }
     pthread_t beat;
     bool beat_started = false;
     int status = 1;
@@ -344,11 +534,13 @@ int lb_cmd_worker(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     if (g_json)
-        emit(json_pack("{s:s, s:s, s:s, s:i}", "event", "start", "worker", b.id, "redis",
-                       lb_redis_peer(r), "threads", (int)threads));
+        emit(json_pack("{s:s, s:s, s:s, s:i, s:i}", "event", "start", "worker", b.id, "redis",
+                       lb_redis_peer(r), "threads", (int)threads, "mpi_ranks",
+                       lb_mpi_group_size(g_group)));
     else
-        fprintf(stderr, "lowbit worker %s: serving %s (%ld threads)\n", b.id, lb_redis_peer(r),
-                threads);
+        fprintf(stderr, "lowbit worker %s: serving %s (%ld threads, %d MPI rank%s)\n", b.id,
+                lb_redis_peer(r), threads, lb_mpi_group_size(g_group),
+                lb_mpi_group_size(g_group) > 1 ? "s" : "");
 
     double idle_since = now_s(), ok_since = now_s();
     while (!g_stop) {
@@ -452,5 +644,10 @@ fail:
     cache_clear(&cache);
     lb_redis_free(&r);
     pthread_mutex_destroy(&b.mu);
+    if (g_group) {
+        lb_err e3 = {0};
+        if (lb_mpi_group_close(&g_group, &e3))
+            fprintf(stderr, "lowbit worker %s: %s\n", b.id, e3.msg);
+    }
     return status;
 }

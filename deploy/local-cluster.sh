@@ -98,12 +98,29 @@ per=$(( cores / workers )); [ "$per" -ge 1 ] || per=1
 "$lowbit" coordinator --redis "$url" --job "$job" --resume "${quantize[@]}" &
 coord=$!
 pids+=("$coord")
+worker_pids=()
 if command -v mpirun >/dev/null; then
+  # The ranks form ONE worker (docs/distributed.md): rank 0 talks to Redis, all
+  # ranks compute. As root, Open MPI needs --allow-run-as-root (or
+  # OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1).
   # shellcheck disable=SC2086  # LOWBIT_MPIRUN_ARGS: e.g. --allow-run-as-root
   mpirun --oversubscribe ${LOWBIT_MPIRUN_ARGS:-} -np "$workers" "$lowbit" worker --redis "$url" --threads "$per" &
-  pids+=("$!")
+  worker_pids+=("$!")
 else
   echo "local-cluster: mpirun not found; starting $workers plain workers" >&2
-  for _ in $(seq "$workers"); do "$lowbit" worker --redis "$url" --threads "$per" & pids+=("$!"); done
+  for _ in $(seq "$workers"); do "$lowbit" worker --redis "$url" --threads "$per" & worker_pids+=("$!"); done
 fi
+pids+=("${worker_pids[@]}")
+# Wait for the coordinator, but not forever when every worker is gone (mpirun
+# refused to start, a rank crashed): nothing would run the queued jobs.
+while kill -0 "$coord" 2>/dev/null; do
+  alive=0
+  for p in "${worker_pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+  if [ "$alive" = 0 ]; then
+    echo "local-cluster: every worker exited before the coordinator finished (see the messages" >&2
+    echo "local-cluster: above; as root, set LOWBIT_MPIRUN_ARGS=--allow-run-as-root)" >&2
+    exit 1
+  fi
+  sleep 0.5
+done
 wait "$coord"

@@ -3,6 +3,7 @@
 
 #include <math.h>
 #include <omp.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -147,70 +148,139 @@ static int stage_prereq(int32_t stage, lb_linear *which)
     return n;
 }
 
-/* Runs X_b through block b chunk by chunk. When out != NULL the block outputs
- * go there (ntok, dim); when hs != NULL the captured inputs are added to the
- * Hessians hs[0..4) (NULL entries skipped: attn_in, attn_out, mlp_in, mlp_act). */
-static int run_block(const lb_exec_ctx *ctx, const lb_job *job, const char *xid,
-                     const lb_block_weights *w, float *out, lb_hessian *const *hs, lb_err *err)
+int64_t lb_exec_chunk_seqs(int64_t n_seq, int64_t seq_len)
 {
+    if (n_seq < 1 || seq_len < 1)
+        return 1;
+    int64_t by_tokens = LB_EXEC_CHUNK_TOKENS / seq_len;
+    int64_t by_count = n_seq / LB_EXEC_MIN_CHUNKS;
+    int64_t cs = by_tokens < by_count ? by_tokens : by_count;
+    return cs < 1 ? 1 : cs;
+}
+
+int64_t lb_exec_chunk_count(int64_t n_seq, int64_t seq_len)
+{
+    if (n_seq < 1)
+        return 0;
+    int64_t cs = lb_exec_chunk_seqs(n_seq, seq_len);
+    return (n_seq + cs - 1) / cs;
+}
+
+/* One block's forward over the fixed chunks of a job's windows: chunk c is
+ * sequences [c * chunk_seqs, min(n_seq, (c + 1) * chunk_seqs)), run on its own
+ * (a copy of its rows of X, the block, optional captures of the linears' inputs). */
+typedef struct {
+    const lb_config *cfg;
+    const lb_job *job;
+    const lb_block_weights *w;
+    lb_st *xst;            /* X mapping */
+    const uint8_t *xdata;  /* borrowed from xst */
+    lb_fwd_workspace *ws;
+    float *x;              /* (chunk, dim) */
+    float *cap[4];         /* captures: attn_in, attn_out, mlp_in, mlp_act */
+    int64_t capw[4];
+    int64_t chunk_seqs, n_chunks, dim;
+} blockrun;
+
+static void blockrun_free(blockrun *br)
+{
+    for (int k = 0; k < 4; k++)
+        free(br->cap[k]);
+    free(br->x);
+    lb_fwd_workspace_free(&br->ws);
+    lb_st_free(&br->xst);
+    memset(br, 0, sizeof *br);
+}
+
+/* want[k] (may be NULL: no capture) selects which linear inputs chunks capture. */
+static int blockrun_open(blockrun *br, const lb_exec_ctx *ctx, const lb_job *job, const char *xid,
+                         const lb_block_weights *w, const bool *want, lb_err *err)
+{
+    memset(br, 0, sizeof *br);
     const lb_config *cfg = lb_model_config(ctx->model);
-    const int64_t dim = cfg->hidden_size, qd = lb_config_q_dim(cfg),
-                  inter = cfg->intermediate_size;
-    const int64_t ntok = job->n_seq * job->seq_len;
-    int64_t chunk_seqs = LB_EXEC_CHUNK_TOKENS / job->seq_len;
-    if (chunk_seqs < 1)
-        chunk_seqs = 1;
-    if (chunk_seqs > job->n_seq)
-        chunk_seqs = job->n_seq;
-    const int64_t chunk = chunk_seqs * job->seq_len;
-    lb_st *xst = NULL;
-    const uint8_t *xdata = NULL;
-    lb_fwd_workspace *ws = NULL;
-    float *x = NULL, *cap[4] = {NULL, NULL, NULL, NULL};
-    const int64_t capw[4] = {dim, qd, dim, inter};
-    int rc = open_x(ctx, xid, ntok, dim, &xst, &xdata, err);
+    br->cfg = cfg;
+    br->job = job;
+    br->w = w;
+    br->dim = cfg->hidden_size;
+    br->capw[0] = cfg->hidden_size;
+    br->capw[1] = lb_config_q_dim(cfg);
+    br->capw[2] = cfg->hidden_size;
+    br->capw[3] = cfg->intermediate_size;
+    br->chunk_seqs = lb_exec_chunk_seqs(job->n_seq, job->seq_len);
+    br->n_chunks = lb_exec_chunk_count(job->n_seq, job->seq_len);
+    const int64_t chunk = br->chunk_seqs * job->seq_len;
+    int rc = open_x(ctx, xid, job->n_seq * job->seq_len, br->dim, &br->xst, &br->xdata, err);
     if (rc)
-        goto done;
-    if ((rc = lb_fwd_workspace_new(cfg, chunk, job->seq_len, &ws, err)))
-        goto done;
-    x = malloc((size_t)chunk * (size_t)dim * sizeof *x);
-    if (!x)
+        goto fail;
+    if ((rc = lb_fwd_workspace_new(cfg, chunk, job->seq_len, &br->ws, err)))
+        goto fail;
+    br->x = malloc((size_t)chunk * (size_t)br->dim * sizeof *br->x);
+    if (!br->x)
         goto oom;
-    lb_fwd_capture capture = {NULL, NULL, NULL, NULL};
-    for (int k = 0; hs && k < 4; k++) {
-        if (!hs[k])
-            continue;
-        cap[k] = malloc((size_t)chunk * (size_t)capw[k] * sizeof(float));
-        if (!cap[k])
+    for (int k = 0; want && k < 4; k++)
+        if (want[k] && !(br->cap[k] = malloc((size_t)chunk * (size_t)br->capw[k] * sizeof(float))))
             goto oom;
-    }
-    capture.attn_in = cap[0];
-    capture.attn_out = cap[1];
-    capture.mlp_in = cap[2];
-    capture.mlp_act = cap[3];
-    for (int64_t s0 = 0; s0 < job->n_seq; s0 += chunk_seqs) {
-        int64_t ns = job->n_seq - s0 < chunk_seqs ? job->n_seq - s0 : chunk_seqs;
-        int64_t nt = ns * job->seq_len, t0 = s0 * job->seq_len;
-        memcpy(x, xdata + (size_t)t0 * (size_t)dim * sizeof(float),
-               (size_t)nt * (size_t)dim * sizeof(float));
-        if ((rc = lb_fwd_block(cfg, w, x, ns, job->seq_len, ws, hs ? &capture : NULL, err)))
-            goto done;
-        for (int k = 0; hs && k < 4; k++)
-            if (hs[k] && (rc = lb_hessian_add_chunk(hs[k], cap[k], nt, capw[k], err)))
-                goto done;
-        if (out)
-            memcpy(out + (size_t)t0 * (size_t)dim, x, (size_t)nt * (size_t)dim * sizeof(float));
-    }
-    goto done;
+    return 0;
 oom:
     rc = lb_err_set(err, LB_ENOMEM, "block %d: out of memory for %lld-token chunks",
                     (int)job->block, (long long)chunk);
-done:
-    for (int k = 0; k < 4; k++)
-        free(cap[k]);
-    free(x);
-    lb_fwd_workspace_free(&ws);
-    lb_st_free(&xst);
+fail:
+    blockrun_free(br);
+    return rc;
+}
+
+/* Token range of chunk c: OUT *t0 (first token), *nt (tokens), *ns (sequences). */
+static void blockrun_range(const blockrun *br, int64_t c, int64_t *t0, int64_t *nt, int64_t *ns)
+{
+    int64_t s0 = c * br->chunk_seqs;
+    int64_t n = br->job->n_seq - s0 < br->chunk_seqs ? br->job->n_seq - s0 : br->chunk_seqs;
+    *t0 = s0 * br->job->seq_len;
+    *nt = n * br->job->seq_len;
+    *ns = n;
+}
+
+/* Runs chunk c. hs[k] (k over the 4 captures; NULL entries skipped, hs may be
+ * NULL) gets the captured inputs added (S += Xᵀ X); y (nt, dim), when not
+ * NULL, gets the block output. */
+static int blockrun_chunk(blockrun *br, int64_t c, lb_hessian *const *hs, float *y, lb_err *err)
+{
+    if (c < 0 || c >= br->n_chunks)
+        return lb_err_set(err, LB_EINVAL, "block %d: chunk %lld of %lld", (int)br->job->block,
+                          (long long)c, (long long)br->n_chunks);
+    int64_t t0, nt, ns;
+    blockrun_range(br, c, &t0, &nt, &ns);
+    const int64_t dim = br->dim;
+    memcpy(br->x, br->xdata + (size_t)t0 * (size_t)dim * sizeof(float),
+           (size_t)nt * (size_t)dim * sizeof(float));
+    lb_fwd_capture capture = {br->cap[0], br->cap[1], br->cap[2], br->cap[3]};
+    bool any = br->cap[0] || br->cap[1] || br->cap[2] || br->cap[3];
+    int rc = lb_fwd_block(br->cfg, br->w, br->x, ns, br->job->seq_len, br->ws,
+                          any ? &capture : NULL, err);
+    if (rc)
+        return rc;
+    for (int k = 0; hs && k < 4; k++)
+        if (hs[k] && br->cap[k] &&
+            (rc = lb_hessian_add_chunk(hs[k], br->cap[k], nt, br->capw[k], err)))
+            return rc;
+    if (y)
+        memcpy(y, br->x, (size_t)nt * (size_t)dim * sizeof(float));
+    return 0;
+}
+
+/* Runs X (artifact xid) through block b, all chunks in order: out (ntok, dim)
+ * gets the block outputs when not NULL. */
+static int run_block(const lb_exec_ctx *ctx, const lb_job *job, const char *xid,
+                     const lb_block_weights *w, float *out, lb_err *err)
+{
+    blockrun br;
+    int rc = blockrun_open(&br, ctx, job, xid, w, NULL, err);
+    for (int64_t c = 0; !rc && c < br.n_chunks; c++) {
+        int64_t t0, nt, ns;
+        blockrun_range(&br, c, &t0, &nt, &ns);
+        rc = blockrun_chunk(&br, c, NULL, out ? out + (size_t)t0 * (size_t)br.dim : NULL, err);
+    }
+    if (br.job)
+        blockrun_free(&br);
     return rc;
 }
 
@@ -232,39 +302,218 @@ static int put_hessian(const lb_exec_ctx *ctx, const char *id, const lb_hessian 
     return rc;
 }
 
-static int exec_collect(const lb_job *job, const lb_exec_ctx *ctx, lb_err *err)
+/* COLLECT stage LM_HEAD: X_L (the last block's output) -> rms(X_L, final
+ * norm) -> the lm_head input Hessian S = Σ x xᵀ (dim, dim), chunk by chunk. */
+static int exec_collect_lm_head(const lb_job *job, const lb_exec_ctx *ctx, lb_err *err)
 {
     const lb_config *cfg = lb_model_config(ctx->model);
-    const int64_t widths[4] = {cfg->hidden_size, lb_config_q_dim(cfg), cfg->hidden_size,
-                               cfg->intermediate_size};
-    lb_linear pre[6];
-    int npre = stage_prereq(job->stage, pre);
-    int nout = job->stage == LB_STAGE_ALL ? 4 : 1;
-    if (job->n_inputs != 1 + npre || job->n_outputs != nout)
-        return lb_err_set(err, LB_EINVAL, "collect-hessian job %s: %d inputs / %d outputs, "
-                          "expected %d / %d", job->id, (int)job->n_inputs, (int)job->n_outputs,
-                          1 + npre, nout);
-    lb_block_weights w;
-    memset(&w, 0, sizeof w);
-    lb_hessian *hs[4] = {NULL, NULL, NULL, NULL};
-    int rc = lb_model_load_block(ctx->model, job->block, &w, err);
+    const int64_t dim = cfg->hidden_size, ntok = job->n_seq * job->seq_len;
+    if (job->n_inputs != 1 || job->n_outputs != 1 || job->block != cfg->num_hidden_layers)
+        return lb_err_set(err, LB_EINVAL, "lm_head collect job %s: %d inputs / %d outputs at "
+                          "block %d, expected 1 / 1 at block %d", job->id, (int)job->n_inputs,
+                          (int)job->n_outputs, (int)job->block, (int)cfg->num_hidden_layers);
+    lb_st *xst = NULL;
+    const uint8_t *xdata = NULL;
+    lb_hessian *h = NULL;
+    float *norm = NULL, *x = NULL;
+    int64_t chunk = ntok < LB_EXEC_CHUNK_TOKENS ? ntok : LB_EXEC_CHUNK_TOKENS;
+    int rc = open_x(ctx, job->inputs[0].hex, ntok, dim, &xst, &xdata, err);
     if (rc)
         goto done;
-    if ((rc = load_quantized(ctx, cfg, &w, pre, job->inputs + 1, npre, err)))
+    norm = malloc((size_t)dim * sizeof *norm);
+    x = malloc((size_t)chunk * (size_t)dim * sizeof *x);
+    if (!norm || !x) {
+        rc = lb_err_set(err, LB_ENOMEM, "lm_head collect: out of memory for %lld-token chunks",
+                        (long long)chunk);
         goto done;
-    for (int k = 0; k < 4; k++)
-        if ((job->stage == LB_STAGE_ALL || job->stage == k) &&
-            (rc = lb_hessian_new(widths[k], &hs[k], err)))
-            goto done;
-    if ((rc = run_block(ctx, job, job->inputs[0].hex, &w, NULL, hs, err)))
+    }
+    if ((rc = lb_st_read_f32(lb_model_tensors(ctx->model), "model.norm.weight", norm, dim, err)) ||
+        (rc = lb_hessian_new(dim, &h, err)))
         goto done;
-    for (int k = 0, o = 0; k < 4; k++)
-        if (hs[k] && (rc = put_hessian(ctx, job->outputs[o++].hex, hs[k], err)))
+    for (int64_t t0 = 0; t0 < ntok; t0 += chunk) {
+        int64_t nt = ntok - t0 < chunk ? ntok - t0 : chunk;
+        memcpy(x, xdata + (size_t)t0 * (size_t)dim * sizeof(float),
+               (size_t)nt * (size_t)dim * sizeof(float));
+        lb_fwd_final_norm(cfg, norm, x, nt, dim);
+        if ((rc = lb_hessian_add_chunk(h, x, nt, dim, err)))
             goto done;
+    }
+    rc = put_hessian(ctx, job->outputs[0].hex, h, err);
 done:
+    lb_hessian_free(&h);
+    lb_st_free(&xst);
+    free(norm);
+    free(x);
+    return rc;
+}
+
+struct lb_exec_part {
+    const lb_job *job;
+    const lb_exec_ctx *ctx;
+    lb_block_weights w;
+    blockrun br;
+    int n_hessians;    /* outputs of a collect job (4 or 1); 0 for propagate */
+    int slot[4];       /* output o is capture slot[o] (attn_in .. mlp_act) */
+};
+
+void lb_exec_part_free(lb_exec_part **pp)
+{
+    if (!pp || !*pp)
+        return;
+    lb_exec_part *p = *pp;
+    if (p->br.job)
+        blockrun_free(&p->br);
+    lb_block_weights_free(&p->w);
+    free(p);
+    *pp = NULL;
+}
+
+bool lb_exec_is_data_parallel(const lb_job *job)
+{
+    /* the lm_head collect (final norm + one dim x dim sum) runs in one process */
+    return (job->type == LB_JOB_COLLECT_HESSIAN && job->stage != LB_STAGE_LM_HEAD) ||
+           (job->type == LB_JOB_PROPAGATE && job->block >= 0);
+}
+
+/* The checks lb_exec_run makes before any job. */
+static int check_job(const lb_job *job, const lb_exec_ctx *ctx, lb_err *err)
+{
+    if (strcmp(job->model_fp, ctx->model_fp) != 0)
+        return lb_err_set(err, LB_ESTATE, "job %s is for model %.12s..., this worker holds "
+                          "%.12s...; give it the job's model", job->id, job->model_fp,
+                          ctx->model_fp);
+    if (job->type != LB_JOB_MERGE && (job->n_inputs < 1 || job->n_seq <= 0 || job->seq_len <= 0))
+        return lb_err_set(err, LB_EINVAL, "job %s: no inputs or empty calibration", job->id);
+    return 0;
+}
+
+int lb_exec_part_open(const lb_job *job, const lb_exec_ctx *ctx, lb_exec_part **out, lb_err *err)
+{
+    *out = NULL;
+    int rc = check_job(job, ctx, err);
+    if (rc)
+        return rc;
+    if (!lb_exec_is_data_parallel(job))
+        return lb_err_set(err, LB_EINVAL, "job %s (%s, block %d) has no chunked form", job->id,
+                          lb_job_type_name(job->type), (int)job->block);
+    const lb_config *cfg = lb_model_config(ctx->model);
+    lb_linear pre[LB_LINEAR_COUNT];
+    int npre, nout;
+    bool want[4] = {false, false, false, false};
+    lb_exec_part *p = calloc(1, sizeof *p);
+    if (!p)
+        return lb_err_set(err, LB_ENOMEM, "job %s: out of memory", job->id);
+    p->job = job;
+    p->ctx = ctx;
+    if (job->type == LB_JOB_COLLECT_HESSIAN) {
+        npre = stage_prereq(job->stage, pre);
+        nout = job->stage == LB_STAGE_ALL ? 4 : 1;
+        if (job->stage != LB_STAGE_ALL && (job->stage < 0 || job->stage > 3)) {
+            rc = lb_err_set(err, LB_EINVAL, "collect-hessian job %s: stage %d", job->id,
+                            (int)job->stage);
+            goto fail;
+        }
+        for (int k = 0; k < 4; k++)
+            if (job->stage == LB_STAGE_ALL || job->stage == k) {
+                want[k] = true;
+                p->slot[p->n_hessians++] = k;
+            }
+    } else {
+        static const lb_linear all[LB_LINEAR_COUNT] = {LB_LINEAR_Q, LB_LINEAR_K, LB_LINEAR_V,
+                                                       LB_LINEAR_O, LB_LINEAR_GATE, LB_LINEAR_UP,
+                                                       LB_LINEAR_DOWN};
+        memcpy(pre, all, sizeof all);
+        npre = LB_LINEAR_COUNT;
+        nout = 1;
+    }
+    if (job->n_inputs != 1 + npre || job->n_outputs != nout) {
+        rc = lb_err_set(err, LB_EINVAL, "%s job %s: %d inputs / %d outputs, expected %d / %d",
+                        lb_job_type_name(job->type), job->id, (int)job->n_inputs,
+                        (int)job->n_outputs, 1 + npre, nout);
+        goto fail;
+    }
+    if ((rc = lb_model_load_block(ctx->model, job->block, &p->w, err)) ||
+        (rc = load_quantized(ctx, cfg, &p->w, pre, job->inputs + 1, npre, err)) ||
+        (rc = blockrun_open(&p->br, ctx, job, job->inputs[0].hex, &p->w,
+                            p->n_hessians ? want : NULL, err)))
+        goto fail;
+    *out = p;
+    return 0;
+fail:
+    lb_exec_part_free(&p);
+    return rc;
+}
+
+int64_t lb_exec_part_chunks(const lb_exec_part *p) { return p->br.n_chunks; }
+int lb_exec_part_n_hessians(const lb_exec_part *p) { return p->n_hessians; }
+int64_t lb_exec_part_dim(const lb_exec_part *p) { return p->br.dim; }
+
+int64_t lb_exec_part_hessian_width(const lb_exec_part *p, int k)
+{
+    return k >= 0 && k < p->n_hessians ? p->br.capw[p->slot[k]] : 0;
+}
+
+void lb_exec_part_chunk_range(const lb_exec_part *p, int64_t c, int64_t *t0, int64_t *nt)
+{
+    int64_t ns;
+    blockrun_range(&p->br, c, t0, nt, &ns);
+}
+
+int lb_exec_part_run_chunk(lb_exec_part *p, int64_t c, lb_hessian *const *hs, float *y,
+                           lb_err *err)
+{
+    lb_hessian *slots[4] = {NULL, NULL, NULL, NULL};
+    if (p->n_hessians) {
+        if (!hs)
+            return lb_err_set(err, LB_EINVAL, "collect-hessian %s: no accumulators", p->job->id);
+        for (int k = 0; k < p->n_hessians; k++)
+            slots[p->slot[k]] = hs[k];
+    }
+    return blockrun_chunk(&p->br, c, p->n_hessians ? slots : NULL, y, err);
+}
+
+int lb_exec_part_store_hessians(const lb_exec_part *p, lb_hessian *const *hs, lb_err *err)
+{
+    if (!p->n_hessians)
+        return lb_err_set(err, LB_EINVAL, "job %s stores no Hessians", p->job->id);
+    for (int k = 0; k < p->n_hessians; k++) {
+        if (lb_hessian_cols(hs[k]) != lb_exec_part_hessian_width(p, k))
+            return lb_err_set(err, LB_EINVAL, "job %s: Hessian %d has width %lld, expected %lld",
+                              p->job->id, k, (long long)lb_hessian_cols(hs[k]),
+                              (long long)lb_exec_part_hessian_width(p, k));
+        int rc = put_hessian(p->ctx, p->job->outputs[k].hex, hs[k], err);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+int lb_exec_part_store_x(const lb_exec_part *p, const float *x, lb_err *err)
+{
+    if (p->n_hessians)
+        return lb_err_set(err, LB_EINVAL, "job %s stores Hessians, not activations", p->job->id);
+    return put_x(p->ctx, p->job->outputs[0].hex, x, p->job->n_seq * p->job->seq_len, p->br.dim,
+                 err);
+}
+
+/* collect-hessian, every chunk here: one accumulator per output, chunk after
+ * chunk (S = ((0 + S_0) + S_1) + ..., docs/determinism.md). */
+static int exec_collect(const lb_job *job, const lb_exec_ctx *ctx, lb_err *err)
+{
+    if (job->stage == LB_STAGE_LM_HEAD)
+        return exec_collect_lm_head(job, ctx, err);
+    lb_exec_part *p = NULL;
+    lb_hessian *hs[4] = {NULL, NULL, NULL, NULL};
+    int rc = lb_exec_part_open(job, ctx, &p, err);
+    for (int k = 0; !rc && k < lb_exec_part_n_hessians(p); k++)
+        rc = lb_hessian_new(lb_exec_part_hessian_width(p, k), &hs[k], err);
+    for (int64_t c = 0; !rc && c < lb_exec_part_chunks(p); c++)
+        rc = lb_exec_part_run_chunk(p, c, hs, NULL, err);
+    if (!rc)
+        rc = lb_exec_part_store_hessians(p, hs, err);
     for (int k = 0; k < 4; k++)
         lb_hessian_free(&hs[k]);
-    lb_block_weights_free(&w);
+    lb_exec_part_free(&p);
     return rc;
 }
 
@@ -275,13 +524,19 @@ static int exec_quantize(const lb_job *job, const lb_exec_ctx *ctx, double *bpw,
     if (!m)
         return lb_err_set(err, LB_EINVAL, "quantize-linear %s: unknown method \"%s\"",
                           job->tensor, job->method);
+    const bool lm_head = job->linear == LB_JOB_LINEAR_LM_HEAD;
     if (job->n_inputs != 1 || job->n_outputs != 1 || job->linear < 0 ||
-        job->linear >= LB_LINEAR_COUNT)
+        (job->linear >= LB_LINEAR_COUNT && !lm_head) ||
+        (lm_head && strcmp(job->tensor, LB_JOB_LM_HEAD_TENSOR) != 0))
         return lb_err_set(err, LB_EINVAL, "quantize-linear job %s: malformed (inputs %d, "
-                          "outputs %d, linear %d)", job->id, (int)job->n_inputs,
-                          (int)job->n_outputs, (int)job->linear);
-    int64_t rows, cols;
-    lb_linear_shape(cfg, (lb_linear)job->linear, &rows, &cols);
+                          "outputs %d, linear %d, tensor %s)", job->id, (int)job->n_inputs,
+                          (int)job->n_outputs, (int)job->linear, job->tensor);
+    int64_t rows = cfg->vocab_size, cols = cfg->hidden_size;
+    if (!lm_head)
+        lb_linear_shape(cfg, (lb_linear)job->linear, &rows, &cols);
+    /* a tied lm_head is the embedding matrix */
+    const char *src_name = lm_head && cfg->tie_word_embeddings ? "model.embed_tokens.weight"
+                                                               : job->tensor;
     float *W = NULL, *H = NULL;
     lb_st *hst = NULL;
     lb_qresult res;
@@ -307,7 +562,7 @@ static int exec_quantize(const lb_job *job, const lb_exec_ctx *ctx, double *bpw,
     }
     if ((rc = lb_hessian_from_sums(t->data, cols, (int64_t)ntok, H, err)))
         goto done;
-    if ((rc = lb_st_read_f32(lb_model_tensors(ctx->model), job->tensor, W, rows * cols, err)))
+    if ((rc = lb_st_read_f32(lb_model_tensors(ctx->model), src_name, W, rows * cols, err)))
         goto done;
     if ((rc = m->quantize(W, rows, cols, H, &job->opts, &res, err))) {
         lb_err_prefix(err, "%s (%s)", job->tensor, job->method);
@@ -369,34 +624,25 @@ static int exec_propagate(const lb_job *job, const lb_exec_ctx *ctx, lb_err *err
 {
     if (job->block < 0)
         return exec_embed(job, ctx, err);
-    const lb_config *cfg = lb_model_config(ctx->model);
-    if (job->n_inputs != 1 + LB_LINEAR_COUNT || job->n_outputs != 1)
-        return lb_err_set(err, LB_EINVAL, "propagate job %s: %d inputs, expected X + 7 linears",
-                          job->id, (int)job->n_inputs);
-    const int64_t ntok = job->n_seq * job->seq_len, dim = cfg->hidden_size;
-    static const lb_linear all[LB_LINEAR_COUNT] = {LB_LINEAR_Q, LB_LINEAR_K, LB_LINEAR_V,
-                                                   LB_LINEAR_O, LB_LINEAR_GATE, LB_LINEAR_UP,
-                                                   LB_LINEAR_DOWN};
-    lb_block_weights w;
-    memset(&w, 0, sizeof w);
+    lb_exec_part *p = NULL;
     float *out = NULL;
-    int rc = lb_model_load_block(ctx->model, job->block, &w, err);
+    int rc = lb_exec_part_open(job, ctx, &p, err);
     if (rc)
-        goto done;
-    if ((rc = load_quantized(ctx, cfg, &w, all, job->inputs + 1, LB_LINEAR_COUNT, err)))
-        goto done;
+        return rc;
+    const int64_t ntok = job->n_seq * job->seq_len, dim = lb_exec_part_dim(p);
     out = malloc((size_t)ntok * (size_t)dim * sizeof *out);
-    if (!out) {
+    if (!out)
         rc = lb_err_set(err, LB_ENOMEM, "propagate: out of memory for (%lld, %lld) activations",
                         (long long)ntok, (long long)dim);
-        goto done;
+    for (int64_t c = 0; !rc && c < lb_exec_part_chunks(p); c++) {
+        int64_t t0, nt;
+        lb_exec_part_chunk_range(p, c, &t0, &nt);
+        rc = lb_exec_part_run_chunk(p, c, NULL, out + (size_t)t0 * (size_t)dim, err);
     }
-    if ((rc = run_block(ctx, job, job->inputs[0].hex, &w, out, NULL, err)))
-        goto done;
-    rc = put_x(ctx, job->outputs[0].hex, out, ntok, dim, err);
-done:
+    if (!rc)
+        rc = lb_exec_part_store_x(p, out, err);
     free(out);
-    lb_block_weights_free(&w);
+    lb_exec_part_free(&p);
     return rc;
 }
 
@@ -433,7 +679,7 @@ static int exec_distill(const lb_job *job, const lb_exec_ctx *ctx, lb_err *err)
         goto done;
     }
     /* fp weights on the fp stream: the teacher's output */
-    if ((rc = run_block(ctx, job, job->inputs[1].hex, &w, yt, NULL, err)))
+    if ((rc = run_block(ctx, job, job->inputs[1].hex, &w, yt, err)))
         goto done;
     if ((rc = open_x(ctx, job->inputs[0].hex, ntok, dim, &xst, &xdata, err)))
         goto done;
@@ -548,13 +794,8 @@ int lb_exec_run(const lb_job *job, const lb_exec_ctx *ctx, lb_job_result *res)
     lb_err err;
     lb_err_clear(&err);
     int rc;
-    if (strcmp(job->model_fp, ctx->model_fp) != 0) {
-        rc = lb_err_set(&err, LB_ESTATE, "job %s is for model %.12s..., this worker holds "
-                        "%.12s...; give it the job's model", job->id, job->model_fp,
-                        ctx->model_fp);
-    } else if (job->type != LB_JOB_MERGE && (job->n_inputs < 1 || job->n_seq <= 0 ||
-                                             job->seq_len <= 0)) {
-        rc = lb_err_set(&err, LB_EINVAL, "job %s: no inputs or empty calibration", job->id);
+    if ((rc = check_job(job, ctx, &err))) {
+        /* err names the problem */
     } else {
         omp_set_num_threads(ctx->omp_threads > 0 ? ctx->omp_threads : 1);
         switch (job->type) {
