@@ -131,6 +131,11 @@ int main(int argc, char **argv)
     int repeats = 2, threads = omp_get_max_threads();
     for (int i = 1; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            printf("usage: bench_forward [--model DIR] [--preset NAME] [--layers N] [--seqs N]\n"
+                   "                     [--seq-len N] [--repeats N] [--threads N]\n");
+            return 0;
+        }
         if (!v) {
             fprintf(stderr,
                     "bench_forward: %s needs a value (see the comment at the top of "

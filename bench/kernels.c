@@ -4,7 +4,7 @@
  *
  *   bench_kernels [--methods gptq,rtn,...] [--shapes 4096x4096,11008x4096]
  *                 [--bits B] [--tokens N] [--threads N] [--group-size G] [--act-order]
- *                 [--skip-err]   (rel_err is then reported as 0)
+ *                 [--bases N] [--skip-err]   (rel_err is then reported as 0)
  *
  * Nominal GPTQ flops for W (rows, cols): rows * cols^2 (the error propagation
  * W[:, j+1:] -= e_j U[j, j+1:] summed over j: 2 * rows * cols^2 / 2) plus
@@ -122,10 +122,17 @@ int main(int argc, char **argv)
 {
     const char *methods = NULL, *shapes = "4096x4096,11008x4096,4096x11008";
     double bits = 3;
-    long tokens = 2048, threads = 0, group = 0;
+    long tokens = 2048, threads = 0, group = 0, bases = 3;
     int act = 0, skip_err = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            printf("usage: bench_kernels [--methods gptq,rtn,...] [--shapes RxC,...] [--bits B]\n"
+                   "                     [--tokens N] [--threads N] [--group-size G] "
+                   "[--act-order]\n"
+                   "                     [--bases N (qbb, default 3)] [--skip-err]\n");
+            return 0;
+        }
         if (!strcmp(a, "--act-order") || !strcmp(a, "--skip-err")) {
             *(a[2] == 'a' ? &act : &skip_err) = 1;
             continue;
@@ -146,6 +153,8 @@ int main(int argc, char **argv)
             threads = atol(v);
         else if (!strcmp(a, "--group-size"))
             group = atol(v);
+        else if (!strcmp(a, "--bases"))
+            bases = atol(v);
         else {
             fprintf(stderr, "bench_kernels: unknown option %s\n", a);
             return 2;
@@ -204,6 +213,7 @@ int main(int argc, char **argv)
                 o.bits = bits;
                 o.group_size = (int32_t)group;
                 o.act_order = act;
+                o.bases = (int32_t)bases;
                 lb_qresult res = {0};
                 lb_gptq_stats st0, st;
                 lb_gptq_last_stats(&st0);
@@ -225,10 +235,11 @@ int main(int argc, char **argv)
                 if (t_gptq > 0)
                     snprintf(ratio, sizeof ratio, "%.3f", dt / t_gptq);
                 printf("{\"bench\":\"quantize\",\"method\":\"%s\",\"shape\":\"%lldx%lld\","
-                       "\"bits\":%g,\"group_size\":%ld,\"act_order\":%s,\"seconds\":%.3f,"
+                       "\"bits\":%g,\"bases\":%ld,\"group_size\":%ld,\"act_order\":%s,"
+                       "\"seconds\":%.3f,"
                        "\"gflops\":%.2f,\"frac_of_sgemm\":%.3f,\"ratio_to_gptq\":%s,"
                        "\"bpw\":%.4f,\"rel_err\":%.6g}\n",
-                       all[k]->name, rows, cols, bits, group, act ? "true" : "false", dt,
+                       all[k]->name, rows, cols, bits, bases, group, act ? "true" : "false", dt,
                        flops / dt / 1e9, flops / dt / 1e9 / gemm, ratio, res.bpw,
                        ref > 0 ? e / ref : 0.0);
                 lb_gptq_last_stats(&st);

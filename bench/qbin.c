@@ -78,6 +78,10 @@ static int run_one(const char *name, const float *W, const float *H, int64_t row
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        printf("usage: bench_qbin [rows cols [threads [gptq|billm|qbb]]]\n");
+        return 0;
+    }
     int64_t rows = argc > 2 ? atoll(argv[1]) : 4096, cols = argc > 2 ? atoll(argv[2]) : 4096;
     int threads = argc > 3 ? atoi(argv[3]) : 2;
     const char *only = argc > 4 ? argv[4] : NULL;

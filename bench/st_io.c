@@ -86,6 +86,10 @@ fail:
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        printf("usage: bench_st_io [total_mib (default 64)] [dir (default $TMPDIR or /tmp)]\n");
+        return 0;
+    }
     long mib = argc > 1 ? strtol(argv[1], NULL, 10) : 64;
     const char *dir = argc > 2 ? argv[2] : getenv("TMPDIR");
     if (!dir || !*dir)

@@ -368,6 +368,18 @@ void lb_fwd_logits(const lb_config *cfg, const lb_head_weights *head, float *x, 
     lb_blas_set_threads(blas_threads);
 }
 
+void lb_fwd_final_norm(const lb_config *cfg, const float *final_norm, float *x, int64_t ntok,
+                       int64_t dim)
+{
+    const int64_t chunk = row_chunk(ntok), nchunks = (ntok + chunk - 1) / chunk;
+    const double eps = cfg->rms_norm_eps;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t c = 0; c < nchunks; c++) {
+        const int64_t r0 = c * chunk, rows = ntok - r0 < chunk ? ntok - r0 : chunk;
+        rms_rows(x + r0 * dim, final_norm, x + r0 * dim, rows, dim, eps);
+    }
+}
+
 int lb_model_hidden(const lb_model *m, const lb_head_weights *head, const uint32_t *tokens,
                     int64_t n_seq, int64_t seq_len, lb_fwd_workspace *ws, float *x, lb_err *err)
 {

@@ -73,6 +73,11 @@ int lb_fwd_block(const lb_config *cfg, const lb_block_weights *w, float *x, int6
 void lb_fwd_logits(const lb_config *cfg, const lb_head_weights *head, float *x, int64_t ntok,
                    float *logits);
 
+/* x (ntok, dim) = rms(x, final_norm (dim,)) in place: the lm_head input, the
+ * same floats lb_fwd_logits multiplies by lm_head. Rows are independent. */
+void lb_fwd_final_norm(const lb_config *cfg, const float *final_norm, float *x, int64_t ntok,
+                       int64_t dim);
+
 /* Runs embedding + all blocks (streamed: each block is converted, applied and
  * freed before the next) and leaves the final residual stream (before the
  * final norm) in x (n_seq * seq_len, dim). head must come from

@@ -6,6 +6,12 @@
 #include <stdio.h>
 #include <string.h>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#include <immintrin.h>
+#define LB_SHA256_SHANI 1
+#endif
+
 /* §4.2.2: first 32 bits of the fractional parts of the cube roots of the first 64 primes. */
 static const uint32_t K[64] = {
     0x428a2f98u, 0x71374491u, 0xb5c0fbcfu, 0xe9b5dba5u, 0x3956c25bu, 0x59f111f1u, 0x923f82a4u,
@@ -62,6 +68,88 @@ static void compress(uint32_t st[8], const uint8_t *blk)
     st[7] += h;
 }
 
+static _Atomic int force_portable;
+
+#ifdef LB_SHA256_SHANI
+/* The same blocks with the x86 SHA extensions (Intel, "New Instructions Supporting the
+ * Secure Hash Algorithm on Intel Architecture Processors", 2013): the state is held as
+ * ABEF and CDGH, SHA256RNDS2 runs two rounds, SHA256MSG1/MSG2 extend the schedule
+ * (4.6, 4.7) four words at a time. About 10x the portable code; same digests. */
+__attribute__((target("sha,ssse3,sse4.1"))) static void compress_shani(uint32_t st[8],
+                                                                        const uint8_t *p,
+                                                                        size_t nblocks)
+{
+    const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bLL, 0x0405060700010203LL);
+    __m128i t = _mm_loadu_si128((const __m128i *)&st[0]);   /* D C B A */
+    __m128i s1 = _mm_loadu_si128((const __m128i *)&st[4]);  /* H G F E */
+    t = _mm_shuffle_epi32(t, 0xB1);                          /* C D A B */
+    s1 = _mm_shuffle_epi32(s1, 0x1B);                        /* E F G H */
+    __m128i s0 = _mm_alignr_epi8(t, s1, 8);                  /* A B E F */
+    s1 = _mm_blend_epi16(s1, t, 0xF0);                       /* C D G H */
+    for (; nblocks > 0; nblocks--, p += 64) {
+        const __m128i save0 = s0, save1 = s1;
+        __m128i w[4];
+        for (int i = 0; i < 4; i++)
+            w[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * i)), bswap);
+        for (int j = 0; j < 16; j++) {
+            __m128i g;
+            if (j < 4) {
+                g = w[j];
+            } else { /* W[4j..4j+3] from the four groups before (4.6, 4.7) */
+                g = _mm_sha256msg1_epu32(w[j & 3], w[(j + 1) & 3]);
+                g = _mm_add_epi32(g, _mm_alignr_epi8(w[(j + 3) & 3], w[(j + 2) & 3], 4));
+                g = _mm_sha256msg2_epu32(g, w[(j + 3) & 3]);
+                w[j & 3] = g;
+            }
+            __m128i m = _mm_add_epi32(g, _mm_loadu_si128((const __m128i *)&K[4 * j]));
+            s1 = _mm_sha256rnds2_epu32(s1, s0, m);
+            m = _mm_shuffle_epi32(m, 0x0E);
+            s0 = _mm_sha256rnds2_epu32(s0, s1, m);
+        }
+        s0 = _mm_add_epi32(s0, save0);
+        s1 = _mm_add_epi32(s1, save1);
+    }
+    t = _mm_shuffle_epi32(s0, 0x1B);      /* F E B A */
+    s1 = _mm_shuffle_epi32(s1, 0xB1);     /* D C H G */
+    s0 = _mm_blend_epi16(t, s1, 0xF0);    /* D C B A */
+    s1 = _mm_alignr_epi8(s1, t, 8);       /* H G F E */
+    _mm_storeu_si128((__m128i *)&st[0], s0);
+    _mm_storeu_si128((__m128i *)&st[4], s1);
+}
+
+/* CPUID leaf 7 EBX bit 29: SHA; leaf 1 ECX bits 9 and 19: SSSE3, SSE4.1. */
+static int cpu_has_shani(void)
+{
+    static _Atomic int cached = -1; /* every thread computes the same value */
+    int v = cached;
+    if (v < 0) {
+        unsigned a, b, c, d;
+        v = __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 9)) && (c & (1u << 19)) &&
+            __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & (1u << 29));
+        cached = v;
+    }
+    return v && !force_portable;
+}
+#endif
+
+void lb_sha256_force_portable(int on)
+{
+    force_portable = on != 0;
+}
+
+/* nblocks consecutive 64-byte blocks. */
+static void compress_blocks(uint32_t st[8], const uint8_t *p, size_t nblocks)
+{
+#ifdef LB_SHA256_SHANI
+    if (cpu_has_shani()) {
+        compress_shani(st, p, nblocks);
+        return;
+    }
+#endif
+    for (; nblocks > 0; nblocks--, p += 64)
+        compress(st, p);
+}
+
 void lb_sha256_init(lb_sha256 *s)
 {
     static const uint32_t H0[8] = {0x6a09e667u, 0xbb67ae85u, 0x3c6ef372u, 0xa54ff53au,
@@ -85,11 +173,12 @@ void lb_sha256_update(lb_sha256 *s, const void *data, size_t n)
         n -= take;
         if (s->buflen < 64)
             return;
-        compress(s->state, s->buf);
+        compress_blocks(s->state, s->buf, 1);
         s->buflen = 0;
     }
-    for (; n >= 64; p += 64, n -= 64)
-        compress(s->state, p);
+    compress_blocks(s->state, p, n / 64);
+    p += n / 64 * 64;
+    n %= 64;
     if (n) {
         memcpy(s->buf, p, n);
         s->buflen = n;

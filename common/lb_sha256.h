@@ -21,6 +21,10 @@ typedef struct {
 /* Starts a new hash (FIPS 180-4 §5.3.3 initial value). Never fails. */
 void lb_sha256_init(lb_sha256 *s);
 
+/* on != 0: use the portable block function even where the CPU has the x86 SHA
+ * extensions (tests compare the two; digests are the same either way). */
+void lb_sha256_force_portable(int on);
+
 /* Hashes n more bytes (data may be NULL when n == 0). Any split of the input
  * over calls gives the same digest. */
 void lb_sha256_update(lb_sha256 *s, const void *data, size_t n);

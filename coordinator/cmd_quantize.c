@@ -33,15 +33,16 @@ static void usage(FILE *out)
             "usage: lowbit quantize --model DIR --calib TOKENS --out DIR --method M [--bits B]\n"
             "                       [method options] [--ctx N] [--nsamples N]\n"
             "                       [--override 'REGEX=METHOD[:opt=val,...]' ...]\n"
-            "                       [--true-sequential] [--threads N] [--force] [--json]\n"
-            "                       [--distill STEPS [--distill-lr LR] ...]\n"
+            "                       [--true-sequential] [--quantize-lm-head] [--threads N]\n"
+            "                       [--force] [--json] [--distill STEPS [--distill-lr LR] ...]\n"
             "\n"
             "Quantizes every linear of every block (q/k/v/o/gate/up/down) with M, block by\n"
             "block: Hessians from calibration activations that went through the already\n"
             "quantized earlier blocks, one job per linear, then the block's outputs with\n"
             "the quantized weights feed the next block. Embeddings, norms and lm_head stay\n"
-            "as they are. Writes a packed checkpoint (config.json with quantization_config,\n"
-            "model.safetensors, manifest.json) to --out. Intermediate artifacts are kept\n"
+            "as they are (lm_head: unless --quantize-lm-head). Writes a packed checkpoint\n"
+            "(config.json with quantization_config, model.safetensors, manifest.json) to\n"
+            "--out. Intermediate artifacts are kept\n"
             "by content id in OUT/.lowbit/artifacts, so a rerun resumes where it stopped.\n"
             "\n"
             "  --method M         one of:");
@@ -59,6 +60,11 @@ static void usage(FILE *out)
             "                     by o (e.g. 'bits=4,group-size=32'); the last match wins\n"
             "  --true-sequential  re-collect inside the block: o_proj's input after q/k/v are\n"
             "                     quantized, gate/up's after attention, down's after gate/up\n"
+            "  --quantize-lm-head also quantize lm_head.weight (vocab x dim) after the last\n"
+            "                     block, with the Hessian of its input (the final-normed\n"
+            "                     hidden states through the quantized blocks) and the global\n"
+            "                     method/options or --override 'lm_head\\.weight=M[:o]'; a\n"
+            "                     tied model is untied (the embedding stays full precision)\n"
             "  --threads N        pool workers and forward threads (default: all cores);\n"
             "                     the output is byte-identical for any N\n"
             "  --force            reuse an --out directory that holds another job\n"
@@ -76,6 +82,7 @@ typedef struct {
     char method[16];
     lb_qopts opts;
     char spec[512];
+    int matched; /* tensors it applies to */
 } override;
 
 typedef struct {
@@ -119,7 +126,9 @@ static void on_progress(void *user, const lb_plan *plan, int32_t j, const lb_job
         snprintf(extra, sizeof extra, " %s %.4f bpw", job->method, res->bpw);
     char blk[32] = "";
     if (job->type != LB_JOB_MERGE)
-        snprintf(blk, sizeof blk, job->block < 0 ? " embed" : " block %d/%d", (int)job->block,
+        snprintf(blk, sizeof blk, job->block < 0 ? " embed"
+                                  : job->block == ps->cfg->num_hidden_layers ? " lm_head"
+                                  : " block %d/%d", (int)job->block,
                  (int)ps->cfg->num_hidden_layers);
     fprintf(stderr, "[%d/%d]%s %s%s%s%s %.2fs | elapsed %.1fs", (int)done, (int)total, blk,
             lb_job_type_name(job->type), what[0] ? " " : "", what, extra, res->seconds, el);
@@ -211,6 +220,43 @@ static int parse_override(const char *spec, const lb_qopts *base, override *o, l
             lb_err_prefix(err, "--override '%s'", spec);
     }
     return rc;
+}
+
+/* Resolves the method/options of tensor `name` (global, then every matching
+ * override: the last wins), adds them to the run id, records and prints the
+ * choice. OUT: *c. */
+static void choose(const char *name, const char *method, const lb_qopts *opts,
+                   override *ovr, int n_ovr, bool json, lb_sha256 *run, json_t *per,
+                   lb_plan_choice *c)
+{
+    snprintf(c->method, sizeof c->method, "%s", method);
+    c->opts = *opts;
+    const char *by = "--method";
+    for (int k = 0; k < n_ovr; k++)
+        if (regexec(&ovr[k].re, name, 0, NULL, 0) == 0) {
+            snprintf(c->method, sizeof c->method, "%s", ovr[k].method);
+            c->opts = ovr[k].opts;
+            by = ovr[k].spec;
+            ovr[k].matched++;
+        }
+    char desc[512];
+    lb_exec_describe_opts(&c->opts, desc, sizeof desc);
+    lb_sha256_update(run, c->method, strlen(c->method));
+    lb_sha256_update(run, desc, strlen(desc));
+    json_object_set_new(per, name, json_pack("{s:s, s:f}", "method", c->method, "bits",
+                                             c->opts.bits));
+    if (!json) {
+        fprintf(stderr, "  %-44s %-6s bits=%g group=%d (%s)\n", name, c->method, c->opts.bits,
+                (int)c->opts.group_size, by);
+        return;
+    }
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s}", "event", "choice", "tensor", name,
+                          "method", c->method, "options", desc, "by", by);
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    if (s)
+        printf("%s\n", s);
+    free(s);
+    json_decref(o);
 }
 
 static long peak_rss_kib(void)
@@ -323,7 +369,7 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
     const char *ovr_spec[MAX_OVERRIDES];
     int n_ovr = 0, threads = 0;
     int64_t ctx = 0, nsamples = 0;
-    bool json = false, true_seq = false, force = false;
+    bool json = false, true_seq = false, force = false, lm_head = false;
     lb_qopts opts;
     lb_qopts_init(&opts);
     lb_distill_opts dopts;
@@ -361,9 +407,7 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
         } else if (!strcmp(a, "--force")) {
             force = true;
         } else if (!strcmp(a, "--quantize-lm-head")) {
-            fprintf(stderr, "lowbit quantize: --quantize-lm-head is not implemented yet; "
-                            "lm_head stays in its source precision\n");
-            return 2;
+            lm_head = true;
         } else if (v && (!strcmp(a, "--model") || !strcmp(a, "--calib") || !strcmp(a, "--out") ||
                          !strcmp(a, "--method") || !strcmp(a, "--ctx") ||
                          !strcmp(a, "--nsamples") || !strcmp(a, "--threads") ||
@@ -513,38 +557,29 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
                 threads);
     for (int32_t b = 0; b < L; b++)
         for (int l = 0; l < LB_LINEAR_COUNT; l++) {
-            lb_plan_choice *c = &choices[(size_t)b * LB_LINEAR_COUNT + (size_t)l];
-            snprintf(c->method, sizeof c->method, "%s", method);
-            c->opts = opts;
             char name[LB_JOB_TENSOR_MAX];
             if (lb_model_linear_tensor_name(name, sizeof name, b, (lb_linear)l, &err))
                 goto fail;
-            const char *by = "--method";
-            for (int k = 0; k < n_ovr_ok; k++)
-                if (regexec(&ovr[k].re, name, 0, NULL, 0) == 0) {
-                    snprintf(c->method, sizeof c->method, "%s", ovr[k].method);
-                    c->opts = ovr[k].opts;
-                    by = ovr[k].spec;
-                }
-            char desc[512];
-            lb_exec_describe_opts(&c->opts, desc, sizeof desc);
-            lb_sha256_update(&run, c->method, strlen(c->method));
-            lb_sha256_update(&run, desc, strlen(desc));
-            json_object_set_new(per, name, json_pack("{s:s, s:f}", "method", c->method, "bits",
-                                                     c->opts.bits));
-            if (!json)
-                fprintf(stderr, "  %-44s %-6s bits=%g group=%d (%s)\n", name, c->method,
-                        c->opts.bits, (int)c->opts.group_size, by);
-            else {
-                json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s}", "event", "choice", "tensor",
-                                      name, "method", c->method, "options", desc, "by", by);
-                char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-                if (s)
-                    printf("%s\n", s);
-                free(s);
-                json_decref(o);
-            }
+            choose(name, method, &opts, ovr, n_ovr_ok, json, &run, per,
+                   &choices[(size_t)b * LB_LINEAR_COUNT + (size_t)l]);
         }
+    lb_plan_choice head_choice;
+    if (lm_head) {
+        /* only with the flag, so runs without it keep their ids */
+        lb_sha256_update(&run, "lm_head", 7);
+        choose(LB_JOB_LM_HEAD_TENSOR, method, &opts, ovr, n_ovr_ok, json, &run, per,
+               &head_choice);
+    } else {
+        /* an override aimed at lm_head alone would otherwise be silently ignored */
+        for (int k = 0; k < n_ovr_ok; k++)
+            if (ovr[k].matched == 0 &&
+                regexec(&ovr[k].re, LB_JOB_LM_HEAD_TENSOR, 0, NULL, 0) == 0) {
+                lb_err_set(&err, LB_EINVAL, "--override '%s' matches only lm_head.weight, "
+                           "which stays as it is without --quantize-lm-head; add the flag or "
+                           "drop the override", ovr[k].spec);
+                goto fail;
+            }
+    }
     uint8_t rd[LB_SHA256_DIGEST];
     char run_id[LB_ID_HEX];
     lb_sha256_final(&run, rd);
@@ -566,7 +601,7 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
     json_decref(oj);
     lb_plan_spec spec = {cfg, model_dir, out, model_fp, calib_fp, LB_VERSION, nsamples, ctx,
                          true_seq, choices, method, opts.bits, opts_json,
-                         dopts.steps > 0 ? &dopts : NULL};
+                         dopts.steps > 0 ? &dopts : NULL, lm_head ? &head_choice : NULL};
     if (lb_plan_new(&spec, &plan, &err))
         goto fail;
     /* the calibration windows are the first artifact */
@@ -616,21 +651,27 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
     double secs = now_s() - t0;
     long rss = peak_rss_kib();
     if (json) {
-        json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:f, s:I, s:I, s:f, s:f, s:I}", "event",
+        json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:f, s:I, s:I, s:f, s:f, s:I, s:b}", "event",
                               "done", "out", out, "method", method, "quantized_linears",
                               (json_int_t)sum.n_quantized, "bpw", sum.bpw, "quantized_bytes",
                               (json_int_t)sum.quantized_bytes, "file_bytes",
                               (json_int_t)sum.file_bytes, "seconds", secs, "peak_rss_mib",
-                              (double)rss / 1024.0, "threads", (json_int_t)threads);
+                              (double)rss / 1024.0, "threads", (json_int_t)threads,
+                              "lm_head_included", sum.lm_head_packed);
+        if (o && sum.lm_head_packed)
+            json_object_set_new(o, "lm_head_bpw", json_real(sum.lm_head_bpw));
         char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
         if (s)
             printf("%s\n", s);
         free(s);
         json_decref(o);
     } else {
-        printf("quantized %lld linears: %.4f bpw (everything stored for them: %llu bytes), "
-               "model.safetensors %llu bytes, %.1f s, peak RSS %.1f MiB -> %s\n",
-               (long long)sum.n_quantized, sum.bpw, (unsigned long long)sum.quantized_bytes,
+        char head[64] = "lm_head not quantized, not included";
+        if (sum.lm_head_packed)
+            snprintf(head, sizeof head, "lm_head included, itself %.4f bpw", sum.lm_head_bpw);
+        printf("quantized %lld linears: %.4f bpw (%s; everything stored for them: %llu "
+               "bytes), model.safetensors %llu bytes, %.1f s, peak RSS %.1f MiB -> %s\n",
+               (long long)sum.n_quantized, sum.bpw, head, (unsigned long long)sum.quantized_bytes,
                (unsigned long long)sum.file_bytes, secs, (double)rss / 1024.0, out);
     }
     status = 0;

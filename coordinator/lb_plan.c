@@ -139,7 +139,7 @@ int lb_plan_new(const lb_plan_spec *s, lb_plan **out, lb_err *err)
     int n = snprintf(buf, sizeof buf, "calib:%s", s->calib_fp);
     lb_sha256_hex(buf, (size_t)n, calib_id);
     int32_t calib = add_artifact(p, calib_id, A_CALIB);
-    p->merge_in = malloc((size_t)L * LB_LINEAR_COUNT * sizeof *p->merge_in);
+    p->merge_in = malloc(((size_t)L * LB_LINEAR_COUNT + 1) * sizeof *p->merge_in);
     if (calib < 0 || !p->merge_in)
         goto oom;
     base_job(&t, s, LB_JOB_PROPAGATE, -1);
@@ -207,7 +207,7 @@ int lb_plan_new(const lb_plan_spec *s, lb_plan **out, lb_err *err)
         }
         for (int l = 0; l < LB_LINEAR_COUNT; l++)
             p->merge_in[p->n_merge_in++] = q[l];
-        if (b + 1 < L) {
+        if (b + 1 < L || s->lm_head) { /* X_L only feeds the lm_head collect */
             int32_t in[LB_LINEAR_COUNT + 1];
             in[0] = x;
             for (int l = 0; l < LB_LINEAR_COUNT; l++)
@@ -217,6 +217,21 @@ int lb_plan_new(const lb_plan_spec *s, lb_plan **out, lb_err *err)
                 goto fail;
             x = p->jobs[j].out[0];
         }
+    }
+    if (s->lm_head) {
+        base_job(&t, s, LB_JOB_COLLECT_HESSIAN, L);
+        t.stage = LB_STAGE_LM_HEAD;
+        if ((j = add_job(p, &t, &x, 1, 1, A_HESS, err)) < 0)
+            goto fail;
+        int32_t h = p->jobs[j].out[0];
+        base_job(&t, s, LB_JOB_QUANTIZE_LINEAR, L);
+        t.linear = LB_JOB_LINEAR_LM_HEAD;
+        snprintf(t.tensor, sizeof t.tensor, "%s", LB_JOB_LM_HEAD_TENSOR);
+        snprintf(t.method, sizeof t.method, "%s", s->lm_head->method);
+        t.opts = s->lm_head->opts;
+        if ((j = add_job(p, &t, &h, 1, 1, A_QLIN, err)) < 0)
+            goto fail;
+        p->merge_in[p->n_merge_in++] = p->jobs[j].out[0];
     }
     base_job(&t, s, LB_JOB_MERGE, -1);
     snprintf(t.out_dir, sizeof t.out_dir, "%s", s->out_dir);

@@ -11,7 +11,11 @@
  *                distill X_q(b), X_fp(b), 7 packed -> 7 distilled packed and
  *                X_fp(b+1) (not for the last block); X_fp(0) = X_0. Propagate
  *                and merge then use the distilled linears.
- *   merge: all quantized linears -> checkpoint.
+ *   with spec->lm_head (--quantize-lm-head), after the last block:
+ *                propagate X_{L-1} -> X_L (the last block too), collect-hessian
+ *                stage LM_HEAD (rms(X_L, final norm) -> one (dim, dim) Hessian),
+ *                quantize-linear lm_head.weight; block = L for both
+ *   merge: all quantized linears (lm_head last) -> checkpoint.
  * The driver tells it which artifacts already exist (lb_plan_mark_present),
  * then alternates lb_plan_poll (get actions: run job i, delete artifact) and
  * lb_plan_feed (job i done / failed). Only jobs whose outputs are missing and
@@ -48,6 +52,8 @@ typedef struct {
     const char *options_json;        /* run settings recorded in quantization_config */
     const lb_distill_opts *distill;  /* NULL or steps == 0: no distillation; else one
                                         DISTILL job per block (see above) */
+    const lb_plan_choice *lm_head;   /* NULL: lm_head stays as it is; else quantize
+                                        lm_head.weight with this choice */
 } lb_plan_spec;
 
 typedef enum {

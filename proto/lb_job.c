@@ -576,7 +576,7 @@ int lb_job_decode(const uint8_t *buf, size_t len, lb_job *job, lb_err *err)
         (rc = get_id(&c, 3, job->id, true)) ||
         (rc = get_i32(&c, 4, -1, 1 << 20, &job->block)) ||
         (rc = get_i32(&c, 5, -1, 63, &job->linear)) ||
-        (rc = get_i32(&c, 6, -1, LB_STAGE_MLP_ACT, &job->stage)) ||
+        (rc = get_i32(&c, 6, -1, LB_STAGE_LM_HEAD, &job->stage)) ||
         (rc = get_str(&c, 7, job->tensor, sizeof job->tensor)) ||
         (rc = get_str(&c, 8, job->method, sizeof job->method)) ||
         (rc = get_array(&c, 9, OPTS_FIELDS, &opts, "job options")) ||

@@ -23,7 +23,8 @@
 #include "lb_err.h"
 #include "lb_quant.h"
 
-#define LB_JOB_WIRE_VERSION 2 /* 2: distill job type and options field */
+#define LB_JOB_WIRE_VERSION 3 /* 2: distill job type and options field;
+                                 3: lm_head collect stage and quantize target */
 #define LB_ID_HEX 65          /* 64 hex digits + NUL */
 #define LB_JOB_MAX_OUTPUTS 8  /* distill: 7 packed linears + the next fp block input */
 #define LB_JOB_MAX_INPUTS 65536
@@ -46,7 +47,14 @@ enum {
     LB_STAGE_ATTN_OUT = 1, /* o_proj input after q/k/v are quantized */
     LB_STAGE_MLP_IN = 2,   /* gate/up input after attention (q/k/v/o) is quantized */
     LB_STAGE_MLP_ACT = 3,  /* down_proj input after gate/up (and attention) are quantized */
+    LB_STAGE_LM_HEAD = 4,  /* lm_head input: rms(X_L, final norm), X_L = output of the last
+                              (quantized) block; block = num_hidden_layers */
 };
+
+/* quantize-linear `linear` value for lm_head.weight (vocab, dim), block =
+ * num_hidden_layers (--quantize-lm-head). Block linears use lb_linear (0..6). */
+#define LB_JOB_LINEAR_LM_HEAD 7
+#define LB_JOB_LM_HEAD_TENSOR "lm_head.weight"
 
 typedef struct {
     char hex[LB_ID_HEX];
@@ -55,8 +63,9 @@ typedef struct {
 typedef struct {
     lb_job_type type;
     char id[LB_ID_HEX];             /* lb_job_compute_id */
-    int32_t block;                  /* layer; -1: embedding (propagate) or merge */
-    int32_t linear;                 /* lb_linear for quantize-linear, else -1 */
+    int32_t block;                  /* layer; -1: embedding (propagate) or merge;
+                                       num_hidden_layers: the lm_head jobs */
+    int32_t linear;                 /* quantize-linear: lb_linear or LB_JOB_LINEAR_LM_HEAD, else -1 */
     int32_t stage;                  /* collect: LB_STAGE_*; else -1 */
     char tensor[LB_JOB_TENSOR_MAX]; /* quantize: full tensor name, else "" */
     char method[16];                /* quantize: registry name, else "" */

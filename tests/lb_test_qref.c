@@ -111,3 +111,58 @@ void lb_test_hessian_ref(const float *X, int64_t ntok, int64_t cols, float *H)
             H[a * cols + b] = (float)(2.0 * s / (double)ntok);
         }
 }
+
+float *lb_test_correlated_hessian(int64_t cols, uint64_t seed, double common, int period,
+                                  bool mean, double eps)
+{
+    int64_t nx = 2 * cols + 8;
+    double *X = malloc((size_t)(nx * cols) * sizeof(double));
+    float *H = malloc((size_t)(cols * cols) * sizeof(float));
+    assert_non_null(X);
+    assert_non_null(H);
+    uint64_t s = seed;
+    for (int64_t t = 0; t < nx; t++) {
+        double c = (double)lb_test_rand_normal(&s);
+        for (int64_t j = 0; j < cols; j++)
+            X[t * cols + j] =
+                common * c + (double)lb_test_rand_normal(&s) * (1.0 + (double)(j % period));
+    }
+    for (int64_t a = 0; a < cols; a++)
+        for (int64_t b = 0; b < cols; b++) {
+            double acc = 0.0;
+            for (int64_t t = 0; t < nx; t++)
+                acc += X[t * cols + a] * X[t * cols + b];
+            H[a * cols + b] = (float)((mean ? acc / (double)nx : acc) + (a == b ? eps : 0.0));
+        }
+    free(X);
+    return H;
+}
+
+void lb_test_assert_near(double a, double b, double tol, const char *file, int line)
+{
+    if (!(fabs(a - b) <= tol))
+        fail_msg("%s:%d: %.9g vs %.9g differ by %.3g > %.3g", file, line, a, b, fabs(a - b),
+                 tol);
+}
+
+void lb_test_check_packed_roundtrip(int (*quantize)(const float *, int64_t, int64_t,
+                                                    const float *, const lb_qopts *,
+                                                    lb_qresult *, lb_err *),
+                                    int (*dequantize)(const lb_qpacked *, float *, lb_err *),
+                                    const float *W, int64_t rows, int64_t cols, const float *H,
+                                    const lb_qopts *opts)
+{
+    lb_qresult res;
+    lb_err e = {0};
+    if (quantize(W, rows, cols, H, opts, &res, &e))
+        fail_msg("%lld x %lld: %s", (long long)rows, (long long)cols, e.msg);
+    float *D = malloc(sizeof(float) * (size_t)(rows * cols));
+    assert_non_null(D);
+    assert_int_equal(dequantize(&res.packed, D, &e), 0);
+    assert_memory_equal(D, res.W_hat, sizeof(float) * (size_t)(rows * cols));
+    for (int64_t k = 0; k < rows * cols; k++)
+        assert_true(isfinite(res.W_hat[k]));
+    LB_ASSERT_NEAR(res.bpw, (double)lb_qpacked_bits(&res.packed) / (double)(rows * cols), 1e-12);
+    free(D);
+    lb_qresult_free(&res);
+}

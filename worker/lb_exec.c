@@ -3,6 +3,7 @@
 
 #include <math.h>
 #include <omp.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -301,6 +302,51 @@ static int put_hessian(const lb_exec_ctx *ctx, const char *id, const lb_hessian 
     return rc;
 }
 
+/* COLLECT stage LM_HEAD: X_L (the last block's output) -> rms(X_L, final
+ * norm) -> the lm_head input Hessian S = Σ x xᵀ (dim, dim), chunk by chunk. */
+static int exec_collect_lm_head(const lb_job *job, const lb_exec_ctx *ctx, lb_err *err)
+{
+    const lb_config *cfg = lb_model_config(ctx->model);
+    const int64_t dim = cfg->hidden_size, ntok = job->n_seq * job->seq_len;
+    if (job->n_inputs != 1 || job->n_outputs != 1 || job->block != cfg->num_hidden_layers)
+        return lb_err_set(err, LB_EINVAL, "lm_head collect job %s: %d inputs / %d outputs at "
+                          "block %d, expected 1 / 1 at block %d", job->id, (int)job->n_inputs,
+                          (int)job->n_outputs, (int)job->block, (int)cfg->num_hidden_layers);
+    lb_st *xst = NULL;
+    const uint8_t *xdata = NULL;
+    lb_hessian *h = NULL;
+    float *norm = NULL, *x = NULL;
+    int64_t chunk = ntok < LB_EXEC_CHUNK_TOKENS ? ntok : LB_EXEC_CHUNK_TOKENS;
+    int rc = open_x(ctx, job->inputs[0].hex, ntok, dim, &xst, &xdata, err);
+    if (rc)
+        goto done;
+    norm = malloc((size_t)dim * sizeof *norm);
+    x = malloc((size_t)chunk * (size_t)dim * sizeof *x);
+    if (!norm || !x) {
+        rc = lb_err_set(err, LB_ENOMEM, "lm_head collect: out of memory for %lld-token chunks",
+                        (long long)chunk);
+        goto done;
+    }
+    if ((rc = lb_st_read_f32(lb_model_tensors(ctx->model), "model.norm.weight", norm, dim, err)) ||
+        (rc = lb_hessian_new(dim, &h, err)))
+        goto done;
+    for (int64_t t0 = 0; t0 < ntok; t0 += chunk) {
+        int64_t nt = ntok - t0 < chunk ? ntok - t0 : chunk;
+        memcpy(x, xdata + (size_t)t0 * (size_t)dim * sizeof(float),
+               (size_t)nt * (size_t)dim * sizeof(float));
+        lb_fwd_final_norm(cfg, norm, x, nt, dim);
+        if ((rc = lb_hessian_add_chunk(h, x, nt, dim, err)))
+            goto done;
+    }
+    rc = put_hessian(ctx, job->outputs[0].hex, h, err);
+done:
+    lb_hessian_free(&h);
+    lb_st_free(&xst);
+    free(norm);
+    free(x);
+    return rc;
+}
+
 struct lb_exec_part {
     const lb_job *job;
     const lb_exec_ctx *ctx;
@@ -324,7 +370,9 @@ void lb_exec_part_free(lb_exec_part **pp)
 
 bool lb_exec_is_data_parallel(const lb_job *job)
 {
-    return job->type == LB_JOB_COLLECT_HESSIAN || (job->type == LB_JOB_PROPAGATE && job->block >= 0);
+    /* the lm_head collect (final norm + one dim x dim sum) runs in one process */
+    return (job->type == LB_JOB_COLLECT_HESSIAN && job->stage != LB_STAGE_LM_HEAD) ||
+           (job->type == LB_JOB_PROPAGATE && job->block >= 0);
 }
 
 /* The checks lb_exec_run makes before any job. */
@@ -452,6 +500,8 @@ int lb_exec_part_store_x(const lb_exec_part *p, const float *x, lb_err *err)
  * chunk (S = ((0 + S_0) + S_1) + ..., docs/determinism.md). */
 static int exec_collect(const lb_job *job, const lb_exec_ctx *ctx, lb_err *err)
 {
+    if (job->stage == LB_STAGE_LM_HEAD)
+        return exec_collect_lm_head(job, ctx, err);
     lb_exec_part *p = NULL;
     lb_hessian *hs[4] = {NULL, NULL, NULL, NULL};
     int rc = lb_exec_part_open(job, ctx, &p, err);
@@ -474,16 +524,20 @@ static int exec_quantize(const lb_job *job, const lb_exec_ctx *ctx, double *bpw,
     if (!m)
         return lb_err_set(err, LB_EINVAL, "quantize-linear %s: unknown method \"%s\"",
                           job->tensor, job->method);
+    const bool lm_head = job->linear == LB_JOB_LINEAR_LM_HEAD;
     if (job->n_inputs != 1 || job->n_outputs != 1 || job->linear < 0 ||
-        job->linear >= LB_LINEAR_COUNT)
+        (job->linear >= LB_LINEAR_COUNT && !lm_head) ||
+        (lm_head && strcmp(job->tensor, LB_JOB_LM_HEAD_TENSOR) != 0))
         return lb_err_set(err, LB_EINVAL, "quantize-linear job %s: malformed (inputs %d, "
-                          "outputs %d, linear %d)", job->id, (int)job->n_inputs,
-                          (int)job->n_outputs, (int)job->linear);
-    int64_t rows, cols;
-    lb_linear_shape(cfg, (lb_linear)job->linear, &rows, &cols);
+                          "outputs %d, linear %d, tensor %s)", job->id, (int)job->n_inputs,
+                          (int)job->n_outputs, (int)job->linear, job->tensor);
+    int64_t rows = cfg->vocab_size, cols = cfg->hidden_size;
+    if (!lm_head)
+        lb_linear_shape(cfg, (lb_linear)job->linear, &rows, &cols);
+    /* a tied lm_head is the embedding matrix */
+    const char *src_name = lm_head && cfg->tie_word_embeddings ? "model.embed_tokens.weight"
+                                                               : job->tensor;
     float *W = NULL, *H = NULL;
-    double *S = NULL;
-    lb_hessian *acc = NULL;
     lb_st *hst = NULL;
     lb_qresult res;
     memset(&res, 0, sizeof res);
@@ -502,17 +556,13 @@ static int exec_quantize(const lb_job *job, const lb_exec_ctx *ctx, double *bpw,
     }
     W = lb_quant_big_alloc((size_t)rows * (size_t)cols * sizeof *W);
     H = lb_quant_big_alloc((size_t)cols * (size_t)cols * sizeof *H);
-    S = lb_quant_big_alloc((size_t)cols * (size_t)cols * sizeof *S);
-    if (!W || !H || !S) {
+    if (!W || !H) {
         rc = lb_err_set(err, LB_ENOMEM, "quantize-linear %s: out of memory", job->tensor);
         goto done;
     }
-    memcpy(S, t->data, t->nbytes); /* the mapping may be unaligned for double */
-    if ((rc = lb_hessian_new(cols, &acc, err)) ||
-        (rc = lb_hessian_set_sums(acc, S, (int64_t)ntok, err)) ||
-        (rc = lb_hessian_get(acc, H, err)))
+    if ((rc = lb_hessian_from_sums(t->data, cols, (int64_t)ntok, H, err)))
         goto done;
-    if ((rc = lb_st_read_f32(lb_model_tensors(ctx->model), job->tensor, W, rows * cols, err)))
+    if ((rc = lb_st_read_f32(lb_model_tensors(ctx->model), src_name, W, rows * cols, err)))
         goto done;
     if ((rc = m->quantize(W, rows, cols, H, &job->opts, &res, err))) {
         lb_err_prefix(err, "%s (%s)", job->tensor, job->method);
@@ -525,11 +575,9 @@ static int exec_quantize(const lb_job *job, const lb_exec_ctx *ctx, double *bpw,
                               err);
 done:
     lb_qresult_free(&res);
-    lb_hessian_free(&acc);
     lb_st_free(&hst);
     free(W);
     free(H);
-    free(S);
     return rc;
 }
 

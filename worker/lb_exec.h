@@ -10,14 +10,18 @@
  *                       or, true-sequential stage s, with the block's earlier
  *                       linears replaced by their quantized versions (inputs
  *                       after X_b), giving the one Hessian of stage s
+ *   collect-hessian, stage LM_HEAD (b = num_hidden_layers): X_L -> rms(X_L,
+ *                       final norm) -> the lm_head input Hessian (dim, dim)
  *   quantize-linear:    W (from the model) + H = 2/N S -> registry method ->
  *                       packed "qlinear" artifact (W_hat is not stored: it is
- *                       dequantize(packed), bit for bit)
+ *                       dequantize(packed), bit for bit); lm_head.weight
+ *                       (LB_JOB_LINEAR_LM_HEAD) is the embedding when tied
  *   distill (--distill): X_q(b), X_fp(b), 7 packed -> Y_t = fp block b on X_fp(b)
  *                       (stored as X_fp(b+1) when the job has an 8th output),
  *                       lb_distill_block(student input X_q(b), target Y_t) ->
  *                       7 distilled packed linears (same codes, new f16 fields)
  *   propagate, b >= 0:  X_b through block b with its 7 quantized linears -> X_{b+1}
+ *                       (b = L-1 only for --quantize-lm-head)
  *   merge:              all qlinear artifacts + the model -> packed checkpoint
  *                       in job->out_dir (lb_packed_write)
  * Forward passes run over fixed chunks of whole sequences (lb_exec_chunk_seqs:
@@ -71,7 +75,7 @@ int lb_exec_run(const lb_job *job, const lb_exec_ctx *ctx, lb_job_result *res);
  * chunk, docs/determinism.md), activations placed at the chunk's token rows. */
 typedef struct lb_exec_part lb_exec_part;
 
-/* true for collect-hessian and propagate with block >= 0. */
+/* true for collect-hessian (except the lm_head stage) and propagate with block >= 0. */
 bool lb_exec_is_data_parallel(const lb_job *job);
 
 /* Checks the job as lb_exec_run does, loads the block's weights (quantized

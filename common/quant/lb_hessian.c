@@ -147,6 +147,30 @@ void lb_hessian_get_sums(const lb_hessian *h, double *S, int64_t *ntok)
         *ntok = h->ntok;
 }
 
+int lb_hessian_from_sums(const void *S, int64_t cols, int64_t ntok, float *H, lb_err *err)
+{
+    if (!S || cols < 1 || ntok < 1)
+        return lb_err_set(err, LB_EINVAL, "hessian sums: %lld columns, %lld tokens",
+                          (long long)cols, (long long)ntok);
+    const unsigned char *p = S;
+    const int64_t n = cols;
+    const double f = 2.0 / (double)ntok;
+    for (int64_t a = 0; a < n; a++)
+        for (int64_t b = a; b < n; b++) {
+            double v, w; /* memcpy: a mapped file need not be 8-byte aligned */
+            memcpy(&v, p + (size_t)(a * n + b) * sizeof v, sizeof v);
+            memcpy(&w, p + (size_t)(b * n + a) * sizeof w, sizeof w);
+            if (!isfinite(v))
+                return lb_err_set(err, LB_ENUMERIC, "hessian sums: [%lld, %lld] not finite",
+                                  (long long)a, (long long)b);
+            if (v != w)
+                return lb_err_set(err, LB_EINVAL, "hessian sums: not symmetric at [%lld, %lld]",
+                                  (long long)a, (long long)b);
+            H[a * n + b] = H[b * n + a] = (float)(f * v);
+        }
+    return LB_OK;
+}
+
 int lb_hessian_set_sums(lb_hessian *h, const double *S, int64_t ntok, lb_err *err)
 {
     const int64_t n = h->cols;

@@ -36,6 +36,11 @@ int64_t lb_hessian_tokens(const lb_hessian *h);
  * tokens yet). */
 int lb_hessian_get(const lb_hessian *h, float *H, lb_err *err);
 
+/* H (cols, cols) = 2/ntok * S from stored sums S (cols, cols) float64, any alignment,
+ * with the checks of lb_hessian_set_sums (finite, symmetric): the same H as set_sums then
+ * get, without the float64 copies. Returns 0, LB_EINVAL or LB_ENUMERIC. */
+int lb_hessian_from_sums(const void *S, int64_t cols, int64_t ntok, float *H, lb_err *err);
+
 /* Raw state for transport/storage: OUT S (cols, cols) full symmetric float64 sums and
  * the token count. lb_hessian_set_sums replaces the state (S symmetric, finite,
  * ntok >= 0), returns 0, LB_EINVAL or LB_ENUMERIC. */

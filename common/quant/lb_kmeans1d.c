@@ -7,9 +7,13 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Columns at least this long split each DP level over two threads. */
 #define LB_KMEANS1D_PAR_MIN_N 1024
+
+/* The first wait, in fits, before the way not in favour is timed again. */
+#define LB_KMEANS1D_PROBE 16
 
 /* A barrier for two threads that spins briefly, then yields the CPU: a column's
  * levels are tens of microseconds apart, too short for a sleeping barrier, and on a
@@ -32,6 +36,9 @@ typedef struct {
     int32_t ke;
     pair_barrier bar;  /* level hand-offs */
     int phase;         /* the caller's barrier phase */
+    int64_t fits;      /* eligible fits since the last probe */
+    int64_t probe;     /* fits between probes of the way not in favour */
+    double cost[2];    /* running ns per unit of work: [0] one thread, [1] two */
 } km_team;
 
 struct lb_kmeans1d_ws {
@@ -344,6 +351,42 @@ static void team_stop(lb_kmeans1d_ws *ws)
     memset(tm, 0, sizeof *tm);
 }
 
+static double now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return 1e9 * (double)ts.tv_sec + (double)ts.tv_nsec;
+}
+
+/* Runs the levels serially or on two threads, whichever has been faster lately per
+ * unit of work (n (ke - 2)). The other way is timed again after `probe` fits; each probe
+ * that loses doubles the wait (up to 1024 fits), a switch resets it. On an idle machine
+ * two threads win; on an oversubscribed one the partner is often descheduled at a
+ * barrier and one thread wins. The result is the same either way. */
+static void dp_levels_timed(lb_kmeans1d_ws *ws, int64_t n, int32_t ke)
+{
+    km_team *tm = &ws->team;
+    if (tm->probe < LB_KMEANS1D_PROBE)
+        tm->probe = LB_KMEANS1D_PROBE;
+    const int favoured = tm->cost[1] <= tm->cost[0]; /* unmeasured (0) ways go first */
+    const int probing = ++tm->fits >= tm->probe && tm->cost[0] > 0.0 && tm->cost[1] > 0.0;
+    const int two = probing ? !favoured : favoured;
+    double t0 = now_ns();
+    if (two)
+        dp_levels_parallel(ws, n, ke);
+    else
+        dp_levels_serial(ws, n, ke);
+    double c = (now_ns() - t0) / ((double)n * (double)(ke - 2));
+    tm->cost[two] = tm->cost[two] > 0.0 ? 0.75 * tm->cost[two] + 0.25 * c : c;
+    if (probing) {
+        tm->fits = 0;
+        if ((tm->cost[1] <= tm->cost[0]) == favoured && tm->probe < 1024)
+            tm->probe *= 2; /* the probe lost */
+        else
+            tm->probe = LB_KMEANS1D_PROBE;
+    }
+}
+
 int lb_kmeans1d_ws_set_threads(lb_kmeans1d_ws *ws, int threads, lb_err *err)
 {
     km_team *tm = &ws->team;
@@ -409,7 +452,7 @@ int lb_kmeans1d_fit(lb_kmeans1d_ws *ws, const float *x, int64_t n, int32_t k,
         /* Levels 2..ke-1 over every b >= m; level ke only at b = n. Two threads pay off
          * only on long columns. */
         if (ws->team.started && n >= LB_KMEANS1D_PAR_MIN_N && ke > 2)
-            dp_levels_parallel(ws, n, ke);
+            dp_levels_timed(ws, n, ke);
         else
             dp_levels_serial(ws, n, ke);
         int32_t *split = ws->split; /* level ke only needs b = n: row 0 (unused otherwise) */

@@ -86,15 +86,38 @@ static char *sha_hex_dup(lb_sha256 *s)
     return strdup(hex);
 }
 
+#define LM_HEAD "lm_head.weight"
+
+/* A quantized lm_head for a tied source whose file has no lm_head.weight: the
+ * entry to append after the source tensors, else NULL. */
+static const lb_packed_entry *appended_head(const lb_model *src, const lb_packed_entry *e,
+                                            int64_t n)
+{
+    if (!lb_model_config(src)->tie_word_embeddings || lb_st_find(lb_model_tensors(src), LM_HEAD))
+        return NULL;
+    return entry_for(e, n, LM_HEAD);
+}
+
 /* Writes model.safetensors into path; fills the manifest's "tensors" object. */
 static int write_tensors(const char *path, const lb_model *src, const lb_packed_entry *entries,
                          int64_t n, json_t *tensors, json_t *per_tensor,
                          lb_packed_summary *sum, lb_err *err)
 {
     const lb_st *st = lb_model_tensors(src);
+    const lb_config *cfg = lb_model_config(src);
     lb_st_writer *w = NULL;
     lb_qpacked tmp = {0};
     char prefix[NAME_CAP];
+    /* the appended lm_head (if any) is visited as tensor `count` */
+    const lb_packed_entry *head = appended_head(src, entries, n);
+    lb_st_tensor head_t;
+    memset(&head_t, 0, sizeof head_t);
+    head_t.name = LM_HEAD;
+    head_t.dtype = LB_DTYPE_F32;
+    head_t.ndim = 2;
+    head_t.shape[0] = cfg->vocab_size;
+    head_t.shape[1] = cfg->hidden_size;
+    head_t.numel = head_t.shape[0] * head_t.shape[1];
     int rc = lb_st_writer_new(&w, path, err);
     if (rc)
         return rc;
@@ -103,11 +126,11 @@ static int write_tensors(const char *path, const lb_model *src, const lb_packed_
     if ((rc = lb_st_writer_set_metadata(w, "format", "pt", err)) ||
         (rc = lb_st_writer_set_metadata(w, "lowbit_format", ver, err)))
         goto fail;
-    int64_t count = lb_st_count(st), matched = 0;
+    int64_t count = lb_st_count(st), matched = 0, total = count + (head ? 1 : 0);
     /* pass 1: declarations, in source file order */
-    for (int64_t i = 0; i < count; i++) {
-        const lb_st_tensor *t = lb_st_at(st, i);
-        const lb_packed_entry *e = entry_for(entries, n, t->name);
+    for (int64_t i = 0; i < total; i++) {
+        const lb_st_tensor *t = i < count ? lb_st_at(st, i) : &head_t;
+        const lb_packed_entry *e = i < count ? entry_for(entries, n, t->name) : head;
         if (!e) {
             if ((rc = lb_st_writer_add_tensor(w, t->name, t->dtype, t->ndim, t->shape, err)))
                 goto fail;
@@ -123,7 +146,7 @@ static int write_tensors(const char *path, const lb_model *src, const lb_packed_
     }
     if (matched != n) {
         for (int64_t j = 0; j < n; j++)
-            if (!lb_st_find(st, entries[j].name)) {
+            if (!lb_st_find(st, entries[j].name) && &entries[j] != head) {
                 rc = lb_err_set(err, LB_EINVAL, "%s: no tensor '%s' to replace",
                                 lb_model_dir(src), entries[j].name);
                 goto fail;
@@ -132,9 +155,9 @@ static int write_tensors(const char *path, const lb_model *src, const lb_packed_
         goto fail;
     }
     /* pass 2: bytes, checksums, manifest entries */
-    for (int64_t i = 0; i < count; i++) {
-        const lb_st_tensor *t = lb_st_at(st, i);
-        const lb_packed_entry *e = entry_for(entries, n, t->name);
+    for (int64_t i = 0; i < total; i++) {
+        const lb_st_tensor *t = i < count ? lb_st_at(st, i) : &head_t;
+        const lb_packed_entry *e = i < count ? entry_for(entries, n, t->name) : head;
         lb_sha256 sh;
         lb_sha256_init(&sh);
         json_t *jt;
@@ -183,6 +206,10 @@ static int write_tensors(const char *path, const lb_model *src, const lb_packed_
             sum->n_quantized++;
             sum->quantized_weights += weights;
             sum->quantized_bytes += bytes;
+            if (!strcmp(t->name, LM_HEAD)) {
+                sum->lm_head_packed = true;
+                sum->lm_head_bpw = bpw;
+            }
             lb_qpacked_free(&tmp);
         }
         if (!jt || json_object_set_new(tensors, t->name, jt)) {
@@ -311,8 +338,11 @@ int lb_packed_write(const char *out_dir, const lb_model *src, const lb_packed_en
     /* config.json: the source config (every key kept) + quantization_config */
     qc = json_pack("{s:s, s:i, s:s, s:f}", "quant_method", "lowbit", "format_version",
                    LB_PACKED_FORMAT_VERSION, "method", info->method, "bits", info->bits);
+    /* a quantized lm_head of a tied model is its own tensor from now on */
+    bool untie = sum.lm_head_packed && lb_model_config(src)->tie_word_embeddings;
     if (!qc || (extra && json_object_update_missing(qc, extra)) ||
         json_object_set(qc, "per_tensor", per_tensor) ||
+        (untie && json_object_set_new(cfg, "tie_word_embeddings", json_false())) ||
         json_object_set(cfg, "quantization_config", qc)) {
         rc = lb_err_set(err, LB_ENOMEM, "config.json: out of memory");
         goto fail;
@@ -353,7 +383,10 @@ int lb_packed_write(const char *out_dir, const lb_model *src, const lb_packed_en
                          (json_int_t)sum.quantized_weights, "bytes",
                          (json_int_t)sum.quantized_bytes, "bpw", sum.bpw, "files", files,
                          "tensors", tensors);
-    if (!manifest) {
+    /* only with a quantized lm_head, so checkpoints without one keep their bytes */
+    if (!manifest || (sum.lm_head_packed &&
+                      json_object_set_new(json_object_get(manifest, "quantized"),
+                                          "lm_head_included", json_true()))) {
         rc = lb_err_set(err, LB_ENOMEM, "manifest: out of memory");
         goto fail;
     }
@@ -551,6 +584,10 @@ static int verify_packed(const char *dir, const lb_st *st, const char *name, jso
         goto done;
     }
     *ntensors += p.nfields;
+    if (!strcmp(name, LM_HEAD)) {
+        sum->lm_head_packed = true;
+        sum->lm_head_bpw = bpw;
+    }
     sum->n_quantized++;
     sum->quantized_weights += weights;
     sum->quantized_bytes += bytes;
@@ -645,6 +682,11 @@ int lb_packed_verify(const char *dir, lb_packed_summary *summary, lb_err *err)
         json_i64(q, "weights", -1) != sum.quantized_weights) {
         rc = lb_err_set(err, LB_EFORMAT, "%s/%s: model-wide byte/weight counts disagree with the "
                         "tensors", dir, MANIFEST);
+        goto done;
+    }
+    if (json_is_true(json_object_get(q, "lm_head_included")) != sum.lm_head_packed) {
+        rc = lb_err_set(err, LB_EFORMAT, "%s/%s: quantized.lm_head_included disagrees with how "
+                        "lm_head.weight is stored", dir, MANIFEST);
         goto done;
     }
     {

@@ -14,6 +14,7 @@
 #ifndef LB_PACKED_H
 #define LB_PACKED_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "lb_dtype.h"
@@ -44,6 +45,8 @@ typedef struct {
     uint64_t quantized_bytes;  /* sum of their field bytes (everything stored for them) */
     double bpw;                /* 8 * quantized_bytes / quantized_weights (0 when none) */
     uint64_t file_bytes;       /* size of model.safetensors */
+    bool lm_head_packed;       /* lm_head.weight is one of the quantized (counted above) */
+    double lm_head_bpw;        /* its bpw when lm_head_packed, else 0 */
 } lb_packed_summary;
 
 /* Prefix of the packed fields of weight `name`: "X.weight" -> "X.q" (any other
@@ -56,6 +59,10 @@ int lb_packed_prefix(const char *name, char *buf, size_t size, lb_err *err);
  * in the registry. Files are staged in out_dir/.tmp-XXXXXX and renamed into
  * place, manifest.json last (an old manifest.json is removed first), so an
  * interrupted run never leaves a directory that opens as complete.
+ * An entry "lm_head.weight" for a source with tie_word_embeddings unties it:
+ * config.json gets "tie_word_embeddings": false, the embedding is copied as
+ * usual and, when the source stores no lm_head.weight, the packed lm_head is
+ * added after the source tensors (its shape is (vocab_size, hidden_size)).
  * Holds at most one packed linear and one source tensor's bytes at a time
  * (besides the mapping). OUT: *summary (may be NULL). Returns 0 or LB_E*. */
 int lb_packed_write(const char *out_dir, const lb_model *src, const lb_packed_entry *entries,

@@ -109,6 +109,59 @@ static void test_distributed_equals_embedded(void **state)
     lb_test_rmdir(&dir);
 }
 
+/* --quantize-lm-head through Redis: the lm_head collect and quantize jobs run
+ * on workers; the checkpoint equals the embedded one byte for byte. The flag
+ * is part of the job's options: job d1 without it refuses it. */
+static void test_distributed_lm_head(void **state)
+{
+    (void)state;
+    LB_TEST_REQUIRE_REDIS();
+    char model[4096], calib[4096];
+    LB_TEST_REQUIRE_SHARED(model, "models/stories260K");
+    LB_TEST_REQUIRE_SHARED(calib, "data/stories260K-calib.u32");
+    char *dir = lb_test_mkdtemp();
+    const char *bin = lb_test_lowbit_bin();
+    const char *q = "--ctx 128 --nsamples 8 --method gptq --bits 3 --threads 1 "
+                    "--quantize-lm-head";
+    char *out = NULL;
+    int rc = lb_test_run(&out, "'%s' quantize --model '%s' --calib '%s' --out '%s/emb' %s 2>&1",
+                         bin, model, calib, dir, q);
+    assert_int_equal(rc, 0);
+    free(out);
+    rc = lb_test_run(&out,
+                     "cd '%s' || exit 1; ( '%s' coordinator --redis %s --job h1 --model '%s' --calib '%s' "
+                     "--out dist %s > coord.log 2>&1; echo $? > coord.rc ) & "
+                     "'%s' worker --redis %s --threads 1 --idle-exit 3 --id wA > wA.log 2>&1 & "
+                     "wait; cat '%s/coord.rc' '%s/coord.log'",
+                     dir, bin, g_srv.url, model, calib, q, bin, g_srv.url, dir, dir);
+    assert_int_equal(rc, 0);
+    if (strncmp(out, "0\n", 2))
+        fail_msg("coordinator failed: %s", out);
+    assert_non_null(strstr(out, "lm_head included"));
+    free(out);
+    for (int k = 0; k < 3; k++) {
+        static const char *const files[] = {"model.safetensors", "manifest.json", "config.json"};
+        char a[4200], b[4200];
+        snprintf(a, sizeof a, "%s/emb/%s", dir, files[k]);
+        snprintf(b, sizeof b, "%s/dist/%s", dir, files[k]);
+        size_t la = 0, lb = 0;
+        unsigned char *da = slurp(a, &la), *db = slurp(b, &lb);
+        assert_non_null(da);
+        assert_non_null(db);
+        assert_int_equal(la, lb);
+        assert_memory_equal(da, db, la);
+        free(da);
+        free(db);
+    }
+    rc = lb_test_run(&out, "cd '%s' && '%s' coordinator --redis %s --job h1 --model '%s' "
+                     "--calib '%s' --out dist2 --ctx 128 --nsamples 8 --method gptq --bits 3 "
+                     "--threads 1 2>&1", dir, bin, g_srv.url, model, calib);
+    assert_int_not_equal(rc, 0);
+    assert_non_null(strstr(out, "already exists with different options"));
+    free(out);
+    lb_test_rmdir(&dir);
+}
+
 static void test_poison_item_dead_lettered(void **state)
 {
     (void)state;
@@ -312,6 +365,7 @@ int main(void)
         cmocka_unit_test(test_poison_item_dead_lettered),
         cmocka_unit_test(test_worker_sigterm_deregisters),
         cmocka_unit_test(test_cancel_stops_coordinator),
+        cmocka_unit_test(test_distributed_lm_head),
         cmocka_unit_test(test_crashed_worker_lease_reclaimed),
         cmocka_unit_test(test_coordinator_restart_resumes),
     };

@@ -284,6 +284,39 @@ static void test_claq_np2_equal_embedded(void **state)
     lb_test_rmdir(&dir);
 }
 
+/* --quantize-lm-head under -np 2: the last block's propagate is spread over
+ * the ranks like the others (5 on rank 1), the lm_head collect runs in one
+ * process (not data-parallel), and all three files equal the embedded run's. */
+static void test_lm_head_np2_equal_embedded(void **state)
+{
+    (void)state;
+    REQUIRE_ALL();
+    const char *m = "gptq --quantize-lm-head";
+    embedded(m);
+    char *dir = lb_test_mkdtemp();
+    int mrc = -1;
+    assert_int_equal(run_group(dir, "h2", m, 2, NULL, &mrc), 0);
+    assert_int_equal(mrc, 0);
+    static const char *const files[] = {"model.safetensors", "manifest.json", "config.json"};
+    for (int k = 0; k < 3; k++) {
+        char a[4400], b[4400];
+        snprintf(a, sizeof a, "%s/emb-%s/%s", g_dir, m, files[k]);
+        snprintf(b, sizeof b, "%s/h2/%s", dir, files[k]);
+        assert_same_file(a, b);
+    }
+    char p[4300];
+    snprintf(p, sizeof p, "%s/h2.err", dir);
+    assert_int_equal(count_lines(p, "rank 1/2: propagate"), 5);
+    assert_int_equal(count_lines(p, "rank 1/2: collect-hessian .* chunks"), 5);
+    assert_int_equal(count_lines(p, "failed"), 0);
+    long long bytes = 0;
+    int collects = 0, remote = 0, chunks = 0;
+    snprintf(p, sizeof p, "%s/h2.json", dir);
+    read_events(p, 2, &bytes, &collects, &remote, &chunks);
+    assert_int_equal(collects, 6); /* 5 blocks + lm_head */
+    lb_test_rmdir(&dir);
+}
+
 /* Rank 1 fails chunk 3 of every data-parallel job: each attempt of block 0's
  * collect-hessian fails with rank 1's message, the item is dead-lettered after
  * --max-failures 2, the coordinator reports it, and nothing hangs. */
@@ -388,6 +421,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gptq_np2_np3_equal_embedded),
         cmocka_unit_test(test_claq_np2_equal_embedded),
+        cmocka_unit_test(test_lm_head_np2_equal_embedded),
         cmocka_unit_test(test_failing_rank_fails_item),
         cmocka_unit_test(test_rank_failing_open_fails_item),
         cmocka_unit_test(test_sigterm_rank0_stops_group),

@@ -17,6 +17,7 @@
 #include "lb_qpacked_io.h"
 #include "lb_sha256.h"
 #include "lb_quant.h"
+#include "lb_test_model.h"
 #include "lb_test_util.h"
 #include "lb_tokens.h"
 
@@ -504,6 +505,107 @@ static void test_write_rejects_bad_entries(void **state)
     lb_model_free(&m);
 }
 
+/* Quantizes the model's lm_head (the embedding when tied) with rtn 4-bit,
+ * writes a checkpoint with it plus block 0's q_proj, and checks: config
+ * untied, manifest lm_head_included and lm_head's own bpw, the packed model's
+ * lm_head is dequantize(packed) bit for bit and its embedding the source's,
+ * verify agrees, and a manifest that misstates lm_head_included is refused. */
+static void check_lm_head_write(const char *src_dir, const char *out, const char *q_name,
+                                const lb_qpacked *q_packed)
+{
+    lb_err err = {0};
+    lb_model *m = NULL;
+    assert_int_equal(lb_model_open(&m, src_dir, &err), 0);
+    const lb_config *cfg = lb_model_config(m);
+    lb_head_weights hs;
+    assert_int_equal(lb_model_load_head(m, &hs, &err), 0);
+    const int64_t nw = hs.vocab * hs.dim;
+    lb_qopts o;
+    lb_qopts_init(&o);
+    o.bits = 4;
+    lb_qresult r;
+    float *H = random_hessian(hs.dim, 99);
+    assert_int_equal(lb_qmethod_find("rtn")->quantize(hs.lm_head, hs.vocab, hs.dim, H, &o, &r,
+                                                      &err), 0);
+    free(H);
+    float *w_hat = malloc((size_t)nw * sizeof *w_hat);
+    assert_int_equal(lb_qmethod_find("rtn")->dequantize(&r.packed, w_hat, &err), 0);
+    lb_packed_entry e[2] = {{.name = q_name, .packed = q_packed},
+                            {.name = "lm_head.weight", .packed = &r.packed, .options = "bits=4"}};
+    lb_packed_info info = {.method = "rtn", .bits = 4};
+    lb_packed_summary sum;
+    /* a wrong-shape lm_head is refused */
+    e[1].packed = q_packed;
+    assert_int_equal(lb_packed_write(out, m, e, 2, &info, &sum, &err), LB_EINVAL);
+    assert_non_null(strstr(err.msg, "lm_head.weight"));
+    e[1].packed = &r.packed;
+    if (lb_packed_write(out, m, e, 2, &info, &sum, &err))
+        fail_msg("%s", err.msg);
+    assert_true(sum.lm_head_packed);
+    assert_int_equal(sum.n_quantized, 2);
+    double bpw = 8.0 * (double)lb_qpacked_io_nbytes(&r.packed) / (double)nw;
+    assert_true(sum.lm_head_bpw == bpw);
+    json_t *c = load_json(out, "config.json"), *man = load_json(out, "manifest.json");
+    assert_true(json_is_false(json_object_get(c, "tie_word_embeddings")));
+    assert_true(json_is_true(json_object_get(json_object_get(man, "quantized"),
+                                             "lm_head_included")));
+    json_t *th = json_object_get(json_object_get(man, "tensors"), "lm_head.weight");
+    assert_string_equal(json_string_value(json_object_get(th, "stored")), "packed");
+    assert_true(json_real_value(json_object_get(th, "bpw")) == bpw);
+    json_decref(c);
+    lb_packed_summary vs;
+    if (lb_packed_verify(out, &vs, &err))
+        fail_msg("%s", err.msg);
+    assert_true(vs.lm_head_packed);
+    assert_true(vs.lm_head_bpw == bpw);
+
+    lb_model *pm = NULL;
+    if (lb_model_open(&pm, out, &err))
+        fail_msg("%s", err.msg);
+    lb_head_weights hq;
+    assert_int_equal(lb_model_load_head(pm, &hq, &err), 0);
+    assert_true(hq.lm_head != hq.embed);
+    assert_memory_equal(hq.lm_head, w_hat, (size_t)nw * sizeof(float));
+    assert_memory_equal(hq.embed, hs.embed, (size_t)nw * sizeof(float));
+    lb_head_weights_free(&hq);
+    lb_model_free(&pm);
+
+    /* a manifest that says lm_head is not included */
+    json_object_del(json_object_get(man, "quantized"), "lm_head_included");
+    char mp[4500];
+    snprintf(mp, sizeof mp, "%s/manifest.json", out);
+    assert_int_equal(json_dump_file(man, mp, JSON_INDENT(2)), 0);
+    assert_int_equal(lb_packed_verify(out, NULL, &err), LB_EFORMAT);
+    assert_non_null(strstr(err.msg, "lm_head_included"));
+    json_decref(man);
+    (void)cfg;
+    free(w_hat);
+    lb_qresult_free(&r);
+    lb_head_weights_free(&hs);
+    lb_model_free(&m);
+}
+
+/* lm_head as a packed entry: appended to a tied source (stories260K, which
+ * stores no lm_head.weight), replacing the tensor of an untied one. */
+static void test_lm_head_entry(void **state)
+{
+    (void)state;
+    REQUIRE_FIXTURE();
+    char out[4400], usrc[4400];
+    snprintf(out, sizeof out, "%s/lmhead-tied", fx.dir);
+    check_lm_head_write(fx.src, out, fx.names[0], &fx.res[0].packed);
+
+    /* an untied synthetic model with the same shapes as stories260K */
+    snprintf(usrc, sizeof usrc, "%s/untied-src", fx.dir);
+    lb_config cfg = lb_test_model_config(64, 8, 4, 8, 172, 512, 1);
+    lb_err err = {0};
+    assert_int_equal(mkdir(usrc, 0755), 0);
+    if (lb_test_model_write(usrc, &cfg, 5, NULL, NULL, &err))
+        fail_msg("%s", err.msg);
+    snprintf(out, sizeof out, "%s/lmhead-untied", fx.dir);
+    check_lm_head_write(usrc, out, fx.names[0], &fx.res[0].packed);
+}
+
 /* The CLI: packed eval == exported eval, printed identically; verify says OK. */
 static void test_cli_eval_export_verify(void **state)
 {
@@ -584,6 +686,7 @@ int main(void)
         cmocka_unit_test(test_corruption_detected),
         cmocka_unit_test(test_write_rejects_bad_entries),
         cmocka_unit_test(test_cli_eval_export_verify),
+        cmocka_unit_test(test_lm_head_entry),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

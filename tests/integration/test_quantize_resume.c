@@ -13,11 +13,16 @@
 
 static char model_dir[4096], calib[4096];
 
-static int run(char **out, const char *dir, const char *env)
+static int run_args(char **out, const char *dir, const char *env, const char *extra)
 {
     return lb_test_run(out, "%s '%s' quantize --model '%s' --calib '%s' --out '%s' --ctx 128 "
-                       "--nsamples 8 --method gptq --bits 3 --threads 2 2>&1", env,
-                       lb_test_lowbit_bin(), model_dir, calib, dir);
+                       "--nsamples 8 --method gptq --bits 3 --threads 2 %s 2>&1", env,
+                       lb_test_lowbit_bin(), model_dir, calib, dir, extra);
+}
+
+static int run(char **out, const char *dir, const char *env)
+{
+    return run_args(out, dir, env, "");
 }
 
 static int jobs_to_run(const char *out)
@@ -108,10 +113,50 @@ static void test_crash_and_resume(void **state)
     lb_test_rmdir(&dir);
 }
 
+/* --quantize-lm-head adds 3 jobs (last propagate, lm_head collect, lm_head
+ * quantize). A crash after the lm_head collect resumes with just the lm_head
+ * quantize and the merge, byte-identical to an uninterrupted run. The same
+ * --out without the flag is another job (the flag is in the run id). */
+static void test_lm_head_resume(void **state)
+{
+    (void)state;
+    LB_TEST_REQUIRE_SHARED(model_dir, "models/stories260K");
+    LB_TEST_REQUIRE_SHARED(calib, "data/stories260K-calib.u32");
+    char *dir = lb_test_mkdtemp();
+    char a[4200], b[4200], p[4300];
+    snprintf(a, sizeof a, "%s/a", dir);
+    snprintf(b, sizeof b, "%s/b", dir);
+    char *out = NULL;
+    assert_int_equal(run_args(&out, a, "", "--quantize-lm-head"), 0);
+    assert_int_equal(jobs_to_run(out), 49);
+    free(out);
+    /* jobs 46..49 are sequential: propagate 4, lm_head collect, quantize, merge */
+    assert_int_equal(run_args(&out, b, "LOWBIT_TEST_CRASH_AFTER_JOBS=47", "--quantize-lm-head"),
+                     86);
+    free(out);
+    snprintf(p, sizeof p, "%s/manifest.json", b);
+    assert_int_not_equal(access(p, F_OK), 0);
+    assert_int_equal(run_args(&out, b, "", "--quantize-lm-head"), 0);
+    if (jobs_to_run(out) != 2)
+        fail_msg("resume after the lm_head collect planned %d jobs: %s", jobs_to_run(out), out);
+    free(out);
+    assert_int_equal(lb_test_run(&out, "cmp '%s/model.safetensors' '%s/model.safetensors' && "
+                                 "cmp '%s/manifest.json' '%s/manifest.json' && "
+                                 "cmp '%s/config.json' '%s/config.json'", a, b, a, b, a, b), 0);
+    free(out);
+    /* without the flag, the directory holds a different job */
+    int rc = run(&out, b, "");
+    assert_int_not_equal(rc, 0);
+    assert_non_null(strstr(out, "holds a different quantize job"));
+    free(out);
+    lb_test_rmdir(&dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_crash_and_resume),
+        cmocka_unit_test(test_lm_head_resume),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

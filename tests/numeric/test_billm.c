@@ -10,13 +10,7 @@
 #include "lb_billm.h"
 #include "lb_dtype.h"
 #include "lb_quant.h"
-
-#define ASSERT_NEAR(a, b, tol) assert_near_impl((double)(a), (double)(b), (double)(tol), __LINE__)
-static void assert_near_impl(double a, double b, double tol, int line)
-{
-    if (!(fabs(a - b) <= tol))
-        fail_msg("line %d: %.9g vs %.9g differ by %.3g > %.3g", line, a, b, fabs(a - b), tol);
-}
+#include "lb_test_qref.h"
 
 /* Heavy-tailed weights with a few strong columns, like LLM layers. */
 static float *rand_weights(int64_t rows, int64_t cols, uint64_t seed)
@@ -37,26 +31,7 @@ static float *rand_weights(int64_t rows, int64_t cols, uint64_t seed)
 
 static float *rand_hessian(int64_t cols, uint64_t seed)
 {
-    int64_t nx = 2 * cols + 8;
-    double *X = malloc((size_t)(nx * cols) * sizeof(double));
-    float *H = malloc((size_t)(cols * cols) * sizeof(float));
-    assert_non_null(X);
-    assert_non_null(H);
-    uint64_t s = seed;
-    for (int64_t t = 0; t < nx; t++) {
-        double common = (double)lb_test_rand_normal(&s);
-        for (int64_t j = 0; j < cols; j++)
-            X[t * cols + j] = 0.5 * common + (double)lb_test_rand_normal(&s) * (1.0 + (double)(j % 7));
-    }
-    for (int64_t a = 0; a < cols; a++)
-        for (int64_t b = 0; b < cols; b++) {
-            double acc = 0.0;
-            for (int64_t t = 0; t < nx; t++)
-                acc += X[t * cols + a] * X[t * cols + b];
-            H[a * cols + b] = (float)acc;
-        }
-    free(X);
-    return H;
+    return lb_test_correlated_hessian(cols, seed, 0.5, 7, false, 0.0);
 }
 
 static float f16r(double v)
@@ -244,7 +219,7 @@ static void ref_plan_block(const double *Wb, int rows, int nb, const double *hin
 /* scales may differ by one f16 step when the double sums differ in the last bits */
 static void assert_f16_close(float a, float b)
 {
-    ASSERT_NEAR(a, b, fabs((double)b) * 0x1p-10 + 1e-12);
+    LB_ASSERT_NEAR(a, b, fabs((double)b) * 0x1p-10 + 1e-12);
 }
 
 static void test_registry(void **state)
@@ -295,10 +270,10 @@ static void check_plan(int rows, int nb, int max_salient, int split_points, uint
     ref_plan_block(Wd, rows, nb, hd, max_salient, split_points, P);
     assert_int_equal(plan.nsalient, P->nsal);
     assert_memory_equal(plan.salient, P->sal, (size_t)nb);
-    ASSERT_NEAR(plan.split, P->split, 0.0);
+    LB_ASSERT_NEAR(plan.split, P->split, 0.0);
     for (int i = 0; i < rows * 4; i++)
         assert_f16_close(plan.alpha[i], P->alpha[i]);
-    ASSERT_NEAR(plan.err, P->err, 1e-6 * P->err);
+    LB_ASSERT_NEAR(plan.err, P->err, 1e-6 * P->err);
     lb_billm_plan_free(&plan);
     assert_null(plan.alpha);
     free(P);
@@ -501,7 +476,7 @@ static void check_method_vs_reference(int rows, int cols, int bs, bool dead, uin
                     8 * (uint64_t)((rows * (cols - nsal) + 7) / 8) +
                     (uint64_t)(16 * 4 * rows * nblocks);
     assert_int_equal(lb_qpacked_bits(&res.packed), bits);
-    ASSERT_NEAR(res.bpw, (double)bits / (double)(rows * cols), 1e-12);
+    LB_ASSERT_NEAR(res.bpw, (double)bits / (double)(rows * cols), 1e-12);
     free(D);
     free(ref);
     lb_qresult_free(&res);
@@ -693,19 +668,8 @@ static void test_tiny_shapes(void **state)
         float *H = rand_hessian(shapes[i][1], 82 + (uint64_t)i);
         lb_qopts o;
         lb_qopts_init(&o);
-        lb_qresult res;
-        lb_err e;
-        int rc = lb_billm_quantize(W, rows, cols, H, &o, &res, &e);
-        if (rc)
-            fail_msg("%lld x %lld: %s", (long long)rows, (long long)cols, e.msg);
-        float *D = malloc(sizeof(float) * (size_t)(rows * cols));
-        assert_int_equal(lb_billm_dequantize(&res.packed, D, &e), 0);
-        assert_memory_equal(D, res.W_hat, sizeof(float) * (size_t)(rows * cols));
-        for (int64_t k = 0; k < rows * cols; k++)
-            assert_true(isfinite(res.W_hat[k]));
-        ASSERT_NEAR(res.bpw, (double)lb_qpacked_bits(&res.packed) / (double)(rows * cols), 1e-12);
-        free(D);
-        lb_qresult_free(&res);
+        lb_test_check_packed_roundtrip(lb_billm_quantize, lb_billm_dequantize, W, rows, cols, H,
+                                       &o);
         free(W);
         free(H);
     }

@@ -95,6 +95,46 @@ static void test_wide_tiled_matches_reference_at_any_thread_count(void **state)
     free(S2);
 }
 
+/* H from stored (unaligned) float64 sums equals set_sums + get bit for bit; bad sums
+ * are refused. */
+static void test_from_sums_equals_set_get(void **state)
+{
+    (void)state;
+    float *X = malloc(T * C * sizeof *X), *H1 = malloc(C * C * sizeof *H1),
+          *H2 = malloc(C * C * sizeof *H2);
+    double *S = malloc(C * C * sizeof *S);
+    unsigned char *raw = malloc(C * C * sizeof *S + 3);
+    assert_true(X && H1 && H2 && S && raw);
+    lb_test_activations(X, T, C, 2, 9);
+    lb_hessian *h = NULL, *g = NULL;
+    lb_err err = {0};
+    int64_t ntok = 0;
+    assert_int_equal(lb_hessian_new(C, &h, &err), 0);
+    assert_int_equal(lb_hessian_add_chunk(h, X, T, C, &err), 0);
+    lb_hessian_get_sums(h, S, &ntok);
+    assert_int_equal(lb_hessian_new(C, &g, &err), 0);
+    assert_int_equal(lb_hessian_set_sums(g, S, ntok, &err), 0);
+    assert_int_equal(lb_hessian_get(g, H1, &err), 0);
+    memcpy(raw + 3, S, C * C * sizeof *S); /* misaligned by 3 bytes */
+    assert_int_equal(lb_hessian_from_sums(raw + 3, C, ntok, H2, &err), 0);
+    assert_memory_equal(H1, H2, C * C * sizeof *H1);
+    S[1 * C + 4] += 1.0; /* not symmetric */
+    memcpy(raw + 3, S, C * C * sizeof *S);
+    assert_int_equal(lb_hessian_from_sums(raw + 3, C, ntok, H2, &err), LB_EINVAL);
+    S[1 * C + 4] = NAN;
+    S[4 * C + 1] = NAN;
+    memcpy(raw + 3, S, C * C * sizeof *S);
+    assert_int_equal(lb_hessian_from_sums(raw + 3, C, ntok, H2, &err), LB_ENUMERIC);
+    assert_int_equal(lb_hessian_from_sums(raw + 3, C, 0, H2, &err), LB_EINVAL);
+    lb_hessian_free(&h);
+    lb_hessian_free(&g);
+    free(X);
+    free(H1);
+    free(H2);
+    free(S);
+    free(raw);
+}
+
 static void test_partials_add(void **state)
 {
     (void)state;
@@ -163,6 +203,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_chunks_match_reference),
         cmocka_unit_test(test_wide_tiled_matches_reference_at_any_thread_count),
+        cmocka_unit_test(test_from_sums_equals_set_get),
         cmocka_unit_test(test_partials_add),
         cmocka_unit_test(test_rejects_bad_input),
     };

@@ -10,14 +10,8 @@
 #include "lb_dtype.h"
 #include "lb_qbb.h"
 #include "lb_quant.h"
+#include "lb_test_qref.h"
 
-/* |a - b| <= tol in double (cmocka's assert_float_equal compares in float). */
-#define ASSERT_NEAR(a, b, tol) assert_near_impl((double)(a), (double)(b), (double)(tol), __LINE__)
-static void assert_near_impl(double a, double b, double tol, int line)
-{
-    if (!(fabs(a - b) <= tol))
-        fail_msg("line %d: %.9g vs %.9g differ by %.3g > %.3g", line, a, b, fabs(a - b), tol);
-}
 
 static float *rand_matrix(int64_t rows, int64_t cols, uint64_t seed)
 {
@@ -32,26 +26,7 @@ static float *rand_matrix(int64_t rows, int64_t cols, uint64_t seed)
 /* H = XᵀX / nx + eps I with correlated X (nx, cols): a realistic SPD Hessian. */
 static float *rand_hessian(int64_t cols, uint64_t seed)
 {
-    int64_t nx = 2 * cols + 8;
-    double *X = malloc((size_t)(nx * cols) * sizeof(double));
-    float *H = malloc((size_t)(cols * cols) * sizeof(float));
-    assert_non_null(X);
-    assert_non_null(H);
-    uint64_t s = seed;
-    for (int64_t t = 0; t < nx; t++) {
-        double common = (double)lb_test_rand_normal(&s);
-        for (int64_t j = 0; j < cols; j++)
-            X[t * cols + j] = 0.6 * common + (double)lb_test_rand_normal(&s) * (1.0 + (double)(j % 5));
-    }
-    for (int64_t a = 0; a < cols; a++)
-        for (int64_t b = 0; b < cols; b++) {
-            double acc = 0.0;
-            for (int64_t t = 0; t < nx; t++)
-                acc += X[t * cols + a] * X[t * cols + b];
-            H[a * cols + b] = (float)(acc / (double)nx + (a == b ? 1e-3 : 0.0));
-        }
-    free(X);
-    return H;
+    return lb_test_correlated_hessian(cols, seed, 0.6, 5, true, 1e-3);
 }
 
 static double sgn_ref(uint32_t c, int i)
@@ -163,7 +138,7 @@ static void test_greedy_init_matches_reference(void **state)
                 for (int64_t j = 0; j < cols; j++)
                     mean_abs += fabs(R[j]);
                 mean_abs /= (double)cols;
-                ASSERT_NEAR(scales[r * n + i], mean_abs, 1e-6 * mean_abs + 1e-12);
+                LB_ASSERT_NEAR(scales[r * n + i], mean_abs, 1e-6 * mean_abs + 1e-12);
                 for (int64_t j = 0; j < cols; j++) {
                     double b = R[j] >= 0.0 ? 1.0 : -1.0;
                     assert_true(sgn_ref(codes[r * cols + j], i) == b);
@@ -223,10 +198,10 @@ static void check_ls(int n, bool weighted)
         double want[4];
         ls_ref(W + r * cols, codes + r * cols, cols, n, H, want);
         for (int i = 0; i < n; i++)
-            ASSERT_NEAR(scales[r * n + i], want[i], 2e-4 * fabs(want[i]) + 2e-7);
+            LB_ASSERT_NEAR(scales[r * n + i], want[i], 2e-4 * fabs(want[i]) + 2e-7);
         /* reported objective = reference objective of that row */
         double ref = objective_ref(W + r * cols, 1, cols, n, codes + r * cols, scales + r * n, H);
-        ASSERT_NEAR(obj[r], ref, 1e-4 * ref + 1e-12);
+        LB_ASSERT_NEAR(obj[r], ref, 1e-4 * ref + 1e-12);
         /* optimality: nudging any scale raises the objective */
         for (int i = 0; i < n; i++) {
             for (int sign = -1; sign <= 1; sign += 2) {
@@ -280,9 +255,9 @@ static void test_ls_singular_rows(void **state)
     /* best fit of ±a to {0.5, -0.25} pattern: s0 + s1 = mean |.| weighted = LS */
     double sum = (double)scales[0] + (double)scales[1];
     double want = (6.0 * 0.5 + 10.0 * 0.25) / 16.0;
-    ASSERT_NEAR(sum, want, 1e-5);
-    ASSERT_NEAR(scales[2], 0.0, 1e-12);
-    ASSERT_NEAR(scales[3], 0.0, 1e-12);
+    LB_ASSERT_NEAR(sum, want, 1e-5);
+    LB_ASSERT_NEAR(scales[2], 0.0, 1e-12);
+    LB_ASSERT_NEAR(scales[3], 0.0, 1e-12);
 }
 
 /* Refinement: fitting with k rounds is the prefix of fitting with k+1 rounds, so the
@@ -303,7 +278,7 @@ static void check_monotone(int n)
         assert_int_equal(lb_qbb_fit(W, rows, cols, NULL, &cfg, codes, scales, trace, NULL, NULL),
                          0);
         double obj = objective_ref(W, rows, cols, n, codes, scales, NULL);
-        ASSERT_NEAR(trace[k], obj, 1e-6 * obj);
+        LB_ASSERT_NEAR(trace[k], obj, 1e-6 * obj);
         for (int i = 1; i <= k; i++)
             assert_true(trace[i] <= trace[i - 1]);
         assert_true(obj <= prev * (1.0 + 1e-9));
@@ -316,7 +291,7 @@ static void check_monotone(int n)
     if (n >= 2)
         assert_true(prev < 0.99 * first);
     else
-        ASSERT_NEAR(prev, first, 1e-9 * first);
+        LB_ASSERT_NEAR(prev, first, 1e-9 * first);
     free(W);
     free(codes);
 }
@@ -342,8 +317,8 @@ static void check_weighted(int n)
     assert_memory_equal(cp, cw, (size_t)(rows * cols));
     double before = objective_ref(W, rows, cols, n, cp, sp, H);
     double after = objective_ref(W, rows, cols, n, cw, sw, H);
-    ASSERT_NEAR(hobj[0], before, 1e-4 * before);
-    ASSERT_NEAR(hobj[1], after, 1e-4 * before);
+    LB_ASSERT_NEAR(hobj[0], before, 1e-4 * before);
+    LB_ASSERT_NEAR(hobj[1], after, 1e-4 * before);
     assert_true(after < 0.999 * before); /* a correlated H: the weighted fit must pay off */
     free(W);
     free(H);
@@ -385,8 +360,8 @@ static void test_quantize_pack_bpw_dequantize(void **state)
             /* bpw = stored bits / weights = N + 16 N / cols */
             assert_int_equal(lb_qpacked_bits(&res.packed),
                              (uint64_t)(n * rows * cols + 16 * n * rows));
-            ASSERT_NEAR(res.bpw, (double)n + 16.0 * (double)n / (double)cols, 1e-12);
-            ASSERT_NEAR(res.bpw, 8.0 * (double)(lb_qpacked_field(&res.packed, "signs")->nbytes +
+            LB_ASSERT_NEAR(res.bpw, (double)n + 16.0 * (double)n / (double)cols, 1e-12);
+            LB_ASSERT_NEAR(res.bpw, 8.0 * (double)(lb_qpacked_field(&res.packed, "signs")->nbytes +
                                                        lb_qpacked_field(&res.packed, "scales")->nbytes) /
                                             (double)(rows * cols), 1e-12);
             /* dequantize(packed) == W_hat bit for bit */
@@ -607,19 +582,7 @@ static void test_tiny_shapes(void **state)
         lb_qopts_init(&o);
         o.bases = 4;
         o.hessian_weighted = true;
-        lb_qresult res;
-        lb_err e;
-        int rc = lb_qbb_quantize(W, rows, cols, H, &o, &res, &e);
-        if (rc)
-            fail_msg("%lld x %lld: %s", (long long)rows, (long long)cols, e.msg);
-        float *D = malloc(sizeof(float) * (size_t)(rows * cols));
-        assert_int_equal(lb_qbb_dequantize(&res.packed, D, &e), 0);
-        assert_memory_equal(D, res.W_hat, sizeof(float) * (size_t)(rows * cols));
-        for (int64_t k = 0; k < rows * cols; k++)
-            assert_true(isfinite(res.W_hat[k]));
-        ASSERT_NEAR(res.bpw, (double)lb_qpacked_bits(&res.packed) / (double)(rows * cols), 1e-12);
-        free(D);
-        lb_qresult_free(&res);
+        lb_test_check_packed_roundtrip(lb_qbb_quantize, lb_qbb_dequantize, W, rows, cols, H, &o);
         free(W);
         free(H);
     }

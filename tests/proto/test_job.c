@@ -60,6 +60,22 @@ static void make_job(lb_job *job, lb_job_type type)
     assert_int_equal(lb_job_compute_id(job, NULL), 0);
 }
 
+/* The two --quantize-lm-head jobs: collect stage LM_HEAD and quantize-linear
+ * of lm_head.weight, both at block = num_hidden_layers (5 here). */
+static void make_lm_head_job(lb_job *job, lb_job_type type)
+{
+    make_job(job, type);
+    job->block = 5;
+    if (type == LB_JOB_COLLECT_HESSIAN) {
+        job->stage = LB_STAGE_LM_HEAD;
+        job->n_outputs = 1;
+    } else {
+        job->linear = LB_JOB_LINEAR_LM_HEAD;
+        strcpy(job->tensor, LB_JOB_LM_HEAD_TENSOR);
+    }
+    assert_int_equal(lb_job_compute_id(job, NULL), 0);
+}
+
 static void assert_jobs_equal(const lb_job *a, const lb_job *b)
 {
     assert_int_equal(a->type, b->type);
@@ -315,8 +331,64 @@ static void test_random_flips(void **state)
     assert_true(decoded > 0);
 }
 
+/* lm_head jobs round-trip; their ids differ from the block jobs they are
+ * built from; a stage past LM_HEAD is rejected. */
+static void test_lm_head_jobs(void **state)
+{
+    (void)state;
+    const lb_job_type types[] = {LB_JOB_COLLECT_HESSIAN, LB_JOB_QUANTIZE_LINEAR};
+    for (int k = 0; k < 2; k++) {
+        lb_job job, back, plain;
+        make_lm_head_job(&job, types[k]);
+        make_job(&plain, types[k]);
+        assert_string_not_equal(job.id, plain.id);
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        lb_err err;
+        assert_int_equal(lb_job_encode(&job, &buf, &len, &err), 0);
+        assert_int_equal(lb_job_decode(buf, len, &back, &err), 0);
+        assert_jobs_equal(&job, &back);
+        char id[LB_ID_HEX];
+        strcpy(id, back.id);
+        assert_int_equal(lb_job_compute_id(&back, &err), 0);
+        assert_string_equal(id, back.id);
+        free(buf);
+        lb_job_clear(&back);
+        if (types[k] == LB_JOB_COLLECT_HESSIAN) {
+            job.stage = LB_STAGE_LM_HEAD + 1;
+            assert_int_equal(lb_job_encode(&job, &buf, &len, &err), 0);
+            assert_int_equal(lb_job_decode(buf, len, &back, &err), LB_EFORMAT);
+            assert_non_null(strstr(err.msg, "out of range"));
+            free(buf);
+        }
+        lb_job_clear(&job);
+        lb_job_clear(&plain);
+    }
+}
+
+static void write_job_file(const char *dir, const char *name, const lb_job *job)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(lb_job_encode(job, &buf, &len, NULL), 0);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    fwrite(buf, 1, len, f);
+    fclose(f);
+    free(buf);
+}
+
 static void write_corpus(const char *dir)
 {
+    lb_job head;
+    make_lm_head_job(&head, LB_JOB_COLLECT_HESSIAN);
+    write_job_file(dir, "job-collect-lm-head.msgpack", &head);
+    lb_job_clear(&head);
+    make_lm_head_job(&head, LB_JOB_QUANTIZE_LINEAR);
+    write_job_file(dir, "job-quantize-lm-head.msgpack", &head);
+    lb_job_clear(&head);
     for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_DISTILL; t++) {
         lb_job job;
         make_job(&job, (lb_job_type)t);
@@ -369,6 +441,7 @@ int main(void)
         cmocka_unit_test(test_distill_options_range),
         cmocka_unit_test(test_result_round_trip),
         cmocka_unit_test(test_random_flips),
+        cmocka_unit_test(test_lm_head_jobs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -38,7 +38,7 @@ static void fixture_init(fixture *f, int layers)
 static lb_plan *make_plan_d(fixture *f, bool ts, const lb_distill_opts *d)
 {
     lb_plan_spec s = {&f->cfg, "/m", "/o", f->model_fp, f->calib_fp, "0.1.0", 8, 128, ts,
-                      f->choices, "gptq", 4.0, "{}", d};
+                      f->choices, "gptq", 4.0, "{}", d, NULL};
     lb_plan *p = NULL;
     lb_err err;
     assert_int_equal(lb_plan_new(&s, &p, &err), 0);
@@ -48,7 +48,7 @@ static lb_plan *make_plan_d(fixture *f, bool ts, const lb_distill_opts *d)
 static lb_plan *make_plan(fixture *f, bool ts)
 {
     lb_plan_spec s = {&f->cfg, "/m", "/o", f->model_fp, f->calib_fp, "0.1.0", 8, 128, ts,
-                      f->choices, "gptq", 4.0, "{}", NULL};
+                      f->choices, "gptq", 4.0, "{}", NULL, NULL};
     lb_plan *p = NULL;
     lb_err err;
     assert_int_equal(lb_plan_new(&s, &p, &err), 0);
@@ -207,6 +207,78 @@ static const lb_job *find_job(const lb_plan *p, lb_job_type t, int32_t block)
             return j;
     }
     return NULL;
+}
+
+/* --quantize-lm-head: the plain plan's jobs keep their ids (same order), then
+ * the last block's propagate, the LM_HEAD collect on its output and the
+ * lm_head quantize job (the choice's method and options) at block L, whose
+ * packed output is the merge's last input. A resume that lacks only the lm_head
+ * artifact reruns just the chain that recreates its Hessian. */
+static void test_lm_head_graph(void **state)
+{
+    (void)state;
+    fixture f;
+    fixture_init(&f, 5);
+    lb_plan_choice head;
+    strcpy(head.method, "rtn");
+    lb_qopts_init(&head.opts);
+    head.opts.bits = 8;
+    lb_plan_spec s = {&f.cfg, "/m", "/o", f.model_fp, f.calib_fp, "0.1.0", 8, 128, false,
+                      f.choices, "gptq", 4.0, "{}", NULL, &head};
+    lb_plan *p = NULL, *p0 = make_plan(&f, false);
+    assert_int_equal(lb_plan_new(&s, &p, NULL), 0);
+    const int32_t n0 = lb_plan_job_count(p0);
+    assert_int_equal(lb_plan_job_count(p), n0 + 3);
+    for (int32_t i = 0; i < n0 - 1; i++)
+        assert_string_equal(lb_plan_job(p, i)->id, lb_plan_job(p0, i)->id);
+    assert_null(find_job(p0, LB_JOB_PROPAGATE, 4));
+    const lb_job *prop = find_job(p, LB_JOB_PROPAGATE, 4);
+    const lb_job *col = find_job(p, LB_JOB_COLLECT_HESSIAN, 5);
+    const lb_job *q = find_job(p, LB_JOB_QUANTIZE_LINEAR, 5);
+    const lb_job *m = find_job(p, LB_JOB_MERGE, -1);
+    assert_non_null(prop);
+    assert_non_null(col);
+    assert_non_null(q);
+    assert_int_equal(col->stage, LB_STAGE_LM_HEAD);
+    assert_int_equal(col->n_inputs, 1);
+    assert_int_equal(col->n_outputs, 1);
+    assert_string_equal(col->inputs[0].hex, prop->outputs[0].hex);
+    assert_int_equal(q->linear, LB_JOB_LINEAR_LM_HEAD);
+    assert_string_equal(q->tensor, "lm_head.weight");
+    assert_string_equal(q->method, "rtn");
+    assert_true(q->opts.bits == 8.0);
+    assert_string_equal(q->inputs[0].hex, col->outputs[0].hex);
+    assert_int_equal(m->n_inputs, 36);
+    assert_string_equal(m->inputs[35].hex, q->outputs[0].hex);
+    assert_string_not_equal(m->id, find_job(p0, LB_JOB_MERGE, -1)->id);
+
+    bool present[1024] = {false};
+    present[0] = true;
+    lb_plan_mark_present(p, 0);
+    lb_plan_start(p);
+    int max_acts = 0;
+    assert_int_equal(simulate(p, present, &max_acts), n0 + 3);
+    assert_true(max_acts <= 2);
+    for (int32_t a = 0; a < lb_plan_artifact_count(p); a++)
+        if (present[a])
+            assert_true(!strcmp(lb_plan_artifact_kind(p, a), "qlinear") ||
+                        !strcmp(lb_plan_artifact_kind(p, a), "calib"));
+    lb_plan_free(&p);
+
+    /* resume with every packed linear but lm_head's */
+    assert_int_equal(lb_plan_new(&s, &p, NULL), 0);
+    q = find_job(p, LB_JOB_QUANTIZE_LINEAR, 5);
+    for (int32_t a = 0; a < lb_plan_artifact_count(p); a++)
+        if (!strcmp(lb_plan_artifact_kind(p, a), "calib") ||
+            (!strcmp(lb_plan_artifact_kind(p, a), "qlinear") &&
+             strcmp(lb_plan_artifact_id(p, a), q->outputs[0].hex)))
+            lb_plan_mark_present(p, a);
+    lb_plan_start(p);
+    /* embed, 5 propagates, lm_head collect + quantize, merge */
+    assert_int_equal(lb_plan_needed_count(p), 1 + 5 + 2 + 1);
+    lb_plan_free(&p);
+    lb_plan_free(&p0);
+    free(f.choices);
 }
 
 /* --distill: one DISTILL job per block between its quantize jobs and its
@@ -376,6 +448,7 @@ int main(void)
         cmocka_unit_test(test_graph_and_full_run),
         cmocka_unit_test(test_resume),
         cmocka_unit_test(test_distill_graph),
+        cmocka_unit_test(test_lm_head_graph),
         cmocka_unit_test(test_true_sequential_and_failure),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
