@@ -604,6 +604,7 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
         d.n_blocks = L;
         d.progress = on_progress;
         d.user = &ps;
+        d.local = &ectx; /* the merge runs here, where the artifacts are */
         if (lb_dist_run(plan, store, &d, &err))
             goto fail;
     } else if (lb_runner_run(plan, &ectx, &ro, &err)) {
