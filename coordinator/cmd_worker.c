@@ -443,8 +443,10 @@ int lb_cmd_worker(int argc, char **argv)
             bool got = false;
             int rc = lb_redis_reclaim(r, names[j], b.id, lease_ms, (int)max_failures, &msg, &got,
                                       &err);
+            /* one running job (the common case): wait on its queue, so a newly
+             * queued item starts at once instead of at the next poll */
             if (!rc && !got)
-                rc = lb_redis_claim(r, names[j], b.id, 0, &msg, &got, &err);
+                rc = lb_redis_claim(r, names[j], b.id, n == 1 ? 500 : 0, &msg, &got, &err);
             if (rc == LB_ENOTFOUND)
                 continue; /* queue not created yet */
             if (rc == LB_ENET) {
@@ -489,7 +491,7 @@ int lb_cmd_worker(int argc, char **argv)
         }
         if (idle_exit > 0 && now_s() - idle_since >= (double)idle_exit)
             break;
-        for (int t = 0; t < 10 && !g_stop; t++)
+        for (int t = 0; t < (n == 1 ? 1 : 10) && !g_stop; t++)
             sleep_ms(50);
     }
     status = 0;
