@@ -86,8 +86,9 @@ static void event(dist *d, const char *msg)
 
 /* Job j cannot run: an input is absent or invalid in this store (a worker said
  * so, or the merge found it). Invalid copies are removed, their producers
- * queued again and j parked until they verify; when every input verifies after
- * all (a transfer problem), j is simply queued again. */
+ * queued again and j parked until they verify (the calibration windows, made
+ * by no job, are written again here); when nothing needs to run first (a
+ * transfer problem, or only the calibration was lost), j is queued again. */
 static void recover_lost(dist *d, int32_t j)
 {
     const lb_job *job = lb_plan_job(d->plan, j);
@@ -96,21 +97,28 @@ static void recover_lost(dist *d, int32_t j)
                   lb_job_type_name(job->type), job->id);
         return;
     }
-    bool all = true;
+    bool waiting = false; /* on a producer that runs again */
     for (int32_t i = 0; i < job->n_inputs && !d->fatal; i++) {
         const char *id = job->inputs[i].hex;
         if (lb_store_has(d->store, id, NULL))
             continue;
-        all = false;
         lb_err e2 = {0};
         lb_store_remove(d->store, id, &e2); /* never served again */
         int32_t p = find_producer(d->plan, id);
+        if (p < 0 && d->o->calib && !strcmp(id, lb_plan_calib_id(d->plan))) {
+            lb_err e3 = {0};
+            if (lb_store_put(d->store, id, "calib", d->o->calib, 1, NULL, 0, &e3) == 0) {
+                event(d, "calibration artifact missing or invalid; written again");
+                continue;
+            }
+        }
         if (p < 0) {
             set_fatal(d, "artifact %s (%s) is lost and no job makes it; rerun the coordinator "
                          "with the same options to write it again",
                       id, "calibration");
             return;
         }
+        waiting = true;
         if (d->st[p] == JOB_OUT || d->st[p] == JOB_TO_QUEUE || d->st[p] == JOB_PARKED)
             continue; /* already being made again */
         d->st[p] = JOB_TO_QUEUE;
@@ -124,7 +132,7 @@ static void recover_lost(dist *d, int32_t j)
     }
     if (d->fatal)
         return;
-    d->st[j] = all ? JOB_TO_QUEUE : JOB_PARKED;
+    d->st[j] = waiting ? JOB_PARKED : JOB_TO_QUEUE;
     d->flags[j] |= F_PLAIN;
 }
 

@@ -35,6 +35,8 @@ typedef struct lb_dist_opts {
     lb_runner_progress_fn progress; /* may be NULL; called per finished job */
     void *user;
     const lb_exec_ctx *local;      /* runs the merge job here (model, fingerprint, store) */
+    const lb_artifact_tensor *calib; /* the calibration windows, written again when that
+                                        artifact is lost (NULL: the run fails instead) */
     const char *artifact_bind;     /* NULL: "tcp://127.0.0.1:*" */
     const char *artifact_endpoint; /* what workers are told; NULL: the bound endpoint, with
                                       a wildcard host (0.0.0.0, *) replaced by the hostname */
