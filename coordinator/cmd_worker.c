@@ -466,6 +466,11 @@ int lb_cmd_worker(int argc, char **argv)
             if (got) {
                 worked = true;
                 jobs_taken++;
+                if (endpoint[0]) { /* keep the cache as small as the coordinator's store */
+                    lb_err pe = {0};
+                    if (lb_wdata_prune(data, r, names[j], cache_dir, NULL, &pe))
+                        fprintf(stderr, "lowbit worker %s: cache not pruned: %s\n", b.id, pe.msg);
+                }
                 rc = run_item(r, &b, &cache, data, cache_dir, endpoint, names[j], out_dir, &msg,
                               (int)threads, (int)max_failures, &err);
                 lb_redis_msg_clear(&msg);

@@ -8,6 +8,7 @@
 
 #include "lb_job.h"
 #include "lb_redis.h"
+#include "lb_redis_released.h"
 #include "lb_xfer.h"
 
 /* Where a job stands on this side. PARKED: an input was lost; it waits until
@@ -436,6 +437,11 @@ int lb_dist_run(lb_plan *plan, const lb_store *artifacts, const lb_dist_opts *o,
                 if (acts[k].type == LB_ACT_DELETE) {
                     if ((rc = lb_store_remove(artifacts, acts[k].artifact, err)))
                         goto done;
+                    /* workers drop it from their caches too; only hygiene, so a
+                     * failure is reported and the run goes on */
+                    lb_err e2 = {0};
+                    if (lb_redis_released_add(d.r, name, acts[k].artifact, &e2))
+                        fprintf(stderr, "lowbit coordinator: %s\n", e2.msg);
                     continue;
                 }
                 d.st[acts[k].job] = JOB_TO_QUEUE;

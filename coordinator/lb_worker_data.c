@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "lb_redis_released.h"
 #include "lb_xfer.h"
 #include "lb_xfer_store.h"
 
@@ -16,6 +17,8 @@ struct lb_wdata {
     int timeout_ms, retries;
     char endpoint[256];
     lb_xfer_client *client; /* for endpoint; NULL after a failed transfer */
+    char prune_job[LB_REDIS_NAME_MAX + 1]; /* released list read for this job ... */
+    int64_t prune_next;                    /* ... up to here */
 };
 
 int lb_wdata_new(int timeout_ms, int retries, lb_wdata **out, lb_err *err)
@@ -75,6 +78,45 @@ int lb_wdata_publish(lb_wdata *w, const lb_store *store, const lb_job *job, uint
         rc = lb_xfer_publish_outputs(w->client, store, job, bytes, err);
     if (rc == LB_ENET)
         lb_xfer_client_free(&w->client);
+    return rc;
+}
+
+int lb_wdata_prune(lb_wdata *w, lb_redis *r, const char *job, const char *cache_dir,
+                   int64_t *removed, lb_err *err)
+{
+    if (strcmp(w->prune_job, job)) {
+        snprintf(w->prune_job, sizeof w->prune_job, "%s", job);
+        w->prune_next = 0;
+    }
+    lb_store *store = NULL;
+    int rc = 0;
+    for (;;) {
+        lb_redis_released_id *ids = NULL;
+        int32_t n = 0;
+        int64_t next = 0;
+        if ((rc = lb_redis_released_range(r, job, w->prune_next, 1000, &ids, &n, &next, err)))
+            break;
+        if (next == w->prune_next) {
+            free(ids);
+            break;
+        }
+        if (!store && (rc = lb_store_open(cache_dir, &store, err))) {
+            free(ids);
+            break;
+        }
+        for (int32_t i = 0; i < n && !rc; i++) {
+            char *path = lb_store_path(store, ids[i].id);
+            bool there = path && access(path, F_OK) == 0;
+            free(path);
+            if (there && (rc = lb_store_remove(store, ids[i].id, err)) == 0 && removed)
+                (*removed)++;
+        }
+        free(ids);
+        if (rc)
+            break;
+        w->prune_next = next;
+    }
+    lb_store_free(&store);
     return rc;
 }
 

@@ -18,6 +18,7 @@
 #include "lb_artifact.h"
 #include "lb_err.h"
 #include "lb_job.h"
+#include "lb_redis.h"
 
 typedef struct lb_wdata lb_wdata;
 
@@ -41,6 +42,15 @@ int lb_wdata_fetch(lb_wdata *w, const char *endpoint, const lb_store *store, con
  * or the first error (LB_ENET: no answer). */
 int lb_wdata_publish(lb_wdata *w, const lb_store *store, const lb_job *job, uint64_t *bytes,
                      lb_err *err);
+
+/* Drops from the cache at cache_dir every artifact the coordinator of job
+ * released since the last call for that job (lb_redis_released.h), so the
+ * cache does not grow by every artifact this worker touched. A worker that
+ * switches jobs starts over from the list's beginning (removing an absent file
+ * is fine). Adds the number of files removed to *removed (may be NULL).
+ * Returns 0 or LB_E* (Redis or the cache directory). */
+int lb_wdata_prune(lb_wdata *w, lb_redis *r, const char *job, const char *cache_dir,
+                   int64_t *removed, lb_err *err);
 
 /* True when a fetch error means "the coordinator does not hold a valid copy of
  * an input": its producing job must run again, not this item. */

@@ -162,6 +162,26 @@ static long long record_num(const char *job, const char *field)
     return v;
 }
 
+static bool is_kind(const char *path, const char *kind);
+
+/* Activation and Hessian artifacts in store root DIR/.lowbit/artifacts. */
+static int count_released_kinds(const char *root)
+{
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/.lowbit/artifacts", root);
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        char p[4500];
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        n += strstr(e->d_name, ".safetensors") && (is_kind(p, "activations") || is_kind(p, "hessian"));
+    }
+    closedir(d);
+    return n;
+}
+
 /* Two jobs (claq 3 bit, qbb 1 bit x 2 bases) at once, each with its own
  * artifact server; two workers with their own caches serve both. */
 static void test_own_caches(void **state)
@@ -217,10 +237,23 @@ static void test_own_caches(void **state)
     assert_int_equal(lb_test_run(&out, "cat '%s'/w?.log | grep -c '\"bytes_fetched\":[1-9]'",
                                  f->dir), 0);
     free(out);
-    /* wA's own cache holds artifacts; wB's scratch cache is gone */
+    /* wA's own cache holds artifacts, but the released activations and
+     * Hessians (5 X_b and 20 Hessians per run) were pruned from it: at most
+     * one block's worth per run is left (those released after its last item) */
     assert_int_equal(lb_test_run(&out, "ls '%s/ca/.lowbit/artifacts' | grep -c safetensors",
                                  f->dir), 0);
     free(out);
+    char ca[4200];
+    snprintf(ca, sizeof ca, "%s/ca", f->dir);
+    int left = count_released_kinds(ca);
+    if (left > 2 * 6)
+        fail_msg("worker cache kept %d activation/Hessian artifacts", left);
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(lb_test_run(&out, "redis-cli -p %d LLEN lowbit:job:%s:released",
+                                     g_srv.port, jobs[k]), 0);
+        assert_true(atoi(out) >= 20);
+        free(out);
+    }
     rc = lb_test_run(&out, "ls -A '%s/tmp/'lowbit-*/", f->dir);
     if (rc || strcmp(out, ""))
         fail_msg("scratch cache left behind (rc %d): %s", rc, out);
@@ -258,24 +291,26 @@ static void test_shared_filesystem_moves_nothing(void **state)
     assert_int_equal(record_num("dp-shared", "bytes_published"), 0);
 }
 
-/* True when the safetensors header of path says lowbit.kind "calib". */
-static bool is_calib(const char *path)
+/* True when the safetensors header of path says lowbit.kind is kind. */
+static bool is_kind(const char *path, const char *kind)
 {
+    char want[64];
+    snprintf(want, sizeof want, "\"lowbit.kind\":\"%s\"", kind);
     FILE *fp = fopen(path, "rb");
     unsigned char n8[8];
-    bool calib = false;
+    bool found = false;
     if (fp && fread(n8, 1, 8, fp) == 8) {
         uint64_t n = 0;
         for (int i = 7; i >= 0; i--)
             n = n << 8 | n8[i];
         char *h = n < (1u << 20) ? calloc(1, (size_t)n + 1) : NULL;
         if (h && fread(h, 1, (size_t)n, fp) == (size_t)n)
-            calib = strstr(h, "\"lowbit.kind\":\"calib\"") != NULL;
+            found = strstr(h, want) != NULL;
         free(h);
     }
     if (fp)
         fclose(fp);
-    return calib;
+    return found;
 }
 
 /* Damages every artifact in DIR/.lowbit/artifacts (with_calib: the
@@ -294,7 +329,7 @@ static int damage_store(const char *root, bool with_calib)
             continue;
         char p[4500];
         snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        if (!with_calib && is_calib(p))
+        if (!with_calib && is_kind(p, "calib"))
             continue;
         FILE *fp = fopen(p, "r+b");
         assert_non_null(fp);
