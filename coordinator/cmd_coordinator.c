@@ -25,14 +25,17 @@ static void usage(FILE *out)
             "options the run resumes (--resume is accepted and is the default behaviour).\n"
             "Workers need the same paths: --model/--calib/--out are made absolute.\n"
             "\n"
-            "  --job NAME   [A-Za-z0-9._-]{1,64}\n"
-            "  --redis URL  default $LOWBIT_REDIS, else %s\n",
+            "  --job NAME       [A-Za-z0-9._-]{1,64}\n"
+            "  --redis URL      default $LOWBIT_REDIS, else %s\n"
+            "  --redis-wait S   keep retrying an unreachable Redis for S seconds, then\n"
+            "                   fail (default 300); the run resumes when rerun\n",
             LB_REDIS_DEFAULT_URL);
 }
 
 int lb_cmd_coordinator(int argc, char **argv)
 {
     const char *url = NULL, *job = NULL;
+    double redis_wait = 0; /* 0: lb_dist's default */
     char **fwd = calloc((size_t)argc + 1, sizeof *fwd);
     char **owned = calloc((size_t)argc + 1, sizeof *owned);
     int nf = 0, no = 0, status = 2;
@@ -51,6 +54,14 @@ int lb_cmd_coordinator(int argc, char **argv)
             url = argv[++i];
         } else if (!strcmp(a, "--job") && i + 1 < argc) {
             job = argv[++i];
+        } else if (!strcmp(a, "--redis-wait") && i + 1 < argc) {
+            char *end = NULL;
+            redis_wait = strtod(argv[++i], &end);
+            if (!end || end == argv[i] || *end || !(redis_wait >= 1 && redis_wait <= 86400)) {
+                fprintf(stderr, "lowbit coordinator: --redis-wait wants 1..86400 seconds, got '%s'\n",
+                        argv[i]);
+                goto done;
+            }
         } else if (!strcmp(a, "--resume")) {
             /* resuming is what the same NAME and options do anyway */
         } else if ((!strcmp(a, "--model") || !strcmp(a, "--calib") || !strcmp(a, "--out")) &&
@@ -83,6 +94,7 @@ int lb_cmd_coordinator(int argc, char **argv)
     memset(&d, 0, sizeof d);
     d.redis_url = lb_redis_url_pick(url);
     d.job_name = job;
+    d.redis_wait_s = redis_wait;
     status = lb_quantize_main(nf, fwd, &d);
 done:
     for (int i = 0; i < no; i++)

@@ -197,7 +197,7 @@ static int cache_get(exec_cache *c, const char *model_dir, const char *out_dir, 
  * unless Redis itself failed. */
 static int run_item(lb_redis *r, beat_state *b, exec_cache *cache, const char *name,
                     const char *out_dir, lb_redis_msg *msg, int threads, int max_failures,
-                    lb_err *err)
+                    double redis_wait_s, lb_err *err)
 {
     lb_job job;
     lb_job_init(&job);
@@ -232,13 +232,26 @@ static int run_item(lb_redis *r, beat_state *b, exec_cache *cache, const char *n
         uint8_t *buf = NULL;
         size_t len = 0;
         out = lb_job_result_encode(&res, &buf, &len, err);
-        if (!out)
-            out = lb_redis_complete(r, name, msg, buf, len, err);
+        /* A result lost to a Redis outage is posted again once Redis is back
+         * (for up to --redis-wait): dropped, the item would stay leased to this
+         * worker until another one's --lease-ms ran out. Posting twice is
+         * harmless: the coordinator takes an item's first result only. */
+        double lost_since = now_s();
+        while (!out && (out = lb_redis_complete(r, name, msg, buf, len, err)) == LB_ENET &&
+               now_s() - lost_since < redis_wait_s) {
+            fprintf(stderr, "lowbit worker %s: posting %.12s: %s; retrying\n", b->id, msg->id,
+                    err->msg);
+            sleep_ms(1000);
+            out = 0;
+        }
         free(buf);
         snprintf(ev, sizeof ev, "%s ran %s %.12s (block %d) in %.1f s", b->id,
                  lb_job_type_name(job.type), job.id, (int)job.block, secs);
-        if (!out)
-            out = lb_redis_event(r, name, ev, err);
+        if (!out) { /* the log line is best-effort: the result is in */
+            lb_err e2 = {0};
+            if (lb_redis_event(r, name, ev, &e2))
+                fprintf(stderr, "lowbit worker %s: event not logged: %s\n", b->id, e2.msg);
+        }
         if (g_json)
             emit(json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:f}", "event", "ran", "worker", b->id,
                            "job", name, "item", job.id, "type", lb_job_type_name(job.type),
@@ -367,8 +380,14 @@ int lb_cmd_worker(int argc, char **argv)
         for (int32_t j = 0; j < n && !g_stop; j++) {
             lb_redis_map m;
             bool cancelled = false;
-            if (lb_redis_job_get(r, names[j], &m, &err))
-                continue; /* record deleted meanwhile */
+            if (lb_redis_job_get(r, names[j], &m, &err)) {
+                if (err.code != LB_ENET)
+                    continue; /* record deleted meanwhile */
+                fprintf(stderr, "lowbit worker %s: %s; retrying\n", b.id, err.msg);
+                idle_since = now_s(); /* an outage is not idleness */
+                sleep_ms(500);
+                break;
+            }
             const char *state = lb_redis_map_get(&m, "state");
             const char *out = lb_redis_map_get(&m, "out");
             char out_dir[LB_JOB_PATH_MAX];
@@ -402,7 +421,7 @@ int lb_cmd_worker(int argc, char **argv)
             if (got) {
                 worked = true;
                 rc = run_item(r, &b, &cache, names[j], out_dir, &msg, (int)threads,
-                              (int)max_failures, &err);
+                              (int)max_failures, (double)redis_wait, &err);
                 lb_redis_msg_clear(&msg);
                 if (rc && rc != LB_ENET) {
                     for (int32_t k = 0; k < n; k++)

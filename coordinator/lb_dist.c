@@ -11,7 +11,7 @@
 
 enum { JOB_IDLE = 0, JOB_OUT = 1, JOB_FED = 2, JOB_TO_QUEUE = 3 };
 
-#define REDIS_WAIT_S 300.0 /* how long an unreachable Redis is waited for */
+#define REDIS_WAIT_S 300.0 /* default of lb_dist_opts.redis_wait_s */
 
 static double now_s(void)
 {
@@ -26,6 +26,32 @@ static int32_t find_job(const lb_plan *plan, const char *id)
         if (!strcmp(lb_plan_job(plan, i)->id, id))
             return i;
     return -1;
+}
+
+/* After a Redis outage: the job record must still be ours (a server restarted
+ * without persistence lost it, and no worker would ever see the queue), and the
+ * consumer group is re-created if it was lost (XGROUP CREATE is idempotent). */
+static int check_after_outage(lb_redis *r, const char *name, const char *fingerprint, lb_err *err)
+{
+    lb_redis_map m;
+    int rc = lb_redis_job_get(r, name, &m, err);
+    if (rc == LB_ENOTFOUND)
+        return lb_err_set(err, LB_ESTATE,
+                          "job '%s' vanished from %s during an outage (Redis restarted without "
+                          "its AOF/RDB?); rerun the same coordinator command: it resumes from "
+                          "the artifacts written so far",
+                          name, lb_redis_peer(r));
+    if (rc)
+        return rc;
+    const char *fp = lb_redis_map_get(&m, "fingerprint");
+    bool same = fp && !strcmp(fp, fingerprint);
+    lb_redis_map_clear(&m);
+    if (!same)
+        return lb_err_set(err, LB_ESTATE,
+                          "job '%s' on %s has another fingerprint after an outage; something "
+                          "else reused the name, stopping",
+                          name, lb_redis_peer(r));
+    return lb_redis_queue_init(r, name, err);
 }
 
 /* Writes the counters, blocks done and ETA into the job record. */
@@ -117,15 +143,20 @@ int lb_dist_run(lb_plan *plan, const lb_store *artifacts, const lb_dist_opts *o,
     int32_t done_count = 0, failed = 0;
     char first_error[512] = "";
     double ok_since = now_s();
+    double wait_s = o->redis_wait_s > 0 ? o->redis_wait_s : REDIS_WAIT_S;
+    bool outage = false;
     for (;;) {
-        /* A lost Redis (restart, failover) is waited for: every call below is
-         * idempotent, so the loop just goes round again. */
+        /* A lost Redis (restart, failover) is waited for, up to wait_s: every
+         * call below is idempotent, so the loop just goes round again. */
         if (rc == LB_ENET) {
-            if (now_s() - ok_since > REDIS_WAIT_S)
+            if (now_s() - ok_since > wait_s) {
+                lb_err_prefix(err, "gave up after %.0f s without Redis (--redis-wait)", wait_s);
                 goto done;
+            }
             fprintf(stderr, "lowbit coordinator: %s; retrying\n", err ? err->msg : "Redis lost");
             struct timespec ts = {1, 0};
             nanosleep(&ts, NULL);
+            outage = true;
         } else {
             ok_since = now_s();
         }
@@ -134,6 +165,15 @@ int lb_dist_run(lb_plan *plan, const lb_store *artifacts, const lb_dist_opts *o,
             if (rc == LB_ENET)
                 continue;
             goto done;
+        }
+        if (outage) {
+            if ((rc = check_after_outage(r, name, o->fingerprint, err))) {
+                if (rc == LB_ENET)
+                    continue;
+                goto done;
+            }
+            outage = false;
+            lb_redis_event(r, name, "coordinator: Redis is back; continuing", &(lb_err){0});
         }
         if (cancelled) {
             rc = lb_err_set(err, LB_ESTATE, "job '%s' was cancelled (lowbit cancel)", name);
