@@ -145,6 +145,7 @@ int lb_dist_run(lb_plan *plan, const lb_store *artifacts, const lb_dist_opts *o,
     double ok_since = now_s();
     double wait_s = o->redis_wait_s > 0 ? o->redis_wait_s : REDIS_WAIT_S;
     bool outage = false;
+    int64_t connects = lb_redis_connects(r);
     for (;;) {
         /* A lost Redis (restart, failover) is waited for, up to wait_s: every
          * call below is idempotent, so the loop just goes round again. */
@@ -166,14 +167,21 @@ int lb_dist_run(lb_plan *plan, const lb_store *artifacts, const lb_dist_opts *o,
                 continue;
             goto done;
         }
-        if (outage) {
+        /* reconnected (a short blip is ridden out inside lb_redis, a long one
+         * here): check that Redis still holds the job before waiting on it */
+        if (outage || lb_redis_connects(r) != connects) {
             if ((rc = check_after_outage(r, name, o->fingerprint, err))) {
                 if (rc == LB_ENET)
                     continue;
                 goto done;
             }
             outage = false;
-            lb_redis_event(r, name, "coordinator: Redis is back; continuing", &(lb_err){0});
+            connects = lb_redis_connects(r);
+            lb_err e2 = {0};
+            lb_redis_event(r, name, "coordinator reconnected to Redis; job record and queue checked",
+                           &e2);
+            fprintf(stderr, "lowbit coordinator: reconnected to %s; job '%s' is intact\n",
+                    lb_redis_peer(r), name);
         }
         if (cancelled) {
             rc = lb_err_set(err, LB_ESTATE, "job '%s' was cancelled (lowbit cancel)", name);

@@ -164,6 +164,7 @@ static int reconnect(lb_redis *s, lb_err *err)
     for (int attempt = 0;; attempt++) {
         bool retryable = false;
         int rc = connect_once(s, &retryable, err);
+        s->connects += rc == 0;
         if (rc == 0 || !retryable || attempt >= s->o.retries)
             return rc;
         sleep_ms(backoff);
@@ -215,6 +216,8 @@ void lb_redis_free(lb_redis **sp)
 }
 
 const char *lb_redis_peer(const lb_redis *s) { return s ? s->peer : "redis"; }
+
+int64_t lb_redis_connects(const lb_redis *s) { return s ? s->connects : 0; }
 
 /* ---- the checked command path ---- */
 
