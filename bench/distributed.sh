@@ -65,7 +65,9 @@ sample_artifacts() { # out_dir result_file
     local dir=$1/.lowbit/artifacts res=$2
     : >"$res"
     while [[ ! -e $TMP/stop-sampler ]]; do
-        [[ -d $dir ]] && find "$dir" -maxdepth 1 -type f -name '*.safetensors' -printf '%f %s\n' >>"$res" 2>/dev/null || true
+        if [[ -d $dir ]]; then
+            find "$dir" -maxdepth 1 -type f -name '*.safetensors' -printf '%f %s\n' >>"$res" 2>/dev/null || true
+        fi
         sleep 0.1
     done
 }

@@ -177,6 +177,12 @@ int lb_dist_run(lb_plan *plan, const lb_store *artifacts, const lb_dist_opts *o,
             }
             outage = false;
             connects = lb_redis_connects(r);
+            /* queue again what is out: a server that lost its last writes
+             * (appendfsync everysec) may have lost the items; lb_redis_enqueue_once
+             * skips those it still has */
+            for (int32_t j = 0; j < n; j++)
+                if (st[j] == JOB_OUT)
+                    st[j] = JOB_TO_QUEUE;
             lb_err e2 = {0};
             lb_redis_event(r, name, "coordinator reconnected to Redis; job record and queue checked",
                            &e2);
