@@ -35,6 +35,11 @@ static int check_after_outage(lb_redis *r, const char *name, const char *fingerp
 {
     lb_redis_map m;
     int rc = lb_redis_job_get(r, name, &m, err);
+    const char *fp = rc ? NULL : lb_redis_map_get(&m, "fingerprint");
+    if (rc == 0 && !fp) { /* only fields our own retried writes put back: lost too */
+        lb_redis_map_clear(&m);
+        rc = LB_ENOTFOUND;
+    }
     if (rc == LB_ENOTFOUND)
         return lb_err_set(err, LB_ESTATE,
                           "job '%s' vanished from %s during an outage (Redis restarted without "
@@ -43,8 +48,7 @@ static int check_after_outage(lb_redis *r, const char *name, const char *fingerp
                           name, lb_redis_peer(r));
     if (rc)
         return rc;
-    const char *fp = lb_redis_map_get(&m, "fingerprint");
-    bool same = fp && !strcmp(fp, fingerprint);
+    bool same = !strcmp(fp, fingerprint);
     lb_redis_map_clear(&m);
     if (!same)
         return lb_err_set(err, LB_ESTATE,

@@ -2,7 +2,8 @@
  * ending in the same checkpoint bytes as the embedded `lowbit quantize`:
  *   - Redis killed (-9) and restarted from its AOF while a worker holds a lease;
  *   - two jobs on one Redis served by the same two workers, without mixing;
- *   - a worker killed (-9) in the middle of a claq / qbb item: lease reclaimed.
+ *   - a worker killed (-9) in the middle of a claq / qbb item: lease reclaimed;
+ *   - Redis restarted empty: the coordinator stops (bounded) instead of waiting.
  * Every process is a child of this test (lb_test_proc) and every wait has a
  * timeout, so a regression fails the test instead of hanging it. */
 #include <signal.h>
@@ -382,6 +383,38 @@ static void test_kill9_worker_qbb(void **state)
     kill9_worker_mid_item("qbb", "2");
 }
 
+/* Redis restarted without persistence while the coordinator waits: it does
+ * not wait forever for items that no longer exist; it notices on reconnect
+ * that the job is gone and stops with a message saying how to resume. */
+static void test_redis_restart_empty_stops_coordinator(void **state)
+{
+    (void)state;
+    LB_TEST_REQUIRE_REDIS();
+    char model[4096], calib[4096];
+    LB_TEST_REQUIRE_SHARED(model, "models/stories260K");
+    LB_TEST_REQUIRE_SHARED(calib, "data/stories260K-calib.u32");
+    fixture f;
+    fixture_open(&f, model, calib);
+    lb_test_redis srv;
+    assert_int_equal(lb_test_redis_start(&srv, NULL), 0); /* no AOF */
+    pid_t co = spawn_coordinator(&f, srv.url, "e1", "dist", "rtn", "4");
+    double t0 = now_s();
+    while (job_field(srv.url, "e1", "jobs_total") < 1 && now_s() - t0 < 60)
+        sleep_ms(20);
+    lb_test_redis_crash(&srv);
+    sleep_ms(500);
+    int restarted = lb_test_redis_restart(&srv, NULL);
+    int co_rc = lb_test_wait(co, 60);
+    lb_test_redis_stop(&srv);
+    char *out = NULL;
+    lb_test_run(&out, "tail -n 3 '%s/e1.log'", f.dir);
+    assert_int_equal(restarted, 0);
+    if (co_rc != 1 || !strstr(out, "vanished") || !strstr(out, "rerun the same coordinator"))
+        fail_msg("coordinator exit %d (-1: timed out):\n%s", co_rc, out ? out : "");
+    free(out);
+    lb_test_rmdir(&f.dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -389,6 +422,7 @@ int main(void)
         cmocka_unit_test(test_two_jobs_one_redis),
         cmocka_unit_test(test_kill9_worker_claq),
         cmocka_unit_test(test_kill9_worker_qbb),
+        cmocka_unit_test(test_redis_restart_empty_stops_coordinator),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
