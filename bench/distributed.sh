@@ -64,7 +64,8 @@ CONF="\"preset\":\"$PRESET\",\"layers\":$LAYERS,\"method\":\"$METHOD\",\"bits\":
 sample_artifacts() { # out_dir result_file
     local dir=$1/.lowbit/artifacts res=$2
     : >"$res"
-    while [[ ! -e $TMP/stop-sampler ]]; do
+    # stops with the script too (kill -0 $$: the parent shell)
+    while [[ ! -e $TMP/stop-sampler && -d $TMP ]] && kill -0 $$ 2>/dev/null; do
         if [[ -d $dir ]]; then
             find "$dir" -maxdepth 1 -type f -name '*.safetensors' -printf '%f %s\n' >>"$res" 2>/dev/null || true
         fi

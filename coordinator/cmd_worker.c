@@ -236,9 +236,10 @@ static int run_item(lb_redis *r, beat_state *b, exec_cache *cache, const char *n
          * (for up to --redis-wait): dropped, the item would stay leased to this
          * worker until another one's --lease-ms ran out. Posting twice is
          * harmless: the coordinator takes an item's first result only. */
-        double lost_since = now_s();
-        while (!out && (out = lb_redis_complete(r, name, msg, buf, len, err)) == LB_ENET &&
-               now_s() - lost_since < redis_wait_s) {
+        for (double lost_since = now_s(); !out;) {
+            out = lb_redis_complete(r, name, msg, buf, len, err);
+            if (out != LB_ENET || now_s() - lost_since >= redis_wait_s)
+                break;
             fprintf(stderr, "lowbit worker %s: posting %.12s: %s; retrying\n", b->id, msg->id,
                     err->msg);
             sleep_ms(1000);

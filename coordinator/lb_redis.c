@@ -243,8 +243,9 @@ static bool conn_stale(const redisContext *c)
     return n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
-/* Connected and not known dead, else reconnects (with backoff). Applies the
- * socket timeout of the next command (command timeout + s->block_ms). */
+/* Connected and not known dead, else reconnects (with backoff). A blocking
+ * command (s->block_ms > 0) gets a socket timeout that long plus the command
+ * timeout; lb_redis_priv_run restores the plain one after it. */
 static int ensure_conn(lb_redis *s, lb_err *err)
 {
     if (s->c && conn_stale(s->c)) {
@@ -256,7 +257,8 @@ static int ensure_conn(lb_redis *s, lb_err *err)
         if (rc)
             return rc;
     }
-    if (redisSetTimeout(s->c, tv_ms(s->o.command_timeout_ms + s->block_ms)) != REDIS_OK)
+    if (s->block_ms > 0 &&
+        redisSetTimeout(s->c, tv_ms(s->o.command_timeout_ms + s->block_ms)) != REDIS_OK)
         return lb_err_set(err, LB_ENET, "%s: cannot set the socket timeout (%s)", s->peer,
                           s->c->errstr);
     return 0;
