@@ -32,6 +32,8 @@ static void usage(FILE *out)
             "\n"
             "  --job NAME               [A-Za-z0-9._-]{1,64}\n"
             "  --redis URL              default $LOWBIT_REDIS, else %s\n"
+            "  --redis-wait S           keep retrying an unreachable Redis for S seconds, then\n"
+            "                           fail (default 300); the run resumes when rerun\n"
             "  --artifact-bind EP       artifact server bind (default tcp://127.0.0.1:*, loopback\n"
             "                           only; tcp://0.0.0.0:PORT to serve other hosts)\n"
             "  --artifact-endpoint EP   what workers are told (default: the bound endpoint, a\n"
@@ -42,6 +44,7 @@ static void usage(FILE *out)
 int lb_cmd_coordinator(int argc, char **argv)
 {
     const char *url = NULL, *job = NULL, *bind = NULL, *advert = NULL;
+    double redis_wait = 0; /* 0: lb_dist's default */
     char **fwd = calloc((size_t)argc + 1, sizeof *fwd);
     char **owned = calloc((size_t)argc + 1, sizeof *owned);
     int nf = 0, no = 0, status = 2;
@@ -64,6 +67,14 @@ int lb_cmd_coordinator(int argc, char **argv)
             bind = argv[++i];
         } else if (!strcmp(a, "--artifact-endpoint") && i + 1 < argc) {
             advert = argv[++i];
+        } else if (!strcmp(a, "--redis-wait") && i + 1 < argc) {
+            char *end = NULL;
+            redis_wait = strtod(argv[++i], &end);
+            if (!end || end == argv[i] || *end || !(redis_wait >= 1 && redis_wait <= 86400)) {
+                fprintf(stderr, "lowbit coordinator: --redis-wait wants 1..86400 seconds, got '%s'\n",
+                        argv[i]);
+                goto done;
+            }
         } else if (!strcmp(a, "--resume")) {
             /* resuming is what the same NAME and options do anyway */
         } else if ((!strcmp(a, "--model") || !strcmp(a, "--calib") || !strcmp(a, "--out")) &&
@@ -98,6 +109,7 @@ int lb_cmd_coordinator(int argc, char **argv)
     d.job_name = job;
     d.artifact_bind = bind;
     d.artifact_endpoint = advert;
+    d.redis_wait_s = redis_wait;
     status = lb_quantize_main(nf, fwd, &d);
 done:
     for (int i = 0; i < no; i++)

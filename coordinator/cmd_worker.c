@@ -202,12 +202,37 @@ static int cache_get(exec_cache *c, const char *model_dir, const char *out_dir, 
     return 0;
 }
 
+/* Posts res for the leased msg and acks it (lb_redis_complete). A result lost
+ * to a Redis outage is posted again once Redis is back (for up to
+ * --redis-wait): dropped, the item would stay leased to this worker until
+ * another one's --lease-ms ran out. Posting twice is harmless: the
+ * coordinator takes an item's first result only. Returns 0 or LB_E*. */
+static int post_result(lb_redis *r, const beat_state *b, const char *name,
+                       const lb_redis_msg *msg, const lb_job_result *res, double redis_wait_s,
+                       lb_err *err)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int out = lb_job_result_encode(res, &buf, &len, err);
+    for (double lost_since = now_s(); !out;) {
+        out = lb_redis_complete(r, name, msg, buf, len, err);
+        if (out != LB_ENET || now_s() - lost_since >= redis_wait_s)
+            break;
+        fprintf(stderr, "lowbit worker %s: posting %.12s: %s; retrying\n", b->id, msg->id,
+                err->msg);
+        sleep_ms(1000);
+        out = 0;
+    }
+    free(buf);
+    return out;
+}
+
 /* Runs one leased item of job `name`; acks, fails or dead-letters it. Returns 0
  * unless Redis itself failed. */
 static int run_item(lb_redis *r, beat_state *b, exec_cache *cache, lb_wdata *data,
                     const char *cache_dir, const char *endpoint, const char *name,
                     const char *out_dir, lb_redis_msg *msg, int threads, int max_failures,
-                    lb_err *err)
+                    double redis_wait_s, lb_err *err)
 {
     uint64_t fetched = 0, published = 0;
     bool lost = false; /* an input the coordinator lacks: reported, not retried */
@@ -257,12 +282,7 @@ static int run_item(lb_redis *r, beat_state *b, exec_cache *cache, lb_wdata *dat
         res.status = LB_JOB_FAILED;
         res.err_code = LB_ENOTFOUND;
         snprintf(res.error, sizeof res.error, "input lost: %.230s", jerr.msg);
-        uint8_t *buf = NULL;
-        size_t len = 0;
-        out = lb_job_result_encode(&res, &buf, &len, err);
-        if (!out)
-            out = lb_redis_complete(r, name, msg, buf, len, err);
-        free(buf);
+        out = post_result(r, b, name, msg, &res, redis_wait_s, err);
         if (g_json)
             emit(json_pack("{s:s, s:s, s:s, s:s, s:s}", "event", "input-lost", "worker", b->id,
                            "job", name, "item", job.id, "error", jerr.msg));
@@ -270,17 +290,15 @@ static int run_item(lb_redis *r, beat_state *b, exec_cache *cache, lb_wdata *dat
             fprintf(stderr, "lowbit worker: %s: item %.12s: %s (reported to the coordinator)\n",
                     name, job.id, jerr.msg);
     } else if (rc == 0) {
-        uint8_t *buf = NULL;
-        size_t len = 0;
-        out = lb_job_result_encode(&res, &buf, &len, err);
-        if (!out)
-            out = lb_redis_complete(r, name, msg, buf, len, err);
-        free(buf);
+        out = post_result(r, b, name, msg, &res, redis_wait_s, err);
         snprintf(ev, sizeof ev, "%s ran %s %.12s (block %d) in %.1f s, fetched %llu B, "
                  "published %llu B", b->id, lb_job_type_name(job.type), job.id, (int)job.block,
                  secs, (unsigned long long)fetched, (unsigned long long)published);
-        if (!out)
-            out = lb_redis_event(r, name, ev, err);
+        if (!out) { /* the log line is best-effort: the result is in */
+            lb_err e2 = {0};
+            if (lb_redis_event(r, name, ev, &e2))
+                fprintf(stderr, "lowbit worker %s: event not logged: %s\n", b->id, e2.msg);
+        }
         if (g_json)
             emit(json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:f, s:I, s:I}", "event", "ran",
                            "worker", b->id, "job", name, "item", job.id, "type",
@@ -426,8 +444,14 @@ int lb_cmd_worker(int argc, char **argv)
         for (int32_t j = 0; j < n && !g_stop; j++) {
             lb_redis_map m;
             bool cancelled = false;
-            if (lb_redis_job_get(r, names[j], &m, &err))
-                continue; /* record deleted meanwhile */
+            if (lb_redis_job_get(r, names[j], &m, &err)) {
+                if (err.code != LB_ENET)
+                    continue; /* record deleted meanwhile */
+                fprintf(stderr, "lowbit worker %s: %s; retrying\n", b.id, err.msg);
+                idle_since = now_s(); /* an outage is not idleness */
+                sleep_ms(500);
+                break;
+            }
             const char *state = lb_redis_map_get(&m, "state");
             const char *out = lb_redis_map_get(&m, "out");
             const char *arts = lb_redis_map_get(&m, "artifacts");
@@ -472,7 +496,7 @@ int lb_cmd_worker(int argc, char **argv)
                         fprintf(stderr, "lowbit worker %s: cache not pruned: %s\n", b.id, pe.msg);
                 }
                 rc = run_item(r, &b, &cache, data, cache_dir, endpoint, names[j], out_dir, &msg,
-                              (int)threads, (int)max_failures, &err);
+                              (int)threads, (int)max_failures, (double)redis_wait, &err);
                 lb_redis_msg_clear(&msg);
                 if (rc && rc != LB_ENET) {
                     for (int32_t k = 0; k < n; k++)

@@ -19,7 +19,7 @@ enum { JOB_IDLE = 0, JOB_OUT = 1, JOB_FED = 2, JOB_TO_QUEUE = 3, JOB_PARKED = 4 
  * XADD (lb_redis_enqueue_once would skip an id queued before). */
 enum { F_PLAN_DONE = 1, F_PLAIN = 2 };
 
-#define REDIS_WAIT_S 300.0 /* how long an unreachable Redis is waited for */
+#define REDIS_WAIT_S 300.0 /* default of lb_dist_opts.redis_wait_s */
 #define MAX_REDO 4         /* reruns of one job after lost artifacts before giving up */
 
 typedef struct {
@@ -48,6 +48,36 @@ static int32_t find_job(const lb_plan *plan, const char *id)
         if (!strcmp(lb_plan_job(plan, i)->id, id))
             return i;
     return -1;
+}
+
+/* After a Redis outage: the job record must still be ours (a server restarted
+ * without persistence lost it, and no worker would ever see the queue), and the
+ * consumer group is re-created if it was lost (XGROUP CREATE is idempotent). */
+static int check_after_outage(lb_redis *r, const char *name, const char *fingerprint, lb_err *err)
+{
+    lb_redis_map m;
+    int rc = lb_redis_job_get(r, name, &m, err);
+    const char *fp = rc ? NULL : lb_redis_map_get(&m, "fingerprint");
+    if (rc == 0 && !fp) { /* only fields our own retried writes put back: lost too */
+        lb_redis_map_clear(&m);
+        rc = LB_ENOTFOUND;
+    }
+    if (rc == LB_ENOTFOUND)
+        return lb_err_set(err, LB_ESTATE,
+                          "job '%s' vanished from %s during an outage (Redis restarted without "
+                          "its AOF/RDB?); rerun the same coordinator command: it resumes from "
+                          "the artifacts written so far",
+                          name, lb_redis_peer(r));
+    if (rc)
+        return rc;
+    bool same = !strcmp(fp, fingerprint);
+    lb_redis_map_clear(&m);
+    if (!same)
+        return lb_err_set(err, LB_ESTATE,
+                          "job '%s' on %s has another fingerprint after an outage; something "
+                          "else reused the name, stopping",
+                          name, lb_redis_peer(r));
+    return lb_redis_queue_init(r, name, err);
 }
 
 /* The job whose outputs include artifact id, or -1 (the calibration artifact). */
@@ -408,15 +438,21 @@ int lb_dist_run(lb_plan *plan, const lb_store *artifacts, const lb_dist_opts *o,
     char cursor[48] = "0";
     int32_t done_count = 0, failed = 0;
     double ok_since = now_s();
+    double wait_s = o->redis_wait_s > 0 ? o->redis_wait_s : REDIS_WAIT_S;
+    bool outage = false;
+    int64_t connects = lb_redis_connects(d.r);
     for (;;) {
-        /* A lost Redis (restart, failover) is waited for: every call below is
-         * idempotent, so the loop just goes round again. */
+        /* A lost Redis (restart, failover) is waited for, up to wait_s: every
+         * call below is idempotent, so the loop just goes round again. */
         if (rc == LB_ENET) {
-            if (now_s() - ok_since > REDIS_WAIT_S)
+            if (now_s() - ok_since > wait_s) {
+                lb_err_prefix(err, "gave up after %.0f s without Redis (--redis-wait)", wait_s);
                 goto done;
+            }
             fprintf(stderr, "lowbit coordinator: %s; retrying\n", err ? err->msg : "Redis lost");
             struct timespec ts = {1, 0};
             nanosleep(&ts, NULL);
+            outage = true;
         } else {
             ok_since = now_s();
         }
@@ -425,6 +461,29 @@ int lb_dist_run(lb_plan *plan, const lb_store *artifacts, const lb_dist_opts *o,
             if (rc == LB_ENET)
                 continue;
             goto done;
+        }
+        /* reconnected (a short blip is ridden out inside lb_redis, a long one
+         * here): check that Redis still holds the job before waiting on it */
+        if (outage || lb_redis_connects(d.r) != connects) {
+            if ((rc = check_after_outage(d.r, name, o->fingerprint, err))) {
+                if (rc == LB_ENET)
+                    continue;
+                goto done;
+            }
+            outage = false;
+            connects = lb_redis_connects(d.r);
+            /* queue again what is out: a server that lost its last writes
+             * (appendfsync everysec) may have lost the items; lb_redis_enqueue_once
+             * skips those it still has (a rerun after a lost artifact is queued
+             * with a plain XADD again: a duplicate item only runs twice) */
+            for (int32_t j = 0; j < d.n; j++)
+                if (d.st[j] == JOB_OUT)
+                    d.st[j] = JOB_TO_QUEUE;
+            lb_err e2 = {0};
+            lb_redis_event(d.r, name,
+                           "coordinator reconnected to Redis; job record and queue checked", &e2);
+            fprintf(stderr, "lowbit coordinator: reconnected to %s; job '%s' is intact\n",
+                    lb_redis_peer(d.r), name);
         }
         if (cancelled) {
             rc = lb_err_set(err, LB_ESTATE, "job '%s' was cancelled (lowbit cancel)", name);

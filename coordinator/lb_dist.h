@@ -32,6 +32,7 @@ typedef struct lb_dist_opts {
     double bits;
     const char *model_dir, *out_dir; /* recorded for workers */
     int32_t n_blocks;        /* transformer blocks (blocks_total) */
+    double redis_wait_s;     /* how long an unreachable Redis is waited for; <= 0: 300 */
     lb_runner_progress_fn progress; /* may be NULL; called per finished job */
     void *user;
     const lb_exec_ctx *local;      /* runs the merge job here (model, fingerprint, store) */
