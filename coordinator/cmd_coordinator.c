@@ -63,10 +63,6 @@ int lb_cmd_coordinator(int argc, char **argv)
             url = argv[++i];
         } else if (!strcmp(a, "--job") && i + 1 < argc) {
             job = argv[++i];
-        } else if (!strcmp(a, "--artifact-bind") && i + 1 < argc) {
-            bind = argv[++i];
-        } else if (!strcmp(a, "--artifact-endpoint") && i + 1 < argc) {
-            advert = argv[++i];
         } else if (!strcmp(a, "--redis-wait") && i + 1 < argc) {
             char *end = NULL;
             redis_wait = strtod(argv[++i], &end);
@@ -75,6 +71,10 @@ int lb_cmd_coordinator(int argc, char **argv)
                         argv[i]);
                 goto done;
             }
+        } else if (!strcmp(a, "--artifact-bind") && i + 1 < argc) {
+            bind = argv[++i];
+        } else if (!strcmp(a, "--artifact-endpoint") && i + 1 < argc) {
+            advert = argv[++i];
         } else if (!strcmp(a, "--resume")) {
             /* resuming is what the same NAME and options do anyway */
         } else if ((!strcmp(a, "--model") || !strcmp(a, "--calib") || !strcmp(a, "--out")) &&
@@ -107,9 +107,9 @@ int lb_cmd_coordinator(int argc, char **argv)
     memset(&d, 0, sizeof d);
     d.redis_url = lb_redis_url_pick(url);
     d.job_name = job;
+    d.redis_wait_s = redis_wait;
     d.artifact_bind = bind;
     d.artifact_endpoint = advert;
-    d.redis_wait_s = redis_wait;
     status = lb_quantize_main(nf, fwd, &d);
 done:
     for (int i = 0; i < no; i++)

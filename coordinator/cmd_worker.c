@@ -202,29 +202,22 @@ static int cache_get(exec_cache *c, const char *model_dir, const char *out_dir, 
     return 0;
 }
 
-/* Posts res for the leased msg and acks it (lb_redis_complete). A result lost
- * to a Redis outage is posted again once Redis is back (for up to
- * --redis-wait): dropped, the item would stay leased to this worker until
- * another one's --lease-ms ran out. Posting twice is harmless: the
- * coordinator takes an item's first result only. Returns 0 or LB_E*. */
-static int post_result(lb_redis *r, const beat_state *b, const char *name,
-                       const lb_redis_msg *msg, const lb_job_result *res, double redis_wait_s,
-                       lb_err *err)
+/* Posts an item's result (lb_redis_complete). A result lost to a Redis outage
+ * is posted again once Redis is back, for up to redis_wait_s: dropped, the item
+ * would stay leased to this worker until another one's --lease-ms ran out.
+ * Posting twice is harmless: the coordinator takes an item's first result only. */
+static int post_result(lb_redis *r, const char *worker, const char *name, const lb_redis_msg *msg,
+                       const uint8_t *buf, size_t len, double redis_wait_s, lb_err *err)
 {
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    int out = lb_job_result_encode(res, &buf, &len, err);
-    for (double lost_since = now_s(); !out;) {
-        out = lb_redis_complete(r, name, msg, buf, len, err);
-        if (out != LB_ENET || now_s() - lost_since >= redis_wait_s)
-            break;
-        fprintf(stderr, "lowbit worker %s: posting %.12s: %s; retrying\n", b->id, msg->id,
+    double lost_since = now_s();
+    for (;;) {
+        int rc = lb_redis_complete(r, name, msg, buf, len, err);
+        if (rc != LB_ENET || now_s() - lost_since >= redis_wait_s)
+            return rc;
+        fprintf(stderr, "lowbit worker %s: posting %.12s: %s; retrying\n", worker, msg->id,
                 err->msg);
         sleep_ms(1000);
-        out = 0;
     }
-    free(buf);
-    return out;
 }
 
 /* Runs one leased item of job `name`; acks, fails or dead-letters it. Returns 0
@@ -282,7 +275,12 @@ static int run_item(lb_redis *r, beat_state *b, exec_cache *cache, lb_wdata *dat
         res.status = LB_JOB_FAILED;
         res.err_code = LB_ENOTFOUND;
         snprintf(res.error, sizeof res.error, "input lost: %.230s", jerr.msg);
-        out = post_result(r, b, name, msg, &res, redis_wait_s, err);
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        out = lb_job_result_encode(&res, &buf, &len, err);
+        if (!out)
+            out = post_result(r, b->id, name, msg, buf, len, redis_wait_s, err);
+        free(buf);
         if (g_json)
             emit(json_pack("{s:s, s:s, s:s, s:s, s:s}", "event", "input-lost", "worker", b->id,
                            "job", name, "item", job.id, "error", jerr.msg));
@@ -290,7 +288,12 @@ static int run_item(lb_redis *r, beat_state *b, exec_cache *cache, lb_wdata *dat
             fprintf(stderr, "lowbit worker: %s: item %.12s: %s (reported to the coordinator)\n",
                     name, job.id, jerr.msg);
     } else if (rc == 0) {
-        out = post_result(r, b, name, msg, &res, redis_wait_s, err);
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        out = lb_job_result_encode(&res, &buf, &len, err);
+        if (!out)
+            out = post_result(r, b->id, name, msg, buf, len, redis_wait_s, err);
+        free(buf);
         snprintf(ev, sizeof ev, "%s ran %s %.12s (block %d) in %.1f s, fetched %llu B, "
                  "published %llu B", b->id, lb_job_type_name(job.type), job.id, (int)job.block,
                  secs, (unsigned long long)fetched, (unsigned long long)published);

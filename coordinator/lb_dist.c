@@ -475,13 +475,14 @@ int lb_dist_run(lb_plan *plan, const lb_store *artifacts, const lb_dist_opts *o,
             /* queue again what is out: a server that lost its last writes
              * (appendfsync everysec) may have lost the items; lb_redis_enqueue_once
              * skips those it still has (a rerun after a lost artifact is queued
-             * with a plain XADD again: a duplicate item only runs twice) */
+             * with a plain XADD again: a lost one would be waited for forever,
+             * a duplicate only runs twice and its second result is ignored) */
             for (int32_t j = 0; j < d.n; j++)
                 if (d.st[j] == JOB_OUT)
                     d.st[j] = JOB_TO_QUEUE;
             lb_err e2 = {0};
-            lb_redis_event(d.r, name,
-                           "coordinator reconnected to Redis; job record and queue checked", &e2);
+            lb_redis_event(d.r, name, "coordinator reconnected to Redis; job record and queue checked",
+                           &e2);
             fprintf(stderr, "lowbit coordinator: reconnected to %s; job '%s' is intact\n",
                     lb_redis_peer(d.r), name);
         }
