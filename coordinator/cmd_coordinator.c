@@ -16,23 +16,35 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: lowbit coordinator --job NAME [--redis URL] [--resume] <lowbit quantize options>\n"
+            "usage: lowbit coordinator --job NAME [--redis URL] [--resume]\n"
+            "                          [--artifact-bind EP] [--artifact-endpoint EP]\n"
+            "                          <lowbit quantize options>\n"
             "\n"
             "Plans the quantize run exactly as `lowbit quantize` does (same options, same\n"
             "checkpoint bytes), but queues its jobs in Redis for `lowbit worker`s and follows\n"
             "their results. The job record lowbit:job:NAME shows progress (`lowbit status\n"
             "NAME`). NAME planned before with other options is refused; with the same\n"
             "options the run resumes (--resume is accepted and is the default behaviour).\n"
-            "Workers need the same paths: --model/--calib/--out are made absolute.\n"
+            "--model/--calib/--out are made absolute; workers open the model at the same\n"
+            "path. Artifacts move over ZeroMQ: this process serves OUT/.lowbit/artifacts\n"
+            "(endpoint in the job record field \"artifacts\"), workers fetch inputs and\n"
+            "publish outputs; the merge into OUT/model.safetensors runs here.\n"
             "\n"
-            "  --job NAME   [A-Za-z0-9._-]{1,64}\n"
-            "  --redis URL  default $LOWBIT_REDIS, else %s\n",
+            "  --job NAME               [A-Za-z0-9._-]{1,64}\n"
+            "  --redis URL              default $LOWBIT_REDIS, else %s\n"
+            "  --redis-wait S           keep retrying an unreachable Redis for S seconds, then\n"
+            "                           fail (default 300); the run resumes when rerun\n"
+            "  --artifact-bind EP       artifact server bind (default tcp://127.0.0.1:*, loopback\n"
+            "                           only; tcp://0.0.0.0:PORT to serve other hosts)\n"
+            "  --artifact-endpoint EP   what workers are told (default: the bound endpoint, a\n"
+            "                           wildcard host replaced by this host's name)\n",
             LB_REDIS_DEFAULT_URL);
 }
 
 int lb_cmd_coordinator(int argc, char **argv)
 {
-    const char *url = NULL, *job = NULL;
+    const char *url = NULL, *job = NULL, *bind = NULL, *advert = NULL;
+    double redis_wait = 0; /* 0: lb_dist's default */
     char **fwd = calloc((size_t)argc + 1, sizeof *fwd);
     char **owned = calloc((size_t)argc + 1, sizeof *owned);
     int nf = 0, no = 0, status = 2;
@@ -51,6 +63,18 @@ int lb_cmd_coordinator(int argc, char **argv)
             url = argv[++i];
         } else if (!strcmp(a, "--job") && i + 1 < argc) {
             job = argv[++i];
+        } else if (!strcmp(a, "--redis-wait") && i + 1 < argc) {
+            char *end = NULL;
+            redis_wait = strtod(argv[++i], &end);
+            if (!end || end == argv[i] || *end || !(redis_wait >= 1 && redis_wait <= 86400)) {
+                fprintf(stderr, "lowbit coordinator: --redis-wait wants 1..86400 seconds, got '%s'\n",
+                        argv[i]);
+                goto done;
+            }
+        } else if (!strcmp(a, "--artifact-bind") && i + 1 < argc) {
+            bind = argv[++i];
+        } else if (!strcmp(a, "--artifact-endpoint") && i + 1 < argc) {
+            advert = argv[++i];
         } else if (!strcmp(a, "--resume")) {
             /* resuming is what the same NAME and options do anyway */
         } else if ((!strcmp(a, "--model") || !strcmp(a, "--calib") || !strcmp(a, "--out")) &&
@@ -83,6 +107,9 @@ int lb_cmd_coordinator(int argc, char **argv)
     memset(&d, 0, sizeof d);
     d.redis_url = lb_redis_url_pick(url);
     d.job_name = job;
+    d.redis_wait_s = redis_wait;
+    d.artifact_bind = bind;
+    d.artifact_endpoint = advert;
     status = lb_quantize_main(nf, fwd, &d);
 done:
     for (int i = 0; i < no; i++)

@@ -639,6 +639,10 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
         d.n_blocks = L;
         d.progress = on_progress;
         d.user = &ps;
+        d.local = &ectx; /* the merge runs here, where the artifacts are */
+        lb_artifact_tensor calib_t = {"tokens", LB_DTYPE_U32, 2, {nsamples, ctx, 0, 0}, tokens,
+                                      (size_t)(nsamples * ctx) * sizeof *tokens};
+        d.calib = &calib_t;
         if (lb_dist_run(plan, store, &d, &err))
             goto fail;
     } else if (lb_runner_run(plan, &ectx, &ro, &err)) {

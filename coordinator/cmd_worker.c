@@ -23,6 +23,7 @@
 #include "lb_mpi_group.h"
 #include "lb_redis.h"
 #include "lb_redis_url.h"
+#include "lb_worker_data.h"
 
 static volatile sig_atomic_t g_stop;
 static bool g_json; /* --json: one JSON object per line on stdout */
@@ -51,14 +52,17 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: lowbit worker [--redis URL] [--threads N] [--id ID] [--lease-ms MS]\n"
             "                     [--max-failures K] [--heartbeat-ttl S] [--idle-exit S] [--json]\n"
+            "                     [--cache DIR] [--xfer-timeout-ms MS] [--max-jobs N]\n"
             "                     [--mpi | --no-mpi]\n"
             "\n"
             "Runs the jobs of every running distributed job on the Redis server: leases an\n"
             "item (XREADGROUP), runs it, posts its result and acks it. Items whose lease\n"
             "is idle longer than --lease-ms are taken over (XAUTOCLAIM); an item failing\n"
             "--max-failures times is dead-lettered. SIGTERM/SIGINT: finish the current item,\n"
-            "deregister, exit 0. Artifacts are read and written in the job's output\n"
-            "directory (shared filesystem).\n"
+            "deregister, exit 0. Artifacts move over ZeroMQ: a job's inputs are fetched by id\n"
+            "from the coordinator's artifact server (job record field \"artifacts\") into the\n"
+            "cache unless a verified copy is there, its outputs are published back before the\n"
+            "ack. The source model is opened from the job's model path (shared or copied).\n"
             "\n"
             "  --redis URL         default $LOWBIT_REDIS, else %s\n"
             "  --threads N         OpenMP threads per job (default: all cores)\n"
@@ -69,10 +73,17 @@ static void usage(FILE *out)
             "  --heartbeat-ttl S   heartbeat key TTL, refreshed every S/3 (default 30)\n"
             "  --idle-exit S       exit after S seconds without work (default 0: never)\n"
             "  --redis-wait S      keep retrying an unreachable Redis for S seconds (default 300)\n"
+            "  --cache DIR         local artifact store DIR/.lowbit/artifacts (default:\n"
+            "                      ${TMPDIR:-/tmp}/lowbit-UID/ID, removed at exit); the\n"
+            "                      coordinator's --out here means: same filesystem, nothing moves\n"
+            "  --xfer-timeout-ms MS  wait per artifact transfer reply (default 120000, 2 retries)\n"
+            "  --max-jobs N        exit after taking N items (default 0: no limit)\n"
             "  --json              JSON lines on stdout: start, ran, failed, exit/error\n"
             "  --mpi / --no-mpi    form one worker of all MPI ranks (default: when started\n"
             "                      by mpirun/srun with more than one rank); rank 0 talks\n"
-            "                      to Redis, every rank computes (docs/distributed.md)\n",
+            "                      to Redis, every rank computes; a group works in the job's\n"
+            "                      output directory (shared filesystem, no --cache)\n"
+            "                      (docs/distributed.md)\n",
             LB_REDIS_DEFAULT_URL);
 }
 
@@ -161,7 +172,7 @@ static void *beat_main(void *arg)
 /* Cached source model and artifact store (jobs of one run share them). */
 typedef struct {
     char model_dir[LB_JOB_PATH_MAX];
-    char out_dir[LB_JOB_PATH_MAX];
+    char out_dir[LB_JOB_PATH_MAX]; /* where the store was opened: cache or job out dir */
     lb_model *model;
     char model_fp[LB_ID_HEX];
     lb_store *store;
@@ -199,12 +210,31 @@ static int cache_get(exec_cache *c, const char *model_dir, const char *out_dir, 
     return 0;
 }
 
+/* Posts an item's result (lb_redis_complete). A result lost to a Redis outage
+ * is posted again once Redis is back, for up to redis_wait_s: dropped, the item
+ * would stay leased to this worker until another one's --lease-ms ran out.
+ * Posting twice is harmless: the coordinator takes an item's first result only. */
+static int post_result(lb_redis *r, const char *worker, const char *name, const lb_redis_msg *msg,
+                       const uint8_t *buf, size_t len, double redis_wait_s, lb_err *err)
+{
+    double lost_since = now_s();
+    for (;;) {
+        int rc = lb_redis_complete(r, name, msg, buf, len, err);
+        if (rc != LB_ENET || now_s() - lost_since >= redis_wait_s)
+            return rc;
+        fprintf(stderr, "lowbit worker %s: posting %.12s: %s; retrying\n", worker, msg->id,
+                err->msg);
+        sleep_ms(1000);
+    }
+}
+
 /* Reports a finished item: acks it with its result, or counts a failure
  * (re-queue or dead-letter); event and log line. Returns 0 unless Redis failed. */
 static int finish_item(lb_redis *r, const beat_state *b, const char *name,
                        const lb_redis_msg *msg, const lb_job *job, int rc,
                        const lb_job_result *res, const lb_err *jerr, double secs,
-                       const lb_mpi_stats *ms, int max_failures, lb_err *err)
+                       const lb_mpi_stats *ms, uint64_t fetched, uint64_t published,
+                       int max_failures, double redis_wait_s, lb_err *err)
 {
     int out = 0;
     char ev[512];
@@ -213,24 +243,30 @@ static int finish_item(lb_redis *r, const beat_state *b, const char *name,
         size_t len = 0;
         out = lb_job_result_encode(res, &buf, &len, err);
         if (!out)
-            out = lb_redis_complete(r, name, msg, buf, len, err);
+            out = post_result(r, b->id, name, msg, buf, len, redis_wait_s, err);
         free(buf);
-        int n = snprintf(ev, sizeof ev, "%s ran %s %.12s (block %d) in %.1f s", b->id,
-                         lb_job_type_name(job->type), job->id, (int)job->block, secs);
+        int n = snprintf(ev, sizeof ev, "%s ran %s %.12s (block %d) in %.1f s, fetched %llu B, "
+                         "published %llu B", b->id, lb_job_type_name(job->type), job->id,
+                         (int)job->block, secs, (unsigned long long)fetched,
+                         (unsigned long long)published);
         if (g_group && ms->chunks && n > 0 && (size_t)n < sizeof ev)
             snprintf(ev + n, sizeof ev - (size_t)n, " on %d MPI ranks (%d of %d chunks remote, "
                      "%lld bytes over MPI)", (int)ms->ranks_used, (int)ms->chunks_remote,
                      (int)ms->chunks, (long long)ms->mpi_bytes);
-        if (!out)
-            out = lb_redis_event(r, name, ev, err);
+        if (!out) { /* the log line is best-effort: the result is in */
+            lb_err e2 = {0};
+            if (lb_redis_event(r, name, ev, &e2))
+                fprintf(stderr, "lowbit worker %s: event not logged: %s\n", b->id, e2.msg);
+        }
         if (!out && g_group)
             out = lb_redis_job_incr(r, name, "mpi_bytes", ms->mpi_bytes, NULL, err);
         if (g_json)
-            emit(json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:f, s:I, s:i, s:i, s:i}", "event",
-                           "ran", "worker", b->id, "job", name, "item", job->id, "type",
+            emit(json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:f, s:I, s:I, s:I, s:i, s:i, s:i}",
+                           "event", "ran", "worker", b->id, "job", name, "item", job->id, "type",
                            lb_job_type_name(job->type), "block", (int)job->block, "seconds", secs,
-                           "mpi_bytes", (json_int_t)ms->mpi_bytes, "mpi_ranks",
-                           (int)ms->ranks_used, "mpi_chunks", (int)ms->chunks,
+                           "bytes_fetched", (json_int_t)fetched, "bytes_published",
+                           (json_int_t)published, "mpi_bytes", (json_int_t)ms->mpi_bytes,
+                           "mpi_ranks", (int)ms->ranks_used, "mpi_chunks", (int)ms->chunks,
                            "mpi_chunks_remote", (int)ms->chunks_remote));
         else
             fprintf(stderr, "lowbit worker: %s: %s\n", name, ev);
@@ -260,7 +296,8 @@ static int finish_item(lb_redis *r, const beat_state *b, const char *name,
 static int run_batch(lb_redis *r, const beat_state *b, const char *name, const char *dir,
                      const lb_redis_msg *msg0, const lb_job *job0, const lb_exec_ctx *ctx,
                      lb_job_result *res0, lb_mpi_stats *ms0, int max_failures,
-                     lb_redis_msg *deferred, bool *has_deferred, lb_err *err)
+                     double redis_wait_s, lb_redis_msg *deferred, bool *has_deferred,
+                     lb_err *err)
 {
     const int size = lb_mpi_group_size(g_group);
     lb_redis_msg *xm = calloc((size_t)size, sizeof *xm);
@@ -320,7 +357,7 @@ static int run_batch(lb_redis *r, const beat_state *b, const char *name, const c
         memset(&none, 0, sizeof none);
         none.ranks_used = 1;
         int o = finish_item(r, b, name, &xm[i], &xj[i], rc, &res[i], &je, res[i].seconds, &none,
-                            max_failures, err);
+                            0, 0, max_failures, redis_wait_s, err);
         if (o && !out)
             out = o;
         lb_redis_msg_clear(&xm[i]);
@@ -352,10 +389,13 @@ static int group_ctx(void *user, const lb_job *job, const char *out_dir, lb_exec
 
 /* Runs one leased item of job `name`; acks, fails or dead-letters it. Returns 0
  * unless Redis itself failed. */
-static int run_item(lb_redis *r, beat_state *b, exec_cache *cache, const char *name,
+static int run_item(lb_redis *r, beat_state *b, exec_cache *cache, lb_wdata *data,
+                    const char *cache_dir, const char *endpoint, const char *name,
                     const char *out_dir, lb_redis_msg *msg, int threads, int max_failures,
-                    lb_err *err)
+                    double redis_wait_s, lb_err *err)
 {
+    uint64_t fetched = 0, published = 0;
+    bool lost = false; /* an input the coordinator lacks: reported, not retried */
     lb_job job;
     lb_job_init(&job);
     lb_job_result res;
@@ -364,8 +404,13 @@ static int run_item(lb_redis *r, beat_state *b, exec_cache *cache, const char *n
     int rc = lb_job_decode(msg->payload, msg->len, &job, &jerr);
     if (rc == 0 && strcmp(job.id, msg->id))
         rc = lb_err_set(&jerr, LB_EFORMAT, "queue item %s carries job %s", msg->id, job.id);
+    /* With an artifact server the store is this worker's cache; a coordinator
+     * that announces none shares its output directory, and so does an MPI group
+     * (its ranks open the job's output directory: a shared filesystem). */
+    const bool xfer = endpoint[0] && !g_group;
     if (rc == 0)
-        rc = cache_get(cache, job.model_dir, job.out_dir[0] ? job.out_dir : out_dir, &jerr);
+        rc = cache_get(cache, job.model_dir,
+                       xfer ? cache_dir : job.out_dir[0] ? job.out_dir : out_dir, &jerr);
     pthread_mutex_lock(&b->mu);
     b->leased = true;
     snprintf(b->job, sizeof b->job, "%s", name);
@@ -378,12 +423,16 @@ static int run_item(lb_redis *r, beat_state *b, exec_cache *cache, const char *n
     lb_redis_msg deferred;
     bool has_deferred = false;
     int batch_out = 0;
+    if (rc == 0 && xfer) {
+        rc = lb_wdata_fetch(data, endpoint, cache->store, &job, &fetched, &jerr);
+        lost = rc && lb_wdata_input_lost(rc);
+    }
     if (rc == 0) {
         lb_exec_ctx ctx = {cache->model, cache->model_fp, cache->store, threads};
         const char *dir = job.out_dir[0] ? job.out_dir : out_dir;
         if (g_group && !lb_exec_is_data_parallel(&job)) {
             batch_out = run_batch(r, b, name, dir, msg, &job, &ctx, &res, &ms, max_failures,
-                                  &deferred, &has_deferred, err);
+                                  redis_wait_s, &deferred, &has_deferred, err);
             rc = res.status == LB_JOB_OK ? 0 : (res.err_code ? res.err_code : LB_EINVAL);
         } else if (g_group) {
             rc = lb_mpi_group_run(g_group, &job, msg->payload, msg->len, dir, &ctx, &res, &ms);
@@ -393,11 +442,37 @@ static int run_item(lb_redis *r, beat_state *b, exec_cache *cache, const char *n
         if (rc)
             snprintf(jerr.msg, sizeof jerr.msg, "%s", res.error);
     }
+    if (rc == 0 && xfer)
+        rc = lb_wdata_publish(data, cache->store, &job, &published, &jerr);
     pthread_mutex_lock(&b->mu);
     b->leased = false;
     pthread_mutex_unlock(&b->mu);
     double secs = now_s() - t0;
-    int out = finish_item(r, b, name, msg, &job, rc, &res, &jerr, secs, &ms, max_failures, err);
+    int out = 0;
+    if (lost) {
+        /* Acked as a failed result: the coordinator checks its store and
+         * recomputes the input's producer, then queues this item again. */
+        memset(&res, 0, sizeof res);
+        snprintf(res.job_id, sizeof res.job_id, "%s", job.id);
+        res.status = LB_JOB_FAILED;
+        res.err_code = LB_ENOTFOUND;
+        snprintf(res.error, sizeof res.error, "input lost: %.230s", jerr.msg);
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        out = lb_job_result_encode(&res, &buf, &len, err);
+        if (!out)
+            out = post_result(r, b->id, name, msg, buf, len, redis_wait_s, err);
+        free(buf);
+        if (g_json)
+            emit(json_pack("{s:s, s:s, s:s, s:s, s:s}", "event", "input-lost", "worker", b->id,
+                           "job", name, "item", job.id, "error", jerr.msg));
+        else
+            fprintf(stderr, "lowbit worker: %s: item %.12s: %s (reported to the coordinator)\n",
+                    name, job.id, jerr.msg);
+    } else {
+        out = finish_item(r, b, name, msg, &job, rc, &res, &jerr, secs, &ms, fetched, published,
+                          max_failures, redis_wait_s, err);
+    }
     lb_job_clear(&job);
     if (!out)
         out = batch_out;
@@ -406,8 +481,8 @@ static int run_item(lb_redis *r, beat_state *b, exec_cache *cache, const char *n
     if (has_deferred) {
         /* claimed while batching but not batchable: run it now (before any
          * error return, so its lease is not left to expire needlessly) */
-        int o = out ? 0 : run_item(r, b, cache, name, out_dir, &deferred, threads, max_failures,
-                                   err);
+        int o = out ? 0 : run_item(r, b, cache, data, cache_dir, endpoint, name, out_dir,
+                                   &deferred, threads, max_failures, redis_wait_s, err);
         lb_redis_msg_clear(&deferred);
         if (!out)
             out = o;
@@ -417,8 +492,9 @@ static int run_item(lb_redis *r, beat_state *b, exec_cache *cache, const char *n
 
 int lb_cmd_worker(int argc, char **argv)
 {
-    const char *url = NULL, *id_arg = NULL;
+    const char *url = NULL, *id_arg = NULL, *cache_arg = NULL;
     long threads = 0, lease_ms = 600000, max_failures = 3, ttl = 30, idle_exit = 0;
+    long xfer_timeout_ms = 120000, max_jobs = 0, jobs_taken = 0;
     long redis_wait = 300;
     int mpi_mode = 0; /* 1 --mpi, -1 --no-mpi, 0 auto */
     for (int i = 1; i < argc; i++) {
@@ -437,6 +513,12 @@ int lb_cmd_worker(int argc, char **argv)
             url = v;
         } else if (!strcmp(a, "--id") && v) {
             id_arg = v;
+        } else if (!strcmp(a, "--cache") && v) {
+            cache_arg = v;
+        } else if (!strcmp(a, "--xfer-timeout-ms") && v) {
+            bad = parse_num(v, 10, 86400000L, &xfer_timeout_ms);
+        } else if (!strcmp(a, "--max-jobs") && v) {
+            bad = parse_num(v, 0, 1L << 40, &max_jobs);
         } else if (!strcmp(a, "--threads") && v) {
             bad = parse_num(v, 1, 1024, &threads);
         } else if (!strcmp(a, "--lease-ms") && v) {
@@ -517,6 +599,14 @@ int lb_cmd_worker(int argc, char **argv)
     pthread_t beat;
     bool beat_started = false;
     int status = 1;
+    char cache_dir[LB_JOB_PATH_MAX] = "";
+    lb_wdata *data = NULL;
+    if (cache_arg)
+        snprintf(cache_dir, sizeof cache_dir, "%s", cache_arg);
+    else if (!g_group && lb_wdata_default_cache(b.id, cache_dir, sizeof cache_dir, &err))
+        goto fail; /* (a group works in the job's output directory: no cache) */
+    if (lb_wdata_new((int)xfer_timeout_ms, 2, &data, &err))
+        goto fail;
     lb_redis_opts ro = lb_redis_opts_default();
     ro.retries = 8; /* ~20 s of reconnect attempts per command: rides out a Redis restart */
     ro.backoff_ms = 200;
@@ -559,12 +649,21 @@ int lb_cmd_worker(int argc, char **argv)
         for (int32_t j = 0; j < n && !g_stop; j++) {
             lb_redis_map m;
             bool cancelled = false;
-            if (lb_redis_job_get(r, names[j], &m, &err))
-                continue; /* record deleted meanwhile */
+            if (lb_redis_job_get(r, names[j], &m, &err)) {
+                if (err.code != LB_ENET)
+                    continue; /* record deleted meanwhile */
+                fprintf(stderr, "lowbit worker %s: %s; retrying\n", b.id, err.msg);
+                idle_since = now_s(); /* an outage is not idleness */
+                sleep_ms(500);
+                break;
+            }
             const char *state = lb_redis_map_get(&m, "state");
             const char *out = lb_redis_map_get(&m, "out");
-            char out_dir[LB_JOB_PATH_MAX];
+            const char *arts = lb_redis_map_get(&m, "artifacts");
+            char out_dir[LB_JOB_PATH_MAX], endpoint[256];
             snprintf(out_dir, sizeof out_dir, "%s", out ? out : "");
+            /* re-read for every item: a restarted coordinator serves on a new port */
+            snprintf(endpoint, sizeof endpoint, "%s", arts ? arts : "");
             bool running = state && !strcmp(state, "running") && out;
             lb_redis_map_clear(&m);
             if (!running || lb_redis_is_cancelled(r, names[j], &cancelled, &err) || cancelled)
@@ -573,8 +672,10 @@ int lb_cmd_worker(int argc, char **argv)
             bool got = false;
             int rc = lb_redis_reclaim(r, names[j], b.id, lease_ms, (int)max_failures, &msg, &got,
                                       &err);
+            /* one running job (the common case): wait on its queue, so a newly
+             * queued item starts at once instead of at the next poll */
             if (!rc && !got)
-                rc = lb_redis_claim(r, names[j], b.id, 0, &msg, &got, &err);
+                rc = lb_redis_claim(r, names[j], b.id, n == 1 ? 500 : 0, &msg, &got, &err);
             if (rc == LB_ENOTFOUND)
                 continue; /* queue not created yet */
             if (rc == LB_ENET) {
@@ -593,8 +694,14 @@ int lb_cmd_worker(int argc, char **argv)
             }
             if (got) {
                 worked = true;
-                rc = run_item(r, &b, &cache, names[j], out_dir, &msg, (int)threads,
-                              (int)max_failures, &err);
+                jobs_taken++;
+                if (endpoint[0] && !g_group) { /* keep the cache as small as the store */
+                    lb_err pe = {0};
+                    if (lb_wdata_prune(data, r, names[j], cache_dir, NULL, &pe))
+                        fprintf(stderr, "lowbit worker %s: cache not pruned: %s\n", b.id, pe.msg);
+                }
+                rc = run_item(r, &b, &cache, data, cache_dir, endpoint, names[j], out_dir, &msg,
+                              (int)threads, (int)max_failures, (double)redis_wait, &err);
                 lb_redis_msg_clear(&msg);
                 if (rc && rc != LB_ENET) {
                     for (int32_t k = 0; k < n; k++)
@@ -610,13 +717,15 @@ int lb_cmd_worker(int argc, char **argv)
         for (int32_t k = 0; k < n; k++)
             free(names[k]);
         free(names);
+        if (max_jobs > 0 && jobs_taken >= max_jobs)
+            break;
         if (worked) {
             idle_since = now_s();
             continue;
         }
         if (idle_exit > 0 && now_s() - idle_since >= (double)idle_exit)
             break;
-        for (int t = 0; t < 10 && !g_stop; t++)
+        for (int t = 0; t < (n == 1 ? 1 : 10) && !g_stop; t++)
             sleep_ms(50);
     }
     status = 0;
@@ -635,13 +744,23 @@ fail:
         fprintf(stderr, "lowbit worker %s: %s\n", b.id, err.msg);
     else
         fprintf(stderr, "lowbit worker %s: %s, exiting\n", b.id,
-                g_stop ? "signal received" : "idle");
+                g_stop                                   ? "signal received"
+                : max_jobs > 0 && jobs_taken >= max_jobs ? "--max-jobs reached"
+                                                         : "idle");
     if (g_json)
         emit(status ? json_pack("{s:s, s:s, s:s}", "event", "error", "worker", b.id, "error",
                                 err.msg)
                     : json_pack("{s:s, s:s, s:s}", "event", "exit", "worker", b.id, "reason",
-                                g_stop ? "signal" : "idle"));
+                                g_stop                                   ? "signal"
+                                : max_jobs > 0 && jobs_taken >= max_jobs ? "max-jobs"
+                                                                         : "idle"));
     cache_clear(&cache);
+    lb_wdata_free(&data);
+    if (!cache_arg && cache_dir[0]) { /* the default cache is scratch */
+        lb_err e3 = {0};
+        if (lb_wdata_remove_cache(cache_dir, &e3))
+            fprintf(stderr, "lowbit worker %s: %s\n", b.id, e3.msg);
+    }
     lb_redis_free(&r);
     pthread_mutex_destroy(&b.mu);
     if (g_group) {

@@ -7,13 +7,20 @@
  * do not: a restarted coordinator rebuilds the plan from the present artifacts,
  * re-reads the results stream from the start and never queues an item twice.
  *
- * Artifacts: workers open the artifact store of the job's "out" directory
- * (recorded in the job record), so for now coordinator and workers share a
- * filesystem; fetching artifacts by id over ZeroMQ replaces that later. */
+ * Artifacts (docs/data-plane.md): lb_dist serves the store over ZeroMQ
+ * (lb_xfer server, endpoint in the job record's "artifacts" field); workers
+ * fetch inputs into their own caches and publish outputs back before they
+ * ack. A success counts only once the job's outputs verify in this store. An
+ * input a worker reports lost (absent or invalid here) is removed and its
+ * producing job queued again; the consumer waits ("parked") until the inputs
+ * verify, then is queued again. The merge job runs here, in-process, where
+ * the artifacts and the output directory are. The totals of bytes served and
+ * received go to the record's bytes_fetched / bytes_published. */
 #ifndef LB_DIST_H
 #define LB_DIST_H
 
 #include "lb_artifact.h"
+#include "lb_exec.h"
 #include "lb_plan.h"
 #include "lb_runner.h"
 
@@ -25,8 +32,15 @@ typedef struct lb_dist_opts {
     double bits;
     const char *model_dir, *out_dir; /* recorded for workers */
     int32_t n_blocks;        /* transformer blocks (blocks_total) */
+    double redis_wait_s;     /* how long an unreachable Redis is waited for; <= 0: 300 */
     lb_runner_progress_fn progress; /* may be NULL; called per finished job */
     void *user;
+    const lb_exec_ctx *local;      /* runs the merge job here (model, fingerprint, store) */
+    const lb_artifact_tensor *calib; /* the calibration windows, written again when that
+                                        artifact is lost (NULL: the run fails instead) */
+    const char *artifact_bind;     /* NULL: "tcp://127.0.0.1:*" */
+    const char *artifact_endpoint; /* what workers are told; NULL: the bound endpoint, with
+                                      a wildcard host (0.0.0.0, *) replaced by the hostname */
 } lb_dist_opts;
 
 /* Runs every needed job of plan (lb_plan_start called) through Redis.

@@ -2,10 +2,12 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/socket.h>
 
 #include <hiredis/hiredis.h>
 
@@ -53,6 +55,13 @@ lb_redis_opts lb_redis_opts_default(void)
 {
     lb_redis_opts o = {2000, 10000, 3, 100};
     return o;
+}
+
+/* 1 for "-LOADING ...": a server that just restarted and is still reading its
+ * AOF/RDB rejects commands without running them, so any command may be retried. */
+static bool is_loading(const redisReply *r)
+{
+    return r && r->type == REDIS_REPLY_ERROR && r->str && !strncmp(r->str, "LOADING", 7);
 }
 
 /* One connection attempt: connect, AUTH, SELECT, PING. Sets s->c on success. */
@@ -124,6 +133,7 @@ static int connect_once(lb_redis *s, bool *retryable, lb_err *err)
         goto fail;
     }
     if (r->type == REDIS_REPLY_ERROR) {
+        *retryable = is_loading(r); /* restarted, still reading its AOF/RDB */
         if (!strncmp(r->str, "NOAUTH", 6))
             rc = lb_err_set(err, LB_ENET,
                             "%s: the server requires a password (%s); give it in the URL: "
@@ -154,6 +164,7 @@ static int reconnect(lb_redis *s, lb_err *err)
     for (int attempt = 0;; attempt++) {
         bool retryable = false;
         int rc = connect_once(s, &retryable, err);
+        s->connects += rc == 0;
         if (rc == 0 || !retryable || attempt >= s->o.retries)
             return rc;
         sleep_ms(backoff);
@@ -206,7 +217,52 @@ void lb_redis_free(lb_redis **sp)
 
 const char *lb_redis_peer(const lb_redis *s) { return s ? s->peer : "redis"; }
 
+int64_t lb_redis_connects(const lb_redis *s) { return s ? s->connects : 0; }
+
 /* ---- the checked command path ---- */
+
+/* 1 when the idle connection is already dead: the server closed it (restart,
+ * CLIENT KILL, timeout) or sent something unasked. Nothing is sent on such a
+ * connection, so even a non-idempotent command may reconnect and go ahead:
+ * without this check the first write after a Redis restart fails "connection
+ * lost" and a worker's completion (MULTI) was dropped although the server was
+ * back, leaving the item leased until --lease-ms expired. */
+static bool conn_stale(const redisContext *c)
+{
+    if (c->err)
+        return true;
+    if (c->reader && c->reader->len > c->reader->pos)
+        return true; /* unread reply bytes: out of step */
+    struct pollfd p = {.fd = c->fd, .events = POLLIN};
+    if (poll(&p, 1, 0) <= 0)
+        return false; /* nothing to read: healthy (or unknowable yet) */
+    if (p.revents & (POLLERR | POLLHUP | POLLNVAL))
+        return true;
+    char b;
+    ssize_t n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+/* Connected and not known dead, else reconnects (with backoff). A blocking
+ * command (s->block_ms > 0) gets a socket timeout that long plus the command
+ * timeout; lb_redis_priv_run restores the plain one after it. */
+static int ensure_conn(lb_redis *s, lb_err *err)
+{
+    if (s->c && conn_stale(s->c)) {
+        redisFree(s->c);
+        s->c = NULL;
+    }
+    if (!s->c) {
+        int rc = reconnect(s, err);
+        if (rc)
+            return rc;
+    }
+    if (s->block_ms > 0 &&
+        redisSetTimeout(s->c, tv_ms(s->o.command_timeout_ms + s->block_ms)) != REDIS_OK)
+        return lb_err_set(err, LB_ENET, "%s: cannot set the socket timeout (%s)", s->peer,
+                          s->c->errstr);
+    return 0;
+}
 
 /* Runs one command. A lost connection is retried (reconnect + backoff) only
  * when idempotent. Error replies become LB_ENET unless allow_error (then the
@@ -221,12 +277,14 @@ redisReply *lb_redis_priv_run(lb_redis *s, const lb_redis_args *a, bool idempote
     }
     const char *cmd = a->n ? a->v[0] : "?";
     for (int attempt = 0;; attempt++) {
-        if (!s->c && reconnect(s, err)) {
+        if (ensure_conn(s, err)) {
             lb_err_prefix(err, "%s (reconnecting for %s) [%s:%d]", s->peer, cmd, base_name(file),
                           line);
             return NULL;
         }
         redisReply *r = redisCommandArgv(s->c, a->n, (const char **)a->v, a->l);
+        if (r && s->block_ms > 0)
+            redisSetTimeout(s->c, tv_ms(s->o.command_timeout_ms));
         if (!r) {
             lb_err_set(err, LB_ENET,
                        "%s: connection lost during %s (%s) [%s:%d]; is redis-server still running?",
@@ -236,6 +294,11 @@ redisReply *lb_redis_priv_run(lb_redis *s, const lb_redis_args *a, bool idempote
             s->c = NULL;
             if (!idempotent || attempt >= s->o.retries)
                 return NULL;
+            sleep_ms(s->o.backoff_ms << (attempt < 6 ? attempt : 6));
+            continue;
+        }
+        if (is_loading(r) && attempt < s->o.retries) {
+            freeReplyObject(r); /* not run: safe to repeat even when not idempotent */
             sleep_ms(s->o.backoff_ms << (attempt < 6 ? attempt : 6));
             continue;
         }
@@ -275,11 +338,27 @@ redisReply *lb_redis_priv_expect(lb_redis *s, redisReply *r, int type, const cha
 }
 
 
-/* Runs cmds[0..n) inside MULTI/EXEC (pipelined). Returns 0 or an error. */
+static int multi_once(lb_redis *s, const lb_redis_args *cmds, int n, const char *file, int line,
+                      bool *loading, lb_err *err);
+
+/* Runs cmds[0..n) inside MULTI/EXEC (pipelined). Returns 0 or an error. A server
+ * still loading its data set rejects the whole transaction: retried with backoff. */
 int lb_redis_priv_multi(lb_redis *s, const lb_redis_args *cmds, int n, const char *file, int line,
                        lb_err *err)
 {
-    if (!s->c && reconnect(s, err))
+    for (int attempt = 0;; attempt++) {
+        bool loading = false;
+        int rc = multi_once(s, cmds, n, file, line, &loading, err);
+        if (!rc || !loading || attempt >= s->o.retries)
+            return rc;
+        sleep_ms(s->o.backoff_ms << (attempt < 6 ? attempt : 6));
+    }
+}
+
+static int multi_once(lb_redis *s, const lb_redis_args *cmds, int n, const char *file, int line,
+                      bool *loading, lb_err *err)
+{
+    if (ensure_conn(s, err))
         return lb_err_prefix(err, "%s (reconnecting for MULTI) [%s:%d]", s->peer, base_name(file),
                              line);
     int rc = 0;
@@ -300,6 +379,7 @@ int lb_redis_priv_multi(lb_redis *s, const lb_redis_args *cmds, int n, const cha
             return rc;
         }
         r = vr;
+        *loading = *loading || is_loading(r);
         if (i == n + 1) { /* EXEC */
             if (r->type != REDIS_REPLY_ARRAY)
                 rc = lb_err_set(err, LB_ENET, "%s: EXEC failed: %s [%s:%d]", s->peer,

@@ -58,6 +58,11 @@ void lb_redis_free(lb_redis **s);
 /* Printable server address without the password, e.g. "redis://127.0.0.1:6379/0". */
 const char *lb_redis_peer(const lb_redis *s);
 
+/* Successful connections of the handle so far: 1 after lb_redis_connect, one
+ * more per transparent reconnect (a caller that must re-check server state
+ * after an outage compares it between calls). */
+int64_t lb_redis_connects(const lb_redis *s);
+
 /* Checks a job name: 1..64 of [A-Za-z0-9._-]. Returns 0 or LB_EINVAL. */
 int lb_redis_check_name(const char *name, lb_err *err);
 

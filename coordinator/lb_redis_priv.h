@@ -18,6 +18,8 @@ struct lb_redis {
     lb_redis_url url;
     lb_redis_opts o;
     char peer[320];
+    int64_t connects; /* successful connections so far */
+    int block_ms; /* server-side block time of the next command: the socket waits that much longer */
 };
 
 /* Command arguments, binary-safe. Numbers are formatted into owned slots. */

@@ -129,12 +129,10 @@ int lb_redis_claim(lb_redis *s, const char *name, const char *consumer, int bloc
     if (block_ms > 0)
         a_str(&a, "BLOCK"), a_i64(&a, block_ms);
     a_str(&a, "STREAMS"), a_str(&a, k.s), a_str(&a, ">");
-    /* the socket must wait longer than the server blocks */
-    if (s->c)
-        redisSetTimeout(s->c, tv_ms(block_ms + s->o.command_timeout_ms));
+    /* the socket must wait longer than the server blocks, also after a reconnect */
+    s->block_ms = block_ms;
     redisReply *r = RUN(s, &a, true, true, err);
-    if (s->c)
-        redisSetTimeout(s->c, tv_ms(s->o.command_timeout_ms));
+    s->block_ms = 0;
     if (!r)
         return err ? err->code : LB_ENET;
     if (r->type == REDIS_REPLY_ERROR) {
@@ -535,11 +533,9 @@ int lb_redis_results_read(lb_redis *s, const char *name, char cursor[48], int32_
     if (block_ms > 0)
         a_str(&a, "BLOCK"), a_i64(&a, block_ms);
     a_str(&a, "STREAMS"), a_str(&a, k.s), a_str(&a, cursor);
-    if (s->c)
-        redisSetTimeout(s->c, tv_ms(block_ms + s->o.command_timeout_ms));
+    s->block_ms = block_ms; /* the socket waits longer than the server blocks */
     redisReply *r = RUN(s, &a, true, false, err);
-    if (s->c)
-        redisSetTimeout(s->c, tv_ms(s->o.command_timeout_ms));
+    s->block_ms = 0;
     if (!r)
         return err ? err->code : LB_ENET;
     if (r->type == REDIS_REPLY_NIL)

@@ -54,7 +54,7 @@ trap 'exit 143' TERM
 
 password=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')
 started=0
-for attempt in 1 2 3 4 5 6 7 8; do
+for _ in 1 2 3 4 5 6 7 8; do
   port=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
   { cat "$here/redis.conf"; printf 'port %d\ndir %s\nrequirepass %s\nlogfile %s/redis.log\n' \
       "$port" "$dir" "$password" "$dir"; } > "$dir/redis.conf"
@@ -95,7 +95,8 @@ export LOWBIT_REDIS=$url
 # share the cores between the workers
 cores=$(nproc 2>/dev/null || echo 2)
 per=$(( cores / workers )); [ "$per" -ge 1 ] || per=1
-"$lowbit" coordinator --redis "$url" --job "$job" --resume "${quantize[@]}" &
+# the URL comes from LOWBIT_REDIS (exported above): no password in `ps`
+"$lowbit" coordinator --job "$job" --resume "${quantize[@]}" &
 coord=$!
 pids+=("$coord")
 worker_pids=()
@@ -104,11 +105,11 @@ if command -v mpirun >/dev/null; then
   # ranks compute. As root, Open MPI needs --allow-run-as-root (or
   # OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1).
   # shellcheck disable=SC2086  # LOWBIT_MPIRUN_ARGS: e.g. --allow-run-as-root
-  mpirun --oversubscribe ${LOWBIT_MPIRUN_ARGS:-} -np "$workers" "$lowbit" worker --redis "$url" --threads "$per" &
+  mpirun --oversubscribe ${LOWBIT_MPIRUN_ARGS:-} -x LOWBIT_REDIS -np "$workers" "$lowbit" worker --threads "$per" &
   worker_pids+=("$!")
 else
   echo "local-cluster: mpirun not found; starting $workers plain workers" >&2
-  for _ in $(seq "$workers"); do "$lowbit" worker --redis "$url" --threads "$per" & worker_pids+=("$!"); done
+  for _ in $(seq "$workers"); do "$lowbit" worker --threads "$per" & worker_pids+=("$!"); done
 fi
 pids+=("${worker_pids[@]}")
 # Wait for the coordinator, but not forever when every worker is gone (mpirun

@@ -110,9 +110,13 @@ static int spawn_at(lb_test_redis *r, int port, const char *const *extra)
         snprintf(port_s, sizeof port_s, "%d", port);
         snprintf(log, sizeof log, "%s/redis.log", r->dir);
         const char *argv[40] = {"redis-server", "--port", port_s, "--bind", "127.0.0.1",
-                                "--save", "", "--appendonly", "no", "--dir", r->dir,
-                                "--logfile", log, "--daemonize", "no"};
+                                "--save", "", "--appendonly", r->aof ? "yes" : "no",
+                                "--dir", r->dir, "--logfile", log, "--daemonize", "no"};
         int n = 15;
+        if (r->aof) {
+            argv[n++] = "--appendfsync";
+            argv[n++] = "always";
+        }
         for (int i = 0; extra && extra[i] && n < 39; i++)
             argv[n++] = extra[i];
         argv[n] = NULL;
@@ -156,9 +160,22 @@ static int spawn_at(lb_test_redis *r, int port, const char *const *extra)
     return -1;
 }
 
+static int start_impl(lb_test_redis *r, int aof, const char *const *extra);
+
 int lb_test_redis_start(lb_test_redis *r, const char *const *extra)
 {
+    return start_impl(r, 0, extra);
+}
+
+int lb_test_redis_start_aof(lb_test_redis *r)
+{
+    return start_impl(r, 1, NULL);
+}
+
+static int start_impl(lb_test_redis *r, int aof, const char *const *extra)
+{
     memset(r, 0, sizeof *r);
+    r->aof = aof;
     if (!atexit_done) {
         atexit(kill_all);
         atexit_done = 1;

@@ -5,6 +5,8 @@
 #ifndef LB_XFER_STORE_H
 #define LB_XFER_STORE_H
 
+#include <stdint.h>
+
 #include "lb_artifact.h"
 #include "lb_err.h"
 #include "lb_job.h"
@@ -13,22 +15,29 @@
 /* Makes artifact id present and verified in the local store: nothing is
  * transferred when it already verifies (lb_store_has); otherwise it is fetched
  * (checksum-verified, written atomically) and must then verify as an artifact
- * naming its own id. Returns 0, LB_ENOTFOUND (the server lacks it: its producing
- * job must run first), LB_EFORMAT (the fetched file is not that artifact; it is
- * removed), or the transfer's error. */
-int lb_xfer_fetch(lb_xfer_client *c, const lb_store *store, const char *id, lb_err *err);
+ * naming its own id. When bytes != NULL the payload bytes received are added to
+ * *bytes (0 when nothing moved). Returns 0, LB_ENOTFOUND (the server lacks it:
+ * its producing job must run first), LB_EFORMAT (the server's copy fails
+ * validation, or the fetched file is not that artifact; it is removed), or the
+ * transfer's error (LB_ENET: no answer). */
+int lb_xfer_fetch(lb_xfer_client *c, const lb_store *store, const char *id, uint64_t *bytes,
+                  lb_err *err);
 
-/* Uploads local artifact id after verifying it locally. Returns 0, LB_ENOTFOUND
- * or LB_EFORMAT (absent or corrupt locally: rerun the job), or the transfer's
+/* Uploads local artifact id after verifying it locally, unless the server
+ * already holds a valid copy (HAS: then nothing moves). When bytes != NULL the
+ * payload bytes sent are added to *bytes. Returns 0, LB_ENOTFOUND or
+ * LB_EFORMAT (absent or corrupt locally: rerun the job), or the transfer's
  * error. */
-int lb_xfer_publish(lb_xfer_client *c, const lb_store *store, const char *id, lb_err *err);
+int lb_xfer_publish(lb_xfer_client *c, const lb_store *store, const char *id, uint64_t *bytes,
+                    lb_err *err);
 
 /* lb_xfer_fetch for every input of job, in order. Returns 0 or the first error,
- * prefixed with the job id. */
-int lb_xfer_fetch_inputs(lb_xfer_client *c, const lb_store *store, const lb_job *job, lb_err *err);
+ * prefixed with the job id and the input's index. */
+int lb_xfer_fetch_inputs(lb_xfer_client *c, const lb_store *store, const lb_job *job,
+                         uint64_t *bytes, lb_err *err);
 
 /* lb_xfer_publish for every output of job. Returns 0 or the first error. */
 int lb_xfer_publish_outputs(lb_xfer_client *c, const lb_store *store, const lb_job *job,
-                            lb_err *err);
+                            uint64_t *bytes, lb_err *err);
 
 #endif

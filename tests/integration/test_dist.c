@@ -209,12 +209,14 @@ static void test_worker_sigterm_deregisters(void **state)
     (void)state;
     LB_TEST_REQUIRE_REDIS();
     char *out = NULL;
-    /* start, let it register, SIGTERM it, collect its exit status */
-    int rc = lb_test_run(&out, "'%s' worker --redis %s --id wT --heartbeat-ttl 30 2>&1 & p=$!; "
-                         "for i in $(seq 50); do redis-cli -p %d EXISTS lowbit:worker:wT | "
-                         "grep -q 1 && break; sleep 0.1; done; kill -TERM $p; wait $p; "
-                         "echo rc=$?; redis-cli -p %d EXISTS lowbit:worker:wT",
-                         lb_test_lowbit_bin(), g_srv.url, g_srv.port, g_srv.port);
+    char *dir = lb_test_mkdtemp();
+    /* start, wait until it serves (its heartbeat key appears a moment before
+     * the SIGTERM handler is installed), SIGTERM it, collect its exit status */
+    int rc = lb_test_run(&out, "'%s' worker --redis %s --id wT --heartbeat-ttl 30 > '%s/w.log' "
+                         "2>&1 & p=$!; for i in $(seq 100); do grep -q serving '%s/w.log' && "
+                         "break; sleep 0.1; done; kill -TERM $p; wait $p; echo rc=$?; "
+                         "cat '%s/w.log'; redis-cli -p %d EXISTS lowbit:worker:wT",
+                         lb_test_lowbit_bin(), g_srv.url, dir, dir, dir, g_srv.port);
     assert_int_equal(rc, 0);
     assert_non_null(out);
     assert_non_null(strstr(out, "signal received"));
@@ -223,6 +225,7 @@ static void test_worker_sigterm_deregisters(void **state)
     size_t len = strlen(out);
     assert_true(len >= 2 && out[len - 2] == '0');
     free(out);
+    lb_test_rmdir(&dir);
 }
 
 static void test_cancel_stops_coordinator(void **state)

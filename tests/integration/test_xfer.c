@@ -692,6 +692,36 @@ static void put_activation(const lb_store *st, const char *id, float base)
         fail_msg("store put: %s", err.msg);
 }
 
+/* Size of artifact id's file in st. */
+static uint64_t file_bytes(const lb_store *st, const char *id)
+{
+    char *p = lb_store_path(st, id);
+    FILE *f = p ? fopen(p, "rb") : NULL;
+    long n = -1;
+    if (f && fseek(f, 0, SEEK_END) == 0)
+        n = ftell(f);
+    if (f)
+        fclose(f);
+    free(p);
+    assert_true(n > 0);
+    return (uint64_t)n;
+}
+
+/* Flips the last byte of artifact id's file (tensor data: the hash no longer holds). */
+static void corrupt_last_byte(const lb_store *st, const char *id)
+{
+    char *p = lb_store_path(st, id);
+    FILE *f = p ? fopen(p, "r+b") : NULL;
+    assert_non_null(f);
+    assert_int_equal(fseek(f, -1, SEEK_END), 0);
+    int ch = fgetc(f);
+    assert_int_not_equal(ch, EOF);
+    assert_int_equal(fseek(f, -1, SEEK_END), 0);
+    assert_int_not_equal(fputc(ch ^ 0xff, f), EOF);
+    fclose(f);
+    free(p);
+}
+
 static void test_job_fetch_publish(void **state)
 {
     (void)state;
@@ -718,28 +748,50 @@ static void test_job_fetch_publish(void **state)
     make_id("job:0", job.outputs[0].hex);
     assert_int_equal(lb_job_set_inputs(&job, in, 2, &err), 0);
 
-    if (lb_xfer_fetch_inputs(c, b, &job, &err))
+    uint64_t moved = 0;
+    if (lb_xfer_fetch_inputs(c, b, &job, &moved, &err))
         fail_msg("fetch: %s", err.msg);
     assert_true(lb_store_has(b, in[0].hex, "activations"));
     assert_true(lb_store_has(b, in[1].hex, "activations"));
+    /* the bytes reported are the two files' sizes */
+    assert_int_equal(moved, file_bytes(b, in[0].hex) + file_bytes(b, in[1].hex));
     /* Already present and verified locally: no transfer at all. */
     lb_xfer_stats before, after;
     lb_xfer_server_stats(srv, &before);
-    assert_int_equal(lb_xfer_fetch_inputs(c, b, &job, &err), 0);
+    moved = 0;
+    assert_int_equal(lb_xfer_fetch_inputs(c, b, &job, &moved, &err), 0);
     lb_xfer_server_stats(srv, &after);
     assert_int_equal(after.requests, before.requests);
+    assert_int_equal(moved, 0);
 
     /* Output made on the worker, published, verified on the coordinator side. */
-    assert_int_equal(lb_xfer_publish_outputs(c, b, &job, &err), LB_ENOTFOUND);
+    assert_int_equal(lb_xfer_publish_outputs(c, b, &job, NULL, &err), LB_ENOTFOUND);
     put_activation(b, job.outputs[0].hex, 3.0f);
-    if (lb_xfer_publish_outputs(c, b, &job, &err))
+    moved = 0;
+    if (lb_xfer_publish_outputs(c, b, &job, &moved, &err))
         fail_msg("publish: %s", err.msg);
     assert_true(lb_store_has(a, job.outputs[0].hex, "activations"));
+    assert_int_equal(moved, file_bytes(b, job.outputs[0].hex));
+    /* The server already holds it: a second publish moves nothing (HAS only). */
+    lb_xfer_server_stats(srv, &before);
+    moved = 0;
+    assert_int_equal(lb_xfer_publish_outputs(c, b, &job, &moved, &err), 0);
+    lb_xfer_server_stats(srv, &after);
+    assert_int_equal(moved, 0);
+    assert_int_equal(after.bytes_in, before.bytes_in);
+    assert_int_equal(after.requests, before.requests + 1);
+    /* A corrupt local copy in the worker's cache is never used: fetch re-fetches it. */
+    corrupt_last_byte(b, in[0].hex);
+    assert_false(lb_store_has(b, in[0].hex, NULL));
+    moved = 0;
+    assert_int_equal(lb_xfer_fetch_inputs(c, b, &job, &moved, &err), 0);
+    assert_true(lb_store_has(b, in[0].hex, "activations"));
+    assert_int_equal(moved, file_bytes(b, in[0].hex));
 
     /* An input the server lacks: clear error naming the job and the input. */
     make_id("never-produced", in[1].hex);
     assert_int_equal(lb_job_set_inputs(&job, in, 2, &err), 0);
-    assert_int_equal(lb_xfer_fetch_inputs(c, b, &job, &err), LB_ENOTFOUND);
+    assert_int_equal(lb_xfer_fetch_inputs(c, b, &job, NULL, &err), LB_ENOTFOUND);
     assert_non_null(strstr(err.msg, "input 1"));
     assert_non_null(strstr(err.msg, job.id));
     assert_false(lb_store_has(b, in[1].hex, NULL));
@@ -756,7 +808,7 @@ static void test_job_fetch_publish(void **state)
     size_t n = 0;
     assert_int_equal(lb_io_read_file(src, UINT64_MAX, &bytes, &n, &err), 0);
     assert_int_equal(lb_io_write_atomic(dst, bytes, n, &err), 0);
-    assert_int_equal(lb_xfer_fetch(c, b, in[1].hex, &err), LB_EFORMAT);
+    assert_int_equal(lb_xfer_fetch(c, b, in[1].hex, NULL, &err), LB_EFORMAT);
     assert_non_null(strstr(err.msg, "not this artifact"));
     assert_false(lb_store_has(b, in[1].hex, NULL));
     char *local = lb_store_path(b, in[1].hex);

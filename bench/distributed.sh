@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# bench/distributed.sh: embedded `lowbit quantize` against the distributed run
+# (`lowbit coordinator` + N `lowbit worker`s on a private Redis) on a synthetic
+# LLaMA-shaped model, with the same total thread count. Prints JSON lines.
+#
+#   bench/distributed.sh BUILD_DIR [--preset llama-7b] [--layers 2] [--method gptq]
+#        [--bits 3] [--nsamples 4] [--ctx 512] [--threads 2] [--configs "1x2 2x1"]
+#
+# --configs: distributed runs as WORKERSxTHREADS (each worker gets THREADS);
+#            the embedded run uses --threads (default 2 = this machine's cores).
+# Per run: wall time, whether model.safetensors equals the embedded bytes, the
+# seconds spent per job type (from the workers' "ran" events), the wall time of
+# the quantize-linear phase (per block, first start to last end, summed over
+# blocks: the part that spreads over workers), artifact bytes written (new files
+# seen in OUT/.lowbit/artifacts, polled every 0.1 s; an artifact created and
+# deleted between two polls is missed), and bytes_fetched / bytes_published
+# from the job record when the data plane records them.
+# Scratch goes to ${LB_BENCH_TMP:-/tmp}/lowbit-dist-$$ and is removed at the end.
+set -euo pipefail
+BUILD=${1:?usage: bench/distributed.sh BUILD_DIR [options]}
+shift
+PRESET=llama-7b LAYERS=2 METHOD=gptq BITS=3 NSAMPLES=4 CTX=512 THREADS=2 CONFIGS="1x2 2x1"
+while [[ $# -gt 0 ]]; do
+    case $1 in
+    --preset) PRESET=$2 ;;
+    --layers) LAYERS=$2 ;;
+    --method) METHOD=$2 ;;
+    --bits) BITS=$2 ;;
+    --nsamples) NSAMPLES=$2 ;;
+    --ctx) CTX=$2 ;;
+    --threads) THREADS=$2 ;;
+    --configs) CONFIGS=$2 ;;
+    *) echo "bench/distributed.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+    shift 2
+done
+LOWBIT=$(cd "$BUILD" && pwd)/lowbit
+[[ -x $LOWBIT ]] || { echo "bench/distributed.sh: no $LOWBIT; build first" >&2; exit 2; }
+command -v redis-server >/dev/null || { echo "bench/distributed.sh: redis-server not on PATH (deploy/install-deps.sh)" >&2; exit 2; }
+TMP=${LB_BENCH_TMP:-/tmp}/lowbit-dist-$$
+mkdir -p "$TMP"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+"$LOWBIT" synth --preset "$PRESET" --layers "$LAYERS" --out "$TMP/model" >/dev/null
+python3 - "$TMP/model/config.json" "$TMP/calib.u32" "$NSAMPLES" "$CTX" <<'PY'
+import json, random, struct, sys
+vocab = json.load(open(sys.argv[1]))["vocab_size"]
+random.seed(1234)
+n = int(sys.argv[3]) * int(sys.argv[4])
+with open(sys.argv[2], "wb") as f:
+    f.write(struct.pack("<%dI" % n, *(random.randrange(vocab) for _ in range(n))))
+PY
+Q=(--model "$TMP/model" --calib "$TMP/calib.u32" --ctx "$CTX" --nsamples "$NSAMPLES"
+   --method "$METHOD" --bits "$BITS")
+CONF="\"preset\":\"$PRESET\",\"layers\":$LAYERS,\"method\":\"$METHOD\",\"bits\":$BITS,\"nsamples\":$NSAMPLES,\"ctx\":$CTX"
+
+# Polls OUT/.lowbit/artifacts until $TMP/stop-sampler exists; writes "name size" lines.
+sample_artifacts() { # out_dir result_file
+    local dir=$1/.lowbit/artifacts res=$2
+    : >"$res"
+    # stops with the script too (kill -0 $$: the parent shell)
+    while [[ ! -e $TMP/stop-sampler && -d $TMP ]] && kill -0 $$ 2>/dev/null; do
+        if [[ -d $dir ]]; then
+            find "$dir" -maxdepth 1 -type f -name '*.safetensors' -printf '%f %s\n' >>"$res" 2>/dev/null || true
+        fi
+        sleep 0.1
+    done
+}
+artifact_bytes() { # result_file -> total bytes of distinct artifacts (largest size seen)
+    sort -k1,1 -k2,2n "$1" | awk '{m[$1]=$2} END {s=0; for (k in m) s+=m[k]; print s+0}'
+}
+
+# ---- embedded ----
+rm -f "$TMP/stop-sampler"
+sample_artifacts "$TMP/emb" "$TMP/emb.art" &
+SAMPLER=$!
+t0=$(date +%s.%N)
+"$LOWBIT" quantize "${Q[@]}" --out "$TMP/emb" --threads "$THREADS" --json >"$TMP/emb.json" 2>"$TMP/emb.err" || {
+    echo "{\"bench\":\"distributed\",\"config\":\"embedded\",\"error\":\"quantize failed: $(tail -1 "$TMP/emb.err" | tr -d '"\\')\"}"
+    exit 1
+}
+t1=$(date +%s.%N)
+touch "$TMP/stop-sampler"
+wait "$SAMPLER"
+EMB_WALL=$(python3 -c "print(round($t1-$t0,3))")
+echo "{\"bench\":\"distributed\",\"config\":\"embedded\",$CONF,\"threads\":$THREADS,\"wall_s\":$EMB_WALL,\"artifact_bytes_written\":$(artifact_bytes "$TMP/emb.art"),\"machine_cores\":$(nproc)}"
+
+# ---- private Redis ----
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$TMP" \
+    --logfile "$TMP/redis.log" --daemonize no >/dev/null 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do redis-cli -p "$PORT" PING 2>/dev/null | grep -q PONG && break; sleep 0.05; done
+URL=redis://127.0.0.1:$PORT/0
+
+for cfg in $CONFIGS; do
+    W=${cfg%x*} T=${cfg#*x}
+    JOB=bench-$W-$T-$$
+    OUT=$TMP/d-$cfg
+    rm -f "$TMP/stop-sampler"
+    sample_artifacts "$OUT" "$TMP/$cfg.art" &
+    SAMPLER=$!
+    WP=()
+    for i in $(seq "$W"); do
+        "$LOWBIT" worker --redis "$URL" --threads "$T" --id "w$i-$cfg" --json \
+            >"$TMP/w$i-$cfg.json" 2>"$TMP/w$i-$cfg.err" &
+        WP+=($!)
+    done
+    t0=$(date +%s.%N)
+    rc=0
+    "$LOWBIT" coordinator --redis "$URL" --job "$JOB" "${Q[@]}" --out "$OUT" --threads "$T" \
+        >"$TMP/c-$cfg.log" 2>&1 || rc=$?
+    t1=$(date +%s.%N)
+    touch "$TMP/stop-sampler"
+    wait "$SAMPLER"
+    # SIGTERM: a worker finishes its item (none left), deregisters, exits 0
+    for p in "${WP[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${WP[@]}"; do wait "$p" || true; done
+    if [[ $rc -ne 0 ]]; then
+        echo "{\"bench\":\"distributed\",\"config\":\"$cfg\",\"error\":\"coordinator exit $rc: $(tail -1 "$TMP/c-$cfg.log" | tr -d '"\\')\"}"
+        continue
+    fi
+    same=false
+    cmp -s "$TMP/emb/model.safetensors" "$OUT/model.safetensors" && same=true
+    "$LOWBIT" status "$JOB" --redis "$URL" --json --events 1000 >"$TMP/s-$cfg.json"
+    cat "$TMP"/w*-"$cfg".json >"$TMP/ran-$cfg.json"
+    python3 - "$TMP/s-$cfg.json" "$cfg" "$W" "$T" \
+        "$(python3 -c "print(round($t1-$t0,3))")" "$same" "$(artifact_bytes "$TMP/$cfg.art")" \
+        "$EMB_WALL" "$LAYERS" "{$CONF}" "$TMP/ran-$cfg.json" <<'PY'
+import json, re, sys
+st = json.load(open(sys.argv[1]))
+cfg, W, T, wall, same, art, emb, layers = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6] == "true", int(sys.argv[7]), float(sys.argv[8]), int(sys.argv[9])
+conf = json.loads(sys.argv[10])
+secs, ran = {}, 0
+for line in open(sys.argv[11]):
+    try:
+        e = json.loads(line)
+    except ValueError:
+        continue
+    if e.get("event") == "ran":
+        ran += 1
+        secs[e["type"]] = round(secs.get(e["type"], 0.0) + e["seconds"], 3)
+# per block, quantize-linear phase: first start to last end (events: t = end ms, "in X s")
+spans = {}
+for ev in st.get("events", []):
+    m = re.search(r" ran quantize-linear \S+ \(block (\d+)\) in ([0-9.]+) s", ev["msg"])
+    if m:
+        b, d, end = int(m.group(1)), float(m.group(2)), ev["t_ms"] / 1000.0
+        lo, hi = spans.get(b, (end - d, end))
+        spans[b] = (min(lo, end - d), max(hi, end))
+rec = st.get("record", {})
+out = dict(bench="distributed", config=cfg, workers=W, threads_per_worker=T, **conf,
+           wall_s=wall, speedup_vs_embedded=round(emb / wall, 3) if wall > 0 else None,
+           identical_to_embedded=same, jobs_ran=ran, job_seconds=secs,
+           quantize_linear_wall_s=round(sum(h - l for l, h in spans.values()), 2),
+           artifact_bytes_written=art, artifact_bytes_per_block=art // max(layers, 1))
+for k in ("bytes_fetched", "bytes_published"):
+    if k in rec:
+        out[k] = int(rec[k])
+        out[k + "_per_block"] = int(rec[k]) // max(layers, 1)
+print(json.dumps(out))
+PY
+done
