@@ -1,6 +1,5 @@
-/* bench_kmeans1d: time of the exact 1-D k-means per column, on one thread and with
- * the workspace's helper thread (lb_kmeans1d_ws_set_threads), in the same run.
- * Usage: bench_kmeans1d [n] [columns]. Prints one JSON line per (k, threads). */
+/* bench_kmeans1d: time of the exact 1-D k-means per column.
+ * Usage: bench_kmeans1d [n] [columns]. Prints one JSON line per k. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -9,13 +8,15 @@
 
 #include "lb_kmeans1d.h"
 
-static double now_s(void) {
+static double now_s(void)
+{
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char **argv)
+{
     int64_t n = argc > 1 ? atoll(argv[1]) : 4096;
     int cols = argc > 2 ? atoi(argv[2]) : 256;
     if (n < 1 || cols < 1) {
@@ -35,27 +36,22 @@ int main(int argc, char **argv) {
         double u = ((double)(s >> 11) + 0.5) / 9007199254740992.0;
         x[i] = (float)(0.02 * tan(3.14159265358979 * (u - 0.5) * 0.9)); /* heavy tail */
     }
-    for (int k = 2; k <= 16; k *= 2)
-        for (int threads = 1; threads <= 2; threads++) {
-            if (lb_kmeans1d_ws_set_threads(ws, threads, &err)) {
+    for (int k = 2; k <= 16; k *= 2) {
+        double t0 = now_s(), total = 0.0;
+        for (int c = 0; c < cols; c++) {
+            float cent[16];
+            double loss;
+            if (lb_kmeans1d_fit(ws, x + (size_t)c * (size_t)n, n, k, cent, &loss, &err)) {
                 fprintf(stderr, "bench_kmeans1d: %s\n", err.msg);
                 return 1;
             }
-            double t0 = now_s(), total = 0.0;
-            for (int c = 0; c < cols; c++) {
-                float cent[16];
-                double loss;
-                if (lb_kmeans1d_fit(ws, x + (size_t)c * (size_t)n, n, k, cent, &loss, &err)) {
-                    fprintf(stderr, "bench_kmeans1d: %s\n", err.msg);
-                    return 1;
-                }
-                total += loss;
-            }
-            double dt = now_s() - t0;
-            printf("{\"bench\":\"kmeans1d\",\"n\":%lld,\"k\":%d,\"threads\":%d,\"columns\":%d,"
-                   "\"ms_per_column\":%.4f,\"loss_sum\":%.17g}\n",
-                   (long long)n, k, threads, cols, 1e3 * dt / cols, total);
+            total += loss;
         }
+        double dt = now_s() - t0;
+        printf("{\"bench\":\"kmeans1d\",\"n\":%lld,\"k\":%d,\"columns\":%d,\"ms_per_column\":%.4f,"
+               "\"loss_sum\":%.6g}\n",
+               (long long)n, k, cols, 1e3 * dt / cols, total);
+    }
     lb_kmeans1d_ws_free(&ws);
     free(x);
     return 0;

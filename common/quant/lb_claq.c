@@ -5,8 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <omp.h>
-
 #include "lb_dtype.h"
 #include "lb_gptq.h"
 #include "lb_kmeans1d.h"
@@ -197,11 +195,6 @@ static int claq_begin(void *ctx, const lb_gptq_state *st, lb_err *err)
                           (long long)rows, (long long)cols);
     int rc = lb_kmeans1d_ws_new(rows, 1 << CLAQ_MAX_WIDTH, &cx->km, err);
     if (rc)
-        return rc;
-    /* The column loop is serial, so a second core would idle: it takes half of each
-     * k-means DP level instead (same result at any thread count). */
-    if (!omp_in_parallel() && omp_get_max_threads() >= 2 &&
-        (rc = lb_kmeans1d_ws_set_threads(cx->km, 2, err)))
         return rc;
     /* st->Wt holds the original W in processing order here. */
     rc = lb_claq_plan(st->Wt, rows, cols, st->Hdiag, st->perm, cx->opts, cx->width, cx->keep,

@@ -27,13 +27,6 @@ typedef struct lb_kmeans1d_ws lb_kmeans1d_ws;
 int lb_kmeans1d_ws_new(int64_t max_n, int32_t max_k, lb_kmeans1d_ws **out, lb_err *err);
 void lb_kmeans1d_ws_free(lb_kmeans1d_ws **ws);
 
-/* threads >= 2 starts one helper thread (kept until threads < 2 or free) that takes half
- * of each DP level of fits with n >= 1024; threads < 2 stops it. Results are identical
- * either way. The helper spins briefly, then yields, then sleeps between fits.
- * Returns 0, or LB_ENOMEM when the thread cannot be started (the workspace stays
- * single-threaded and usable). */
-int lb_kmeans1d_ws_set_threads(lb_kmeans1d_ws *ws, int threads, lb_err *err);
-
 /* Optimal k-means of x (n,) into k clusters.
  * OUT: centroids (k,) ascending, each the mean of its run; when the data have fewer
  *      than k points the missing centroids repeat the largest one.

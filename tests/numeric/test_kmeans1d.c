@@ -264,22 +264,21 @@ static double plain_dp_loss(const float *x, int n, int k)
     return r;
 }
 
-/* Long columns: the two-thread levels give bit-identical centroids and loss to one
- * thread, and both equal the plain DP's optimum (ties included: rounded data). A fresh
- * workspace runs its first eligible fit on two threads (it has no timings yet). */
-static void test_two_threads_equal_one_and_plain_dp(void **state)
+/* Long columns, heavy tails and many ties: the divide and conquer with its
+ * monotonicity bounds reaches the plain DP's optimum. */
+static void test_long_columns_equal_plain_dp(void **state)
 {
     (void)state;
     enum { N = 1500 };
-    lb_kmeans1d_ws *one = NULL, *two = NULL;
+    lb_kmeans1d_ws *ws = NULL;
     lb_err err = {0};
-    assert_int_equal(lb_kmeans1d_ws_new(N, 16, &one, &err), 0);
+    assert_int_equal(lb_kmeans1d_ws_new(N, 16, &ws, &err), 0);
     float *x = malloc(N * sizeof *x);
     assert_non_null(x);
     uint64_t rng = 7;
     for (int trial = 0; trial < 9; trial++) {
         int k = (int[]){3, 8, 16}[trial % 3];
-        int n = N - 37 * trial; /* >= 1024: the two-thread path */
+        int n = N - 37 * trial;
         for (int i = 0; i < n; i++) {
             float v = lb_test_rand_normal(&rng);
             if (trial / 3 == 1)
@@ -288,29 +287,15 @@ static void test_two_threads_equal_one_and_plain_dp(void **state)
                 v = roundf(v * 4.0f) / 4.0f; /* many equal values: ties */
             x[i] = v;
         }
-        float c1[16], c2[16];
-        double l1, l2;
-        assert_int_equal(lb_kmeans1d_ws_new(N, 16, &two, &err), 0);
-        assert_int_equal(lb_kmeans1d_ws_set_threads(two, 2, &err), 0);
-        assert_int_equal(lb_kmeans1d_fit(one, x, n, k, c1, &l1, &err), 0);
-        assert_int_equal(lb_kmeans1d_fit(two, x, n, k, c2, &l2, &err), 0);
-        assert_memory_equal(c1, c2, (size_t)k * sizeof *c1);
-        assert_memory_equal(&l1, &l2, sizeof l1);
-        /* a second fit on the same workspace (either way now) agrees too */
-        assert_int_equal(lb_kmeans1d_fit(two, x, n, k, c2, &l2, &err), 0);
-        assert_memory_equal(c1, c2, (size_t)k * sizeof *c1);
-        if (trial == 8) { /* back to one thread: the helper stops, results unchanged */
-            assert_int_equal(lb_kmeans1d_ws_set_threads(two, 1, &err), 0);
-            assert_int_equal(lb_kmeans1d_fit(two, x, n, k, c2, &l2, &err), 0);
-            assert_memory_equal(c1, c2, (size_t)k * sizeof *c1);
-        }
-        lb_kmeans1d_ws_free(&two);
+        float c[16];
+        double loss;
+        assert_int_equal(lb_kmeans1d_fit(ws, x, n, k, c, &loss, &err), 0);
         double ref = plain_dp_loss(x, n, k);
-        assert_true(fabs(l1 - ref) <= 1e-9 * ref + 1e-9);
-        assert_true(fabs(lb_kmeans1d_loss(x, n, c1, k) - ref) <= 1e-6 * ref + 1e-6);
+        assert_true(fabs(loss - ref) <= 1e-9 * ref + 1e-9);
+        assert_true(fabs(lb_kmeans1d_loss(x, n, c, k) - ref) <= 1e-6 * ref + 1e-6);
     }
     free(x);
-    lb_kmeans1d_ws_free(&one);
+    lb_kmeans1d_ws_free(&ws);
 }
 
 static void test_fewer_points_than_clusters_and_constant(void **state)
@@ -412,7 +397,7 @@ int main(void)
         cmocka_unit_test(test_dp_equals_brute_force_tiny),
         cmocka_unit_test(test_dp_equals_contiguous_partitions),
         cmocka_unit_test(test_dp_not_worse_than_lloyd),
-        cmocka_unit_test(test_two_threads_equal_one_and_plain_dp),
+        cmocka_unit_test(test_long_columns_equal_plain_dp),
         cmocka_unit_test(test_fewer_points_than_clusters_and_constant),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_assign_nearest),
