@@ -73,7 +73,7 @@ sample_artifacts() { # out_dir result_file
     done
 }
 artifact_bytes() { # result_file -> total bytes of distinct artifacts (largest size seen)
-    sort -k1,1 -k2,2n "$1" | awk '{m[$1]=$2} END {s=0; for (k in m) s+=m[k]; print s+0}'
+    sort -k1,1 -k2,2n "$1" | awk '{m[$1]=$2} END {s=0; for (k in m) s+=m[k]; printf "%.0f\n", s}'
 }
 
 # ---- embedded ----
