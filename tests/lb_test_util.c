@@ -47,6 +47,26 @@ int lb_test_shared_path(char *buf, size_t size, const char *rel)
     return 0;
 }
 
+unsigned char *lb_test_slurp(const char *path, size_t *len)
+{
+    *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    long n = -1;
+    if (fseek(f, 0, SEEK_END) == 0)
+        n = ftell(f);
+    unsigned char *b = n >= 0 && fseek(f, 0, SEEK_SET) == 0 ? malloc(n > 0 ? (size_t)n : 1) : NULL;
+    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
+        free(b);
+        b = NULL;
+    }
+    fclose(f);
+    if (b)
+        *len = (size_t)n;
+    return b;
+}
+
 char *lb_test_mkdtemp(void)
 {
     const char *tmp = getenv("TMPDIR");

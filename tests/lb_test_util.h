@@ -22,6 +22,10 @@ int lb_test_shared_path(char *buf, size_t size, const char *rel);
             skip();                                                                          \
     } while (0)
 
+/* Reads a whole file into a malloc'd buffer (*len its size); NULL when absent or
+ * unreadable. */
+unsigned char *lb_test_slurp(const char *path, size_t *len);
+
 /* Creates a fresh temporary directory (removed by lb_test_rmdir). Returns a
  * malloc'd path. */
 char *lb_test_mkdtemp(void);

@@ -74,24 +74,6 @@ static int fx_teardown(void **state)
 #define COMMON "--ctx 128 --nsamples 8 --threads 1"
 
 /* Whole file; NULL when absent. */
-static unsigned char *slurp(const char *path, size_t *len)
-{
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return NULL;
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    unsigned char *b = malloc(n > 0 ? (size_t)n : 1);
-    if (b && fread(b, 1, (size_t)n, fp) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(fp);
-    *len = (size_t)n;
-    return b;
-}
-
 /* DIR/a/model.safetensors and DIR/b/model.safetensors hold the same bytes. */
 static void assert_same_checkpoint(const char *dir, const char *a, const char *b)
 {
@@ -99,7 +81,7 @@ static void assert_same_checkpoint(const char *dir, const char *a, const char *b
     snprintf(pa, sizeof pa, "%s/%s/model.safetensors", dir, a);
     snprintf(pb, sizeof pb, "%s/%s/model.safetensors", dir, b);
     size_t la = 0, lb = 0;
-    unsigned char *da = slurp(pa, &la), *db = slurp(pb, &lb);
+    unsigned char *da = lb_test_slurp(pa, &la), *db = lb_test_slurp(pb, &lb);
     assert_non_null(da);
     assert_non_null(db);
     assert_int_equal(la, lb);

@@ -28,25 +28,6 @@ static int group_teardown(void **state)
     return 0;
 }
 
-/* Reads a whole file; NULL when absent. */
-static unsigned char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc(n > 0 ? (size_t)n : 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    *len = (size_t)n;
-    return b;
-}
-
 static void test_distributed_equals_embedded(void **state)
 {
     (void)state;
@@ -81,7 +62,7 @@ static void test_distributed_equals_embedded(void **state)
     snprintf(a, sizeof a, "%s/emb/model.safetensors", dir);
     snprintf(b, sizeof b, "%s/dist/model.safetensors", dir);
     size_t la = 0, lb = 0;
-    unsigned char *da = slurp(a, &la), *db = slurp(b, &lb);
+    unsigned char *da = lb_test_slurp(a, &la), *db = lb_test_slurp(b, &lb);
     assert_non_null(da);
     assert_non_null(db);
     assert_int_equal(la, lb);
@@ -145,7 +126,7 @@ static void test_distributed_lm_head(void **state)
         snprintf(a, sizeof a, "%s/emb/%s", dir, files[k]);
         snprintf(b, sizeof b, "%s/dist/%s", dir, files[k]);
         size_t la = 0, lb = 0;
-        unsigned char *da = slurp(a, &la), *db = slurp(b, &lb);
+        unsigned char *da = lb_test_slurp(a, &la), *db = lb_test_slurp(b, &lb);
         assert_non_null(da);
         assert_non_null(db);
         assert_int_equal(la, lb);

@@ -60,28 +60,10 @@ static int group_teardown(void **state)
     return 0;
 }
 
-static unsigned char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc(n > 0 ? (size_t)n : 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    *len = (size_t)n;
-    return b;
-}
-
 static void assert_same_file(const char *a, const char *b)
 {
     size_t la = 0, lb = 0;
-    unsigned char *da = slurp(a, &la), *db = slurp(b, &lb);
+    unsigned char *da = lb_test_slurp(a, &la), *db = lb_test_slurp(b, &lb);
     if (!da || !db)
         fail_msg("missing %s or %s", a, b);
     if (la != lb || memcmp(da, db, la))
@@ -149,7 +131,7 @@ static void read_events(const char *path, int np, long long *bytes, int *collect
                         int *collect_remote, int *collect_chunks)
 {
     size_t len = 0;
-    unsigned char *text = slurp(path, &len);
+    unsigned char *text = lb_test_slurp(path, &len);
     assert_non_null(text);
     *bytes = 0;
     *collects = *collect_remote = *collect_chunks = 0;
