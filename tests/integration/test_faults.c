@@ -93,11 +93,14 @@ static pid_t spawn_coordinator(const fixture *f, const char *url, const char *jo
 static pid_t spawn_worker(const fixture *f, const char *url, const char *id, const char *lease_ms,
                           const char *idle_exit)
 {
-    char log[4200];
+    char log[4200], cache[4200];
     snprintf(log, sizeof log, "%s/%s.log", f->dir, id);
+    /* the cache inside the test's directory: a worker killed with -9 leaves it */
+    snprintf(cache, sizeof cache, "%s/cache-%s", f->dir, id);
     const char *argv[] = {f->bin,       "worker",   "--redis",       url,    "--id", id,
                           "--threads",  "1",        "--lease-ms",    lease_ms,
-                          "--idle-exit", idle_exit, "--redis-wait",  "60",   "--json", NULL};
+                          "--idle-exit", idle_exit, "--redis-wait",  "60",   "--json",
+                          "--cache",    cache,      NULL};
     pid_t p = lb_test_spawn(log, argv);
     assert_true(p > 0);
     return p;
