@@ -67,6 +67,18 @@ unsigned char *lb_test_slurp(const char *path, size_t *len)
     return b;
 }
 
+void lb_test_assert_same_file(const char *a, const char *b)
+{
+    size_t la = 0, lb = 0;
+    unsigned char *da = lb_test_slurp(a, &la), *db = lb_test_slurp(b, &lb);
+    if (!da || !db)
+        fail_msg("missing %s or %s", a, b);
+    if (la != lb || memcmp(da, db, la))
+        fail_msg("%s and %s differ (%zu vs %zu bytes)", a, b, la, lb);
+    free(da);
+    free(db);
+}
+
 char *lb_test_mkdtemp(void)
 {
     const char *tmp = getenv("TMPDIR");

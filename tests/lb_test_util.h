@@ -26,6 +26,9 @@ int lb_test_shared_path(char *buf, size_t size, const char *rel);
  * unreadable. */
 unsigned char *lb_test_slurp(const char *path, size_t *len);
 
+/* Fails the test unless files a and b both exist and hold the same bytes. */
+void lb_test_assert_same_file(const char *a, const char *b);
+
 /* Creates a fresh temporary directory (removed by lb_test_rmdir). Returns a
  * malloc'd path. */
 char *lb_test_mkdtemp(void);

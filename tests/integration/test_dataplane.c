@@ -80,14 +80,7 @@ static void assert_same_checkpoint(const char *dir, const char *a, const char *b
     char pa[4200], pb[4200];
     snprintf(pa, sizeof pa, "%s/%s/model.safetensors", dir, a);
     snprintf(pb, sizeof pb, "%s/%s/model.safetensors", dir, b);
-    size_t la = 0, lb = 0;
-    unsigned char *da = lb_test_slurp(pa, &la), *db = lb_test_slurp(pb, &lb);
-    assert_non_null(da);
-    assert_non_null(db);
-    assert_int_equal(la, lb);
-    assert_memory_equal(da, db, la);
-    free(da);
-    free(db);
+    lb_test_assert_same_file(pa, pb);
 }
 
 static void embedded(const fixture *f, const char *sub, const char *q)

@@ -61,14 +61,7 @@ static void test_distributed_equals_embedded(void **state)
     char a[4200], b[4200];
     snprintf(a, sizeof a, "%s/emb/model.safetensors", dir);
     snprintf(b, sizeof b, "%s/dist/model.safetensors", dir);
-    size_t la = 0, lb = 0;
-    unsigned char *da = lb_test_slurp(a, &la), *db = lb_test_slurp(b, &lb);
-    assert_non_null(da);
-    assert_non_null(db);
-    assert_int_equal(la, lb);
-    assert_memory_equal(da, db, la);
-    free(da);
-    free(db);
+    lb_test_assert_same_file(a, b);
 
     /* both workers took part; the record says done */
     assert_int_equal(lb_test_run(&out, "grep -c ' ran ' '%s/wA.log' '%s/wB.log'", dir, dir), 0);
@@ -125,14 +118,7 @@ static void test_distributed_lm_head(void **state)
         char a[4200], b[4200];
         snprintf(a, sizeof a, "%s/emb/%s", dir, files[k]);
         snprintf(b, sizeof b, "%s/dist/%s", dir, files[k]);
-        size_t la = 0, lb = 0;
-        unsigned char *da = lb_test_slurp(a, &la), *db = lb_test_slurp(b, &lb);
-        assert_non_null(da);
-        assert_non_null(db);
-        assert_int_equal(la, lb);
-        assert_memory_equal(da, db, la);
-        free(da);
-        free(db);
+        lb_test_assert_same_file(a, b);
     }
     rc = lb_test_run(&out, "cd '%s' && '%s' coordinator --redis %s --job h1 --model '%s' "
                      "--calib '%s' --out dist2 --ctx 128 --nsamples 8 --method gptq --bits 3 "

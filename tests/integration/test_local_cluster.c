@@ -74,14 +74,7 @@ static void test_local_cluster_equals_embedded(void **state)
     char a[4200], b[4200];
     snprintf(a, sizeof a, "%s/emb/model.safetensors", dir);
     snprintf(b, sizeof b, "%s/lc/model.safetensors", dir);
-    size_t la = 0, lb = 0;
-    unsigned char *da = lb_test_slurp(a, &la), *db = lb_test_slurp(b, &lb);
-    assert_non_null(da);
-    assert_non_null(db);
-    assert_int_equal(la, lb);
-    assert_memory_equal(da, db, la);
-    free(da);
-    free(db);
+    lb_test_assert_same_file(a, b);
     lb_test_rmdir(&dir);
 }
 

@@ -60,18 +60,6 @@ static int group_teardown(void **state)
     return 0;
 }
 
-static void assert_same_file(const char *a, const char *b)
-{
-    size_t la = 0, lb = 0;
-    unsigned char *da = lb_test_slurp(a, &la), *db = lb_test_slurp(b, &lb);
-    if (!da || !db)
-        fail_msg("missing %s or %s", a, b);
-    if (la != lb || memcmp(da, db, la))
-        fail_msg("%s and %s differ (%zu vs %zu bytes)", a, b, la, lb);
-    free(da);
-    free(db);
-}
-
 /* The embedded reference for method m, computed once: g_dir/emb-m. */
 static void embedded(const char *m)
 {
@@ -192,7 +180,7 @@ static void check_run(const char *dir, const char *tag, const char *method, int 
     char a[4300], b[4300];
     snprintf(a, sizeof a, "%s/emb-%s/model.safetensors", g_dir, method);
     snprintf(b, sizeof b, "%s/%s/model.safetensors", dir, tag);
-    assert_same_file(a, b);
+    lb_test_assert_same_file(a, b);
 
     char p[4300];
     snprintf(p, sizeof p, "%s/%s.json", dir, tag);
@@ -284,7 +272,7 @@ static void test_lm_head_np2_equal_embedded(void **state)
         char a[4400], b[4400];
         snprintf(a, sizeof a, "%s/emb-%s/%s", g_dir, m, files[k]);
         snprintf(b, sizeof b, "%s/h2/%s", dir, files[k]);
-        assert_same_file(a, b);
+        lb_test_assert_same_file(a, b);
     }
     char p[4300];
     snprintf(p, sizeof p, "%s/h2.err", dir);
