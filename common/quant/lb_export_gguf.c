@@ -1,0 +1,788 @@
+/* GGUF v3 writer (llama architecture) for lowbit models. Written from the GGUF
+ * specification (ggml docs/gguf.md) and llama.cpp's tensor naming; see
+ * docs/export.md. One tensor is resident at a time. */
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lb_config.h"
+#include "lb_export.h"
+#include "lb_io_util.h"
+#include "lb_model.h"
+#include "lb_packed.h"
+#include "lb_qpacked_io.h"
+#include "lb_quant.h"
+
+#define GGUF_ALIGN 32
+#define NAME_CAP 256
+
+/* gguf metadata value types */
+enum { GT_U32 = 4, GT_I32 = 5, GT_F32 = 6, GT_BOOL = 7, GT_STR = 8, GT_ARR = 9 };
+
+/* ---- growable byte buffer ---- */
+
+typedef struct {
+    uint8_t *p;
+    size_t n, cap;
+    int oom;
+} gbuf;
+
+static void gb_put(gbuf *b, const void *src, size_t n)
+{
+    if (b->oom)
+        return;
+    if (b->n + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->n + n)
+            cap *= 2;
+        uint8_t *q = realloc(b->p, cap);
+        if (!q) {
+            b->oom = 1;
+            return;
+        }
+        b->p = q;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, src, n);
+    b->n += n;
+}
+
+static void gb_u32(gbuf *b, uint32_t v)
+{
+    uint8_t x[4];
+    lb_io_put_le32(x, v);
+    gb_put(b, x, 4);
+}
+
+static void gb_u64(gbuf *b, uint64_t v)
+{
+    uint8_t x[8];
+    lb_io_put_le64(x, v);
+    gb_put(b, x, 8);
+}
+
+static void gb_f32(gbuf *b, float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    gb_u32(b, u);
+}
+
+static void gb_str(gbuf *b, const char *s)
+{
+    size_t n = strlen(s);
+    gb_u64(b, n);
+    gb_put(b, s, n);
+}
+
+static void kv_u32(gbuf *b, uint64_t *nkv, const char *key, uint32_t v)
+{
+    gb_str(b, key);
+    gb_u32(b, GT_U32);
+    gb_u32(b, v);
+    (*nkv)++;
+}
+
+static void kv_f32(gbuf *b, uint64_t *nkv, const char *key, float v)
+{
+    gb_str(b, key);
+    gb_u32(b, GT_F32);
+    gb_f32(b, v);
+    (*nkv)++;
+}
+
+static void kv_bool(gbuf *b, uint64_t *nkv, const char *key, int v)
+{
+    uint8_t x = v ? 1 : 0;
+    gb_str(b, key);
+    gb_u32(b, GT_BOOL);
+    gb_put(b, &x, 1);
+    (*nkv)++;
+}
+
+static void kv_str(gbuf *b, uint64_t *nkv, const char *key, const char *v)
+{
+    gb_str(b, key);
+    gb_u32(b, GT_STR);
+    gb_str(b, v);
+    (*nkv)++;
+}
+
+/* ---- vocabulary ---- */
+
+enum { TT_NORMAL = 1, TT_UNKNOWN = 2, TT_CONTROL = 3, TT_USER = 4, TT_UNUSED = 5, TT_BYTE = 6 };
+
+typedef struct {
+    int32_t n;
+    char **tok;
+    float *score;
+    int32_t *type;
+    int32_t n_merges;
+    char **merges;
+    const char *model; /* "llama" (SentencePiece-style) or "gpt2" (byte-level BPE) */
+    int32_t bos, eos, unk; /* -1: absent */
+} vocab;
+
+static void vocab_free(vocab *v)
+{
+    for (int32_t i = 0; v->tok && i < v->n; i++)
+        free(v->tok[i]);
+    for (int32_t i = 0; v->merges && i < v->n_merges; i++)
+        free(v->merges[i]);
+    free(v->tok);
+    free(v->score);
+    free(v->type);
+    free(v->merges);
+    memset(v, 0, sizeof *v);
+}
+
+static int vocab_alloc(vocab *v, int32_t n, lb_err *err)
+{
+    v->n = n;
+    v->tok = calloc((size_t)n, sizeof *v->tok);
+    v->score = calloc((size_t)n, sizeof *v->score);
+    v->type = calloc((size_t)n, sizeof *v->type);
+    if (!v->tok || !v->score || !v->type)
+        return lb_err_set(err, LB_ENOMEM, "gguf export: out of memory for %d tokens", n);
+    return 0;
+}
+
+static int vocab_set(vocab *v, int32_t id, const char *text, float score, int32_t type,
+                     lb_err *err)
+{
+    free(v->tok[id]);
+    v->tok[id] = strdup(text);
+    v->score[id] = score;
+    v->type[id] = type;
+    return v->tok[id] ? 0 : lb_err_set(err, LB_ENOMEM, "gguf export: out of memory");
+}
+
+/* No tokenizer: <unk> <s> </s>, the byte tokens <0x00>..<0xFF> (byte fallback),
+ * then distinct filler pieces, so llama.cpp's SentencePiece vocab loads. */
+static int vocab_synthetic(vocab *v, const lb_config *cfg, lb_err *err)
+{
+    int32_t n = cfg->vocab_size;
+    int rc = vocab_alloc(v, n, err);
+    char text[32];
+    for (int32_t id = 0; !rc && id < n; id++) {
+        if (id < 3)
+            rc = vocab_set(v, id, id == 0 ? "<unk>" : id == 1 ? "<s>" : "</s>", 0.0f,
+                           id == 0 ? TT_UNKNOWN : TT_CONTROL, err);
+        else if (id < 3 + 256) {
+            snprintf(text, sizeof text, "<0x%02X>", id - 3);
+            rc = vocab_set(v, id, text, 0.0f, TT_BYTE, err);
+        } else {
+            snprintf(text, sizeof text, "\xe2\x96\x81lb%d", id); /* "▁lbN" */
+            rc = vocab_set(v, id, text, -(float)id, TT_NORMAL, err);
+        }
+    }
+    v->model = "llama";
+    v->unk = 0;
+    v->bos = cfg->bos_token_id >= 0 && cfg->bos_token_id < n ? cfg->bos_token_id : 1;
+    v->eos = cfg->eos_token_id >= 0 && cfg->eos_token_id < n ? cfg->eos_token_id : 2;
+    return rc;
+}
+
+static int is_byte_token(const char *s)
+{
+    return strlen(s) == 6 && !strncmp(s, "<0x", 3) && s[5] == '>';
+}
+
+/* tokenizer.json (Hugging Face) with a BPE model: byte_fallback -> "llama"
+ * (scores -id, which orders merges like SentencePiece's), else "gpt2" with its
+ * merges. Ids beyond the tokenizer up to vocab_size become unused pads. */
+static int vocab_from_tokenizer_json(vocab *v, const char *path, const lb_config *cfg,
+                                     lb_err *err)
+{
+    json_error_t jerr;
+    json_t *root = json_load_file(path, 0, &jerr);
+    int rc = 0;
+    if (!root)
+        return lb_err_set(err, LB_EFORMAT, "%s:%d: %s", path, jerr.line, jerr.text);
+    json_t *model = json_object_get(root, "model");
+    json_t *vmap = json_object_get(model, "vocab");
+    const char *type = json_string_value(json_object_get(model, "type"));
+    if (!type || strcmp(type, "BPE") || !json_is_object(vmap)) {
+        rc = lb_err_set(err, LB_EFORMAT,
+                        "%s: model.type '%s' is not supported; GGUF export reads BPE "
+                        "tokenizers (remove tokenizer.json to export a placeholder vocabulary)",
+                        path, type ? type : "(none)");
+        goto fail;
+    }
+    bool fallback = json_is_true(json_object_get(model, "byte_fallback"));
+    int32_t n = cfg->vocab_size;
+    if ((rc = vocab_alloc(v, n, err)))
+        goto fail;
+    const char *key;
+    json_t *val;
+    json_object_foreach(vmap, key, val)
+    {
+        json_int_t id = json_integer_value(val);
+        if (!json_is_integer(val) || id < 0 || id >= n) {
+            rc = lb_err_set(err, LB_EFORMAT, "%s: token '%.32s' has id outside 0..%d", path, key,
+                            n - 1);
+            goto fail;
+        }
+        int32_t tt = fallback && is_byte_token(key) ? TT_BYTE : TT_NORMAL;
+        if ((rc = vocab_set(v, (int32_t)id, key, fallback ? -(float)id : 0.0f, tt, err)))
+            goto fail;
+    }
+    size_t i;
+    json_array_foreach(json_object_get(root, "added_tokens"), i, val)
+    {
+        json_int_t id = json_integer_value(json_object_get(val, "id"));
+        const char *c = json_string_value(json_object_get(val, "content"));
+        if (!c || id < 0 || id >= n) {
+            rc = lb_err_set(err, LB_EFORMAT, "%s: added_tokens[%zu] has no content or an id "
+                            "outside 0..%d", path, i, n - 1);
+            goto fail;
+        }
+        int32_t tt = json_is_true(json_object_get(val, "special")) ? TT_CONTROL : TT_USER;
+        if ((rc = vocab_set(v, (int32_t)id, c, 0.0f, tt, err)))
+            goto fail;
+    }
+    char pad[32];
+    for (int32_t id = 0; id < n; id++)
+        if (!v->tok[id]) {
+            snprintf(pad, sizeof pad, "[PAD%d]", id);
+            if ((rc = vocab_set(v, id, pad, 0.0f, TT_UNUSED, err)))
+                goto fail;
+        }
+    v->model = fallback ? "llama" : "gpt2";
+    v->unk = -1;
+    json_t *unk = json_object_get(model, "unk_token");
+    for (int32_t id = 0; json_is_string(unk) && id < n; id++)
+        if (!strcmp(v->tok[id], json_string_value(unk))) {
+            v->unk = id;
+            v->type[id] = TT_UNKNOWN;
+            break;
+        }
+    v->bos = cfg->bos_token_id;
+    v->eos = cfg->eos_token_id;
+    if (!fallback) {
+        json_t *merges = json_object_get(model, "merges");
+        size_t nm = json_array_size(merges);
+        v->merges = calloc(nm ? nm : 1, sizeof *v->merges);
+        if (!v->merges) {
+            rc = lb_err_set(err, LB_ENOMEM, "gguf export: out of memory");
+            goto fail;
+        }
+        json_array_foreach(merges, i, val)
+        {
+            /* "a b", or ["a", "b"] in newer tokenizers */
+            char *m = NULL;
+            if (json_is_string(val))
+                m = strdup(json_string_value(val));
+            else if (json_array_size(val) == 2 && json_is_string(json_array_get(val, 0)) &&
+                     json_is_string(json_array_get(val, 1))) {
+                const char *a = json_string_value(json_array_get(val, 0));
+                const char *b = json_string_value(json_array_get(val, 1));
+                m = malloc(strlen(a) + strlen(b) + 2);
+                if (m)
+                    sprintf(m, "%s %s", a, b);
+            } else {
+                rc = lb_err_set(err, LB_EFORMAT, "%s: model.merges[%zu] is not a pair", path, i);
+                goto fail;
+            }
+            if (!m) {
+                rc = lb_err_set(err, LB_ENOMEM, "gguf export: out of memory");
+                goto fail;
+            }
+            v->merges[v->n_merges++] = m;
+        }
+    }
+fail:
+    json_decref(root);
+    return rc;
+}
+
+static void put_vocab(gbuf *b, uint64_t *nkv, const vocab *v)
+{
+    kv_str(b, nkv, "tokenizer.ggml.model", v->model);
+    gb_str(b, "tokenizer.ggml.tokens");
+    gb_u32(b, GT_ARR);
+    gb_u32(b, GT_STR);
+    gb_u64(b, (uint64_t)v->n);
+    for (int32_t i = 0; i < v->n; i++)
+        gb_str(b, v->tok[i]);
+    (*nkv)++;
+    gb_str(b, "tokenizer.ggml.scores");
+    gb_u32(b, GT_ARR);
+    gb_u32(b, GT_F32);
+    gb_u64(b, (uint64_t)v->n);
+    for (int32_t i = 0; i < v->n; i++)
+        gb_f32(b, v->score[i]);
+    (*nkv)++;
+    gb_str(b, "tokenizer.ggml.token_type");
+    gb_u32(b, GT_ARR);
+    gb_u32(b, GT_I32);
+    gb_u64(b, (uint64_t)v->n);
+    for (int32_t i = 0; i < v->n; i++)
+        gb_u32(b, (uint32_t)v->type[i]);
+    (*nkv)++;
+    if (v->merges) {
+        gb_str(b, "tokenizer.ggml.merges");
+        gb_u32(b, GT_ARR);
+        gb_u32(b, GT_STR);
+        gb_u64(b, (uint64_t)v->n_merges);
+        for (int32_t i = 0; i < v->n_merges; i++)
+            gb_str(b, v->merges[i]);
+        (*nkv)++;
+    }
+    if (v->bos >= 0)
+        kv_u32(b, nkv, "tokenizer.ggml.bos_token_id", (uint32_t)v->bos);
+    if (v->eos >= 0)
+        kv_u32(b, nkv, "tokenizer.ggml.eos_token_id", (uint32_t)v->eos);
+    if (v->unk >= 0)
+        kv_u32(b, nkv, "tokenizer.ggml.unknown_token_id", (uint32_t)v->unk);
+    kv_bool(b, nkv, "tokenizer.ggml.add_bos_token", v->bos >= 0);
+    kv_bool(b, nkv, "tokenizer.ggml.add_eos_token", 0);
+}
+
+/* ---- tensor plan ---- */
+
+typedef struct {
+    char gguf[NAME_CAP];
+    char hf[NAME_CAP];
+    int64_t rows, cols; /* rows = 1 for vectors */
+    int ndim;
+    int type;           /* ggml type written */
+    int32_t perm_heads; /* > 0: permute rows for RoPE (q: heads, k: kv heads) */
+    uint64_t nbytes, offset;
+} plan_t;
+
+static uint64_t row_bytes(int type, int64_t cols)
+{
+    switch (type) {
+    case LB_GGML_TYPE_F32:
+        return (uint64_t)cols * 4;
+    case LB_GGML_TYPE_F16:
+    case LB_GGML_TYPE_BF16:
+        return (uint64_t)cols * 2;
+    case LB_GGML_TYPE_Q4_0:
+        return (uint64_t)(cols / 32) * 18;
+    case LB_GGML_TYPE_Q4_1:
+        return (uint64_t)(cols / 32) * 20;
+    case LB_GGML_TYPE_Q8_0:
+        return (uint64_t)(cols / 32) * 34;
+    }
+    return 0;
+}
+
+static int dense_type(lb_dtype dt)
+{
+    return dt == LB_DTYPE_F16 ? LB_GGML_TYPE_F16 : dt == LB_DTYPE_BF16 ? LB_GGML_TYPE_BF16
+                                                                      : LB_GGML_TYPE_F32;
+}
+
+static bool packed_has(const lb_model *m, const char *hf)
+{
+    char prefix[NAME_CAP + 8];
+    return lb_model_is_packed(m) && !lb_packed_prefix(hf, prefix, sizeof prefix, NULL) &&
+           lb_qpacked_io_has(lb_model_tensors(m), prefix);
+}
+
+/* The ggml block type the stored grid of hf maps onto exactly, or -1. */
+static int direct_type(const lb_model *m, const char *hf, lb_err *err)
+{
+    if (!packed_has(m, hf))
+        return -1;
+    char prefix[NAME_CAP + 8];
+    lb_qpacked p = {0};
+    int t = -1;
+    if (lb_packed_prefix(hf, prefix, sizeof prefix, err) ||
+        lb_qpacked_io_read(lb_model_tensors(m), prefix, &p, err))
+        return -2;
+    const lb_qfield *g = lb_qpacked_field(&p, "group_size");
+    const lb_qfield *c = lb_qpacked_field(&p, "codes");
+    bool uniform = !strcmp(p.method, "rtn") || !strcmp(p.method, "gptq");
+    if (uniform && g && c && lb_qpacked_field(&p, "scales") && !lb_qpacked_field(&p, "perm") &&
+        lb_qfield_get(g, 0) == 32 && p.cols % 32 == 0) {
+        bool sym = !lb_qpacked_field(&p, "zeros");
+        if (c->bits == 4)
+            t = sym ? LB_GGML_TYPE_Q4_0 : LB_GGML_TYPE_Q4_1;
+        else if (c->bits == 8 && sym)
+            t = LB_GGML_TYPE_Q8_0;
+    }
+    lb_qpacked_free(&p);
+    return t;
+}
+
+static int plan_add(plan_t *pl, int *n, const char *gguf, const char *hf, int64_t rows,
+                    int64_t cols, int ndim, int type, int32_t perm_heads)
+{
+    plan_t *t = &pl[(*n)++];
+    memset(t, 0, sizeof *t);
+    snprintf(t->gguf, sizeof t->gguf, "%s", gguf);
+    snprintf(t->hf, sizeof t->hf, "%s", hf);
+    t->rows = rows;
+    t->cols = cols;
+    t->ndim = ndim;
+    t->type = type;
+    t->perm_heads = perm_heads;
+    t->nbytes = row_bytes(type, cols) * (uint64_t)rows;
+    return 0;
+}
+
+/* HF row r of a q/k projection -> GGUF row: llama.cpp's rope pairs adjacent
+ * elements (x[2i], x[2i+1]) where HF's rotate-half pairs (x[i], x[i+hd/2]), so
+ * within each head HF row j*hd/2 + i goes to 2i + j (convert_hf_to_gguf permute). */
+static int64_t src_row(int64_t out_row, int64_t rows, int32_t heads)
+{
+    if (heads <= 0)
+        return out_row;
+    int64_t hd = rows / heads, h = out_row / hd, k = out_row % hd;
+    return h * hd + (k % 2) * (hd / 2) + k / 2;
+}
+
+static int load_f32(const lb_model *m, const char *hf, float *buf, int64_t numel, lb_err *err)
+{
+    if (packed_has(m, hf))
+        return lb_packed_load_weight(lb_model_tensors(m), hf, buf, numel, err);
+    return lb_st_read_f32(lb_model_tensors(m), hf, buf, numel, err);
+}
+
+/* Q4_0 / Q4_1 / Q8_0 blocks straight from the stored codes and f16 scales. */
+static int write_direct(FILE *f, const lb_model *m, const plan_t *t, lb_gguf_summary *s,
+                        lb_err *err)
+{
+    char prefix[NAME_CAP + 8];
+    lb_qpacked p = {0};
+    uint8_t *row = malloc(row_bytes(t->type, t->cols));
+    int rc = 0;
+    if (!row)
+        return lb_err_set(err, LB_ENOMEM, "gguf export: out of memory");
+    if ((rc = lb_packed_prefix(t->hf, prefix, sizeof prefix, err)) ||
+        (rc = lb_qpacked_io_read(lb_model_tensors(m), prefix, &p, err)))
+        goto fail;
+    const lb_qfield *codes = lb_qpacked_field(&p, "codes");
+    const lb_qfield *scales = lb_qpacked_field(&p, "scales");
+    const lb_qfield *zeros = lb_qpacked_field(&p, "zeros");
+    const int64_t ng = t->cols / 32;
+    for (int64_t orow = 0; orow < t->rows; orow++) {
+        int64_t r = src_row(orow, t->rows, t->perm_heads);
+        uint8_t *o = row;
+        for (int64_t gi = 0; gi < ng; gi++) {
+            uint16_t d = (uint16_t)lb_qfield_get(scales, r * ng + gi);
+            const int64_t c0 = r * t->cols + gi * 32;
+            o[0] = (uint8_t)(d & 0xff);
+            o[1] = (uint8_t)(d >> 8);
+            if (t->type == LB_GGML_TYPE_Q8_0) {
+                for (int j = 0; j < 32; j++)
+                    o[2 + j] = (uint8_t)(int8_t)((int32_t)lb_qfield_get(codes, c0 + j) - 128);
+                o += 34;
+                continue;
+            }
+            uint8_t *qs = o + 2;
+            if (t->type == LB_GGML_TYPE_Q4_1) {
+                /* value = d*q + m with m = -d*z: exact only when f16 holds d*z */
+                int32_t z = (int32_t)lb_qfield_get(zeros, r * ng + gi);
+                float df = lb_f16_to_f32(d);
+                uint16_t mh = lb_f32_to_f16(-df * (float)z);
+                if (lb_f16_to_f32(mh) != -df * (float)z)
+                    s->q4_1_m_inexact++;
+                o[2] = (uint8_t)(mh & 0xff);
+                o[3] = (uint8_t)(mh >> 8);
+                qs = o + 4;
+            }
+            /* element j in the low nibble of byte j, element j+16 in its high nibble */
+            for (int j = 0; j < 16; j++)
+                qs[j] = (uint8_t)(lb_qfield_get(codes, c0 + j) |
+                                  (lb_qfield_get(codes, c0 + j + 16) << 4));
+            o += t->type == LB_GGML_TYPE_Q4_1 ? 20 : 18;
+        }
+        if (fwrite(row, 1, row_bytes(t->type, t->cols), f) != row_bytes(t->type, t->cols)) {
+            rc = lb_err_set(err, LB_EIO, "gguf export: write failed: %s", strerror(errno));
+            goto fail;
+        }
+    }
+fail:
+    lb_qpacked_free(&p);
+    free(row);
+    return rc;
+}
+
+static int write_dense(FILE *f, const lb_model *m, const plan_t *t, lb_err *err)
+{
+    const int64_t numel = t->rows * t->cols;
+    float *buf = malloc((size_t)numel * sizeof *buf);
+    uint8_t *out = malloc((size_t)t->nbytes);
+    int rc = 0;
+    if (!buf || !out) {
+        rc = lb_err_set(err, LB_ENOMEM, "gguf export: cannot allocate %s", t->hf);
+        goto fail;
+    }
+    if ((rc = load_f32(m, t->hf, buf, numel, err)))
+        goto fail;
+    for (int64_t orow = 0; orow < t->rows; orow++) {
+        const float *src = buf + src_row(orow, t->rows, t->perm_heads) * t->cols;
+        for (int64_t c = 0; c < t->cols; c++) {
+            int64_t i = orow * t->cols + c;
+            if (t->type == LB_GGML_TYPE_F32) {
+                memcpy(out + 4 * i, &src[c], 4); /* GGUF is little-endian, like the host */
+            } else {
+                uint16_t h = t->type == LB_GGML_TYPE_F16 ? lb_f32_to_f16(src[c])
+                                                         : lb_f32_to_bf16(src[c]);
+                out[2 * i] = (uint8_t)(h & 0xff);
+                out[2 * i + 1] = (uint8_t)(h >> 8);
+            }
+        }
+    }
+    if (fwrite(out, 1, (size_t)t->nbytes, f) != t->nbytes)
+        rc = lb_err_set(err, LB_EIO, "gguf export: write failed: %s", strerror(errno));
+fail:
+    free(buf);
+    free(out);
+    return rc;
+}
+
+static int write_pad(FILE *f, uint64_t pos)
+{
+    static const uint8_t zero[GGUF_ALIGN];
+    size_t pad = (size_t)((GGUF_ALIGN - pos % GGUF_ALIGN) % GGUF_ALIGN);
+    return fwrite(zero, 1, pad, f) == pad ? 0 : -1;
+}
+
+int lb_gguf_export(const char *in_dir, const char *out_path, const lb_gguf_opts *opts,
+                   lb_gguf_summary *summary, lb_err *err)
+{
+    lb_model *m = NULL;
+    vocab v = {0};
+    plan_t *pl = NULL;
+    gbuf hb = {0};
+    FILE *f = NULL;
+    char *tmp = NULL, *tok_path = NULL;
+    lb_gguf_summary s = {0};
+    int rc, n = 0;
+    if (!in_dir || !out_path || !opts)
+        return lb_err_set(err, LB_EINVAL, "gguf export: missing --model or --out");
+    if (opts->dtype != LB_DTYPE_F32 && opts->dtype != LB_DTYPE_F16 &&
+        opts->dtype != LB_DTYPE_BF16)
+        return lb_err_set(err, LB_EINVAL, "gguf export: --dtype must be f32, f16 or bf16");
+    lb_packed_model_register();
+    if ((rc = lb_model_open(&m, in_dir, err)))
+        goto fail;
+    const lb_config *cfg = lb_model_config(m);
+    if (cfg->arch == LB_ARCH_QWEN2 || cfg->attention_bias || cfg->o_bias || cfg->mlp_bias) {
+        rc = lb_err_set(err, LB_EINVAL,
+                        "gguf export: %s with biases is not supported yet; export llama/"
+                        "mistral models without biases, or use --format dense",
+                        cfg->model_type);
+        goto fail;
+    }
+    /* vocabulary */
+    tok_path = lb_io_path_join(in_dir, "tokenizer.json");
+    if (!tok_path) {
+        rc = lb_err_set(err, LB_ENOMEM, "gguf export: out of memory");
+        goto fail;
+    }
+    rc = access(tok_path, R_OK) == 0 ? vocab_from_tokenizer_json(&v, tok_path, cfg, err)
+                                     : vocab_synthetic(&v, cfg, err);
+    if (rc)
+        goto fail;
+
+    /* tensor plan, in llama.cpp's order */
+    const int32_t L = cfg->num_hidden_layers;
+    pl = calloc((size_t)(3 + 9 * L), sizeof *pl);
+    if (!pl) {
+        rc = lb_err_set(err, LB_ENOMEM, "gguf export: out of memory");
+        goto fail;
+    }
+    const int dt = dense_type(opts->dtype);
+    plan_add(pl, &n, "token_embd.weight", "model.embed_tokens.weight", cfg->vocab_size,
+             cfg->hidden_size, 2, dt, 0);
+    for (int32_t l = 0; l < L; l++) {
+        static const char *const gname[LB_LINEAR_COUNT] = {
+            "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+        char g[NAME_CAP], h[NAME_CAP];
+        snprintf(g, sizeof g, "blk.%d.attn_norm.weight", l);
+        snprintf(h, sizeof h, "model.layers.%d.input_layernorm.weight", l);
+        plan_add(pl, &n, g, h, 1, cfg->hidden_size, 1, LB_GGML_TYPE_F32, 0);
+        for (int w = 0; w < LB_LINEAR_COUNT; w++) {
+            int64_t rows, cols;
+            lb_linear_shape(cfg, (lb_linear)w, &rows, &cols);
+            snprintf(g, sizeof g, "blk.%d.%s.weight", l, gname[w]);
+            if ((rc = lb_model_linear_tensor_name(h, sizeof h, l, (lb_linear)w, err)))
+                goto fail;
+            int type = opts->direct ? direct_type(m, h, err) : -1;
+            if (type == -2) {
+                rc = err ? err->code : LB_EFORMAT;
+                goto fail;
+            }
+            if (type >= 0)
+                s.direct++;
+            else
+                s.dense++;
+            int32_t heads = w == LB_LINEAR_Q   ? cfg->num_attention_heads
+                            : w == LB_LINEAR_K ? cfg->num_key_value_heads
+                                               : 0;
+            plan_add(pl, &n, g, h, rows, cols, 2, type >= 0 ? type : dt, heads);
+        }
+        snprintf(g, sizeof g, "blk.%d.ffn_norm.weight", l);
+        snprintf(h, sizeof h, "model.layers.%d.post_attention_layernorm.weight", l);
+        plan_add(pl, &n, g, h, 1, cfg->hidden_size, 1, LB_GGML_TYPE_F32, 0);
+    }
+    plan_add(pl, &n, "output_norm.weight", "model.norm.weight", 1, cfg->hidden_size, 1,
+             LB_GGML_TYPE_F32, 0);
+    if (!cfg->tie_word_embeddings) {
+        int type = opts->direct ? direct_type(m, "lm_head.weight", err) : -1;
+        if (type == -2) {
+            rc = err ? err->code : LB_EFORMAT;
+            goto fail;
+        }
+        plan_add(pl, &n, "output.weight", "lm_head.weight", cfg->vocab_size, cfg->hidden_size,
+                 2, type >= 0 ? type : dt, 0);
+    }
+    uint64_t off = 0;
+    for (int i = 0; i < n; i++) {
+        pl[i].offset = off;
+        off += pl[i].nbytes;
+        off += (GGUF_ALIGN - off % GGUF_ALIGN) % GGUF_ALIGN;
+    }
+
+    /* header: magic, version, counts (kv count patched below), metadata, tensor infos */
+    uint64_t nkv = 0;
+    gb_put(&hb, "GGUF", 4);
+    gb_u32(&hb, 3);
+    gb_u64(&hb, (uint64_t)n);
+    gb_u64(&hb, 0);
+    kv_str(&hb, &nkv, "general.architecture", "llama");
+    kv_str(&hb, &nkv, "general.name", "lowbit export");
+    kv_u32(&hb, &nkv, "general.alignment", GGUF_ALIGN);
+    kv_u32(&hb, &nkv, "general.file_type",
+           opts->dtype == LB_DTYPE_F16 ? 1 : opts->dtype == LB_DTYPE_BF16 ? 32 : 0);
+    kv_u32(&hb, &nkv, "llama.context_length", (uint32_t)cfg->max_position_embeddings);
+    kv_u32(&hb, &nkv, "llama.embedding_length", (uint32_t)cfg->hidden_size);
+    kv_u32(&hb, &nkv, "llama.block_count", (uint32_t)L);
+    kv_u32(&hb, &nkv, "llama.feed_forward_length", (uint32_t)cfg->intermediate_size);
+    kv_u32(&hb, &nkv, "llama.attention.head_count", (uint32_t)cfg->num_attention_heads);
+    kv_u32(&hb, &nkv, "llama.attention.head_count_kv", (uint32_t)cfg->num_key_value_heads);
+    kv_u32(&hb, &nkv, "llama.attention.key_length", (uint32_t)cfg->head_dim);
+    kv_u32(&hb, &nkv, "llama.attention.value_length", (uint32_t)cfg->head_dim);
+    kv_u32(&hb, &nkv, "llama.rope.dimension_count", (uint32_t)cfg->head_dim);
+    kv_f32(&hb, &nkv, "llama.rope.freq_base", (float)cfg->rope_theta);
+    kv_f32(&hb, &nkv, "llama.attention.layer_norm_rms_epsilon", (float)cfg->rms_norm_eps);
+    kv_u32(&hb, &nkv, "llama.vocab_size", (uint32_t)cfg->vocab_size);
+    put_vocab(&hb, &nkv, &v);
+    lb_io_put_le64(hb.p + 16, nkv);
+    for (int i = 0; i < n; i++) {
+        gb_str(&hb, pl[i].gguf);
+        gb_u32(&hb, (uint32_t)pl[i].ndim);
+        gb_u64(&hb, (uint64_t)pl[i].cols); /* ne0: the contiguous dimension */
+        if (pl[i].ndim == 2)
+            gb_u64(&hb, (uint64_t)pl[i].rows);
+        gb_u32(&hb, (uint32_t)pl[i].type);
+        gb_u64(&hb, pl[i].offset);
+    }
+    if (hb.oom) {
+        rc = lb_err_set(err, LB_ENOMEM, "gguf export: out of memory for the header");
+        goto fail;
+    }
+
+    size_t tl = strlen(out_path) + 5;
+    tmp = malloc(tl);
+    if (!tmp) {
+        rc = lb_err_set(err, LB_ENOMEM, "gguf export: out of memory");
+        goto fail;
+    }
+    snprintf(tmp, tl, "%s.tmp", out_path);
+    f = fopen(tmp, "wb");
+    if (!f) {
+        rc = lb_err_set(err, LB_EIO, "cannot create %s: %s (does its directory exist?)", tmp,
+                        strerror(errno));
+        goto fail;
+    }
+    if (fwrite(hb.p, 1, hb.n, f) != hb.n || write_pad(f, hb.n)) {
+        rc = lb_err_set(err, LB_EIO, "%s: write failed: %s", tmp, strerror(errno));
+        goto fail;
+    }
+    for (int i = 0; i < n; i++) {
+        const plan_t *t = &pl[i];
+        rc = t->type == LB_GGML_TYPE_Q4_0 || t->type == LB_GGML_TYPE_Q4_1 ||
+                     t->type == LB_GGML_TYPE_Q8_0
+                 ? write_direct(f, m, t, &s, err)
+                 : write_dense(f, m, t, err);
+        if (rc || write_pad(f, t->offset + t->nbytes)) {
+            rc = rc ? rc : lb_err_set(err, LB_EIO, "%s: write failed", tmp);
+            goto fail;
+        }
+    }
+    long end = ftell(f);
+    if (fflush(f) || fsync(fileno(f)) || fclose(f)) {
+        f = NULL;
+        rc = lb_err_set(err, LB_EIO, "%s: write failed: %s", tmp, strerror(errno));
+        goto fail;
+    }
+    f = NULL;
+    if (rename(tmp, out_path)) {
+        rc = lb_err_set(err, LB_EIO, "cannot rename %s to %s: %s", tmp, out_path,
+                        strerror(errno));
+        goto fail;
+    }
+    s.tensors = n;
+    s.file_bytes = end > 0 ? (uint64_t)end : 0;
+    if (summary)
+        *summary = s;
+fail:
+    if (f) {
+        fclose(f);
+        unlink(tmp);
+    } else if (rc && tmp) {
+        unlink(tmp);
+    }
+    if (rc)
+        lb_err_prefix(err, "gguf export %s -> %s", in_dir, out_path);
+    free(tmp);
+    free(tok_path);
+    free(hb.p);
+    free(pl);
+    vocab_free(&v);
+    lb_model_free(&m);
+    return rc;
+}
+
+int lb_ggml_dequant_row(int type, const uint8_t *src, float *dst, int64_t n, lb_err *err)
+{
+    if (n % 32)
+        return lb_err_set(err, LB_EINVAL, "ggml dequant: row of %lld is not whole blocks",
+                          (long long)n);
+    for (int64_t b = 0; b < n / 32; b++) {
+        float *y = dst + 32 * b;
+        if (type == LB_GGML_TYPE_Q8_0) {
+            const uint8_t *x = src + 34 * b;
+            float d = lb_f16_to_f32((uint16_t)(x[0] | x[1] << 8));
+            for (int j = 0; j < 32; j++)
+                y[j] = (float)(int8_t)x[2 + j] * d;
+        } else if (type == LB_GGML_TYPE_Q4_0) {
+            const uint8_t *x = src + 18 * b;
+            float d = lb_f16_to_f32((uint16_t)(x[0] | x[1] << 8));
+            for (int j = 0; j < 16; j++) {
+                y[j] = (float)((x[2 + j] & 0x0f) - 8) * d;
+                y[j + 16] = (float)((x[2 + j] >> 4) - 8) * d;
+            }
+        } else if (type == LB_GGML_TYPE_Q4_1) {
+            const uint8_t *x = src + 20 * b;
+            float d = lb_f16_to_f32((uint16_t)(x[0] | x[1] << 8));
+            float mm = lb_f16_to_f32((uint16_t)(x[2] | x[3] << 8));
+            for (int j = 0; j < 16; j++) {
+                y[j] = (float)(x[4 + j] & 0x0f) * d + mm;
+                y[j + 16] = (float)(x[4 + j] >> 4) * d + mm;
+            }
+        } else {
+            return lb_err_set(err, LB_EINVAL, "ggml dequant: type %d is not Q4_0/Q4_1/Q8_0",
+                              type);
+        }
+    }
+    return 0;
+}
+
+const char *lb_export_formats_for(const char *method)
+{
+    if (method && (!strcmp(method, "rtn") || !strcmp(method, "gptq")))
+        return "dense, gguf, gptq, compressed-tensors";
+    return "dense, gguf";
+}

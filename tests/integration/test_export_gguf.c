@@ -1,0 +1,477 @@
+/* GGUF export end to end: stories260K quantized with RTN/GPTQ (group 32), exported
+ * with `lowbit export --format gguf`, then
+ *   - parsed back here: every direct-code tensor (Q4_0/Q4_1/Q8_0), dequantized the
+ *     way ggml defines it and un-permuted, equals lowbit's dequantized weight;
+ *   - loaded by llama.cpp through node-llama-cpp 3.21.1 (tests/llama-cpp-ref,
+ *     installed by deploy/install-deps.sh): its next-token distributions on the
+ *     eval windows agree with lowbit's forward on the packed checkpoint
+ *     (max |log p| difference, KL, perplexity within 0.5%).
+ * Figures print as JSON lines ("gguf_agreement"). Without node_modules the
+ * llama.cpp cases skip, and fail under CI=true. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lb_dtype.h"
+#include "lb_eval.h"
+#include "lb_export.h"
+#include "lb_forward.h"
+#include "lb_model.h"
+#include "lb_packed.h"
+#include "lb_test_util.h"
+#include "lb_tokens.h"
+
+#define CTX 128
+#define WINDOWS 8
+
+/* ---- a minimal GGUF reader (tensor infos only) ---- */
+
+typedef struct {
+    char name[96];
+    uint32_t ndim, type;
+    uint64_t ne[4], offset;
+} ginfo;
+
+typedef struct {
+    unsigned char *buf;
+    size_t len, pos;
+    int bad;
+} rd;
+
+static uint64_t rd_n(rd *r, size_t n)
+{
+    uint64_t v = 0;
+    if (r->pos + n > r->len) {
+        r->bad = 1;
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++)
+        v |= (uint64_t)r->buf[r->pos + i] << (8 * i);
+    r->pos += n;
+    return v;
+}
+
+static void rd_skip_value(rd *r, uint32_t t)
+{
+    static const size_t sz[13] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
+    if (t == 8) {
+        uint64_t n = rd_n(r, 8);
+        r->pos += n;
+    } else if (t == 9) {
+        uint32_t et = (uint32_t)rd_n(r, 4);
+        uint64_t n = rd_n(r, 8);
+        for (uint64_t i = 0; i < n && !r->bad; i++)
+            rd_skip_value(r, et);
+    } else if (t < 13) {
+        rd_n(r, sz[t]);
+    } else {
+        r->bad = 1;
+    }
+    if (r->pos > r->len)
+        r->bad = 1;
+}
+
+/* Parses path; returns tensor infos (count in *n) and the data section start. */
+static ginfo *gguf_infos(unsigned char *buf, size_t len, int64_t *n, size_t *data_start,
+                         uint32_t *vocab_size)
+{
+    rd r = {buf, len, 0, 0};
+    assert_int_equal(rd_n(&r, 4), 0x46554747u); /* "GGUF" */
+    assert_int_equal(rd_n(&r, 4), 3);
+    uint64_t nt = rd_n(&r, 8), nkv = rd_n(&r, 8);
+    for (uint64_t i = 0; i < nkv && !r.bad; i++) {
+        uint64_t kl = rd_n(&r, 8);
+        char key[128] = "";
+        if (kl < sizeof key && r.pos + kl <= len)
+            memcpy(key, buf + r.pos, kl);
+        r.pos += kl;
+        uint32_t t = (uint32_t)rd_n(&r, 4);
+        if (!strcmp(key, "llama.vocab_size") && t == 4) {
+            *vocab_size = (uint32_t)rd_n(&r, 4);
+            continue;
+        }
+        rd_skip_value(&r, t);
+    }
+    ginfo *g = calloc(nt, sizeof *g);
+    for (uint64_t i = 0; i < nt && !r.bad; i++) {
+        uint64_t nl = rd_n(&r, 8);
+        assert_true(nl < sizeof g[i].name);
+        memcpy(g[i].name, buf + r.pos, nl);
+        r.pos += nl;
+        g[i].ndim = (uint32_t)rd_n(&r, 4);
+        assert_true(g[i].ndim >= 1 && g[i].ndim <= 4);
+        for (uint32_t d = 0; d < g[i].ndim; d++)
+            g[i].ne[d] = rd_n(&r, 8);
+        g[i].type = (uint32_t)rd_n(&r, 4);
+        g[i].offset = rd_n(&r, 8);
+        assert_int_equal(g[i].offset % 32, 0);
+    }
+    assert_false(r.bad);
+    *n = (int64_t)nt;
+    *data_start = (r.pos + 31) / 32 * 32;
+    return g;
+}
+
+/* ---- fixture: packed checkpoints quantized once ---- */
+
+static char *tmpdir;
+static char model_dir[4096], calib[4096], evalf[4096];
+
+static void quantize(const char *name, const char *args)
+{
+    char *out = NULL;
+    int rc = lb_test_run(&out, "%s quantize --model %s --calib %s --out %s/%s %s --ctx 128 "
+                         "--nsamples 16 --threads 2", lb_test_lowbit_bin(), model_dir, calib,
+                         tmpdir, name, args);
+    if (rc)
+        fail_msg("quantize %s: exit %d: %s", name, rc, out ? out : "");
+    free(out);
+}
+
+static void export_gguf(const char *name, const char *gguf, const char *args)
+{
+    char *out = NULL;
+    int rc = lb_test_run(&out, "%s export --format gguf --model %s/%s --out %s/%s %s",
+                         lb_test_lowbit_bin(), tmpdir, name, tmpdir, gguf, args);
+    if (rc)
+        fail_msg("export %s: exit %d: %s", gguf, rc, out ? out : "");
+    free(out);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    if (!lb_test_shared_path(model_dir, sizeof model_dir, "models/stories260K") ||
+        !lb_test_shared_path(calib, sizeof calib, "data/stories260K-calib.u32") ||
+        !lb_test_shared_path(evalf, sizeof evalf, "data/stories260K-eval.u32"))
+        return 0; /* the tests skip (fail under CI=true) */
+    lb_packed_model_register();
+    tmpdir = lb_test_mkdtemp();
+    quantize("rtn4s", "--method rtn --bits 4 --group-size 32 --sym");
+    quantize("gptq4a", "--method gptq --bits 4 --group-size 32");
+    quantize("rtn8s", "--method rtn --bits 8 --group-size 32 --sym");
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    lb_test_rmdir(&tmpdir);
+    return 0;
+}
+
+#define REQUIRE_FIXTURE()                                                                    \
+    do {                                                                                     \
+        char p_[4096];                                                                       \
+        LB_TEST_REQUIRE_SHARED(p_, "models/stories260K");                                    \
+        LB_TEST_REQUIRE_SHARED(p_, "data/stories260K-eval.u32");                             \
+    } while (0)
+
+/* ---- direct codes are lowbit's weights ---- */
+
+static int64_t src_row(int64_t out_row, int64_t rows, int64_t heads)
+{
+    if (heads <= 0)
+        return out_row;
+    int64_t hd = rows / heads, h = out_row / hd, k = out_row % hd;
+    return h * hd + (k % 2) * (hd / 2) + k / 2;
+}
+
+/* Returns the number of direct tensors checked; *max_diff the largest |ggml - lowbit|. */
+static int check_direct(const char *name, const char *gguf, uint32_t want_type,
+                        double *max_diff)
+{
+    char path[4300], packed[4300];
+    snprintf(path, sizeof path, "%s/%s", tmpdir, gguf);
+    snprintf(packed, sizeof packed, "%s/%s", tmpdir, name);
+    size_t len;
+    unsigned char *buf = lb_test_slurp(path, &len);
+    assert_non_null(buf);
+    int64_t n;
+    size_t data;
+    uint32_t vocab = 0;
+    ginfo *g = gguf_infos(buf, len, &n, &data, &vocab);
+    lb_model *m = NULL;
+    lb_err err = {0};
+    if (lb_model_open(&m, packed, &err))
+        fail_msg("%s", err.msg);
+    const lb_config *cfg = lb_model_config(m);
+    assert_int_equal(vocab, (uint32_t)cfg->vocab_size);
+    int checked = 0;
+    *max_diff = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (g[i].type != LB_GGML_TYPE_Q4_0 && g[i].type != LB_GGML_TYPE_Q4_1 &&
+            g[i].type != LB_GGML_TYPE_Q8_0)
+            continue;
+        assert_int_equal(g[i].type, want_type);
+        int layer;
+        char which[32];
+        assert_int_equal(sscanf(g[i].name, "blk.%d.%31[a-z_].weight", &layer, which), 2);
+        static const char *const gname[LB_LINEAR_COUNT] = {
+            "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+        int w = -1;
+        for (int k = 0; k < LB_LINEAR_COUNT; k++)
+            if (!strcmp(which, gname[k]))
+                w = k;
+        assert_true(w >= 0);
+        char hf[256];
+        assert_int_equal(lb_model_linear_tensor_name(hf, sizeof hf, layer, (lb_linear)w, &err),
+                         0);
+        int64_t rows = (int64_t)g[i].ne[1], cols = (int64_t)g[i].ne[0];
+        float *ref = malloc((size_t)(rows * cols) * sizeof *ref);
+        float *row = malloc((size_t)cols * sizeof *row);
+        if (lb_packed_load_weight(lb_model_tensors(m), hf, ref, rows * cols, &err))
+            fail_msg("%s", err.msg);
+        int64_t heads = w == LB_LINEAR_Q ? cfg->num_attention_heads
+                        : w == LB_LINEAR_K ? cfg->num_key_value_heads : 0;
+        size_t rb = (size_t)(cols / 32) * (want_type == LB_GGML_TYPE_Q4_0   ? 18
+                                           : want_type == LB_GGML_TYPE_Q4_1 ? 20 : 34);
+        assert_true(data + g[i].offset + rb * (size_t)rows <= len);
+        for (int64_t r = 0; r < rows; r++) {
+            assert_int_equal(lb_ggml_dequant_row((int)g[i].type,
+                                                 buf + data + g[i].offset + rb * (size_t)r,
+                                                 row, cols, &err), 0);
+            const float *want = ref + src_row(r, rows, heads) * cols;
+            for (int64_t c = 0; c < cols; c++) {
+                double d = fabs((double)row[c] - (double)want[c]);
+                *max_diff = d > *max_diff ? d : *max_diff;
+            }
+        }
+        free(ref);
+        free(row);
+        checked++;
+    }
+    lb_model_free(&m);
+    free(g);
+    free(buf);
+    return checked;
+}
+
+static void test_direct_q4_0_exact(void **state)
+{
+    (void)state;
+    REQUIRE_FIXTURE();
+    export_gguf("rtn4s", "rtn4s-q.gguf", "--direct");
+    double d;
+    /* down_proj (172 columns: not whole 32-blocks) stays dense: 30 of 35 */
+    assert_int_equal(check_direct("rtn4s", "rtn4s-q.gguf", LB_GGML_TYPE_Q4_0, &d), 30);
+    assert_true(d == 0.0); /* same f16 scale, same integer code: bit for bit */
+}
+
+static void test_direct_q8_0_exact(void **state)
+{
+    (void)state;
+    REQUIRE_FIXTURE();
+    export_gguf("rtn8s", "rtn8s-q.gguf", "--direct");
+    double d;
+    assert_int_equal(check_direct("rtn8s", "rtn8s-q.gguf", LB_GGML_TYPE_Q8_0, &d), 30);
+    assert_true(d == 0.0);
+}
+
+static void test_direct_q4_1(void **state)
+{
+    (void)state;
+    REQUIRE_FIXTURE();
+    char *out = NULL;
+    int rc = lb_test_run(&out, "%s export --format gguf --direct --model %s/gptq4a --out "
+                         "%s/gptq4a-q.gguf", lb_test_lowbit_bin(), tmpdir, tmpdir);
+    if (rc)
+        fail_msg("export: exit %d: %s", rc, out ? out : "");
+    long long inexact = 0;
+    const char *p = strstr(out, "; ");
+    if (p)
+        sscanf(p, "; %lld Q4_1 blocks", &inexact);
+    double d;
+    assert_int_equal(check_direct("gptq4a", "gptq4a-q.gguf", LB_GGML_TYPE_Q4_1, &d), 30);
+    /* the min m = -scale*zero is stored in f16: exact when f16 holds it, else off by
+     * at most half an f16 ulp of |m| <= 15 * scale */
+    printf("{\"bench\":\"gguf_q4_1_exactness\",\"inexact_blocks\":%lld,\"max_abs_diff\":%.3g}\n",
+           inexact, d);
+    if (inexact == 0)
+        assert_true(d == 0.0);
+    else
+        assert_true(d > 0.0 && d < 1e-3);
+    free(out);
+}
+
+/* ---- llama.cpp agreement ---- */
+
+static const char *ref_dir(void)
+{
+    static char dir[4200];
+    const char *src = getenv("LOWBIT_SOURCE_DIR");
+    snprintf(dir, sizeof dir, "%s/tests/llama-cpp-ref", src ? src : ".");
+    char nm[4300];
+    snprintf(nm, sizeof nm, "%s/node_modules/node-llama-cpp/package.json", dir);
+    if (access(nm, R_OK) == 0)
+        return dir;
+    const char *ci = getenv("CI");
+    if (ci && !strcmp(ci, "true"))
+        fail_msg("%s missing under CI=true; run deploy/install-deps.sh", nm);
+    print_message("node-llama-cpp not installed (%s); run deploy/install-deps.sh\n", nm);
+    return NULL;
+}
+
+/* lowbit's logits (WINDOWS, CTX, vocab) for the packed checkpoint, through the
+ * same forward `lowbit eval` uses. */
+static float *lowbit_logits(const char *dir, const uint32_t *tok, int64_t *vocab_out)
+{
+    lb_model *m = NULL;
+    lb_err err = {0};
+    lb_head_weights head = {0};
+    lb_block_weights bw = {0};
+    lb_fwd_workspace *ws = NULL;
+    if (lb_model_open(&m, dir, &err) || lb_model_load_head(m, &head, &err))
+        fail_msg("%s", err.msg);
+    const lb_config *cfg = lb_model_config(m);
+    const int64_t ntok = (int64_t)WINDOWS * CTX, vocab = cfg->vocab_size;
+    float *x = malloc((size_t)(ntok * cfg->hidden_size) * sizeof *x);
+    float *logits = malloc((size_t)(ntok * vocab) * sizeof *logits);
+    if (lb_fwd_workspace_new(cfg, ntok, CTX, &ws, &err) ||
+        lb_fwd_embed(&head, tok, ntok, x, &err))
+        fail_msg("%s", err.msg);
+    for (int32_t l = 0; l < cfg->num_hidden_layers; l++) {
+        if (lb_model_load_block(m, l, &bw, &err) ||
+            lb_fwd_block(cfg, &bw, x, WINDOWS, CTX, ws, NULL, &err))
+            fail_msg("%s", err.msg);
+        lb_block_weights_free(&bw);
+    }
+    lb_fwd_logits(cfg, &head, x, ntok, logits);
+    lb_fwd_workspace_free(&ws);
+    lb_head_weights_free(&head);
+    lb_model_free(&m);
+    free(x);
+    *vocab_out = vocab;
+    return logits;
+}
+
+/* max_ppl: relative ppl difference allowed. Dense GGUF tensors must agree within
+ * 0.5%; with block codes llama.cpp also rounds the activations to Q8_0/Q8_1
+ * before its integer dot products (the weights themselves are exact, see
+ * test_direct_*), which moves ppl by about 0.5-1% on this tiny model. */
+static void agreement(const char *name, const char *gguf, const char *args, double max_kl,
+                      double max_ppl)
+{
+    const char *ref = ref_dir();
+    if (!ref)
+        skip();
+    export_gguf(name, gguf, args);
+    char packed[4300], outf[4300];
+    snprintf(packed, sizeof packed, "%s/%s", tmpdir, name);
+    snprintf(outf, sizeof outf, "%s/%s.logp", tmpdir, gguf);
+    char *out = NULL;
+    int rc = lb_test_run(&out, "cd %s && node eval.mjs %s/%s %s %d %d %s", ref, tmpdir, gguf,
+                         evalf, CTX, WINDOWS, outf);
+    if (rc)
+        fail_msg("node-llama-cpp on %s: exit %d: %s", gguf, rc, out ? out : "");
+    free(out);
+    size_t tlen;
+    uint32_t *tok = (uint32_t *)lb_test_slurp(evalf, &tlen);
+    assert_non_null(tok);
+    assert_true(tlen / 4 >= (size_t)WINDOWS * CTX);
+    int64_t vocab;
+    float *lg = lowbit_logits(packed, tok, &vocab);
+    size_t llen;
+    float *lp = (float *)lb_test_slurp(outf, &llen);
+    assert_non_null(lp);
+    assert_int_equal(llen, (size_t)WINDOWS * (CTX - 1) * (size_t)vocab * sizeof(float));
+    double nll_lb = 0, nll_ll = 0, kl = 0, maxd = 0;
+    int64_t top1 = 0, npos = 0;
+    double *ls = malloc((size_t)vocab * sizeof *ls);
+    for (int w = 0; w < WINDOWS; w++)
+        for (int p = 0; p < CTX - 1; p++) {
+            const float *z = lg + ((int64_t)w * CTX + p) * vocab;
+            const float *q = lp + ((int64_t)w * (CTX - 1) + p) * vocab;
+            double mx = -INFINITY, s = 0;
+            for (int64_t v = 0; v < vocab; v++)
+                mx = (double)z[v] > mx ? (double)z[v] : mx;
+            for (int64_t v = 0; v < vocab; v++)
+                s += exp((double)z[v] - mx);
+            int64_t a_lb = 0, a_ll = 0;
+            for (int64_t v = 0; v < vocab; v++) {
+                double qv = (double)q[v];
+                ls[v] = (double)z[v] - mx - log(s);
+                double d = fabs(ls[v] - qv);
+                /* f32 probabilities underflow below ~1e-38: compare where both are finite */
+                if (isfinite(qv))
+                    maxd = d > maxd ? d : maxd;
+                kl += exp(ls[v]) * (ls[v] - (isfinite(qv) ? qv : -104.0));
+                a_lb = ls[v] > ls[a_lb] ? v : a_lb;
+                a_ll = q[v] > q[a_ll] ? v : a_ll;
+            }
+            uint32_t t = tok[w * CTX + p + 1];
+            nll_lb -= ls[t];
+            nll_ll -= (double)q[t];
+            top1 += a_lb == a_ll;
+            npos++;
+        }
+    double ppl_lb = exp(nll_lb / (double)npos), ppl_ll = exp(nll_ll / (double)npos);
+    kl /= (double)npos;
+    /* the same windows through lb_eval (what `lowbit eval` prints) */
+    lb_model *m = NULL;
+    lb_err err = {0};
+    lb_eval_result er;
+    lb_eval_opts eo = {.ctx = CTX, .batch = WINDOWS};
+    if (lb_model_open(&m, packed, &err) ||
+        lb_eval_run(m, NULL, tok, (int64_t)WINDOWS * CTX, &eo, &er, &err))
+        fail_msg("%s", err.msg);
+    lb_model_free(&m);
+    char gpath[4300];
+    snprintf(gpath, sizeof gpath, "%s/%s", tmpdir, gguf);
+    size_t gsize;
+    free(lb_test_slurp(gpath, &gsize));
+    printf("{\"bench\":\"gguf_agreement\",\"model\":\"%s\",\"gguf\":\"%s\",\"args\":\"%s\","
+           "\"gguf_bytes\":%zu,\"windows\":%d,\"ctx\":%d,\"positions\":%lld,"
+           "\"max_abs_logp_diff\":%.3g,\"kl_lowbit_llama\":%.3g,\"top1_agree\":%.4f,"
+           "\"ppl_lowbit\":%.6f,\"ppl_lowbit_eval\":%.6f,\"ppl_llama\":%.6f,\"ppl_rel_diff\":%.3g}\n",
+           name, gguf, args, gsize, WINDOWS, CTX, (long long)npos, maxd, kl,
+           (double)top1 / (double)npos, ppl_lb, er.ppl, ppl_ll, fabs(ppl_ll / ppl_lb - 1));
+    assert_true(fabs(er.ppl / ppl_lb - 1) < 1e-4); /* our logits are lowbit eval's */
+    assert_true(fabs(ppl_ll / ppl_lb - 1) < max_ppl);
+    assert_true(kl < max_kl);
+    free(ls);
+    free(lg);
+    free(lp);
+    free(tok);
+}
+
+static void test_llama_cpp_f32(void **state)
+{
+    (void)state;
+    REQUIRE_FIXTURE();
+    agreement("rtn4s", "rtn4s-f32.gguf", "--dtype f32", 1e-4, 0.005);
+}
+
+static void test_llama_cpp_f16(void **state)
+{
+    (void)state;
+    REQUIRE_FIXTURE();
+    agreement("gptq4a", "gptq4a-f16.gguf", "--dtype f16", 1e-3, 0.005);
+}
+
+static void test_llama_cpp_q4_0(void **state)
+{
+    (void)state;
+    REQUIRE_FIXTURE();
+    agreement("rtn4s", "rtn4s-q4_0.gguf", "--direct", 0.05, 0.02);
+}
+
+static void test_llama_cpp_q4_1(void **state)
+{
+    (void)state;
+    REQUIRE_FIXTURE();
+    agreement("gptq4a", "gptq4a-q4_1.gguf", "--direct", 0.05, 0.02);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_direct_q4_0_exact), cmocka_unit_test(test_direct_q8_0_exact),
+        cmocka_unit_test(test_direct_q4_1),       cmocka_unit_test(test_llama_cpp_f32),
+        cmocka_unit_test(test_llama_cpp_f16),     cmocka_unit_test(test_llama_cpp_q4_0),
+        cmocka_unit_test(test_llama_cpp_q4_1),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
