@@ -162,7 +162,8 @@ static int vocab_set(vocab *v, int32_t id, const char *text, float score, int32_
 }
 
 /* No tokenizer: <unk> <s> </s>, the byte tokens <0x00>..<0xFF> (byte fallback),
- * then distinct filler pieces, so llama.cpp's SentencePiece vocab loads. */
+ * "▁" (so spaces survive a round trip), then distinct filler pieces, so
+ * llama.cpp's SentencePiece vocab loads and any text tokenizes (as bytes). */
 static int vocab_synthetic(vocab *v, const lb_config *cfg, lb_err *err)
 {
     int32_t n = cfg->vocab_size;
@@ -175,6 +176,8 @@ static int vocab_synthetic(vocab *v, const lb_config *cfg, lb_err *err)
         else if (id < 3 + 256) {
             snprintf(text, sizeof text, "<0x%02X>", id - 3);
             rc = vocab_set(v, id, text, 0.0f, TT_BYTE, err);
+        } else if (id == 3 + 256) {
+            rc = vocab_set(v, id, "\xe2\x96\x81", -(float)id, TT_NORMAL, err);
         } else {
             snprintf(text, sizeof text, "\xe2\x96\x81lb%d", id); /* "▁lbN" */
             rc = vocab_set(v, id, text, -(float)id, TT_NORMAL, err);

@@ -14,6 +14,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "lb_dtype.h"
 #include "lb_eval.h"
 #include "lb_export.h"
@@ -465,13 +467,156 @@ static void test_llama_cpp_q4_1(void **state)
     agreement("gptq4a", "gptq4a-q4_1.gguf", "--direct", 0.05, 0.02);
 }
 
+/* ---- vocabularies: tokenizer.json carried over, placeholder otherwise ---- */
+
+/* GPT-2's byte -> printable code point map (bytes_to_unicode), UTF-8 encoded. */
+static void byte_char(int b, char out[4])
+{
+    int cp = b;
+    if (!((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF))) {
+        int n = 0;
+        for (int x = 0; x < b; x++)
+            n += !((x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE && x <= 0xFF));
+        cp = 256 + n;
+    }
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        out[1] = 0;
+    } else {
+        out[0] = (char)(0xC0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3F));
+        out[2] = 0;
+    }
+}
+
+/* A model directory: stories260K's files plus a small tokenizer.json, either
+ * SentencePiece-style BPE with byte fallback or byte-level BPE with merges. */
+static void make_tokenizer_model(const char *dir, bool byte_level)
+{
+    char *out = NULL;
+    if (lb_test_run(&out, "mkdir -p %s && cp %s/config.json %s/model.safetensors %s/", dir,
+                    model_dir, model_dir, dir))
+        fail_msg("copy: %s", out ? out : "");
+    free(out);
+    json_t *vocab = json_object(), *merges = json_array();
+    int id = 0;
+    const char *letters = "etaoinshrdlwu";
+    char a[8], b[8], piece[32];
+    if (!byte_level) {
+        json_object_set_new(vocab, "<unk>", json_integer(id++));
+        json_object_set_new(vocab, "<s>", json_integer(id++));
+        json_object_set_new(vocab, "</s>", json_integer(id++));
+        for (int x = 0; x < 256; x++) {
+            snprintf(piece, sizeof piece, "<0x%02X>", x);
+            json_object_set_new(vocab, piece, json_integer(id++));
+        }
+        json_object_set_new(vocab, "\xe2\x96\x81", json_integer(id++));
+        for (const char *c = "abcdefghijklmnopqrstuvwxyz"; *c; c++) {
+            snprintf(piece, sizeof piece, "%c", *c);
+            json_object_set_new(vocab, piece, json_integer(id++));
+        }
+    } else {
+        for (int x = 0; x < 256; x++) {
+            byte_char(x, a);
+            json_object_set_new(vocab, a, json_integer(id++));
+        }
+    }
+    /* pieces and merges: "<space>x", then letter pairs */
+    const char *space = byte_level ? "\xc4\xa0" : "\xe2\x96\x81";
+    for (const char *c = letters; *c && id < 500; c++) {
+        snprintf(b, sizeof b, "%c", *c);
+        snprintf(piece, sizeof piece, "%s%s", space, b);
+        if (json_object_get(vocab, piece))
+            continue;
+        json_object_set_new(vocab, piece, json_integer(id++));
+        json_array_append_new(merges, json_sprintf("%s %s", space, b));
+    }
+    for (const char *c = letters; *c; c++)
+        for (const char *d = letters; *d && id < 500; d++) {
+            snprintf(piece, sizeof piece, "%c%c", *c, *d);
+            json_object_set_new(vocab, piece, json_integer(id++));
+            json_array_append_new(merges, json_sprintf("%c %c", *c, *d));
+        }
+    json_t *added = json_array();
+    if (byte_level) {
+        json_array_append_new(added, json_pack("{s:i, s:s, s:b}", "id", 1, "content", "<|bos|>",
+                                               "special", 1));
+        json_object_del(vocab, "\x01"); /* id 1 becomes the special token */
+    }
+    json_t *tok = json_pack("{s:s, s:o, s:{s:s, s:o, s:o, s:b}}", "version", "1.0",
+                            "added_tokens", added, "model", "type", "BPE", "vocab", vocab,
+                            "merges", merges, "byte_fallback", !byte_level);
+    if (!byte_level)
+        json_object_set_new(json_object_get(tok, "model"), "unk_token", json_string("<unk>"));
+    char path[4400];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    assert_int_equal(json_dump_file(tok, path, 0), 0);
+    json_decref(tok);
+}
+
+static void tokenizer_roundtrip(const char *gguf, const char *text, size_t max_ids)
+{
+    const char *ref = ref_dir();
+    if (!ref)
+        skip();
+    char *out = NULL;
+    int rc = lb_test_run(&out, "cd %s && node tokenize.mjs %s '%s'", ref, gguf, text);
+    if (rc)
+        fail_msg("node-llama-cpp tokenize on %s: exit %d: %s", gguf, rc, out ? out : "");
+    const char *line = strrchr(out, '{');
+    json_t *o = line ? json_loads(line, 0, NULL) : NULL;
+    if (!o)
+        fail_msg("tokenize output: %s", out);
+    const char *back = json_string_value(json_object_get(o, "text"));
+    size_t nids = json_array_size(json_object_get(o, "ids"));
+    printf("{\"bench\":\"gguf_tokenize\",\"gguf\":\"%s\",\"ids\":%zu,\"text\":\"%s\"}\n",
+           strrchr(gguf, '/') + 1, nids, back ? back : "");
+    assert_non_null(back);
+    /* llama.cpp may keep SentencePiece's added leading space */
+    assert_true(!strcmp(back, text) || (back[0] == ' ' && !strcmp(back + 1, text)));
+    assert_true(nids > 0 && nids <= max_ids);
+    json_decref(o);
+    free(out);
+}
+
+static void test_vocab_placeholder(void **state)
+{
+    (void)state;
+    REQUIRE_FIXTURE();
+    export_gguf("rtn4s", "rtn4s-voc.gguf", "--dtype f16");
+    char g[4300];
+    snprintf(g, sizeof g, "%s/rtn4s-voc.gguf", tmpdir);
+    tokenizer_roundtrip(g, "hello world", 64); /* bytes: 11 letters + 2 spaces */
+}
+
+static void test_vocab_tokenizer_json(void **state)
+{
+    (void)state;
+    REQUIRE_FIXTURE();
+    for (int bl = 0; bl < 2; bl++) {
+        char dir[4300], g[4300];
+        snprintf(dir, sizeof dir, "%s/tok%d", tmpdir, bl);
+        snprintf(g, sizeof g, "%s/tok%d.gguf", tmpdir, bl);
+        make_tokenizer_model(dir, bl);
+        char *out = NULL;
+        int rc = lb_test_run(&out, "%s export --format gguf --dtype f16 --model %s --out %s",
+                             lb_test_lowbit_bin(), dir, g);
+        if (rc)
+            fail_msg("export: exit %d: %s", rc, out ? out : "");
+        free(out);
+        /* merges/scores must apply: fewer ids than the 23 bytes */
+        tokenizer_roundtrip(g, "the rain in the north", 16);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_direct_q4_0_exact), cmocka_unit_test(test_direct_q8_0_exact),
         cmocka_unit_test(test_direct_q4_1),       cmocka_unit_test(test_llama_cpp_f32),
         cmocka_unit_test(test_llama_cpp_f16),     cmocka_unit_test(test_llama_cpp_q4_0),
-        cmocka_unit_test(test_llama_cpp_q4_1),
+        cmocka_unit_test(test_llama_cpp_q4_1),    cmocka_unit_test(test_vocab_placeholder),
+        cmocka_unit_test(test_vocab_tokenizer_json),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
