@@ -453,11 +453,36 @@ static void test_llama_cpp_f16(void **state)
     agreement("gptq4a", "gptq4a-f16.gguf", "--dtype f16", 1e-3, 0.005);
 }
 
+/* Figure only: llama.cpp on the Q4_0 file vs llama.cpp on the F32 file of the
+ * same checkpoint. The weights are identical (test_direct_q4_0_exact), so this
+ * is what llama.cpp's own Q8_0 activation rounding costs. */
+static void llama_vs_llama(const char *a, const char *b)
+{
+    char pa[4300], pb[4300];
+    snprintf(pa, sizeof pa, "%s/%s.logp", tmpdir, a);
+    snprintf(pb, sizeof pb, "%s/%s.logp", tmpdir, b);
+    size_t la, lb;
+    float *x = (float *)lb_test_slurp(pa, &la), *y = (float *)lb_test_slurp(pb, &lb);
+    if (x && y && la == lb) {
+        const size_t vocab = 512, npos = la / sizeof(float) / vocab;
+        double kl = 0;
+        for (size_t i = 0; i < npos * vocab; i++)
+            if (isfinite((double)x[i]))
+                kl += exp((double)x[i]) *
+                      ((double)x[i] - (isfinite((double)y[i]) ? (double)y[i] : -104.0));
+        printf("{\"bench\":\"gguf_llama_vs_llama\",\"ref\":\"%s\",\"model\":\"%s\","
+               "\"kl\":%.3g}\n", a, b, kl / (double)npos);
+    }
+    free(x);
+    free(y);
+}
+
 static void test_llama_cpp_q4_0(void **state)
 {
     (void)state;
     REQUIRE_FIXTURE();
     agreement("rtn4s", "rtn4s-q4_0.gguf", "--direct", 0.05, 0.02);
+    llama_vs_llama("rtn4s-f32.gguf", "rtn4s-q4_0.gguf");
 }
 
 static void test_llama_cpp_q4_1(void **state)
