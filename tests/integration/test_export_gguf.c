@@ -353,8 +353,8 @@ static float *lowbit_logits(const char *dir, const uint32_t *tok, int64_t *vocab
  * 0.5%; with block codes llama.cpp also rounds the activations to Q8_0/Q8_1
  * before its integer dot products (the weights themselves are exact, see
  * test_direct_*), which moves ppl by about 0.5-1% on this tiny model. */
-static void agreement(const char *name, const char *gguf, const char *args, double max_kl,
-                      double max_ppl)
+static void agreement_env(const char *name, const char *gguf, const char *args, double max_kl,
+                          double max_ppl, const char *env)
 {
     const char *ref = ref_dir();
     if (!ref)
@@ -364,8 +364,8 @@ static void agreement(const char *name, const char *gguf, const char *args, doub
     snprintf(packed, sizeof packed, "%s/%s", tmpdir, name);
     snprintf(outf, sizeof outf, "%s/%s.logp", tmpdir, gguf);
     char *out = NULL;
-    int rc = lb_test_run(&out, "cd %s && node eval.mjs %s/%s %s %d %d %s", ref, tmpdir, gguf,
-                         evalf, CTX, WINDOWS, outf);
+    int rc = lb_test_run(&out, "cd %s && %s node eval.mjs %s/%s %s %d %d %s", ref, env, tmpdir,
+                         gguf, evalf, CTX, WINDOWS, outf);
     if (rc)
         fail_msg("node-llama-cpp on %s: exit %d: %s", gguf, rc, out ? out : "");
     free(out);
@@ -379,7 +379,7 @@ static void agreement(const char *name, const char *gguf, const char *args, doub
     float *lp = (float *)lb_test_slurp(outf, &llen);
     assert_non_null(lp);
     assert_int_equal(llen, (size_t)WINDOWS * (CTX - 1) * (size_t)vocab * sizeof(float));
-    double nll_lb = 0, nll_ll = 0, kl = 0, maxd = 0;
+    double nll_lb = 0, nll_ll = 0, kl = 0, maxd = 0, maxd_likely = 0;
     int64_t top1 = 0, npos = 0;
     double *ls = malloc((size_t)vocab * sizeof *ls);
     for (int w = 0; w < WINDOWS; w++)
@@ -399,6 +399,8 @@ static void agreement(const char *name, const char *gguf, const char *args, doub
                 /* f32 probabilities underflow below ~1e-38: compare where both are finite */
                 if (isfinite(qv))
                     maxd = d > maxd ? d : maxd;
+                if (ls[v] > log(1e-3)) /* tokens lowbit gives p > 0.001 */
+                    maxd_likely = d > maxd_likely ? d : maxd_likely;
                 kl += exp(ls[v]) * (ls[v] - (isfinite(qv) ? qv : -104.0));
                 a_lb = ls[v] > ls[a_lb] ? v : a_lb;
                 a_ll = q[v] > q[a_ll] ? v : a_ll;
@@ -425,24 +427,35 @@ static void agreement(const char *name, const char *gguf, const char *args, doub
     size_t gsize;
     free(lb_test_slurp(gpath, &gsize));
     printf("{\"bench\":\"gguf_agreement\",\"model\":\"%s\",\"gguf\":\"%s\",\"args\":\"%s\","
+           "\"llama_env\":\"%s\","
            "\"gguf_bytes\":%zu,\"windows\":%d,\"ctx\":%d,\"positions\":%lld,"
-           "\"max_abs_logp_diff\":%.3g,\"kl_lowbit_llama\":%.3g,\"top1_agree\":%.4f,"
+           "\"max_abs_logp_diff\":%.3g,\"max_abs_logp_diff_p_gt_1e-3\":%.3g,\"kl_lowbit_llama\":%.3g,\"top1_agree\":%.4f,"
            "\"ppl_lowbit\":%.6f,\"ppl_lowbit_eval\":%.6f,\"ppl_llama\":%.6f,\"ppl_rel_diff\":%.3g}\n",
-           name, gguf, args, gsize, WINDOWS, CTX, (long long)npos, maxd, kl,
+           name, gguf, args, env, gsize, WINDOWS, CTX, (long long)npos, maxd, maxd_likely, kl,
            (double)top1 / (double)npos, ppl_lb, er.ppl, ppl_ll, fabs(ppl_ll / ppl_lb - 1));
     assert_true(fabs(er.ppl / ppl_lb - 1) < 1e-4); /* our logits are lowbit eval's */
     assert_true(fabs(ppl_ll / ppl_lb - 1) < max_ppl);
     assert_true(kl < max_kl);
+    if (*env) /* exact llama.cpp math: the same function up to f32 rounding */
+        assert_true(maxd < 1e-3 && top1 == npos);
     free(ls);
     free(lg);
     free(lp);
     free(tok);
 }
 
+static void agreement(const char *name, const char *gguf, const char *args, double max_kl,
+                      double max_ppl)
+{
+    agreement_env(name, gguf, args, max_kl, max_ppl, "");
+}
+
 static void test_llama_cpp_f32(void **state)
 {
     (void)state;
     REQUIRE_FIXTURE();
+    agreement_env("rtn4s", "rtn4s-f32-exact.gguf", "--dtype f32", 1e-5, 1e-5,
+                  "LB_LLAMA_EXACT=1");
     agreement("rtn4s", "rtn4s-f32.gguf", "--dtype f32", 1e-4, 0.005);
 }
 

@@ -14,7 +14,12 @@ if (ids.length < ctx * windows)
 const llama = await getLlama({gpu: false, build: "never", logLevel: "error"});
 const m = await llama.loadModel({modelPath: model, gpuLayers: 0});
 const vocab = m.tokens.length ?? m.fileInfo.metadata.llama.vocab_size;
-const c = await m.createContext({contextSize: ctx, batchSize: ctx, threads: 1});
+// LB_LLAMA_EXACT=1: F32 KV cache, no flash attention (llama.cpp's default keeps K/V
+// and the attention products in F16)
+const exact = process.env.LB_LLAMA_EXACT === "1";
+const c = await m.createContext({contextSize: ctx, batchSize: ctx, threads: 1,
+    ...(exact ? {flashAttention: false, experimentalKvCacheKeyType: "F32",
+                 experimentalKvCacheValueType: "F32"} : {})});
 const fd = fs.openSync(out, "w");
 const seq = c.getSequence();
 for (let w = 0; w < windows; w++) {
