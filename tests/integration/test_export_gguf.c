@@ -124,8 +124,8 @@ static char model_dir[4096], calib[4096], evalf[4096];
 static void quantize(const char *name, const char *args)
 {
     char *out = NULL;
-    int rc = lb_test_run(&out, "%s quantize --model %s --calib %s --out %s/%s %s --ctx 128 "
-                         "--nsamples 16 --threads 2", lb_test_lowbit_bin(), model_dir, calib,
+    int rc = lb_test_run(&out, "%s quantize --model %s --calib %s --out %s/%s --ctx 128 "
+                         "--nsamples 16 --threads 2 %s", lb_test_lowbit_bin(), model_dir, calib,
                          tmpdir, name, args);
     if (rc)
         fail_msg("quantize %s: exit %d: %s", name, rc, out ? out : "");
@@ -505,6 +505,39 @@ static void test_llama_cpp_q4_1(void **state)
     agreement("gptq4a", "gptq4a-q4_1.gguf", "--direct", 0.05, 0.02);
 }
 
+/* Methods without a ggml block grid export dense: CLAQ through llama.cpp, the
+ * others parsed back (every linear F16 even with --direct). */
+static void test_other_methods_dense(void **state)
+{
+    (void)state;
+    REQUIRE_FIXTURE();
+    static const char *const m[][2] = {
+        {"claq", "--method claq --bits 2.1 --nsamples 4"},
+        {"pbllm", "--method pbllm --bits 1 --salient 0.1 --nsamples 4"},
+        {"billm", "--method billm --bits 1 --nsamples 4"},
+        {"qbb", "--method qbb --bits 1 --bases 2 --nsamples 4"},
+    };
+    for (size_t i = 0; i < sizeof m / sizeof m[0]; i++) {
+        quantize(m[i][0], m[i][1]);
+        char g[64], path[4300];
+        snprintf(g, sizeof g, "%s.gguf", m[i][0]);
+        export_gguf(m[i][0], g, "--direct --dtype f16");
+        snprintf(path, sizeof path, "%s/%s", tmpdir, g);
+        size_t len, data;
+        int64_t n;
+        uint32_t vocab = 0;
+        unsigned char *buf = lb_test_slurp(path, &len);
+        assert_non_null(buf);
+        ginfo *gi = gguf_infos(buf, len, &n, &data, &vocab);
+        for (int64_t t = 0; t < n; t++)
+            assert_true(gi[t].type == (gi[t].ndim == 1 ? LB_GGML_TYPE_F32 : LB_GGML_TYPE_F16));
+        free(gi);
+        free(buf);
+    }
+    if (ref_dir())
+        agreement("claq", "claq-f16.gguf", "--dtype f16", 1e-3, 0.005);
+}
+
 /* ---- vocabularies: tokenizer.json carried over, placeholder otherwise ---- */
 
 /* GPT-2's byte -> printable code point map (bytes_to_unicode), UTF-8 encoded. */
@@ -654,7 +687,7 @@ int main(void)
         cmocka_unit_test(test_direct_q4_1),       cmocka_unit_test(test_llama_cpp_f32),
         cmocka_unit_test(test_llama_cpp_f16),     cmocka_unit_test(test_llama_cpp_q4_0),
         cmocka_unit_test(test_llama_cpp_q4_1),    cmocka_unit_test(test_vocab_placeholder),
-        cmocka_unit_test(test_vocab_tokenizer_json),
+        cmocka_unit_test(test_vocab_tokenizer_json), cmocka_unit_test(test_other_methods_dense),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
