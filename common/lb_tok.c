@@ -109,7 +109,11 @@ static uint64_t hash_bytes(const char *s, size_t n)
 
 static uint64_t hash_u64(uint64_t k)
 {
-    k *= 0x9E3779B97F4A7C15ull;
+    /* splitmix64 finalizer: the low bits (the table index) depend on both ids */
+    k ^= k >> 30;
+    k *= 0xBF58476D1CE4E5B9ull;
+    k ^= k >> 27;
+    k *= 0x94D049BB133111EBull;
     return k ^ (k >> 31);
 }
 
@@ -1504,25 +1508,50 @@ static int normalize(tenc *e, const char *s, size_t n)
             if (tbuf_put(&e->scratch, e->norm.p + cur, e->norm.n - cur))
                 return lb_err_set(e->err, LB_ENOMEM, "lb_tok: out of memory");
         } else {
-            int ascii = 1; /* ASCII is invariant under all four forms */
-            for (size_t i = 0; i < e->norm.n && ascii; i++)
-                ascii = (unsigned char)e->norm.p[i] < 0x80;
-            if (ascii)
-                continue;
+            /* Only code points >= U+0300 change under normalization or compose
+             * with what precedes them, so only the runs around them go
+             * through utf8proc; the rest is copied. */
             int opt = UTF8PROC_STABLE;
             opt |= d->type == NORM_NFC || d->type == NORM_NFKC ? UTF8PROC_COMPOSE : UTF8PROC_DECOMPOSE;
             if (d->type == NORM_NFKC || d->type == NORM_NFKD)
                 opt |= UTF8PROC_COMPAT;
-            utf8proc_uint8_t *o = NULL;
-            utf8proc_ssize_t ol = utf8proc_map((const utf8proc_uint8_t *)e->norm.p,
-                                               (utf8proc_ssize_t)e->norm.n, &o, (utf8proc_option_t)opt);
-            if (ol < 0)
-                return lb_err_set(e->err, LB_EINVAL, "lb_tok: Unicode normalization failed: %s",
-                                  utf8proc_errmsg(ol));
+            const char *q = e->norm.p;
+            size_t qn = e->norm.n, i = 0, copied = 0, prev = 0;
+            int any = 0;
             e->scratch.n = 0;
-            int r2 = tbuf_put(&e->scratch, o, (size_t)ol);
-            free(o);
-            if (r2)
+            while (i < qn) {
+                unsigned char c = (unsigned char)q[i];
+                /* U+0300 is 0xCC 0x80; any lead byte >= 0xCC starts a code point >= U+0300 */
+                if (c < 0xCC) {
+                    prev = i;
+                    i += utf8_len(c);
+                    continue;
+                }
+                size_t st = prev < i && (unsigned char)q[prev] < 0xCC ? prev : i, en = i;
+                while (en < qn && (unsigned char)q[en] >= 0xCC)
+                    en += utf8_len((unsigned char)q[en]);
+                if (st < copied)
+                    st = copied;
+                utf8proc_uint8_t *o = NULL;
+                utf8proc_ssize_t ol = utf8proc_map((const utf8proc_uint8_t *)q + st,
+                                                   (utf8proc_ssize_t)(en - st), &o,
+                                                   (utf8proc_option_t)opt);
+                if (ol < 0)
+                    return lb_err_set(e->err, LB_EINVAL, "lb_tok: Unicode normalization failed: %s",
+                                      utf8proc_errmsg(ol));
+                int r2 = tbuf_put(&e->scratch, q + copied, st - copied) ||
+                         tbuf_put(&e->scratch, o, (size_t)ol);
+                free(o);
+                if (r2)
+                    return lb_err_set(e->err, LB_ENOMEM, "lb_tok: out of memory");
+                any = 1;
+                copied = en;
+                prev = en;
+                i = en;
+            }
+            if (!any)
+                continue;
+            if (tbuf_put(&e->scratch, q + copied, qn - copied))
                 return lb_err_set(e->err, LB_ENOMEM, "lb_tok: out of memory");
         }
         tbuf tb = e->norm;
