@@ -1,6 +1,7 @@
 /* lb_tok_text: text file -> windows of token ids (see lb_tok_text.h). */
 #include "lb_tok_text.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -77,4 +78,21 @@ fail:
     free(text);
     lb_tok_free(&tok);
     return rc;
+}
+
+static int has_tokenizer(const char *dir)
+{
+    char *p = lb_io_path_join(dir, "tokenizer.json");
+    FILE *f = p ? fopen(p, "rb") : NULL;
+    free(p);
+    if (f)
+        fclose(f);
+    return f != NULL;
+}
+
+const char *lb_tok_text_dir(const char *model_dir, const char *ref_dir)
+{
+    if (has_tokenizer(model_dir) || !ref_dir || !has_tokenizer(ref_dir))
+        return model_dir;
+    return ref_dir;
 }

@@ -21,4 +21,9 @@
 int lb_tok_text_file(const char *model_dir, const char *text_path, int64_t ctx, int64_t n,
                      int64_t vocab, uint32_t **ids, int64_t *n_ids, int64_t *n_text, lb_err *err);
 
+/* The directory to take the tokenizer from: model_dir when it holds a
+ * tokenizer.json, else ref_dir when given and it holds one, else model_dir
+ * (so the error names it). Returns one of the two pointers. */
+const char *lb_tok_text_dir(const char *model_dir, const char *ref_dir);
+
 #endif
