@@ -33,7 +33,7 @@ static void usage(FILE *out)
             "  --tokens FILE  token ids: raw little-endian uint32 (.u32) or .npy\n"
             "  --text FILE    text, tokenized as one document (lowbit tokenize) with the\n"
             "                 tokenizer.json of --tokenizer DIR (default: --model DIR,\n"
-            "                 else --ref DIR: a packed checkpoint has no tokenizer)\n"
+            "                 which quantize copies it into, else --ref DIR)\n"
             "  --ctx N        window length (default min(%d, max_position_embeddings))\n"
             "  --ref DIR      reference model (same vocab): also report the mean per-token\n"
             "                 KL(ref || model) and top-1 agreement over the scored positions\n"
