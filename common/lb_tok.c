@@ -20,7 +20,7 @@
 #include "lb_io_util.h"
 
 #define TOK_JSON_MAX_BYTES ((uint64_t)512 * 1024 * 1024)
-#define TOK_MAX_ADDED_STRIP 8
+#define SPM_SPACE "\xe2\x96\x81" /* U+2581, SentencePiece's space */
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -316,6 +316,11 @@ struct lb_tok {
     int n_added;
     int has_normalized_added;
     uint8_t added_first[2][256]; /* [normalized][first byte]: some added token starts so */
+    /* SentencePiece-style: no piece holds "▁" right after another character,
+     * so no merge crosses the point before a "▁" that follows a non-"▁": a
+     * long piece (LLaMA-2 has no pre-tokenizer: a whole text is one piece)
+     * is cut there into words that merge independently, same result. */
+    int spm_cut;
     int32_t pre_ids[8], post_ids[8];
     int n_pre_ids, n_post_ids;
 };
@@ -974,6 +979,15 @@ int lb_tok_load(const char *path, lb_tok **out, lb_err *err)
         char u[4];
         t->cp_id[cp] = (cp >= 0xD800 && cp < 0xE000) ? -1 : map_find(t, u, utf8_encode(cp, u));
     }
+    t->spm_cut = 1;
+    for (int64_t i = 0; i < t->n_ids && t->spm_cut; i++) {
+        const char *q = t->piece[i];
+        for (uint32_t k = 3; q && k + 3 <= t->piece_len[i]; k++)
+            if (!memcmp(q + k, SPM_SPACE, 3) && memcmp(q + k - 3, SPM_SPACE, 3)) {
+                t->spm_cut = 0;
+                break;
+            }
+    }
     if ((rc = load_norm(t, json_object_get(root, "normalizer"), jpath, err)) ||
         (rc = load_pre(t, json_object_get(root, "pre_tokenizer"), jpath, err)) ||
         (rc = load_post(t, json_object_get(root, "post_processor"), jpath, err)))
@@ -1130,7 +1144,18 @@ typedef struct {
     pcre2_jit_stack *jstack;
     tids out;
     lb_err *err;
+    /* word cache for this call: words repeat (Zipf), BPE runs once per word */
+    struct tcache_slot {
+        uint64_t h;
+        uint32_t key_off, key_len, ids_off, n_ids;
+    } *cache;
+    size_t cache_used, cache_slots; /* slots: a power of two sized to the text */
+    tbuf cache_keys;
+    tids cache_ids;
 } tenc;
+
+#define CACHE_SLOTS e->cache_slots
+#define CACHE_MAX_WORD 64
 
 static int heap_push(tenc *e, uint64_t v)
 {
@@ -1194,7 +1219,7 @@ static int emit(tenc *e, uint32_t id)
 
 /* BPE over one pre-token piece s[0..n). byte_level: symbols are bytes mapped
  * through GPT-2's table; else code points. */
-static int bpe_piece(tenc *e, const char *s, size_t n, int byte_level)
+static int bpe_word(tenc *e, const char *s, size_t n, int byte_level)
 {
     const lb_tok *t = e->t;
     if (n == 0)
@@ -1292,6 +1317,64 @@ static int bpe_piece(tenc *e, const char *s, size_t n, int byte_level)
         }
     }
     return 0;
+}
+
+static int bpe_cached(tenc *e, const char *s, size_t n, int byte_level)
+{
+    if (n > CACHE_MAX_WORD)
+        return bpe_word(e, s, n, byte_level);
+    if (!e->cache) {
+        e->cache = calloc(CACHE_SLOTS, sizeof *e->cache);
+        if (!e->cache)
+            return lb_err_set(e->err, LB_ENOMEM, "lb_tok: out of memory");
+    }
+    uint64_t h = hash_bytes(s, n) | 1; /* 0 marks an empty slot */
+    size_t k = h & (CACHE_SLOTS - 1);
+    for (;;) {
+        struct tcache_slot *c = &e->cache[k];
+        if (!c->h)
+            break;
+        if (c->h == h && c->key_len == n && !memcmp(e->cache_keys.p + c->key_off, s, n)) {
+            for (uint32_t q = 0; q < c->n_ids; q++) {
+                int rc = emit(e, e->cache_ids.v[c->ids_off + q]);
+                if (rc)
+                    return rc;
+            }
+            return 0;
+        }
+        k = (k + 1) & (CACHE_SLOTS - 1);
+    }
+    int64_t before = e->out.n;
+    int rc = bpe_word(e, s, n, byte_level);
+    if (rc || e->cache_used >= CACHE_SLOTS / 2 || e->cache_keys.n > UINT32_MAX / 2 ||
+        e->cache_ids.n > INT32_MAX / 2)
+        return rc; /* a full cache just stops growing */
+    struct tcache_slot *c = &e->cache[k];
+    uint32_t koff = (uint32_t)e->cache_keys.n, ioff = (uint32_t)e->cache_ids.n;
+    if (tbuf_put(&e->cache_keys, s, n))
+        return lb_err_set(e->err, LB_ENOMEM, "lb_tok: out of memory");
+    for (int64_t q = before; q < e->out.n; q++)
+        if (tids_push(&e->cache_ids, e->out.v[q]))
+            return lb_err_set(e->err, LB_ENOMEM, "lb_tok: out of memory");
+    *c = (struct tcache_slot){h, koff, (uint32_t)n, ioff, (uint32_t)(e->out.n - before)};
+    e->cache_used++;
+    return 0;
+}
+
+static int bpe_piece(tenc *e, const char *s, size_t n, int byte_level)
+{
+    if (byte_level || !e->t->spm_cut || n < 8)
+        return bpe_cached(e, s, n, byte_level);
+    size_t st = 0;
+    for (size_t i = 3; i + 3 <= n; i++) {
+        if (s[i] == SPM_SPACE[0] && !memcmp(s + i, SPM_SPACE, 3) && memcmp(s + i - 3, SPM_SPACE, 3)) {
+            int rc = bpe_cached(e, s + st, i - st, 0);
+            if (rc)
+                return rc;
+            st = i;
+        }
+    }
+    return bpe_cached(e, s + st, n - st, 0);
 }
 
 /* Runs re over s[off..off+len) of base; appends match spans (absolute) to m. */
@@ -1618,7 +1701,9 @@ int lb_tok_encode(const lb_tok *t, const char *text, size_t len, int add_special
     if (len > ((size_t)1 << 31))
         return lb_err_set(err, LB_EINVAL, "lb_tok: text of %zu bytes is over the 2 GiB limit; "
                           "tokenize it in parts", len);
-    tenc e = {.t = t, .err = err};
+    tenc e = {.t = t, .err = err, .cache_slots = 64};
+    while (e.cache_slots < ((size_t)1 << 16) && e.cache_slots < len / 4)
+        e.cache_slots *= 2;
     tspans sections = {0}, subs = {0};
     char *clean = NULL;
     size_t clen = 0;
@@ -1693,6 +1778,9 @@ done:
     free(e.sub.v);
     free(e.sym);
     free(e.heap);
+    free(e.cache);
+    free(e.cache_keys.p);
+    free(e.cache_ids.v);
     free(sections.v);
     free(subs.v);
     if (e.md)

@@ -21,6 +21,7 @@ const tok = new Tokenizer(json, cfg);
 const text = readFileSync(textPath).toString("utf8");
 const addSpecial = !flags.includes("--no-special");
 const t0 = process.hrtime.bigint();
+const c0 = process.cpuUsage();
 let ids;
 if (flags.includes("--lines")) {
   ids = [];
@@ -29,10 +30,14 @@ if (flags.includes("--lines")) {
   ids = tok.encode(text, { add_special_tokens: addSpecial }).ids;
 }
 const dt = Number(process.hrtime.bigint() - t0) / 1e9;
+const cu = process.cpuUsage(c0);
+const dc = (cu.user + cu.system) / 1e6; // all of node's threads (GC included)
 const out = new Uint32Array(ids.length);
 for (let i = 0; i < ids.length; i++) out[i] = ids[i];
 writeFileSync(outPath, Buffer.from(out.buffer));
 if (flags.includes("--bench"))
   console.log(JSON.stringify({ bench: "tokenize", impl: "js:@huggingface/tokenizers@0.2.0",
-    tokenizer: dir.split("/").slice(-2).join("/"), bytes: Buffer.byteLength(text), tokens: ids.length,
-    seconds: +dt.toFixed(4), tokens_per_s: Math.round(ids.length / dt), threads: 1 }));
+    tokenizer: dir.split("/").slice(-2).join("/"), mode: flags.includes("--lines") ? "lines" : "whole",
+    bytes: Buffer.byteLength(text), tokens: ids.length, seconds: +dt.toFixed(4),
+    cpu_seconds: +dc.toFixed(4), tokens_per_s: Math.round(ids.length / dt),
+    tokens_per_cpu_s: Math.round(ids.length / dc), threads: 1 }));
