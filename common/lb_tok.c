@@ -288,7 +288,7 @@ typedef struct {
 
 struct lb_tok {
     int kind;
-    int64_t n_ids;
+    int64_t n_ids, ids_cap;
     char **piece;
     uint32_t *piece_len;
     uint8_t *type;
@@ -654,18 +654,25 @@ static int grow_ids(lb_tok *t, int64_t n, const char *path, lb_err *err)
         return 0;
     if (n > (1 << 28))
         return lb_err_set(err, LB_EFORMAT, "%s: token id %lld is out of range", path, (long long)n - 1);
-    char **p = realloc(t->piece, (size_t)n * sizeof *p);
-    if (!p)
-        return lb_err_set(err, LB_ENOMEM, "%s: out of memory", path);
-    t->piece = p;
-    uint32_t *pl = realloc(t->piece_len, (size_t)n * sizeof *pl);
-    if (!pl)
-        return lb_err_set(err, LB_ENOMEM, "%s: out of memory", path);
-    t->piece_len = pl;
-    uint8_t *ty = realloc(t->type, (size_t)n);
-    if (!ty)
-        return lb_err_set(err, LB_ENOMEM, "%s: out of memory", path);
-    t->type = ty;
+    if (n > t->ids_cap) {
+        /* geometric: vocab ids mostly arrive in increasing order */
+        int64_t cap = t->ids_cap ? t->ids_cap : 1024;
+        while (cap < n)
+            cap *= 2;
+        char **p = realloc(t->piece, (size_t)cap * sizeof *p);
+        if (!p)
+            return lb_err_set(err, LB_ENOMEM, "%s: out of memory", path);
+        t->piece = p;
+        uint32_t *pl = realloc(t->piece_len, (size_t)cap * sizeof *pl);
+        if (!pl)
+            return lb_err_set(err, LB_ENOMEM, "%s: out of memory", path);
+        t->piece_len = pl;
+        uint8_t *ty = realloc(t->type, (size_t)cap);
+        if (!ty)
+            return lb_err_set(err, LB_ENOMEM, "%s: out of memory", path);
+        t->type = ty;
+        t->ids_cap = cap;
+    }
     for (int64_t i = t->n_ids; i < n; i++) {
         t->piece[i] = NULL;
         t->piece_len[i] = 0;

@@ -121,6 +121,64 @@ static void test_toy_model(void **state)
     lb_tok_free(&tok);
 }
 
+/* Byte-level toy with the LLaMA-3 Split regex, NFC and an added token. */
+static const char TOY_BYTE[] =
+    "{\"added_tokens\":[{\"id\":0,\"content\":\"<|x|>\",\"special\":true,\"normalized\":false,"
+    "\"rstrip\":true}],\"normalizer\":{\"type\":\"NFC\"},"
+    "\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":"
+    "{\"Regex\":\"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\\\r\\\\n\\\\p{L}\\\\p{N}]?\\\\p{L}+|\\\\p{N}{1,3}| "
+    "?[^\\\\s\\\\p{L}\\\\p{N}]+[\\\\r\\\\n]*|\\\\s*[\\\\r\\\\n]+|\\\\s+(?!\\\\S)|\\\\s+\"},"
+    "\"behavior\":\"Isolated\",\"invert\":false},{\"type\":\"ByteLevel\",\"add_prefix_space\":false,"
+    "\"use_regex\":false}]},\"post_processor\":{\"type\":\"ByteLevel\"},"
+    "\"model\":{\"type\":\"BPE\",\"ignore_merges\":true,\"vocab\":{\"<|x|>\":0,\"a\":1,\"b\":2,"
+    "\"ab\":3,\"\xc4\xa0\":4,\"\xc4\xa0" "a\":5,\"\xc4\x8a\":6},"
+    "\"merges\":[[\"a\",\"b\"],[\"\xc4\xa0\",\"" "a\"]]}}";
+
+/* Random bytes (biased to UTF-8 lead/continuation bytes, spaces, newlines
+ * and the added tokens' characters) never crash either toy; run under ASan. */
+static void test_random_bytes(void **state)
+{
+    (void)state;
+    const char *models[2] = {TOY, TOY_BYTE};
+    static const char alphabet[] = "ab <>|xs\n\r\t'\xc3\xa9\xe2\x96\x81\xf0\x9f\x98\x80\xcc\x81\x80\xff\xed\xa0";
+    uint64_t rng = 12345;
+    for (int m = 0; m < 2; m++) {
+        write_text("tokenizer.json", models[m]);
+        lb_err err = {0};
+        lb_tok *tok = NULL;
+        if (lb_tok_load(tdir, &tok, &err))
+            fail_msg("%s", err.msg);
+        char buf[400];
+        for (int it = 0; it < 3000; it++) {
+            size_t n = lb_test_rand_u64(&rng) % sizeof buf;
+            for (size_t i = 0; i < n; i++) {
+                uint64_t r = lb_test_rand_u64(&rng);
+                buf[i] = (r & 3) ? alphabet[(r >> 8) % (sizeof alphabet - 1)] : (char)(r >> 16);
+            }
+            uint32_t *ids = NULL;
+            int64_t nid = 0;
+            assert_int_equal(lb_tok_encode(tok, buf, n, 1, &ids, &nid, &err), 0);
+            for (int64_t i = 0; i < nid; i++)
+                assert_true(ids[i] < (uint32_t)lb_tok_vocab_size(tok));
+            free(ids);
+        }
+        lb_tok_free(&tok);
+    }
+    /* the byte-level toy: ignore_merges, the regex split, rstrip after <|x|> */
+    write_text("tokenizer.json", TOY_BYTE);
+    lb_err err = {0};
+    lb_tok *tok = NULL;
+    assert_int_equal(lb_tok_load(tdir, &tok, &err), 0);
+    uint32_t *ids = NULL;
+    int64_t n = 0;
+    assert_int_equal(lb_tok_encode(tok, "ab a<|x|>  ab\n", 14, 1, &ids, &n, &err), 0);
+    uint32_t want[] = {3, 5, 0, 3, 6};
+    assert_int_equal(n, 5);
+    assert_memory_equal(ids, want, sizeof want);
+    free(ids);
+    lb_tok_free(&tok);
+}
+
 static void expect_load_error(const char *json, int code, const char *needle)
 {
     write_text("tokenizer.json", json);
@@ -161,6 +219,7 @@ int main(void)
         cmocka_unit_test(test_utf8_sanitize),
         cmocka_unit_test(test_toy_model),
         cmocka_unit_test(test_bad_files),
+        cmocka_unit_test(test_random_bytes),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
