@@ -1,6 +1,8 @@
 /* lb_synth: synthetic LLaMA checkpoints (see lb_synth.h for the statistics). */
 #include "lb_synth.h"
 
+#include "lb_io_util.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
@@ -432,10 +434,11 @@ static int prepare_dir(const char *dir, bool force, lb_err *err)
 {
     struct stat st;
     if (stat(dir, &st) != 0) {
-        if (errno != ENOENT || mkdir(dir, 0755) != 0)
+        if (errno != ENOENT)
             return lb_err_set(err, LB_EIO, "synth: cannot create output dir %s: %s", dir,
                               strerror(errno));
-        return 0;
+        /* parents too: quickstart's out/ does not exist on a fresh clone */
+        return lb_io_mkdir_p(dir, err) ? lb_err_prefix(err, "synth") : 0;
     }
     if (!S_ISDIR(st.st_mode))
         return lb_err_set(err, LB_ESTATE, "synth: --out %s exists and is not a directory", dir);

@@ -14,6 +14,7 @@
 #include "lb_cli.h"
 #include "lb_eval.h"
 #include "lb_model.h"
+#include "lb_tok_text.h"
 #include "lb_tokens.h"
 
 #define EVAL_DEFAULT_CTX 2048
@@ -21,8 +22,8 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: lowbit eval --model DIR --tokens FILE [--ctx N] [--ref DIR] [--batch N]\n"
-            "                   [--threads N] [--json]\n"
+            "usage: lowbit eval --model DIR (--tokens FILE | --text FILE [--tokenizer DIR])\n"
+            "                   [--ctx N] [--ref DIR] [--batch N] [--threads N] [--json]\n"
             "\n"
             "Perplexity of the model on token ids: the ids are cut into non-overlapping\n"
             "windows of N tokens (the tail that does not fill a window is dropped, with a\n"
@@ -30,6 +31,9 @@ static void usage(FILE *out)
             "\n"
             "  --model DIR    HF model directory (config.json + safetensors)\n"
             "  --tokens FILE  token ids: raw little-endian uint32 (.u32) or .npy\n"
+            "  --text FILE    text, tokenized as one document (lowbit tokenize) with the\n"
+            "                 tokenizer.json of --tokenizer DIR (default: --model DIR,\n"
+            "                 which quantize copies it into, else --ref DIR)\n"
             "  --ctx N        window length (default min(%d, max_position_embeddings))\n"
             "  --ref DIR      reference model (same vocab): also report the mean per-token\n"
             "                 KL(ref || model) and top-1 agreement over the scored positions\n"
@@ -108,7 +112,8 @@ static int print_json(const char *model, const char *tokens, const lb_eval_resul
 
 int lb_cmd_eval(int argc, char **argv)
 {
-    const char *model_dir = NULL, *tokens_path = NULL, *ref_dir = NULL;
+    const char *model_dir = NULL, *tokens_path = NULL, *ref_dir = NULL, *text_path = NULL;
+    const char *tok_dir = NULL;
     long long ctx = 0, batch = 8, threads = 0;
     bool json = false;
     for (int i = 1; i < argc; i++) {
@@ -122,6 +127,7 @@ int lb_cmd_eval(int argc, char **argv)
             continue;
         }
         bool takes = !strcmp(a, "--model") || !strcmp(a, "--tokens") || !strcmp(a, "--ref") ||
+                     !strcmp(a, "--text") || !strcmp(a, "--tokenizer") ||
                      !strcmp(a, "--ctx") || !strcmp(a, "--batch") || !strcmp(a, "--threads");
         if (!takes)
             return usage_error("unknown option '%s'", a);
@@ -134,6 +140,10 @@ int lb_cmd_eval(int argc, char **argv)
             tokens_path = v;
         else if (!strcmp(a, "--ref"))
             ref_dir = v;
+        else if (!strcmp(a, "--text"))
+            text_path = v;
+        else if (!strcmp(a, "--tokenizer"))
+            tok_dir = v;
         else if (!strcmp(a, "--ctx") && parse_positive(v, 1 << 24, &ctx))
             return usage_error("--ctx wants a positive integer, got '%s'", v);
         else if (!strcmp(a, "--batch") && parse_positive(v, 1 << 16, &batch))
@@ -143,8 +153,8 @@ int lb_cmd_eval(int argc, char **argv)
     }
     if (!model_dir)
         return usage_error("%s is required", "--model");
-    if (!tokens_path)
-        return usage_error("%s is required", "--tokens");
+    if (!tokens_path == !text_path)
+        return usage_error("%s: give one of them", "--tokens or --text");
     if (ctx == 1)
         return usage_error("--ctx must be at least 2, got '%s'", "1");
 
@@ -163,9 +173,16 @@ int lb_cmd_eval(int argc, char **argv)
         goto done;
     if (ref_dir && lb_model_open(&ref, ref_dir, &err))
         goto done;
-    if (lb_tokens_load(tokens_path, &tokens, &n, &err))
-        goto done;
     const lb_config *cfg = lb_model_config(model);
+    if (text_path) {
+        if (!tok_dir)
+            tok_dir = lb_tok_text_dir(model_dir, ref_dir);
+        if (lb_tok_text_file(tok_dir, text_path, 0, 0, cfg->vocab_size, &tokens, &n, NULL, &err))
+            goto done;
+        tokens_path = text_path;
+    } else if (lb_tokens_load(tokens_path, &tokens, &n, &err)) {
+        goto done;
+    }
     if (lb_tokens_check_vocab(tokens, n, cfg->vocab_size, tokens_path, &err))
         goto done;
     if (ctx == 0)

@@ -23,6 +23,7 @@
 #include "lb_qopts_parse.h"
 #include "lb_runner.h"
 #include "lb_sha256.h"
+#include "lb_tok_text.h"
 #include "lb_tokens.h"
 
 #define MAX_OVERRIDES 64
@@ -30,7 +31,8 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: lowbit quantize --model DIR --calib TOKENS --out DIR --method M [--bits B]\n"
+            "usage: lowbit quantize --model DIR (--calib TOKENS | --calib-text FILE) --out DIR\n"
+            "                       --method M [--bits B]\n"
             "                       [method options] [--ctx N] [--nsamples N]\n"
             "                       [--override 'REGEX=METHOD[:opt=val,...]' ...]\n"
             "                       [--true-sequential] [--quantize-lm-head] [--threads N]\n"
@@ -53,6 +55,9 @@ static void usage(FILE *out)
     fprintf(out,
             "\n"
             "  --calib TOKENS     token ids (.u32 or .npy), cut into windows of --ctx\n"
+            "  --calib-text FILE  text, tokenized with DIR/tokenizer.json (lowbit tokenize):\n"
+            "                     every whole --ctx window, or --nsamples windows spread\n"
+            "                     evenly over the text (deterministic)\n"
             "  --ctx N            window length (default min(2048, max_position_embeddings))\n"
             "  --nsamples N       use the first N windows (default all)\n"
             "  --override R=M[:o] tensors whose full name matches the POSIX extended regex R\n"
@@ -365,7 +370,7 @@ done:
 
 int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
 {
-    const char *model_dir = NULL, *calib = NULL, *out = NULL, *method = NULL;
+    const char *model_dir = NULL, *calib = NULL, *calib_text = NULL, *out = NULL, *method = NULL;
     const char *ovr_spec[MAX_OVERRIDES];
     int n_ovr = 0, threads = 0;
     int64_t ctx = 0, nsamples = 0;
@@ -409,6 +414,7 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
         } else if (!strcmp(a, "--quantize-lm-head")) {
             lm_head = true;
         } else if (v && (!strcmp(a, "--model") || !strcmp(a, "--calib") || !strcmp(a, "--out") ||
+                         !strcmp(a, "--calib-text") ||
                          !strcmp(a, "--method") || !strcmp(a, "--ctx") ||
                          !strcmp(a, "--nsamples") || !strcmp(a, "--threads") ||
                          !strcmp(a, "--override"))) {
@@ -425,6 +431,7 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
             }
             if (!strcmp(a, "--model")) model_dir = v;
             else if (!strcmp(a, "--calib")) calib = v;
+            else if (!strcmp(a, "--calib-text")) calib_text = v;
             else if (!strcmp(a, "--out")) out = v;
             else if (!strcmp(a, "--method")) method = v;
             else if (!strcmp(a, "--ctx")) ctx = num;
@@ -443,9 +450,9 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
             return 2;
         }
     }
-    if (!model_dir || !calib || !out || !method) {
-        fprintf(stderr, "lowbit quantize: --model, --calib, --out and --method are required "
-                        "(see lowbit quantize --help)\n");
+    if (!model_dir || !calib == !calib_text || !out || !method) {
+        fprintf(stderr, "lowbit quantize: --model, --calib or --calib-text (one), --out and "
+                        "--method are required (see lowbit quantize --help)\n");
         return 2;
     }
     if (!lb_qmethod_find(method)) {
@@ -487,9 +494,20 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
         goto fail;
     const lb_config *cfg = lb_model_config(model);
     int64_t n_tok = 0;
-    if (lb_tokens_load(calib, &tokens, &n_tok, &err) ||
-        lb_tokens_check_vocab(tokens, n_tok, cfg->vocab_size, calib, &err))
+    if (calib_text) {
+        /* text: tokenized here into ready windows; the calib fingerprint below
+         * hashes these ids, so other text or another tokenizer is another job */
+        if (ctx == 0)
+            ctx = cfg->max_position_embeddings < 2048 ? cfg->max_position_embeddings : 2048;
+        if (ctx <= cfg->max_position_embeddings &&
+            lb_tok_text_file(model_dir, calib_text, ctx, nsamples, cfg->vocab_size, &tokens,
+                             &n_tok, NULL, &err))
+            goto fail;
+        calib = calib_text;
+    } else if (lb_tokens_load(calib, &tokens, &n_tok, &err) ||
+               lb_tokens_check_vocab(tokens, n_tok, cfg->vocab_size, calib, &err)) {
         goto fail;
+    }
     if (ctx == 0)
         ctx = cfg->max_position_embeddings < 2048 ? cfg->max_position_embeddings : 2048;
     if (ctx > cfg->max_position_embeddings) {

