@@ -246,8 +246,8 @@ static void choose(const char *name, const char *method, const lb_qopts *opts,
     json_object_set_new(per, name, json_pack("{s:s, s:f}", "method", c->method, "bits",
                                              c->opts.bits));
     if (!json) {
-        fprintf(stderr, "  %-44s %-6s bits=%g group=%d (%s)\n", name, c->method, c->opts.bits,
-                (int)c->opts.group_size, by);
+        fprintf(stderr, "  %-44s %-6s bits=%g group=%d%s (%s)\n", name, c->method, c->opts.bits,
+                (int)c->opts.group_size, c->opts.rotate ? " rotate=hadamard" : "", by);
         return;
     }
     json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s}", "event", "choice", "tensor", name,
