@@ -563,6 +563,14 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
             choose(name, method, &opts, ovr, n_ovr_ok, json, &run, per,
                    &choices[(size_t)b * LB_LINEAR_COUNT + (size_t)l]);
         }
+    /* distillation trains the stored parameters in the original basis; a rotated
+     * tensor stores them in the rotated one (lb_qparams refuses it later anyway) */
+    for (size_t k = 0; dopts.steps > 0 && k < (size_t)L * LB_LINEAR_COUNT; k++)
+        if (choices[k].opts.rotate) {
+            lb_err_set(&err, LB_EINVAL, "--distill does not support rotated tensors (--rotate "
+                       "hadamard); drop one of the two");
+            goto fail;
+        }
     lb_plan_choice head_choice;
     if (lm_head) {
         /* only with the flag, so runs without it keep their ids */
