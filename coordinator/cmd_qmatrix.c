@@ -212,6 +212,7 @@ int lb_cmd_qmatrix(int argc, char **argv)
         return usage_error("unknown --method ", method);
     if (lb_qopts_validate(&opts, &err))
         return usage_error(err.msg, NULL);
+    opts.rotate = lb_rotate_resolve(method, opts.rotate);
     if (threads > 0) {
         omp_set_num_threads((int)threads);
         lb_blas_set_threads((int)threads);

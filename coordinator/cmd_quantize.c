@@ -17,6 +17,7 @@
 #include "lb_cli.h"
 #include "lb_dist.h"
 #include "lb_distill.h"
+#include "lb_rotate.h"
 #include "lb_exec.h"
 #include "lb_io_util.h"
 #include "lb_plan.h"
@@ -239,6 +240,7 @@ static void choose(const char *name, const char *method, const lb_qopts *opts,
             by = ovr[k].spec;
             ovr[k].matched++;
         }
+    c->opts.rotate = lb_rotate_resolve(c->method, c->opts.rotate);
     char desc[512];
     lb_exec_describe_opts(&c->opts, desc, sizeof desc);
     lb_sha256_update(run, c->method, strlen(c->method));

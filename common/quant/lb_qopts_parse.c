@@ -40,8 +40,9 @@ const char *lb_qopts_usage(void)
            "  --outlier-hessian-score  claq: rank columns by a Hessian-weighted score\n"
            "  --centroids-with-outliers  claq: fit K-means including kept values\n"
            "  --seed N                 random seed (default 0)\n"
-           "  --rotate none|hadamard   every method: random signs + block Hadamard on both\n"
-           "                           sides, seed and kind stored (default none)\n";
+           "  --rotate none|hadamard|auto  every method: random signs + block Hadamard on\n"
+           "                           both sides, seed and kind stored (default none; auto:\n"
+           "                           hadamard for rtn, gptq, billm, qbb, none for claq, pbllm)\n";
 }
 
 static int parse_double(const char *opt, const char *s, double lo, double hi, double *out,
@@ -168,8 +169,10 @@ int lb_qopts_parse_arg(lb_qopts *opts, int argc, char **argv, int *i, lb_err *er
             opts->rotate = 0;
         else if (val && !strcmp(val, "hadamard"))
             opts->rotate = 1;
+        else if (val && !strcmp(val, "auto"))
+            opts->rotate = -1; /* resolved per method when the tensor is planned */
         else
-            rc = lb_err_set(err, LB_EINVAL, "--rotate: '%s' is not none or hadamard",
+            rc = lb_err_set(err, LB_EINVAL, "--rotate: '%s' is not none, hadamard or auto",
                             val ? val : "(missing)");
         break;
     case KEEP: {

@@ -9,7 +9,21 @@
 
 const char *lb_rotate_name(int32_t kind)
 {
-    return kind == LB_ROTATE_HADAMARD ? "hadamard" : "none";
+    return kind == LB_ROTATE_HADAMARD ? "hadamard" : kind == LB_ROTATE_AUTO ? "auto" : "none";
+}
+
+int32_t lb_rotate_default(const char *method)
+{
+    static const char *const rotated[] = {"rtn", "gptq", "billm", "qbb"};
+    for (size_t i = 0; method && i < sizeof rotated / sizeof rotated[0]; i++)
+        if (!strcmp(method, rotated[i]))
+            return LB_ROTATE_HADAMARD;
+    return LB_ROTATE_NONE;
+}
+
+int32_t lb_rotate_resolve(const char *method, int32_t rotate)
+{
+    return rotate == LB_ROTATE_AUTO ? lb_rotate_default(method) : rotate;
 }
 
 int64_t lb_rotate_block(int64_t n)
@@ -186,9 +200,10 @@ int lb_qpacked_rotation(const lb_qpacked *p, int32_t *kind, uint64_t *seed, lb_e
 int lb_qmethod_quantize(const lb_qmethod *m, const float *W, int64_t rows, int64_t cols,
                         const float *H, const lb_qopts *opts, lb_qresult *out, lb_err *err)
 {
-    if (opts->rotate == LB_ROTATE_NONE)
+    const int32_t rotate = lb_rotate_resolve(m->name, opts->rotate);
+    if (rotate == LB_ROTATE_NONE)
         return m->quantize(W, rows, cols, H, opts, out, err);
-    if (opts->rotate != LB_ROTATE_HADAMARD)
+    if (rotate != LB_ROTATE_HADAMARD)
         return lb_err_set(err, LB_EINVAL, "rotate: unknown kind %d (none or hadamard)",
                           (int)opts->rotate);
     const size_t nw = (size_t)rows * (size_t)cols, nh = (size_t)cols * (size_t)cols;

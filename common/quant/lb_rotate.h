@@ -19,12 +19,20 @@
 #include "lb_err.h"
 #include "lb_quant.h"
 
-typedef enum { LB_ROTATE_NONE = 0, LB_ROTATE_HADAMARD = 1 } lb_rotate_kind;
+/* AUTO (`--rotate auto`) is resolved per method by lb_rotate_default before a job is
+ * planned; it never travels on the wire nor into a checkpoint. */
+typedef enum { LB_ROTATE_AUTO = -1, LB_ROTATE_NONE = 0, LB_ROTATE_HADAMARD = 1 } lb_rotate_kind;
 
 /* Which side of a linear a sign vector belongs to (mixed into the seed). */
 typedef enum { LB_ROT_IN = 0, LB_ROT_OUT = 1 } lb_rot_side;
 
 const char *lb_rotate_name(int32_t kind);
+/* The rotation `--rotate auto` picks for a method, from the stories260K measurements
+ * in docs/results-rotate.md: hadamard for rtn, gptq, billm, qbb (lower KL with it);
+ * none for pbllm (higher KL) and claq (no clear change). Unknown methods: none. */
+int32_t lb_rotate_default(const char *method);
+/* opts->rotate with AUTO resolved for method. */
+int32_t lb_rotate_resolve(const char *method, int32_t rotate);
 /* Block order of the Hadamard for dimension n: the largest power of two dividing n
  * (0 for n < 1). */
 int64_t lb_rotate_block(int64_t n);

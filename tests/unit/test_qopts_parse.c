@@ -67,6 +67,9 @@ static void test_every_option(void **state)
     assert_int_equal(n, 2);
     assert_true(o.bits == 3.0);
     assert_int_equal(o.grid, LB_GRID_MINMAX);
+    n = parse_line(&o, "--rotate=auto", &err);
+    assert_int_equal(n, 1);
+    assert_int_equal(o.rotate, -1);
 }
 
 static void test_rejects(void **state)
