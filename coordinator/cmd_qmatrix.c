@@ -16,6 +16,7 @@
 #include "lb_cli.h"
 #include "lb_qopts_parse.h"
 #include "lb_quant.h"
+#include "lb_rotate.h"
 #include "lb_safetensors.h"
 
 static void usage(FILE *out)
@@ -120,7 +121,7 @@ done:
 static json_t *options_json(const lb_qopts *o)
 {
     return json_pack("{s:f, s:i, s:b, s:b, s:b, s:s, s:f, s:i, s:f, s:i, s:s, s:i, s:i, s:i,"
-                     " s:b, s:b, s:f, s:[f,f], s:f, s:b, s:b, s:I}",
+                     " s:b, s:b, s:f, s:[f,f], s:f, s:b, s:b, s:I, s:s}",
                      "bits", o->bits, "group_size", o->group_size, "act_order", o->act_order,
                      "static_groups", o->static_groups, "sym", o->sym, "grid",
                      lb_qgrid_name(o->grid), "damp", o->damp, "block_size", o->block_size,
@@ -132,7 +133,7 @@ static json_t *options_json(const lb_qopts *o)
                      o->outlier_keep_top, o->outlier_keep_rest, "outlier_top_frac",
                      o->outlier_top_frac, "outlier_hessian_score", o->outlier_hessian_score,
                      "centroids_with_outliers", o->centroids_with_outliers, "seed",
-                     (json_int_t)o->seed);
+                     (json_int_t)o->seed, "rotate", lb_rotate_name(o->rotate));
 }
 
 static int write_out(const char *path, const matrix *W, const float *W_hat, const char *method,
@@ -211,6 +212,7 @@ int lb_cmd_qmatrix(int argc, char **argv)
         return usage_error("unknown --method ", method);
     if (lb_qopts_validate(&opts, &err))
         return usage_error(err.msg, NULL);
+    opts.rotate = lb_rotate_resolve(method, opts.rotate);
     if (threads > 0) {
         omp_set_num_threads((int)threads);
         lb_blas_set_threads((int)threads);
@@ -231,7 +233,7 @@ int lb_cmd_qmatrix(int argc, char **argv)
     }
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    if (m->quantize(W.data, W.rows, W.cols, H.data, &opts, &res, &err)) {
+    if (lb_qmethod_quantize(m, W.data, W.rows, W.cols, H.data, &opts, &res, &err)) {
         lb_err_prefix(&err, "%s", method);
         goto fail;
     }
@@ -246,7 +248,7 @@ int lb_cmd_qmatrix(int argc, char **argv)
         lb_err_set(&err, LB_ENOMEM, "out of memory");
         goto fail;
     }
-    if (m->dequantize(&res.packed, back, &err))
+    if (lb_qmethod_dequantize(m, &res.packed, back, &err))
         goto fail;
     bool exact = !memcmp(back, res.W_hat, (size_t)(W.rows * W.cols) * sizeof *back);
     if (out && write_out(out, &W, res.W_hat, method, res.bpw, &err))

@@ -17,6 +17,7 @@
 #include "lb_cli.h"
 #include "lb_dist.h"
 #include "lb_distill.h"
+#include "lb_rotate.h"
 #include "lb_exec.h"
 #include "lb_io_util.h"
 #include "lb_plan.h"
@@ -244,6 +245,7 @@ static void choose(const char *name, const char *method, const lb_qopts *opts,
             by = ovr[k].spec;
             ovr[k].matched++;
         }
+    c->opts.rotate = lb_rotate_resolve(c->method, c->opts.rotate);
     char desc[512];
     lb_exec_describe_opts(&c->opts, desc, sizeof desc);
     lb_sha256_update(run, c->method, strlen(c->method));
@@ -251,8 +253,8 @@ static void choose(const char *name, const char *method, const lb_qopts *opts,
     json_object_set_new(per, name, json_pack("{s:s, s:f}", "method", c->method, "bits",
                                              c->opts.bits));
     if (!json) {
-        fprintf(stderr, "  %-44s %-6s bits=%g group=%d (%s)\n", name, c->method, c->opts.bits,
-                (int)c->opts.group_size, by);
+        fprintf(stderr, "  %-44s %-6s bits=%g group=%d%s (%s)\n", name, c->method, c->opts.bits,
+                (int)c->opts.group_size, c->opts.rotate ? " rotate=hadamard" : "", by);
         return;
     }
     json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s}", "event", "choice", "tensor", name,
@@ -580,6 +582,14 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
                 goto fail;
             choose(name, method, &opts, ovr, n_ovr_ok, json, &run, per,
                    &choices[(size_t)b * LB_LINEAR_COUNT + (size_t)l]);
+        }
+    /* distillation trains the stored parameters in the original basis; a rotated
+     * tensor stores them in the rotated one (lb_qparams refuses it later anyway) */
+    for (size_t k = 0; dopts.steps > 0 && k < (size_t)L * LB_LINEAR_COUNT; k++)
+        if (choices[k].opts.rotate) {
+            lb_err_set(&err, LB_EINVAL, "--distill does not support rotated tensors (--rotate "
+                       "hadamard); drop one of the two");
+            goto fail;
         }
     lb_plan_choice head_choice;
     if (lm_head) {

@@ -10,7 +10,7 @@
  *   outlier_threshold outlier_hessian_score outlier_keep_top outlier_keep_rest
  *   outlier_top_frac centroids_with_outliers salient_frac salient_bits
  *   salient_criterion salient_group bases refine_iters hessian_weighted
- *   gptq_init seed
+ *   gptq_init seed [rotate: only when non-zero]
  * Result array: "lbres" version job_id status err_code outputs[str] bpw seconds
  *   cached error */
 #include "lb_job.h"
@@ -28,6 +28,8 @@
 #define JOB_FIELDS 21
 #define DISTILL_FIELDS 7
 #define OPTS_FIELDS 23
+/* a 24th value, rotate, is sent only when set, so jobs without it keep their bytes */
+#define OPTS_FIELDS_MAX 24
 #define RES_FIELDS 10
 
 void lb_job_init(lb_job *job)
@@ -118,7 +120,7 @@ static void pack_bool(msgpack_packer *pk, bool b)
 
 static void pack_opts(msgpack_packer *pk, const lb_qopts *o)
 {
-    msgpack_pack_array(pk, OPTS_FIELDS);
+    msgpack_pack_array(pk, o->rotate ? OPTS_FIELDS_MAX : OPTS_FIELDS);
     msgpack_pack_double(pk, o->bits);
     msgpack_pack_int64(pk, o->group_size);
     pack_bool(pk, o->act_order);
@@ -142,6 +144,8 @@ static void pack_opts(msgpack_packer *pk, const lb_qopts *o)
     pack_bool(pk, o->hessian_weighted);
     pack_bool(pk, o->gptq_init);
     msgpack_pack_uint64(pk, o->seed);
+    if (o->rotate)
+        msgpack_pack_int64(pk, o->rotate);
 }
 
 static void pack_distill(msgpack_packer *pk, const lb_distill_opts *o)
@@ -378,9 +382,9 @@ static int get_array(const cursor *c, uint32_t i, uint32_t max, cursor *sub, con
 
 static int decode_opts(const cursor *c, lb_qopts *o)
 {
-    if (c->n != OPTS_FIELDS)
-        return lb_err_set(c->err, LB_EFORMAT, "job message: options hold %u values, expected %d",
-                          (unsigned)c->n, OPTS_FIELDS);
+    if (c->n != OPTS_FIELDS && c->n != OPTS_FIELDS_MAX)
+        return lb_err_set(c->err, LB_EFORMAT, "job message: options hold %u values, expected %d "
+                          "or %d", (unsigned)c->n, OPTS_FIELDS, OPTS_FIELDS_MAX);
     int64_t grid, crit;
     int rc = 0;
     if ((rc = get_f64(c, 0, &o->bits)) || (rc = get_i32(c, 1, 0, INT32_MAX, &o->group_size)) ||
@@ -403,6 +407,9 @@ static int decode_opts(const cursor *c, lb_qopts *o)
     if (c->items[22].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
         return bad(c, 22, "is not an unsigned integer");
     o->seed = c->items[22].via.u64;
+    o->rotate = 0;
+    if (c->n == OPTS_FIELDS_MAX && (rc = get_i32(c, 23, 1, 1, &o->rotate)))
+        return rc;
     o->grid = (lb_qgrid)grid;
     o->salient_criterion = (lb_qsalient)crit;
     return 0;
@@ -579,7 +586,7 @@ int lb_job_decode(const uint8_t *buf, size_t len, lb_job *job, lb_err *err)
         (rc = get_i32(&c, 6, -1, LB_STAGE_LM_HEAD, &job->stage)) ||
         (rc = get_str(&c, 7, job->tensor, sizeof job->tensor)) ||
         (rc = get_str(&c, 8, job->method, sizeof job->method)) ||
-        (rc = get_array(&c, 9, OPTS_FIELDS, &opts, "job options")) ||
+        (rc = get_array(&c, 9, OPTS_FIELDS_MAX, &opts, "job options")) ||
         (rc = decode_opts(&opts, &job->opts)) ||
         (rc = get_str(&c, 10, job->lowbit_version, sizeof job->lowbit_version)) ||
         (rc = get_id(&c, 11, job->model_fp, true)) || (rc = get_id(&c, 12, job->calib_fp, true)) ||

@@ -15,6 +15,7 @@
 #include "lb_io_util.h"
 #include "lb_qopts_parse.h"
 #include "lb_qpacked_io.h"
+#include "lb_rotate.h"
 #include "lb_sha256.h"
 
 static double now_s(void)
@@ -73,6 +74,10 @@ void lb_exec_describe_opts(const lb_qopts *o, char *buf, size_t size)
              (int)o->salient_bits, lb_qsalient_name(o->salient_criterion),
              (int)o->salient_group, (int)o->bases, (int)o->refine_iters, o->hessian_weighted,
              o->gptq_init, (unsigned long long)o->seed);
+    /* appended only when set, so unrotated descriptions keep their bytes */
+    size_t len = strlen(buf);
+    if (o->rotate && len < size)
+        snprintf(buf + len, size - len, ",rotate=%s", lb_rotate_name(o->rotate));
 }
 
 int lb_exec_load_qlinear(const lb_store *store, const char *id, int64_t rows, int64_t cols,
@@ -90,7 +95,7 @@ int lb_exec_load_qlinear(const lb_store *store, const char *id, int64_t rows, in
                         "(%lld, %lld)", id, (long long)p.rows, (long long)p.cols,
                         (long long)rows, (long long)cols);
     else
-        rc = m->dequantize(&p, W, err);
+        rc = lb_qmethod_dequantize(m, &p, W, err);
     lb_qpacked_free(&p);
     return rc;
 }
@@ -564,7 +569,7 @@ static int exec_quantize(const lb_job *job, const lb_exec_ctx *ctx, double *bpw,
         goto done;
     if ((rc = lb_st_read_f32(lb_model_tensors(ctx->model), src_name, W, rows * cols, err)))
         goto done;
-    if ((rc = m->quantize(W, rows, cols, H, &job->opts, &res, err))) {
+    if ((rc = lb_qmethod_quantize(m, W, rows, cols, H, &job->opts, &res, err))) {
         lb_err_prefix(err, "%s (%s)", job->tensor, job->method);
         goto done;
     }

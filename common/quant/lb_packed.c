@@ -15,6 +15,7 @@
 #include "lb_io_util.h"
 #include "lb_packed_stage.h"
 #include "lb_qpacked_io.h"
+#include "lb_rotate.h"
 #include "lb_sha256.h"
 
 #define NAME_CAP 1024
@@ -502,7 +503,7 @@ int lb_packed_load_weight(const lb_st *st, const char *name, float *dst, int64_t
     } else if (p.rows * p.cols != numel) {
         rc = lb_err_set(err, LB_EFORMAT, "%s: packed '%s' holds %lld weights, expected %lld",
                         lb_st_path(st), name, (long long)(p.rows * p.cols), (long long)numel);
-    } else if ((rc = m->dequantize(&p, dst, err))) {
+    } else if ((rc = lb_qmethod_dequantize(m, &p, dst, err))) {
         lb_err_prefix(err, "%s: dequantizing '%s'", lb_st_path(st), name);
     } else {
         for (int64_t i = 0; i < numel; i++)

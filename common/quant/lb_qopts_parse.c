@@ -39,7 +39,10 @@ const char *lb_qopts_usage(void)
            "  --outlier-top-frac F     claq: fraction of top columns, 0..1 (0.10)\n"
            "  --outlier-hessian-score  claq: rank columns by a Hessian-weighted score\n"
            "  --centroids-with-outliers  claq: fit K-means including kept values\n"
-           "  --seed N                 random seed (default 0)\n";
+           "  --seed N                 random seed (default 0)\n"
+           "  --rotate none|hadamard|auto  every method: random signs + block Hadamard on\n"
+           "                           both sides, seed and kind stored (default none; auto:\n"
+           "                           hadamard for rtn, gptq, billm, qbb, none for claq, pbllm)\n";
 }
 
 static int parse_double(const char *opt, const char *s, double lo, double hi, double *out,
@@ -68,7 +71,7 @@ static int parse_int(const char *opt, const char *s, long long lo, long long hi,
     return LB_OK;
 }
 
-typedef enum { FLAG, DBL, INT, GRID, CRIT, KEEP } opt_kind;
+typedef enum { FLAG, DBL, INT, GRID, CRIT, KEEP, ROT } opt_kind;
 
 typedef struct {
     const char *name;
@@ -101,6 +104,7 @@ static const opt_spec specs[] = {
     {"--outlier-hessian-score", FLAG, 0, 0, OFF(outlier_hessian_score)},
     {"--centroids-with-outliers", FLAG, 0, 0, OFF(centroids_with_outliers)},
     {"--seed", INT, 0, (double)INT64_MAX, OFF(seed)},
+    {"--rotate", ROT, 0, 0, OFF(rotate)},
 };
 
 int lb_qopts_parse_arg(lb_qopts *opts, int argc, char **argv, int *i, lb_err *err)
@@ -158,6 +162,17 @@ int lb_qopts_parse_arg(lb_qopts *opts, int argc, char **argv, int *i, lb_err *er
         else
             rc = lb_err_set(err, LB_EINVAL,
                             "--salient-criterion: '%s' is not hessian or magnitude",
+                            val ? val : "(missing)");
+        break;
+    case ROT:
+        if (val && !strcmp(val, "none"))
+            opts->rotate = 0;
+        else if (val && !strcmp(val, "hadamard"))
+            opts->rotate = 1;
+        else if (val && !strcmp(val, "auto"))
+            opts->rotate = -1; /* resolved per method when the tensor is planned */
+        else
+            rc = lb_err_set(err, LB_EINVAL, "--rotate: '%s' is not none, hadamard or auto",
                             val ? val : "(missing)");
         break;
     case KEEP: {

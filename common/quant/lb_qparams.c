@@ -242,6 +242,10 @@ int lb_qparams_from_packed(const lb_qpacked *p, lb_qparams *out, lb_err *err)
                           "qparams: method '%.16s' has no continuous parameterization (supported: "
                           "rtn, gptq, claq, pbllm, billm, qbb)",
                           p->method);
+    if (lb_qpacked_field(p, "rot_kind") || lb_qpacked_field(p, "rot_seed"))
+        return lb_err_set(err, LB_EINVAL, "qparams: '%.16s' matrix is stored rotated "
+                          "(--rotate); distillation of rotated checkpoints is not supported, "
+                          "quantize without --rotate", p->method);
     const int64_t rows = p->rows, cols = p->cols;
     if (rows < 1 || cols < 1 || rows > INT64_MAX / cols / 4)
         return lb_err_set(err, LB_EFORMAT, "qparams: bad shape %lld x %lld", (long long)rows,

@@ -84,6 +84,7 @@ void lb_qopts_init(lb_qopts *opts)
     opts->hessian_weighted = false;
     opts->gptq_init = false;
     opts->seed = 0;
+    opts->rotate = 0;
 }
 
 /* ---- results and packed fields ---- */

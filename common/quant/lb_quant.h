@@ -76,6 +76,9 @@ typedef struct {
     bool hessian_weighted;      /* least-squares scales weighted by H */
     bool gptq_init;             /* start from a 4-bit GPTQ reconstruction */
     uint64_t seed;
+    /* every method: incoherence processing (lb_rotate.h), 0 = none, 1 = hadamard;
+     * the rotation's signs come from seed */
+    int32_t rotate;
 } lb_qopts;
 
 void lb_qopts_init(lb_qopts *opts);

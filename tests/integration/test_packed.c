@@ -1,5 +1,6 @@
 /* Packed checkpoint end to end on stories260K: every linear quantized directly
- * through the registry (every registered method in turn, 2-4 bits), merged with lb_packed_write,
+ * through the registry (every registered method in turn, 2-4 bits, every other one
+ * with --rotate hadamard), merged with lb_packed_write,
  * then read back through lb_model, exported, verified and corrupted. */
 #include <math.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 #include "lb_qpacked_io.h"
 #include "lb_sha256.h"
 #include "lb_quant.h"
+#include "lb_rotate.h"
 #include "lb_test_model.h"
 #include "lb_test_util.h"
 #include "lb_tokens.h"
@@ -92,15 +94,21 @@ static int setup(void **state)
             const lb_qmethod *meth = all[k % nm];
             int grouped = k % 4 == 1 && (!strcmp(meth->name, "rtn") || !strcmp(meth->name, "gptq"));
             o.group_size = grouped ? 32 : 0;
+            /* every other linear stored rotated (--rotate hadamard): load, export and
+             * eval below must fold the rotation back */
+            const int rotated = k % 2 == 1;
+            o.rotate = rotated ? LB_ROTATE_HADAMARD : LB_ROTATE_NONE;
+            o.seed = (uint64_t)k;
             float *H = random_hessian(cols, (uint64_t)k + 1);
-            int rc = meth->quantize(lb_block_linear(&bw, (lb_linear)l), rows, cols, H, &o,
-                                    &fx.res[k], &err);
+            int rc = lb_qmethod_quantize(meth, lb_block_linear(&bw, (lb_linear)l), rows, cols,
+                                         H, &o, &fx.res[k], &err);
             free(H);
             if (rc)
                 return print_error("%s: %s\n", meth->name, err.msg), -1;
             memset(&entries[k], 0, sizeof entries[k]);
             entries[k].name = fx.names[k];
-            entries[k].options = grouped ? "group_size=32" : "";
+            entries[k].options = grouped ? (rotated ? "group_size=32,rotate=hadamard" : "group_size=32")
+                                         : (rotated ? "rotate=hadamard" : "");
             if (k % 5 == 0) { /* some linears come from artifact files */
                 snprintf(paths[k], sizeof paths[k], "%s/art%d.safetensors", fx.dir, k);
                 if (lb_qpacked_io_save(paths[k], &fx.res[k].packed, &err))

@@ -296,10 +296,13 @@ static void test_packed_eval_equals_export_eval(void **state)
     LB_TEST_REQUIRE_SHARED(calib, "data/stories260K-calib.u32");
     char evalf[4096];
     LB_TEST_REQUIRE_SHARED(evalf, "data/stories260K-eval.u32");
+    /* the third: attention rotated (--rotate), the MLP not (an override) */
     static const char *const variants[] = {"--method gptq --bits 3 --threads 2",
                                            "--method gptq --bits 3 --threads 2 "
-                                           "--quantize-lm-head"};
-    for (int v = 0; v < 2; v++) {
+                                           "--quantize-lm-head",
+                                           "--method gptq --bits 2 --threads 2 --rotate hadamard "
+                                           "--seed 3 --override '.*mlp.*=gptq:bits=2,rotate=none'"};
+    for (int v = 0; v < 3; v++) {
         char *dir = lb_test_mkdtemp();
         char q[4200], x[4200];
         snprintf(q, sizeof q, "%s/q", dir);
@@ -320,6 +323,24 @@ static void test_packed_eval_equals_export_eval(void **state)
             assert_non_null(lb_st_find(st, "lm_head.weight"));
         else
             assert_null(lb_st_find(st, "lm_head.weight"));
+        lb_st_free(&st);
+        /* the packed checkpoint records the rotation (seed and kind) of exactly the
+         * rotated tensors: 4 attention linears in each of 5 blocks */
+        char qf[4300];
+        snprintf(qf, sizeof qf, "%s/model.safetensors", q);
+        assert_int_equal(lb_st_open(&st, qf, &err), 0);
+        int nrot = 0, nkind = 0;
+        for (int64_t i = 0; i < lb_st_count(st); i++) {
+            const char *name = lb_st_at(st, i)->name;
+            size_t len = strlen(name);
+            if (len > 9 && !strcmp(name + len - 9, ".rot_seed")) {
+                assert_non_null(strstr(name, "self_attn"));
+                nrot++;
+            }
+            nkind += len > 9 && !strcmp(name + len - 9, ".rot_kind");
+        }
+        assert_int_equal(nrot, v == 2 ? 20 : 0);
+        assert_int_equal(nkind, nrot);
         lb_st_free(&st);
         char *ea = NULL, *eb = NULL;
         assert_int_equal(lb_test_run(&ea, "'%s' eval --model '%s' --tokens '%s' --ctx 256 "

@@ -38,9 +38,9 @@ static void test_every_option(void **state)
                        "--salient-criterion magnitude --salient-group 128 --bases 3 "
                        "--refine-iters 7 --hessian-weighted --gptq-init --outlier-threshold 9.5 "
                        "--outlier-keep 0.02,0.001 --outlier-top-frac 0.2 --outlier-hessian-score "
-                       "--centroids-with-outliers --seed 42",
+                       "--centroids-with-outliers --seed 42 --rotate hadamard",
                        &err);
-    if (n != 37) /* every token consumed */
+    if (n != 39) /* every token consumed */
         fail_msg("parsed %d: %s", n, err.msg);
     assert_true(o.bits == 2.1);
     assert_int_equal(o.group_size, 128);
@@ -60,12 +60,16 @@ static void test_every_option(void **state)
     assert_true(o.outlier_keep_top == 0.02 && o.outlier_keep_rest == 0.001);
     assert_true(o.outlier_top_frac == 0.2);
     assert_int_equal(o.seed, 42);
+    assert_int_equal(o.rotate, 1);
     assert_int_equal(lb_qopts_validate(&o, &err), 0);
     /* --opt=value form, and a non-option stops the scan without consuming it */
     n = parse_line(&o, "--bits=3 --grid=minmax --weight w.st", &err);
     assert_int_equal(n, 2);
     assert_true(o.bits == 3.0);
     assert_int_equal(o.grid, LB_GRID_MINMAX);
+    n = parse_line(&o, "--rotate=auto", &err);
+    assert_int_equal(n, 1);
+    assert_int_equal(o.rotate, -1);
 }
 
 static void test_rejects(void **state)
@@ -77,7 +81,8 @@ static void test_rejects(void **state)
                          "--salient 1.5",   "--salient-bits 0",   "--salient-criterion x",
                          "--bases 5",       "--refine-iters -1",  "--outlier-threshold 0",
                          "--outlier-keep 0.1", "--outlier-keep a,b", "--outlier-keep 0.1,2",
-                         "--sym=1",         "--block-size 0",     "--seed -3"};
+                         "--sym=1",         "--block-size 0",     "--seed -3",
+                         "--rotate",        "--rotate quip"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         lb_qopts o;
         lb_err err = {0};
