@@ -403,7 +403,9 @@ static int direct_type(const lb_model *m, const char *hf, lb_err *err)
     const lb_qfield *g = lb_qpacked_field(&p, "group_size");
     const lb_qfield *c = lb_qpacked_field(&p, "codes");
     bool uniform = !strcmp(p.method, "rtn") || !strcmp(p.method, "gptq");
+    /* rotated codes live in the Hadamard basis: only the dequantized weight is right */
     if (uniform && g && c && lb_qpacked_field(&p, "scales") && !lb_qpacked_field(&p, "perm") &&
+        !lb_qpacked_field(&p, "rot_kind") &&
         lb_qfield_get(g, 0) == 32 && p.cols % 32 == 0) {
         bool sym = !lb_qpacked_field(&p, "zeros");
         if (c->bits == 4)

@@ -71,6 +71,11 @@ static int describe(const lb_qpacked *p, const char *base, bool compressed, item
                           "exports as: %s (--format gptq/compressed-tensors take rtn and gptq "
                           "at 2, 4 or 8 bits)", base, p->method, fmt, p->method,
                           lb_export_formats_for(p->method));
+    if (lb_qpacked_field(p, "rot_kind"))
+        return lb_err_set(err, LB_EINVAL,
+                          "%s.weight was quantized with --rotate hadamard, which the %s layout "
+                          "cannot express; export with --format dense or gguf, or quantize "
+                          "with --rotate none", base, fmt);
     const lb_qfield *g = lb_qpacked_field(p, "group_size");
     const lb_qfield *c = lb_qpacked_field(p, "codes");
     if (!g || !c || !lb_qpacked_field(p, "scales"))

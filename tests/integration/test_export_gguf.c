@@ -272,6 +272,17 @@ static void test_direct_q8_0_exact(void **state)
     assert_true(d == 0.0);
 }
 
+/* Rotated codes live in the Hadamard basis: --direct must write them dense. */
+static void test_direct_skips_rotated(void **state)
+{
+    (void)state;
+    REQUIRE_FIXTURE();
+    quantize("rtn4r", "--method rtn --bits 4 --group-size 32 --sym --rotate hadamard");
+    export_gguf("rtn4r", "rtn4r-q.gguf", "--direct");
+    double d;
+    assert_int_equal(check_direct("rtn4r", "rtn4r-q.gguf", LB_GGML_TYPE_Q4_0, &d), 0);
+}
+
 static void test_direct_q4_1(void **state)
 {
     (void)state;
@@ -684,6 +695,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_direct_q4_0_exact), cmocka_unit_test(test_direct_q8_0_exact),
+        cmocka_unit_test(test_direct_skips_rotated),
         cmocka_unit_test(test_direct_q4_1),       cmocka_unit_test(test_llama_cpp_f32),
         cmocka_unit_test(test_llama_cpp_f16),     cmocka_unit_test(test_llama_cpp_q4_0),
         cmocka_unit_test(test_llama_cpp_q4_1),    cmocka_unit_test(test_vocab_placeholder),

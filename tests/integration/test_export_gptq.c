@@ -184,13 +184,30 @@ static void test_refuses_other_methods(void **state)
     free(out);
 }
 
+/* Rotated codes live in the Hadamard basis: the GPTQ layout cannot hold them. */
+static void test_refuses_rotated(void **state)
+{
+    (void)state;
+    char p[4096];
+    LB_TEST_REQUIRE_SHARED(p, "models/stories260K");
+    quantize("rtn4r", "--method rtn --bits 4 --group-size 32 --rotate hadamard");
+    char src[4300], dst[4400];
+    snprintf(src, sizeof src, "%s/rtn4r", tmpdir);
+    snprintf(dst, sizeof dst, "%s/rtn4r-gptq --format gptq", tmpdir);
+    char *out = NULL;
+    assert_int_equal(run_lowbit(&out, "export --model %s --out %s", src, dst), 1);
+    assert_non_null(strstr(out, "--rotate hadamard, which the gptq layout cannot express"));
+    assert_null(strchr(strchr(out, '\n') + 1, '\n')); /* one line */
+    free(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rtn2_sym_per_row),  cmocka_unit_test(test_rtn4_sym_g32),
         cmocka_unit_test(test_rtn8_asym_g32),     cmocka_unit_test(test_gptq2_asym_g32),
         cmocka_unit_test(test_gptq4_act_order),   cmocka_unit_test(test_checker_detects_mismatch),
-        cmocka_unit_test(test_refuses_other_methods),
+        cmocka_unit_test(test_refuses_other_methods), cmocka_unit_test(test_refuses_rotated),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
