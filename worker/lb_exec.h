@@ -60,6 +60,13 @@ int64_t lb_exec_chunk_seqs(int64_t n_seq, int64_t seq_len);
 /* Number of chunks: ceil(n_seq / lb_exec_chunk_seqs); 0 when n_seq < 1. */
 int64_t lb_exec_chunk_count(int64_t n_seq, int64_t seq_len);
 
+/* Chunk c of a plan's n_chunks chunk jobs (docs/distributed.md, "Chunked
+ * collection"): block chunks [*e0, *e0 + *ne) = [floor(c n / K), floor((c + 1) n / K))
+ * of the n = lb_exec_chunk_count block chunks, token rows [*t0, *t0 + *nt).
+ * Returns 0 or LB_EINVAL (K < 1, K > n, c out of range). */
+int lb_exec_chunk_span(int64_t n_seq, int64_t seq_len, int32_t n_chunks, int32_t c,
+                       int64_t *e0, int64_t *ne, int64_t *t0, int64_t *nt);
+
 /* Runs job. Fills *res (always: status, err_code, error, outputs, bpw,
  * seconds). Returns 0 or the job's LB_E* code (also in res->err_code). The
  * outputs exist and verify in the store when it returns 0. Thread-safe for

@@ -38,7 +38,7 @@ static void fixture_init(fixture *f, int layers)
 static lb_plan *make_plan_d(fixture *f, bool ts, const lb_distill_opts *d)
 {
     lb_plan_spec s = {&f->cfg, "/m", "/o", f->model_fp, f->calib_fp, "0.1.0", 8, 128, ts,
-                      f->choices, "gptq", 4.0, "{}", d, NULL};
+                      f->choices, "gptq", 4.0, "{}", d, NULL, 0};
     lb_plan *p = NULL;
     lb_err err;
     assert_int_equal(lb_plan_new(&s, &p, &err), 0);
@@ -48,7 +48,7 @@ static lb_plan *make_plan_d(fixture *f, bool ts, const lb_distill_opts *d)
 static lb_plan *make_plan(fixture *f, bool ts)
 {
     lb_plan_spec s = {&f->cfg, "/m", "/o", f->model_fp, f->calib_fp, "0.1.0", 8, 128, ts,
-                      f->choices, "gptq", 4.0, "{}", NULL, NULL};
+                      f->choices, "gptq", 4.0, "{}", NULL, NULL, 0};
     lb_plan *p = NULL;
     lb_err err;
     assert_int_equal(lb_plan_new(&s, &p, &err), 0);
@@ -224,7 +224,7 @@ static void test_lm_head_graph(void **state)
     lb_qopts_init(&head.opts);
     head.opts.bits = 8;
     lb_plan_spec s = {&f.cfg, "/m", "/o", f.model_fp, f.calib_fp, "0.1.0", 8, 128, false,
-                      f.choices, "gptq", 4.0, "{}", NULL, &head};
+                      f.choices, "gptq", 4.0, "{}", NULL, &head, 0};
     lb_plan *p = NULL, *p0 = make_plan(&f, false);
     assert_int_equal(lb_plan_new(&s, &p, NULL), 0);
     const int32_t n0 = lb_plan_job_count(p0);
