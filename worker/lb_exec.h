@@ -24,6 +24,16 @@
  *                       (b = L-1 only for --quantize-lm-head)
  *   merge:              all qlinear artifacts + the model -> packed checkpoint
  *                       in job->out_dir (lb_packed_write)
+ * Chunked plans (job->n_chunks K > 0, docs/distributed.md "Chunked collection"):
+ *   chunk jobs (job->chunk = c) run only block chunks lb_exec_chunk_span(c) and
+ *   read/write only those token rows: embed (calib -> chunk c of X_0), propagate
+ *   (chunk c of X_b -> chunk c of X_{b+1}), collect (chunk c of X_b -> one "hpart"
+ *   partial per Hessian: chunk 0 float64 sums "S", later chunks the float32
+ *   product of each block chunk "C", packed upper triangles with metadata
+ *   lowbit.ntok/first_chunk/chunks/cols);
+ *   reduce-hessian:     K x n_hessians partials (chunk-major) -> the Hessians,
+ *                       added in chunk order: the unchunked bits;
+ *   lm_head collect:    inputs are the K chunks of X_L in order.
  * Forward passes run over fixed chunks of whole sequences (lb_exec_chunk_seqs:
  * a function of n_seq and seq_len only), each chunk on its own, so the Hessian
  * sums and activations are the same bits at any thread count and on however
