@@ -7,7 +7,9 @@
 #        [--bits 3] [--nsamples 4] [--ctx 512] [--threads 2] [--configs "1x2 2x1"]
 #        [--collect-chunks K]
 #
-# --configs: distributed runs as WORKERSxTHREADS (each worker gets THREADS);
+# --configs: distributed runs as WORKERSxTHREADS (each worker gets THREADS), or
+#            WORKERSxTHREADS:K to give that run --collect-chunks K (e.g.
+#            "2x1:1 2x1:2 2x1:4" compares chunk counts against one embedded run);
 #            the embedded run uses --threads (default 2 = this machine's cores).
 # Per run: wall time, whether model.safetensors equals the embedded bytes, the
 # seconds spent per job type (from the workers' "ran" events), the wall time of
@@ -104,9 +106,13 @@ PIDS+=($!)
 for _ in $(seq 100); do redis-cli -p "$PORT" PING 2>/dev/null | grep -q PONG && break; sleep 0.05; done
 URL=redis://127.0.0.1:$PORT/0
 
-for cfg in $CONFIGS; do
-    W=${cfg%x*} T=${cfg#*x}
-    JOB=bench-$W-$T-$$
+for spec in $CONFIGS; do
+    cfg=${spec//:/k} # 2x1:2 -> 2x1k2 (worker ids, file names)
+    K=$CHUNKS
+    if [[ $spec == *:* ]]; then K=${spec#*:}; fi
+    W=${spec%%x*} T=${spec#*x}
+    T=${T%%:*}
+    JOB=bench-$cfg-$$
     OUT=$TMP/d-$cfg
     rm -f "$TMP/stop-sampler"
     sample_artifacts "$OUT" "$TMP/$cfg.art" &
@@ -120,7 +126,7 @@ for cfg in $CONFIGS; do
     t0=$(date +%s.%N)
     rc=0
     CK=()
-    [[ -n $CHUNKS ]] && CK=(--collect-chunks "$CHUNKS")
+    [[ -n $K ]] && CK=(--collect-chunks "$K")
     "$LOWBIT" coordinator --redis "$URL" --job "$JOB" "${Q[@]}" "${CK[@]}" --out "$OUT" \
         --threads "$T" >"$TMP/c-$cfg.log" 2>&1 || rc=$?
     t1=$(date +%s.%N)
@@ -139,7 +145,7 @@ for cfg in $CONFIGS; do
     cat "$TMP"/w*-"$cfg".json >"$TMP/ran-$cfg.json"
     python3 - "$TMP/s-$cfg.json" "$cfg" "$W" "$T" \
         "$(python3 -c "print(round($t1-$t0,3))")" "$same" "$(artifact_bytes "$TMP/$cfg.art")" \
-        "$EMB_WALL" "$LAYERS" "{$CONF}" "$TMP/ran-$cfg.json" "${CHUNKS:-default}" <<'PY'
+        "$EMB_WALL" "$LAYERS" "{$CONF}" "$TMP/ran-$cfg.json" "${K:-default}" <<'PY'
 import json, re, sys
 st = json.load(open(sys.argv[1]))
 cfg, W, T, wall, same, art, emb, layers = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6] == "true", int(sys.argv[7]), float(sys.argv[8]), int(sys.argv[9])

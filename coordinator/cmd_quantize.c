@@ -622,6 +622,11 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
                          dopts.steps > 0 ? &dopts : NULL, lm_head ? &head_choice : NULL, chunks};
     if (lb_plan_new(&spec, &plan, &err))
         goto fail;
+    if (!json && chunks > 1 && lb_plan_effective_chunks(&spec) != chunks)
+        fprintf(stderr, "lowbit quantize: --collect-chunks %d: using %d (%s)\n", chunks,
+                (int)lb_plan_effective_chunks(&spec),
+                dopts.steps > 0 ? "--distill needs whole activations"
+                                : "at most one per block chunk of the calibration windows");
     /* the calibration windows are the first artifact */
     const char *cid = lb_plan_calib_id(plan);
     if (!lb_store_has(store, cid, "calib")) {
