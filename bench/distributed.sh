@@ -5,8 +5,11 @@
 #
 #   bench/distributed.sh BUILD_DIR [--preset llama-7b] [--layers 2] [--method gptq]
 #        [--bits 3] [--nsamples 4] [--ctx 512] [--threads 2] [--configs "1x2 2x1"]
+#        [--collect-chunks K]
 #
-# --configs: distributed runs as WORKERSxTHREADS (each worker gets THREADS);
+# --configs: distributed runs as WORKERSxTHREADS (each worker gets THREADS), or
+#            WORKERSxTHREADS:K to give that run --collect-chunks K (e.g.
+#            "2x1:1 2x1:2 2x1:4" compares chunk counts against one embedded run);
 #            the embedded run uses --threads (default 2 = this machine's cores).
 # Per run: wall time, whether model.safetensors equals the embedded bytes, the
 # seconds spent per job type (from the workers' "ran" events), the wall time of
@@ -14,12 +17,15 @@
 # blocks: the part that spreads over workers), artifact bytes written (new files
 # seen in OUT/.lowbit/artifacts, polled every 0.1 s; an artifact created and
 # deleted between two polls is missed), and bytes_fetched / bytes_published
-# from the job record when the data plane records them.
+# from the job record when the data plane records them. --collect-chunks K goes
+# to the coordinator (default: its own, 2); forward_wall_s is the wall time of
+# the collect/reduce and propagate phases (per block and phase, first start to
+# last end, summed), the part chunked collection spreads over workers.
 # Scratch goes to ${LB_BENCH_TMP:-/tmp}/lowbit-dist-$$ and is removed at the end.
 set -euo pipefail
 BUILD=${1:?usage: bench/distributed.sh BUILD_DIR [options]}
 shift
-PRESET=llama-7b LAYERS=2 METHOD=gptq BITS=3 NSAMPLES=4 CTX=512 THREADS=2 CONFIGS="1x2 2x1"
+PRESET=llama-7b LAYERS=2 METHOD=gptq BITS=3 NSAMPLES=4 CTX=512 THREADS=2 CONFIGS="1x2 2x1" CHUNKS=
 while [[ $# -gt 0 ]]; do
     case $1 in
     --preset) PRESET=$2 ;;
@@ -30,6 +36,7 @@ while [[ $# -gt 0 ]]; do
     --ctx) CTX=$2 ;;
     --threads) THREADS=$2 ;;
     --configs) CONFIGS=$2 ;;
+    --collect-chunks) CHUNKS=$2 ;;
     *) echo "bench/distributed.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift 2
@@ -99,9 +106,13 @@ PIDS+=($!)
 for _ in $(seq 100); do redis-cli -p "$PORT" PING 2>/dev/null | grep -q PONG && break; sleep 0.05; done
 URL=redis://127.0.0.1:$PORT/0
 
-for cfg in $CONFIGS; do
-    W=${cfg%x*} T=${cfg#*x}
-    JOB=bench-$W-$T-$$
+for spec in $CONFIGS; do
+    cfg=${spec//:/k} # 2x1:2 -> 2x1k2 (worker ids, file names)
+    K=$CHUNKS
+    if [[ $spec == *:* ]]; then K=${spec#*:}; fi
+    W=${spec%%x*} T=${spec#*x}
+    T=${T%%:*}
+    JOB=bench-$cfg-$$
     OUT=$TMP/d-$cfg
     rm -f "$TMP/stop-sampler"
     sample_artifacts "$OUT" "$TMP/$cfg.art" &
@@ -114,8 +125,10 @@ for cfg in $CONFIGS; do
     done
     t0=$(date +%s.%N)
     rc=0
-    "$LOWBIT" coordinator --redis "$URL" --job "$JOB" "${Q[@]}" --out "$OUT" --threads "$T" \
-        >"$TMP/c-$cfg.log" 2>&1 || rc=$?
+    CK=()
+    [[ -n $K ]] && CK=(--collect-chunks "$K")
+    "$LOWBIT" coordinator --redis "$URL" --job "$JOB" "${Q[@]}" "${CK[@]}" --out "$OUT" \
+        --threads "$T" >"$TMP/c-$cfg.log" 2>&1 || rc=$?
     t1=$(date +%s.%N)
     touch "$TMP/stop-sampler"
     wait "$SAMPLER"
@@ -132,7 +145,7 @@ for cfg in $CONFIGS; do
     cat "$TMP"/w*-"$cfg".json >"$TMP/ran-$cfg.json"
     python3 - "$TMP/s-$cfg.json" "$cfg" "$W" "$T" \
         "$(python3 -c "print(round($t1-$t0,3))")" "$same" "$(artifact_bytes "$TMP/$cfg.art")" \
-        "$EMB_WALL" "$LAYERS" "{$CONF}" "$TMP/ran-$cfg.json" <<'PY'
+        "$EMB_WALL" "$LAYERS" "{$CONF}" "$TMP/ran-$cfg.json" "${K:-default}" <<'PY'
 import json, re, sys
 st = json.load(open(sys.argv[1]))
 cfg, W, T, wall, same, art, emb, layers = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6] == "true", int(sys.argv[7]), float(sys.argv[8]), int(sys.argv[9])
@@ -154,8 +167,20 @@ for ev in st.get("events", []):
         b, d, end = int(m.group(1)), float(m.group(2)), ev["t_ms"] / 1000.0
         lo, hi = spans.get(b, (end - d, end))
         spans[b] = (min(lo, end - d), max(hi, end))
+# collect (+ reduce) and propagate phases, per block: first start to last end
+fwd = {}
+for ev in st.get("events", []):
+    m = re.search(r" ran (collect-hessian|reduce-hessian|propagate) \S+ \(block (-?\d+)\) "
+                  r"in ([0-9.]+) s", ev["msg"])
+    if m:
+        key = ("propagate" if m.group(1) == "propagate" else "collect", int(m.group(2)))
+        d, end = float(m.group(3)), ev["t_ms"] / 1000.0
+        lo, hi = fwd.get(key, (end - d, end))
+        fwd[key] = (min(lo, end - d), max(hi, end))
 rec = st.get("record", {})
 out = dict(bench="distributed", config=cfg, workers=W, threads_per_worker=T, **conf,
+           collect_chunks=sys.argv[12],
+           forward_wall_s=round(sum(h - l for l, h in fwd.values()), 2),
            wall_s=wall, speedup_vs_embedded=round(emb / wall, 3) if wall > 0 else None,
            identical_to_embedded=same, jobs_ran=ran, job_seconds=secs,
            quantize_linear_wall_s=round(sum(h - l for l, h in spans.values()), 2),

@@ -28,6 +28,9 @@
 #include "lb_tokens.h"
 
 #define MAX_OVERRIDES 64
+/* --collect-chunks default of `lowbit coordinator` (docs/distributed.md, "Chunked
+ * collection"): two workers share each block's forward; embedded runs use 1 */
+#define DIST_COLLECT_CHUNKS 2
 
 static void usage(FILE *out)
 {
@@ -38,6 +41,7 @@ static void usage(FILE *out)
             "                       [--override 'REGEX=METHOD[:opt=val,...]' ...]\n"
             "                       [--true-sequential] [--quantize-lm-head] [--threads N]\n"
             "                       [--force] [--json] [--distill STEPS [--distill-lr LR] ...]\n"
+            "                       [--collect-chunks K]\n"
             "\n"
             "Quantizes every linear of every block (q/k/v/o/gate/up/down) with M, block by\n"
             "block: Hessians from calibration activations that went through the already\n"
@@ -73,12 +77,17 @@ static void usage(FILE *out)
             "                     tied model is untied (the embedding stays full precision)\n"
             "  --threads N        pool workers and forward threads (default: all cores);\n"
             "                     the output is byte-identical for any N\n"
+            "  --collect-chunks K split each block's collect and propagate into K jobs over\n"
+            "                     contiguous calibration window ranges plus one reduce of\n"
+            "                     the partial Hessians (same output bytes; default 1, and %d\n"
+            "                     under lowbit coordinator, so several workers share a block)\n"
             "  --force            reuse an --out directory that holds another job\n"
             "  --json             one JSON status line per finished job and a summary line\n"
             "\n%s\n"
             "Scale distillation (after a block's linears are quantized, its continuous\n"
             "parameters are trained so that the block on the quantized-path input matches\n"
             "the fp block on the fp-path input; codes and bpw do not change):\n%s",
+            DIST_COLLECT_CHUNKS,
             lb_qopts_usage(), lb_distill_usage());
 }
 
@@ -374,7 +383,7 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
 {
     const char *model_dir = NULL, *calib = NULL, *calib_text = NULL, *out = NULL, *method = NULL;
     const char *ovr_spec[MAX_OVERRIDES];
-    int n_ovr = 0, threads = 0;
+    int n_ovr = 0, threads = 0, chunks = dist ? DIST_COLLECT_CHUNKS : 1;
     int64_t ctx = 0, nsamples = 0;
     bool json = false, true_seq = false, force = false, lm_head = false;
     lb_qopts opts;
@@ -419,11 +428,12 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
                          !strcmp(a, "--calib-text") ||
                          !strcmp(a, "--method") || !strcmp(a, "--ctx") ||
                          !strcmp(a, "--nsamples") || !strcmp(a, "--threads") ||
-                         !strcmp(a, "--override"))) {
+                         !strcmp(a, "--override") || !strcmp(a, "--collect-chunks"))) {
             i++;
             char *end = NULL;
             long long num = 0;
-            if (!strcmp(a, "--ctx") || !strcmp(a, "--nsamples") || !strcmp(a, "--threads")) {
+            if (!strcmp(a, "--ctx") || !strcmp(a, "--nsamples") || !strcmp(a, "--threads") ||
+                !strcmp(a, "--collect-chunks")) {
                 num = strtoll(v, &end, 10);
                 if (!end || *end || num <= 0 || num > (1LL << 40)) {
                     fprintf(stderr, "lowbit quantize: %s needs a positive integer, got \"%s\"\n",
@@ -439,6 +449,14 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
             else if (!strcmp(a, "--ctx")) ctx = num;
             else if (!strcmp(a, "--nsamples")) nsamples = num;
             else if (!strcmp(a, "--threads")) threads = (int)(num > 1024 ? 1024 : num);
+            else if (!strcmp(a, "--collect-chunks")) {
+                if (num > LB_JOB_MAX_CHUNKS) {
+                    fprintf(stderr, "lowbit quantize: --collect-chunks %lld is above %d\n", num,
+                            LB_JOB_MAX_CHUNKS);
+                    return 2;
+                }
+                chunks = (int)num;
+            }
             else {
                 if (n_ovr == MAX_OVERRIDES) {
                     fprintf(stderr, "lowbit quantize: more than %d --override\n", MAX_OVERRIDES);
@@ -629,9 +647,14 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
     json_decref(oj);
     lb_plan_spec spec = {cfg, model_dir, out, model_fp, calib_fp, LB_VERSION, nsamples, ctx,
                          true_seq, choices, method, opts.bits, opts_json,
-                         dopts.steps > 0 ? &dopts : NULL, lm_head ? &head_choice : NULL};
+                         dopts.steps > 0 ? &dopts : NULL, lm_head ? &head_choice : NULL, chunks};
     if (lb_plan_new(&spec, &plan, &err))
         goto fail;
+    if (!json && chunks > 1 && lb_plan_effective_chunks(&spec) != chunks)
+        fprintf(stderr, "lowbit quantize: --collect-chunks %d: using %d (%s)\n", chunks,
+                (int)lb_plan_effective_chunks(&spec),
+                dopts.steps > 0 ? "--distill needs whole activations"
+                                : "at most one per block chunk of the calibration windows");
     /* the calibration windows are the first artifact */
     const char *cid = lb_plan_calib_id(plan);
     if (!lb_store_has(store, cid, "calib")) {

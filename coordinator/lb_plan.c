@@ -5,11 +5,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lb_exec.h"
 #include "lb_model.h"
 #include "lb_sha256.h"
 
-enum { A_CALIB, A_ACT, A_HESS, A_QLIN };
-static const char *const kind_names[] = {"calib", "activations", "hessian", "qlinear"};
+enum { A_CALIB, A_ACT, A_HESS, A_QLIN, A_HPART };
+static const char *const kind_names[] = {"calib", "activations", "hessian", "qlinear", "hpart"};
 
 typedef struct {
     char id[LB_ID_HEX];
@@ -23,7 +24,7 @@ typedef enum { J_SKIP, J_WAIT, J_RUNNING, J_DONE, J_FAILED } jstate;
 
 typedef struct {
     lb_job job;
-    int32_t in[LB_LINEAR_COUNT + 2]; /* artifact indices (merge: see merge_in) */
+    int32_t *in;                     /* artifact indices, owned (merge: see merge_in) */
     int32_t n_in;
     int32_t out[LB_JOB_MAX_OUTPUTS];
     int32_t n_out;
@@ -84,12 +85,15 @@ static int32_t add_job(lb_plan *p, lb_job *tmpl, const int32_t *in, int32_t nin,
         return -1;
     pjob *j = &p->jobs[p->n_jobs];
     memset(j, 0, sizeof *j);
+    j->n_in = tmpl->type == LB_JOB_MERGE ? 0 : nin;
+    if (j->n_in > 0 && !(j->in = malloc((size_t)j->n_in * sizeof *j->in)))
+        return -1;
     j->job = *tmpl; /* takes ownership of tmpl->inputs */
     tmpl->inputs = NULL;
     tmpl->n_inputs = 0;
-    j->n_in = tmpl->type == LB_JOB_MERGE ? 0 : nin;
     for (int32_t i = 0; i < j->n_in; i++)
         j->in[i] = in[i];
+    p->n_jobs++; /* before the outputs, so lb_plan_free frees j->in on failure */
     j->n_out = nout;
     for (int32_t o = 0; o < nout; o++) {
         int32_t a = add_artifact(p, j->job.outputs[o].hex, out_kind);
@@ -97,7 +101,7 @@ static int32_t add_job(lb_plan *p, lb_job *tmpl, const int32_t *in, int32_t nin,
             return -1;
         j->out[o] = a;
     }
-    return p->n_jobs++;
+    return p->n_jobs - 1;
 }
 
 static void base_job(lb_job *t, const lb_plan_spec *s, lb_job_type type, int32_t block)
@@ -111,6 +115,26 @@ static void base_job(lb_job *t, const lb_plan_spec *s, lb_job_type type, int32_t
     t->n_seq = s->n_seq;
     t->seq_len = s->seq_len;
     snprintf(t->model_dir, sizeof t->model_dir, "%s", s->model_dir);
+}
+
+/* Marks a job as chunk c of K (nothing when the plan is unchunked). */
+static void set_chunk(lb_job *t, int32_t K, int32_t c)
+{
+    if (K > 1) {
+        t->n_chunks = K;
+        t->chunk = c;
+    }
+}
+
+int32_t lb_plan_effective_chunks(const lb_plan_spec *s)
+{
+    if (s->collect_chunks <= 1 || (s->distill && s->distill->steps > 0))
+        return 1;
+    int64_t n = lb_exec_chunk_count(s->n_seq, s->seq_len);
+    int64_t k = s->collect_chunks < n ? s->collect_chunks : n;
+    if (k > LB_JOB_MAX_CHUNKS)
+        k = LB_JOB_MAX_CHUNKS;
+    return k < 1 ? 1 : (int32_t)k;
 }
 
 /* Which collect output feeds linear l: 0 attn_in, 1 attn_out, 2 mlp_in, 3 mlp_act. */
@@ -142,53 +166,78 @@ int lb_plan_new(const lb_plan_spec *s, lb_plan **out, lb_err *err)
     p->merge_in = malloc(((size_t)L * LB_LINEAR_COUNT + 1) * sizeof *p->merge_in);
     if (calib < 0 || !p->merge_in)
         goto oom;
-    base_job(&t, s, LB_JOB_PROPAGATE, -1);
-    int32_t j = add_job(p, &t, &calib, 1, 1, A_ACT, err);
-    if (j < 0)
-        goto fail;
-    int32_t x = p->jobs[j].out[0];
-    const bool distill = s->distill && s->distill->steps > 0;
-    int32_t xfp = x; /* fp-path block input (distill only): X_fp(0) = X_0 */
+    const int32_t K = lb_plan_effective_chunks(s);
+    /* xs[c]: chunk c of the current block input (xs[0] = all of it when K = 1) */
+    int32_t *xs = malloc((size_t)K * sizeof *xs), *parts = malloc((size_t)K * 4 * sizeof *parts);
+    int32_t *in = malloc(((size_t)K * 4 + LB_LINEAR_COUNT + 2) * sizeof *in);
+    if (!xs || !parts || !in) {
+        free(xs), free(parts), free(in);
+        goto oom;
+    }
+    int32_t j;
+    for (int32_t c = 0; c < K; c++) {
+        base_job(&t, s, LB_JOB_PROPAGATE, -1);
+        set_chunk(&t, K, c);
+        if ((j = add_job(p, &t, &calib, 1, 1, A_ACT, err)) < 0)
+            goto fail_bufs;
+        xs[c] = p->jobs[j].out[0];
+    }
+    const bool distill = s->distill && s->distill->steps > 0; /* then K = 1 */
+    int32_t xfp = xs[0]; /* fp-path block input (distill only): X_fp(0) = X_0 */
     for (int32_t b = 0; b < L; b++) {
         int32_t q[LB_LINEAR_COUNT], h[4];
         int32_t order[LB_LINEAR_COUNT] = {0, 1, 2, 3, 4, 5, 6};
         for (int stage = s->true_sequential ? 0 : LB_STAGE_ALL;
              stage < (s->true_sequential ? 4 : 0); stage++) {
-            /* inputs: X_b then the linears quantized before this stage */
-            int32_t in[LB_LINEAR_COUNT + 1], nin = 0;
-            in[nin++] = x;
+            /* inputs: X_b (or its chunk) then the linears quantized before this stage */
+            const int nh = stage == LB_STAGE_ALL ? 4 : 1;
             int npre = stage == 1 ? 3 : stage == 2 ? 4 : stage == 3 ? 6 : 0;
-            for (int k = 0; k < npre; k++)
-                in[nin++] = q[k];
-            base_job(&t, s, LB_JOB_COLLECT_HESSIAN, b);
-            t.stage = stage;
-            if ((j = add_job(p, &t, in, nin, stage == LB_STAGE_ALL ? 4 : 1, A_HESS, err)) < 0)
-                goto fail;
+            for (int32_t c = 0; c < K; c++) {
+                int32_t nin = 0;
+                in[nin++] = xs[c];
+                for (int k = 0; k < npre; k++)
+                    in[nin++] = q[k];
+                base_job(&t, s, LB_JOB_COLLECT_HESSIAN, b);
+                t.stage = stage;
+                set_chunk(&t, K, c);
+                if ((j = add_job(p, &t, in, nin, nh, K > 1 ? A_HPART : A_HESS, err)) < 0)
+                    goto fail_bufs;
+                for (int k = 0; k < nh; k++)
+                    parts[c * nh + k] = p->jobs[j].out[k];
+            }
+            if (K > 1) { /* the partial sums of the K chunks, added in chunk order */
+                base_job(&t, s, LB_JOB_REDUCE_HESSIAN, b);
+                t.stage = stage;
+                t.n_chunks = K;
+                if ((j = add_job(p, &t, parts, K * nh, nh, A_HESS, err)) < 0)
+                    goto fail_bufs;
+                for (int k = 0; k < nh; k++)
+                    parts[k] = p->jobs[j].out[k];
+            }
             if (stage == LB_STAGE_ALL)
                 for (int k = 0; k < 4; k++)
-                    h[k] = p->jobs[j].out[k];
+                    h[k] = parts[k];
             else
-                h[stage] = p->jobs[j].out[0];
+                h[stage] = parts[0];
             /* quantize the linears this stage's Hessian (or all four) feeds */
             for (int k = 0; k < LB_LINEAR_COUNT; k++) {
                 int l = order[k];
                 if (stage != LB_STAGE_ALL && hess_of(l) != stage)
                     continue;
-                const lb_plan_choice *c = &s->choices[(size_t)b * LB_LINEAR_COUNT + (size_t)l];
+                const lb_plan_choice *ch = &s->choices[(size_t)b * LB_LINEAR_COUNT + (size_t)l];
                 base_job(&t, s, LB_JOB_QUANTIZE_LINEAR, b);
                 t.linear = l;
                 if (lb_model_linear_tensor_name(t.tensor, sizeof t.tensor, b, (lb_linear)l, err))
-                    goto fail;
-                snprintf(t.method, sizeof t.method, "%s", c->method);
-                t.opts = c->opts;
+                    goto fail_bufs;
+                snprintf(t.method, sizeof t.method, "%s", ch->method);
+                t.opts = ch->opts;
                 if ((j = add_job(p, &t, &h[hess_of(l)], 1, 1, A_QLIN, err)) < 0)
-                    goto fail;
+                    goto fail_bufs;
                 q[l] = p->jobs[j].out[0];
             }
         }
         if (distill) {
-            int32_t in[LB_LINEAR_COUNT + 2];
-            in[0] = x;
+            in[0] = xs[0];
             in[1] = xfp;
             for (int l = 0; l < LB_LINEAR_COUNT; l++)
                 in[2 + l] = q[l];
@@ -197,7 +246,7 @@ int lb_plan_new(const lb_plan_spec *s, lb_plan **out, lb_err *err)
             bool more = b + 1 < L;
             if ((j = add_job(p, &t, in, LB_LINEAR_COUNT + 2, LB_LINEAR_COUNT + (more ? 1 : 0),
                              A_QLIN, err)) < 0)
-                goto fail;
+                goto fail_bufs;
             for (int l = 0; l < LB_LINEAR_COUNT; l++)
                 q[l] = p->jobs[j].out[l];
             if (more) {
@@ -208,31 +257,38 @@ int lb_plan_new(const lb_plan_spec *s, lb_plan **out, lb_err *err)
         for (int l = 0; l < LB_LINEAR_COUNT; l++)
             p->merge_in[p->n_merge_in++] = q[l];
         if (b + 1 < L || s->lm_head) { /* X_L only feeds the lm_head collect */
-            int32_t in[LB_LINEAR_COUNT + 1];
-            in[0] = x;
-            for (int l = 0; l < LB_LINEAR_COUNT; l++)
-                in[1 + l] = q[l];
-            base_job(&t, s, LB_JOB_PROPAGATE, b);
-            if ((j = add_job(p, &t, in, LB_LINEAR_COUNT + 1, 1, A_ACT, err)) < 0)
-                goto fail;
-            x = p->jobs[j].out[0];
+            for (int32_t c = 0; c < K; c++) { /* chunk c of X_{b+1} needs chunk c of X_b */
+                in[0] = xs[c];
+                for (int l = 0; l < LB_LINEAR_COUNT; l++)
+                    in[1 + l] = q[l];
+                base_job(&t, s, LB_JOB_PROPAGATE, b);
+                set_chunk(&t, K, c);
+                if ((j = add_job(p, &t, in, LB_LINEAR_COUNT + 1, 1, A_ACT, err)) < 0)
+                    goto fail_bufs;
+                xs[c] = p->jobs[j].out[0];
+            }
         }
     }
-    if (s->lm_head) {
+    if (s->lm_head) { /* one job over all of X_L (its K chunks in order) */
         base_job(&t, s, LB_JOB_COLLECT_HESSIAN, L);
         t.stage = LB_STAGE_LM_HEAD;
-        if ((j = add_job(p, &t, &x, 1, 1, A_HESS, err)) < 0)
-            goto fail;
-        int32_t h = p->jobs[j].out[0];
+        if (K > 1)
+            t.n_chunks = K;
+        if ((j = add_job(p, &t, xs, K, 1, A_HESS, err)) < 0)
+            goto fail_bufs;
+        int32_t hh = p->jobs[j].out[0];
         base_job(&t, s, LB_JOB_QUANTIZE_LINEAR, L);
         t.linear = LB_JOB_LINEAR_LM_HEAD;
         snprintf(t.tensor, sizeof t.tensor, "%s", LB_JOB_LM_HEAD_TENSOR);
         snprintf(t.method, sizeof t.method, "%s", s->lm_head->method);
         t.opts = s->lm_head->opts;
-        if ((j = add_job(p, &t, &h, 1, 1, A_QLIN, err)) < 0)
-            goto fail;
+        if ((j = add_job(p, &t, &hh, 1, 1, A_QLIN, err)) < 0)
+            goto fail_bufs;
         p->merge_in[p->n_merge_in++] = p->jobs[j].out[0];
     }
+    free(xs);
+    free(parts);
+    free(in);
     base_job(&t, s, LB_JOB_MERGE, -1);
     snprintf(t.out_dir, sizeof t.out_dir, "%s", s->out_dir);
     snprintf(t.method, sizeof t.method, "%s", s->method);
@@ -242,6 +298,11 @@ int lb_plan_new(const lb_plan_spec *s, lb_plan **out, lb_err *err)
         goto fail;
     *out = p;
     return 0;
+fail_bufs:
+    free(xs);
+    free(parts);
+    free(in);
+    goto fail;
 oom:
     lb_err_set(err, LB_ENOMEM, "plan: out of memory");
 fail:
@@ -258,8 +319,10 @@ void lb_plan_free(lb_plan **pp)
     if (!pp || !*pp)
         return;
     lb_plan *p = *pp;
-    for (int32_t i = 0; i < p->n_jobs; i++)
+    for (int32_t i = 0; i < p->n_jobs; i++) {
         lb_job_clear(&p->jobs[i].job);
+        free(p->jobs[i].in);
+    }
     free(p->jobs);
     free(p->arts);
     free(p->merge_in);
@@ -326,7 +389,7 @@ void lb_plan_start(lb_plan *p)
 
 static bool deletable(const artifact *a)
 {
-    return (a->kind == A_ACT || a->kind == A_HESS) && a->present && !a->deleted &&
+    return (a->kind == A_ACT || a->kind == A_HESS || a->kind == A_HPART) && a->present && !a->deleted &&
            a->pending == 0;
 }
 

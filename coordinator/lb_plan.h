@@ -16,6 +16,13 @@
  *                stage LM_HEAD (rms(X_L, final norm) -> one (dim, dim) Hessian),
  *                quantize-linear lm_head.weight; block = L for both
  *   merge: all quantized linears (lm_head last) -> checkpoint.
+ * Chunked (spec->collect_chunks K > 1, see lb_plan_effective_chunks): the
+ * calibration windows split into K contiguous ranges of block chunks
+ * (lb_exec_chunk_span). Embed, every collect (stage) and every propagate become
+ * K chunk jobs (chunk c reads and writes chunk c of the activations only); each
+ * collect (stage) adds one reduce-hessian job summing the K "hpart" partials in
+ * chunk order into the same Hessian bits as the unchunked collect. The lm_head
+ * collect reads the K chunks of X_L. Quantize, distill and merge are unchanged.
  * The driver tells it which artifacts already exist (lb_plan_mark_present),
  * then alternates lb_plan_poll (get actions: run job i, delete artifact) and
  * lb_plan_feed (job i done / failed). Only jobs whose outputs are missing and
@@ -54,6 +61,8 @@ typedef struct {
                                         DISTILL job per block (see above) */
     const lb_plan_choice *lm_head;   /* NULL: lm_head stays as it is; else quantize
                                         lm_head.weight with this choice */
+    int32_t collect_chunks;          /* K (--collect-chunks): 0 or 1: one collect and one
+                                        propagate job per block; K > 1: chunked (above) */
 } lb_plan_spec;
 
 typedef enum {
@@ -69,6 +78,11 @@ typedef struct {
 
 typedef struct lb_plan lb_plan;
 
+/* The chunk count the plan uses: 1 (unchunked) when collect_chunks <= 1 or with
+ * distillation (its job needs whole activations), else min(collect_chunks,
+ * lb_exec_chunk_count(n_seq, seq_len), LB_JOB_MAX_CHUNKS). */
+int32_t lb_plan_effective_chunks(const lb_plan_spec *spec);
+
 /* Builds the plan. OUT: *out (lb_plan_free). Returns 0, LB_EINVAL, LB_ENOMEM. */
 int lb_plan_new(const lb_plan_spec *spec, lb_plan **out, lb_err *err);
 void lb_plan_free(lb_plan **p);
@@ -79,7 +93,8 @@ const char *lb_plan_calib_id(const lb_plan *p);
 /* All artifacts the plan references (calib + every job output). */
 int32_t lb_plan_artifact_count(const lb_plan *p);
 const char *lb_plan_artifact_id(const lb_plan *p, int32_t i);
-/* Kind of artifact i: "calib", "activations", "hessian", "qlinear". */
+/* Kind of artifact i: "calib", "activations", "hessian", "qlinear", "hpart"
+ * (a chunk's partial Hessian sums, chunked plans only). */
 const char *lb_plan_artifact_kind(const lb_plan *p, int32_t i);
 
 /* Before lb_plan_start: artifact i exists and verifies. */

@@ -4,7 +4,7 @@
  *   0 "lbjob"  1 version  2 type  3 id  4 block  5 linear  6 stage  7 tensor
  *   8 method   9 opts[23] 10 lowbit_version  11 model_fp  12 calib_fp
  *   13 n_seq  14 seq_len  15 model_dir  16 out_dir  17 options_json
- *   18 inputs[str]  19 outputs[str]  20 distill[7]
+ *   18 inputs[str]  19 outputs[str]  20 distill[7]  21 chunk  22 n_chunks
  * distill: steps lr beta1 beta2 eps batch_seqs seed
  * opts: bits group_size act_order static_groups sym grid damp block_size
  *   outlier_threshold outlier_hessian_score outlier_keep_top outlier_keep_rest
@@ -25,7 +25,7 @@
 #include "lb_qopts_parse.h"
 #include "lb_sha256.h"
 
-#define JOB_FIELDS 21
+#define JOB_FIELDS 23
 #define DISTILL_FIELDS 7
 #define OPTS_FIELDS 23
 /* a 24th value, rotate, is sent only when set, so jobs without it keep their bytes */
@@ -38,6 +38,7 @@ void lb_job_init(lb_job *job)
     job->block = -1;
     job->linear = -1;
     job->stage = -1;
+    job->chunk = -1;
     lb_qopts_init(&job->opts);
     lb_distill_opts_init(&job->distill);
 }
@@ -87,6 +88,7 @@ const char *lb_job_type_name(lb_job_type t)
     case LB_JOB_PROPAGATE: return "propagate";
     case LB_JOB_MERGE: return "merge";
     case LB_JOB_DISTILL: return "distill";
+    case LB_JOB_REDUCE_HESSIAN: return "reduce-hessian";
     }
     return "?";
 }
@@ -162,8 +164,12 @@ static void pack_distill(msgpack_packer *pk, const lb_distill_opts *o)
 
 static int check_job(const lb_job *job, lb_err *err)
 {
-    if (job->type < LB_JOB_COLLECT_HESSIAN || job->type > LB_JOB_DISTILL)
+    if (job->type < LB_JOB_COLLECT_HESSIAN || job->type > LB_JOB_REDUCE_HESSIAN)
         return lb_err_set(err, LB_EINVAL, "job: invalid type %d", (int)job->type);
+    if (job->n_chunks < 0 || job->n_chunks > LB_JOB_MAX_CHUNKS || job->chunk < -1 ||
+        job->chunk >= (job->n_chunks > 0 ? job->n_chunks : 0))
+        return lb_err_set(err, LB_EINVAL, "job: chunk %d of %d invalid", (int)job->chunk,
+                          (int)job->n_chunks);
     if (job->n_inputs < 0 || job->n_inputs > LB_JOB_MAX_INPUTS ||
         (job->n_inputs > 0 && !job->inputs))
         return lb_err_set(err, LB_EINVAL, "job: invalid input count %d", (int)job->n_inputs);
@@ -214,6 +220,8 @@ static int encode_job(const lb_job *job, bool canonical, uint8_t **buf, size_t *
             pack_str(&pk, job->outputs[i].hex);
     }
     pack_distill(&pk, &job->distill);
+    msgpack_pack_int32(&pk, job->chunk);
+    msgpack_pack_int32(&pk, job->n_chunks);
     if (!sb.data) {
         msgpack_sbuffer_destroy(&sb);
         return lb_err_set(err, LB_ENOMEM, "job: out of memory encoding");
@@ -579,7 +587,7 @@ int lb_job_decode(const uint8_t *buf, size_t len, lb_job *job, lb_err *err)
         goto fail;
     int32_t type;
     cursor opts, ins, outs, dist;
-    if ((rc = get_i32(&c, 2, LB_JOB_COLLECT_HESSIAN, LB_JOB_DISTILL, &type)) ||
+    if ((rc = get_i32(&c, 2, LB_JOB_COLLECT_HESSIAN, LB_JOB_REDUCE_HESSIAN, &type)) ||
         (rc = get_id(&c, 3, job->id, true)) ||
         (rc = get_i32(&c, 4, -1, 1 << 20, &job->block)) ||
         (rc = get_i32(&c, 5, -1, 63, &job->linear)) ||
@@ -598,7 +606,9 @@ int lb_job_decode(const uint8_t *buf, size_t len, lb_job *job, lb_err *err)
         (rc = get_array(&c, 18, LB_JOB_MAX_INPUTS, &ins, "job inputs")) ||
         (rc = get_array(&c, 19, LB_JOB_MAX_OUTPUTS, &outs, "job outputs")) ||
         (rc = get_array(&c, 20, DISTILL_FIELDS, &dist, "job distill options")) ||
-        (rc = decode_distill(&dist, &job->distill)))
+        (rc = decode_distill(&dist, &job->distill)) ||
+        (rc = get_i32(&c, 22, 0, LB_JOB_MAX_CHUNKS, &job->n_chunks)) ||
+        (rc = get_i32(&c, 21, -1, job->n_chunks - 1, &job->chunk)))
         goto fail;
     job->type = (lb_job_type)type;
     if (job->type == LB_JOB_QUANTIZE_LINEAR && (rc = lb_qopts_validate(&job->opts, err))) {

@@ -23,8 +23,10 @@
 #include "lb_err.h"
 #include "lb_quant.h"
 
-#define LB_JOB_WIRE_VERSION 3 /* 2: distill job type and options field;
-                                 3: lm_head collect stage and quantize target */
+#define LB_JOB_WIRE_VERSION 4 /* 2: distill job type and options field;
+                                 3: lm_head collect stage and quantize target;
+                                 4: chunk / n_chunks fields, reduce-hessian type */
+#define LB_JOB_MAX_CHUNKS 1024 /* --collect-chunks upper bound */
 #define LB_ID_HEX 65          /* 64 hex digits + NUL */
 #define LB_JOB_MAX_OUTPUTS 8  /* distill: 7 packed linears + the next fp block input */
 #define LB_JOB_MAX_INPUTS 65536
@@ -37,6 +39,7 @@ typedef enum {
     LB_JOB_PROPAGATE = 3,       /* X_b + 7 packed linears -> X_{b+1}; block -1: calib -> X_0 */
     LB_JOB_MERGE = 4,           /* all packed linears + model -> checkpoint in out_dir */
     LB_JOB_DISTILL = 5,         /* X_q(b), X_fp(b), 7 packed -> 7 distilled packed [, X_fp(b+1)] */
+    LB_JOB_REDUCE_HESSIAN = 6,  /* n_chunks x (partial sums of each Hessian) -> the Hessians */
 } lb_job_type;
 
 /* Collect stages. ALL: one pass with fp weights gives the 4 Hessians.
@@ -78,6 +81,11 @@ typedef struct {
     char out_dir[LB_JOB_PATH_MAX];   /* merge: checkpoint directory (not part of the id) */
     char options_json[1024];        /* merge: run-wide settings recorded in the checkpoint */
     lb_distill_opts distill;        /* distill: optimizer settings (else lb_distill_opts_init) */
+    int32_t chunk;                  /* chunk job (collect, propagate, embed): which of n_chunks
+                                       calibration window ranges; -1: all windows */
+    int32_t n_chunks;               /* 0: unchunked; else the plan's chunk count K (chunk jobs,
+                                       reduce-hessian, and the lm_head collect reading K
+                                       activation chunks) */
     int32_t n_inputs;
     lb_artifact_id *inputs;         /* owned (lb_job_clear) */
     int32_t n_outputs;

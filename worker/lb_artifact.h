@@ -12,7 +12,8 @@
  *
  * Kinds used by the pipeline: "calib" (tokens U32 (n_seq, seq_len)),
  * "activations" (x F32 (ntok, dim)), "hessian" (S F64 (cols, cols) raw sums
- * ΣxxT and metadata lowbit.ntok), "qlinear" (an lb_qpacked under prefix "q",
+ * ΣxxT and metadata lowbit.ntok), "hpart" (a chunk job's partial Hessian sums,
+ * lb_exec.h), "qlinear" (an lb_qpacked under prefix "q",
  * lb_qpacked_io layout, plus lowbit.tensor and lowbit.bpw). */
 #ifndef LB_ARTIFACT_H
 #define LB_ARTIFACT_H

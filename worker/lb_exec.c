@@ -171,6 +171,106 @@ int64_t lb_exec_chunk_count(int64_t n_seq, int64_t seq_len)
     return (n_seq + cs - 1) / cs;
 }
 
+int lb_exec_chunk_span(int64_t n_seq, int64_t seq_len, int32_t n_chunks, int32_t c,
+                       int64_t *e0, int64_t *ne, int64_t *t0, int64_t *nt)
+{
+    const int64_t n_exec = lb_exec_chunk_count(n_seq, seq_len);
+    if (n_chunks < 1 || n_chunks > n_exec || c < 0 || c >= n_chunks)
+        return LB_EINVAL;
+    const int64_t a = (int64_t)c * n_exec / n_chunks, b = ((int64_t)c + 1) * n_exec / n_chunks;
+    const int64_t cs = lb_exec_chunk_seqs(n_seq, seq_len);
+    const int64_t s1 = b * cs < n_seq ? b * cs : n_seq;
+    *e0 = a;
+    *ne = b - a;
+    *t0 = a * cs * seq_len;
+    *nt = (s1 - a * cs) * seq_len;
+    return 0;
+}
+
+/* Activations read from one artifact or from the K chunk artifacts of a chunked
+ * plan (piece i: token rows [row0[i], row0[i] + rows[i])). */
+typedef struct {
+    int n;
+    lb_st **st;
+    const uint8_t **data;
+    int64_t *row0, *rows;
+    int64_t dim;
+} xsrc;
+
+static void xsrc_free(xsrc *xs)
+{
+    for (int i = 0; i < xs->n && xs->st; i++)
+        lb_st_free(&xs->st[i]);
+    free(xs->st);
+    free(xs->data);
+    free(xs->row0);
+    free(xs->rows);
+    memset(xs, 0, sizeof *xs);
+}
+
+static int xsrc_open(xsrc *xs, const lb_exec_ctx *ctx, const lb_artifact_id *ids, int n,
+                     const int64_t *row0, const int64_t *rows, int64_t dim, lb_err *err)
+{
+    memset(xs, 0, sizeof *xs);
+    xs->dim = dim;
+    xs->st = calloc((size_t)n, sizeof *xs->st);
+    xs->data = calloc((size_t)n, sizeof *xs->data);
+    xs->row0 = calloc((size_t)n, sizeof *xs->row0);
+    xs->rows = calloc((size_t)n, sizeof *xs->rows);
+    if (!xs->st || !xs->data || !xs->row0 || !xs->rows) {
+        xsrc_free(xs);
+        return lb_err_set(err, LB_ENOMEM, "activations: out of memory");
+    }
+    xs->n = n;
+    for (int i = 0; i < n; i++) {
+        xs->row0[i] = row0[i];
+        xs->rows[i] = rows[i];
+        int rc = open_x(ctx, ids[i].hex, rows[i], dim, &xs->st[i], &xs->data[i], err);
+        if (rc) {
+            xsrc_free(xs);
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* dst (nt, dim) = token rows [t0, t0 + nt), which the pieces must cover. */
+static int xsrc_copy(const xsrc *xs, int64_t t0, int64_t nt, float *dst, lb_err *err)
+{
+    const size_t row = (size_t)xs->dim * sizeof(float);
+    int64_t t = t0;
+    for (int i = 0; i < xs->n && t < t0 + nt; i++) {
+        const int64_t a = xs->row0[i], b = xs->row0[i] + xs->rows[i];
+        if (t < a || t >= b)
+            continue;
+        const int64_t e = t0 + nt < b ? t0 + nt : b;
+        memcpy(dst + (size_t)(t - t0) * (size_t)xs->dim, xs->data[i] + (size_t)(t - a) * row,
+               (size_t)(e - t) * row);
+        t = e;
+    }
+    if (t != t0 + nt)
+        return lb_err_set(err, LB_EINVAL, "activations: token rows [%lld, %lld) are not in "
+                          "the job's inputs", (long long)t, (long long)(t0 + nt));
+    return 0;
+}
+
+/* X input of a block job: the whole X_b, or chunk job->chunk of it. */
+static int xsrc_open_block_input(xsrc *xs, const lb_exec_ctx *ctx, const lb_job *job,
+                                 const char *xid, int64_t dim, lb_err *err)
+{
+    lb_artifact_id id;
+    snprintf(id.hex, sizeof id.hex, "%s", xid);
+    int64_t t0 = 0, nt = job->n_seq * job->seq_len, e0, ne;
+    if (job->chunk >= 0 &&
+        lb_exec_chunk_span(job->n_seq, job->seq_len, job->n_chunks, job->chunk, &e0, &ne, &t0,
+                           &nt))
+        return lb_err_set(err, LB_EINVAL, "job %s: chunk %d of %d, but %lld windows of %lld "
+                          "tokens make %lld chunks", job->id, (int)job->chunk,
+                          (int)job->n_chunks, (long long)job->n_seq, (long long)job->seq_len,
+                          (long long)lb_exec_chunk_count(job->n_seq, job->seq_len));
+    return xsrc_open(xs, ctx, &id, 1, &t0, &nt, dim, err);
+}
+
 /* One block's forward over the fixed chunks of a job's windows: chunk c is
  * sequences [c * chunk_seqs, min(n_seq, (c + 1) * chunk_seqs)), run on its own
  * (a copy of its rows of X, the block, optional captures of the linears' inputs). */
@@ -178,13 +278,14 @@ typedef struct {
     const lb_config *cfg;
     const lb_job *job;
     const lb_block_weights *w;
-    lb_st *xst;            /* X mapping */
-    const uint8_t *xdata;  /* borrowed from xst */
+    xsrc xs;               /* X (whole, or the job's chunk) */
     lb_fwd_workspace *ws;
     float *x;              /* (chunk, dim) */
     float *cap[4];         /* captures: attn_in, attn_out, mlp_in, mlp_act */
     int64_t capw[4];
     int64_t chunk_seqs, n_chunks, dim;
+    int64_t e0, ne;        /* the chunks this job runs: all, or its range (chunk jobs) */
+    int64_t t_base, t_count; /* token rows of those chunks (rows of X held, of outputs) */
 } blockrun;
 
 static void blockrun_free(blockrun *br)
@@ -193,7 +294,7 @@ static void blockrun_free(blockrun *br)
         free(br->cap[k]);
     free(br->x);
     lb_fwd_workspace_free(&br->ws);
-    lb_st_free(&br->xst);
+    xsrc_free(&br->xs);
     memset(br, 0, sizeof *br);
 }
 
@@ -214,7 +315,14 @@ static int blockrun_open(blockrun *br, const lb_exec_ctx *ctx, const lb_job *job
     br->chunk_seqs = lb_exec_chunk_seqs(job->n_seq, job->seq_len);
     br->n_chunks = lb_exec_chunk_count(job->n_seq, job->seq_len);
     const int64_t chunk = br->chunk_seqs * job->seq_len;
-    int rc = open_x(ctx, xid, job->n_seq * job->seq_len, br->dim, &br->xst, &br->xdata, err);
+    br->e0 = 0;
+    br->ne = br->n_chunks;
+    br->t_base = 0;
+    br->t_count = job->n_seq * job->seq_len;
+    if (job->chunk >= 0)
+        lb_exec_chunk_span(job->n_seq, job->seq_len, job->n_chunks, job->chunk, &br->e0,
+                           &br->ne, &br->t_base, &br->t_count);
+    int rc = xsrc_open_block_input(&br->xs, ctx, job, xid, br->dim, err);
     if (rc)
         goto fail;
     if ((rc = lb_fwd_workspace_new(cfg, chunk, job->seq_len, &br->ws, err)))
@@ -249,17 +357,19 @@ static void blockrun_range(const blockrun *br, int64_t c, int64_t *t0, int64_t *
  * NULL, gets the block output. */
 static int blockrun_chunk(blockrun *br, int64_t c, lb_hessian *const *hs, float *y, lb_err *err)
 {
-    if (c < 0 || c >= br->n_chunks)
-        return lb_err_set(err, LB_EINVAL, "block %d: chunk %lld of %lld", (int)br->job->block,
-                          (long long)c, (long long)br->n_chunks);
+    if (c < br->e0 || c >= br->e0 + br->ne)
+        return lb_err_set(err, LB_EINVAL, "block %d: chunk %lld outside [%lld, %lld)",
+                          (int)br->job->block, (long long)c, (long long)br->e0,
+                          (long long)(br->e0 + br->ne));
     int64_t t0, nt, ns;
     blockrun_range(br, c, &t0, &nt, &ns);
     const int64_t dim = br->dim;
-    memcpy(br->x, br->xdata + (size_t)t0 * (size_t)dim * sizeof(float),
-           (size_t)nt * (size_t)dim * sizeof(float));
+    int rc = xsrc_copy(&br->xs, t0, nt, br->x, err);
+    if (rc)
+        return rc;
     lb_fwd_capture capture = {br->cap[0], br->cap[1], br->cap[2], br->cap[3]};
     bool any = br->cap[0] || br->cap[1] || br->cap[2] || br->cap[3];
-    int rc = lb_fwd_block(br->cfg, br->w, br->x, ns, br->job->seq_len, br->ws,
+    rc = lb_fwd_block(br->cfg, br->w, br->x, ns, br->job->seq_len, br->ws,
                           any ? &capture : NULL, err);
     if (rc)
         return rc;
@@ -313,17 +423,36 @@ static int exec_collect_lm_head(const lb_job *job, const lb_exec_ctx *ctx, lb_er
 {
     const lb_config *cfg = lb_model_config(ctx->model);
     const int64_t dim = cfg->hidden_size, ntok = job->n_seq * job->seq_len;
-    if (job->n_inputs != 1 || job->n_outputs != 1 || job->block != cfg->num_hidden_layers)
+    /* X_L whole, or as the K chunks of a chunked plan (in chunk order) */
+    const int nx = job->n_chunks > 0 ? job->n_chunks : 1;
+    if (job->n_inputs != nx || job->n_outputs != 1 || job->block != cfg->num_hidden_layers ||
+        job->chunk >= 0)
         return lb_err_set(err, LB_EINVAL, "lm_head collect job %s: %d inputs / %d outputs at "
-                          "block %d, expected 1 / 1 at block %d", job->id, (int)job->n_inputs,
-                          (int)job->n_outputs, (int)job->block, (int)cfg->num_hidden_layers);
-    lb_st *xst = NULL;
-    const uint8_t *xdata = NULL;
+                          "block %d, expected %d / 1 at block %d", job->id, (int)job->n_inputs,
+                          (int)job->n_outputs, (int)job->block, nx,
+                          (int)cfg->num_hidden_layers);
+    xsrc xs;
+    memset(&xs, 0, sizeof xs);
     lb_hessian *h = NULL;
     float *norm = NULL, *x = NULL;
     int64_t chunk = ntok < LB_EXEC_CHUNK_TOKENS ? ntok : LB_EXEC_CHUNK_TOKENS;
-    int rc = open_x(ctx, job->inputs[0].hex, ntok, dim, &xst, &xdata, err);
-    if (rc)
+    int64_t *r0 = calloc((size_t)nx, sizeof *r0), *rn = calloc((size_t)nx, sizeof *rn);
+    int rc = 0;
+    if (!r0 || !rn) {
+        rc = lb_err_set(err, LB_ENOMEM, "lm_head collect: out of memory");
+        goto done;
+    }
+    rn[0] = ntok;
+    for (int c = 0; c < nx && job->n_chunks > 0; c++) {
+        int64_t e0, ne;
+        if (lb_exec_chunk_span(job->n_seq, job->seq_len, job->n_chunks, c, &e0, &ne, &r0[c],
+                               &rn[c])) {
+            rc = lb_err_set(err, LB_EINVAL, "lm_head collect job %s: %d chunks of %lld "
+                            "windows", job->id, (int)job->n_chunks, (long long)job->n_seq);
+            goto done;
+        }
+    }
+    if ((rc = xsrc_open(&xs, ctx, job->inputs, nx, r0, rn, dim, err)))
         goto done;
     norm = malloc((size_t)dim * sizeof *norm);
     x = malloc((size_t)chunk * (size_t)dim * sizeof *x);
@@ -337,8 +466,8 @@ static int exec_collect_lm_head(const lb_job *job, const lb_exec_ctx *ctx, lb_er
         goto done;
     for (int64_t t0 = 0; t0 < ntok; t0 += chunk) {
         int64_t nt = ntok - t0 < chunk ? ntok - t0 : chunk;
-        memcpy(x, xdata + (size_t)t0 * (size_t)dim * sizeof(float),
-               (size_t)nt * (size_t)dim * sizeof(float));
+        if ((rc = xsrc_copy(&xs, t0, nt, x, err)))
+            goto done;
         lb_fwd_final_norm(cfg, norm, x, nt, dim);
         if ((rc = lb_hessian_add_chunk(h, x, nt, dim, err)))
             goto done;
@@ -346,7 +475,9 @@ static int exec_collect_lm_head(const lb_job *job, const lb_exec_ctx *ctx, lb_er
     rc = put_hessian(ctx, job->outputs[0].hex, h, err);
 done:
     lb_hessian_free(&h);
-    lb_st_free(&xst);
+    xsrc_free(&xs);
+    free(r0);
+    free(rn);
     free(norm);
     free(x);
     return rc;
@@ -375,7 +506,10 @@ void lb_exec_part_free(lb_exec_part **pp)
 
 bool lb_exec_is_data_parallel(const lb_job *job)
 {
-    /* the lm_head collect (final norm + one dim x dim sum) runs in one process */
+    /* the lm_head collect (final norm + one dim x dim sum) runs in one process; a
+     * chunk job is already a share of the windows and runs whole */
+    if (job->n_chunks > 0)
+        return false;
     return (job->type == LB_JOB_COLLECT_HESSIAN && job->stage != LB_STAGE_LM_HEAD) ||
            (job->type == LB_JOB_PROPAGATE && job->block >= 0);
 }
@@ -392,15 +526,20 @@ static int check_job(const lb_job *job, const lb_exec_ctx *ctx, lb_err *err)
     return 0;
 }
 
-int lb_exec_part_open(const lb_job *job, const lb_exec_ctx *ctx, lb_exec_part **out, lb_err *err)
+/* Block chunks of job (collect except lm_head, propagate block >= 0; chunk jobs
+ * included): lb_exec_part_open without the data-parallel restriction. */
+static int part_open(const lb_job *job, const lb_exec_ctx *ctx, lb_exec_part **out, lb_err *err)
 {
     *out = NULL;
     int rc = check_job(job, ctx, err);
     if (rc)
         return rc;
-    if (!lb_exec_is_data_parallel(job))
-        return lb_err_set(err, LB_EINVAL, "job %s (%s, block %d) has no chunked form", job->id,
-                          lb_job_type_name(job->type), (int)job->block);
+    if (!((job->type == LB_JOB_COLLECT_HESSIAN && job->stage != LB_STAGE_LM_HEAD) ||
+          (job->type == LB_JOB_PROPAGATE && job->block >= 0)) ||
+        (job->n_chunks > 0 && job->chunk < 0))
+        return lb_err_set(err, LB_EINVAL, "job %s (%s, block %d, chunk %d of %d) has no "
+                          "chunked form", job->id, lb_job_type_name(job->type),
+                          (int)job->block, (int)job->chunk, (int)job->n_chunks);
     const lb_config *cfg = lb_model_config(ctx->model);
     lb_linear pre[LB_LINEAR_COUNT];
     int npre, nout;
@@ -447,6 +586,15 @@ int lb_exec_part_open(const lb_job *job, const lb_exec_ctx *ctx, lb_exec_part **
 fail:
     lb_exec_part_free(&p);
     return rc;
+}
+
+int lb_exec_part_open(const lb_job *job, const lb_exec_ctx *ctx, lb_exec_part **out, lb_err *err)
+{
+    *out = NULL;
+    if (!lb_exec_is_data_parallel(job))
+        return lb_err_set(err, LB_EINVAL, "job %s (%s, block %d) has no chunked form", job->id,
+                          lb_job_type_name(job->type), (int)job->block);
+    return part_open(job, ctx, out, err);
 }
 
 int64_t lb_exec_part_chunks(const lb_exec_part *p) { return p->br.n_chunks; }
@@ -497,8 +645,159 @@ int lb_exec_part_store_x(const lb_exec_part *p, const float *x, lb_err *err)
 {
     if (p->n_hessians)
         return lb_err_set(err, LB_EINVAL, "job %s stores Hessians, not activations", p->job->id);
-    return put_x(p->ctx, p->job->outputs[0].hex, x, p->job->n_seq * p->job->seq_len, p->br.dim,
-                 err);
+    return put_x(p->ctx, p->job->outputs[0].hex, x, p->br.t_count, p->br.dim, err);
+}
+
+/* Capture width of Hessian slot k (attn_in, attn_out, mlp_in, mlp_act). */
+static int64_t slot_width(const lb_config *cfg, int k)
+{
+    return k == 1 ? lb_config_q_dim(cfg) : k == 3 ? cfg->intermediate_size : cfg->hidden_size;
+}
+
+/* collect-hessian chunk job c of K: runs its window range and stores, per output
+ * Hessian, a "hpart" artifact the reduce adds in chunk order. Chunk 0 stores its
+ * float64 sums S = ((0 + S_0) + S_1) + ... (upper triangle, tensor "S"); a later
+ * chunk cannot pre-add (float64 addition is not associative) and stores the float32
+ * product of each of its block chunks (tensor "C", (chunks, triangle)). */
+static int exec_collect_chunk(const lb_job *job, const lb_exec_ctx *ctx, lb_err *err)
+{
+    lb_exec_part *p = NULL;
+    lb_hessian *hs[4] = {NULL, NULL, NULL, NULL};
+    float *tri32[4] = {NULL, NULL, NULL, NULL};
+    double *tri64 = NULL;
+    int rc = part_open(job, ctx, &p, err);
+    if (rc)
+        return rc;
+    const int nh = p->n_hessians;
+    const int64_t e0 = p->br.e0, ne = p->br.ne;
+    for (int k = 0; !rc && k < nh; k++) {
+        int64_t cnt = lb_hessian_upper_count(lb_exec_part_hessian_width(p, k));
+        if ((rc = lb_hessian_new(lb_exec_part_hessian_width(p, k), &hs[k], err)))
+            break;
+        if (job->chunk > 0 && !(tri32[k] = malloc((size_t)ne * (size_t)cnt * sizeof(float))))
+            rc = lb_err_set(err, LB_ENOMEM, "collect-hessian chunk %d: out of memory for %lld "
+                            "partial products", (int)job->chunk, (long long)ne);
+    }
+    for (int64_t i = 0; !rc && i < ne; i++) {
+        rc = lb_exec_part_run_chunk(p, e0 + i, hs, NULL, err);
+        for (int k = 0; !rc && job->chunk > 0 && k < nh; k++) {
+            int64_t cnt = lb_hessian_upper_count(lb_hessian_cols(hs[k]));
+            rc = lb_hessian_last_chunk_upper(hs[k], tri32[k] + (size_t)i * (size_t)cnt, err);
+        }
+    }
+    for (int k = 0; !rc && k < nh; k++) {
+        const int64_t cols = lb_hessian_cols(hs[k]), cnt = lb_hessian_upper_count(cols);
+        char nt[32], first[32], count[32], width[32];
+        snprintf(nt, sizeof nt, "%lld", (long long)lb_hessian_tokens(hs[k]));
+        snprintf(first, sizeof first, "%lld", (long long)e0);
+        snprintf(count, sizeof count, "%lld", (long long)ne);
+        snprintf(width, sizeof width, "%lld", (long long)cols);
+        const char *meta[] = {"lowbit.ntok", nt, "lowbit.first_chunk", first,
+                              "lowbit.chunks", count, "lowbit.cols", width};
+        if (job->chunk == 0) {
+            free(tri64);
+            if (!(tri64 = malloc((size_t)cnt * sizeof *tri64))) {
+                rc = lb_err_set(err, LB_ENOMEM, "collect-hessian: out of memory");
+                break;
+            }
+            lb_hessian_get_upper(hs[k], tri64);
+            lb_artifact_tensor t = {"S", LB_DTYPE_F64, 1, {cnt, 0, 0, 0}, tri64,
+                                    (size_t)cnt * sizeof(double)};
+            rc = lb_store_put(ctx->store, job->outputs[k].hex, "hpart", &t, 1, meta, 4, err);
+        } else {
+            lb_artifact_tensor t = {"C", LB_DTYPE_F32, 2, {ne, cnt, 0, 0}, tri32[k],
+                                    (size_t)ne * (size_t)cnt * sizeof(float)};
+            rc = lb_store_put(ctx->store, job->outputs[k].hex, "hpart", &t, 1, meta, 4, err);
+        }
+    }
+    for (int k = 0; k < 4; k++) {
+        lb_hessian_free(&hs[k]);
+        free(tri32[k]);
+    }
+    free(tri64);
+    lb_exec_part_free(&p);
+    return rc;
+}
+
+/* Reads integer metadata key of st into *v. */
+static bool meta_i64(const lb_st *st, const char *key, int64_t *v)
+{
+    const char *s = lb_st_metadata_get(st, key);
+    char *end = NULL;
+    if (!s)
+        return false;
+    long long x = strtoll(s, &end, 10);
+    if (!end || *end || end == s)
+        return false;
+    *v = x;
+    return true;
+}
+
+/* reduce-hessian: inputs [chunk 0's partials (one per output Hessian), chunk 1's,
+ * ...]; each output Hessian is a fresh accumulator fed chunk 0's float64 sums and
+ * then every later block chunk's float32 product in order: the additions of the
+ * unchunked collect, so the same bits (docs/determinism.md). */
+static int exec_reduce(const lb_job *job, const lb_exec_ctx *ctx, lb_err *err)
+{
+    const lb_config *cfg = lb_model_config(ctx->model);
+    const int nh = job->stage == LB_STAGE_ALL ? 4 : 1;
+    const int K = job->n_chunks;
+    if (K < 1 || job->chunk >= 0 || job->stage < LB_STAGE_ALL || job->stage > LB_STAGE_MLP_ACT ||
+        job->n_inputs != K * nh || job->n_outputs != nh)
+        return lb_err_set(err, LB_EINVAL, "reduce-hessian job %s: %d inputs / %d outputs for "
+                          "%d chunks at stage %d, expected %d / %d", job->id,
+                          (int)job->n_inputs, (int)job->n_outputs, K, (int)job->stage, K * nh,
+                          nh);
+    lb_hessian *h = NULL;
+    lb_st *st = NULL;
+    int rc = 0;
+    for (int k = 0; !rc && k < nh; k++) {
+        const int64_t cols = slot_width(cfg, nh == 4 ? k : job->stage);
+        const int64_t cnt = lb_hessian_upper_count(cols);
+        lb_hessian_free(&h);
+        if ((rc = lb_hessian_new(cols, &h, err)))
+            break;
+        for (int c = 0; !rc && c < K; c++) {
+            const char *id = job->inputs[c * nh + k].hex;
+            int64_t e0, ne, t0, nt, first = -1, count = -1, ntok = -1, w = -1;
+            lb_st_free(&st);
+            if ((rc = lb_store_open_artifact(ctx->store, id, "hpart", &st, err)))
+                break;
+            if (lb_exec_chunk_span(job->n_seq, job->seq_len, K, c, &e0, &ne, &t0, &nt) ||
+                !meta_i64(st, "lowbit.first_chunk", &first) ||
+                !meta_i64(st, "lowbit.chunks", &count) || !meta_i64(st, "lowbit.ntok", &ntok) ||
+                !meta_i64(st, "lowbit.cols", &w) || first != e0 || count != ne || w != cols ||
+                ntok != nt) {
+                rc = lb_err_set(err, LB_EFORMAT, "partial Hessian %s: expected chunk %d of %d "
+                                "(block chunks %lld+%lld, %lld tokens, width %lld); it is from "
+                                "another plan or corrupted; delete it to recompute", id, c, K,
+                                (long long)e0, (long long)ne, (long long)nt, (long long)cols);
+                break;
+            }
+            const lb_st_tensor *s64 = lb_st_find(st, "S"), *c32 = lb_st_find(st, "C");
+            if (c == 0 && s64 && s64->dtype == LB_DTYPE_F64 && s64->ndim == 1 &&
+                s64->shape[0] == cnt) {
+                rc = lb_hessian_add_upper_f64(h, s64->data, ntok, err);
+            } else if (c > 0 && c32 && c32->dtype == LB_DTYPE_F32 && c32->ndim == 2 &&
+                       c32->shape[0] == ne && c32->shape[1] == cnt) {
+                for (int64_t i = 0; !rc && i < ne; i++)
+                    rc = lb_hessian_add_upper_f32(h, (const uint8_t *)c32->data +
+                                                         (size_t)i * (size_t)cnt * sizeof(float),
+                                                  i == 0 ? ntok : 0, err);
+            } else {
+                rc = lb_err_set(err, LB_EFORMAT, "partial Hessian %s: expected %s of %lld "
+                                "values; delete it to recompute", id,
+                                c == 0 ? "F64 S" : "F32 C (chunks, triangle)", (long long)cnt);
+            }
+            if (rc)
+                lb_err_prefix(err, "reduce-hessian %s", job->id);
+        }
+        if (!rc)
+            rc = put_hessian(ctx, job->outputs[k].hex, h, err);
+    }
+    lb_st_free(&st);
+    lb_hessian_free(&h);
+    return rc;
 }
 
 /* collect-hessian, every chunk here: one accumulator per output, chunk after
@@ -507,9 +806,11 @@ static int exec_collect(const lb_job *job, const lb_exec_ctx *ctx, lb_err *err)
 {
     if (job->stage == LB_STAGE_LM_HEAD)
         return exec_collect_lm_head(job, ctx, err);
+    if (job->n_chunks > 0)
+        return exec_collect_chunk(job, ctx, err);
     lb_exec_part *p = NULL;
     lb_hessian *hs[4] = {NULL, NULL, NULL, NULL};
-    int rc = lb_exec_part_open(job, ctx, &p, err);
+    int rc = part_open(job, ctx, &p, err);
     for (int k = 0; !rc && k < lb_exec_part_n_hessians(p); k++)
         rc = lb_hessian_new(lb_exec_part_hessian_width(p, k), &hs[k], err);
     for (int64_t c = 0; !rc && c < lb_exec_part_chunks(p); c++)
@@ -590,7 +891,10 @@ static int exec_embed(const lb_job *job, const lb_exec_ctx *ctx, lb_err *err)
 {
     const lb_config *cfg = lb_model_config(ctx->model);
     const int64_t ntok = job->n_seq * job->seq_len, dim = cfg->hidden_size;
-    if (job->n_inputs != 1 || job->n_outputs != 1)
+    int64_t t0 = 0, nt = ntok, e0, ne; /* an embed chunk job embeds its windows only */
+    if (job->n_inputs != 1 || job->n_outputs != 1 ||
+        (job->n_chunks > 0 && lb_exec_chunk_span(job->n_seq, job->seq_len, job->n_chunks,
+                                                 job->chunk, &e0, &ne, &t0, &nt)))
         return lb_err_set(err, LB_EINVAL, "embed job %s: malformed", job->id);
     lb_st *cst = NULL;
     lb_head_weights head;
@@ -606,17 +910,17 @@ static int exec_embed(const lb_job *job, const lb_exec_ctx *ctx, lb_err *err)
                         job->inputs[0].hex, (long long)ntok);
         goto done;
     }
-    tok = malloc((size_t)ntok * sizeof *tok);
-    x = malloc((size_t)ntok * (size_t)dim * sizeof *x);
+    tok = malloc((size_t)nt * sizeof *tok);
+    x = malloc((size_t)nt * (size_t)dim * sizeof *x);
     if (!tok || !x) {
-        rc = lb_err_set(err, LB_ENOMEM, "embed: out of memory for %lld tokens", (long long)ntok);
+        rc = lb_err_set(err, LB_ENOMEM, "embed: out of memory for %lld tokens", (long long)nt);
         goto done;
     }
-    memcpy(tok, t->data, t->nbytes);
+    memcpy(tok, (const uint8_t *)t->data + (size_t)t0 * sizeof *tok, (size_t)nt * sizeof *tok);
     if ((rc = lb_model_load_head(ctx->model, &head, err)) ||
-        (rc = lb_fwd_embed(&head, tok, ntok, x, err)))
+        (rc = lb_fwd_embed(&head, tok, nt, x, err)))
         goto done;
-    rc = put_x(ctx, job->outputs[0].hex, x, ntok, dim, err);
+    rc = put_x(ctx, job->outputs[0].hex, x, nt, dim, err);
 done:
     lb_head_weights_free(&head);
     lb_st_free(&cst);
@@ -631,18 +935,19 @@ static int exec_propagate(const lb_job *job, const lb_exec_ctx *ctx, lb_err *err
         return exec_embed(job, ctx, err);
     lb_exec_part *p = NULL;
     float *out = NULL;
-    int rc = lb_exec_part_open(job, ctx, &p, err);
+    /* a chunk job runs and stores only its windows' rows */
+    int rc = part_open(job, ctx, &p, err);
     if (rc)
         return rc;
-    const int64_t ntok = job->n_seq * job->seq_len, dim = lb_exec_part_dim(p);
+    const int64_t ntok = p->br.t_count, base = p->br.t_base, dim = lb_exec_part_dim(p);
     out = malloc((size_t)ntok * (size_t)dim * sizeof *out);
     if (!out)
         rc = lb_err_set(err, LB_ENOMEM, "propagate: out of memory for (%lld, %lld) activations",
                         (long long)ntok, (long long)dim);
-    for (int64_t c = 0; !rc && c < lb_exec_part_chunks(p); c++) {
+    for (int64_t c = p->br.e0; !rc && c < p->br.e0 + p->br.ne; c++) {
         int64_t t0, nt;
         lb_exec_part_chunk_range(p, c, &t0, &nt);
-        rc = lb_exec_part_run_chunk(p, c, NULL, out + (size_t)t0 * (size_t)dim, err);
+        rc = lb_exec_part_run_chunk(p, c, NULL, out + (size_t)(t0 - base) * (size_t)dim, err);
     }
     if (!rc)
         rc = lb_exec_part_store_x(p, out, err);
@@ -657,7 +962,7 @@ static int exec_propagate(const lb_job *job, const lb_exec_ctx *ctx, lb_err *err
 static int exec_distill(const lb_job *job, const lb_exec_ctx *ctx, lb_err *err)
 {
     const lb_config *cfg = lb_model_config(ctx->model);
-    if (job->n_inputs != 2 + LB_LINEAR_COUNT ||
+    if (job->n_inputs != 2 + LB_LINEAR_COUNT || job->n_chunks > 0 ||
         (job->n_outputs != LB_LINEAR_COUNT && job->n_outputs != LB_LINEAR_COUNT + 1) ||
         job->block < 0)
         return lb_err_set(err, LB_EINVAL, "distill job %s: %d inputs / %d outputs, expected "
@@ -809,6 +1114,7 @@ int lb_exec_run(const lb_job *job, const lb_exec_ctx *ctx, lb_job_result *res)
         case LB_JOB_PROPAGATE: rc = exec_propagate(job, ctx, &err); break;
         case LB_JOB_MERGE: rc = exec_merge(job, ctx, &res->bpw, &err); break;
         case LB_JOB_DISTILL: rc = exec_distill(job, ctx, &err); break;
+        case LB_JOB_REDUCE_HESSIAN: rc = exec_reduce(job, ctx, &err); break;
         default: rc = lb_err_set(&err, LB_EINVAL, "job %s: unknown type %d", job->id,
                                  (int)job->type);
         }

@@ -24,6 +24,16 @@
  *                       (b = L-1 only for --quantize-lm-head)
  *   merge:              all qlinear artifacts + the model -> packed checkpoint
  *                       in job->out_dir (lb_packed_write)
+ * Chunked plans (job->n_chunks K > 0, docs/distributed.md "Chunked collection"):
+ *   chunk jobs (job->chunk = c) run only block chunks lb_exec_chunk_span(c) and
+ *   read/write only those token rows: embed (calib -> chunk c of X_0), propagate
+ *   (chunk c of X_b -> chunk c of X_{b+1}), collect (chunk c of X_b -> one "hpart"
+ *   partial per Hessian: chunk 0 float64 sums "S", later chunks the float32
+ *   product of each block chunk "C", packed upper triangles with metadata
+ *   lowbit.ntok/first_chunk/chunks/cols);
+ *   reduce-hessian:     K x n_hessians partials (chunk-major) -> the Hessians,
+ *                       added in chunk order: the unchunked bits;
+ *   lm_head collect:    inputs are the K chunks of X_L in order.
  * Forward passes run over fixed chunks of whole sequences (lb_exec_chunk_seqs:
  * a function of n_seq and seq_len only), each chunk on its own, so the Hessian
  * sums and activations are the same bits at any thread count and on however
@@ -59,6 +69,13 @@ typedef struct {
 int64_t lb_exec_chunk_seqs(int64_t n_seq, int64_t seq_len);
 /* Number of chunks: ceil(n_seq / lb_exec_chunk_seqs); 0 when n_seq < 1. */
 int64_t lb_exec_chunk_count(int64_t n_seq, int64_t seq_len);
+
+/* Chunk c of a plan's n_chunks chunk jobs (docs/distributed.md, "Chunked
+ * collection"): block chunks [*e0, *e0 + *ne) = [floor(c n / K), floor((c + 1) n / K))
+ * of the n = lb_exec_chunk_count block chunks, token rows [*t0, *t0 + *nt).
+ * Returns 0 or LB_EINVAL (K < 1, K > n, c out of range). */
+int lb_exec_chunk_span(int64_t n_seq, int64_t seq_len, int32_t n_chunks, int32_t c,
+                       int64_t *e0, int64_t *ne, int64_t *t0, int64_t *nt);
 
 /* Runs job. Fills *res (always: status, err_code, error, outputs, bpw,
  * seconds). Returns 0 or the job's LB_E* code (also in res->err_code). The

@@ -191,3 +191,76 @@ int lb_hessian_set_sums(lb_hessian *h, const double *S, int64_t ntok, lb_err *er
     h->ntok = ntok;
     return LB_OK;
 }
+
+int64_t lb_hessian_upper_count(int64_t cols)
+{
+    return cols * (cols + 1) / 2;
+}
+
+void lb_hessian_get_upper(const lb_hessian *h, double *tri)
+{
+    const int64_t n = h->cols;
+    int64_t k = 0;
+    for (int64_t a = 0; a < n; a++)
+        for (int64_t b = a; b < n; b++)
+            tri[k++] = h->S[a * n + b];
+}
+
+int lb_hessian_last_chunk_upper(const lb_hessian *h, float *tri, lb_err *err)
+{
+    if (!h->chunk || h->ntok < 1)
+        return lb_err_set(err, LB_ESTATE, "hessian: no chunk added yet");
+    const int64_t n = h->cols;
+    int64_t k = 0;
+    for (int64_t a = 0; a < n; a++)
+        for (int64_t b = a; b < n; b++)
+            tri[k++] = h->chunk[a * n + b];
+    return LB_OK;
+}
+
+/* Checks then adds a packed triangle of `size`-byte floats (4 or 8). */
+static int add_upper(lb_hessian *h, const void *tri, size_t size, int64_t ntok, lb_err *err)
+{
+    const unsigned char *p = tri;
+    const int64_t n = h->cols, cnt = lb_hessian_upper_count(n);
+    if (!tri || ntok < 0)
+        return lb_err_set(err, LB_EINVAL, "hessian: partial sum of %lld tokens", (long long)ntok);
+    for (int64_t k = 0; k < cnt; k++) {
+        double v;
+        if (size == sizeof(float)) {
+            float f;
+            memcpy(&f, p + (size_t)k * size, size);
+            v = f;
+        } else {
+            memcpy(&v, p + (size_t)k * size, size);
+        }
+        if (!isfinite(v))
+            return lb_err_set(err, LB_ENUMERIC, "hessian: partial sum value %lld not finite",
+                              (long long)k);
+    }
+    int64_t k = 0;
+    for (int64_t a = 0; a < n; a++)
+        for (int64_t b = a; b < n; b++, k++) {
+            double v;
+            if (size == sizeof(float)) {
+                float f;
+                memcpy(&f, p + (size_t)k * size, size);
+                v = (double)f;
+            } else {
+                memcpy(&v, p + (size_t)k * size, size);
+            }
+            h->S[a * n + b] += v;
+        }
+    h->ntok += ntok;
+    return LB_OK;
+}
+
+int lb_hessian_add_upper_f64(lb_hessian *h, const void *tri, int64_t ntok, lb_err *err)
+{
+    return add_upper(h, tri, sizeof(double), ntok, err);
+}
+
+int lb_hessian_add_upper_f32(lb_hessian *h, const void *tri, int64_t ntok, lb_err *err)
+{
+    return add_upper(h, tri, sizeof(float), ntok, err);
+}

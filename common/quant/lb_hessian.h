@@ -47,4 +47,22 @@ int lb_hessian_from_sums(const void *S, int64_t cols, int64_t ntok, float *H, lb
 void lb_hessian_get_sums(const lb_hessian *h, double *S, int64_t *ntok);
 int lb_hessian_set_sums(lb_hessian *h, const double *S, int64_t ntok, lb_err *err);
 
+/* Packed upper triangles (row-major, a <= b: cols * (cols + 1) / 2 values), the
+ * form of a partial sum stored by a chunk job (docs/distributed.md, "Chunked
+ * collection"). A reduce that adds, in chunk order, the float32 chunk products
+ * (lb_hessian_last_chunk_upper) into a fresh accumulator, after the float64 sums of
+ * the leading chunks (lb_hessian_get_upper), performs exactly the float64 additions
+ * of one accumulator fed every chunk: the same bits. */
+int64_t lb_hessian_upper_count(int64_t cols);
+/* OUT: tri = the float64 sums S (upper triangle). */
+void lb_hessian_get_upper(const lb_hessian *h, double *tri);
+/* OUT: tri = the float32 product Xᵀ X of the last lb_hessian_add_chunk (before its
+ * float64 addition). Returns 0 or LB_ESTATE (no chunk added yet). */
+int lb_hessian_last_chunk_upper(const lb_hessian *h, float *tri, lb_err *err);
+/* S += tri (float64 sums, or float32 chunk products widened as add_chunk does),
+ * N += ntok. tri may be unaligned (a mapped file). Returns 0, LB_EINVAL (ntok < 0)
+ * or LB_ENUMERIC (a value not finite; nothing added). */
+int lb_hessian_add_upper_f64(lb_hessian *h, const void *tri, int64_t ntok, lb_err *err);
+int lb_hessian_add_upper_f32(lb_hessian *h, const void *tri, int64_t ntok, lb_err *err);
+
 #endif

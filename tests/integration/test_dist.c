@@ -316,12 +316,13 @@ static void test_coordinator_restart_resumes(void **state)
                      coord, dir, g_srv.port, bin, g_srv.url, dir);
     assert_int_equal(rc, 0);
     assert_non_null(out);
-    /* the restarted coordinator did not queue the embed item a second time */
-    assert_int_equal(strncmp(out, "1\n", 2), 0);
+    /* the restarted coordinator did not queue the two embed chunk items (the
+     * coordinator's default --collect-chunks 2) a second time */
+    assert_int_equal(strncmp(out, "2\n", 2), 0);
     assert_non_null(strstr(out, "rc=0"));
     assert_non_null(strstr(out, "quantized 35 linears"));
     free(out);
-    assert_int_equal(lb_test_run(&out, "'%s' status r1 --redis %s --events 50", bin, g_srv.url), 0);
+    assert_int_equal(lb_test_run(&out, "'%s' status r1 --redis %s --events 200", bin, g_srv.url), 0);
     assert_non_null(strstr(out, "state     done"));
     assert_non_null(strstr(out, "resumed"));
     free(out);

@@ -13,7 +13,9 @@
 #include "lb_test_redis.h"
 #include "lb_test_util.h"
 
-#define QOPTS "--ctx 128 --nsamples 8 --method gptq --bits 3 --threads 1"
+/* --collect-chunks 1: one collect job per block, which the MPI group spreads over
+ * its ranks (the coordinator's default 2 would split it into chunk jobs) */
+#define QOPTS "--ctx 128 --nsamples 8 --method gptq --bits 3 --threads 1 --collect-chunks 1"
 
 static void test_local_cluster_equals_embedded(void **state)
 {

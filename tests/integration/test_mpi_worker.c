@@ -21,7 +21,9 @@ static lb_test_redis g_srv;
 static char *g_dir;              /* holds the embedded references */
 static char g_model[4096], g_calib[4096];
 
-#define QOPTS "--ctx 128 --nsamples 8 --bits 3 --threads 1"
+/* --collect-chunks 1: one collect job per block, which the MPI group spreads over
+ * its ranks (the coordinator's default 2 would split it into chunk jobs) */
+#define QOPTS "--ctx 128 --nsamples 8 --bits 3 --threads 1 --collect-chunks 1"
 /* Root in containers needs the ALLOW variables; --oversubscribe lets 3 ranks
  * share 2 cores; no LeakSanitizer inside Open MPI (see test_mpi_hessian.c). */
 #define MPIRUN "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " \

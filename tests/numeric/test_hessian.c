@@ -198,6 +198,80 @@ static void test_rejects_bad_input(void **state)
     lb_hessian_free(&h);
 }
 
+/* Chunked collection's reduce (docs/determinism.md): chunk 0's float64 sums over
+ * block chunks [0, a) as a packed triangle, then every later chunk's float32
+ * product, added into a fresh accumulator, give the bits of one accumulator fed
+ * every chunk (width 600 > LB_HESSIAN_TILE: the tiled path). The data make the
+ * order matter: adding the float32 products in reverse gives other bits. */
+static void test_packed_partials_reproduce_chunk_order(void **state)
+{
+    (void)state;
+    const int64_t n = 600, nc = 5, nt = 7, cnt = n * (n + 1) / 2;
+    uint64_t rng = 11;
+    float *X = malloc((size_t)(nc * nt * n) * sizeof *X);
+    assert_non_null(X);
+    for (int64_t i = 0; i < nc * nt * n; i++) {
+        X[i] = lb_test_rand_normal(&rng);
+        if ((i / (nt * n)) % 2 == 1)
+            X[i] *= 1048576.0f; /* 2^20: the float64 sums span more than 53 bits */
+    }
+    lb_hessian *ref = NULL, *pre = NULL, *late = NULL, *red = NULL, *rev = NULL;
+    assert_int_equal(lb_hessian_new(n, &ref, NULL), 0);
+    for (int64_t c = 0; c < nc; c++)
+        assert_int_equal(lb_hessian_add_chunk(ref, X + c * nt * n, nt, n, NULL), 0);
+    /* chunk job 0: block chunks 0, 1 pre-added; chunk job 1: chunks 2..4 as float32 */
+    const int64_t a = 2;
+    double *s64 = malloc((size_t)cnt * sizeof *s64);
+    float *c32 = malloc((size_t)((nc - a) * cnt) * sizeof *c32);
+    assert_non_null(s64);
+    assert_non_null(c32);
+    assert_int_equal(lb_hessian_new(n, &pre, NULL), 0);
+    for (int64_t c = 0; c < a; c++)
+        assert_int_equal(lb_hessian_add_chunk(pre, X + c * nt * n, nt, n, NULL), 0);
+    lb_hessian_get_upper(pre, s64);
+    assert_int_equal(lb_hessian_new(n, &late, NULL), 0);
+    lb_err err;
+    assert_int_equal(lb_hessian_last_chunk_upper(late, c32, &err), LB_ESTATE);
+    for (int64_t c = a; c < nc; c++) {
+        assert_int_equal(lb_hessian_add_chunk(late, X + c * nt * n, nt, n, NULL), 0);
+        assert_int_equal(lb_hessian_last_chunk_upper(late, c32 + (c - a) * cnt, NULL), 0);
+    }
+    assert_int_equal(lb_hessian_new(n, &red, NULL), 0);
+    assert_int_equal(lb_hessian_add_upper_f64(red, s64, a * nt, NULL), 0);
+    for (int64_t c = a; c < nc; c++)
+        assert_int_equal(lb_hessian_add_upper_f32(red, c32 + (c - a) * cnt, c == a ? (nc - a) * nt
+                                                                                   : 0, NULL), 0);
+    assert_int_equal(lb_hessian_tokens(red), nc * nt);
+    double *S1 = malloc((size_t)(n * n) * sizeof *S1), *S2 = malloc((size_t)(n * n) * sizeof *S2);
+    assert_non_null(S1);
+    assert_non_null(S2);
+    lb_hessian_get_sums(ref, S1, NULL);
+    lb_hessian_get_sums(red, S2, NULL);
+    assert_memory_equal(S1, S2, (size_t)(n * n) * sizeof *S1);
+    /* the same pieces in another order: other bits */
+    assert_int_equal(lb_hessian_new(n, &rev, NULL), 0);
+    for (int64_t c = nc - 1; c >= a; c--)
+        assert_int_equal(lb_hessian_add_upper_f32(rev, c32 + (c - a) * cnt, 0, NULL), 0);
+    assert_int_equal(lb_hessian_add_upper_f64(rev, s64, nc * nt, NULL), 0);
+    lb_hessian_get_sums(rev, S2, NULL);
+    assert_true(memcmp(S1, S2, (size_t)(n * n) * sizeof *S1) != 0);
+    /* a non-finite value is refused and nothing is added */
+    c32[5] = NAN;
+    assert_int_equal(lb_hessian_add_upper_f32(red, c32, 1, &err), LB_ENUMERIC);
+    assert_int_equal(lb_hessian_tokens(red), nc * nt);
+    assert_int_equal(lb_hessian_add_upper_f64(red, s64, -1, &err), LB_EINVAL);
+    lb_hessian_free(&ref);
+    lb_hessian_free(&pre);
+    lb_hessian_free(&late);
+    lb_hessian_free(&red);
+    lb_hessian_free(&rev);
+    free(X);
+    free(s64);
+    free(c32);
+    free(S1);
+    free(S2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -206,6 +280,7 @@ int main(void)
         cmocka_unit_test(test_from_sums_equals_set_get),
         cmocka_unit_test(test_partials_add),
         cmocka_unit_test(test_rejects_bad_input),
+        cmocka_unit_test(test_packed_partials_reproduce_chunk_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -49,13 +49,19 @@ static void make_job(lb_job *job, lb_job_type type)
         strcpy(job->out_dir, "/out/y");
         strcpy(job->options_json, "{\"method\":\"gptq\"}");
     }
+    if (type == LB_JOB_REDUCE_HESSIAN) {
+        job->stage = LB_STAGE_ALL;
+        job->n_chunks = 2;
+    }
     int nin = type == LB_JOB_MERGE ? 35 : type == LB_JOB_PROPAGATE ? 8
+              : type == LB_JOB_REDUCE_HESSIAN ? 8
               : type == LB_JOB_DISTILL ? 9 : 1;
     lb_artifact_id ids[64];
     for (int i = 0; i < nin; i++)
         fake_id(ids[i].hex, i);
     assert_int_equal(lb_job_set_inputs(job, ids, nin, NULL), 0);
-    job->n_outputs = type == LB_JOB_MERGE ? 0 : type == LB_JOB_COLLECT_HESSIAN ? 4
+    job->n_outputs = type == LB_JOB_MERGE ? 0
+                     : type == LB_JOB_COLLECT_HESSIAN || type == LB_JOB_REDUCE_HESSIAN ? 4
                      : type == LB_JOB_DISTILL ? 8 : 1;
     assert_int_equal(lb_job_compute_id(job, NULL), 0);
 }
@@ -105,6 +111,8 @@ static void assert_jobs_equal(const lb_job *a, const lb_job *b)
     assert_memory_equal(&a->distill.eps, &b->distill.eps, sizeof(double));
     assert_int_equal(a->distill.batch_seqs, b->distill.batch_seqs);
     assert_true(a->distill.seed == b->distill.seed);
+    assert_int_equal(a->chunk, b->chunk);
+    assert_int_equal(a->n_chunks, b->n_chunks);
     assert_int_equal(a->n_inputs, b->n_inputs);
     for (int i = 0; i < a->n_inputs; i++)
         assert_string_equal(a->inputs[i].hex, b->inputs[i].hex);
@@ -116,7 +124,7 @@ static void assert_jobs_equal(const lb_job *a, const lb_job *b)
 static void test_round_trip(void **state)
 {
     (void)state;
-    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_DISTILL; t++) {
+    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_REDUCE_HESSIAN; t++) {
         lb_job job, back;
         make_job(&job, (lb_job_type)t);
         uint8_t *buf = NULL;
@@ -213,7 +221,7 @@ static void test_rotate_option(void **state)
 static void test_every_truncation_rejected(void **state)
 {
     (void)state;
-    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_DISTILL; t++) {
+    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_REDUCE_HESSIAN; t++) {
         lb_job job, back;
         make_job(&job, (lb_job_type)t);
         uint8_t *buf = NULL;
@@ -331,7 +339,7 @@ static void test_random_flips(void **state)
     (void)state;
     uint64_t rng = 12345;
     int decoded = 0, rejected = 0;
-    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_DISTILL; t++) {
+    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_REDUCE_HESSIAN; t++) {
         lb_job job;
         make_job(&job, (lb_job_type)t);
         uint8_t *buf = NULL;
@@ -430,7 +438,7 @@ static void write_corpus(const char *dir)
     make_lm_head_job(&head, LB_JOB_QUANTIZE_LINEAR);
     write_job_file(dir, "job-quantize-lm-head.msgpack", &head);
     lb_job_clear(&head);
-    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_DISTILL; t++) {
+    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_REDUCE_HESSIAN; t++) {
         lb_job job;
         make_job(&job, (lb_job_type)t);
         uint8_t *buf = NULL;
@@ -467,6 +475,45 @@ static void write_corpus(const char *dir)
     free(buf);
 }
 
+/* Wire v4: chunk jobs (chunk c of n_chunks) and reduce-hessian round-trip; the
+ * chunk is part of the id; an out-of-range chunk is refused both ways. */
+static void test_chunk_fields(void **state)
+{
+    (void)state;
+    lb_job job, back, other;
+    make_job(&job, LB_JOB_COLLECT_HESSIAN);
+    job.stage = LB_STAGE_ALL;
+    job.n_chunks = 3;
+    job.chunk = 2;
+    assert_int_equal(lb_job_compute_id(&job, NULL), 0);
+    make_job(&other, LB_JOB_COLLECT_HESSIAN);
+    other.stage = LB_STAGE_ALL;
+    other.n_chunks = 3;
+    other.chunk = 1;
+    assert_int_equal(lb_job_compute_id(&other, NULL), 0);
+    assert_string_not_equal(job.id, other.id);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    lb_err err;
+    assert_int_equal(lb_job_encode(&job, &buf, &len, &err), 0);
+    assert_int_equal(lb_job_decode(buf, len, &back, &err), 0);
+    assert_jobs_equal(&job, &back);
+    lb_job_clear(&back);
+    /* the last two fields are chunk (2) and n_chunks (3), positive fixints */
+    assert_int_equal(buf[len - 2], 2);
+    assert_int_equal(buf[len - 1], 3);
+    buf[len - 1] = 2; /* chunk 2 of 2 */
+    assert_int_equal(lb_job_decode(buf, len, &back, &err), LB_EFORMAT);
+    assert_non_null(strstr(err.msg, "field 21"));
+    free(buf);
+    other.chunk = 3; /* chunk 3 of 3: not encoded */
+    assert_int_equal(lb_job_encode(&other, &buf, &len, &err), LB_EINVAL);
+    assert_non_null(strstr(err.msg, "chunk 3 of 3"));
+    lb_job_clear(&job);
+    lb_job_clear(&other);
+    assert_string_equal(lb_job_type_name(LB_JOB_REDUCE_HESSIAN), "reduce-hessian");
+}
+
 int main(void)
 {
     const char *corpus = getenv("LB_PROTO_WRITE_CORPUS");
@@ -484,6 +531,7 @@ int main(void)
         cmocka_unit_test(test_result_round_trip),
         cmocka_unit_test(test_random_flips),
         cmocka_unit_test(test_lm_head_jobs),
+        cmocka_unit_test(test_chunk_fields),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lb_exec.h"
 #include "lb_model.h"
 #include "lb_plan.h"
 #include "lb_sha256.h"
@@ -38,7 +39,19 @@ static void fixture_init(fixture *f, int layers)
 static lb_plan *make_plan_d(fixture *f, bool ts, const lb_distill_opts *d)
 {
     lb_plan_spec s = {&f->cfg, "/m", "/o", f->model_fp, f->calib_fp, "0.1.0", 8, 128, ts,
-                      f->choices, "gptq", 4.0, "{}", d, NULL};
+                      f->choices, "gptq", 4.0, "{}", d, NULL, 0};
+    lb_plan *p = NULL;
+    lb_err err;
+    assert_int_equal(lb_plan_new(&s, &p, &err), 0);
+    return p;
+}
+
+/* Chunked plan: K chunks, optional true-sequential, lm_head and distill. */
+static lb_plan *make_plan_k(fixture *f, bool ts, int32_t K, const lb_plan_choice *head,
+                            const lb_distill_opts *d)
+{
+    lb_plan_spec s = {&f->cfg, "/m", "/o", f->model_fp, f->calib_fp, "0.1.0", 8, 128, ts,
+                      f->choices, "gptq", 4.0, "{}", d, head, K};
     lb_plan *p = NULL;
     lb_err err;
     assert_int_equal(lb_plan_new(&s, &p, &err), 0);
@@ -48,7 +61,7 @@ static lb_plan *make_plan_d(fixture *f, bool ts, const lb_distill_opts *d)
 static lb_plan *make_plan(fixture *f, bool ts)
 {
     lb_plan_spec s = {&f->cfg, "/m", "/o", f->model_fp, f->calib_fp, "0.1.0", 8, 128, ts,
-                      f->choices, "gptq", 4.0, "{}", NULL, NULL};
+                      f->choices, "gptq", 4.0, "{}", NULL, NULL, 0};
     lb_plan *p = NULL;
     lb_err err;
     assert_int_equal(lb_plan_new(&s, &p, &err), 0);
@@ -83,7 +96,8 @@ static int simulate(lb_plan *p, bool *present, int *max_acts)
                 assert_true(a >= 0);
                 assert_true(present[a]);
                 const char *k = lb_plan_artifact_kind(p, a);
-                assert_true(!strcmp(k, "activations") || !strcmp(k, "hessian"));
+                assert_true(!strcmp(k, "activations") || !strcmp(k, "hessian") ||
+                            !strcmp(k, "hpart"));
                 present[a] = false;
                 continue;
             }
@@ -224,7 +238,7 @@ static void test_lm_head_graph(void **state)
     lb_qopts_init(&head.opts);
     head.opts.bits = 8;
     lb_plan_spec s = {&f.cfg, "/m", "/o", f.model_fp, f.calib_fp, "0.1.0", 8, 128, false,
-                      f.choices, "gptq", 4.0, "{}", NULL, &head};
+                      f.choices, "gptq", 4.0, "{}", NULL, &head, 0};
     lb_plan *p = NULL, *p0 = make_plan(&f, false);
     assert_int_equal(lb_plan_new(&s, &p, NULL), 0);
     const int32_t n0 = lb_plan_job_count(p0);
@@ -442,6 +456,229 @@ static void test_true_sequential_and_failure(void **state)
     free(f.choices);
 }
 
+/* Index of the job whose output is artifact id (-1: none). */
+static int32_t producer(const lb_plan *p, const char *id)
+{
+    for (int32_t i = 0; i < lb_plan_job_count(p); i++) {
+        const lb_job *j = lb_plan_job(p, i);
+        for (int32_t o = 0; o < j->n_outputs; o++)
+            if (!strcmp(j->outputs[o].hex, id))
+                return i;
+    }
+    return -1;
+}
+
+/* --collect-chunks K: embed, collect and propagate become K chunk jobs each
+ * (chunk c reads only chunk c of the block input), one reduce-hessian per
+ * collect takes the K partials in chunk order; quantize reads the reduce's
+ * Hessians. A full run in any completion order holds at most 2K activation
+ * chunks (two block inputs) and releases every partial. */
+static void test_chunked_graph(void **state)
+{
+    (void)state;
+    fixture f;
+    fixture_init(&f, 5);
+    lb_plan_spec s = {&f.cfg, "/m", "/o", f.model_fp, f.calib_fp, "0.1.0", 8, 128, false,
+                      f.choices, "gptq", 4.0, "{}", NULL, NULL, 3};
+    assert_int_equal(lb_plan_effective_chunks(&s), 3);
+    s.collect_chunks = 100; /* capped at the 8 block chunks of 8 windows */
+    assert_int_equal(lb_plan_effective_chunks(&s), 8);
+    s.collect_chunks = 1;
+    assert_int_equal(lb_plan_effective_chunks(&s), 1);
+    lb_distill_opts d;
+    lb_distill_opts_init(&d);
+    d.steps = 2;
+    s.collect_chunks = 4;
+    s.distill = &d; /* distill needs whole activations: unchunked */
+    assert_int_equal(lb_plan_effective_chunks(&s), 1);
+    lb_plan *pd = make_plan_k(&f, false, 4, NULL, &d), *p0 = make_plan_d(&f, false, &d);
+    assert_int_equal(lb_plan_job_count(pd), lb_plan_job_count(p0));
+    for (int32_t i = 0; i < lb_plan_job_count(pd); i++)
+        assert_string_equal(lb_plan_job(pd, i)->id, lb_plan_job(p0, i)->id);
+    lb_plan_free(&pd);
+    lb_plan_free(&p0);
+
+    /* the 3 window ranges are contiguous and cover the 8 windows */
+    int64_t next = 0;
+    for (int32_t c = 0; c < 3; c++) {
+        int64_t e0, ne, t0, nt;
+        assert_int_equal(lb_exec_chunk_span(8, 128, 3, c, &e0, &ne, &t0, &nt), 0);
+        assert_int_equal(t0, next);
+        assert_true(ne >= 2 && ne <= 3);
+        next = t0 + nt;
+    }
+    assert_int_equal(next, 8 * 128);
+    int64_t e0, ne, t0, nt;
+    assert_int_equal(lb_exec_chunk_span(8, 128, 9, 0, &e0, &ne, &t0, &nt), LB_EINVAL);
+
+    const int K = 3;
+    lb_plan *p = make_plan_k(&f, false, K, NULL, NULL);
+    /* K embeds + per block (K collects + reduce + 7 quantize) + 4 x K propagates + merge */
+    assert_int_equal(lb_plan_job_count(p), K + 5 * (K + 1 + 7) + 4 * K + 1);
+    int nred = 0;
+    for (int32_t i = 0; i < lb_plan_job_count(p); i++) {
+        const lb_job *j = lb_plan_job(p, i);
+        if (j->type == LB_JOB_COLLECT_HESSIAN || (j->type == LB_JOB_PROPAGATE)) {
+            assert_int_equal(j->n_chunks, K);
+            assert_true(j->chunk >= 0 && j->chunk < K);
+            if (j->type == LB_JOB_COLLECT_HESSIAN) {
+                assert_int_equal(j->n_outputs, 4);
+                for (int o = 0; o < 4; o++)
+                    assert_string_equal(lb_plan_artifact_kind(p, art_index(p, j->outputs[o].hex)),
+                                        "hpart");
+            }
+            if (j->block >= 0) { /* X chunk c comes from chunk c of the previous step */
+                const lb_job *src = lb_plan_job(p, producer(p, j->inputs[0].hex));
+                assert_int_equal(src->type, LB_JOB_PROPAGATE);
+                assert_int_equal(src->block, j->block - 1);
+                assert_int_equal(src->chunk, j->chunk);
+            }
+        }
+        if (j->type == LB_JOB_REDUCE_HESSIAN) {
+            nred++;
+            assert_int_equal(j->n_chunks, K);
+            assert_int_equal(j->chunk, -1);
+            assert_int_equal(j->stage, LB_STAGE_ALL);
+            assert_int_equal(j->n_inputs, 4 * K);
+            assert_int_equal(j->n_outputs, 4);
+            for (int c = 0; c < K; c++)
+                for (int k = 0; k < 4; k++) { /* partial k of chunk c, in chunk order */
+                    const lb_job *src = lb_plan_job(p, producer(p, j->inputs[c * 4 + k].hex));
+                    assert_int_equal(src->type, LB_JOB_COLLECT_HESSIAN);
+                    assert_int_equal(src->block, j->block);
+                    assert_int_equal(src->chunk, c);
+                    assert_string_equal(src->outputs[k].hex, j->inputs[c * 4 + k].hex);
+                }
+        }
+        if (j->type == LB_JOB_QUANTIZE_LINEAR)
+            assert_int_equal(lb_plan_job(p, producer(p, j->inputs[0].hex))->type,
+                             LB_JOB_REDUCE_HESSIAN);
+    }
+    assert_int_equal(nred, 5);
+    bool present[1024] = {false};
+    present[0] = true;
+    lb_plan_mark_present(p, 0);
+    lb_plan_start(p);
+    int max_acts = 0;
+    assert_int_equal(simulate(p, present, &max_acts), lb_plan_job_count(p));
+    assert_true(max_acts <= 2 * K);
+    for (int32_t a = 0; a < lb_plan_artifact_count(p); a++)
+        if (present[a])
+            assert_true(!strcmp(lb_plan_artifact_kind(p, a), "qlinear") ||
+                        !strcmp(lb_plan_artifact_kind(p, a), "calib"));
+    lb_plan_free(&p);
+    free(f.choices);
+}
+
+/* Chunked with --true-sequential and --quantize-lm-head: every stage has K
+ * collects and one reduce of its single Hessian; the lm_head collect reads the
+ * K chunks of X_L in chunk order. */
+static void test_chunked_true_sequential_lm_head(void **state)
+{
+    (void)state;
+    fixture f;
+    fixture_init(&f, 2);
+    lb_plan_choice head;
+    strcpy(head.method, "rtn");
+    lb_qopts_init(&head.opts);
+    const int K = 2;
+    lb_plan *p = make_plan_k(&f, true, K, &head, NULL);
+    /* K embeds + per block (4 stages x (K + 1) + 7 quantize + K propagates) + lm_head
+     * collect + lm_head quantize + merge */
+    assert_int_equal(lb_plan_job_count(p), K + 2 * (4 * (K + 1) + 7 + K) + 3);
+    const lb_job *col = find_job(p, LB_JOB_COLLECT_HESSIAN, 2);
+    assert_non_null(col);
+    assert_int_equal(col->stage, LB_STAGE_LM_HEAD);
+    assert_int_equal(col->n_chunks, K);
+    assert_int_equal(col->chunk, -1);
+    assert_int_equal(col->n_inputs, K);
+    for (int c = 0; c < K; c++) {
+        const lb_job *src = lb_plan_job(p, producer(p, col->inputs[c].hex));
+        assert_int_equal(src->type, LB_JOB_PROPAGATE);
+        assert_int_equal(src->block, 1);
+        assert_int_equal(src->chunk, c);
+    }
+    for (int32_t i = 0; i < lb_plan_job_count(p); i++) {
+        const lb_job *j = lb_plan_job(p, i);
+        if (j->type == LB_JOB_REDUCE_HESSIAN) {
+            assert_int_equal(j->n_inputs, K);
+            assert_int_equal(j->n_outputs, 1);
+            assert_true(j->stage >= 0 && j->stage <= 3);
+        }
+        if (j->type == LB_JOB_COLLECT_HESSIAN && j->stage == LB_STAGE_MLP_ACT)
+            assert_int_equal(j->n_inputs, 1 + 6); /* its X chunk + q/k/v/o/gate/up */
+    }
+    bool present[1024] = {false};
+    present[0] = true;
+    lb_plan_mark_present(p, 0);
+    lb_plan_start(p);
+    int max_acts = 0;
+    assert_int_equal(simulate(p, present, &max_acts), lb_plan_job_count(p));
+    assert_true(max_acts <= 2 * K);
+    lb_plan_free(&p);
+    free(f.choices);
+}
+
+/* Resume of a chunked plan is per chunk: with block 0 quantized and X_1 chunk 0
+ * present but chunk 1 lost, only embed chunk 1 and propagate 0 chunk 1 rerun
+ * before block 1; a present partial skips its collect chunk. */
+static void test_chunked_resume(void **state)
+{
+    (void)state;
+    fixture f;
+    fixture_init(&f, 3);
+    const int K = 2;
+    lb_plan *p = make_plan_k(&f, false, K, NULL, NULL);
+    int32_t x1[2] = {-1, -1}, part_b1c0 = -1;
+    bool present[1024] = {false};
+    present[0] = true;
+    for (int32_t i = 0; i < lb_plan_job_count(p); i++) {
+        const lb_job *j = lb_plan_job(p, i);
+        if (j->type == LB_JOB_QUANTIZE_LINEAR && j->block == 0)
+            present[art_index(p, j->outputs[0].hex)] = true;
+        if (j->type == LB_JOB_PROPAGATE && j->block == 0)
+            x1[j->chunk] = art_index(p, j->outputs[0].hex);
+        if (j->type == LB_JOB_COLLECT_HESSIAN && j->block == 1 && j->chunk == 0)
+            part_b1c0 = i;
+    }
+    present[x1[0]] = present[x1[1]] = true;
+    for (int32_t a = 0; a < lb_plan_artifact_count(p); a++)
+        if (present[a])
+            lb_plan_mark_present(p, a);
+    lb_plan_start(p);
+    /* block 1: K collects + reduce + 7 + K propagates; block 2: K + 1 + 7; merge */
+    assert_int_equal(lb_plan_needed_count(p), (K + 1 + 7 + K) + (K + 1 + 7) + 1);
+    int max_acts;
+    bool pres2[1024];
+    memcpy(pres2, present, sizeof pres2);
+    assert_int_equal(simulate(p, pres2, &max_acts), lb_plan_needed_count(p));
+    lb_plan_free(&p);
+
+    /* X_1 chunk 1 lost, block 1 chunk 0's partials kept */
+    p = make_plan_k(&f, false, K, NULL, NULL);
+    present[x1[1]] = false;
+    const lb_job *pc = lb_plan_job(p, part_b1c0);
+    for (int o = 0; o < pc->n_outputs; o++)
+        present[art_index(p, pc->outputs[o].hex)] = true;
+    for (int32_t a = 0; a < lb_plan_artifact_count(p); a++)
+        if (present[a])
+            lb_plan_mark_present(p, a);
+    lb_plan_start(p);
+    for (int32_t i = 0; i < lb_plan_job_count(p); i++) {
+        const lb_job *j = lb_plan_job(p, i);
+        bool want = j->block >= 1 || j->type == LB_JOB_MERGE ||
+                    (j->type == LB_JOB_PROPAGATE && j->chunk == 1);
+        if (i == part_b1c0)
+            want = false;
+        assert_int_equal(lb_plan_job_needed(p, i), want);
+    }
+    assert_int_equal(lb_plan_needed_count(p), 2 + (K + 1 + 7 + K) - 1 + (K + 1 + 7) + 1);
+    memcpy(pres2, present, sizeof pres2);
+    assert_int_equal(simulate(p, pres2, &max_acts), lb_plan_needed_count(p));
+    lb_plan_free(&p);
+    free(f.choices);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -450,6 +687,9 @@ int main(void)
         cmocka_unit_test(test_distill_graph),
         cmocka_unit_test(test_lm_head_graph),
         cmocka_unit_test(test_true_sequential_and_failure),
+        cmocka_unit_test(test_chunked_graph),
+        cmocka_unit_test(test_chunked_true_sequential_lm_head),
+        cmocka_unit_test(test_chunked_resume),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
