@@ -16,6 +16,9 @@
 # deleted between two polls is missed), and bytes_fetched / bytes_published
 # from the job record when the data plane records them.
 # Scratch goes to ${LB_BENCH_TMP:-/tmp}/lowbit-dist-$$ and is removed at the end.
+# LB_BENCH_KEEP=DIR: first copy the run logs there (emb.json: the embedded
+# `quantize --json` job lines; w*-CFG.json: the workers' "ran" lines; s-CFG.json:
+# status with events), the input of bench/simulate.py.
 set -euo pipefail
 BUILD=${1:?usage: bench/distributed.sh BUILD_DIR [options]}
 shift
@@ -43,6 +46,9 @@ PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    if [[ -n ${LB_BENCH_KEEP:-} ]]; then
+        mkdir -p "$LB_BENCH_KEEP" && cp "$TMP"/*.json "$LB_BENCH_KEEP"/ 2>/dev/null || true
+    fi
     rm -rf "$TMP"
 }
 trap cleanup EXIT
