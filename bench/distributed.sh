@@ -114,7 +114,9 @@ for cfg in $CONFIGS; do
     SAMPLER=$!
     WP=()
     for i in $(seq "$W"); do
-        "$LOWBIT" worker --redis "$URL" --threads "$T" --id "w$i-$cfg" --json \
+        # a cache of its own: the default (\$TMPDIR/lowbit-UID/ID) is shared with
+        # any other run using the same worker id, and removed when one exits
+        "$LOWBIT" worker --redis "$URL" --threads "$T" --id "w$i-$cfg" --json --cache "$TMP/cache-w$i-$cfg" \
             >"$TMP/w$i-$cfg.json" 2>"$TMP/w$i-$cfg.err" &
         WP+=($!)
     done
