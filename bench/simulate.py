@@ -65,6 +65,8 @@ SHAPES = {  # hidden, ffn, layers, heads, kv heads, vocab
 }
 REDUCE_BPS = 5e9  # a reduce job sums K partial Hessians: memory bound, ~5 GB/s read per node
 LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+HESS_OF = {"q_proj": 0, "k_proj": 0, "v_proj": 0, "o_proj": 1, "gate_proj": 2, "up_proj": 2,
+           "down_proj": 3}  # which of the 4 Hessians a linear's quantize job reads
 
 
 class Shape:
@@ -96,9 +98,8 @@ class Shape:
     def hessian_bytes(self):
         return 8 * (3 * self.d ** 2 + self.ffn ** 2)
 
-    def hessian_bytes_of(self, name):  # the Hessian a linear's quantize job reads
-        i = self.linear_dims(name)[1]
-        return 8 * i * i
+    def hessian_parts(self):  # collect writes 4 artifacts: attn_in, attn_out, mlp_in, mlp_act
+        return [8 * self.d ** 2] * 3 + [8 * self.ffn ** 2]
 
     def act_bytes(self, tokens=None):
         return (self.tokens if tokens is None else tokens) * self.d * 4
@@ -186,25 +187,28 @@ def build_graph(shape, work_of, bytes_of, plan="current", chunks=1):
                     [("calib", bytes_of("calib", -1, "", 1))], [("X0", bytes_of("act", 0, "", 1))]))
     x = "X0"
     for b in range(L):
+        H = ["H%d.%d" % (b, h) for h in range(4)]
+        hb = [bytes_of("hessian", b, h, 1) for h in range(4)]
         if K == 1:
             jobs.append(Job(("collect-hessian", b, ""), "collect-hessian", b,
                             work_of("collect-hessian", b, "", 0, 1), None,
-                            [(x, bytes_of("act", b, "", 1))], [("H%d" % b, bytes_of("hessian", b, "", 1))]))
+                            [(x, bytes_of("act", b, "", 1))], list(zip(H, hb))))
         else:
             parts = []
             for k in range(K):
-                parts.append(("H%d.%d" % (b, k), bytes_of("hessian", b, "", 1)))
+                mine = [("%s.part%d" % (h, k), n) for h, n in zip(H, hb)]
+                parts += mine
                 jobs.append(Job(("collect-chunk", b, str(k)), "collect-hessian", b,
                                 work_of("collect-hessian", b, "", k, K), None,
-                                [("%s.%d" % (x, k), bytes_of("act", b, "", K))], [parts[-1]]))
+                                [("%s.%d" % (x, k), bytes_of("act", b, "", K))], mine))
             jobs.append(Job(("reduce", b, ""), "reduce", b, work_of("reduce", b, "", 0, K), None,
-                            parts, [("H%d" % b, bytes_of("hessian", b, "", 1))]))
+                            parts, list(zip(H, hb))))
         packed = []
         for lin in LINEARS:
             packed.append(("P%d.%s" % (b, lin), bytes_of("packed", b, lin, 1)))
             jobs.append(Job(("quantize-linear", b, lin), "quantize-linear", b,
                             work_of("quantize-linear", b, lin, 0, 1), None,
-                            [("H%d" % b, bytes_of("hessian_of", b, lin, 1))], [packed[-1]]))
+                            [(H[HESS_OF[lin]], hb[HESS_OF[lin]])], [packed[-1]]))
         if b < L - 1:
             nx = "X%d" % (b + 1)
             if K == 1:
@@ -232,8 +236,8 @@ def simulate(jobs, workers, cores, slots, bandwidth_gbs, p, item_overhead=0.0, s
              worker_open=0.0, embedded=False):
     """Event-driven list scheduling. Distributed: `workers` x `slots` item
     slots, a job gets cores // slots threads, fetches its missing inputs and
-    publishes its outputs over the coordinator's link (FIFO, one transfer at a
-    time); merge runs on the coordinator. Embedded: one node, a pool of
+    publishes its outputs over the coordinator's link (one transfer at a
+    time); merge runs on the coordinator; the slot idle longest takes the next item. Embedded: one node, a pool of
     `cores` job threads (lb_runner), quantize-linear on 1 thread, the other
     jobs on all cores, nothing moves. Returns (wall_s, stats)."""
     producer = {a: i for i, j in enumerate(jobs) for a, _ in j.outputs}
@@ -250,7 +254,9 @@ def simulate(jobs, workers, cores, slots, bandwidth_gbs, p, item_overhead=0.0, s
     opened = [False] * workers
     if embedded:
         workers, slots = 1, cores
-    free = [(w, s) for w in range(workers) for s in range(slots)]  # idle slots, lowest first
+    # idle slots in the order they became idle: Redis serves the clients
+    # blocked in XREADGROUP first come, first served
+    free = [(w, s) for s in range(slots) for w in range(workers)]
     ready = [(setup, i) for i, w in enumerate(waiting) if w == 0]
     heapq.heapify(ready)
     events = []  # (end, job index, slot or None)
@@ -325,7 +331,6 @@ def simulate(jobs, workers, cores, slots, bandwidth_gbs, p, item_overhead=0.0, s
             end_all = max(end_all, end)
             if slot is not None:
                 free.append(slot)
-                free.sort()
             for c in children[i]:
                 waiting[c] -= 1
                 if waiting[c] == 0:
@@ -381,9 +386,7 @@ def measured_graph(m, p, plan="current", chunks=1, target=None):
         if kind == "act":
             return sh.act_bytes(tok // K)
         if kind == "hessian":
-            return sh.hessian_bytes()
-        if kind == "hessian_of":
-            return sh.hessian_bytes()  # today the Hessian artifact holds all four
+            return sh.hessian_parts()[lin]
         if kind == "packed":
             return sh.packed_bytes(lin)
         return 0
@@ -472,7 +475,12 @@ def cmd_validate(a):
         rj, p1, _ = ran_graph(m, cfg)  # p = 0: the records are at the run's threads already
         wall, st = simulate(rj, W, T, 1, 1e6, p1, a.item_overhead_s, setup, wopen)
         rows.append((cfg + " (own ran records)", wall, m.walls[cfg]["wall_s"], st))
+    published = sum(nb for j in jobs if j.where == "worker" for _, nb in j.outputs)
     for cfg, pred, meas, st in rows:
+        extra = {}
+        if "x" in cfg and "own" not in cfg:
+            extra = dict(model_fetched_bytes=st["moved"] - published,
+                         measured_fetched_bytes=sum(r["bytes_fetched"] for r in m.ran.get(cfg, [])))
         print(json.dumps(dict(bench="simulate", mode="validate", config=cfg, shape=m.shape.name,
                               layers=m.shape.layers, tokens=m.shape.tokens,
                               predicted_wall_s=round(pred, 2), measured_wall_s=meas,
@@ -481,7 +489,7 @@ def cmd_validate(a):
                               worker_open_s=round(wopen, 2), p=p, busy=dict(
                                   compute_s=round(st["compute"], 2),
                                   transfer_s=round(st["transfer"], 2),
-                                  moved_bytes=st["moved"]), span_by_type=st["by_type"])))
+                                  moved_bytes=st["moved"]), span_by_type=st["by_type"], **extra)))
     ip = implied_p(m)
     meas_bytes = {}
     for cfg, recs in m.ran.items():
@@ -544,10 +552,11 @@ def cmd_project(a):
                 base = wall
             chain = critical_chain(jobs, p, a.cores // a.slots)
             tr = st["transfer"]
-            bound = "transfer" if tr > 0.5 * wall else ("serial block chain" if chain > 0.5 * wall else "compute")
             red = st["by_type"].get("reduce", 0.0)
-            if plan == "chunked" and red > 0.25 * wall:
-                bound = "reduce"
+            # what bounds it: the largest of the serial chain's compute (no N
+            # can shorten it), the coordinator link's busy time (every byte
+            # crosses it), and the reduce jobs' spans (K partials in, one out)
+            bound = max((chain, "serial block chain"), (tr, "transfer"), (red, "reduce"))[1]
             print(json.dumps(dict(
                 bench="simulate", mode="project", shape=tgt.name, layers=tgt.layers,
                 tokens=tgt.tokens, ctx=tgt.ctx, plan=plan, chunks=K, nodes=n, cores=a.cores,
@@ -555,7 +564,8 @@ def cmd_project(a):
                 wall_h=round(wall / 3600, 3), speedup_vs_n1=round(base / wall, 2),
                 speedup_vs_embedded=round(emb_wall / wall, 2),
                 efficiency=round(emb_wall / wall / n, 3), serial_chain_s=round(chain, 1),
-                coordinator_link_busy_s=round(tr, 1), moved_gb=round(st["moved"] / 1e9, 1),
+                coordinator_link_busy_s=round(tr, 1), reduce_span_s=round(red, 1),
+                moved_gb=round(st["moved"] / 1e9, 1),
                 bound=bound)))
     print(json.dumps(dict(bench="simulate", mode="project", shape=tgt.name, plan="embedded", nodes=1,
                           cores=a.cores, wall_s=round(emb_wall, 1), wall_h=round(emb_wall / 3600, 3))))
