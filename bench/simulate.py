@@ -260,7 +260,7 @@ def simulate(jobs, workers, cores, slots, bandwidth_gbs, p, item_overhead=0.0, s
     ready = [(setup, i) for i, w in enumerate(waiting) if w == 0]
     heapq.heapify(ready)
     events = []  # (end, job index, slot or None)
-    st = {"compute": 0.0, "transfer": 0.0, "moved": 0, "by_type": {}}
+    st = {"compute": 0.0, "transfer": 0.0, "moved": 0, "by_type": {}, "times": [None] * len(jobs)}
     t, done, end_all = setup, 0, setup
 
     def move(start, nb):
@@ -289,6 +289,7 @@ def simulate(jobs, workers, cores, slots, bandwidth_gbs, p, item_overhead=0.0, s
                 heapq.heappop(ready)
                 dur = j.work * ((1 - p[j.type]) + p[j.type] / cores)
                 heapq.heappush(events, (t + dur, i, None))
+                st["times"][i] = (t, t + dur)
                 st["compute"] += dur
                 started = True
             elif free:
@@ -314,6 +315,7 @@ def simulate(jobs, workers, cores, slots, bandwidth_gbs, p, item_overhead=0.0, s
                         caches[w].add(a)
                     end = x
                 heapq.heappush(events, (end, i, (w, s)))
+                st["times"][i] = (t, end)
                 st["by_type"][j.type] = st["by_type"].get(j.type, 0.0) + (end - t)
                 started = True
         if started:
@@ -514,6 +516,27 @@ def cmd_replay(a):
                           moved_bytes=st["moved"], span_by_type=st["by_type"])))
 
 
+def phases(jobs, times):
+    """Mean per block (blocks 0..L-2, the ones with a propagate): seconds from
+    the first start to the last end of each phase, transfers included."""
+    per = {}
+    for j, (a, b) in zip(jobs, times):
+        if j.block < 0:
+            continue
+        ph = {"collect-chunk": "collect", "collect-hessian": "collect", "reduce": "reduce",
+              "quantize-linear": "quantize", "propagate": "propagate",
+              "propagate-chunk": "propagate"}[j.key[0]]
+        lo, hi = per.setdefault(j.block, {}).get(ph, (a, b))
+        per[j.block][ph] = (min(lo, a), max(hi, b))
+    full = [v for v in per.values() if "propagate" in v]
+    out = {}
+    for ph in ("collect", "reduce", "quantize", "propagate"):
+        xs = [v[ph][1] - v[ph][0] for v in full if ph in v]
+        if xs:
+            out[ph] = round(sum(xs) / len(xs), 1)
+    return out
+
+
 def critical_chain(jobs, p, cores):
     """Per block: collect (or chunk + reduce) + the slowest quantize + propagate,
     at full cores with no transfer: the serial chain no N can beat."""
@@ -565,6 +588,7 @@ def cmd_project(a):
                 speedup_vs_embedded=round(emb_wall / wall, 2),
                 efficiency=round(emb_wall / wall / n, 3), serial_chain_s=round(chain, 1),
                 coordinator_link_busy_s=round(tr, 1), reduce_span_s=round(red, 1),
+                per_block_s=phases(jobs, st["times"]),
                 moved_gb=round(st["moved"] / 1e9, 1),
                 bound=bound)))
     print(json.dumps(dict(bench="simulate", mode="project", shape=tgt.name, plan="embedded", nodes=1,
