@@ -46,21 +46,24 @@ proj = [r for r in rows if r.get("bench") == "simulate" and r.get("mode") == "pr
         and r.get("plan") != "embedded"]
 shapes = []
 for r in proj:
-    if r["shape"] not in shapes:
-        shapes.append(r["shape"])
-for sh in shapes:
-    rs = [r for r in proj if r["shape"] == sh]
+    if (r["shape"], r["bandwidth_gbs"], r["cores"]) not in shapes:
+        shapes.append((r["shape"], r["bandwidth_gbs"], r["cores"]))
+for sh, bw, cores in shapes:
+    rs = [r for r in proj if (r["shape"], r["bandwidth_gbs"], r["cores"]) == (sh, bw, cores)]
     emb = next((r for r in rows if r.get("mode") == "project" and r.get("plan") == "embedded"
                 and r.get("shape") == sh), None)
     r0 = rs[0]
     print("%s, %d layers, %d tokens (ctx %d), %d cores per node, %.2f GB/s per link%s:\n" % (
         sh, r0["layers"], r0["tokens"], r0["ctx"], r0["cores"], r0["bandwidth_gbs"],
         ", embedded on one node %.1f h" % emb["wall_h"] if emb else ""))
-    print("| plan | N | wall h | speed-up vs embedded | efficiency | serial chain h | link busy h | moved GB | bound |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("| plan | N | wall h | speed-up vs embedded | efficiency | serial chain h | link busy h | moved GB | per block s: collect / reduce / quantize / propagate | bound |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for r in rs:
-        print("| %s%s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f | %s |" % (
+        pb = r.get("per_block_s", {})
+        print("| %s%s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f | %s | %s |" % (
             r["plan"], " (K=%d)" % r["chunks"] if r["plan"] == "chunked" else "", r["nodes"],
             r["wall_h"], r["speedup_vs_embedded"], r["efficiency"], r["serial_chain_s"] / 3600,
-            r["coordinator_link_busy_s"] / 3600, r["moved_gb"], r["bound"]))
+            r["coordinator_link_busy_s"] / 3600, r["moved_gb"],
+            " / ".join("%.0f" % pb[k] if k in pb else "-" for k in ("collect", "reduce", "quantize", "propagate")),
+            r["bound"]))
     print()

@@ -576,10 +576,16 @@ def cmd_project(a):
             chain = critical_chain(jobs, p, a.cores // a.slots)
             tr = st["transfer"]
             red = st["by_type"].get("reduce", 0.0)
-            # what bounds it: the largest of the serial chain's compute (no N
-            # can shorten it), the coordinator link's busy time (every byte
-            # crosses it), and the reduce jobs' spans (K partials in, one out)
-            bound = max((chain, "serial block chain"), (tr, "transfer"), (red, "reduce"))[1]
+            # what bounds it: the serial chain's compute (no N shortens it)
+            # when it is most of the wall time; else what the rest waits on:
+            # the reduce jobs (K partials in, 4 Hessians out) or transfers
+            ph = phases(jobs, st["times"])
+            if chain >= 0.75 * wall:
+                bound = "serial block chain"
+            elif ph.get("reduce", 0.0) >= 0.25 * sum(ph.values()):
+                bound = "reduce"
+            else:
+                bound = "transfer"
             print(json.dumps(dict(
                 bench="simulate", mode="project", shape=tgt.name, layers=tgt.layers,
                 tokens=tgt.tokens, ctx=tgt.ctx, plan=plan, chunks=K, nodes=n, cores=a.cores,
@@ -588,7 +594,7 @@ def cmd_project(a):
                 speedup_vs_embedded=round(emb_wall / wall, 2),
                 efficiency=round(emb_wall / wall / n, 3), serial_chain_s=round(chain, 1),
                 coordinator_link_busy_s=round(tr, 1), reduce_span_s=round(red, 1),
-                per_block_s=phases(jobs, st["times"]),
+                per_block_s=ph,
                 moved_gb=round(st["moved"] / 1e9, 1),
                 bound=bound)))
     print(json.dumps(dict(bench="simulate", mode="project", shape=tgt.name, plan="embedded", nodes=1,
