@@ -507,7 +507,7 @@ def cmd_replay(a):
     p = p_of(a)
     setup = a.setup_s if a.setup_s is not None else m.setup_s
     wopen = a.worker_open_s if a.worker_open_s is not None else setup
-    jobs = measured_graph(m, p, a.plan, a.chunks or a.workers)
+    jobs = measured_graph(m, p, a.plan, a.chunks or a.workers * a.slots)
     wall, st = simulate(jobs, a.workers, a.cores, a.slots, a.bandwidth, p, a.item_overhead_s, setup, wopen)
     print(json.dumps(dict(bench="simulate", mode="replay", shape=m.shape.name, layers=m.shape.layers,
                           workers=a.workers, cores=a.cores, slots=a.slots, plan=a.plan,
@@ -568,7 +568,7 @@ def cmd_project(a):
     emb_wall, _ = run_embedded(emb_jobs, a.cores, p, setup)
     for plan in a.plans.split(","):
         for n in nodes:
-            K = (a.chunks or n) if plan == "chunked" else 1
+            K = (a.chunks or n * a.slots) if plan == "chunked" else 1
             jobs = measured_graph(m, p, plan, K, tgt)
             wall, st = simulate(jobs, n, a.cores, a.slots, a.bandwidth, p, a.item_overhead_s, setup, wopen)
             if plan == a.plans.split(",")[0] and n == nodes[0]:
@@ -618,7 +618,7 @@ def main():
         if name != "validate":
             s.add_argument("--cores", type=int, default=2)
             s.add_argument("--plan", default="current", choices=["current", "chunked"])
-            s.add_argument("--chunks", type=int, default=0, help="chunked plan: K (default: the node count)")
+            s.add_argument("--chunks", type=int, default=0, help="chunked plan: K (default: nodes x slots)")
         if name == "replay":
             s.add_argument("--workers", type=int, default=2)
         if name == "project":
