@@ -33,11 +33,15 @@ Model:
   prints the p the measured runs imply). W comes from the embedded run.
 - transfer: a worker fetches the job inputs missing from its cache from the
   coordinator and publishes every output to it (what lowbit does today); every
-  byte crosses the coordinator's link, one transfer at a time (FIFO), at
-  --bandwidth GB/s; --item-overhead-s per item (lease, decode, result post).
-- scheduling: items are queued when their inputs exist, in plan order, and an
-  idle worker slot takes the oldest (Redis stream order). Embedded: one node,
+  byte crosses the coordinator's link, one transfer at a time (the first free
+  gap), at --bandwidth GB/s; --item-overhead-s per item (lease, decode, post).
+- scheduling: items are queued when their inputs exist, in plan order; the
+  worker slot idle longest takes the oldest (Redis stream order, blocked
+  XREADGROUP clients served first come first served). --slots S: S items at
+  once per worker, cores / S threads each. Embedded: one node,
   quantize-linear jobs 1 thread each side by side, other jobs all threads.
+- chunked plan: --chunks K (default nodes x slots); a chunk writes full-size
+  partial Hessians; the reduce reads the 4K partials (at 5 GB/s) and writes 4.
 - fixed costs: --setup-s (coordinator/embedded start: model fingerprint, plan,
   final verify; default: the measured embedded wall minus its jobs' span) and
   --worker-open-s (a worker opens and fingerprints the model before its first
