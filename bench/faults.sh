@@ -7,6 +7,7 @@
 #        [--workers 2] [--threads 1] [--lease-ms MS] [--heartbeat-ttl S]
 #        [--worker-args "..."] [--coordinator-args "..."] [--faults LIST]
 #        [--down-s 1] [--clean-runs 2] [--trial-timeout 900] [--replace-killed]
+#        [--keep-logs DIR]
 #
 # Setup: a private redis-server (AOF on, appendfsync everysec as in
 # deploy/redis.conf) on a free loopback port; the embedded `lowbit quantize`
@@ -36,6 +37,7 @@
 # Fields: trial, seed, fault, at_s (fault time after the coordinator started),
 #   wall_s, clean_wall_s, extra_s = wall_s - clean_wall_s, identical (cmp with
 #   the embedded checkpoint); the summary has the median and max of extra_s.
+# --keep-logs DIR: copy each trial's coordinator.log and w*.log to DIR/TRIAL/.
 # Everything (processes, the Redis port, the scratch directory
 # ${LB_BENCH_TMP:-/tmp}/lowbit-faults-PID) is removed at the end, also on Ctrl-C.
 set -euo pipefail
@@ -43,7 +45,7 @@ BUILD=${1:?usage: bench/faults.sh BUILD_DIR [options]; see the header of bench/f
 shift
 TRIALS=20 SEED=1 MODEL=synth:small CALIB='' NSAMPLES=32 CTX=512 METHOD=gptq BITS=3
 WORKERS=2 THREADS=1 LEASE_MS='' HB_TTL='' WORKER_ARGS='' COORD_ARGS='' DOWN_S=1 CLEAN_RUNS=2
-TRIAL_TIMEOUT=900 REPLACE_KILLED=0 FAULTS=worker-kill9,worker-term,coord-kill9,redis-kill9
+TRIAL_TIMEOUT=900 REPLACE_KILLED=0 KEEP_LOGS='' FAULTS=worker-kill9,worker-term,coord-kill9,redis-kill9
 while [[ $# -gt 0 ]]; do
     case $1 in
     --trials) TRIALS=$2 ;;
@@ -64,8 +66,9 @@ while [[ $# -gt 0 ]]; do
     --down-s) DOWN_S=$2 ;;
     --clean-runs) CLEAN_RUNS=$2 ;;
     --trial-timeout) TRIAL_TIMEOUT=$2 ;;
+    --keep-logs) KEEP_LOGS=$2 ;;
     --replace-killed) REPLACE_KILLED=1; shift; continue ;;
-    -h|--help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench/faults.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
     [[ $# -ge 2 ]] || { echo "bench/faults.sh: $1 needs a value" >&2; exit 2; }
@@ -265,6 +268,10 @@ run_trial() { # name fault at_s
     stop_pids "${TRIAL_WPIDS[@]}"
     [[ -n $REDIS_PID ]] || start_redis "$PORT" || start_redis # a failed restart: a new server
     URL=redis://127.0.0.1:$PORT/0
+    if [[ -n $KEEP_LOGS ]]; then
+        mkdir -p "$KEEP_LOGS/$name"
+        cp "$dir"/*.log "$KEEP_LOGS/$name/" 2>/dev/null || true
+    fi
     rm -rf "$dir"
 }
 
