@@ -605,9 +605,43 @@ def cmd_project(a):
                           cores=a.cores, wall_s=round(emb_wall, 1), wall_h=round(emb_wall / 3600, 3))))
 
 
+def cmd_selftest(a):
+    """Hand-computed schedules on a 2-layer graph (p = 0: threads change
+    nothing): collect 10 s, 7 quantize 1 s each, propagate 5 s, embed 2 s,
+    merge 1 s; activations 1 GB at 1 GB/s, nothing else moves."""
+    sh = Shape("tiny", 2)
+    w = {"collect-hessian": 10.0, "quantize-linear": 1.0, "propagate": 5.0, "merge": 1.0}
+
+    def work_of(t, b, lin, k, K):
+        return 2.0 if (t == "propagate" and b < 0) else w[t]
+
+    def bytes_of(kind, b, lin, K):
+        return 1e9 if kind == "act" else 0
+    p0 = {k: 0.0 for k in ("collect-hessian", "propagate", "quantize-linear", "merge", "reduce")}
+    jobs = build_graph(sh, work_of, bytes_of)
+    cases = [
+        # 1 worker: 2 + 1 (X0 out) + 10 + 7 + 5 + 1 (X1 out) + 10 + 7 + 1
+        ("1 worker", simulate(jobs, 1, 1, 1, 1.0, p0)[0], 44.0),
+        # 2 workers: embed on w0 (ends 3); collect on w1, the idle-longest,
+        # fetches X0 (ends 14); quantize in 4 rounds (18); propagate on w1 (X0
+        # cached, X1 out: 24); collect on w0 fetches X1 (35); quantize (39); merge
+        ("2 workers", simulate(jobs, 2, 1, 1, 1.0, p0)[0], 40.0),
+        # embedded, 2 cores: quantize 2 at a time, nothing moves
+        # 2 + 10 + 4 + 5 + 10 + 4 + 1
+        ("embedded 2 cores", run_embedded(jobs, 2, p0, 0.0)[0], 36.0),
+    ]
+    bad = 0
+    for name, got, want in cases:
+        ok = abs(got - want) < 1e-6
+        bad += not ok
+        print(json.dumps(dict(bench="simulate", mode="selftest", case=name, wall_s=got, expected_s=want, ok=ok)))
+    sys.exit(1 if bad else 0)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("selftest", help="hand-computed schedules; exit 1 on a mismatch")
     for name in ("validate", "replay", "project"):
         s = sub.add_parser(name)
         s.add_argument("--from", required=True, help="directory LB_BENCH_KEEP filled")
@@ -633,7 +667,8 @@ def main():
             s.add_argument("--nodes", default="1,2,4,8,16,32,64")
             s.add_argument("--plans", default="current,chunked")
     a = ap.parse_args()
-    {"validate": cmd_validate, "replay": cmd_replay, "project": cmd_project}[a.cmd](a)
+    {"validate": cmd_validate, "replay": cmd_replay, "project": cmd_project,
+     "selftest": cmd_selftest}[a.cmd](a)
 
 
 if __name__ == "__main__":
