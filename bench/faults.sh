@@ -28,8 +28,8 @@
 # the same --seed gives the same faults and times.
 #
 # --model: synth:PRESET (lowbit synth, seed 0, random calibration tokens; the
-#   default synth:small with --nsamples 32 --ctx 512 takes about 5 s embedded
-#   on 2 idle cores), stories260K ($LOWBIT_SHARED, else ../shared, with
+#   default synth:small with --nsamples 32 --ctx 512 took 6.8 s embedded
+#   on the 2 cores at load ~3), stories260K ($LOWBIT_SHARED, else ../shared, with
 #   data/stories260K-calib.u32), or a model directory with --calib FILE.
 # --lease-ms / --heartbeat-ttl are passed to every worker; --worker-args and
 #   --coordinator-args are appended as they are (e.g. --worker-args "--slots 2"
@@ -78,8 +78,8 @@ for k in ${FAULTS//,/ }; do
     case $k in worker-kill9|worker-term|coord-kill9|redis-kill9) ;;
     *) echo "bench/faults.sh: unknown fault '$k' in --faults" >&2; exit 2 ;; esac
 done
-LOWBIT=$(cd "$BUILD" 2>/dev/null && pwd)/lowbit
-[[ -x $LOWBIT ]] || { echo "bench/faults.sh: no $BUILD/lowbit; build first" >&2; exit 2; }
+[[ -x $BUILD/lowbit ]] || { echo "bench/faults.sh: no $BUILD/lowbit; build first" >&2; exit 2; }
+LOWBIT=$(cd "$BUILD" && pwd)/lowbit
 for c in redis-server redis-cli python3 cmp; do
     command -v $c >/dev/null || { echo "bench/faults.sh: $c not on PATH (deploy/install-deps.sh)" >&2; exit 2; }
 done
