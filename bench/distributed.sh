@@ -47,7 +47,8 @@ cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     if [[ -n ${LB_BENCH_KEEP:-} ]]; then
-        mkdir -p "$LB_BENCH_KEEP" && cp "$TMP"/*.json "$LB_BENCH_KEEP"/ 2>/dev/null || true
+        mkdir -p "$LB_BENCH_KEEP"
+        cp "$TMP"/*.json "$LB_BENCH_KEEP"/ 2>/dev/null || true
     fi
     rm -rf "$TMP"
 }
@@ -114,7 +115,7 @@ for cfg in $CONFIGS; do
     SAMPLER=$!
     WP=()
     for i in $(seq "$W"); do
-        # a cache of its own: the default (\$TMPDIR/lowbit-UID/ID) is shared with
+        # a cache of its own: the default ($TMPDIR/lowbit-UID/ID) is shared with
         # any other run using the same worker id, and removed when one exits
         "$LOWBIT" worker --redis "$URL" --threads "$T" --id "w$i-$cfg" --json --cache "$TMP/cache-w$i-$cfg" \
             >"$TMP/w$i-$cfg.json" 2>"$TMP/w$i-$cfg.err" &
