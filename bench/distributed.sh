@@ -22,6 +22,9 @@
 # the collect/reduce and propagate phases (per block and phase, first start to
 # last end, summed), the part chunked collection spreads over workers.
 # Scratch goes to ${LB_BENCH_TMP:-/tmp}/lowbit-dist-$$ and is removed at the end.
+# LB_BENCH_KEEP=DIR: first copy the run logs there (emb.json: the embedded
+# `quantize --json` job lines; w*-CFG.json: the workers' "ran" lines; s-CFG.json:
+# status with events), the input of bench/simulate.py.
 set -euo pipefail
 BUILD=${1:?usage: bench/distributed.sh BUILD_DIR [options]}
 shift
@@ -50,6 +53,10 @@ PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    if [[ -n ${LB_BENCH_KEEP:-} ]]; then
+        mkdir -p "$LB_BENCH_KEEP"
+        cp "$TMP"/*.json "$LB_BENCH_KEEP"/ 2>/dev/null || true
+    fi
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -119,7 +126,9 @@ for spec in $CONFIGS; do
     SAMPLER=$!
     WP=()
     for i in $(seq "$W"); do
-        "$LOWBIT" worker --redis "$URL" --threads "$T" --id "w$i-$cfg" --json \
+        # a cache of its own: the default ($TMPDIR/lowbit-UID/ID) is shared with
+        # any other run using the same worker id, and removed when one exits
+        "$LOWBIT" worker --redis "$URL" --threads "$T" --id "w$i-$cfg" --json --cache "$TMP/cache-w$i-$cfg" \
             >"$TMP/w$i-$cfg.json" 2>"$TMP/w$i-$cfg.err" &
         WP+=($!)
     done
