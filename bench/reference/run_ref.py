@@ -32,14 +32,19 @@ import torch.nn as nn
 DTYPES = {"F32": np.float32, "F64": np.float64, "F16": np.float16}
 
 
-def load_one(path):
+def load_one(spec):
+    """FILE or FILE:TENSOR (as lowbit qmatrix takes them)."""
+    path, _, want = spec.partition(":") if not os.path.exists(spec) else (spec, "", "")
     with open(path, "rb") as f:
         blob = f.read()
     (n,) = struct.unpack("<Q", blob[:8])
     header = json.loads(blob[8:8 + n])
     names = [k for k in header if k != "__metadata__"]
+    if want:
+        names = [k for k in names if k == want]
     if len(names) != 1:
-        sys.exit(f"run_ref: {path} holds {len(names)} tensors; want exactly one")
+        sys.exit(f"run_ref: {spec} holds {len(names)} matching tensors; want exactly one "
+                 "(name it as FILE:TENSOR)")
     t = header[names[0]]
     a, b = t["data_offsets"]
     arr = np.frombuffer(blob[8 + n + a:8 + n + b], dtype=DTYPES[t["dtype"]])
@@ -144,6 +149,7 @@ def run(args, W, H):
         from low_quant import LowQuantizer
         layer = make_layer(W)
         low = LowQuantizer(layer.weight, method="xnor", groupsize=-1)
+        bs = min(128, W.shape[1])
         high = HighQuantizer(8, True, False, False)
         g = LowHighGPT(layer, low, high, salient_metric="hessian", disable_gptq=False)
         g.H = Ht.clone()
@@ -154,14 +160,16 @@ def run(args, W, H):
             os.chdir(tmp)
             try:
                 t0 = time.time()
-                g.fasterquant(1.0 - args.salient, percdamp=0.01, blocksize=128)
+                # its assert needs groupsize (= cols) % blocksize == 0: a matrix narrower
+                # than a block is one block either way
+                g.fasterquant(1.0 - args.salient, percdamp=0.01, blocksize=bs)
                 sec = time.time() - t0
             finally:
                 os.chdir(cwd)
         claimed = round((1.0 - args.salient) * 1 + args.salient * 8 + 0.0, 2)
         return layer.weight.data.double().numpy(), {
             "low_quant_method": "xnor", "low_frac": round(1.0 - args.salient, 6), "high_bit": 8,
-            "salient_metric": "hessian", "blocksize": 128, "percdamp": 0.01,
+            "salient_metric": "hessian", "blocksize": bs, "percdamp": 0.01,
             "groupsize": -1}, claimed, sec
     if m == "billm":
         sys.path.insert(0, args.repo)
