@@ -128,18 +128,22 @@ static void pb_ctx_release(pb_ctx *cx)
     free(cx->rowabs);
 }
 
-/* Saliency of w in processing column c, row i: (|w| - a_i)^2 / U_cc^2 with a_i the row's
- * mean |w|, or |w|. Non-negative. The Hessian form is the loss of binarizing w (to about
- * ±a_i), not of pruning it (PB-LLM's w^2 / U_cc^2): a near-zero weight of an outlier input
- * channel binarizes badly and must be salient (issue 11). */
+/* Saliency of w in processing column c, row i: max(w^2, (|w| - a_i)^2) / U_cc^2 with a_i
+ * the row's mean |w|, or |w|. Non-negative. PB-LLM's w^2 / U_cc^2 is the loss of pruning
+ * w; a weight that stays out is binarized to about ±a_i, which costs (|w| - a_i)^2 and is
+ * the larger of the two only for |w| < a_i / 2: a near-zero weight of an outlier input
+ * channel (U_cc tiny) costs little to prune but much to binarize, so it must be salient
+ * (issue 11). Elsewhere the ranking is PB-LLM's. */
 static inline float saliency(const pb_ctx *cx, const lb_gptq_state *st, int64_t c, int64_t i,
                              float w)
 {
     if (cx->opts->salient_criterion == LB_SALIENT_MAGNITUDE)
         return fabsf(w);
     double u = (double)st->U[c * st->cols + c];
-    double d = fabs((double)w) - (double)cx->rowabs[i];
-    return (float)(d * d / (u * u));
+    double d = fabs((double)w) - (double)cx->rowabs[i], d2 = d * d;
+    if ((double)w * (double)w > d2)
+        d2 = (double)w * (double)w;
+    return (float)(d2 / (u * u));
 }
 
 static inline uint32_t float_bits(float f)

@@ -176,14 +176,16 @@ typedef struct {
     int c0;
 } ref_pb;
 
-/* binarization loss: (|w| - mean |w| of the row)^2 / U_cc^2 */
+/* the larger of the pruning loss w^2 and the binarization loss (|w| - mean |w| of the
+ * row)^2, over U_cc^2 */
 static double ref_saliency(const ref_pb *r, const ref_obs_state *st, int c, int i, double w)
 {
     float wf = (float)w;
     if (r->o->salient_criterion == LB_SALIENT_MAGNITUDE)
         return fabsf(wf);
     double d = fabs((double)wf) - (double)r->rowabs[i];
-    return (float)(d * d / st->udiag2[c]);
+    double d2 = fmax(d * d, (double)wf * (double)wf);
+    return (float)(d2 / st->udiag2[c]);
 }
 
 static int cmp_desc(const void *a, const void *b)
