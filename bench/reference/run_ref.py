@@ -130,7 +130,10 @@ def run(args, W, H):
         c.nsamples = 1
         c.quantizer = Quantizer()
         c.quantizer.configure(args.bits, perchannel=True, sym=False, mse=False)
-        with tempfile.TemporaryDirectory() as log:
+        # one K-means per column: sklearn's OpenMP pool costs more than the fit on these
+        # tiny problems (0.30 s vs 0.008 s per 1024-value fit here), so one thread
+        from threadpoolctl import threadpool_limits
+        with tempfile.TemporaryDirectory() as log, threadpool_limits(1, user_api="openmp"):
             t0 = time.time()
             c.fasterquant(args.bits, log, "None", ".0.layer", 0, args.outlier_col_dynamic, False,
                           args.outlierorder, 0, None, percdamp=0.01, groupsize=-1,
