@@ -165,6 +165,39 @@ static const char *cases_file(char *buf, size_t size)
     return buf;
 }
 
+/* The generator: a pure function of (rows, cols, seed), with its 10 outlier channels
+ * (H_jj = 2 · s², s in [20, 60]) and the others near 2. */
+static void test_synth_wh_recipe(void **state)
+{
+    (void)state;
+    enum { R = 16, C = 96 };
+    float *W = malloc(sizeof(float) * R * C), *H = malloc(sizeof(float) * C * C);
+    float *W2 = malloc(sizeof(float) * R * C), *H2 = malloc(sizeof(float) * C * C);
+    assert_true(W && H && W2 && H2);
+    assert_int_equal(lb_synth_wh(R, C, 7, W, H, NULL), 0);
+    assert_int_equal(lb_synth_wh(R, C, 7, W2, H2, NULL), 0);
+    assert_memory_equal(W, W2, sizeof(float) * R * C);
+    assert_memory_equal(H, H2, sizeof(float) * C * C);
+    assert_int_equal(lb_synth_wh(R, C, 8, W2, H2, NULL), 0);
+    assert_true(memcmp(W, W2, sizeof(float) * R * C) != 0);
+    int hot = 0;
+    for (int j = 0; j < C; j++) {
+        float d = H[j * C + j];
+        if (d > 2.0f * 400.0f * 0.9f && d < 2.0f * 3600.0f * 1.1f)
+            hot++;
+        else
+            assert_true(fabsf(d - 2.0f) < 0.3f);
+        for (int k = 0; k < C; k++)
+            assert_true(H[j * C + k] == H[k * C + j]);
+    }
+    assert_int_equal(hot, 10);
+    assert_int_equal(lb_synth_wh(R, 1, 7, W, H, NULL), LB_EINVAL);
+    free(W);
+    free(H);
+    free(W2);
+    free(H2);
+}
+
 static void test_shared_refcase(void **state)
 {
     (void)state;
@@ -270,6 +303,7 @@ static void test_big_cases(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_synth_wh_recipe),
         cmocka_unit_test(test_shared_refcase),
         cmocka_unit_test(test_synth_cases),
         cmocka_unit_test(test_stories260K_layers),
