@@ -45,9 +45,10 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (rows < 1 || cols < 2 || seed < 0 || !out || threads < 1) {
+    if (rows < 1 || cols < 2 || rows > (1LL << 20) || cols > (1LL << 20) || seed < 0 || !out ||
+        threads < 1) {
         fprintf(stderr, "usage: bench_refcase_gen --rows R --cols C --seed S --out PREFIX "
-                        "[--threads N]\n");
+                        "[--threads N]   (1 <= R <= 2^20, 2 <= C <= 2^20, S >= 0)\n");
         return 2;
     }
     lb_blas_set_threads((int)threads);
