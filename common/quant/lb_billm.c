@@ -113,6 +113,7 @@ static double row_two_sets(const lb_billm_item *it, int64_t nb, const int32_t *r
         best[g] = split_err(&T[g], &P[g]); /* one level */
         best_lo[g] = P[g];
     }
+    bool dirty[2] = {false, false}; /* prefix changed since its last evaluation */
     for (int64_t i = 0; i < nb; i++) {
         int g = rank[it[i].j] < k ? 0 : 1;
         double c = cw[it[i].j], a = (double)it[i].a;
@@ -120,9 +121,13 @@ static double row_two_sets(const lb_billm_item *it, int64_t nb, const int32_t *r
         P[g].s += c * a;
         P[g].q += c * a * a;
         P[g].n++;
+        dirty[g] = true;
         if (i + 1 < nb && it[i + 1].a == it[i].a)
             continue; /* equal values always share a level */
         for (int h = 0; h < 2; h++) {
+            if (!dirty[h])
+                continue; /* same prefix, same error as last time */
+            dirty[h] = false;
             double e = split_err(&T[h], &P[h]);
             if (e < best[h]) {
                 best[h] = e;
