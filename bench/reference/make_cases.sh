@@ -17,8 +17,8 @@ HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(cd "$HERE/../.." && pwd)
 BUILD=${BUILD:-$ROOT/build}
 SHARED=${LOWBIT_SHARED:-$ROOT/../shared}
 mkdir -p "$WORK"
-[ $# -gt 0 ] || set -- synth:1024x1024:1 synth:1024x1024:2 synth:512x1536:3 \
-    stories260K:0:q stories260K:2:up stories260K:4:o synth:512x4096:4
+[ $# -gt 0 ] || set -- stories260K:0:q stories260K:2:up stories260K:4:o \
+    synth:1024x1024:1 synth:512x4096:4 synth:4096x4096:5
 RS="$HERE/run.sh"
 one() { # case method config args...
     c=$1; m=$2; cfg=$3; shift 3
