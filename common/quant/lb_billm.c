@@ -11,7 +11,6 @@
 void lb_billm_cfg_init(lb_billm_cfg *cfg)
 {
     cfg->max_salient = 50;
-    cfg->split_points = 81;
 }
 
 void lb_billm_plan_free(lb_billm_plan *plan)
@@ -21,13 +20,12 @@ void lb_billm_plan_free(lb_billm_plan *plan)
     free(plan->salient);
     free(plan->alpha);
     free(plan->order);
+    free(plan->rank);
     free(plan->score);
     free(plan->cand_err);
-    free(plan->gather);
-    free(plan->bucket);
-    free(plan->ranks);
-    free(plan->cands);
+    free(plan->items);
     free(plan->rowerr);
+    free(plan->colw);
     memset(plan, 0, sizeof(*plan));
 }
 
@@ -35,31 +33,25 @@ int lb_billm_plan_init(lb_billm_plan *plan, int64_t rows, int64_t nb_max,
                        const lb_billm_cfg *cfg, lb_err *err)
 {
     memset(plan, 0, sizeof(*plan));
-    if (rows <= 0 || nb_max <= 0 || rows > INT64_MAX / nb_max ||
-        (uint64_t)(rows * nb_max) > SIZE_MAX / sizeof(float) / 4 || cfg->max_salient < 0 ||
-        cfg->split_points < 1 || cfg->split_points > 100000)
+    if (rows <= 0 || nb_max <= 0 || nb_max > INT32_MAX || rows > INT64_MAX / (nb_max + 1) ||
+        (uint64_t)(rows * (nb_max + 1)) > SIZE_MAX / sizeof(lb_billm_item) / 2 ||
+        cfg->max_salient < 0)
         return lb_err_set(err, LB_EINVAL,
-                          "billm: bad plan size %lld x %lld or search config (max_salient %d, "
-                          "split_points %d)",
-                          (long long)rows, (long long)nb_max, (int)cfg->max_salient,
-                          (int)cfg->split_points);
-    int64_t nc = cfg->split_points;
-    int64_t ne = (nb_max > nc ? nb_max : nc) + 1;
+                          "billm: bad plan size %lld x %lld or search config (max_salient %d)",
+                          (long long)rows, (long long)nb_max, (int)cfg->max_salient);
     plan->rows = rows;
     plan->nb_max = nb_max;
-    plan->ncand_max = (int32_t)nc;
     plan->salient = calloc((size_t)nb_max, 1);
     plan->alpha = calloc((size_t)rows * 4, sizeof(float));
     plan->order = malloc((size_t)nb_max * sizeof(int64_t));
+    plan->rank = malloc((size_t)nb_max * sizeof(int32_t));
     plan->score = malloc((size_t)nb_max * sizeof(double));
-    plan->cand_err = malloc((size_t)ne * sizeof(double));
-    plan->gather = malloc((size_t)(rows * nb_max) * sizeof(float));
-    plan->bucket = malloc((size_t)(2 * (nc + 1)) * sizeof(double));
-    plan->ranks = malloc((size_t)nc * sizeof(int64_t));
-    plan->cands = malloc((size_t)nc * sizeof(float));
+    plan->cand_err = malloc((size_t)(nb_max + 1) * sizeof(double));
+    plan->items = malloc((size_t)(rows * nb_max) * sizeof(lb_billm_item));
     plan->rowerr = malloc((size_t)(rows * (nb_max + 1)) * sizeof(double));
-    if (!plan->salient || !plan->alpha || !plan->order || !plan->score ||
-        !plan->cand_err || !plan->gather || !plan->bucket || !plan->ranks || !plan->cands || !plan->rowerr) {
+    plan->colw = malloc((size_t)nb_max * sizeof(double));
+    if (!plan->salient || !plan->alpha || !plan->order || !plan->rank || !plan->score ||
+        !plan->cand_err || !plan->items || !plan->rowerr || !plan->colw) {
         lb_billm_plan_free(plan);
         return lb_err_set(err, LB_ENOMEM, "billm: out of memory for a %lld x %lld block plan",
                           (long long)rows, (long long)nb_max);
@@ -72,80 +64,97 @@ static inline float f16_round(double v)
     return lb_f16_to_f32(lb_f32_to_f16((float)v));
 }
 
-/* Closed-form error of order-2 residual binarization of a set of magnitudes a (n):
- * α1 = mean a, α2 = mean |a - α1|, error = Σa² - n α1² - n α2² (paper Eq. 7-8). */
-static double resbin2_err(const float *a, int64_t n)
+/* One row's weights of a block, sorted by |w| ascending (ties: column order). */
+static int cmp_item(const void *x, const void *y)
 {
-    if (n == 0)
-        return 0.0;
-    double s1 = 0.0, s2 = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        s1 += (double)a[i];
-        s2 += (double)a[i] * (double)a[i];
-    }
-    double a1 = s1 / (double)n, t = 0.0;
-    for (int64_t i = 0; i < n; i++)
-        t += fabs((double)a[i] - a1);
-    double a2 = t / (double)n;
-    return s2 - (double)n * (a1 * a1 + a2 * a2);
+    const lb_billm_item *a = x, *b = y;
+    if (a->a != b->a)
+        return a->a < b->a ? -1 : 1;
+    return (a->j > b->j) - (a->j < b->j);
 }
 
-/* Three-way quickselect: afterwards a[k] is the k-th smallest, a[<k] <= a[k] <= a[>k].
- * Three-way partitioning keeps many equal values (dead columns) linear. */
-static void select_kth(float *a, int64_t n, int64_t k)
+/* Weighted sums of one column set of a row: weight, Σ c|w|, Σ c w², count. */
+typedef struct {
+    double c, s, q;
+    int64_t n;
+} wsum;
+
+/* Error of the best two-level fit {L_lo, L_hi} of a set's |w| given its totals T and the
+ * prefix P of its values below a candidate split: Σ c a² - S_lo²/C_lo - S_hi²/C_hi. */
+static double split_err(const wsum *T, const wsum *P)
 {
-    int64_t lo = 0, hi = n - 1;
-    while (lo < hi) {
-        float x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi];
-        float pivot = (x < y) ? ((y < z) ? y : (x < z ? z : x)) : ((x < z) ? x : (y < z ? z : y));
-        int64_t lt = lo, i = lo, gt = hi;
-        while (i <= gt) {
-            if (a[i] < pivot) {
-                float t = a[lt];
-                a[lt++] = a[i];
-                a[i++] = t;
-            } else if (a[i] > pivot) {
-                float t = a[gt];
-                a[gt--] = a[i];
-                a[i] = t;
-            } else {
-                i++;
+    double e = T->q;
+    if (P->n > 0)
+        e -= P->s * P->s / P->c;
+    if (T->n - P->n > 0) {
+        double c = T->c - P->c, sv = T->s - P->s;
+        e -= sv * sv / c;
+    }
+    return e;
+}
+
+/* For the row's items (sorted by |w|) and a membership test (rank[j] < k: set 0,
+ * else set 1), the lowest two-level error of each set over every split between distinct
+ * values; OUT best prefix (lower-level sums) of each set. Returns the summed error. */
+static double row_two_sets(const lb_billm_item *it, int64_t nb, const int32_t *rank, int64_t k,
+                           const double *cw, wsum best_lo[2])
+{
+    wsum T[2] = {{0}}, P[2] = {{0}};
+    for (int64_t i = 0; i < nb; i++) {
+        int g = rank[it[i].j] < k ? 0 : 1;
+        double c = cw[it[i].j], a = (double)it[i].a;
+        T[g].c += c;
+        T[g].s += c * a;
+        T[g].q += c * a * a;
+        T[g].n++;
+    }
+    double best[2];
+    for (int g = 0; g < 2; g++) {
+        best[g] = split_err(&T[g], &P[g]); /* one level */
+        best_lo[g] = P[g];
+    }
+    bool dirty[2] = {false, false}; /* prefix changed since its last evaluation */
+    for (int64_t i = 0; i < nb; i++) {
+        int g = rank[it[i].j] < k ? 0 : 1;
+        double c = cw[it[i].j], a = (double)it[i].a;
+        P[g].c += c;
+        P[g].s += c * a;
+        P[g].q += c * a * a;
+        P[g].n++;
+        dirty[g] = true;
+        if (i + 1 < nb && it[i + 1].a == it[i].a)
+            continue; /* equal values always share a level */
+        for (int h = 0; h < 2; h++) {
+            if (!dirty[h])
+                continue; /* same prefix, same error as last time */
+            dirty[h] = false;
+            double e = split_err(&T[h], &P[h]);
+            if (e < best[h]) {
+                best[h] = e;
+                best_lo[h] = P[h];
             }
         }
-        if (k < lt)
-            hi = lt - 1;
-        else if (k > gt)
-            lo = gt + 1;
-        else
-            return;
     }
-}
-
-/* Places the order statistics of ascending ranks[0..nr) (all in [lo, hi)) at their
- * positions of a, recursing on the median rank. */
-static void select_many(float *a, int64_t lo, int64_t hi, const int64_t *ranks, int64_t nr)
-{
-    if (nr <= 0 || hi - lo <= 1)
-        return;
-    int64_t mid = nr / 2, k = ranks[mid];
-    select_kth(a + lo, hi - lo, k - lo);
-    int64_t left = mid, right = mid + 1;
-    while (left > 0 && ranks[left - 1] == k)
-        left--;
-    while (right < nr && ranks[right] == k)
-        right++;
-    select_many(a, lo, k, ranks, left);
-    select_many(a, k + 1, hi, ranks + right, nr - right);
+    return best[0] + best[1];
 }
 
 int lb_billm_plan_block(lb_billm_plan *plan, const float *Wb, int64_t nb, int64_t ld,
-                        const double *hinv_diag, const lb_billm_cfg *cfg, lb_err *err)
+                        const double *hinv_diag, const double *colw, const lb_billm_cfg *cfg,
+                        lb_err *err)
 {
     const int64_t rows = plan->rows;
-    if (nb <= 0 || nb > plan->nb_max || ld < nb || cfg->split_points != plan->ncand_max)
+    if (nb <= 0 || nb > plan->nb_max || ld < nb)
         return lb_err_set(err, LB_EINVAL, "billm: block of %lld columns does not fit the plan",
                           (long long)nb);
     plan->nb = nb;
+    double *cw = plan->colw;
+    for (int64_t j = 0; j < nb; j++) {
+        cw[j] = colw ? colw[j] : 1.0;
+        if (!(cw[j] > 0.0) || !isfinite(cw[j]))
+            return lb_err_set(err, LB_EINVAL, "billm: column %lld has loss weight %g; "
+                                              "weights must be finite and > 0",
+                              (long long)j, cw[j]);
+    }
 
     /* 1. salient score per column, paper Eq. 6: Σ_rows w² / [H^-1]_jj². */
     for (int64_t j = 0; j < nb; j++) {
@@ -169,20 +178,28 @@ int lb_billm_plan_block(lb_billm_plan *plan, const float *Wb, int64_t nb, int64_
         }
         plan->order[k] = o;
     }
+    for (int64_t i = 0; i < nb; i++)
+        plan->rank[plan->order[i]] = (int32_t)i;
 
-    /* 2. search the salient count k: top-k columns order-2, the rest order-2 too. */
+    /* 2. search the salient count k: for every k, each row's top-k columns and the rest
+     * each get their best two-level fit of |w| (salient: ±α1 ± α2, rest: ±α_c / ±α_s),
+     * every error weighted by the column's loss weight. Rows in parallel; each row's
+     * errors go to its own slot and are summed in row order, so the result does not
+     * depend on the thread count. */
     int64_t kmax = cfg->max_salient < nb ? cfg->max_salient : nb;
     const int64_t ke = kmax + 1;
-    /* rows in parallel; each row's errors go to its own slot and are summed in row
-     * order afterwards, so the result does not depend on the thread count */
     #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
-        float *a = plan->gather + r * nb;
+        lb_billm_item *it = plan->items + r * plan->nb_max;
         double *er = plan->rowerr + r * ke;
-        for (int64_t j = 0; j < nb; j++)
-            a[j] = fabsf(Wb[r * ld + plan->order[j]]);
+        for (int64_t j = 0; j < nb; j++) {
+            it[j].a = fabsf(Wb[r * ld + j]);
+            it[j].j = (int32_t)j;
+        }
+        qsort(it, (size_t)nb, sizeof(*it), cmp_item);
+        wsum lo[2];
         for (int64_t k = 0; k <= kmax; k++)
-            er[k] = resbin2_err(a, k) + resbin2_err(a + k, nb - k);
+            er[k] = row_two_sets(it, nb, plan->rank, k, cw, lo);
     }
     for (int64_t k = 0; k <= kmax; k++)
         plan->cand_err[k] = 0.0;
@@ -198,118 +215,37 @@ int lb_billm_plan_block(lb_billm_plan *plan, const float *Wb, int64_t nb, int64_
         plan->salient[plan->order[i]] = 1;
     plan->nsalient = best_k;
 
-    /* salient scales per row (Eq. 7-8), α2 from the f16 α1 actually used */
-    #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        float *al = plan->alpha + r * 4;
-        const float *w = Wb + r * ld;
-        double s1 = 0.0;
-        for (int64_t j = 0; j < nb; j++)
-            if (plan->salient[j])
-                s1 += fabs((double)w[j]);
-        al[LB_BILLM_A1] = best_k ? f16_round(s1 / (double)best_k) : 0.0f;
-        double t = 0.0;
-        for (int64_t j = 0; j < nb; j++) {
-            if (!plan->salient[j])
-                continue;
-            float v1 = w[j] >= 0.0f ? al[LB_BILLM_A1] : -al[LB_BILLM_A1];
-            t += fabs((double)w[j] - (double)v1);
-        }
-        al[LB_BILLM_A2] = best_k ? f16_round(t / (double)best_k) : 0.0f;
-    }
-
-    /* 3. break point over exact quantiles of the non-salient |w| (Eq. 9-10). */
-    const int64_t m = nb - best_k, nc = cfg->split_points;
-    if (m > 0) {
-        int64_t total = rows * m, g = 0;
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t j = 0; j < nb; j++)
-                if (!plan->salient[j])
-                    plan->gather[g++] = fabsf(Wb[r * ld + j]);
-        for (int64_t t = 0; t < nc; t++) {
-            double q = nc == 1 ? 0.5 : 0.10 + 0.80 * (double)t / (double)(nc - 1);
-            plan->ranks[t] = (int64_t)floor(q * (double)(total - 1));
-        }
-        select_many(plan->gather, 0, total, plan->ranks, nc);
-        for (int64_t t = 0; t < nc; t++)
-            plan->cands[t] = plan->gather[plan->ranks[t]];
-        /* per row: bucket each |w| by the first candidate >= it, then prefix sums give the
-         * two groups' count and Σ|w| for every candidate; error = Σw² - S_c²/n_c - S_s²/n_s */
-        for (int64_t t = 0; t < nc; t++)
-            plan->cand_err[t] = 0.0;
-        double *cnt = plan->bucket, *sum = plan->bucket + (nc + 1);
-        for (int64_t r = 0; r < rows; r++) {
-            const float *w = Wb + r * ld;
-            memset(cnt, 0, (size_t)(nc + 1) * sizeof(double));
-            memset(sum, 0, (size_t)(nc + 1) * sizeof(double));
-            double sq = 0.0, all = 0.0;
-            for (int64_t j = 0; j < nb; j++) {
-                if (plan->salient[j])
-                    continue;
-                float a = fabsf(w[j]);
-                int64_t lo = 0, hi = nc; /* first t with a <= cands[t], nc if none */
-                while (lo < hi) {
-                    int64_t mid = (lo + hi) / 2;
-                    if (a <= plan->cands[mid])
-                        hi = mid;
-                    else
-                        lo = mid + 1;
-                }
-                cnt[lo] += 1.0;
-                sum[lo] += (double)a;
-                sq += (double)a * (double)a;
-                all += (double)a;
-            }
-            double nc_run = 0.0, sc_run = 0.0;
-            for (int64_t t = 0; t < nc; t++) {
-                nc_run += cnt[t];
-                sc_run += sum[t];
-                double ns = (double)m - nc_run, ss = all - sc_run;
-                double e = sq;
-                if (nc_run > 0.0)
-                    e -= sc_run * sc_run / nc_run;
-                if (ns > 0.0)
-                    e -= ss * ss / ns;
-                plan->cand_err[t] += e;
-            }
-        }
-        int64_t best_t = 0;
-        for (int64_t t = 1; t < nc; t++)
-            if (plan->cand_err[t] < plan->cand_err[best_t])
-                best_t = t;
-        plan->split = plan->cands[best_t];
-    } else {
-        plan->split = 0.0f;
-    }
-
-    /* non-salient scales at the chosen p, and the block's error under the final plan */
+    /* 3. scales per row from the best split of each set (weighted means of the two
+     * levels), rounded to f16; then the block's weighted error under the final plan */
     int bad_row = -1;
     #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
+        const lb_billm_item *it = plan->items + r * plan->nb_max;
         float *al = plan->alpha + r * 4;
         const float *w = Wb + r * ld;
-        double sc = 0.0, ss = 0.0;
-        int64_t ncon = 0, nsp = 0;
+        wsum lo[2], T[2] = {{0}};
+        row_two_sets(it, nb, plan->rank, best_k, cw, lo);
         for (int64_t j = 0; j < nb; j++) {
-            if (plan->salient[j])
-                continue;
-            float a = fabsf(w[j]);
-            if (a > plan->split) {
-                ss += (double)a;
-                nsp++;
-            } else {
-                sc += (double)a;
-                ncon++;
-            }
+            int g = plan->salient[j] ? 0 : 1;
+            T[g].c += cw[j];
+            T[g].s += cw[j] * fabs((double)w[j]);
+            T[g].n++;
         }
-        al[LB_BILLM_AC] = ncon ? f16_round(sc / (double)ncon) : 0.0f;
-        al[LB_BILLM_AS] = nsp ? f16_round(ss / (double)nsp) : 0.0f;
+        double L[2][2];
+        for (int g = 0; g < 2; g++) {
+            double all = T[g].n ? T[g].s / T[g].c : 0.0;
+            L[g][0] = lo[g].n ? lo[g].s / lo[g].c : all;
+            L[g][1] = T[g].n - lo[g].n ? (T[g].s - lo[g].s) / (T[g].c - lo[g].c) : all;
+        }
+        al[LB_BILLM_A1] = f16_round(0.5 * (L[0][0] + L[0][1]));
+        al[LB_BILLM_A2] = f16_round(0.5 * (L[0][1] - L[0][0]));
+        al[LB_BILLM_AC] = f16_round(L[1][0]);
+        al[LB_BILLM_AS] = f16_round(L[1][1]);
         double e2 = 0.0;
         for (int64_t j = 0; j < nb; j++) {
             uint8_t code;
-            double d = (double)w[j] - (double)lb_billm_quant(w[j], plan->salient[j], al,
-                                                             plan->split, &code);
-            e2 += d * d;
+            double d = (double)w[j] - (double)lb_billm_quant(w[j], plan->salient[j], al, &code);
+            e2 += cw[j] * d * d;
         }
         plan->rowerr[r] = e2;
         for (int k = 0; k < 4; k++)
@@ -335,6 +271,7 @@ typedef struct {
     lb_billm_plan plan;
     int64_t rows, cols, bs, nblocks;
     double *hinv_diag; /* (cols,) [H^-1]_jj */
+    double *colw;      /* (cols,) loss weight 1 / U_jj² of each column */
     float *block;      /* (rows, bs) the current block, row-major */
     uint8_t *codes_t;  /* (cols, rows) code bits, column-major */
     uint8_t *salient;  /* (cols,) */
@@ -346,6 +283,14 @@ static int hook_begin(void *vctx, const lb_gptq_state *st, lb_err *err)
 {
     billm_ctx *x = vctx;
     (void)err;
+    /* The engine's loss is Σ_j (w_j - q_j)² / U_jj² over the columns as they are
+     * quantized, so 1 / U_jj² is what an error in column j costs: the planner weighs
+     * every choice with it. Without it a column whose input is 50x the others (an
+     * outlier channel) counts like any other and is binarized like one (issue 11). */
+    for (int64_t j = 0; j < st->cols; j++) {
+        double u = (double)st->U[j * st->cols + j];
+        x->colw[j] = 1.0 / (u * u);
+    }
     /* [H^-1]_jj = Σ_{i<=j} U_ij², since H^-1 = Uᵀ U with U upper. The magnitude
      * criterion scores columns by Σ w² alone (denominator 1). */
     bool magnitude = st->opts->salient_criterion == LB_SALIENT_MAGNITUDE;
@@ -370,7 +315,8 @@ static int hook_block_begin(void *vctx, const lb_gptq_state *st, int64_t c0, int
         for (int64_t r = 0; r < st->rows; r++)
             x->block[r * x->bs + j] = col[r];
     }
-    int rc = lb_billm_plan_block(&x->plan, x->block, nb, x->bs, x->hinv_diag + c0, &x->cfg,
+    int rc = lb_billm_plan_block(&x->plan, x->block, nb, x->bs, x->hinv_diag + c0,
+                                 x->colw + c0, &x->cfg,
                                  err);
     if (rc)
         return rc;
@@ -393,7 +339,7 @@ static int hook_column(void *vctx, const lb_gptq_state *st, int64_t c, const flo
     /* serial: a parallel region per column would leave spinning OpenMP threads competing
      * with the engine's BLAS threads between columns */
     for (int64_t r = 0; r < st->rows; r++)
-        q[r] = lb_billm_quant(w[r], sal, x->plan.alpha + r * 4, x->plan.split, &codes[r]);
+        q[r] = lb_billm_quant(w[r], sal, x->plan.alpha + r * 4, &codes[r]);
     return LB_OK;
 }
 
@@ -438,12 +384,14 @@ int lb_billm_quantize_cfg(const float *W, int64_t rows, int64_t cols, const floa
     if (rc)
         return rc;
     x.hinv_diag = malloc((size_t)cols * sizeof(double));
+    x.colw = malloc((size_t)cols * sizeof(double));
     x.block = malloc((size_t)(rows * x.bs) * sizeof(float));
     x.codes_t = malloc((size_t)(rows * cols));
     x.salient = calloc((size_t)cols, 1);
     x.scales = malloc((size_t)(rows * x.nblocks * 4) * sizeof(float));
     out->W_hat = malloc((size_t)(rows * cols) * sizeof(float));
-    if (!x.hinv_diag || !x.block || !x.codes_t || !x.salient || !x.scales || !out->W_hat) {
+    if (!x.hinv_diag || !x.colw || !x.block || !x.codes_t || !x.salient || !x.scales ||
+        !out->W_hat) {
         rc = lb_err_set(err, LB_ENOMEM, "billm: out of memory for %lld x %lld",
                         (long long)rows, (long long)cols);
         goto fail;
@@ -506,6 +454,7 @@ fail:
 cleanup:
     lb_billm_plan_free(&x.plan);
     free(x.hinv_diag);
+    free(x.colw);
     free(x.block);
     free(x.codes_t);
     free(x.salient);
@@ -605,8 +554,8 @@ int lb_billm_dequantize(const lb_qpacked *packed, float *W_out, lb_err *err)
 
 const lb_qmethod lb_qmethod_billm = {
     .name = "billm",
-    .summary = "BiLLM: salient columns order-2 residual binarized, rest split at a searched "
-               "break point, GPTQ block compensation",
+    .summary = "BiLLM: salient columns order-2 residual binarized, rest in two magnitude "
+               "groups, loss-weighted search, GPTQ compensation",
     .quantize = lb_billm_quantize,
     .dequantize = lb_billm_dequantize,
 };

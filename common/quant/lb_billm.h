@@ -1,26 +1,26 @@
 /* lb_billm: BiLLM (Huang et al. 2024, "BiLLM: Pushing the Limit of Post-Training
  * Quantization for LLMs"), method "billm".
  *
+ * Every error below is weighted by the column's loss weight c_j = 1 / U_jj² (U the
+ * engine's upper Cholesky factor of H^-1): the GPTQ loss of quantizing column j is
+ * Σ_rows (w - ŵ)² c_j, so an outlier input channel (H_jj 1000x the others) counts 1000x.
  * Per block of block_size columns, at the block's start (inside the GPTQ engine, so the
  * block already carries the compensation of earlier blocks):
  *  1. salient columns: score_j = Σ_rows w_rj² / [H^-1]_jj² (paper Eq. 6, with the true
- *     diagonal of the damped H^-1, not the Cholesky diagonal the reference code uses;
- *     opts->salient_criterion = LB_SALIENT_MAGNITUDE scores by Σ_rows w² alone);
- *     the count k is searched over 0..max_salient: the top-k columns take order-2
- *     residual binarization, the rest are scored with order-2 residual binarization too
- *     (a 2-group split at |w| = α1 per row, the shape of step 2), and the k with the
- *     lowest plain squared error of the block wins;
- *  2. salient weights, per row over the block's salient columns (paper Eq. 7-8):
- *       α1 = mean |w|,  r = w - α1 sign(w),  α2 = mean |r|,  ŵ = α1 sign(w) + α2 sign(r);
- *  3. non-salient weights: one break point p per block, searched over split_points exact
- *     quantiles (0.10..0.90) of the block's non-salient |w|, minimising the plain error;
- *     per row "concentrated" |w| <= p and "sparse" |w| > p each get ŵ = α_g sign(w),
- *     α_g = mean |w| over the group (paper Eq. 9-10). No per-group mean: the reference
- *     subtracts a row mean, which is ~0 for these sign-symmetric groups but would cost
- *     2 more f16 per row per block (0.25 bpw at 128 columns).
+ *     diagonal of the damped H^-1; opts->salient_criterion = LB_SALIENT_MAGNITUDE scores
+ *     by Σ_rows w² alone); the count k is searched over 0..max_salient: for each k the
+ *     top-k columns and the rest each get their best two-level fit (below), and the k with
+ *     the lowest weighted error of the block wins;
+ *  2. salient weights, per row: ŵ = sign(w) (α1 ± α2) (order-2 residual binarization,
+ *     paper Eq. 7-8): the two magnitudes α1 - α2 < α1 + α2 are the optimal weighted
+ *     two-level fit of the row's salient |w| (exact 1-D 2-means over sorted |w|), which
+ *     the paper's greedy α1 = mean |w|, α2 = mean |residual| only approximates;
+ *  3. non-salient weights, per row: "concentrated" ±α_c and "sparse" ±α_s (paper Eq.
+ *     9-10), again the optimal weighted two-level fit: the break point is the best one of
+ *     each row, not one p per block, since the group bit of every weight is stored anyway.
  * Then every column is quantized with that structure from its CURRENT (compensated)
- * values, and the engine propagates the error column by column (the reference code
- * skips the in-block updates; we do not).
+ * values, each weight to the nearer of its two magnitudes, and the engine propagates the
+ * error column by column (the reference code skips the in-block updates; we do not).
  * All scales are rounded to f16 when planned; the stored values are the ones used.
  * sign(0) = +1 throughout. The planner runs rows in parallel (OpenMP); results do not
  * depend on the thread count.
@@ -30,11 +30,12 @@
  *   "salient"    UINT1  (cols,)         1 = salient column
  *   "sign1"      UINT1  (rows, cols)    sign of w (salient: first base), 1 = +
  *   "sign2"      UINT1  (rows, nsal)    second-base sign of salient weights
- *   "group"      UINT1  (rows, cols - nsal)  non-salient: 1 = sparse (|w| > p)
+ *   "group"      UINT1  (rows, cols - nsal)  non-salient: 1 = sparse (the larger scale)
  *   "scales"     F16    (rows, nblocks, 4)   α1, α2, α_concentrated, α_sparse */
 #ifndef LB_BILLM_H
 #define LB_BILLM_H
 
+#include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -42,14 +43,18 @@
 #include "lb_quant.h"
 
 typedef struct {
-    int32_t max_salient;  /* salient-count candidates 0..max_salient (capped at the block) */
-    int32_t split_points; /* break-point candidates: quantiles 0.10..0.90, evenly spaced */
+    int32_t max_salient; /* salient-count candidates 0..max_salient (capped at the block) */
 } lb_billm_cfg;
 
-/* Defaults: max_salient 50 (the reference's search limit), split_points 81 (0.10:0.01:0.90). */
+/* Defaults: max_salient 50 (the reference's search limit). */
 void lb_billm_cfg_init(lb_billm_cfg *cfg);
 
 enum { LB_BILLM_A1 = 0, LB_BILLM_A2 = 1, LB_BILLM_AC = 2, LB_BILLM_AS = 3 };
+
+typedef struct {
+    float a;   /* |w| */
+    int32_t j; /* column in the block */
+} lb_billm_item;
 
 /* The structure of one block. Arrays are owned by the plan; workspace lives here too so
  * a plan is allocated once and reused for every block. */
@@ -58,19 +63,16 @@ typedef struct {
     int64_t nb;          /* columns of the last planned block */
     uint8_t *salient;    /* (nb_max,) 1 = salient column of the block */
     int64_t nsalient;
-    float split;         /* break point p: non-salient |w| <= p is "concentrated" */
     float *alpha;        /* (rows, 4) f16-exact scales, LB_BILLM_A1..AS */
-    double err;          /* plain squared error of the block under this plan */
+    double err;          /* loss-weighted squared error of the block under this plan */
     /* workspace */
-    int64_t *order;      /* (nb_max,) */
+    int64_t *order;      /* (nb_max,) columns by descending score */
+    int32_t *rank;       /* (nb_max,) position of each column in order */
     double *score;       /* (nb_max,) */
-    double *cand_err;    /* (max(nb_max, split_points) + 1,) */
-    float *gather;       /* (rows * nb_max,) |w| per row in score order, then split values */
-    double *bucket;      /* 2 * (split_points + 1) */
-    int64_t *ranks;      /* (split_points,) */
-    float *cands;        /* (split_points,) */
+    double *cand_err;    /* (nb_max + 1,) */
+    lb_billm_item *items; /* (rows, nb_max) each row's |w| sorted ascending */
     double *rowerr;      /* (rows, nb_max + 1) */
-    int32_t ncand_max;
+    double *colw;        /* (nb_max,) the block's loss weights */
 } lb_billm_plan;
 
 /* Allocates a plan for blocks of up to nb_max columns and `rows` rows. Returns 0,
@@ -80,10 +82,12 @@ int lb_billm_plan_init(lb_billm_plan *plan, int64_t rows, int64_t nb_max,
 void lb_billm_plan_free(lb_billm_plan *plan);
 
 /* Plans one block. Wb (rows, nb) row-major with row stride ld; hinv_diag (nb,) the
- * block's [H^-1]_jj (> 0). OUT: plan->salient, nsalient, split, alpha, err.
- * Returns 0 or LB_EINVAL (nb out of range, non-finite input). */
+ * block's [H^-1]_jj (> 0); colw (nb,) the loss weights (> 0), NULL = all 1.
+ * OUT: plan->salient, nsalient, alpha, err. Returns 0, LB_EINVAL (nb out of range,
+ * non-finite input) or LB_ENUMERIC (a scale overflows f16). */
 int lb_billm_plan_block(lb_billm_plan *plan, const float *Wb, int64_t nb, int64_t ld,
-                        const double *hinv_diag, const lb_billm_cfg *cfg, lb_err *err);
+                        const double *hinv_diag, const double *colw, const lb_billm_cfg *cfg,
+                        lb_err *err);
 
 /* Reconstruction of one weight from its code bits (bit 0: sign1, bit 1: sign2 for a
  * salient weight / group for a non-salient one) and its row's 4 scales. */
@@ -97,17 +101,17 @@ static inline float lb_billm_value(uint32_t code, bool salient, const float *a)
     return (code & 1u) ? g : -g;
 }
 
-/* Quantizes one weight with the plan's structure. OUT: *code (bits as above).
+/* Quantizes one weight with the plan's structure: the sign, then the nearer of the two
+ * magnitudes (salient α1 ± α2, else α_c / α_s). OUT: *code (bits as above).
  * Returns the reconstruction, == lb_billm_value(*code, salient, a). */
-static inline float lb_billm_quant(float w, bool salient, const float *a, float split,
-                                   uint8_t *code)
+static inline float lb_billm_quant(float w, bool salient, const float *a, uint8_t *code)
 {
     uint32_t c = w >= 0.0f ? 1u : 0u;
     if (salient) {
         float v1 = c ? a[LB_BILLM_A1] : -a[LB_BILLM_A1];
         if (w - v1 >= 0.0f)
             c |= 2u;
-    } else if (w > split || -w > split) {
+    } else if (fabsf(w) > 0.5f * (a[LB_BILLM_AC] + a[LB_BILLM_AS])) {
         c |= 2u;
     }
     *code = (uint8_t)c;

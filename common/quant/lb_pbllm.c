@@ -109,6 +109,7 @@ typedef struct {
     int64_t nsal, cap_sal;
     int64_t c0;
     int fi_mu, fi_alpha;
+    float *rowabs;          /* (rows,) mean |w| of each row of the original W */
 } pb_ctx;
 
 static void pb_ctx_release(pb_ctx *cx)
@@ -124,15 +125,25 @@ static void pb_ctx_release(pb_ctx *cx)
     free(cx->signbits);
     free(cx->maskbits);
     free(cx->scodes);
+    free(cx->rowabs);
 }
 
-/* Saliency of w in processing column c: w^2 / U_cc^2 or |w|. Non-negative. */
-static inline float saliency(const pb_ctx *cx, const lb_gptq_state *st, int64_t c, float w)
+/* Saliency of w in processing column c, row i: max(w^2, (|w| - a_i)^2) / U_cc^2 with a_i
+ * the row's mean |w|, or |w|. Non-negative. PB-LLM's w^2 / U_cc^2 is the loss of pruning
+ * w; a weight that stays out is binarized to about ±a_i, which costs (|w| - a_i)^2 and is
+ * the larger of the two only for |w| < a_i / 2: a near-zero weight of an outlier input
+ * channel (U_cc tiny) costs little to prune but much to binarize, so it must be salient
+ * (issue 11). Elsewhere the ranking is PB-LLM's. */
+static inline float saliency(const pb_ctx *cx, const lb_gptq_state *st, int64_t c, int64_t i,
+                             float w)
 {
     if (cx->opts->salient_criterion == LB_SALIENT_MAGNITUDE)
         return fabsf(w);
     double u = (double)st->U[c * st->cols + c];
-    return (float)((double)w * (double)w / (u * u));
+    double d = fabs((double)w) - (double)cx->rowabs[i], d2 = d * d;
+    if ((double)w * (double)w > d2)
+        d2 = (double)w * (double)w;
+    return (float)(d2 / (u * u));
 }
 
 static inline uint32_t float_bits(float f)
@@ -151,7 +162,7 @@ static float matrix_threshold(const pb_ctx *cx, const lb_gptq_state *st, const f
     memset(hist, 0, 65536 * sizeof *hist);
     for (int64_t c = 0; c < cols; c++)
         for (int64_t i = 0; i < rows; i++)
-            hist[float_bits(saliency(cx, st, c, Wt[c * rows + i])) >> 16]++;
+            hist[float_bits(saliency(cx, st, c, i, Wt[c * rows + i])) >> 16]++;
     int64_t above = 0;
     uint32_t hi16 = 65535;
     for (;; hi16--) {
@@ -162,7 +173,7 @@ static float matrix_threshold(const pb_ctx *cx, const lb_gptq_state *st, const f
     memset(hist, 0, 65536 * sizeof *hist);
     for (int64_t c = 0; c < cols; c++)
         for (int64_t i = 0; i < rows; i++) {
-            uint32_t b = float_bits(saliency(cx, st, c, Wt[c * rows + i]));
+            uint32_t b = float_bits(saliency(cx, st, c, i, Wt[c * rows + i]));
             if ((b >> 16) == hi16)
                 hist[b & 0xffffu]++;
         }
@@ -189,7 +200,7 @@ static void block_mask(pb_ctx *cx, const lb_gptq_state *st, const float *Wt, int
         for (int64_t j = 0; j < nb; j++)
             for (int64_t i = 0; i < rows; i++)
                 mask[j * rows + i] =
-                    saliency(cx, st, c0 + j, Wt[(c0 + j) * rows + i]) >= cx->thr;
+                    saliency(cx, st, c0 + j, i, Wt[(c0 + j) * rows + i]) >= cx->thr;
         return;
     }
     memset(mask, 0, (size_t)(nb * rows));
@@ -200,7 +211,7 @@ static void block_mask(pb_ctx *cx, const lb_gptq_state *st, const float *Wt, int
             continue;
         for (int64_t j = 0; j < gc; j++)
             for (int64_t i = 0; i < rows; i++) {
-                float s = saliency(cx, st, c0 + g0 + j, Wt[(c0 + g0 + j) * rows + i]);
+                float s = saliency(cx, st, c0 + g0 + j, i, Wt[(c0 + g0 + j) * rows + i]);
                 uint32_t local = (uint32_t)(j * rows + i);
                 cx->sel[j * rows + i] = ((uint64_t)float_bits(s) << 32) | (UINT32_MAX - local);
             }
@@ -269,13 +280,22 @@ static int pb_begin(void *ctx, const lb_gptq_state *st, lb_err *err)
     float *smin = malloc((size_t)rows * sizeof(float)), *smax = malloc((size_t)rows * sizeof(float));
     float *rmin = malloc((size_t)rows * sizeof(float)), *rmax = malloc((size_t)rows * sizeof(float));
     uint32_t *hist = malloc(65536 * sizeof(uint32_t));
-    if (!cx->lo || !cx->step || !cx->mu || !cx->alpha || !cx->mask || !cx->sel || !cx->sum ||
-        !cx->cnt || !cx->signbits || !cx->maskbits || !smin || !smax || !rmin || !rmax || !hist) {
+    cx->rowabs = malloc((size_t)rows * sizeof(float));
+    if (!cx->rowabs || !cx->lo || !cx->step || !cx->mu || !cx->alpha || !cx->mask ||
+        !cx->sel || !cx->sum || !cx->cnt || !cx->signbits || !cx->maskbits || !smin || !smax || !rmin || !rmax || !hist) {
         rc = lb_err_set(err, LB_ENOMEM, "pbllm: out of memory for a %lld x %lld matrix",
                         (long long)rows, (long long)cols);
         goto done;
     }
-    /* st->Wt is the original W here: the per-matrix threshold and the salient grids. */
+    /* st->Wt is the original W here: the saliency's row scales, the per-matrix threshold
+     * and the salient grids. */
+    for (int64_t i = 0; i < rows; i++)
+        cx->sum[i] = 0.0;
+    for (int64_t c = 0; c < cols; c++)
+        for (int64_t i = 0; i < rows; i++)
+            cx->sum[i] += fabs((double)st->Wt[c * rows + i]);
+    for (int64_t i = 0; i < rows; i++)
+        cx->rowabs[i] = (float)(cx->sum[i] / (double)cols);
     int64_t nsal = (int64_t)llround(cx->opts->salient_frac * (double)rows * (double)cols);
     cx->thr = nsal > 0 && g == 0 ? matrix_threshold(cx, st, st->Wt, nsal, hist) : INFINITY;
     for (int64_t i = 0; i < rows; i++) {

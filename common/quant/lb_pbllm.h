@@ -2,9 +2,12 @@
  * "PB-LLM: Partially Binarized Large Language Models", Sec. 4) inside the GPTQ engine.
  *
  * At every block_begin [c0, c0+nb) of the GPTQ loop, on the CURRENT (compensated) block:
- *  - saliency s_ij = w_ij^2 / U_jj^2 (LB_SALIENT_HESSIAN; U = upper Cholesky factor of
- *    H^-1, the diagonal the PB-LLM and GPTQ reference codes use in place of [H^-1]_jj)
- *    or |w_ij| (LB_SALIENT_MAGNITUDE);
+ *  - saliency s_ij = max(w_ij^2, (|w_ij| - a_i)^2) / U_jj^2 (LB_SALIENT_HESSIAN; U = upper
+ *    Cholesky factor of H^-1, the diagonal the PB-LLM and GPTQ reference codes use in
+ *    place of [H^-1]_jj; a_i = mean |w| of row i of the original W): PB-LLM's pruning
+ *    loss w^2, raised to the loss of binarizing w to about ±a_i where that is larger
+ *    (|w| < a_i / 2), so near-zero weights of outlier input channels, cheap to prune but
+ *    costly to binarize, become salient; or |w_ij| (LB_SALIENT_MAGNITUDE);
  *  - salient mask: salient_group == 0: s_ij >= T, one threshold T per matrix, the
  *    round(salient_frac * rows * cols)-th largest saliency of the ORIGINAL W (computed
  *    once, before the loop); salient_group == g > 0: in every group of g columns exactly

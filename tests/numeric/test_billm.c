@@ -39,62 +39,86 @@ static float f16r(double v)
     return lb_f16_to_f32(lb_f32_to_f16((float)v));
 }
 
-/* ---- slow reference planner (double, explicit binarization, full sort) ---- */
+/* ---- slow reference planner (double, explicit errors, every split tried) ---- */
 
 typedef struct {
     int nsal;
     uint8_t sal[256];
-    double split;
     float alpha[64 * 4];
     double err;
 } ref_plan;
 
-/* Order-2 residual binarization of the entries of row w (nb) selected by sel: explicit
- * error Σ (w - ŵ)² with α1 = mean |w|, α2 = mean |w - α1 sign w| (unrounded). */
-static double ref_resbin2_err(const double *w, const bool *sel, int nb)
+typedef struct {
+    double a, c;
+} ref_item;
+
+static int cmp_item(const void *x, const void *y)
 {
-    int n = 0;
-    double s = 0.0;
-    for (int j = 0; j < nb; j++)
-        if (sel[j]) {
-            n++;
-            s += fabs(w[j]);
-        }
-    if (!n)
-        return 0.0;
-    double a1 = s / n, t = 0.0;
-    for (int j = 0; j < nb; j++)
-        if (sel[j])
-            t += fabs(w[j] - (w[j] >= 0 ? a1 : -a1));
-    double a2 = t / n, e = 0.0;
-    for (int j = 0; j < nb; j++)
-        if (sel[j]) {
-            double v1 = w[j] >= 0 ? a1 : -a1;
-            double q = v1 + (w[j] - v1 >= 0 ? a2 : -a2);
-            e += (w[j] - q) * (w[j] - q);
-        }
-    return e;
+    double a = ((const ref_item *)x)->a, b = ((const ref_item *)y)->a;
+    return (a > b) - (a < b);
 }
 
-static int cmp_double(const void *a, const void *b)
+/* Best weighted two-level fit of n magnitudes: tries every split between distinct sorted
+ * values (and one level), computes Σ c (a - level)² explicitly. OUT lo/hi levels. */
+static double ref_two_level(const ref_item *in, int n, double *lo, double *hi)
 {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
+    ref_item it[256];
+    memcpy(it, in, sizeof(ref_item) * (size_t)n);
+    qsort(it, (size_t)n, sizeof(ref_item), cmp_item);
+    double best = INFINITY;
+    *lo = *hi = 0.0;
+    for (int s = 0; s <= n; s++) {
+        if (s > 0 && s < n && it[s - 1].a == it[s].a)
+            continue;
+        double c0 = 0, s0 = 0, c1 = 0, s1 = 0;
+        for (int i = 0; i < n; i++) {
+            if (i < s) {
+                c0 += it[i].c;
+                s0 += it[i].c * it[i].a;
+            } else {
+                c1 += it[i].c;
+                s1 += it[i].c * it[i].a;
+            }
+        }
+        double all = c0 + c1 > 0 ? (s0 + s1) / (c0 + c1) : 0.0;
+        double l0 = s > 0 ? s0 / c0 : all, l1 = s < n ? s1 / c1 : all, e = 0.0;
+        for (int i = 0; i < n; i++) {
+            double d = it[i].a - (i < s ? l0 : l1);
+            e += it[i].c * d * d;
+        }
+        if (e < best * (1.0 - 1e-12)) {
+            best = e;
+            *lo = l0;
+            *hi = l1;
+        }
+    }
+    return n ? best : 0.0;
 }
 
-/* W block (rows, nb) double; quantize one weight with a plan (same rule as the method). */
-static double ref_quant(double w, bool sal, const float *a, double split)
+/* one weight with a plan: the sign, then the nearer magnitude (the method's rule) */
+static double ref_quant(double w, bool sal, const float *a)
 {
     if (sal) {
         double v1 = w >= 0 ? (double)a[0] : -(double)a[0];
         return v1 + (w - v1 >= 0 ? (double)a[1] : -(double)a[1]);
     }
-    double g = fabs(w) > split ? (double)a[3] : (double)a[2];
+    double g = fabs(w) > (double)(0.5f * (a[2] + a[3])) ? (double)a[3] : (double)a[2];
     return w >= 0 ? g : -g;
 }
 
+/* the row's two column sets (salient / rest) as items */
+static int ref_gather(const double *w, const double *cw, const uint8_t *sal, int nb, int want,
+                      ref_item *out)
+{
+    int n = 0;
+    for (int j = 0; j < nb; j++)
+        if ((sal[j] != 0) == (want != 0))
+            out[n++] = (ref_item){fabs(w[j]), cw[j]};
+    return n;
+}
+
 static void ref_plan_block(const double *Wb, int rows, int nb, const double *hinv_diag,
-                           int max_salient, int split_points, ref_plan *P)
+                           const double *cw, int max_salient, ref_plan *P)
 {
     /* salient score, descending, ties by index */
     double score[256];
@@ -115,17 +139,19 @@ static void ref_plan_block(const double *Wb, int rows, int nb, const double *hin
                 order[k] = t;
             }
     int kmax = max_salient < nb ? max_salient : nb, best_k = 0;
-    double best_e = INFINITY;
+    double best_e = INFINITY, lo, hi;
+    ref_item it[256];
     for (int k = 0; k <= kmax; k++) {
-        bool sel[256] = {0}, rest[256];
+        uint8_t sel[256] = {0};
         for (int i = 0; i < k; i++)
-            sel[order[i]] = true;
-        for (int j = 0; j < nb; j++)
-            rest[j] = !sel[j];
+            sel[order[i]] = 1;
         double e = 0.0;
         for (int r = 0; r < rows; r++)
-            e += ref_resbin2_err(Wb + r * nb, sel, nb) + ref_resbin2_err(Wb + r * nb, rest, nb);
-        if (e < best_e) {
+            for (int g = 0; g < 2; g++) {
+                int n = ref_gather(Wb + r * nb, cw, sel, nb, g, it);
+                e += ref_two_level(it, n, &lo, &hi);
+            }
+        if (e < best_e * (1.0 - 1e-12)) {
             best_e = e;
             best_k = k;
         }
@@ -134,84 +160,19 @@ static void ref_plan_block(const double *Wb, int rows, int nb, const double *hin
     for (int i = 0; i < best_k; i++)
         P->sal[order[i]] = 1;
     P->nsal = best_k;
-    for (int r = 0; r < rows; r++) {
-        double s = 0.0;
-        for (int j = 0; j < nb; j++)
-            if (P->sal[j])
-                s += fabs(Wb[r * nb + j]);
-        float a1 = best_k ? f16r(s / best_k) : 0.0f;
-        double t = 0.0;
-        for (int j = 0; j < nb; j++)
-            if (P->sal[j])
-                t += fabs(Wb[r * nb + j] - (Wb[r * nb + j] >= 0 ? (double)a1 : -(double)a1));
-        P->alpha[r * 4 + 0] = a1;
-        P->alpha[r * 4 + 1] = best_k ? f16r(t / best_k) : 0.0f;
-    }
-    /* break point: exact quantiles by sorting all non-salient |w| */
-    int m = nb - best_k, total = rows * m;
-    double *all = malloc((size_t)(total > 0 ? total : 1) * sizeof(double));
-    int g = 0;
-    for (int r = 0; r < rows; r++)
-        for (int j = 0; j < nb; j++)
-            if (!P->sal[j])
-                all[g++] = fabs((double)(float)Wb[r * nb + j]);
-    qsort(all, (size_t)total, sizeof(double), cmp_double);
-    P->split = 0.0;
-    if (m > 0) {
-        best_e = INFINITY;
-        for (int t = 0; t < split_points; t++) {
-            double q = split_points == 1 ? 0.5 : 0.10 + 0.80 * (double)t / (double)(split_points - 1);
-            double p = all[(int64_t)floor(q * (double)(total - 1))];
-            double e = 0.0;
-            for (int r = 0; r < rows; r++) {
-                double sc = 0, ss = 0;
-                int nc = 0, ns = 0;
-                for (int j = 0; j < nb; j++)
-                    if (!P->sal[j]) {
-                        double a = fabs(Wb[r * nb + j]);
-                        if (a > p) {
-                            ss += a;
-                            ns++;
-                        } else {
-                            sc += a;
-                            nc++;
-                        }
-                    }
-                double ac = nc ? sc / nc : 0.0, as = ns ? ss / ns : 0.0;
-                for (int j = 0; j < nb; j++)
-                    if (!P->sal[j]) {
-                        double a = fabs(Wb[r * nb + j]);
-                        double d = a - (a > p ? as : ac);
-                        e += d * d;
-                    }
-            }
-            if (e < best_e) {
-                best_e = e;
-                P->split = p;
-            }
-        }
-    }
-    free(all);
     P->err = 0.0;
     for (int r = 0; r < rows; r++) {
-        double sc = 0, ss = 0;
-        int nc = 0, ns = 0;
-        for (int j = 0; j < nb; j++)
-            if (!P->sal[j]) {
-                double a = fabs(Wb[r * nb + j]);
-                if (a > P->split) {
-                    ss += a;
-                    ns++;
-                } else {
-                    sc += a;
-                    nc++;
-                }
-            }
-        P->alpha[r * 4 + 2] = nc ? f16r(sc / nc) : 0.0f;
-        P->alpha[r * 4 + 3] = ns ? f16r(ss / ns) : 0.0f;
+        int n = ref_gather(Wb + r * nb, cw, P->sal, nb, 1, it);
+        ref_two_level(it, n, &lo, &hi);
+        P->alpha[r * 4 + 0] = f16r(0.5 * (lo + hi));
+        P->alpha[r * 4 + 1] = f16r(0.5 * (hi - lo));
+        n = ref_gather(Wb + r * nb, cw, P->sal, nb, 0, it);
+        ref_two_level(it, n, &lo, &hi);
+        P->alpha[r * 4 + 2] = f16r(lo);
+        P->alpha[r * 4 + 3] = f16r(hi);
         for (int j = 0; j < nb; j++) {
-            double d = Wb[r * nb + j] - ref_quant(Wb[r * nb + j], P->sal[j], P->alpha + r * 4, P->split);
-            P->err += d * d;
+            double d = Wb[r * nb + j] - ref_quant(Wb[r * nb + j], P->sal[j], P->alpha + r * 4);
+            P->err += cw[j] * d * d;
         }
     }
 }
@@ -238,39 +199,43 @@ static void test_residual_binarization_by_hand(void **state)
     const float want[4] = {2.5f, -1.5f, 2.5f, -1.5f};
     for (int i = 0; i < 4; i++) {
         uint8_t code;
-        assert_true(lb_billm_quant(w[i], true, a, 0.0f, &code) == want[i]);
+        assert_true(lb_billm_quant(w[i], true, a, &code) == want[i]);
         assert_true(lb_billm_value(code, true, a) == want[i]);
     }
-    /* non-salient with p = 0.5: |w| <= p -> ±0.25, else ±1 */
+    /* non-salient: the nearer of 0.25 and 1 (midpoint 0.625) */
     const float wn[4] = {0.5f, -0.2f, 0.7f, -3.0f};
     const float wantn[4] = {0.25f, -0.25f, 1.0f, -1.0f};
     for (int i = 0; i < 4; i++) {
         uint8_t code;
-        assert_true(lb_billm_quant(wn[i], false, a, 0.5f, &code) == wantn[i]);
+        assert_true(lb_billm_quant(wn[i], false, a, &code) == wantn[i]);
         assert_true(lb_billm_value(code, false, a) == wantn[i]);
     }
 }
 
-static void check_plan(int rows, int nb, int max_salient, int split_points, uint64_t seed)
+static void check_plan(int rows, int nb, int max_salient, bool weighted, uint64_t seed)
 {
     float *Wb = rand_weights(rows, nb, seed);
     double *Wd = malloc((size_t)(rows * nb) * sizeof(double));
-    double hd[256];
+    double hd[256], cw[256];
     uint64_t s = seed * 7 + 1;
     for (int i = 0; i < rows * nb; i++)
         Wd[i] = Wb[i];
-    for (int j = 0; j < nb; j++)
+    for (int j = 0; j < nb; j++) {
         hd[j] = 0.5 + (double)lb_test_rand_uniform(&s);
-    lb_billm_cfg cfg = {.max_salient = max_salient, .split_points = split_points};
+        /* a few columns with 100-1000x loss weight, like outlier input channels */
+        cw[j] = !weighted ? 1.0 : (j % 9 == 4 ? 100.0 + 900.0 * (double)lb_test_rand_uniform(&s)
+                                              : 0.5 + (double)lb_test_rand_uniform(&s));
+    }
+    lb_billm_cfg cfg = {.max_salient = max_salient};
     lb_billm_plan plan;
     lb_err e;
     assert_int_equal(lb_billm_plan_init(&plan, rows, nb, &cfg, &e), 0);
-    assert_int_equal(lb_billm_plan_block(&plan, Wb, nb, nb, hd, &cfg, &e), 0);
+    assert_int_equal(lb_billm_plan_block(&plan, Wb, nb, nb, hd, weighted ? cw : NULL, &cfg, &e),
+                     0);
     ref_plan *P = calloc(1, sizeof(*P));
-    ref_plan_block(Wd, rows, nb, hd, max_salient, split_points, P);
+    ref_plan_block(Wd, rows, nb, hd, cw, max_salient, P);
     assert_int_equal(plan.nsalient, P->nsal);
     assert_memory_equal(plan.salient, P->sal, (size_t)nb);
-    LB_ASSERT_NEAR(plan.split, P->split, 0.0);
     for (int i = 0; i < rows * 4; i++)
         assert_f16_close(plan.alpha[i], P->alpha[i]);
     LB_ASSERT_NEAR(plan.err, P->err, 1e-6 * P->err);
@@ -284,64 +249,42 @@ static void check_plan(int rows, int nb, int max_salient, int split_points, uint
 static void test_plan_matches_reference(void **state)
 {
     (void)state;
-    check_plan(16, 32, 50, 81, 1);  /* every salient count searched */
-    check_plan(24, 40, 8, 81, 2);   /* capped search */
-    check_plan(9, 17, 5, 1, 3);     /* one split candidate (median) */
-    check_plan(64, 64, 20, 33, 4);
+    check_plan(16, 32, 50, false, 1); /* every salient count searched */
+    check_plan(24, 40, 8, false, 2);  /* capped search */
+    check_plan(9, 17, 5, true, 3);
+    check_plan(64, 64, 20, true, 4);
+    check_plan(16, 48, 50, true, 5);
 }
 
-/* The planner's choice beats every salient count and every split it was offered:
- * compare against the reference's error for forced choices. */
-static void test_plan_is_search_optimal(void **state)
+/* Issue 11: two columns whose errors cost 1000x (outlier input channels) must become the
+ * salient set and be reconstructed to f16 precision: two salient columns per row are
+ * exactly two magnitudes, which α1 ± α2 represent. The unweighted planner did not. */
+static void test_outlier_columns_exact(void **state)
 {
     (void)state;
-    const int rows = 20, nb = 32;
-    float *Wb = rand_weights(rows, nb, 9);
-    double hd[32];
-    for (int j = 0; j < nb; j++)
-        hd[j] = 1.0;
+    const int rows = 24, nb = 32, c1 = 5, c2 = 20;
+    float *Wb = rand_weights(rows, nb, 19);
+    double hd[32], cw[32];
+    for (int j = 0; j < nb; j++) {
+        cw[j] = (j == c1 || j == c2) ? 1000.0 : 1.0;
+        hd[j] = 1.0 / sqrt(cw[j]);
+    }
     lb_billm_cfg cfg;
     lb_billm_cfg_init(&cfg);
     lb_billm_plan plan;
     assert_int_equal(lb_billm_plan_init(&plan, rows, nb, &cfg, NULL), 0);
-    assert_int_equal(lb_billm_plan_block(&plan, Wb, nb, nb, hd, &cfg, NULL), 0);
-    /* with the chosen salient set, no other split among the candidates is better */
-    double *all = malloc(sizeof(double) * (size_t)(rows * nb));
-    int g = 0;
+    assert_int_equal(lb_billm_plan_block(&plan, Wb, nb, nb, hd, cw, &cfg, NULL), 0);
+    assert_true(plan.salient[c1] && plan.salient[c2]);
     for (int r = 0; r < rows; r++)
-        for (int j = 0; j < nb; j++)
-            if (!plan.salient[j])
-                all[g++] = fabs((double)Wb[r * nb + j]);
-    qsort(all, (size_t)g, sizeof(double), cmp_double);
-    double chosen = -1.0, best = INFINITY;
-    for (int t = 0; t < g; t++) { /* every possible split, not just the grid */
-        double p = all[t], e = 0.0;
-        for (int r = 0; r < rows; r++) {
-            double sc = 0, ss = 0, sq = 0;
-            int nc = 0, ns = 0;
-            for (int j = 0; j < nb; j++)
-                if (!plan.salient[j]) {
-                    double a = fabs((double)Wb[r * nb + j]);
-                    sq += a * a;
-                    if (a > p) {
-                        ss += a;
-                        ns++;
-                    } else {
-                        sc += a;
-                        nc++;
-                    }
-                }
-            e += sq - (nc ? sc * sc / nc : 0) - (ns ? ss * ss / ns : 0);
+        for (int j = 0; j < nb; j++) {
+            if (j != c1 && j != c2)
+                continue;
+            uint8_t code;
+            float w = Wb[r * nb + j];
+            float q = lb_billm_quant(w, true, plan.alpha + r * 4, &code);
+            /* only the salient set's other members pull the levels: allow 2% of |w| */
+            assert_true(fabsf(w - q) <= 0.02f * fabsf(w) + 1e-6f);
         }
-        if (p == (double)plan.split)
-            chosen = e;
-        if (e < best)
-            best = e;
-    }
-    assert_true(chosen >= 0.0);
-    /* the 81-point grid gets within 2% of the best split over all values */
-    assert_true(chosen <= best * 1.02);
-    free(all);
     lb_billm_plan_free(&plan);
     free(Wb);
 }
@@ -402,19 +345,21 @@ static void ref_billm(const float *W, const float *H, int rows, int cols, int bs
     double *blk = malloc(sizeof(double) * (size_t)(rows * bs));
     for (int c0 = 0; c0 < n; c0 += bs) {
         int nb = n - c0 < bs ? n - c0 : bs;
-        double hd[256];
-        for (int j = 0; j < nb; j++)
+        double hd[256], cw[256];
+        for (int j = 0; j < nb; j++) {
             hd[j] = Hi[(c0 + j) * n + c0 + j];
+            cw[j] = 1.0 / (U[(c0 + j) * n + c0 + j] * U[(c0 + j) * n + c0 + j]);
+        }
         /* the method plans on float weights: round like the engine's float state */
         for (int r = 0; r < rows; r++)
             for (int j = 0; j < nb; j++)
                 blk[r * nb + j] = (double)(float)Wd[r * n + c0 + j];
-        ref_plan_block(blk, rows, nb, hd, cfg->max_salient, cfg->split_points, P);
+        ref_plan_block(blk, rows, nb, hd, cw, cfg->max_salient, P);
         for (int j = 0; j < nb; j++) {
             int c = c0 + j;
             for (int r = 0; r < rows; r++) {
                 double w = Wd[r * n + c];
-                double q = ref_quant(w, P->sal[j], P->alpha + r * 4, P->split);
+                double q = ref_quant(w, P->sal[j], P->alpha + r * 4);
                 W_hat[r * n + c] = q;
                 double e = (w - q) / U[c * n + c]; /* GPTQ Eq. 4 */
                 for (int k = c + 1; k < n; k++)
@@ -528,12 +473,12 @@ static void test_compensation_lowers_error(void **state)
         for (int r = 0; r < rows; r++)
             for (int j = 0; j < bs; j++)
                 blk[r * bs + j] = W[r * cols + c0 + j];
-        assert_int_equal(lb_billm_plan_block(&plan, blk, bs, bs, hd, &cfg, NULL), 0);
+        assert_int_equal(lb_billm_plan_block(&plan, blk, bs, bs, hd, NULL, &cfg, NULL), 0);
         for (int r = 0; r < rows; r++)
             for (int j = 0; j < bs; j++) {
                 uint8_t code;
                 Q[r * cols + c0 + j] = lb_billm_quant(blk[r * bs + j], plan.salient[j],
-                                                      plan.alpha + r * 4, plan.split, &code);
+                                                      plan.alpha + r * 4, &code);
             }
     }
     for (int r = 0; r < rows; r++) { /* 1-bit: sign(w) * mean |w| per row */
@@ -682,7 +627,7 @@ int main(void)
         cmocka_unit_test(test_registry),
         cmocka_unit_test(test_residual_binarization_by_hand),
         cmocka_unit_test(test_plan_matches_reference),
-        cmocka_unit_test(test_plan_is_search_optimal),
+        cmocka_unit_test(test_outlier_columns_exact),
         cmocka_unit_test(test_method_matches_reference),
         cmocka_unit_test(test_dead_column),
         cmocka_unit_test(test_compensation_lowers_error),

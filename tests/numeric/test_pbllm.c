@@ -129,6 +129,40 @@ static void test_positive_and_negative_rows_round_trip(void **state)
     lb_qresult_free(&res);
 }
 
+/* Issue 11: an input channel with 1000x the curvature of the others. Its near-zero
+ * weights cost nothing to prune but 1000x to binarize (to about ±mean |w|), so the Hessian
+ * criterion must make them salient; PB-LLM's w^2 / [H^-1]^2 ranks them last. */
+static void test_outlier_channel_near_zero_is_salient(void **state)
+{
+    (void)state;
+    enum { R = 8, C = 32, HOT = 5 };
+    uint64_t rng = 33;
+    float W[R * C], H[C * C] = {0};
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < C; j++)
+            W[i * C + j] = 0.02f * lb_test_rand_normal(&rng);
+    W[0 * C + HOT] = 1e-4f;
+    W[3 * C + HOT] = -2e-4f;
+    for (int j = 0; j < C; j++)
+        H[j * C + j] = j == HOT ? 1000.0f : 1.0f;
+    lb_qopts o;
+    lb_qopts_init(&o);
+    o.salient_frac = 0.1;
+    o.block_size = 16;
+    lb_qresult res;
+    lb_err err = {0};
+    if (lb_pbllm_quantize(W, R, C, H, &o, &res, &err))
+        fail_msg("pbllm: %s", err.msg);
+    bool idx;
+    unsigned char *mk = decode_mask(&res.packed, R, C, 16, &idx);
+    /* (a hot weight near ±mean |w| binarizes well and need not be salient) */
+    assert_true(mk[HOT * R + 0] && mk[HOT * R + 3]);
+    assert_true(fabsf(res.W_hat[0 * C + HOT] - W[0 * C + HOT]) < 2e-3f);
+    assert_true(fabsf(res.W_hat[3 * C + HOT] - W[3 * C + HOT]) < 2e-3f);
+    free(mk);
+    lb_qresult_free(&res);
+}
+
 /* ---- slow reference PB-GPTQ ---- */
 
 typedef struct {
@@ -138,15 +172,20 @@ typedef struct {
     float lo[64], step[64];
     unsigned char mask[64 * 64]; /* (nb, rows) current block */
     double mu[64], alpha[64];
+    float rowabs[64]; /* mean |w| of each original row */
     int c0;
 } ref_pb;
 
-static double ref_saliency(const ref_pb *r, const ref_obs_state *st, int c, double w)
+/* the larger of the pruning loss w^2 and the binarization loss (|w| - mean |w| of the
+ * row)^2, over U_cc^2 */
+static double ref_saliency(const ref_pb *r, const ref_obs_state *st, int c, int i, double w)
 {
     float wf = (float)w;
     if (r->o->salient_criterion == LB_SALIENT_MAGNITUDE)
         return fabsf(wf);
-    return (float)((double)wf * (double)wf / st->udiag2[c]);
+    double d = fabs((double)wf) - (double)r->rowabs[i];
+    double d2 = fmax(d * d, (double)wf * (double)wf);
+    return (float)(d2 / st->udiag2[c]);
 }
 
 static int cmp_desc(const void *a, const void *b)
@@ -164,7 +203,7 @@ static void ref_mask(ref_pb *r, const ref_obs_state *st, const double *M, int c0
     if (g == 0) {
         for (int j = 0; j < nb; j++)
             for (int i = 0; i < rows; i++)
-                mask[j * rows + i] = ref_saliency(r, st, c0 + j, M[i * cols + c0 + j]) >= r->thr;
+                mask[j * rows + i] = ref_saliency(r, st, c0 + j, i, M[i * cols + c0 + j]) >= r->thr;
         return;
     }
     for (int g0 = 0; g0 < nb; g0 += g) {
@@ -175,7 +214,7 @@ static void ref_mask(ref_pb *r, const ref_obs_state *st, const double *M, int c0
             double bs = -1;
             for (int j = g0; j < g0 + gc; j++)
                 for (int i = 0; i < rows; i++) {
-                    double s = ref_saliency(r, st, c0 + j, M[i * cols + c0 + j]);
+                    double s = ref_saliency(r, st, c0 + j, i, M[i * cols + c0 + j]);
                     if (!mask[j * rows + i] && s > bs) {
                         bs = s;
                         bj = j;
@@ -192,10 +231,16 @@ static void ref_pb_begin(void *ctx, const ref_obs_state *st)
     ref_pb *r = ctx;
     int rows = r->rows, cols = r->cols;
     long n = lround(r->o->salient_frac * rows * cols);
+    for (int i = 0; i < rows; i++) {
+        double a = 0.0;
+        for (int c = 0; c < cols; c++)
+            a += fabs(st->W0[i * cols + c]);
+        r->rowabs[i] = (float)(a / cols);
+    }
     double *s = malloc(sizeof(double) * (size_t)(rows * cols));
     for (int i = 0; i < rows; i++)
         for (int c = 0; c < cols; c++)
-            s[i * cols + c] = ref_saliency(r, st, c, st->W0[i * cols + c]);
+            s[i * cols + c] = ref_saliency(r, st, c, i, st->W0[i * cols + c]);
     qsort(s, (size_t)(rows * cols), sizeof(double), cmp_desc);
     r->thr = n > 0 ? s[n - 1] : (double)INFINITY;
     free(s);
@@ -498,6 +543,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_grid_covers_range_and_round_trips),
         cmocka_unit_test(test_positive_and_negative_rows_round_trip),
+        cmocka_unit_test(test_outlier_channel_near_zero_is_salient),
         cmocka_unit_test(test_matches_reference_hessian),
         cmocka_unit_test(test_matches_reference_magnitude),
         cmocka_unit_test(test_options_and_corrupt),
