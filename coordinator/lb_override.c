@@ -1,0 +1,146 @@
+/* lb_override: parsing of --override specs (lb_override.h). */
+#include "lb_override.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lb_qopts_parse.h"
+
+/* glibc's regcomp expands {m,n} into copies of the atom, so nested or chained
+ * counts multiply its time and memory ("(a{999}){999}" takes minutes and GBs).
+ * Tensor-name patterns need small counts; their product is bounded. */
+#define LB_OVERRIDE_REPEAT_MAX 4096
+
+/* Product of the largest number of every "{...}" in p[0..n) (an overestimate
+ * of regcomp's expansion that ignores nesting), saturated above the limit. */
+static long repeat_product(const char *p, size_t n)
+{
+    long prod = 1;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] != '{')
+            continue;
+        long best = 0, cur = 0;
+        size_t j = i + 1;
+        for (; j < n && p[j] != '}'; j++) {
+            if (p[j] >= '0' && p[j] <= '9') {
+                if (cur <= LB_OVERRIDE_REPEAT_MAX)
+                    cur = cur * 10 + (p[j] - '0');
+            } else {
+                cur = 0;
+            }
+            if (cur > best)
+                best = cur;
+        }
+        if (best < 1)
+            best = 1;
+        /* "{m,}" is unbounded above; regcomp expands m copies plus a star */
+        prod *= best + 1;
+        if (prod > LB_OVERRIDE_REPEAT_MAX)
+            return LB_OVERRIDE_REPEAT_MAX + 1;
+        i = j;
+    }
+    return prod;
+}
+
+/* Parses "k=v,k=v" into opts with the shared vocabulary ("--k=v"). */
+static int parse_override_opts(const char *list, lb_qopts *opts, lb_err *err)
+{
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", list);
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        char arg[300];
+        snprintf(arg, sizeof arg, "--%s", tok);
+        for (char *c = arg + 2; *c && *c != '='; c++)
+            if (*c == '_')
+                *c = '-';
+        char *argv[1] = {arg};
+        int i = 0;
+        int rc = lb_qopts_parse_arg(opts, 1, argv, &i, err);
+        if (rc < 0)
+            return rc;
+        if (rc == 0)
+            return lb_err_set(err, LB_EINVAL, "--override: unknown option \"%s\" (see lowbit "
+                              "quantize --help)", tok);
+    }
+    return lb_qopts_validate(opts, err);
+}
+
+int lb_override_parse(const char *spec, const lb_qopts *base, lb_override *o, lb_err *err)
+{
+    memset(o, 0, sizeof *o);
+    if (strlen(spec) > LB_OVERRIDE_SPEC_MAX)
+        return lb_err_set(err, LB_EINVAL, "--override '%.40s...': longer than %d characters",
+                          spec, LB_OVERRIDE_SPEC_MAX);
+    snprintf(o->spec, sizeof o->spec, "%s", spec);
+    const char *eq = strrchr(spec, '=');
+    /* the method part holds no '=' unless options follow ':' */
+    const char *colon = NULL;
+    for (const char *c = spec; *c; c++)
+        if (*c == '=') {
+            const char *after = c + 1;
+            const char *col = strchr(after, ':');
+            const char *e2 = strchr(after, '=');
+            if (!e2 || (col && col < e2)) {
+                eq = c;
+                colon = col;
+                break;
+            }
+        }
+    if (!eq || eq == spec)
+        return lb_err_set(err, LB_EINVAL, "--override '%s': expected REGEX=METHOD[:options]",
+                          spec);
+    size_t plen = (size_t)(eq - spec);
+    if (repeat_product(spec, plen) > LB_OVERRIDE_REPEAT_MAX)
+        return lb_err_set(err, LB_EINVAL,
+                          "--override '%s': the regex's {m,n} repetition counts multiply to more "
+                          "than %d; write a simpler pattern",
+                          spec, LB_OVERRIDE_REPEAT_MAX);
+    o->pattern = malloc(plen + 5);
+    if (!o->pattern)
+        return lb_err_set(err, LB_ENOMEM, "out of memory");
+    snprintf(o->pattern, plen + 5, "^(%.*s)$", (int)plen, spec);
+    int rrc = regcomp(&o->re, o->pattern, REG_EXTENDED | REG_NOSUB);
+    if (rrc) {
+        char msg[128];
+        regerror(rrc, &o->re, msg, sizeof msg);
+        free(o->pattern);
+        o->pattern = NULL;
+        return lb_err_set(err, LB_EINVAL, "--override '%s': bad regular expression (%s)", spec,
+                          msg);
+    }
+    size_t mlen = colon ? (size_t)(colon - eq - 1) : strlen(eq + 1);
+    if (mlen == 0 || mlen >= sizeof o->method) {
+        regfree(&o->re);
+        free(o->pattern);
+        o->pattern = NULL;
+        return lb_err_set(err, LB_EINVAL, "--override '%s': missing or too long method", spec);
+    }
+    memcpy(o->method, eq + 1, mlen);
+    o->method[mlen] = '\0';
+    int rc = 0;
+    if (!lb_qmethod_find(o->method))
+        rc = lb_err_set(err, LB_EINVAL, "--override '%s': unknown method \"%s\" (lowbit "
+                        "quantize --help lists them)", spec, o->method);
+    o->opts = *base;
+    if (!rc && colon)
+        rc = parse_override_opts(colon + 1, &o->opts, err);
+    if (rc) {
+        regfree(&o->re);
+        free(o->pattern);
+        o->pattern = NULL;
+        if (err->msg[0] && !strstr(err->msg, "--override"))
+            lb_err_prefix(err, "--override '%s'", spec);
+    }
+    return rc;
+}
+
+void lb_override_free(lb_override *o)
+{
+    if (!o || !o->pattern)
+        return;
+    regfree(&o->re);
+    free(o->pattern);
+    o->pattern = NULL;
+}
