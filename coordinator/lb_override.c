@@ -7,40 +7,49 @@
 
 #include "lb_qopts_parse.h"
 
-/* glibc's regcomp expands {m,n} into copies of the atom, so nested or chained
- * counts multiply its time and memory ("(a{999}){999}" takes minutes and GBs).
- * Tensor-name patterns need small counts; their product is bounded. */
+/* glibc's regcomp copies the operand of every "+" (x+ -> xx*) and of every
+ * {m,n} (n copies), and nested or stacked ones multiply: "a++++...+" with 100
+ * pluses took 68 s and 20 GB (a fuzz finding). Tensor-name patterns need few
+ * repetitions, so the product of all copy factors is bounded. */
 #define LB_OVERRIDE_REPEAT_MAX 4096
+/* ... and so is that product times the pattern length (copies of copies). */
+#define LB_OVERRIDE_EXPAND_MAX 65536
 
-/* Product of the largest number of every "{...}" in p[0..n) (an overestimate
- * of regcomp's expansion that ignores nesting), saturated above the limit. */
+/* Product over p[0..n) of 2 per '+' and (largest count + 1) per "{...}",
+ * outside bracket expressions and escapes: an upper bound on regcomp's
+ * expansion whatever the nesting. Saturates above the limit. */
 static long repeat_product(const char *p, size_t n)
 {
     long prod = 1;
-    for (size_t i = 0; i < n; i++) {
-        if (p[i] != '{')
-            continue;
-        long best = 0, cur = 0;
-        size_t j = i + 1;
-        for (; j < n && p[j] != '}'; j++) {
-            if (p[j] >= '0' && p[j] <= '9') {
-                if (cur <= LB_OVERRIDE_REPEAT_MAX)
-                    cur = cur * 10 + (p[j] - '0');
-            } else {
-                cur = 0;
+    for (size_t i = 0; i < n && prod <= LB_OVERRIDE_REPEAT_MAX; i++) {
+        if (p[i] == '\\') {
+            i++;
+        } else if (p[i] == '[') { /* "[]x]" and "[^]x]": a leading ']' is literal */
+            size_t j = i + 1;
+            if (j < n && p[j] == '^')
+                j++;
+            if (j < n && p[j] == ']')
+                j++;
+            while (j < n && p[j] != ']')
+                j++;
+            i = j;
+        } else if (p[i] == '+') {
+            prod *= 2;
+        } else if (p[i] == '{') {
+            long best = 0, cur = 0;
+            size_t j = i + 1;
+            for (; j < n && p[j] != '}'; j++) {
+                cur = p[j] >= '0' && p[j] <= '9' ? cur * 10 + (p[j] - '0') : 0;
+                if (cur > LB_OVERRIDE_REPEAT_MAX)
+                    cur = LB_OVERRIDE_REPEAT_MAX + 1;
+                if (cur > best)
+                    best = cur;
             }
-            if (cur > best)
-                best = cur;
+            prod *= best + 1;
+            i = j;
         }
-        if (best < 1)
-            best = 1;
-        /* "{m,}" is unbounded above; regcomp expands m copies plus a star */
-        prod *= best + 1;
-        if (prod > LB_OVERRIDE_REPEAT_MAX)
-            return LB_OVERRIDE_REPEAT_MAX + 1;
-        i = j;
     }
-    return prod;
+    return prod > LB_OVERRIDE_REPEAT_MAX ? LB_OVERRIDE_REPEAT_MAX + 1 : prod;
 }
 
 /* Parses "k=v,k=v" into opts with the shared vocabulary ("--k=v"). */
@@ -92,11 +101,13 @@ int lb_override_parse(const char *spec, const lb_qopts *base, lb_override *o, lb
         return lb_err_set(err, LB_EINVAL, "--override '%s': expected REGEX=METHOD[:options]",
                           spec);
     size_t plen = (size_t)(eq - spec);
-    if (repeat_product(spec, plen) > LB_OVERRIDE_REPEAT_MAX)
+    long copies = repeat_product(spec, plen);
+    if (copies > LB_OVERRIDE_REPEAT_MAX || copies * (long)(plen + 1) > LB_OVERRIDE_EXPAND_MAX)
         return lb_err_set(err, LB_EINVAL,
-                          "--override '%s': the regex's {m,n} repetition counts multiply to more "
-                          "than %d; write a simpler pattern",
-                          spec, LB_OVERRIDE_REPEAT_MAX);
+                          "--override '%s': the regex's '+' and {m,n} repetitions multiply to "
+                          "more than %d copies or %d pattern characters; write a simpler "
+                          "pattern",
+                          spec, LB_OVERRIDE_REPEAT_MAX, LB_OVERRIDE_EXPAND_MAX);
     o->pattern = malloc(plen + 5);
     if (!o->pattern)
         return lb_err_set(err, LB_ENOMEM, "out of memory");

@@ -19,6 +19,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if ((!u.is_unix && (u.port < 1 || u.port > 65535)) || u.db < 0 ||
             strnlen(shown, sizeof shown) == sizeof shown)
             abort();
+        for (const char *c = shown; *c; c++) /* it goes to logs: one line */
+            if ((unsigned char)*c < 0x20 || *c == 0x7f)
+                abort();
         /* a password of a few characters may also spell part of the host */
         if (strlen(u.password) >= 6 && strstr(shown, u.password) && !strstr(u.host, u.password) &&
             !strstr(u.socket_path, u.password) && !strstr(u.user, u.password))

@@ -35,12 +35,17 @@ const char *lb_fuzz_dir(void)
 {
     if (g_dir)
         return g_dir;
-    const char *tmp = getenv("TMPDIR");
-    size_t n = strlen(tmp && *tmp ? tmp : "/tmp") + 32;
+    /* tmpfs: on a disk-backed /tmp, writing the input is most of the time per run */
+    const char *tmp = getenv("LB_FUZZ_TMPDIR");
+    if (!tmp || !*tmp)
+        tmp = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : getenv("TMPDIR");
+    if (!tmp || !*tmp)
+        tmp = "/tmp";
+    size_t n = strlen(tmp) + 32;
     g_dir = malloc(n);
     if (!g_dir)
         abort();
-    snprintf(g_dir, n, "%s/lowbit-fuzz-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    snprintf(g_dir, n, "%s/lowbit-fuzz-XXXXXX", tmp);
     if (!mkdtemp(g_dir)) {
         perror("lowbit fuzz: mkdtemp");
         abort();

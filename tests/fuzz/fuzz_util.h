@@ -9,7 +9,8 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-/* The process's temp directory (mkdtemp under $TMPDIR or /tmp); aborts when
+/* The process's temp directory (mkdtemp under $LB_FUZZ_TMPDIR, else /dev/shm
+ * when writable, else $TMPDIR or /tmp); aborts when
  * it cannot be made (a fuzz target has no other way to report it). */
 const char *lb_fuzz_dir(void);
 

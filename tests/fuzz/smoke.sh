@@ -4,6 +4,8 @@
 # inputs go to a temp directory that is removed). Fails on any crash, leak,
 # timeout or allocation over 512 MB.  Usage: smoke.sh FUZZ_BINARY CORPUS_DIR RUNS
 set -euo pipefail
+# one thread per target: OpenMP workers spinning beside the fuzzer only cost time
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 OMP_WAIT_POLICY=passive
 bin=$1 corpus=$2 runs=$3
 work=$(mktemp -d "${TMPDIR:-/tmp}/lowbit-fuzz-smoke-XXXXXX")
 trap 'rm -rf "$work"' EXIT
