@@ -1,6 +1,6 @@
 /* libFuzzer target: Redis URLs (lb_redis_url_parse). A parsed URL has its
- * fields in range and NUL-terminated, and its display form never carries the
- * password. Corpus: tests/fuzz/corpus/redis_url/. */
+ * fields in range, and its display form (for logs) is one line and does not
+ * depend on the password. Corpus: tests/fuzz/corpus/redis_url/. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,9 +22,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (const char *c = shown; *c; c++) /* it goes to logs: one line */
             if ((unsigned char)*c < 0x20 || *c == 0x7f)
                 abort();
-        /* a password of a few characters may also spell part of the host */
-        if (strlen(u.password) >= 6 && strstr(shown, u.password) && !strstr(u.host, u.password) &&
-            !strstr(u.socket_path, u.password) && !strstr(u.user, u.password))
+        /* the display form does not depend on the password at all */
+        lb_redis_url blank = u;
+        char shown2[1024];
+        memset(blank.password, 0, sizeof blank.password);
+        if (strcmp(lb_redis_url_display(&blank, shown2, sizeof shown2), shown) != 0)
             abort();
     } else if (!err.msg[0] || strchr(err.msg, '\n')) {
         abort();
