@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the Debian 12 packages lowbit needs. Does nothing when all are present.
+# Install the Debian 12 packages lowbit needs (clang and libFuzzer: the fuzz
+# smoke runs of deploy/check.sh). Does nothing when all are present.
 # Works as root or through sudo. Usage: deploy/install-deps.sh [--check]
 set -euo pipefail
 
@@ -10,6 +11,7 @@ PACKAGES=(
   libopenmpi-dev openmpi-bin
   redis-server redis-tools
   libcmocka-dev libjansson-dev
+  clang libfuzzer-14-dev libclang-rt-14-dev libomp-dev
 )
 
 missing=()
