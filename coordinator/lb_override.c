@@ -14,14 +14,20 @@
 #define LB_OVERRIDE_REPEAT_MAX 4096
 /* ... and so is that product times the pattern length (copies of copies). */
 #define LB_OVERRIDE_EXPAND_MAX 65536
+/* Quantifiers of any kind: regcomp's epsilon closures grow exponentially with
+ * them ("^(x*(a*)*(a*)*...)$" with 22 groups took 5 s, with 26 over 20 s;
+ * "x*#" and 70 stacked '*' 0.6 s: fuzz findings). 16 leave room for any
+ * tensor-name pattern ("model\.layers\.(1|2)\..*_proj.*" uses 2). */
+#define LB_OVERRIDE_QUANT_MAX 16
 
 /* Product over p[0..n) of 2 per '+' and (largest count + 1) per "{...}",
  * outside bracket expressions and escapes: an upper bound on regcomp's
  * expansion whatever the nesting. Saturates above the limit. */
-static long repeat_product(const char *p, size_t n)
+static long repeat_product(const char *p, size_t n, int *quantifiers)
 {
     long prod = 1;
-    for (size_t i = 0; i < n && prod <= LB_OVERRIDE_REPEAT_MAX; i++) {
+    *quantifiers = 0;
+    for (size_t i = 0; i < n; i++) {
         if (p[i] == '\\') {
             i++;
         } else if (p[i] == '[') { /* "[]x]" and "[^]x]": a leading ']' is literal */
@@ -33,9 +39,14 @@ static long repeat_product(const char *p, size_t n)
             while (j < n && p[j] != ']')
                 j++;
             i = j;
+        } else if (p[i] == '*' || p[i] == '?') {
+            ++*quantifiers;
         } else if (p[i] == '+') {
-            prod *= 2;
+            ++*quantifiers;
+            if (prod <= LB_OVERRIDE_REPEAT_MAX)
+                prod *= 2;
         } else if (p[i] == '{') {
+            ++*quantifiers;
             long best = 0, cur = 0;
             size_t j = i + 1;
             for (; j < n && p[j] != '}'; j++) {
@@ -45,7 +56,8 @@ static long repeat_product(const char *p, size_t n)
                 if (cur > best)
                     best = cur;
             }
-            prod *= best + 1;
+            if (prod <= LB_OVERRIDE_REPEAT_MAX)
+                prod *= best + 1;
             i = j;
         }
     }
@@ -101,7 +113,13 @@ int lb_override_parse(const char *spec, const lb_qopts *base, lb_override *o, lb
         return lb_err_set(err, LB_EINVAL, "--override '%s': expected REGEX=METHOD[:options]",
                           spec);
     size_t plen = (size_t)(eq - spec);
-    long copies = repeat_product(spec, plen);
+    int quantifiers = 0;
+    long copies = repeat_product(spec, plen, &quantifiers);
+    if (quantifiers > LB_OVERRIDE_QUANT_MAX)
+        return lb_err_set(err, LB_EINVAL,
+                          "--override '%s': the regex has %d quantifiers (* + ? {}), the limit "
+                          "is %d; write a simpler pattern",
+                          spec, quantifiers, LB_OVERRIDE_QUANT_MAX);
     if (copies > LB_OVERRIDE_REPEAT_MAX || copies * (long)(plen + 1) > LB_OVERRIDE_EXPAND_MAX)
         return lb_err_set(err, LB_EINVAL,
                           "--override '%s': the regex's '+' and {m,n} repetitions multiply to "
