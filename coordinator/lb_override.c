@@ -1,6 +1,7 @@
 /* lb_override: parsing of --override specs (lb_override.h). */
 #include "lb_override.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,9 +17,10 @@
 #define LB_OVERRIDE_EXPAND_MAX 65536
 /* Quantifiers of any kind: regcomp's epsilon closures grow exponentially with
  * them ("^(x*(a*)*(a*)*...)$" with 22 groups took 5 s, with 26 over 20 s;
- * "x*#" and 70 stacked '*' 0.6 s: fuzz findings). 16 leave room for any
- * tensor-name pattern ("model\.layers\.(1|2)\..*_proj.*" uses 2). */
-#define LB_OVERRIDE_QUANT_MAX 16
+ * "x*#" and 70 stacked '*' 0.6 s: fuzz findings). 12 leave room for any
+ * tensor-name pattern ("model\.layers\.(1|2)\..*_proj.*" uses 2); a
+ * quantifier right after another ("a*+", "a{2}*") means nothing and counts 100. */
+#define LB_OVERRIDE_QUANT_MAX 12
 
 /* Product over p[0..n) of 2 per '+' and (largest count + 1) per "{...}",
  * outside bracket expressions and escapes: an upper bound on regcomp's
@@ -28,6 +30,10 @@ static long repeat_product(const char *p, size_t n, int *quantifiers)
     long prod = 1;
     *quantifiers = 0;
     for (size_t i = 0; i < n; i++) {
+        bool after_quant = i > 0 && (p[i - 1] == '*' || p[i - 1] == '+' || p[i - 1] == '?' ||
+                                     p[i - 1] == '}') && (i < 2 || p[i - 2] != '\\');
+        if (after_quant && (p[i] == '*' || p[i] == '+' || p[i] == '?' || p[i] == '{'))
+            *quantifiers += 100;
         if (p[i] == '\\') {
             i++;
         } else if (p[i] == '[') { /* "[]x]" and "[^]x]": a leading ']' is literal */
