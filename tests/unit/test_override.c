@@ -29,6 +29,8 @@ static void test_valid(void **state)
     lb_override_free(&o); /* idempotent */
     assert_int_equal(parse("x{3}=rtn", &o, &err), 0);
     lb_override_free(&o);
+    assert_int_equal(parse("(a\\(|b)\\|[|]x=rtn", &o, &err), 0); /* escaped/bracketed: not empty */
+    lb_override_free(&o);
     /* 12 quantifiers are still fine; brackets and escapes do not count */
     assert_int_equal(parse(".*a.*|.*b.*|.*c.*|.*d.*|.*e.*|.*f[*+?]\\+\\*+=rtn", &o, &err), 0);
     lb_override_free(&o);
@@ -51,6 +53,12 @@ static void test_rejected(void **state)
         {"(a{20}){20}(b{20})=rtn", "repetitions multiply"},
         {"x*(a*)*(a*)*)++*+(a+)*)++\xd4++*gptq(=rtn", "quantifiers"}, /* 12 s fuzzed */
         {"a*+=rtn", "quantifiers"},
+        /* fuzz finding: empty alternatives: "(|||...|){16}" took 3 s and 2.3 GB */
+        {"((||||||||||||||||||||||||||||||||||||||||||||||||)){16}=rtn", "empty group"},
+        {"(()()()()()()()()()()()()()()()()()()()()()()()()()()()()()()){120}=rtn", "empty group"},
+        {"a|=rtn", "empty group"},
+        {"|a=rtn", "empty group"},
+        {"(a|)=rtn", "empty group"},
         {"(a{100}){100}=rtn", "repetitions multiply"},
         {"a{5000}=rtn", "repetitions multiply"},
         /* fuzz finding: 70 stacked '*' after "x*#" took regcomp 0.6 s; star groups
