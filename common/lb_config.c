@@ -131,23 +131,32 @@ int lb_config_validate(const lb_config *cfg, lb_err *err)
     if (!cfg)
         return lb_err_set(err, LB_EINVAL, "lb_config_validate: NULL config");
     const char *src = "config.json";
+    /* Upper bounds: far above any released LLaMA-family model (hidden 16384,
+     * intermediate 53248, 126 layers, vocab 256000), low enough that sizes
+     * derived from them (hidden * vocab, heads * head_dim) cannot overflow or
+     * ask for absurd buffers before a tensor shape is checked. */
     const struct {
         const char *key;
-        int32_t v;
+        int32_t v, max;
     } pos[] = {
-        {"hidden_size", cfg->hidden_size},
-        {"intermediate_size", cfg->intermediate_size},
-        {"num_hidden_layers", cfg->num_hidden_layers},
-        {"num_attention_heads", cfg->num_attention_heads},
-        {"num_key_value_heads", cfg->num_key_value_heads},
-        {"head_dim", cfg->head_dim},
-        {"vocab_size", cfg->vocab_size},
-        {"max_position_embeddings", cfg->max_position_embeddings},
+        {"hidden_size", cfg->hidden_size, LB_CONFIG_MAX_HIDDEN},
+        {"intermediate_size", cfg->intermediate_size, LB_CONFIG_MAX_INTERMEDIATE},
+        {"num_hidden_layers", cfg->num_hidden_layers, LB_CONFIG_MAX_LAYERS},
+        {"num_attention_heads", cfg->num_attention_heads, LB_CONFIG_MAX_HEADS},
+        {"num_key_value_heads", cfg->num_key_value_heads, LB_CONFIG_MAX_HEADS},
+        {"head_dim", cfg->head_dim, LB_CONFIG_MAX_HEAD_DIM},
+        {"vocab_size", cfg->vocab_size, LB_CONFIG_MAX_VOCAB},
+        {"max_position_embeddings", cfg->max_position_embeddings, INT32_MAX},
     };
-    for (size_t i = 0; i < sizeof pos / sizeof pos[0]; i++)
+    for (size_t i = 0; i < sizeof pos / sizeof pos[0]; i++) {
         if (pos[i].v <= 0)
             return lb_err_set(err, LB_EFORMAT, "%s: key \"%s\" = %d must be positive", src,
                               pos[i].key, (int)pos[i].v);
+        if (pos[i].v > pos[i].max)
+            return lb_err_set(err, LB_EFORMAT,
+                              "%s: key \"%s\" = %d exceeds lowbit's limit %d (docs/io-formats.md)",
+                              src, pos[i].key, (int)pos[i].v, (int)pos[i].max);
+    }
     if (!lb_config_architecture(cfg->arch))
         return lb_err_set(err, LB_EFORMAT, "%s: invalid architecture %d", src, (int)cfg->arch);
     if (cfg->num_attention_heads % cfg->num_key_value_heads)

@@ -51,7 +51,15 @@ int lb_config_load(lb_config *cfg, const char *dir_or_file, lb_err *err);
  * LB_EINVAL / LB_ENOMEM with one line "source: key: problem". */
 int lb_config_parse(lb_config *cfg, const char *json, const char *source_name, lb_err *err);
 
-/* Checks sizes > 0, heads * head_dim sanity, heads % kv_heads == 0,
+/* Limits (docs/io-formats.md, "Limits"): a config beyond them is refused. */
+#define LB_CONFIG_MAX_HIDDEN 131072
+#define LB_CONFIG_MAX_INTERMEDIATE 1048576
+#define LB_CONFIG_MAX_LAYERS 4096
+#define LB_CONFIG_MAX_HEADS 4096
+#define LB_CONFIG_MAX_HEAD_DIM 8192
+#define LB_CONFIG_MAX_VOCAB 16777216
+
+/* Checks sizes > 0 and within the limits above, heads * head_dim sanity, heads % kv_heads == 0,
  * head_dim even (RoPE pairs), eps > 0 and finite, theta > 0 and finite.
  * Returns 0 or LB_EFORMAT naming the key. */
 int lb_config_validate(const lb_config *cfg, lb_err *err);

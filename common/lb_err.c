@@ -4,6 +4,15 @@
 #include <stdio.h>
 #include <string.h>
 
+/* Messages quote names, URLs and keys that came from files or peers: a
+ * newline or escape in them must not forge or garble a log line. */
+static void one_line(char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            *s = '?';
+}
+
 int lb_err_set(lb_err *err, int code, const char *fmt, ...)
 {
     if (err) {
@@ -12,6 +21,7 @@ int lb_err_set(lb_err *err, int code, const char *fmt, ...)
         err->code = code;
         vsnprintf(err->msg, sizeof err->msg, fmt, ap);
         va_end(ap);
+        one_line(err->msg);
     }
     return code;
 }
@@ -32,6 +42,7 @@ int lb_err_prefix(lb_err *err, const char *fmt, ...)
     memcpy(err->msg, prefix, n);
     size_t room = sizeof err->msg - n;
     snprintf(err->msg + n, room, "%s%s", room > 2 ? ": " : "", old);
+    one_line(err->msg);
     return err->code;
 }
 

@@ -24,11 +24,12 @@ typedef struct lb_err {
 } lb_err;
 
 /* Sets err (if non-NULL) from a printf format; returns code so callers can
- * write `return lb_err_set(err, LB_EINVAL, "...")`. */
+ * write `return lb_err_set(err, LB_EINVAL, "...")`. The message is always one
+ * line: control characters (from quoted input) become '?'. */
 int lb_err_set(lb_err *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Prefixes the existing message with "prefix: " (keeps the code). */
+/* Prefixes the existing message with "prefix: " (keeps the code; one line). */
 int lb_err_prefix(lb_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 void lb_err_clear(lb_err *err);

@@ -20,6 +20,7 @@
 #include "lb_rotate.h"
 #include "lb_exec.h"
 #include "lb_io_util.h"
+#include "lb_override.h"
 #include "lb_plan.h"
 #include "lb_qopts_parse.h"
 #include "lb_runner.h"
@@ -91,14 +92,6 @@ static void usage(FILE *out)
             lb_qopts_usage(), lb_distill_usage());
 }
 
-typedef struct {
-    char *pattern;
-    regex_t re;
-    char method[16];
-    lb_qopts opts;
-    char spec[512];
-    int matched; /* tensors it applies to */
-} override;
 
 typedef struct {
     bool json, tty;
@@ -152,96 +145,11 @@ static void on_progress(void *user, const lb_plan *plan, int32_t j, const lb_job
     fprintf(stderr, "\n");
 }
 
-/* Parses "k=v,k=v" into opts with the shared vocabulary ("--k=v"). */
-static int parse_override_opts(const char *list, lb_qopts *opts, lb_err *err)
-{
-    char buf[512];
-    snprintf(buf, sizeof buf, "%s", list);
-    char *save = NULL;
-    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        char arg[300];
-        snprintf(arg, sizeof arg, "--%s", tok);
-        for (char *c = arg + 2; *c && *c != '='; c++)
-            if (*c == '_')
-                *c = '-';
-        char *argv[1] = {arg};
-        int i = 0;
-        int rc = lb_qopts_parse_arg(opts, 1, argv, &i, err);
-        if (rc < 0)
-            return rc;
-        if (rc == 0)
-            return lb_err_set(err, LB_EINVAL, "--override: unknown option \"%s\" (see lowbit "
-                              "quantize --help)", tok);
-    }
-    return lb_qopts_validate(opts, err);
-}
-
-static int parse_override(const char *spec, const lb_qopts *base, override *o, lb_err *err)
-{
-    memset(o, 0, sizeof *o);
-    snprintf(o->spec, sizeof o->spec, "%s", spec);
-    const char *eq = strrchr(spec, '=');
-    /* the method part holds no '=' unless options follow ':' */
-    const char *colon = NULL;
-    for (const char *c = spec; *c; c++)
-        if (*c == '=') {
-            const char *after = c + 1;
-            const char *col = strchr(after, ':');
-            const char *e2 = strchr(after, '=');
-            if (!e2 || (col && col < e2)) {
-                eq = c;
-                colon = col;
-                break;
-            }
-        }
-    if (!eq || eq == spec)
-        return lb_err_set(err, LB_EINVAL, "--override '%s': expected REGEX=METHOD[:options]",
-                          spec);
-    size_t plen = (size_t)(eq - spec);
-    o->pattern = malloc(plen + 5);
-    if (!o->pattern)
-        return lb_err_set(err, LB_ENOMEM, "out of memory");
-    snprintf(o->pattern, plen + 5, "^(%.*s)$", (int)plen, spec);
-    int rrc = regcomp(&o->re, o->pattern, REG_EXTENDED | REG_NOSUB);
-    if (rrc) {
-        char msg[128];
-        regerror(rrc, &o->re, msg, sizeof msg);
-        free(o->pattern);
-        o->pattern = NULL;
-        return lb_err_set(err, LB_EINVAL, "--override '%s': bad regular expression (%s)", spec,
-                          msg);
-    }
-    size_t mlen = colon ? (size_t)(colon - eq - 1) : strlen(eq + 1);
-    if (mlen == 0 || mlen >= sizeof o->method) {
-        regfree(&o->re);
-        free(o->pattern);
-        o->pattern = NULL;
-        return lb_err_set(err, LB_EINVAL, "--override '%s': missing or too long method", spec);
-    }
-    memcpy(o->method, eq + 1, mlen);
-    o->method[mlen] = '\0';
-    int rc = 0;
-    if (!lb_qmethod_find(o->method))
-        rc = lb_err_set(err, LB_EINVAL, "--override '%s': unknown method \"%s\" (lowbit "
-                        "quantize --help lists them)", spec, o->method);
-    o->opts = *base;
-    if (!rc && colon)
-        rc = parse_override_opts(colon + 1, &o->opts, err);
-    if (rc) {
-        regfree(&o->re);
-        free(o->pattern);
-        o->pattern = NULL;
-        if (err->msg[0] && !strstr(err->msg, "--override"))
-            lb_err_prefix(err, "--override '%s'", spec);
-    }
-    return rc;
-}
-
 /* Resolves the method/options of tensor `name` (global, then every matching
  * override: the last wins), adds them to the run id, records and prints the
  * choice. OUT: *c. */
 static void choose(const char *name, const char *method, const lb_qopts *opts,
-                   override *ovr, int n_ovr, bool json, lb_sha256 *run, json_t *per,
+                   lb_override *ovr, int n_ovr, bool json, lb_sha256 *run, json_t *per,
                    lb_plan_choice *c)
 {
     snprintf(c->method, sizeof c->method, "%s", method);
@@ -497,7 +405,7 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
     double t0 = now_s();
     lb_model *model = NULL;
     uint32_t *tokens = NULL;
-    override ovr[MAX_OVERRIDES];
+    lb_override ovr[MAX_OVERRIDES];
     int n_ovr_ok = 0;
     lb_plan_choice *choices = NULL;
     lb_store *store = NULL;
@@ -506,7 +414,7 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
     json_t *per = NULL;
 
     for (; n_ovr_ok < n_ovr; n_ovr_ok++)
-        if (parse_override(ovr_spec[n_ovr_ok], &opts, &ovr[n_ovr_ok], &err)) {
+        if (lb_override_parse(ovr_spec[n_ovr_ok], &opts, &ovr[n_ovr_ok], &err)) {
             status = 2;
             goto fail;
         }
@@ -736,10 +644,8 @@ fail:
         if (status == 1 && err.code == LB_EINVAL)
             status = 2;
     }
-    for (int k = 0; k < n_ovr_ok; k++) {
-        regfree(&ovr[k].re);
-        free(ovr[k].pattern);
-    }
+    for (int k = 0; k < n_ovr_ok; k++)
+        lb_override_free(&ovr[k]);
     json_decref(per);
     free(opts_json);
     lb_plan_free(&plan);

@@ -2,6 +2,7 @@
 
 #include <ctype.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +65,16 @@ static void mask_url(const char *url, char *buf, size_t size)
         snprintf(buf, size, "%s", url);
 }
 
+/* True when s holds a control character: user and socket path are shown in
+ * logs (lb_redis_url_display), which stay one line per event. */
+static bool has_ctrl(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            return true;
+    return false;
+}
+
 static int fail(lb_err *err, const char *url, const char *what)
 {
     char shown[300];
@@ -108,8 +119,9 @@ int lb_redis_url_parse(const char *url, lb_redis_url *out, lb_err *err)
     if (at) {
         const char *colon = memchr(p, ':', (size_t)(at - p));
         size_t ulen = colon ? (size_t)(colon - p) : (size_t)(at - p);
-        if (decode_part(out->user, sizeof out->user, p, ulen))
-            return fail(err, url, "bad user name (too long or bad %XX escape)");
+        if (decode_part(out->user, sizeof out->user, p, ulen) || has_ctrl(out->user))
+            return fail(err, url, "bad user name (too long, bad %XX escape or control "
+                                  "character)");
         if (colon && decode_part(out->password, sizeof out->password, colon + 1,
                                  (size_t)(at - colon - 1)))
             return fail(err, url, "bad password (too long or bad %XX escape)");
@@ -129,6 +141,8 @@ int lb_redis_url_parse(const char *url, lb_redis_url *out, lb_err *err)
             return fail(err, url, "socket path too long");
         memcpy(out->socket_path, p, plen);
         out->socket_path[plen] = 0;
+        if (has_ctrl(out->socket_path))
+            return fail(err, url, "control character in the socket path");
         out->host[0] = 0;
         out->port = 0;
         if (query) {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian 12 packages lowbit needs, then the pinned npm test
-# references. Does nothing when all are present. Works as root or through sudo.
+# references. clang and libFuzzer serve the fuzz smoke runs of deploy/check.sh.
+# Does nothing when all are present. Works as root or through sudo.
 # Usage: deploy/install-deps.sh [--check] [--no-npm]
 #   --check   report what is missing, install nothing (exit 1 if anything is)
 #   --no-npm  Debian packages only, not the npm test references (quickstart)
@@ -16,6 +17,7 @@ PACKAGES=(
   libcmocka-dev libjansson-dev
   libpcre2-dev libutf8proc-dev
   python3-numpy nodejs
+  clang libfuzzer-14-dev libclang-rt-14-dev libomp-dev
 )
 # npm: Debian's package, unless a nodejs that bundles npm (NodeSource) is there
 command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)

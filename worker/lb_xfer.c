@@ -148,9 +148,8 @@ static int frames_recv(void *sock, size_t max_frames, frames *f)
     return 0;
 }
 
-/* Checks payload frames m[0..n) against the header: count, per-frame bound,
- * total size and SHA-256. Returns 0 or LB_EFORMAT. */
-static int verify_payload(const lb_xfer_hdr *h, zmq_msg_t *m, size_t n, lb_err *err)
+int lb_xfer_payload_check(const lb_xfer_hdr *h, const lb_xfer_span *fr, size_t n,
+                          lb_err *err)
 {
     if (n != h->nframes)
         return lb_err_set(err, LB_EFORMAT, "header announces %u payload frames, %zu arrived",
@@ -159,17 +158,23 @@ static int verify_payload(const lb_xfer_hdr *h, zmq_msg_t *m, size_t n, lb_err *
     lb_sha256 s;
     lb_sha256_init(&s);
     for (size_t i = 0; i < n; i++) {
-        size_t len = zmq_msg_size(&m[i]);
+        size_t len = fr[i].len;
         if (len > LB_XFER_FRAME)
             return lb_err_set(err, LB_EFORMAT, "payload frame %zu holds %zu bytes, limit %zu", i,
                               len, LB_XFER_FRAME);
         if (lb_io_add_u64(total, len, &total))
             return lb_err_set(err, LB_EFORMAT, "payload size overflows");
-        lb_sha256_update(&s, zmq_msg_data(&m[i]), len);
+        /* checked before hashing: an announced size that cannot match costs nothing */
+        if (total > h->size)
+            return lb_err_set(err, LB_EFORMAT,
+                              "header announces %llu payload bytes, more arrived",
+                              (unsigned long long)h->size);
     }
     if (total != h->size)
         return lb_err_set(err, LB_EFORMAT, "header announces %llu payload bytes, %llu arrived",
                           (unsigned long long)h->size, (unsigned long long)total);
+    for (size_t i = 0; i < n; i++)
+        lb_sha256_update(&s, fr[i].data, fr[i].len);
     uint8_t d[LB_SHA256_DIGEST];
     lb_sha256_final(&s, d);
     if (memcmp(d, h->sha256, LB_SHA256_DIGEST) != 0)
@@ -178,6 +183,22 @@ static int verify_payload(const lb_xfer_hdr *h, zmq_msg_t *m, size_t n, lb_err *
                           "from the header); the data was corrupted in transit",
                           (unsigned long long)total);
     return 0;
+}
+
+/* lb_xfer_payload_check over zmq messages m[0..n). Returns 0, LB_EFORMAT or LB_ENOMEM. */
+static int verify_payload(const lb_xfer_hdr *h, zmq_msg_t *m, size_t n, lb_err *err)
+{
+    if (n != h->nframes) /* before allocating anything for n */
+        return lb_xfer_payload_check(h, NULL, n, err);
+    lb_xfer_span one, *sp = n <= 1 ? &one : malloc(n * sizeof *sp);
+    if (!sp)
+        return lb_err_set(err, LB_ENOMEM, "out of memory checking %zu payload frames", n);
+    for (size_t i = 0; i < n; i++)
+        sp[i] = (lb_xfer_span){zmq_msg_data(&m[i]), zmq_msg_size(&m[i])};
+    int rc = lb_xfer_payload_check(h, sp, n, err);
+    if (sp != &one)
+        free(sp);
+    return rc;
 }
 
 static uint32_t frame_count(uint64_t size)

@@ -59,6 +59,20 @@ void lb_xfer_hdr_encode(const lb_xfer_hdr *h, uint8_t buf[LB_XFER_HDR_SIZE]);
  * where allowed). The command is not checked here. OUT: *h. */
 int lb_xfer_hdr_decode(const void *buf, size_t n, lb_xfer_hdr *h, lb_err *err);
 
+/* One received payload frame. */
+typedef struct {
+    const void *data;
+    size_t len;
+} lb_xfer_span;
+
+/* Checks the payload frames[0..n) of a message against its decoded header:
+ * frame count, the per-frame bound LB_XFER_FRAME, total size and SHA-256 (the
+ * hash only once the sizes agree). Pure (no I/O): both receive paths call it
+ * before storing or returning anything, and tests/fuzz/fuzz_xfer_frame.c
+ * fuzzes it with lb_xfer_hdr_decode. Returns 0 or LB_EFORMAT (one line). */
+int lb_xfer_payload_check(const lb_xfer_hdr *h, const lb_xfer_span *frames, size_t n,
+                          lb_err *err);
+
 /* True when id is exactly 64 lower-case hex digits (so it is safe as a file name). */
 bool lb_xfer_id_valid(const char *id);
 

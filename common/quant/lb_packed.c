@@ -245,14 +245,30 @@ static int write_json(lb_packed_stage *stg, const char *name, json_t *root, char
     return rc;
 }
 
+/* manifest.json and config.json of a checkpoint are read whole: bounded so a
+ * hostile file cannot make the verifier allocate gigabytes (a real manifest
+ * is ~200 bytes per tensor). */
+#define JSON_MAX_BYTES ((uint64_t)64 << 20)
+
 static json_t *load_json(const char *dir, const char *name, lb_err *err)
 {
     char *path = lb_io_path_join(dir, name);
     json_error_t jerr;
-    json_t *root = path ? json_load_file(path, JSON_REJECT_DUPLICATES, &jerr) : NULL;
+    char *text = NULL;
+    size_t len = 0;
+    json_t *root = NULL;
+    if (!path) {
+        lb_err_set(err, LB_ENOMEM, "%s/%s: out of memory", dir, name);
+        return NULL;
+    }
+    if (lb_io_read_file(path, JSON_MAX_BYTES, &text, &len, err) != 0) {
+        free(path);
+        return NULL;
+    }
+    root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    free(text);
     if (!root)
-        lb_err_set(err, path && access(path, F_OK) ? LB_ENOTFOUND : LB_EFORMAT,
-                   "%s/%s: %s", dir, name, path ? jerr.text : "out of memory");
+        lb_err_set(err, LB_EFORMAT, "%s/%s: %s", dir, name, jerr.text);
     else if (!json_is_object(root)) {
         lb_err_set(err, LB_EFORMAT, "%s/%s: not a JSON object", dir, name);
         json_decref(root);

@@ -1,7 +1,7 @@
 /* lb_job wire format: round trips of every job type and of results, rejection
  * of every truncation, trailing bytes, wrong magic/version/types, and random
  * byte flips (must never crash; whatever decodes must re-encode identically).
- * LB_PROTO_WRITE_CORPUS=DIR writes the seed corpus (tests/proto/corpus/). */
+ * LB_PROTO_WRITE_CORPUS=DIR writes the seed corpus (tests/fuzz/corpus/job/ and result/). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

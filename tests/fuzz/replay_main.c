@@ -1,21 +1,43 @@
-/* Replays every file of the corpus directories given on the command line
- * through LLVMFuzzerTestOneInput (stb's fuzz_main.c pattern): a crash or a
- * sanitizer report fails the run. Prints how many inputs it replayed. */
+/* Replays every file of the corpus directories (or single files) given on the
+ * command line through LLVMFuzzerTestOneInput, so the gcc build checks the
+ * corpora without libFuzzer: a crash, an abort() in a target or a sanitizer
+ * report fails the run. Prints how many inputs it replayed. */
 #include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
+#include "fuzz_util.h"
 #include "lb_err.h"
 #include "lb_io_util.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+static int replay_file(const char *path)
+{
+    char *text = NULL;
+    size_t len = 0;
+    lb_err err;
+    if (lb_io_read_file(path, 1u << 24, &text, &len, &err) != 0) {
+        fprintf(stderr, "fuzz replay: %s\n", err.msg);
+        return 1;
+    }
+    LLVMFuzzerTestOneInput((const uint8_t *)text, len);
+    free(text);
+    return 0;
+}
 
 int main(int argc, char **argv)
 {
     long replayed = 0;
     for (int a = 1; a < argc; a++) {
+        struct stat sb;
+        if (stat(argv[a], &sb) == 0 && S_ISREG(sb.st_mode)) {
+            if (replay_file(argv[a]))
+                return 1;
+            replayed++;
+            continue;
+        }
         DIR *d = opendir(argv[a]);
         if (!d) {
             fprintf(stderr, "fuzz replay: cannot open corpus directory %s\n", argv[a]);
