@@ -6,8 +6,10 @@
 #   bench/distributed.sh BUILD_DIR [--preset llama-7b] [--layers 2] [--method gptq]
 #        [--bits 3] [--nsamples 4] [--ctx 512] [--threads 2] [--configs "1x2 2x1"]
 #
-# --configs: distributed runs as WORKERSxTHREADS (each worker gets THREADS);
-#            the embedded run uses --threads (default 2 = this machine's cores).
+# --configs: distributed runs as WORKERSxTHREADS or WORKERSxTHREADSsSLOTS (each
+#            worker gets THREADS and `--slots SLOTS`; without sSLOTS the worker's
+#            default, one slot per thread); the embedded run uses --threads
+#            (default 2 = this machine's cores). E.g. "1x2s1 1x2 2x1 2x1s2".
 # Per run: wall time, whether model.safetensors equals the embedded bytes, the
 # seconds spent per job type (from the workers' "ran" events), the wall time of
 # the quantize-linear phase (per block, first start to last end, summed over
@@ -100,15 +102,17 @@ for _ in $(seq 100); do redis-cli -p "$PORT" PING 2>/dev/null | grep -q PONG && 
 URL=redis://127.0.0.1:$PORT/0
 
 for cfg in $CONFIGS; do
-    W=${cfg%x*} T=${cfg#*x}
-    JOB=bench-$W-$T-$$
+    W=${cfg%%x*} T=${cfg#*x} S=
+    if [[ $T == *s* ]]; then S=${T#*s} T=${T%%s*}; fi
+    SLOTS=(); [[ -n $S ]] && SLOTS=(--slots "$S")
+    JOB=bench-$W-$T-${S:-d}-$$
     OUT=$TMP/d-$cfg
     rm -f "$TMP/stop-sampler"
     sample_artifacts "$OUT" "$TMP/$cfg.art" &
     SAMPLER=$!
     WP=()
     for i in $(seq "$W"); do
-        "$LOWBIT" worker --redis "$URL" --threads "$T" --id "w$i-$cfg" --json \
+        "$LOWBIT" worker --redis "$URL" --threads "$T" "${SLOTS[@]}" --id "w$i-$cfg" --json \
             >"$TMP/w$i-$cfg.json" 2>"$TMP/w$i-$cfg.err" &
         WP+=($!)
     done
@@ -119,7 +123,7 @@ for cfg in $CONFIGS; do
     t1=$(date +%s.%N)
     touch "$TMP/stop-sampler"
     wait "$SAMPLER"
-    # SIGTERM: a worker finishes its item (none left), deregisters, exits 0
+    # SIGTERM: a worker gives back any item (none left), deregisters, exits 0
     for p in "${WP[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     for p in "${WP[@]}"; do wait "$p" || true; done
     if [[ $rc -ne 0 ]]; then
@@ -137,12 +141,14 @@ import json, re, sys
 st = json.load(open(sys.argv[1]))
 cfg, W, T, wall, same, art, emb, layers = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6] == "true", int(sys.argv[7]), float(sys.argv[8]), int(sys.argv[9])
 conf = json.loads(sys.argv[10])
-secs, ran = {}, 0
+secs, ran, slots = {}, 0, None
 for line in open(sys.argv[11]):
     try:
         e = json.loads(line)
     except ValueError:
         continue
+    if e.get("event") == "start":
+        slots = e.get("slots")
     if e.get("event") == "ran":
         ran += 1
         secs[e["type"]] = round(secs.get(e["type"], 0.0) + e["seconds"], 3)
@@ -155,7 +161,8 @@ for ev in st.get("events", []):
         lo, hi = spans.get(b, (end - d, end))
         spans[b] = (min(lo, end - d), max(hi, end))
 rec = st.get("record", {})
-out = dict(bench="distributed", config=cfg, workers=W, threads_per_worker=T, **conf,
+out = dict(bench="distributed", config=cfg, workers=W, threads_per_worker=T,
+           slots_per_worker=slots, **conf,
            wall_s=wall, speedup_vs_embedded=round(emb / wall, 3) if wall > 0 else None,
            identical_to_embedded=same, jobs_ran=ran, job_seconds=secs,
            quantize_linear_wall_s=round(sum(h - l for l, h in spans.values()), 2),
