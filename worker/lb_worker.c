@@ -614,6 +614,9 @@ static int run_item(slot *s, const char *name, char *endpoint, size_t esize, con
         s->state = SLOT_BUSY;
         pthread_mutex_unlock(&w->mu);
         int o = out ? 0 : run_item(s, name, endpoint, esize, out_dir, &deferred, err);
+        pthread_mutex_lock(&w->mu);
+        s->lease = NULL; /* deferred goes away here; msg was finished above */
+        pthread_mutex_unlock(&w->mu);
         lb_redis_msg_clear(&deferred);
         if (!out)
             out = o;
