@@ -111,6 +111,16 @@ static void test_dead_holder(void **state)
         }
     }
     free(l);
+    /* lowbit status names the item, the dead worker and since when */
+    bool existed = false;
+    assert_int_equal(lb_redis_job_create(s, job, "fp", &existed, &err), 0);
+    char *out = NULL;
+    assert_int_equal(lb_test_run(&out, "'%s' status %s --redis %s --events 0",
+                                 lb_test_lowbit_bin(), job, g_srv.url), 0);
+    if (!strstr(out, "stalled   1 item leased by dead workers") ||
+        !strstr(out, "item itemB waits on dead worker wDead since") || strstr(out, "dead worker wLive"))
+        fail_msg("lowbit status:\n%s", out);
+    free(out);
     /* wC takes itemB over (once), not wLive's itemA */
     assert_int_equal(lb_redis_reclaim_dead(s, job, "wC", 3, &m, &got, &err), 0);
     assert_true(got);
