@@ -7,10 +7,11 @@
 #        [--bits 3] [--nsamples 4] [--ctx 512] [--threads 2] [--configs "1x2 2x1"]
 #        [--collect-chunks K]
 #
-# --configs: distributed runs as WORKERSxTHREADS (each worker gets THREADS), or
-#            WORKERSxTHREADS:K to give that run --collect-chunks K (e.g.
-#            "2x1:1 2x1:2 2x1:4" compares chunk counts against one embedded run);
-#            the embedded run uses --threads (default 2 = this machine's cores).
+# --configs: distributed runs as WORKERSxTHREADS[sSLOTS][:K]: each worker gets
+#            THREADS and `--slots SLOTS` (without sSLOTS the worker's default, one
+#            slot per thread); :K gives that run --collect-chunks K. The embedded
+#            run uses --threads (default 2 = this machine's cores).
+#            E.g. "1x2s1 1x2 2x1 2x1s2" or "2x1:1 2x1:2 2x1:4".
 # Per run: wall time, whether model.safetensors equals the embedded bytes, the
 # seconds spent per job type (from the workers' "ran" events), the wall time of
 # the quantize-linear phase (per block, first start to last end, summed over
@@ -117,8 +118,10 @@ for spec in $CONFIGS; do
     cfg=${spec//:/k} # 2x1:2 -> 2x1k2 (worker ids, file names)
     K=$CHUNKS
     if [[ $spec == *:* ]]; then K=${spec#*:}; fi
-    W=${spec%%x*} T=${spec#*x}
+    W=${spec%%x*} T=${spec#*x} S=
     T=${T%%:*}
+    if [[ $T == *s* ]]; then S=${T#*s} T=${T%%s*}; fi
+    SLOTS=(); [[ -n $S ]] && SLOTS=(--slots "$S")
     JOB=bench-$cfg-$$
     OUT=$TMP/d-$cfg
     rm -f "$TMP/stop-sampler"
@@ -128,7 +131,8 @@ for spec in $CONFIGS; do
     for i in $(seq "$W"); do
         # a cache of its own: the default ($TMPDIR/lowbit-UID/ID) is shared with
         # any other run using the same worker id, and removed when one exits
-        "$LOWBIT" worker --redis "$URL" --threads "$T" --id "w$i-$cfg" --json --cache "$TMP/cache-w$i-$cfg" \
+        "$LOWBIT" worker --redis "$URL" --threads "$T" "${SLOTS[@]}" --id "w$i-$cfg" --json \
+            --cache "$TMP/cache-w$i-$cfg" \
             >"$TMP/w$i-$cfg.json" 2>"$TMP/w$i-$cfg.err" &
         WP+=($!)
     done
@@ -141,7 +145,7 @@ for spec in $CONFIGS; do
     t1=$(date +%s.%N)
     touch "$TMP/stop-sampler"
     wait "$SAMPLER"
-    # SIGTERM: a worker finishes its item (none left), deregisters, exits 0
+    # SIGTERM: a worker gives back any item (none left), deregisters, exits 0
     for p in "${WP[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     for p in "${WP[@]}"; do wait "$p" || true; done
     if [[ $rc -ne 0 ]]; then
@@ -159,12 +163,14 @@ import json, re, sys
 st = json.load(open(sys.argv[1]))
 cfg, W, T, wall, same, art, emb, layers = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6] == "true", int(sys.argv[7]), float(sys.argv[8]), int(sys.argv[9])
 conf = json.loads(sys.argv[10])
-secs, ran = {}, 0
+secs, ran, slots = {}, 0, None
 for line in open(sys.argv[11]):
     try:
         e = json.loads(line)
     except ValueError:
         continue
+    if e.get("event") == "start":
+        slots = e.get("slots")
     if e.get("event") == "ran":
         ran += 1
         secs[e["type"]] = round(secs.get(e["type"], 0.0) + e["seconds"], 3)
@@ -187,7 +193,8 @@ for ev in st.get("events", []):
         lo, hi = fwd.get(key, (end - d, end))
         fwd[key] = (min(lo, end - d), max(hi, end))
 rec = st.get("record", {})
-out = dict(bench="distributed", config=cfg, workers=W, threads_per_worker=T, **conf,
+out = dict(bench="distributed", config=cfg, workers=W, threads_per_worker=T,
+           slots_per_worker=slots, **conf,
            collect_chunks=sys.argv[12],
            forward_wall_s=round(sum(h - l for l, h in fwd.values()), 2),
            wall_s=wall, speedup_vs_embedded=round(emb / wall, 3) if wall > 0 else None,

@@ -16,7 +16,7 @@
 static const char *const known_fields[] = {
     "state", "method", "bits", "fingerprint", "blocks_done", "blocks_total", "jobs_total",
     "jobs_done", "jobs_failed", "jobs_in_flight", "created", "started", "updated", "eta_s",
-    "coordinator", "error"};
+    "coordinator", "error", "stalled", "stalled_since"};
 
 static void usage(FILE *out)
 {
@@ -81,6 +81,8 @@ typedef struct {
     int32_t n_workers;
     lb_redis_event_rec *events;
     int32_t n_events;
+    lb_redis_lease_rec *leases; /* leased items, with their holders' liveness */
+    int32_t n_leases, n_stalled;
 } job_view;
 
 static void view_clear(job_view *v)
@@ -89,6 +91,8 @@ static void view_clear(job_view *v)
     lb_redis_dead_free(&v->dead, v->n_dead);
     lb_redis_workers_free(&v->workers, v->n_workers);
     lb_redis_events_free(&v->events, v->n_events);
+    free(v->leases);
+    v->leases = NULL;
 }
 
 static int view_load(lb_redis *s, const char *name, int32_t n_events, job_view *v, lb_err *err)
@@ -104,6 +108,8 @@ static int view_load(lb_redis *s, const char *name, int32_t n_events, job_view *
         rc = lb_redis_workers_live(s, &v->workers, &v->n_workers, err);
     if (!rc)
         rc = lb_redis_events_recent(s, name, n_events, &v->events, &v->n_events, err);
+    if (!rc)
+        rc = lb_redis_leases(s, name, 1000, &v->leases, &v->n_leases, &v->n_stalled, err);
     return rc;
 }
 
@@ -132,6 +138,23 @@ static void print_text(const char *name, const char *peer, const job_view *v)
            (long long)v->q.consumers);
     if (lb_redis_map_get(m, "error"))
         printf("  error     %s\n", lb_redis_map_get(m, "error"));
+    if (v->n_stalled) {
+        /* the holder's heartbeat is gone: the item waits until a live worker
+         * or the coordinator takes it over (seconds) */
+        printf("  stalled   %d item%s leased by dead workers:\n", (int)v->n_stalled,
+               v->n_stalled > 1 ? "s" : "");
+        for (int32_t i = 0; i < v->n_leases; i++) {
+            if (!v->leases[i].dead)
+                continue;
+            time_t since = time(NULL) - (time_t)(v->leases[i].idle_ms / 1000);
+            struct tm tm;
+            gmtime_r(&since, &tm);
+            strftime(a, sizeof a, "%H:%M:%S UTC", &tm);
+            printf("    item %s waits on dead worker %s since %s (%llds)\n",
+                   v->leases[i].id[0] ? v->leases[i].id : v->leases[i].entry,
+                   v->leases[i].consumer, a, (long long)(v->leases[i].idle_ms / 1000));
+        }
+    }
     for (int32_t i = 0; i < m->n; i++) {
         bool known = false;
         for (size_t k = 0; k < sizeof known_fields / sizeof known_fields[0]; k++)
@@ -177,11 +200,20 @@ static json_t *view_json(const char *name, const char *peer, const job_view *v)
         json_array_append_new(events, json_pack("{s:I, s:s}", "t_ms",
                                                 (json_int_t)v->events[i].t_ms, "msg",
                                                 v->events[i].msg));
-    return json_pack("{s:s, s:s, s:o, s:b, s:{s:I, s:I, s:I, s:I}, s:o, s:o, s:o}", "job", name,
+    json_t *stalled = json_array();
+    for (int32_t i = 0; i < v->n_leases; i++)
+        if (v->leases[i].dead)
+            json_array_append_new(
+                stalled, json_pack("{s:s, s:s, s:s, s:I, s:I}", "item", v->leases[i].id, "entry",
+                                   v->leases[i].entry, "worker", v->leases[i].consumer, "idle_ms",
+                                   (json_int_t)v->leases[i].idle_ms, "since",
+                                   (json_int_t)(time(NULL) - v->leases[i].idle_ms / 1000)));
+    return json_pack("{s:s, s:s, s:o, s:b, s:{s:I, s:I, s:I, s:I}, s:o, s:o, s:o, s:o}", "job", name,
                      "redis", peer, "record", rec, "cancelled", v->cancelled, "queue", "length",
                      (json_int_t)v->q.length, "pending", (json_int_t)v->q.pending, "dead",
                      (json_int_t)v->q.dead, "consumers", (json_int_t)v->q.consumers,
-                     "dead_lettered", dead, "workers", workers, "events", events);
+                     "dead_lettered", dead, "workers", workers, "events", events, "stalled",
+                     stalled);
 }
 
 static int list_jobs(lb_redis *s, bool json, lb_err *err)

@@ -20,6 +20,7 @@ enum { JOB_IDLE = 0, JOB_OUT = 1, JOB_FED = 2, JOB_TO_QUEUE = 3, JOB_PARKED = 4 
 enum { F_PLAN_DONE = 1, F_PLAIN = 2 };
 
 #define REDIS_WAIT_S 300.0 /* default of lb_dist_opts.redis_wait_s */
+#define LB_DIST_MAX_FAILURES 3 /* as lowbit worker's default --max-failures */
 #define MAX_REDO 4         /* reruns of one job after lost artifacts before giving up */
 
 typedef struct {
@@ -177,7 +178,40 @@ static void unpark(dist *d)
     }
 }
 
-/* Writes the counters, blocks done, ETA and bytes moved into the job record. */
+/* Items leased by dead workers (heartbeat gone): counted into the record's
+ * "stalled" (with "stalled_since", unix seconds of the oldest one's last sign
+ * of life), then re-queued at once, each counted as a failure of its item
+ * (lb_redis_requeue_dead). Live workers take such items over too; whoever
+ * comes first. Redis errors are left to the next poll. */
+static void reap_dead(dist *d, int32_t *stalled, int64_t *since)
+{
+    lb_redis_lease_rec *l = NULL;
+    int32_t n = 0, n_dead = 0;
+    lb_err e = {0};
+    *stalled = 0;
+    *since = 0;
+    if (lb_redis_leases(d->r, d->o->job_name, 1000, &l, &n, &n_dead, &e) || !n_dead) {
+        free(l);
+        return;
+    }
+    int64_t now = (int64_t)time(NULL), oldest = now;
+    for (int32_t i = 0; i < n; i++)
+        if (l[i].dead && now - l[i].idle_ms / 1000 < oldest)
+            oldest = now - l[i].idle_ms / 1000;
+    free(l);
+    *stalled = n_dead;
+    *since = oldest;
+    int32_t requeued = 0;
+    if (lb_redis_requeue_dead(d->r, d->o->job_name, "coordinator", LB_DIST_MAX_FAILURES,
+                              &requeued, &e))
+        fprintf(stderr, "lowbit coordinator: %s\n", e.msg);
+    else if (requeued)
+        fprintf(stderr, "lowbit coordinator: re-queued %d item%s of dead workers\n",
+                (int)requeued, requeued > 1 ? "s" : "");
+}
+
+/* Writes the counters, blocks done, ETA and bytes moved into the job record;
+ * "stalled" counts the items found leased by dead workers at this poll. */
 static int update_record(dist *d, int32_t done, int32_t failed, double t0, lb_err *err)
 {
     const lb_plan *plan = d->plan;
@@ -195,8 +229,15 @@ static int update_record(dist *d, int32_t done, int32_t failed, double t0, lb_er
     if (d->srv)
         lb_xfer_server_stats(d->srv, &xs);
     double el = now_s() - t0;
+    int32_t stalled = 0;
+    int64_t stalled_since = 0;
+    reap_dead(d, &stalled, &stalled_since);
+    /* a stalled item's work is lost: it runs again, and waits for the
+     * heartbeat TTL first, so it counts as still to do plus that wait */
     double eta = done > 0 ? el * (double)(total - done) / (double)done : -1.0;
-    char v[8][32];
+    if (eta >= 0 && stalled > 0)
+        eta += (double)stalled * el / (double)done;
+    char v[10][32];
     snprintf(v[0], 32, "%d", (int)done);
     snprintf(v[1], 32, "%d", (int)failed);
     snprintf(v[2], 32, "%d", (int)lb_plan_running(plan));
@@ -204,11 +245,14 @@ static int update_record(dist *d, int32_t done, int32_t failed, double t0, lb_er
     snprintf(v[4], 32, "%d", (int)total);
     snprintf(v[5], 32, "%llu", (unsigned long long)(d->base_fetched + xs.bytes_out));
     snprintf(v[6], 32, "%llu", (unsigned long long)(d->base_published + xs.bytes_in));
-    snprintf(v[7], 32, "%.0f", eta);
+    snprintf(v[7], 32, "%d", (int)stalled);
+    snprintf(v[8], 32, "%lld", (long long)stalled_since);
+    snprintf(v[9], 32, "%.0f", eta);
     const char *f[] = {"jobs_done",     "jobs_failed",     "jobs_in_flight", "blocks_done",
-                       "jobs_total",    "bytes_fetched",   "bytes_published", "eta_s"};
-    const char *vals[] = {v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]};
-    return lb_redis_job_set(d->r, d->o->job_name, eta < 0 ? 7 : 8, f, vals, err);
+                       "jobs_total",    "bytes_fetched",   "bytes_published", "stalled",
+                       "stalled_since", "eta_s"};
+    const char *vals[] = {v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9]};
+    return lb_redis_job_set(d->r, d->o->job_name, eta < 0 ? 9 : 10, f, vals, err);
 }
 
 static void server_log(void *user, const char *line)

@@ -243,4 +243,48 @@ typedef struct {
 int lb_redis_workers_live(lb_redis *s, lb_redis_worker_rec **recs, int32_t *n, lb_err *err);
 void lb_redis_workers_free(lb_redis_worker_rec **recs, int32_t n);
 
+/* ---- liveness: leases held by dead workers ---- */
+
+/* A worker counts as dead when its heartbeat key lowbit:worker:ID is gone and
+ * its lease has been idle (untouched) at least this long: a live worker
+ * touches every lease it holds each heartbeat period, so a heartbeat lost to a
+ * Redis restart alone does not make its items look abandoned. */
+#define LB_REDIS_DEAD_MIN_IDLE_MS 3000
+
+/* One leased (pending) queue entry. */
+typedef struct {
+    char entry[48];
+    char id[LB_REDIS_ID_MAX + 1];       /* item id ("" unless the holder is dead) */
+    char consumer[LB_REDIS_ID_MAX + 1]; /* the worker holding it */
+    int64_t idle_ms;                    /* since its last delivery or touch */
+    bool dead;                          /* holder's heartbeat gone, idle >= the minimum */
+} lb_redis_lease_rec;
+
+/* The first `count` leases of job name (XPENDING), each with its holder's
+ * liveness (EXISTS lowbit:worker:ID). A job without a queue gives none.
+ * OUT: *recs (free()), *n, *n_dead (may be NULL). */
+int lb_redis_leases(lb_redis *s, const char *name, int32_t count, lb_redis_lease_rec **recs,
+                    int32_t *n, int32_t *n_dead, lb_err *err);
+
+/* Takes over one item leased by a dead worker (any lease idle time): XCLAIM
+ * guarded by LB_REDIS_DEAD_MIN_IDLE_MS, so of two rescuers only one wins. It
+ * counts as a failure of the item, like a stale lease (event "lease expired:
+ * worker W is dead ..."); at max_failures it is dead-lettered and the scan goes
+ * on. OUT: *got, *msg as for lb_redis_claim. */
+int lb_redis_reclaim_dead(lb_redis *s, const char *name, const char *consumer, int max_failures,
+                          lb_redis_msg *msg, bool *got, lb_err *err);
+
+/* The coordinator's variant: every item leased by a dead worker goes back to
+ * the queue (tail), counted as a failure (or dead-lettered). The entry is first
+ * claimed for the consumer `reaper` (which has no heartbeat, so a reaper that
+ * dies midway leaves it to the next one). OUT: *requeued (may be NULL). */
+int lb_redis_requeue_dead(lb_redis *s, const char *name, const char *reaper, int max_failures,
+                          int32_t *requeued, lb_err *err);
+
+/* Gives a leased item back without counting a failure (a worker stopping):
+ * re-queued at the tail and the lease released, atomically; logs an event
+ * naming `why`. */
+int lb_redis_release(lb_redis *s, const char *name, const lb_redis_msg *msg, const char *why,
+                     lb_err *err);
+
 #endif

@@ -30,7 +30,9 @@ void lb_wdata_free(lb_wdata **w);
 
 /* Makes every input of job present and verified in store, fetching from the
  * artifact server at endpoint (a new client when the endpoint changed, e.g.
- * after a coordinator restart, or after a failed transfer). Adds the bytes
+ * after a coordinator restart, or after a failed transfer; a new client first
+ * checks with one TCP connect of at most 3 s that the server is there, so a
+ * refused endpoint fails at once). Adds the bytes
  * received to *bytes. Returns 0, LB_ENET (no answer from endpoint: the item
  * should be retried), LB_ENOTFOUND or LB_EFORMAT (the server lacks the input
  * or its copy is invalid: see lb_wdata_input_lost), or another LB_E*. */
@@ -42,6 +44,11 @@ int lb_wdata_fetch(lb_wdata *w, const char *endpoint, const lb_store *store, con
  * or the first error (LB_ENET: no answer). */
 int lb_wdata_publish(lb_wdata *w, const lb_store *store, const lb_job *job, uint64_t *bytes,
                      lb_err *err);
+
+/* lb_wdata_publish to the server at endpoint (e.g. re-read from the job record
+ * after a failed transfer). */
+int lb_wdata_publish_to(lb_wdata *w, const char *endpoint, const lb_store *store,
+                        const lb_job *job, uint64_t *bytes, lb_err *err);
 
 /* Drops from the cache at cache_dir every artifact the coordinator of job
  * released since the last call for that job (lb_redis_released.h), so the
