@@ -303,8 +303,15 @@ redisReply *lb_redis_priv_run(lb_redis *s, const lb_redis_args *a, bool idempote
             continue;
         }
         if (r->type == REDIS_REPLY_ERROR && !allow_error) {
-            lb_err_set(err, LB_ENET, "%s: %s failed: %s [%s:%d]", s->peer, cmd, r->str,
-                       base_name(file), line);
+            /* a missing ACL grant does not heal by retrying: not LB_ENET */
+            if (!strncmp(r->str, "NOPERM", 6))
+                lb_err_set(err, LB_EINVAL,
+                           "%s: %s refused: %s [%s:%d]; grant it to this Redis user's ACL "
+                           "(see deploy/redis.conf)",
+                           s->peer, cmd, r->str, base_name(file), line);
+            else
+                lb_err_set(err, LB_ENET, "%s: %s failed: %s [%s:%d]", s->peer, cmd, r->str,
+                           base_name(file), line);
             freeReplyObject(r);
             return NULL;
         }
@@ -392,7 +399,8 @@ static int multi_once(lb_redis *s, const lb_redis_args *cmds, int n, const char 
                                         s->peer, k < (size_t)n ? cmds[k].v[0] : "?",
                                         r->element[k]->str, base_name(file), line);
         } else if (r->type == REDIS_REPLY_ERROR && !rc) {
-            rc = lb_err_set(err, LB_ENET, "%s: %s failed: %s [%s:%d]", s->peer,
+            rc = lb_err_set(err, strncmp(r->str, "NOPERM", 6) ? LB_ENET : LB_EINVAL,
+                            "%s: %s failed: %s [%s:%d]", s->peer,
                             i == 0 ? "MULTI" : cmds[i - 1].v[0], r->str, base_name(file), line);
         }
         freeReplyObject(r);
