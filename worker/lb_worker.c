@@ -476,9 +476,12 @@ static int transfer(slot *s, const char *name, char *endpoint, size_t esize, boo
                          : lb_wdata_fetch(s->data, endpoint, s->cache.store, job, bytes, err);
         if (rc != LB_ENET)
             return rc;
-        if (now_s() - t0 >= (double)w->spec.fetch_give_up_s || stopping(w))
-            return lb_err_set(err, LB_ENET, "%s (gave up after %d attempts in %.0f s)",
-                              err->msg, attempt, now_s() - t0);
+        if (now_s() - t0 >= (double)w->spec.fetch_give_up_s || stopping(w)) {
+            char last[sizeof err->msg]; /* err->msg cannot be its own format argument */
+            snprintf(last, sizeof last, "%s", err->msg);
+            return lb_err_set(err, LB_ENET, "%s (gave up after %d attempts in %.0f s)", last,
+                              attempt, now_s() - t0);
+        }
         char was[256];
         snprintf(was, sizeof was, "%s", endpoint);
         reread_endpoint(s, name, endpoint, esize);

@@ -49,71 +49,6 @@ void lb_wdata_free(lb_wdata **w)
     *w = NULL;
 }
 
-/* One TCP connect to a tcp://HOST:PORT endpoint, bounded by timeout_ms: a
- * refused or unreachable server fails here at once, where a ZeroMQ request
- * would wait for its whole reply timeout. Other transports pass. Returns 0 or
- * LB_ENET. */
-static int probe(const char *endpoint, int timeout_ms, lb_err *err)
-{
-    if (strncmp(endpoint, "tcp://", 6))
-        return 0;
-    char host[256];
-    snprintf(host, sizeof host, "%s", endpoint + 6);
-    char *colon = strrchr(host, ':');
-    if (!colon)
-        return 0; /* let ZeroMQ report the malformed endpoint */
-    *colon = 0;
-    const char *port = colon + 1;
-    if (host[0] == '[' && colon > host + 1 && colon[-1] == ']') { /* [v6]:port */
-        colon[-1] = 0;
-        memmove(host, host + 1, strlen(host));
-    }
-    struct addrinfo hints, *ai = NULL;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_socktype = SOCK_STREAM;
-    int g = getaddrinfo(host, port, &hints, &ai);
-    if (g)
-        return lb_err_set(err, LB_ENET,
-                          "artifact server %s: cannot resolve '%s' (%s); check the "
-                          "coordinator's --artifact-endpoint",
-                          endpoint, host, gai_strerror(g));
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    int rc = LB_ENET, why = ETIMEDOUT;
-    for (struct addrinfo *a = ai; a && rc; a = a->ai_next) {
-        int fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                        a->ai_protocol);
-        if (fd < 0) {
-            why = errno;
-            continue;
-        }
-        if (connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
-            rc = 0;
-        } else if (errno == EINPROGRESS) {
-            struct pollfd pf = {fd, POLLOUT, 0};
-            int e = 0;
-            socklen_t el = sizeof e;
-            if (poll(&pf, 1, timeout_ms) == 1 &&
-                getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el) == 0 && e == 0)
-                rc = 0;
-            else
-                why = e ? e : ETIMEDOUT;
-        } else {
-            why = errno;
-        }
-        close(fd);
-    }
-    freeaddrinfo(ai);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    double el = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
-    if (rc)
-        return lb_err_set(err, LB_ENET,
-                          "%s: no answer in %.3g s (%s); is the coordinator's artifact "
-                          "server running?",
-                          endpoint, el, strerror(why));
-    return 0;
-}
-
 /* A client for endpoint, reused while the endpoint stays the same; a new one
  * only after the server answered a TCP connect. */
 static int connect_to(lb_wdata *w, const char *endpoint, lb_err *err)
@@ -121,7 +56,7 @@ static int connect_to(lb_wdata *w, const char *endpoint, lb_err *err)
     if (w->client && !strcmp(w->endpoint, endpoint))
         return 0;
     lb_xfer_client_free(&w->client);
-    int prc = probe(endpoint, w->timeout_ms < 3000 ? w->timeout_ms : 3000, err);
+    int prc = lb_xfer_probe(endpoint, w->timeout_ms < 3000 ? w->timeout_ms : 3000, err);
     if (prc)
         return prc;
     if (strlen(endpoint) >= sizeof w->endpoint)

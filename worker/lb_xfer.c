@@ -4,10 +4,13 @@
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -796,6 +799,71 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* One TCP connect to a tcp://HOST:PORT endpoint, bounded by timeout_ms: a
+ * refused or unreachable server fails here at once, where a ZeroMQ request
+ * would wait for its whole reply timeout. Other transports pass. Returns 0 or
+ * LB_ENET. */
+int lb_xfer_probe(const char *endpoint, int timeout_ms, lb_err *err)
+{
+    if (strncmp(endpoint, "tcp://", 6))
+        return 0;
+    char host[256];
+    snprintf(host, sizeof host, "%s", endpoint + 6);
+    char *colon = strrchr(host, ':');
+    if (!colon)
+        return 0; /* let ZeroMQ report the malformed endpoint */
+    *colon = 0;
+    const char *port = colon + 1;
+    if (host[0] == '[' && colon > host + 1 && colon[-1] == ']') { /* [v6]:port */
+        colon[-1] = 0;
+        memmove(host, host + 1, strlen(host));
+    }
+    struct addrinfo hints, *ai = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_socktype = SOCK_STREAM;
+    int g = getaddrinfo(host, port, &hints, &ai);
+    if (g)
+        return lb_err_set(err, LB_ENET,
+                          "artifact server %s: cannot resolve '%s' (%s); check the "
+                          "coordinator's --artifact-endpoint",
+                          endpoint, host, gai_strerror(g));
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int rc = LB_ENET, why = ETIMEDOUT;
+    for (struct addrinfo *a = ai; a && rc; a = a->ai_next) {
+        int fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                        a->ai_protocol);
+        if (fd < 0) {
+            why = errno;
+            continue;
+        }
+        if (connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
+            rc = 0;
+        } else if (errno == EINPROGRESS) {
+            struct pollfd pf = {fd, POLLOUT, 0};
+            int e = 0;
+            socklen_t el = sizeof e;
+            if (poll(&pf, 1, timeout_ms) == 1 &&
+                getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el) == 0 && e == 0)
+                rc = 0;
+            else
+                why = e ? e : ETIMEDOUT;
+        } else {
+            why = errno;
+        }
+        close(fd);
+    }
+    freeaddrinfo(ai);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double el = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    if (rc)
+        return lb_err_set(err, LB_ENET,
+                          "%s: no answer in %.3g s (%s); is the coordinator's artifact "
+                          "server running?",
+                          endpoint, el, strerror(why));
+    return 0;
+}
+
 /* Sends request h (+ payload) and waits for the reply with the same seq, with
  * timeout and retries on a fresh socket (lazy pirate). OUT: reply frames f
  * (header first) and decoded header *rh. Returns 0 (reply status may be < 0),
@@ -821,10 +889,21 @@ static int request(lb_xfer_client *c, lb_xfer_hdr *h, const void *payload, frame
             int64_t left = deadline - now_ms();
             if (left <= 0)
                 break;
+            /* ZeroMQ reconnects silently to a dead server: look every 2 s, so a
+             * killed coordinator fails the request at once (the caller re-reads
+             * the job's endpoint) instead of after the whole timeout */
             zmq_pollitem_t it = {.socket = c->sock, .events = ZMQ_POLLIN};
-            int n = zmq_poll(&it, 1, (long)left);
+            int n = zmq_poll(&it, 1, (long)(left < 2000 ? left : 2000));
             if (n < 0 && zmq_errno() == EINTR)
                 continue;
+            if (n == 0 && left > 2000) {
+                if (lb_xfer_probe(c->endpoint, 1000, err)) {
+                    client_close_socket(c);
+                    lb_err_prefix(err, "artifact server went away during a request");
+                    return LB_ENET;
+                }
+                continue;
+            }
             if (n <= 0)
                 break;
             size_t max_frames = (size_t)((UINT64_C(64) << 30) / LB_XFER_FRAME) + 2;

@@ -132,6 +132,12 @@ int lb_xfer_validate_artifact(const char *path, const char *id, void *user, lb_e
 
 typedef struct lb_xfer_client lb_xfer_client;
 
+/* One TCP connect to a tcp://HOST:PORT endpoint, bounded by timeout_ms: a
+ * refused or unreachable server fails here at once, where a ZeroMQ request
+ * would wait for its whole reply timeout. Other transports pass. Returns 0 or
+ * LB_ENET ("<endpoint>: no answer in N s (reason); ..."). */
+int lb_xfer_probe(const char *endpoint, int timeout_ms, lb_err *err);
+
 /* A client of the server at endpoint. timeout_ms (> 0) bounds the wait for each
  * reply (plus 1 s per 64 MiB of PUT payload, which the server must hash and
  * fsync first); a request without an answer is re-sent on a fresh socket up to

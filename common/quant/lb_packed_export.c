@@ -14,11 +14,6 @@
 
 #define NAME_CAP 1024
 
-static const char *const extra_files[] = {
-    "tokenizer.json",          "tokenizer.model",       "tokenizer_config.json",
-    "special_tokens_map.json", "generation_config.json", NULL,
-};
-
 static int is_float(lb_dtype dt)
 {
     return dt == LB_DTYPE_F32 || dt == LB_DTYPE_F16 || dt == LB_DTYPE_BF16 || dt == LB_DTYPE_F64;
@@ -180,20 +175,7 @@ int lb_packed_export(const char *in_dir, const char *out_dir, lb_dtype dtype, lb
     if ((rc = write_model(st_path, m, list, n, dtype, err)) ||
         (rc = lb_io_write_atomic(cfg_out, text, strlen(text), err)))
         goto fail;
-    for (int i = 0; extra_files[i]; i++) {
-        int copied;
-        if ((rc = lb_packed_stage_copy_if_present(&stg, in_dir, extra_files[i], &copied, err)))
-            goto fail;
-    }
-    /* config.json last: without it the directory is not a model */
-    rc = lb_packed_stage_commit(&stg, "config.json", err);
-    if (!rc) {
-        /* a packed checkpoint's manifest left in out_dir would describe other files */
-        char *stale = lb_io_path_join(out_dir, "manifest.json");
-        if (stale)
-            unlink(stale);
-        free(stale);
-    }
+    rc = lb_packed_stage_finish_export(&stg, in_dir, err);
 fail:
     if (rc)
         lb_err_prefix(err, "export %s -> %s", in_dir, out_dir);

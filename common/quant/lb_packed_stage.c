@@ -182,3 +182,21 @@ done:
     free(dst);
     return rc;
 }
+
+int lb_packed_stage_finish_export(lb_packed_stage *s, const char *src_dir, lb_err *err)
+{
+    static const char *const extra_files[] = {
+        "tokenizer.json",          "tokenizer.model",        "tokenizer_config.json",
+        "special_tokens_map.json", "generation_config.json", NULL,
+    };
+    char *stale = lb_io_path_join(s->out_dir, "manifest.json");
+    int rc = stale ? 0 : lb_err_set(err, LB_ENOMEM, "%s: out of memory", s->out_dir);
+    for (int i = 0; !rc && extra_files[i]; i++) {
+        int copied;
+        rc = lb_packed_stage_copy_if_present(s, src_dir, extra_files[i], &copied, err);
+    }
+    if (!rc && !(rc = lb_packed_stage_commit(s, "config.json", err)))
+        unlink(stale);
+    free(stale);
+    return rc;
+}

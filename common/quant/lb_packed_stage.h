@@ -34,4 +34,10 @@ void lb_packed_stage_abort(lb_packed_stage *s);
 int lb_packed_stage_copy_if_present(lb_packed_stage *s, const char *src_dir, const char *name,
                                     int *copied, lb_err *err);
 
+/* The end of a dense export into out_dir: copies the tokenizer/generation files
+ * of src_dir that exist, commits with config.json last (without it the
+ * directory is not a model), then removes a stale packed manifest.json (it
+ * would describe other files). Returns 0 or LB_E*; s is freed on success. */
+int lb_packed_stage_finish_export(lb_packed_stage *s, const char *src_dir, lb_err *err);
+
 #endif

@@ -20,6 +20,7 @@
 #include "lb_artifact.h"
 #include "lb_io_util.h"
 #include "lb_sha256.h"
+#include "lb_test_redis.h"
 #include "lb_test_util.h"
 #include "lb_xfer.h"
 #include "lb_xfer_store.h"
@@ -521,6 +522,55 @@ static void test_dead_server(void **state)
     lb_test_rmdir(&dir);
 }
 
+/* A server killed while a request waits (a coordinator kill -9): ZeroMQ would
+ * reconnect silently for the whole 60 s timeout; the client must notice the
+ * refused port within seconds so the worker can re-read the job's endpoint. */
+typedef struct {
+    void *ctx;
+    char endpoint[64];
+} mute_server;
+
+static void *mute_thread(void *arg)
+{
+    mute_server *m = arg;
+    void *r = zmq_socket(m->ctx, ZMQ_ROUTER);
+    int linger = 0;
+    zmq_setsockopt(r, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zmq_bind(r, m->endpoint), 0);
+    zmq_msg_t msg;
+    zmq_msg_init(&msg);
+    zmq_msg_recv(&msg, r, 0); /* take the request, never answer */
+    zmq_msg_close(&msg);
+    usleep(300 * 1000);
+    zmq_close(r); /* the port closes: the server is gone */
+    return NULL;
+}
+
+static void test_server_dies_mid_request(void **state)
+{
+    (void)state;
+    mute_server m = {.ctx = zmq_ctx_new()};
+    int port = lb_test_free_port();
+    assert_true(port > 0);
+    snprintf(m.endpoint, sizeof m.endpoint, "tcp://127.0.0.1:%d", port);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, mute_thread, &m), 0);
+    usleep(100 * 1000);
+    lb_xfer_client *c = NULL;
+    lb_err err = {0};
+    assert_int_equal(lb_xfer_client_new(m.endpoint, 60000, 2, &c, &err), 0);
+    double t0 = now_s();
+    assert_int_equal(lb_xfer_ping(c, &err), LB_ENET);
+    double dt = now_s() - t0;
+    assert_true(dt < 10.0); /* ~2-3 s; the timeout is 60 s x 3 attempts */
+    assert_non_null(strstr(err.msg, "artifact server went away during a request"));
+    assert_non_null(strstr(err.msg, m.endpoint));
+    assert_null(strchr(err.msg, '\n'));
+    lb_xfer_client_free(&c);
+    pthread_join(t, NULL);
+    zmq_ctx_term(m.ctx);
+}
+
 /* ---- lying server: a raw ROUTER that answers GET with bad bytes ---- */
 
 typedef struct {
@@ -915,6 +965,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_malformed_frames, setup, teardown),
         cmocka_unit_test_setup_teardown(test_garbage_messages, setup, teardown),
         cmocka_unit_test(test_dead_server),
+        cmocka_unit_test(test_server_dies_mid_request),
         cmocka_unit_test(test_client_verifies_reply),
         cmocka_unit_test_setup_teardown(test_content_ids, setup_content, teardown),
         cmocka_unit_test_setup_teardown(test_artifact_validation, setup_validate, teardown),
