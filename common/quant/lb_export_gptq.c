@@ -40,21 +40,6 @@ typedef struct {
     bool sym, desc_act, lm_head, any;
 } qsettings;
 
-/* "X.q.field" of a packed matrix -> prefix "X.q" and base "X". */
-static int packed_base(const lb_st *st, const char *name, char *prefix, char *base)
-{
-    const char *dot = strrchr(name, '.');
-    if (!dot || dot - name < 2 || (size_t)(dot - name) >= NAME_CAP - 8)
-        return 0;
-    memcpy(prefix, name, (size_t)(dot - name));
-    prefix[dot - name] = '\0';
-    size_t pl = strlen(prefix);
-    if (pl < 2 || strcmp(prefix + pl - 2, ".q") || !lb_qpacked_io_has(st, prefix))
-        return 0;
-    snprintf(base, NAME_CAP, "%.*s", (int)(pl - 2), prefix);
-    return 1;
-}
-
 /* Checks p can be written and fills it; settings must agree across linears. */
 static int describe(const lb_qpacked *p, const char *base, bool compressed, item *it,
                     qsettings *q, lb_err *err)
@@ -320,7 +305,7 @@ int lb_gptq_export(const char *in_dir, const char *out_dir, bool compressed, lb_
     char prefix[NAME_CAP], base[NAME_CAP], last[NAME_CAP] = "";
     for (int64_t i = 0; i < count; i++) {
         const lb_st_tensor *t = lb_st_at(st, i);
-        if (packed_base(st, t->name, prefix, base)) {
+        if (lb_qpacked_io_field_of(st, t->name, prefix, base, sizeof base)) {
             if (!strcmp(prefix, last))
                 continue; /* further fields of the same matrix */
             snprintf(last, sizeof last, "%s", prefix);

@@ -20,18 +20,13 @@ static int is_float(lb_dtype dt)
 }
 
 /* If tensor name is a field of a packed matrix, the weight it belongs to
- * ("P.field" with metadata for P = "X.q" -> "X.weight") into weight. */
+ * ("X.q.field" -> "X.weight") into weight. */
 static int packed_weight_of(const lb_st *st, const char *name, char *prefix, char *weight)
 {
-    const char *dot = strrchr(name, '.');
-    if (!dot || dot - name < 2 || (size_t)(dot - name) >= NAME_CAP - 8)
+    char base[NAME_CAP];
+    if (!lb_qpacked_io_field_of(st, name, prefix, base, NAME_CAP - 8))
         return 0;
-    memcpy(prefix, name, (size_t)(dot - name));
-    prefix[dot - name] = '\0';
-    size_t pl = strlen(prefix);
-    if (pl < 2 || strcmp(prefix + pl - 2, ".q") || !lb_qpacked_io_has(st, prefix))
-        return 0;
-    snprintf(weight, NAME_CAP, "%.*s.weight", (int)(pl - 2), prefix);
+    snprintf(weight, NAME_CAP, "%.*s.weight", NAME_CAP - 8, base);
     return 1;
 }
 

@@ -209,6 +209,21 @@ bool lb_qpacked_io_has(const lb_st *st, const char *prefix)
     return lb_st_metadata_get(st, key) != NULL;
 }
 
+bool lb_qpacked_io_field_of(const lb_st *st, const char *name, char *prefix, char *base,
+                            size_t cap)
+{
+    const char *dot = strrchr(name, '.');
+    size_t pl = dot ? (size_t)(dot - name) : 0;
+    if (pl < 2 || pl >= cap || strncmp(dot - 2, ".q", 2))
+        return false;
+    memcpy(prefix, name, pl);
+    prefix[pl] = '\0';
+    if (!lb_qpacked_io_has(st, prefix))
+        return false;
+    snprintf(base, cap, "%.*s", (int)(pl - 2), prefix);
+    return true;
+}
+
 /* Integer member of a JSON object within [lo, hi]. */
 static int get_i64(json_t *obj, const char *key, int64_t lo, int64_t hi, int64_t *out)
 {

@@ -45,6 +45,11 @@ int lb_qpacked_io_write(lb_st_writer *w, const char *prefix, const lb_qpacked *p
 /* True when st holds the metadata entry of a packed matrix under prefix. */
 bool lb_qpacked_io_has(const lb_st *st, const char *prefix);
 
+/* If tensor `name` is a field "X.q.FIELD" of a packed matrix in st, writes its
+ * prefix "X.q" and base "X" (each buffer `cap` bytes) and returns true. */
+bool lb_qpacked_io_field_of(const lb_st *st, const char *name, char *prefix, char *base,
+                            size_t cap);
+
 /* Reads the packed matrix under prefix. OUT: *out (must be zeroed or freed
  * before; caller frees with lb_qpacked_free), equal to what was written field
  * by field and byte by byte. On failure *out is left zeroed. Errors:
