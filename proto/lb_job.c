@@ -397,7 +397,7 @@ static int decode_opts(const cursor *c, lb_qopts *o)
     int rc = 0;
     if ((rc = get_f64(c, 0, &o->bits)) || (rc = get_i32(c, 1, 0, INT32_MAX, &o->group_size)) ||
         (rc = get_bool(c, 2, &o->act_order)) || (rc = get_bool(c, 3, &o->static_groups)) ||
-        (rc = get_bool(c, 4, &o->sym)) || (rc = get_i64(c, 5, 0, 1, &grid)) ||
+        (rc = get_bool(c, 4, &o->sym)) || (rc = get_i64(c, 5, 0, 4, &grid)) ||
         (rc = get_f64(c, 6, &o->damp)) || (rc = get_i32(c, 7, 0, INT32_MAX, &o->block_size)) ||
         (rc = get_f64(c, 8, &o->outlier_threshold)) ||
         (rc = get_bool(c, 9, &o->outlier_hessian_score)) ||

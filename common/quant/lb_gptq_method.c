@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "lb_gptq.h"
+#include "lb_kquant.h"
 #include "lb_uniform.h"
 
 typedef struct {
@@ -112,6 +113,8 @@ static int uniform_end(void *ctx, const lb_gptq_state *st, lb_err *err)
 static int gptq_quantize(const float *W, int64_t rows, int64_t cols, const float *H,
                          const lb_qopts *opts, lb_qresult *out, lb_err *err)
 {
+    if (lb_kquant_type_of_grid(opts->grid) >= 0) // --grid q2_k|q3_k|q4_k: ggml's blocks
+        return lb_kquant_gptq(W, rows, cols, H, opts, out, err);
     int32_t bits;
     int rc = lb_uniform_bits(opts, "gptq", &bits, err);
     if (rc)

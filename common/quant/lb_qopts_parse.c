@@ -7,7 +7,11 @@
 
 const char *lb_qgrid_name(lb_qgrid g)
 {
-    return g == LB_GRID_MSE ? "mse" : "minmax";
+    return g == LB_GRID_MSE    ? "mse"
+           : g == LB_GRID_Q2_K ? "q2_k"
+           : g == LB_GRID_Q3_K ? "q3_k"
+           : g == LB_GRID_Q4_K ? "q4_k"
+                               : "minmax";
 }
 
 const char *lb_qsalient_name(lb_qsalient s)
@@ -24,6 +28,7 @@ const char *lb_qopts_usage(void)
            "  --static-groups          gptq: group grids fixed before the loop\n"
            "  --sym                    symmetric grid\n"
            "  --grid minmax|mse        grid search (default minmax)\n"
+           "  --grid q2_k|q3_k|q4_k    gptq: llama.cpp K-quant blocks (rows of 256k columns)\n"
            "  --damp D                 relative damping, 0..1 (default 0.01)\n"
            "  --block-size N           lazy-batch block, 1..65536 (default 128)\n"
            "  --salient F              pbllm: salient fraction, 0..1 (default 0.1)\n"
@@ -150,8 +155,14 @@ int lb_qopts_parse_arg(lb_qopts *opts, int argc, char **argv, int *i, lb_err *er
             opts->grid = LB_GRID_MINMAX;
         else if (val && !strcmp(val, "mse"))
             opts->grid = LB_GRID_MSE;
+        else if (val && !strcmp(val, "q2_k"))
+            opts->grid = LB_GRID_Q2_K;
+        else if (val && !strcmp(val, "q3_k"))
+            opts->grid = LB_GRID_Q3_K;
+        else if (val && !strcmp(val, "q4_k"))
+            opts->grid = LB_GRID_Q4_K;
         else
-            rc = lb_err_set(err, LB_EINVAL, "--grid: '%s' is not minmax or mse",
+            rc = lb_err_set(err, LB_EINVAL, "--grid: '%s' is not minmax, mse, q2_k, q3_k or q4_k",
                             val ? val : "(missing)");
         break;
     case CRIT:

@@ -46,7 +46,14 @@ typedef struct {
 } lb_qpacked;
 
 /* One option vocabulary for every method; lb_qopts_init sets the defaults. */
-typedef enum { LB_GRID_MINMAX = 0, LB_GRID_MSE = 1 } lb_qgrid;
+/* LB_GRID_Q*_K: gptq onto llama.cpp's K-quant blocks (lb_kquant.h) */
+typedef enum {
+    LB_GRID_MINMAX = 0,
+    LB_GRID_MSE = 1,
+    LB_GRID_Q2_K = 2,
+    LB_GRID_Q3_K = 3,
+    LB_GRID_Q4_K = 4,
+} lb_qgrid;
 typedef enum { LB_SALIENT_HESSIAN = 0, LB_SALIENT_MAGNITUDE = 1 } lb_qsalient;
 
 typedef struct {

@@ -3,6 +3,9 @@
  * matrix. The math is in lb_rotate.h and docs/rotation.md. */
 #include "lb_rotate.h"
 
+#include "lb_kquant.h"
+#include "lb_qopts_parse.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -200,7 +203,15 @@ int lb_qpacked_rotation(const lb_qpacked *p, int32_t *kind, uint64_t *seed, lb_e
 int lb_qmethod_quantize(const lb_qmethod *m, const float *W, int64_t rows, int64_t cols,
                         const float *H, const lb_qopts *opts, lb_qresult *out, lb_err *err)
 {
-    const int32_t rotate = lb_rotate_resolve(m->name, opts->rotate);
+    // K-quant blocks are written to GGUF as they are: no rotation unless asked (refused)
+    const bool kgrid = lb_kquant_type_of_grid(opts->grid) >= 0;
+    const int32_t rotate = kgrid && opts->rotate == LB_ROTATE_AUTO
+                               ? LB_ROTATE_NONE
+                               : lb_rotate_resolve(m->name, opts->rotate);
+    if (kgrid && (strcmp(m->name, "gptq") || rotate))
+        return lb_err_set(err, LB_EINVAL, "--grid %s: only gptq without --rotate quantizes "
+                          "onto llama.cpp's K-quant blocks (method %s%s)",
+                          lb_qgrid_name(opts->grid), m->name, rotate ? ", rotated" : "");
     if (rotate == LB_ROTATE_NONE)
         return m->quantize(W, rows, cols, H, opts, out, err);
     if (rotate != LB_ROTATE_HADAMARD)

@@ -1,5 +1,8 @@
 #include "lb_uniform.h"
 
+#include "lb_kquant.h"
+#include "lb_qopts_parse.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +42,9 @@ int lb_uniform_fit(const float *X, int64_t rows, int64_t n, int64_t rs, int64_t 
 {
     if (!X || rows < 1 || n < 1 || !cfg || cfg->maxq < 1)
         return lb_err_set(err, LB_EINVAL, "uniform grid: empty input or maxq < 1");
+    if (cfg->grid != LB_GRID_MINMAX && cfg->grid != LB_GRID_MSE)
+        return lb_err_set(err, LB_EINVAL, "--grid %s: only gptq quantizes onto K-quant grids; "
+                          "use --grid minmax or mse here", lb_qgrid_name(cfg->grid));
     int rc = LB_OK;
     const int32_t maxq = cfg->maxq;
     float *xmin = malloc((size_t)rows * sizeof *xmin);
@@ -180,6 +186,8 @@ int lb_uniform_dequantize(const lb_qpacked *p, float *W_out, lb_err *err)
 {
     if (!p || !W_out || p->rows < 1 || p->cols < 1)
         return lb_err_set(err, LB_EINVAL, "uniform dequantize: empty packed matrix");
+    if (lb_qpacked_field(p, "kq_type")) // gptq --grid q2_k|q3_k|q4_k
+        return lb_kquant_dequantize(p, W_out, err);
     const int64_t rows = p->rows, cols = p->cols;
     const lb_qfield *fg = lb_qpacked_field(p, "group_size");
     const lb_qfield *fc = lb_qpacked_field(p, "codes");
