@@ -40,6 +40,8 @@ static const lb_synth_preset presets[] = {
      8, 4, 512, 512, 10000.0, 1e-5},
     {"small", "hidden 256, inter 688, 4 layers, 8 heads / 8 kv, vocab 1024", 256, 688, 4, 8, 8,
      1024, 1024, 10000.0, 1e-5},
+    {"k256", "hidden 256, inter 768, 2 layers, 4 heads / 2 kv, vocab 512 (every row a "
+     "multiple of 256: K-quant tests)", 256, 768, 2, 4, 2, 512, 512, 10000.0, 1e-5},
     {"llama-7b", "LLaMA-7B shape: hidden 4096, inter 11008, 32 layers, 32 heads, vocab 32000", 4096,
      11008, 32, 32, 32, 32000, 4096, 10000.0, 1e-6},
     {"llama-7b-gqa", "as llama-7b with 8 kv heads (grouped-query attention)", 4096, 11008, 32, 32,

@@ -2,7 +2,8 @@
  * Formats (docs/export.md):
  *   - GGUF (llama.cpp): dense F32/F16/BF16 from the dequantized weights, or, with
  *     `direct`, the stored codes of RTN/GPTQ linears whose grid is a ggml block
- *     type (group 32: 4-bit sym -> Q4_0, 4-bit asym -> Q4_1, 8-bit sym -> Q8_0).
+ *     type (group 32: 4-bit sym -> Q4_0, 4-bit asym -> Q4_1, 8-bit sym -> Q8_0), and
+ *     the stored blocks of GPTQ --grid q2_k|q3_k|q4_k -> Q2_K/Q3_K/Q4_K unchanged.
  *   - GPTQ safetensors layout (AutoGPTQ / GPTQModel / transformers).
  *   - compressed-tensors pack-quantized (vLLM).
  * The dense safetensors export is lb_packed_export (lb_packed.h). */
@@ -45,8 +46,8 @@ int lb_gguf_export(const char *in_dir, const char *out_path, const lb_gguf_opts 
 #define LB_GGML_TYPE_Q8_0 8
 #define LB_GGML_TYPE_BF16 30
 
-/* Dequantizes n (multiple of 32) weights of one ggml block row of `type`
- * (Q4_0, Q4_1 or Q8_0) the way ggml's reference dequantizer defines it. Used by
+/* Dequantizes n (multiple of 32; 256 for K types) weights of one ggml block row of
+ * `type` (Q4_0, Q4_1, Q8_0, Q2_K, Q3_K or Q4_K) the way ggml's reference dequantizer defines it. Used by
  * tests to check the direct export. Returns 0 or LB_EINVAL for another type. */
 int lb_ggml_dequant_row(int type, const uint8_t *src, float *dst, int64_t n, lb_err *err);
 

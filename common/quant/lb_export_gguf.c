@@ -12,6 +12,7 @@
 #include "lb_config.h"
 #include "lb_export.h"
 #include "lb_io_util.h"
+#include "lb_kquant.h"
 #include "lb_model.h"
 #include "lb_packed.h"
 #include "lb_qpacked_io.h"
@@ -372,6 +373,10 @@ static uint64_t row_bytes(int type, int64_t cols)
         return (uint64_t)(cols / 32) * 20;
     case LB_GGML_TYPE_Q8_0:
         return (uint64_t)(cols / 32) * 34;
+    case LB_GGML_TYPE_Q2_K:
+    case LB_GGML_TYPE_Q3_K:
+    case LB_GGML_TYPE_Q4_K:
+        return (uint64_t)(cols / LB_KQ_QK) * lb_kquant_block_bytes(type);
     }
     return 0;
 }
@@ -403,6 +408,12 @@ static int direct_type(const lb_model *m, const char *hf, lb_err *err)
     const lb_qfield *g = lb_qpacked_field(&p, "group_size");
     const lb_qfield *c = lb_qpacked_field(&p, "codes");
     bool uniform = !strcmp(p.method, "rtn") || !strcmp(p.method, "gptq");
+    /* --grid q2_k|q3_k|q4_k: the stored ggml blocks themselves */
+    if (uniform && !lb_qpacked_field(&p, "rot_kind") && lb_kquant_packed_type(&p) >= 0) {
+        t = lb_kquant_packed_type(&p);
+        lb_qpacked_free(&p);
+        return t;
+    }
     /* rotated codes live in the Hadamard basis: only the dequantized weight is right */
     if (uniform && g && c && lb_qpacked_field(&p, "scales") && !lb_qpacked_field(&p, "perm") &&
         !lb_qpacked_field(&p, "rot_kind") &&
@@ -449,6 +460,34 @@ static int load_f32(const lb_model *m, const char *hf, float *buf, int64_t numel
     if (packed_has(m, hf))
         return lb_packed_load_weight(lb_model_tensors(m), hf, buf, numel, err);
     return lb_st_read_f32(lb_model_tensors(m), hf, buf, numel, err);
+}
+
+/* Q2_K / Q3_K / Q4_K: the stored blocks row by row (q/k rows in llama.cpp's order). */
+static int write_kquant(FILE *f, const lb_model *m, const plan_t *t, lb_err *err)
+{
+    char prefix[NAME_CAP + 8];
+    lb_qpacked p = {0};
+    int rc = 0;
+    if ((rc = lb_packed_prefix(t->hf, prefix, sizeof prefix, err)) ||
+        (rc = lb_qpacked_io_read(lb_model_tensors(m), prefix, &p, err)))
+        goto fail;
+    const lb_qfield *bl = lb_qpacked_field(&p, "kq_blocks");
+    const uint64_t rb = row_bytes(t->type, t->cols);
+    if (lb_kquant_packed_type(&p) != t->type || !bl || bl->nbytes != rb * (uint64_t)t->rows) {
+        rc = lb_err_set(err, LB_EFORMAT, "gguf export: %s K-quant blocks do not match its "
+                        "shape", t->hf);
+        goto fail;
+    }
+    for (int64_t orow = 0; orow < t->rows; orow++) {
+        int64_t r = src_row(orow, t->rows, t->perm_heads);
+        if (fwrite(bl->data + (uint64_t)r * rb, 1, rb, f) != rb) {
+            rc = lb_err_set(err, LB_EIO, "gguf export: write failed: %s", strerror(errno));
+            goto fail;
+        }
+    }
+fail:
+    lb_qpacked_free(&p);
+    return rc;
 }
 
 /* Q4_0 / Q4_1 / Q8_0 blocks straight from the stored codes and f16 scales. */
@@ -710,7 +749,8 @@ int lb_gguf_export(const char *in_dir, const char *out_path, const lb_gguf_opts 
         rc = t->type == LB_GGML_TYPE_Q4_0 || t->type == LB_GGML_TYPE_Q4_1 ||
                      t->type == LB_GGML_TYPE_Q8_0
                  ? write_direct(f, m, t, &s, err)
-                 : write_dense(f, m, t, err);
+             : lb_kquant_block_bytes(t->type) ? write_kquant(f, m, t, err)
+                                              : write_dense(f, m, t, err);
         if (rc || write_pad(f, t->offset + t->nbytes)) {
             rc = rc ? rc : lb_err_set(err, LB_EIO, "%s: write failed", tmp);
             goto fail;
@@ -752,6 +792,8 @@ fail:
 
 int lb_ggml_dequant_row(int type, const uint8_t *src, float *dst, int64_t n, lb_err *err)
 {
+    if (lb_kquant_block_bytes(type))
+        return lb_kquant_dequant_row(type, src, dst, n, err);
     if (n % 32)
         return lb_err_set(err, LB_EINVAL, "ggml dequant: row of %lld is not whole blocks",
                           (long long)n);

@@ -56,6 +56,10 @@ static int describe(const lb_qpacked *p, const char *base, bool compressed, item
                           "%s.weight was quantized with --rotate hadamard, which the %s layout "
                           "cannot express; export with --format dense or gguf, or quantize "
                           "with --rotate none", base, fmt);
+    if (lb_qpacked_field(p, "kq_type"))
+        return lb_err_set(err, LB_EINVAL, "%s.weight holds llama.cpp K-quant blocks (--grid "
+                          "q2_k|q3_k|q4_k), which the %s layout cannot express; export with "
+                          "--format gguf --direct", base, fmt);
     const lb_qfield *g = lb_qpacked_field(p, "group_size");
     const lb_qfield *c = lb_qpacked_field(p, "codes");
     if (!g || !c || !lb_qpacked_field(p, "scales"))

@@ -246,6 +246,10 @@ int lb_qparams_from_packed(const lb_qpacked *p, lb_qparams *out, lb_err *err)
         return lb_err_set(err, LB_EINVAL, "qparams: '%.16s' matrix is stored rotated "
                           "(--rotate); distillation of rotated checkpoints is not supported, "
                           "quantize without --rotate", p->method);
+    if (lb_qpacked_field(p, "kq_type"))
+        return lb_err_set(err, LB_EINVAL, "qparams: '%.16s' matrix holds K-quant blocks "
+                          "(--grid q2_k|q3_k|q4_k), whose 6-bit sub-block scales are not "
+                          "continuous parameters; distill a --grid minmax checkpoint", p->method);
     const int64_t rows = p->rows, cols = p->cols;
     if (rows < 1 || cols < 1 || rows > INT64_MAX / cols / 4)
         return lb_err_set(err, LB_EFORMAT, "qparams: bad shape %lld x %lld", (long long)rows,
