@@ -1,21 +1,27 @@
-/* bench/kquant.c: GPTQ onto llama.cpp's Q4_K grid vs llama.cpp's own Q4_K quantizer,
- * with the same importance matrix (diag of H = XᵀX, what llama-imatrix collects).
+/* bench/kquant.c: lowbit's GPTQ onto llama.cpp's K-quant grids (gptq --grid q2_k|q3_k|
+ * q4_k) vs llama.cpp's own K-quant quantizer, given the same importance matrix
+ * (imatrix = diag(H), H = XᵀX, what llama-imatrix collects).
  *
- *   bench_kquant LIBGGML_BASE_SO [rows cols nsamples seed]
+ *   bench_kquant LIBGGML_BASE_SO layer W.safetensors H.safetensors
+ *   bench_kquant LIBGGML_BASE_SO synth ROWS COLS SEED
+ *   bench_kquant LIBGGML_BASE_SO model MODEL_DIR CALIB.u32 EVAL.u32 [NCAL NEVAL CTX]
  *
- * LIBGGML_BASE_SO: libggml-base.so of the pinned node-llama-cpp (e.g.
- * tests/llama-cpp-ref/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/
- * libggml-base.so); it is dlopen'ed, nothing of it is compiled in. Variants, on one
- * synthetic layer (heavy-tailed W, correlated activations with uneven scales):
- *   ggml            quantize_q4_K without importance (llama-quantize, no imatrix)
- *   ggml_imatrix    quantize_q4_K with importance diag(H)
- *   gptq_on_ggml[_imatrix]: that file's grid (f16 d/dmin and 6-bit sub-block
- *                   scales/mins kept), codes re-chosen by lowbit's GPTQ engine with
- *                   error compensation; the blocks are re-encoded and dequantized by
- *                   ggml's dequantize_row_q4_K, which must give GPTQ's W_hat exactly
- *   lowbit_gptq_g32 lowbit's own 4-bit asym GPTQ, group 32 (4.625 bpw) for context
- * Prints one JSON line per variant: rel_err = tr(dW H dWᵀ) / tr(W H Wᵀ) (the GPTQ
- * objective; lower is better). Synthetic data: a proxy, not a model's KL. */
+ * LIBGGML_BASE_SO: libggml-base.so of the pinned node-llama-cpp (tests/llama-cpp-ref/
+ * node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/libggml-base.so); dlopen'ed
+ * at run time, nothing of it is compiled in. Exit 77 with a message when absent.
+ * Per type (q2_k, q3_k, q4_k), variants:
+ *   ggml            ggml_quantize_chunk without imatrix (llama-quantize, no imatrix)
+ *   ggml_imatrix    ggml_quantize_chunk with imatrix = diag(H)
+ *   lowbit_nearest  lowbit's super-block fit (diag(H)-weighted), nearest rounding
+ *   lowbit_gptq     lowbit gptq --grid q*_k (the same fit on compensated columns + GPTQ)
+ * ggml's blocks are dequantized with ggml's dequantize_row_q*_K; lowbit's blocks
+ * decode bit-exactly with it too (test_kquant), so every W_hat is what llama.cpp loads.
+ * layer/synth: one JSON line per variant with rel_err = tr(dW H dWᵀ) / tr(W H Wᵀ).
+ * model: H per linear from the fp model's activations on NCAL calibration windows
+ * (every variant uses the same H / imatrix), then the whole model's next-token KL
+ * (fp || quantized) and ppl on NEVAL eval windows, computed with lowbit's forward on
+ * the dequantized weights (llama.cpp's own forward would add its Q8_K activation
+ * rounding to both sides alike; test_export_gguf measures that part). */
 #include <cblas.h>
 #include <dlfcn.h>
 #include <math.h>
@@ -24,16 +30,100 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "lb_dtype.h"
-#include "lb_gptq.h"
+#include "lb_forward.h"
+#include "lb_kquant.h"
+#include "lb_model.h"
 #include "lb_quant.h"
+#include "lb_rotate.h"
+#include "lb_safetensors.h"
 
-#define QK_K 256
-#define BLOCK_BYTES 144 /* f16 d, f16 dmin, 12 bytes scales, 128 bytes qs */
-
-typedef size_t (*quantize_fn)(const float *src, void *dst, int64_t nrows, int64_t n_per_row,
-                              const float *imatrix);
+typedef size_t (*quantize_chunk_fn)(int type, const float *src, void *dst, int64_t start,
+                                    int64_t nrows, int64_t n_per_row, const float *imatrix);
 typedef void (*dequant_fn)(const void *x, float *y, int64_t k);
+
+static quantize_chunk_fn g_quant;
+static dequant_fn g_deq[3];
+static const int types[3] = {LB_GGML_TYPE_Q2_K, LB_GGML_TYPE_Q3_K, LB_GGML_TYPE_Q4_K};
+static const lb_qgrid grids[3] = {LB_GRID_Q2_K, LB_GRID_Q3_K, LB_GRID_Q4_K};
+static const double bpw[3] = {2.625, 3.4375, 4.5};
+enum { NVAR = 4 };
+static const char *const vname[NVAR] = {"ggml", "ggml_imatrix", "lowbit_nearest",
+                                        "lowbit_gptq"};
+
+/* Variant v of type index t: W (rows, cols) -> Wq. Returns 0 or -1. */
+static int quantize_variant(int t, int v, const float *W, int64_t rows, int64_t cols,
+                            const float *H, float *Wq)
+{
+    const int type = types[t];
+    float *imat = malloc((size_t)cols * sizeof *imat);
+    for (int64_t j = 0; j < cols; j++)
+        imat[j] = H[j * cols + j];
+    int rc = 0;
+    if (v <= 1) {
+        const size_t rb = (size_t)(cols / LB_KQ_QK) * lb_kquant_block_bytes(type);
+        uint8_t *blk = malloc(rb * (size_t)rows);
+        g_quant(type, W, blk, 0, rows, cols, v ? imat : NULL);
+        for (int64_t r = 0; r < rows; r++)
+            g_deq[t](blk + rb * (size_t)r, Wq + r * cols, cols);
+        free(blk);
+    } else if (v == 2) {
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t s = 0; s < cols / LB_KQ_QK; s++) {
+                lb_kq_super sb;
+                const float *x = W + r * cols + s * LB_KQ_QK;
+                if (lb_kquant_fit(type, x, imat + s * LB_KQ_QK, &sb, NULL))
+                    rc = -1;
+                for (int k = 0; k < LB_KQ_QK; k++) {
+                    int j = lb_kquant_sub(type, k);
+                    Wq[r * cols + s * LB_KQ_QK + k] =
+                        lb_kquant_value(type, &sb, j, lb_kquant_code(type, &sb, j, x[k]));
+                }
+            }
+    } else {
+        lb_qopts o;
+        lb_qopts_init(&o);
+        o.grid = grids[t];
+        lb_qresult res = {0};
+        lb_err err = {0};
+        if (lb_qmethod_quantize(lb_qmethod_find("gptq"), W, rows, cols, H, &o, &res, &err)) {
+            fprintf(stderr, "bench_kquant: %s\n", err.msg);
+            rc = -1;
+        } else {
+            memcpy(Wq, res.W_hat, (size_t)(rows * cols) * sizeof *Wq);
+        }
+        lb_qresult_free(&res);
+    }
+    free(imat);
+    return rc;
+}
+
+static double rel_err(const float *W, const float *Wh, int64_t rows, int64_t cols,
+                      const float *H)
+{
+    double e = 0, ref = 1;
+    lb_err err = {0};
+    if (lb_quant_error(W, Wh, rows, cols, H, &e, &ref, &err))
+        fprintf(stderr, "%s\n", err.msg);
+    return e / ref;
+}
+
+static int layer_bench(const char *what, const float *W, int64_t rows, int64_t cols,
+                       const float *H)
+{
+    float *Wq = malloc((size_t)(rows * cols) * sizeof *Wq);
+    for (int t = 0; t < 3; t++)
+        for (int v = 0; v < NVAR; v++) {
+            if (quantize_variant(t, v, W, rows, cols, H, Wq))
+                return 1;
+            printf("{\"bench\":\"kquant_layer\",\"matrix\":\"%s\",\"rows\":%lld,\"cols\":%lld,"
+                   "\"type\":\"%s\",\"bpw\":%g,\"variant\":\"%s\",\"rel_err\":%.6g}\n",
+                   what, (long long)rows, (long long)cols, lb_kquant_type_name(types[t]), bpw[t],
+                   vname[v], rel_err(W, Wq, rows, cols, H));
+            fflush(stdout);
+        }
+    free(Wq);
+    return 0;
+}
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 static double urand(void)
@@ -48,116 +138,17 @@ static double nrand(void)
     return sqrt(-2.0 * log(urand())) * cos(6.283185307179586 * urand());
 }
 
-/* Sub-block j (0..7) 6-bit scale and min of a Q4_K block's 12 scale bytes. */
-static void scale_min(int j, const uint8_t *q, int *sc, int *m)
+/* the prototype's synthetic layer: heavy-tailed W, correlated X with uneven scales */
+static int synth_bench(int64_t rows, int64_t cols, uint64_t seed)
 {
-    if (j < 4) {
-        *sc = q[j] & 63;
-        *m = q[j + 4] & 63;
-    } else {
-        *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-    }
-}
-
-/* Weight i (0..255) of a block: its nibble is in qs[(i/64)*32 + i%32], low half for
- * the first 32 of each 64, high half for the second. */
-static uint8_t *nibble_byte(uint8_t *blk, int i, int *high)
-{
-    *high = (i % 64) >= 32;
-    return blk + 16 + (i / 64) * 32 + i % 32;
-}
-
-typedef struct {
-    int64_t rows, cols, nsb; /* nsb = cols / 32 sub-blocks per row */
-    float *a, *b;            /* (rows, nsb): value = a * q - b */
-    uint8_t *codes;          /* (rows, cols) */
-} grid;
-
-/* Effective (a, b) per sub-block from ggml's blocks, computed as ggml does. */
-static void grid_from_blocks(grid *g, const uint8_t *blocks)
-{
-    const int64_t nb = g->cols / QK_K;
-    for (int64_t r = 0; r < g->rows; r++)
-        for (int64_t s = 0; s < nb; s++) {
-            const uint8_t *blk = blocks + (r * nb + s) * BLOCK_BYTES;
-            float d = lb_f16_to_f32((uint16_t)(blk[0] | blk[1] << 8));
-            float dmin = lb_f16_to_f32((uint16_t)(blk[2] | blk[3] << 8));
-            for (int j = 0; j < 8; j++) {
-                int sc, m;
-                scale_min(j, blk + 4, &sc, &m);
-                g->a[r * g->nsb + s * 8 + j] = d * (float)sc;
-                g->b[r * g->nsb + s * 8 + j] = dmin * (float)m;
-            }
-        }
-}
-
-static int col_hook(void *ctx, const lb_gptq_state *st, int64_t c, const float *w, float *q,
-                    float *err_scale, lb_err *err)
-{
-    (void)err_scale;
-    (void)err;
-    grid *g = ctx;
-    const int64_t o = st->perm[c];
-    for (int64_t r = 0; r < st->rows; r++) {
-        float a = g->a[r * g->nsb + o / 32], b = g->b[r * g->nsb + o / 32];
-        float v = a > 0.0f ? nearbyintf((w[r] + b) / a) : 0.0f;
-        int code = v < 0.0f ? 0 : v > 15.0f ? 15 : (int)v;
-        g->codes[r * g->cols + o] = (uint8_t)code;
-        q[r] = a * (float)code - b;
-    }
-    return 0;
-}
-
-static double rel_err(const float *W, const float *Wh, int64_t rows, int64_t cols,
-                      const float *H)
-{
-    double e = 0, ref = 1;
-    lb_err err = {0};
-    if (lb_quant_error(W, Wh, rows, cols, H, &e, &ref, &err))
-        fprintf(stderr, "%s\n", err.msg);
-    return e / ref;
-}
-
-int main(int argc, char **argv)
-{
-    if (argc < 2) {
-        fprintf(stderr, "usage: bench_kquant LIBGGML_BASE_SO [rows cols nsamples seed]\n");
-        return 2;
-    }
-    int64_t rows = argc > 2 ? atoll(argv[2]) : 256, cols = argc > 3 ? atoll(argv[3]) : 1024;
-    int64_t ns = argc > 4 ? atoll(argv[4]) : 2048;
-    if (argc > 5)
-        rng ^= (uint64_t)atoll(argv[5]) * 0x2545F4914F6CDD1Dull;
-    if (rows < 1 || cols < QK_K || cols % QK_K || ns < cols) {
-        fprintf(stderr, "bench_kquant: cols must be a multiple of 256 and nsamples >= cols\n");
-        return 2;
-    }
-    void *lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
-    if (!lib) {
-        fprintf(stderr, "bench_kquant: %s\n", dlerror());
-        return 1;
-    }
-    quantize_fn quant = (quantize_fn)dlsym(lib, "quantize_q4_K");
-    dequant_fn deq = (dequant_fn)dlsym(lib, "dequantize_row_q4_K");
-    if (!quant || !deq) {
-        fprintf(stderr, "bench_kquant: %s lacks quantize_q4_K/dequantize_row_q4_K\n", argv[1]);
-        return 1;
-    }
-    const int64_t nb = rows * cols / QK_K;
+    rng ^= seed * 0x2545F4914F6CDD1Dull;
+    const int64_t ns = 2 * cols;
     float *W = malloc((size_t)(rows * cols) * sizeof *W);
     float *X = malloc((size_t)(ns * cols) * sizeof *X);
     float *H = malloc((size_t)(cols * cols) * sizeof *H);
-    float *imat = malloc((size_t)cols * sizeof *imat);
-    float *Wh = malloc((size_t)(rows * cols) * sizeof *Wh);
-    float *Wg = malloc((size_t)(rows * cols) * sizeof *Wg);
-    uint8_t *blocks = malloc((size_t)nb * BLOCK_BYTES);
-    grid g = {rows, cols, cols / 32, malloc((size_t)(rows * cols / 32) * sizeof(float)),
-              malloc((size_t)(rows * cols / 32) * sizeof(float)), malloc((size_t)(rows * cols))};
-    /* W: normal with 1% outliers x4; X: per-column scale exp(N(0,1)), neighbour mixing */
+    double *scale = malloc((size_t)cols * sizeof *scale);
     for (int64_t i = 0; i < rows * cols; i++)
         W[i] = (float)(0.02 * nrand() * (urand() < 0.01 ? 4.0 : 1.0));
-    double *scale = malloc((size_t)cols * sizeof *scale);
     for (int64_t j = 0; j < cols; j++)
         scale[j] = exp(nrand());
     for (int64_t s = 0; s < ns; s++) {
@@ -170,81 +161,258 @@ int main(int argc, char **argv)
     }
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)cols, (int)cols, (int)ns, 1.0f,
                 X, (int)cols, X, (int)cols, 0.0f, H, (int)cols);
-    for (int64_t j = 0; j < cols; j++)
-        imat[j] = H[j * cols + j];
-    lb_qopts opts;
-    lb_qopts_init(&opts);
-    opts.group_size = 0;
-    lb_err err = {0};
-    int rc = 0;
-    for (int im = 0; im < 2; im++) {
-        const char *name = im ? "ggml_imatrix" : "ggml";
-        quant(W, blocks, rows, cols, im ? imat : NULL);
-        for (int64_t r = 0; r < rows; r++)
-            deq(blocks + r * (cols / QK_K) * BLOCK_BYTES, Wg + r * cols, cols);
-        printf("{\"bench\":\"kquant_q4_k\",\"variant\":\"%s\",\"rows\":%lld,\"cols\":%lld,"
-               "\"bpw\":4.5,\"rel_err\":%.6g}\n", name, (long long)rows, (long long)cols,
-               rel_err(W, Wg, rows, cols, H));
-        /* our reading of the block layout must reproduce ggml's dequantization */
-        grid_from_blocks(&g, blocks);
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t c = 0; c < cols; c++) {
-                int high;
-                uint8_t *p = nibble_byte(blocks + (r * (cols / QK_K) + c / QK_K) * BLOCK_BYTES,
-                                         (int)(c % QK_K), &high);
-                int q = high ? *p >> 4 : *p & 0xF;
-                float v = g.a[r * g.nsb + c / 32] * (float)q - g.b[r * g.nsb + c / 32];
-                if (v != Wg[r * cols + c]) {
-                    fprintf(stderr, "bench_kquant: layout mismatch at (%lld, %lld)\n",
-                            (long long)r, (long long)c);
-                    return 1;
-                }
-            }
-        lb_gptq_hook hook = {.ctx = &g, .column = col_hook};
-        if ((rc = lb_gptq_run(W, rows, cols, H, &opts, &hook, Wh, NULL, &err))) {
-            fprintf(stderr, "bench_kquant: %s\n", err.msg);
-            return 1;
-        }
-        /* re-encode the GPTQ codes into the blocks; ggml must decode W_hat exactly */
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t c = 0; c < cols; c++) {
-                int high;
-                uint8_t *p = nibble_byte(blocks + (r * (cols / QK_K) + c / QK_K) * BLOCK_BYTES,
-                                         (int)(c % QK_K), &high);
-                uint8_t q = g.codes[r * cols + c];
-                *p = high ? (uint8_t)((*p & 0x0F) | q << 4) : (uint8_t)((*p & 0xF0) | q);
-            }
-        double maxd = 0;
-        for (int64_t r = 0; r < rows; r++)
-            deq(blocks + r * (cols / QK_K) * BLOCK_BYTES, Wg + r * cols, cols);
-        for (int64_t i = 0; i < rows * cols; i++)
-            maxd = fmax(maxd, fabs((double)Wg[i] - (double)Wh[i]));
-        printf("{\"bench\":\"kquant_q4_k\",\"variant\":\"gptq_on_%s\",\"rows\":%lld,"
-               "\"cols\":%lld,\"bpw\":4.5,\"rel_err\":%.6g,\"ggml_decode_max_diff\":%g}\n", name,
-               (long long)rows, (long long)cols, rel_err(W, Wh, rows, cols, H), maxd);
-    }
-    const lb_qmethod *gptq = lb_qmethod_find("gptq");
-    lb_qopts o4;
-    lb_qopts_init(&o4);
-    o4.bits = 4;
-    o4.group_size = 32;
-    lb_qresult res = {0};
-    if (gptq && !gptq->quantize(W, rows, cols, H, &o4, &res, &err))
-        printf("{\"bench\":\"kquant_q4_k\",\"variant\":\"lowbit_gptq_g32\",\"rows\":%lld,"
-               "\"cols\":%lld,\"bpw\":%.4f,\"rel_err\":%.6g}\n", (long long)rows,
-               (long long)cols, res.bpw, rel_err(W, res.W_hat, rows, cols, H));
-    lb_qresult_free(&res);
+    char what[64];
+    snprintf(what, sizeof what, "synth_seed%llu", (unsigned long long)seed);
+    int rc = layer_bench(what, W, rows, cols, H);
     free(W);
     free(X);
     free(H);
-    free(imat);
-    free(Wh);
-    free(Wg);
-    free(blocks);
     free(scale);
-    free(g.a);
-    free(g.b);
-    free(g.codes);
-    dlclose(lib);
+    return rc;
+}
+
+static float *read_st(const char *path, const char *name, int64_t *rows, int64_t *cols)
+{
+    lb_st *st = NULL;
+    lb_err err = {0};
+    if (lb_st_open(&st, path, &err)) {
+        fprintf(stderr, "bench_kquant: %s\n", err.msg);
+        return NULL;
+    }
+    const lb_st_tensor *t = lb_st_find(st, name);
+    float *buf = NULL;
+    if (t && t->ndim == 2) {
+        *rows = t->shape[0];
+        *cols = t->shape[1];
+        buf = malloc((size_t)(*rows * *cols) * sizeof *buf);
+        if (lb_st_read_f32(st, name, buf, *rows * *cols, &err)) {
+            fprintf(stderr, "bench_kquant: %s\n", err.msg);
+            free(buf);
+            buf = NULL;
+        }
+    }
+    lb_st_free(&st);
+    return buf;
+}
+
+/* ---- whole model ---- */
+
+static float **linear_ptr(lb_block_weights *bw, int w)
+{
+    float **p[LB_LINEAR_COUNT] = {&bw->wq, &bw->wk, &bw->wv, &bw->wo,
+                                  &bw->w_gate, &bw->w_up, &bw->w_down};
+    return p[w];
+}
+
+static uint32_t *read_tokens(const char *path, int64_t need)
+{
+    FILE *f = fopen(path, "rb");
+    uint32_t *t = malloc((size_t)need * sizeof *t);
+    if (!f || fread(t, sizeof *t, (size_t)need, f) != (size_t)need) {
+        fprintf(stderr, "bench_kquant: %s: need %lld token ids\n", path, (long long)need);
+        free(t);
+        t = NULL;
+    }
+    if (f)
+        fclose(f);
+    return t;
+}
+
+/* log-softmax of each row of logits (ntok, vocab) in place */
+static void log_softmax(float *z, int64_t ntok, int64_t vocab)
+{
+    for (int64_t i = 0; i < ntok; i++) {
+        float *r = z + i * vocab;
+        double mx = -INFINITY, s = 0;
+        for (int64_t v = 0; v < vocab; v++)
+            mx = (double)r[v] > mx ? (double)r[v] : mx;
+        for (int64_t v = 0; v < vocab; v++)
+            s += exp((double)r[v] - mx);
+        for (int64_t v = 0; v < vocab; v++)
+            r[v] = (float)((double)r[v] - mx - log(s));
+    }
+}
+
+static int model_bench(const char *dir, const char *calib_path, const char *eval_path,
+                       int64_t ncal, int64_t neval, int64_t ctx)
+{
+    lb_model *m = NULL;
+    lb_head_weights head = {0};
+    lb_block_weights bw = {0};
+    lb_fwd_workspace *ws = NULL;
+    lb_err err = {0};
+    if (lb_model_open(&m, dir, &err) || lb_model_load_head(m, &head, &err)) {
+        fprintf(stderr, "bench_kquant: %s\n", err.msg);
+        return 1;
+    }
+    const lb_config *cfg = lb_model_config(m);
+    const int32_t L = cfg->num_hidden_layers;
+    const int64_t dim = cfg->hidden_size, vocab = cfg->vocab_size;
+    const int64_t nc = ncal * ctx, ne = neval * ctx, nmax = nc > ne ? nc : ne;
+    uint32_t *ctok = read_tokens(calib_path, nc), *etok = read_tokens(eval_path, ne);
+    if (!ctok || !etok)
+        return 1;
+    int64_t rows[LB_LINEAR_COUNT], cols[LB_LINEAR_COUNT];
+    for (int w = 0; w < LB_LINEAR_COUNT; w++) {
+        lb_linear_shape(cfg, (lb_linear)w, &rows[w], &cols[w]);
+        if (cols[w] % LB_KQ_QK) {
+            fprintf(stderr, "bench_kquant: %s has %lld-column linears; K-quants need "
+                    "multiples of 256 (lowbit synth --preset k256)\n", dir, (long long)cols[w]);
+            return 1;
+        }
+    }
+    /* Wq[t][v][l * 7 + w]: every variant's dequantized linears */
+    float **Wq = calloc((size_t)(3 * NVAR * L * LB_LINEAR_COUNT), sizeof *Wq);
+    const int64_t qd = cfg->num_attention_heads * cfg->head_dim, inter = cfg->intermediate_size;
+    float *xa = malloc((size_t)(nc * dim) * sizeof(float));
+    float *cap_ai = malloc((size_t)(nc * dim) * sizeof(float));
+    float *cap_ao = malloc((size_t)(nc * qd) * sizeof(float));
+    float *cap_mi = malloc((size_t)(nc * dim) * sizeof(float));
+    float *cap_ma = malloc((size_t)(nc * inter) * sizeof(float));
+    lb_fwd_capture cap = {cap_ai, cap_ao, cap_mi, cap_ma};
+    if (lb_fwd_workspace_new(cfg, nmax, ctx, &ws, &err) ||
+        lb_fwd_embed(&head, ctok, nc, xa, &err)) {
+        fprintf(stderr, "bench_kquant: %s\n", err.msg);
+        return 1;
+    }
+    double err_sum[3][NVAR] = {{0}};
+    for (int32_t l = 0; l < L; l++) {
+        if (lb_model_load_block(m, l, &bw, &err) ||
+            lb_fwd_block(cfg, &bw, xa, ncal, ctx, ws, &cap, &err)) {
+            fprintf(stderr, "bench_kquant: %s\n", err.msg);
+            return 1;
+        }
+        for (int w = 0; w < LB_LINEAR_COUNT; w++) {
+            const float *X = w <= LB_LINEAR_V ? cap_ai : w == LB_LINEAR_O ? cap_ao
+                             : w == LB_LINEAR_DOWN ? cap_ma : cap_mi;
+            const int64_t n = cols[w];
+            float *H = malloc((size_t)(n * n) * sizeof *H);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)n, (int)n, (int)nc, 1.0f,
+                        X, (int)n, X, (int)n, 0.0f, H, (int)n);
+            const float *W = *linear_ptr(&bw, w);
+            for (int t = 0; t < 3; t++)
+                for (int v = 0; v < NVAR; v++) {
+                    float *q = malloc((size_t)(rows[w] * n) * sizeof *q);
+                    if (quantize_variant(t, v, W, rows[w], n, H, q))
+                        return 1;
+                    err_sum[t][v] += rel_err(W, q, rows[w], n, H);
+                    Wq[(t * NVAR + v) * L * LB_LINEAR_COUNT + l * LB_LINEAR_COUNT + w] = q;
+                }
+            free(H);
+        }
+        lb_block_weights_free(&bw);
+    }
+    /* eval: fp log-probs, then each variant's */
+    float *x = malloc((size_t)(ne * dim) * sizeof *x);
+    float *lp_fp = malloc((size_t)(ne * vocab) * sizeof *lp_fp);
+    float *lp = malloc((size_t)(ne * vocab) * sizeof *lp);
+    for (int pass = -1; pass < 3 * NVAR; pass++) {
+        if (lb_fwd_embed(&head, etok, ne, x, &err))
+            return 1;
+        for (int32_t l = 0; l < L; l++) {
+            if (lb_model_load_block(m, l, &bw, &err))
+                return 1;
+            if (pass >= 0)
+                for (int w = 0; w < LB_LINEAR_COUNT; w++)
+                    memcpy(*linear_ptr(&bw, w), Wq[pass * L * LB_LINEAR_COUNT +
+                                                   l * LB_LINEAR_COUNT + w],
+                           (size_t)(rows[w] * cols[w]) * sizeof(float));
+            if (lb_fwd_block(cfg, &bw, x, neval, ctx, ws, NULL, &err)) {
+                fprintf(stderr, "bench_kquant: %s\n", err.msg);
+                return 1;
+            }
+            lb_block_weights_free(&bw);
+        }
+        float *out = pass < 0 ? lp_fp : lp;
+        lb_fwd_logits(cfg, &head, x, ne, out);
+        log_softmax(out, ne, vocab);
+        double kl = 0, nll = 0, nll_fp = 0;
+        int64_t npos = 0;
+        for (int64_t s = 0; s < neval; s++)
+            for (int64_t p = 0; p + 1 < ctx; p++) {
+                const int64_t i = s * ctx + p;
+                const float *a = lp_fp + i * vocab, *b = out + i * vocab;
+                for (int64_t v = 0; v < vocab; v++)
+                    kl += exp((double)a[v]) * ((double)a[v] - (double)b[v]);
+                nll -= (double)b[etok[i + 1]];
+                nll_fp -= (double)a[etok[i + 1]];
+                npos++;
+            }
+        if (pass < 0) {
+            printf("{\"bench\":\"kquant_model\",\"model\":\"%s\",\"variant\":\"fp\","
+                   "\"ppl\":%.6f,\"calib_windows\":%lld,\"eval_windows\":%lld,\"ctx\":%lld}\n",
+                   dir, exp(nll_fp / (double)npos), (long long)ncal, (long long)neval,
+                   (long long)ctx);
+            continue;
+        }
+        const int t = pass / NVAR, v = pass % NVAR;
+        printf("{\"bench\":\"kquant_model\",\"model\":\"%s\",\"type\":\"%s\",\"bpw\":%g,"
+               "\"variant\":\"%s\",\"kl\":%.6g,\"ppl\":%.6f,\"ppl_fp\":%.6f,"
+               "\"mean_layer_rel_err\":%.6g}\n", dir, lb_kquant_type_name(types[t]), bpw[t],
+               vname[v], kl / (double)npos, exp(nll / (double)npos),
+               exp(nll_fp / (double)npos), err_sum[t][v] / (double)(L * LB_LINEAR_COUNT));
+        fflush(stdout);
+    }
+    for (int i = 0; i < 3 * NVAR * L * LB_LINEAR_COUNT; i++)
+        free(Wq[i]);
+    free(Wq);
+    free(x);
+    free(lp_fp);
+    free(lp);
+    free(xa);
+    free(cap_ai);
+    free(cap_ao);
+    free(cap_mi);
+    free(cap_ma);
+    free(ctok);
+    free(etok);
+    lb_fwd_workspace_free(&ws);
+    lb_head_weights_free(&head);
+    lb_model_free(&m);
     return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: bench_kquant LIBGGML_BASE_SO layer W.st H.st | synth ROWS COLS "
+                "SEED | model DIR CALIB.u32 EVAL.u32 [NCAL NEVAL CTX]\n");
+        return 2;
+    }
+    void *lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        fprintf(stderr, "bench_kquant: skipped: cannot load %s (%s); install node-llama-cpp "
+                "with deploy/install-deps.sh\n", argv[1], dlerror());
+        return 77;
+    }
+    static const char *const dq[3] = {"dequantize_row_q2_K", "dequantize_row_q3_K",
+                                      "dequantize_row_q4_K"};
+    *(void **)&g_quant = dlsym(lib, "ggml_quantize_chunk");
+    for (int t = 0; t < 3; t++)
+        *(void **)&g_deq[t] = dlsym(lib, dq[t]);
+    if (!g_quant || !g_deq[0] || !g_deq[1] || !g_deq[2]) {
+        fprintf(stderr, "bench_kquant: %s lacks ggml_quantize_chunk/dequantize_row_q*_K\n",
+                argv[1]);
+        return 1;
+    }
+    int rc = 2;
+    if (!strcmp(argv[2], "layer") && argc == 5) {
+        int64_t r, c, hr, hc;
+        float *W = read_st(argv[3], "weight", &r, &c), *H = read_st(argv[4], "hessian", &hr, &hc);
+        if (W && H && hr == c && hc == c && c % LB_KQ_QK == 0)
+            rc = layer_bench(argv[3], W, r, c, H);
+        else
+            fprintf(stderr, "bench_kquant: bad weight/hessian pair\n");
+        free(W);
+        free(H);
+    } else if (!strcmp(argv[2], "synth") && argc == 6) {
+        rc = synth_bench(atoll(argv[3]), atoll(argv[4]), (uint64_t)atoll(argv[5]));
+    } else if (!strcmp(argv[2], "model") && argc >= 6) {
+        rc = model_bench(argv[3], argv[4], argv[5], argc > 6 ? atoll(argv[6]) : 16,
+                         argc > 7 ? atoll(argv[7]) : 16, argc > 8 ? atoll(argv[8]) : 128);
+    } else {
+        fprintf(stderr, "bench_kquant: unknown mode or arguments\n");
+    }
+    dlclose(lib);
+    return rc;
 }
