@@ -549,6 +549,14 @@ static void kquant_case(const char *name, int type)
     assert_int_equal(check_direct(name, gguf, (uint32_t)type, &d), 14); /* 2 layers x 7 */
     assert_true(d == 0.0);
     agreement(name, gguf, "--direct", 0.005, 0.005);
+    /* the GPTQ layout has no K blocks: a clear refusal, not a wrong file */
+    char *out = NULL;
+    int rc = lb_test_run(&out, "%s export --format gptq --model %s/%s --out %s/%s-gptq",
+                         lb_test_lowbit_bin(), tmpdir, name, tmpdir, name);
+    assert_int_not_equal(rc, 0);
+    assert_non_null(out);
+    assert_non_null(strstr(out, "K-quant blocks"));
+    free(out);
 }
 
 static void test_kquant_q4_k(void **state)

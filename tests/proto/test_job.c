@@ -179,6 +179,32 @@ static void test_id_depends_on_content_not_location(void **state)
 
 /* --rotate travels as a 24th options value, only when set: it round-trips, changes
  * the job id and the output ids, and an unrotated job keeps its encoding (23 values) */
+/* --grid q2_k|q3_k|q4_k (values 2..4) travel to workers; 5 is refused */
+static void test_kquant_grid_option(void **state)
+{
+    (void)state;
+    for (int g = LB_GRID_Q2_K; g <= LB_GRID_Q4_K + 1; g++) {
+        lb_job a, back;
+        make_job(&a, LB_JOB_QUANTIZE_LINEAR);
+        a.opts.grid = (lb_qgrid)g;
+        assert_int_equal(lb_job_compute_id(&a, NULL), 0);
+        uint8_t *ba = NULL;
+        size_t la = 0;
+        lb_err err;
+        assert_int_equal(lb_job_encode(&a, &ba, &la, &err), 0);
+        int rc = lb_job_decode(ba, la, &back, &err);
+        if (g <= LB_GRID_Q4_K) {
+            assert_int_equal(rc, 0);
+            assert_int_equal(back.opts.grid, g);
+        } else {
+            assert_int_equal(rc, LB_EFORMAT);
+        }
+        lb_job_clear(&back);
+        free(ba);
+        lb_job_clear(&a);
+    }
+}
+
 static void test_rotate_option(void **state)
 {
     (void)state;
@@ -524,7 +550,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_id_depends_on_content_not_location),
-        cmocka_unit_test(test_rotate_option),
+        cmocka_unit_test(test_rotate_option), cmocka_unit_test(test_kquant_grid_option),
         cmocka_unit_test(test_every_truncation_rejected),
         cmocka_unit_test(test_wrong_version_and_magic),
         cmocka_unit_test(test_distill_options_range),

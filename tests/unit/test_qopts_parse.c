@@ -70,6 +70,16 @@ static void test_every_option(void **state)
     n = parse_line(&o, "--rotate=auto", &err);
     assert_int_equal(n, 1);
     assert_int_equal(o.rotate, -1);
+    /* llama.cpp K-quant grids (gptq) */
+    static const char *const kg[3] = {"q2_k", "q3_k", "q4_k"};
+    static const lb_qgrid kv[3] = {LB_GRID_Q2_K, LB_GRID_Q3_K, LB_GRID_Q4_K};
+    for (int i = 0; i < 3; i++) {
+        char line[32];
+        snprintf(line, sizeof line, "--grid %s", kg[i]);
+        assert_int_equal(parse_line(&o, line, &err), 2);
+        assert_int_equal(o.grid, kv[i]);
+        assert_string_equal(lb_qgrid_name(o.grid), kg[i]);
+    }
 }
 
 static void test_rejects(void **state)
@@ -82,7 +92,7 @@ static void test_rejects(void **state)
                          "--bases 5",       "--refine-iters -1",  "--outlier-threshold 0",
                          "--outlier-keep 0.1", "--outlier-keep a,b", "--outlier-keep 0.1,2",
                          "--sym=1",         "--block-size 0",     "--seed -3",
-                         "--rotate",        "--rotate quip"};
+                         "--rotate",        "--rotate quip",      "--grid q5_k"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         lb_qopts o;
         lb_err err = {0};
