@@ -72,8 +72,9 @@ static void effective(int type, lb_kq_super *sb)
 {
     const float d = lb_f16_to_f32(sb->d), dmin = lb_f16_to_f32(sb->dmin);
     const int nsub = type == LB_GGML_TYPE_Q4_K ? 8 : 16;
-    // plain scalar loop into locals: GCC 12's vectorizer (-O2 -fopenmp) miscompiled the
-    // in-place version (a[] read back as 0 after inlining into decode)
+    // into locals, then copy: with GCC 12.2 -O2 the in-place loop (if-converted and
+    // vectorized after inlining into decode) left a[] = 0; -O3 or -fno-tree-vectorize
+    // did not, and we found no UB in it. test_kquant checks the result against ggml.
     float a[16] = {0}, b[16] = {0};
     for (int j = 0; j < nsub; j++) {
         const int sc = type == LB_GGML_TYPE_Q3_K ? (int)sb->sc[j] - 32 : (int)sb->sc[j];
