@@ -565,6 +565,20 @@ static void test_opts_wire_golden(void **state)
         lb_job_clear(&back);
         free(b);
     }
+    /* a LATE option set after an unset one: the unset one travels as its default */
+    o->rotate = 0;
+    o->damp_auto = true;
+    uint8_t *b = NULL;
+    size_t n = 0;
+    lb_err err;
+    lb_job back;
+    assert_int_equal(lb_job_compute_id(&j, &err), 0);
+    assert_int_equal(lb_job_encode(&j, &b, &n, &err), 0);
+    assert_int_equal(lb_job_decode(b, n, &back, &err), 0);
+    assert_true(back.opts.damp_auto && back.opts.rotate == 0);
+    assert_jobs_equal(&j, &back);
+    lb_job_clear(&back);
+    free(b);
     lb_job_clear(&j);
 }
 
