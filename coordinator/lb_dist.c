@@ -439,6 +439,53 @@ static void take_result(dist *d, const lb_redis_result *res, int32_t *done_count
     }
 }
 
+/* After a reconnect: Redis must still hold the job; then everything out is
+ * queued again. A server that lost its last writes (appendfsync everysec) may
+ * have lost the items; lb_redis_enqueue_once skips those it still has (a rerun
+ * after a lost artifact is queued with a plain XADD again: a lost one would be
+ * waited for forever, a duplicate only runs twice and its second result is
+ * ignored). */
+static int recheck_job(dist *d, lb_err *err)
+{
+    const char *name = d->o->job_name;
+    int rc = check_after_outage(d->r, name, d->o->fingerprint, err);
+    if (rc)
+        return rc;
+    for (int32_t j = 0; j < d->n; j++)
+        if (d->st[j] == JOB_OUT)
+            d->st[j] = JOB_TO_QUEUE;
+    lb_err e2 = {0};
+    lb_redis_event(d->r, name, "coordinator reconnected to Redis; job record and queue checked",
+                   &e2);
+    fprintf(stderr, "lowbit coordinator: reconnected to %s; job '%s' is intact\n",
+            lb_redis_peer(d->r), name);
+    return 0;
+}
+
+/* The plan's pending actions: runnable jobs are marked for queueing, released
+ * artifacts deleted here and announced to the workers. */
+static int apply_actions(dist *d, lb_err *err)
+{
+    lb_action acts[64];
+    int na, rc;
+    while ((na = lb_plan_poll(d->plan, acts, 64)) > 0) {
+        for (int k = 0; k < na; k++) {
+            if (acts[k].type == LB_ACT_DELETE) {
+                if ((rc = lb_store_remove(d->store, acts[k].artifact, err)))
+                    return rc;
+                /* workers drop it from their caches too; only hygiene, so a
+                 * failure is reported and the run goes on */
+                lb_err e2 = {0};
+                if (lb_redis_released_add(d->r, d->o->job_name, acts[k].artifact, &e2))
+                    fprintf(stderr, "lowbit coordinator: %s\n", e2.msg);
+                continue;
+            }
+            d->st[acts[k].job] = JOB_TO_QUEUE;
+        }
+    }
+    return 0;
+}
+
 int lb_dist_run(lb_plan *plan, const lb_store *artifacts, const lb_dist_opts *o, lb_err *err)
 {
     dist d;
@@ -509,48 +556,20 @@ int lb_dist_run(lb_plan *plan, const lb_store *artifacts, const lb_dist_opts *o,
         /* reconnected (a short blip is ridden out inside lb_redis, a long one
          * here): check that Redis still holds the job before waiting on it */
         if (outage || lb_redis_connects(d.r) != connects) {
-            if ((rc = check_after_outage(d.r, name, o->fingerprint, err))) {
+            if ((rc = recheck_job(&d, err))) {
                 if (rc == LB_ENET)
                     continue;
                 goto done;
             }
             outage = false;
             connects = lb_redis_connects(d.r);
-            /* queue again what is out: a server that lost its last writes
-             * (appendfsync everysec) may have lost the items; lb_redis_enqueue_once
-             * skips those it still has (a rerun after a lost artifact is queued
-             * with a plain XADD again: a lost one would be waited for forever,
-             * a duplicate only runs twice and its second result is ignored) */
-            for (int32_t j = 0; j < d.n; j++)
-                if (d.st[j] == JOB_OUT)
-                    d.st[j] = JOB_TO_QUEUE;
-            lb_err e2 = {0};
-            lb_redis_event(d.r, name, "coordinator reconnected to Redis; job record and queue checked",
-                           &e2);
-            fprintf(stderr, "lowbit coordinator: reconnected to %s; job '%s' is intact\n",
-                    lb_redis_peer(d.r), name);
         }
         if (cancelled) {
             rc = lb_err_set(err, LB_ESTATE, "job '%s' was cancelled (lowbit cancel)", name);
             goto done;
         }
-        lb_action acts[64];
-        int na;
-        while ((na = lb_plan_poll(plan, acts, 64)) > 0) {
-            for (int k = 0; k < na; k++) {
-                if (acts[k].type == LB_ACT_DELETE) {
-                    if ((rc = lb_store_remove(artifacts, acts[k].artifact, err)))
-                        goto done;
-                    /* workers drop it from their caches too; only hygiene, so a
-                     * failure is reported and the run goes on */
-                    lb_err e2 = {0};
-                    if (lb_redis_released_add(d.r, name, acts[k].artifact, &e2))
-                        fprintf(stderr, "lowbit coordinator: %s\n", e2.msg);
-                    continue;
-                }
-                d.st[acts[k].job] = JOB_TO_QUEUE;
-            }
-        }
+        if ((rc = apply_actions(&d, err)))
+            goto done;
         rc = queue_ready(&d, &done_count, &failed, err);
         if (rc == LB_ENET)
             continue;

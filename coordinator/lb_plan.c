@@ -143,6 +143,68 @@ static int hess_of(int l)
     return l <= LB_LINEAR_V ? 0 : l == LB_LINEAR_O ? 1 : l == LB_LINEAR_DOWN ? 3 : 2;
 }
 
+/* Block b's Hessian collection (per stage with true-sequential, in K chunks plus
+ * a reduce when K > 1) and its seven quantize-linear jobs. xs: the block input's
+ * chunks; parts, in: scratch. OUT: q[l], the quantized linears. Returns 0 or -1
+ * (err set, or out of memory). */
+static int plan_block_linears(lb_plan *p, const lb_plan_spec *s, int32_t b, int32_t K,
+                              const int32_t *xs, int32_t *parts, int32_t *in,
+                              int32_t q[LB_LINEAR_COUNT], lb_job *t, lb_err *err)
+{
+    int32_t h[4], j;
+    int32_t order[LB_LINEAR_COUNT] = {0, 1, 2, 3, 4, 5, 6};
+    for (int stage = s->true_sequential ? 0 : LB_STAGE_ALL;
+         stage < (s->true_sequential ? 4 : 0); stage++) {
+        /* inputs: X_b (or its chunk) then the linears quantized before this stage */
+        const int nh = stage == LB_STAGE_ALL ? 4 : 1;
+        int npre = stage == 1 ? 3 : stage == 2 ? 4 : stage == 3 ? 6 : 0;
+        for (int32_t c = 0; c < K; c++) {
+            int32_t nin = 0;
+            in[nin++] = xs[c];
+            for (int k = 0; k < npre; k++)
+                in[nin++] = q[k];
+            base_job(t, s, LB_JOB_COLLECT_HESSIAN, b);
+            t->stage = stage;
+            set_chunk(t, K, c);
+            if ((j = add_job(p, t, in, nin, nh, K > 1 ? A_HPART : A_HESS, err)) < 0)
+                return -1;
+            for (int k = 0; k < nh; k++)
+                parts[c * nh + k] = p->jobs[j].out[k];
+        }
+        if (K > 1) { /* the partial sums of the K chunks, added in chunk order */
+            base_job(t, s, LB_JOB_REDUCE_HESSIAN, b);
+            t->stage = stage;
+            t->n_chunks = K;
+            if ((j = add_job(p, t, parts, K * nh, nh, A_HESS, err)) < 0)
+                return -1;
+            for (int k = 0; k < nh; k++)
+                parts[k] = p->jobs[j].out[k];
+        }
+        if (stage == LB_STAGE_ALL)
+            for (int k = 0; k < 4; k++)
+                h[k] = parts[k];
+        else
+            h[stage] = parts[0];
+        /* quantize the linears this stage's Hessian (or all four) feeds */
+        for (int k = 0; k < LB_LINEAR_COUNT; k++) {
+            int l = order[k];
+            if (stage != LB_STAGE_ALL && hess_of(l) != stage)
+                continue;
+            const lb_plan_choice *ch = &s->choices[(size_t)b * LB_LINEAR_COUNT + (size_t)l];
+            base_job(t, s, LB_JOB_QUANTIZE_LINEAR, b);
+            t->linear = l;
+            if (lb_model_linear_tensor_name(t->tensor, sizeof t->tensor, b, (lb_linear)l, err))
+                return -1;
+            snprintf(t->method, sizeof t->method, "%s", ch->method);
+            t->opts = ch->opts;
+            if ((j = add_job(p, t, &h[hess_of(l)], 1, 1, A_QLIN, err)) < 0)
+                return -1;
+            q[l] = p->jobs[j].out[0];
+        }
+    }
+    return 0;
+}
+
 int lb_plan_new(const lb_plan_spec *s, lb_plan **out, lb_err *err)
 {
     *out = NULL;
@@ -185,57 +247,9 @@ int lb_plan_new(const lb_plan_spec *s, lb_plan **out, lb_err *err)
     const bool distill = s->distill && s->distill->steps > 0; /* then K = 1 */
     int32_t xfp = xs[0]; /* fp-path block input (distill only): X_fp(0) = X_0 */
     for (int32_t b = 0; b < L; b++) {
-        int32_t q[LB_LINEAR_COUNT], h[4];
-        int32_t order[LB_LINEAR_COUNT] = {0, 1, 2, 3, 4, 5, 6};
-        for (int stage = s->true_sequential ? 0 : LB_STAGE_ALL;
-             stage < (s->true_sequential ? 4 : 0); stage++) {
-            /* inputs: X_b (or its chunk) then the linears quantized before this stage */
-            const int nh = stage == LB_STAGE_ALL ? 4 : 1;
-            int npre = stage == 1 ? 3 : stage == 2 ? 4 : stage == 3 ? 6 : 0;
-            for (int32_t c = 0; c < K; c++) {
-                int32_t nin = 0;
-                in[nin++] = xs[c];
-                for (int k = 0; k < npre; k++)
-                    in[nin++] = q[k];
-                base_job(&t, s, LB_JOB_COLLECT_HESSIAN, b);
-                t.stage = stage;
-                set_chunk(&t, K, c);
-                if ((j = add_job(p, &t, in, nin, nh, K > 1 ? A_HPART : A_HESS, err)) < 0)
-                    goto fail_bufs;
-                for (int k = 0; k < nh; k++)
-                    parts[c * nh + k] = p->jobs[j].out[k];
-            }
-            if (K > 1) { /* the partial sums of the K chunks, added in chunk order */
-                base_job(&t, s, LB_JOB_REDUCE_HESSIAN, b);
-                t.stage = stage;
-                t.n_chunks = K;
-                if ((j = add_job(p, &t, parts, K * nh, nh, A_HESS, err)) < 0)
-                    goto fail_bufs;
-                for (int k = 0; k < nh; k++)
-                    parts[k] = p->jobs[j].out[k];
-            }
-            if (stage == LB_STAGE_ALL)
-                for (int k = 0; k < 4; k++)
-                    h[k] = parts[k];
-            else
-                h[stage] = parts[0];
-            /* quantize the linears this stage's Hessian (or all four) feeds */
-            for (int k = 0; k < LB_LINEAR_COUNT; k++) {
-                int l = order[k];
-                if (stage != LB_STAGE_ALL && hess_of(l) != stage)
-                    continue;
-                const lb_plan_choice *ch = &s->choices[(size_t)b * LB_LINEAR_COUNT + (size_t)l];
-                base_job(&t, s, LB_JOB_QUANTIZE_LINEAR, b);
-                t.linear = l;
-                if (lb_model_linear_tensor_name(t.tensor, sizeof t.tensor, b, (lb_linear)l, err))
-                    goto fail_bufs;
-                snprintf(t.method, sizeof t.method, "%s", ch->method);
-                t.opts = ch->opts;
-                if ((j = add_job(p, &t, &h[hess_of(l)], 1, 1, A_QLIN, err)) < 0)
-                    goto fail_bufs;
-                q[l] = p->jobs[j].out[0];
-            }
-        }
+        int32_t q[LB_LINEAR_COUNT];
+        if (plan_block_linears(p, s, b, K, xs, parts, in, q, &t, err))
+            goto fail_bufs;
         if (distill) {
             in[0] = xs[0];
             in[1] = xfp;

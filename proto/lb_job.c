@@ -6,11 +6,9 @@
  *   13 n_seq  14 seq_len  15 model_dir  16 out_dir  17 options_json
  *   18 inputs[str]  19 outputs[str]  20 distill[7]  21 chunk  22 n_chunks
  * distill: steps lr beta1 beta2 eps batch_seqs seed
- * opts: bits group_size act_order static_groups sym grid damp block_size
- *   outlier_threshold outlier_hessian_score outlier_keep_top outlier_keep_rest
- *   outlier_top_frac centroids_with_outliers salient_frac salient_bits
- *   salient_criterion salient_group bases refine_iters hessian_weighted
- *   gptq_init seed [rotate: only when non-zero]
+ * opts: the rows of common/quant/lb_qopts_table.h in order (bits group_size
+ *   ... gptq_init seed), then the LATE rows (rotate, ...) up to the last one
+ *   that is not at its default
  * Result array: "lbres" version job_id status err_code outputs[str] bpw seconds
  *   cached error */
 #include "lb_job.h"
@@ -27,9 +25,7 @@
 
 #define JOB_FIELDS 23
 #define DISTILL_FIELDS 7
-#define OPTS_FIELDS 23
 /* a 24th value, rotate, is sent only when set, so jobs without it keep their bytes */
-#define OPTS_FIELDS_MAX 24
 #define RES_FIELDS 10
 
 void lb_job_init(lb_job *job)
@@ -120,34 +116,26 @@ static void pack_bool(msgpack_packer *pk, bool b)
         msgpack_pack_false(pk);
 }
 
+/* The options array, generated from lb_qopts_table.h: every row in order, then
+ * the LATE rows up to the last one that is not at its default. */
 static void pack_opts(msgpack_packer *pk, const lb_qopts *o)
 {
-    msgpack_pack_array(pk, o->rotate ? OPTS_FIELDS_MAX : OPTS_FIELDS);
-    msgpack_pack_double(pk, o->bits);
-    msgpack_pack_int64(pk, o->group_size);
-    pack_bool(pk, o->act_order);
-    pack_bool(pk, o->static_groups);
-    pack_bool(pk, o->sym);
-    msgpack_pack_int64(pk, (int64_t)o->grid);
-    msgpack_pack_double(pk, o->damp);
-    msgpack_pack_int64(pk, o->block_size);
-    msgpack_pack_double(pk, o->outlier_threshold);
-    pack_bool(pk, o->outlier_hessian_score);
-    msgpack_pack_double(pk, o->outlier_keep_top);
-    msgpack_pack_double(pk, o->outlier_keep_rest);
-    msgpack_pack_double(pk, o->outlier_top_frac);
-    pack_bool(pk, o->centroids_with_outliers);
-    msgpack_pack_double(pk, o->salient_frac);
-    msgpack_pack_int64(pk, o->salient_bits);
-    msgpack_pack_int64(pk, (int64_t)o->salient_criterion);
-    msgpack_pack_int64(pk, o->salient_group);
-    msgpack_pack_int64(pk, o->bases);
-    msgpack_pack_int64(pk, o->refine_iters);
-    pack_bool(pk, o->hessian_weighted);
-    pack_bool(pk, o->gptq_init);
-    msgpack_pack_uint64(pk, o->seed);
-    if (o->rotate)
-        msgpack_pack_int64(pk, o->rotate);
+    size_t n, len = 0;
+    const lb_qopt_desc *rows = lb_qopts_table(&n);
+    for (size_t k = 0; k < n; k++)
+        if (!(rows[k].flags & LB_QOPT_LATE) || !lb_qopt_is_default(o, &rows[k]))
+            len = k + 1;
+    msgpack_pack_array(pk, len);
+    for (size_t k = 0; k < len; k++) {
+        const lb_qopt_desc *d = &rows[k];
+        switch (d->kind) {
+        case LB_QK_F64:
+        case LB_QK_KEEP: msgpack_pack_double(pk, lb_qopt_get_f64(o, d)); break;
+        case LB_QK_BOOL: pack_bool(pk, lb_qopt_get_int(o, d) != 0); break;
+        case LB_QK_U64: msgpack_pack_uint64(pk, (uint64_t)lb_qopt_get_int(o, d)); break;
+        default: msgpack_pack_int64(pk, lb_qopt_get_int(o, d)); break;
+        }
+    }
 }
 
 static void pack_distill(msgpack_packer *pk, const lb_distill_opts *o)
@@ -388,38 +376,66 @@ static int get_array(const cursor *c, uint32_t i, uint32_t max, cursor *sub, con
     return 0;
 }
 
+/* the rows every job message carries (the ones before the first LATE row) */
+static uint32_t opts_fields(void)
+{
+    size_t n, k = 0;
+    const lb_qopt_desc *rows = lb_qopts_table(&n);
+    while (k < n && !(rows[k].flags & LB_QOPT_LATE))
+        k++;
+    return (uint32_t)k;
+}
+
+static uint32_t opts_fields_max(void)
+{
+    size_t n;
+    lb_qopts_table(&n);
+    return (uint32_t)n;
+}
+
 static int decode_opts(const cursor *c, lb_qopts *o)
 {
-    if (c->n != OPTS_FIELDS && c->n != OPTS_FIELDS_MAX)
-        return lb_err_set(c->err, LB_EFORMAT, "job message: options hold %u values, expected %d "
-                          "or %d", (unsigned)c->n, OPTS_FIELDS, OPTS_FIELDS_MAX);
-    int64_t grid, crit;
-    int rc = 0;
-    if ((rc = get_f64(c, 0, &o->bits)) || (rc = get_i32(c, 1, 0, INT32_MAX, &o->group_size)) ||
-        (rc = get_bool(c, 2, &o->act_order)) || (rc = get_bool(c, 3, &o->static_groups)) ||
-        (rc = get_bool(c, 4, &o->sym)) || (rc = get_i64(c, 5, 0, 4, &grid)) ||
-        (rc = get_f64(c, 6, &o->damp)) || (rc = get_i32(c, 7, 0, INT32_MAX, &o->block_size)) ||
-        (rc = get_f64(c, 8, &o->outlier_threshold)) ||
-        (rc = get_bool(c, 9, &o->outlier_hessian_score)) ||
-        (rc = get_f64(c, 10, &o->outlier_keep_top)) ||
-        (rc = get_f64(c, 11, &o->outlier_keep_rest)) ||
-        (rc = get_f64(c, 12, &o->outlier_top_frac)) ||
-        (rc = get_bool(c, 13, &o->centroids_with_outliers)) ||
-        (rc = get_f64(c, 14, &o->salient_frac)) ||
-        (rc = get_i32(c, 15, 0, 64, &o->salient_bits)) || (rc = get_i64(c, 16, 0, 1, &crit)) ||
-        (rc = get_i32(c, 17, 0, INT32_MAX, &o->salient_group)) ||
-        (rc = get_i32(c, 18, 0, 64, &o->bases)) ||
-        (rc = get_i32(c, 19, 0, 1000000, &o->refine_iters)) ||
-        (rc = get_bool(c, 20, &o->hessian_weighted)) || (rc = get_bool(c, 21, &o->gptq_init)))
-        return rc;
-    if (c->items[22].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-        return bad(c, 22, "is not an unsigned integer");
-    o->seed = c->items[22].via.u64;
-    o->rotate = 0;
-    if (c->n == OPTS_FIELDS_MAX && (rc = get_i32(c, 23, 1, 1, &o->rotate)))
-        return rc;
-    o->grid = (lb_qgrid)grid;
-    o->salient_criterion = (lb_qsalient)crit;
+    size_t n;
+    const lb_qopt_desc *rows = lb_qopts_table(&n);
+    if (c->n < opts_fields() || c->n > n)
+        return lb_err_set(c->err, LB_EFORMAT, "job message: options hold %u values, expected "
+                          "%u to %u", (unsigned)c->n, (unsigned)opts_fields(), (unsigned)n);
+    lb_qopts_init(o); /* LATE rows not sent keep their defaults */
+    for (uint32_t k = 0; k < c->n; k++) {
+        const lb_qopt_desc *d = &rows[k];
+        int rc = 0;
+        double f = 0;
+        int32_t i32 = 0;
+        int64_t i64 = 0;
+        bool b = false;
+        switch (d->kind) {
+        case LB_QK_F64:
+        case LB_QK_KEEP:
+            if (!(rc = get_f64(c, k, &f)))
+                lb_qopt_set_f64(o, d, f);
+            break;
+        case LB_QK_BOOL:
+            if (!(rc = get_bool(c, k, &b)))
+                lb_qopt_set_int(o, d, b);
+            break;
+        case LB_QK_U64:
+            if (c->items[k].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+                return bad(c, k, "is not an unsigned integer");
+            lb_qopt_set_int(o, d, (int64_t)c->items[k].via.u64);
+            break;
+        case LB_QK_GRID:
+        case LB_QK_CRIT:
+            if (!(rc = get_i64(c, k, 0, d->wire_max, &i64)))
+                lb_qopt_set_int(o, d, i64);
+            break;
+        default:
+            if (!(rc = get_i32(c, k, 0, (int32_t)d->wire_max, &i32)))
+                lb_qopt_set_int(o, d, i32);
+            break;
+        }
+        if (rc)
+            return rc;
+    }
     return 0;
 }
 
@@ -594,7 +610,7 @@ int lb_job_decode(const uint8_t *buf, size_t len, lb_job *job, lb_err *err)
         (rc = get_i32(&c, 6, -1, LB_STAGE_LM_HEAD, &job->stage)) ||
         (rc = get_str(&c, 7, job->tensor, sizeof job->tensor)) ||
         (rc = get_str(&c, 8, job->method, sizeof job->method)) ||
-        (rc = get_array(&c, 9, OPTS_FIELDS_MAX, &opts, "job options")) ||
+        (rc = get_array(&c, 9, opts_fields_max(), &opts, "job options")) ||
         (rc = decode_opts(&opts, &job->opts)) ||
         (rc = get_str(&c, 10, job->lowbit_version, sizeof job->lowbit_version)) ||
         (rc = get_id(&c, 11, job->model_fp, true)) || (rc = get_id(&c, 12, job->calib_fp, true)) ||

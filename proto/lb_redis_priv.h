@@ -1,6 +1,7 @@
-/* lb_redis_priv: internals shared by lb_redis.c and lb_redis_queue.c (not a
- * public API): the handle, binary-safe argument lists, the checked command path
- * and key helpers. */
+/* lb_redis_priv: internals shared by lb_redis.c (connection, command path),
+ * lb_redis_jobs.c (job records, events, workers), lb_redis_queue.c (the work
+ * stream) and lb_redis_leases.c (leases of dead workers); not a public API: the
+ * handle, binary-safe argument lists, the checked command path and helpers. */
 #ifndef LB_REDIS_PRIV_H
 #define LB_REDIS_PRIV_H
 
@@ -94,5 +95,23 @@ lb_redis_key lb_redis_priv_job_key(const char *name, const char *suffix);
  * for an entry deleted while pending). */
 int lb_redis_priv_parse_entry(lb_redis *s, const redisReply *e, char id[48], lb_redis_map *m,
                               lb_err *err);
+
+/* Monotonic milliseconds; a NUL-terminated copy of s[0..n) (NULL: out of memory). */
+int64_t lb_redis_priv_now_ms(void);
+char *lb_redis_priv_dup_n(const char *s, size_t n);
+/* Fills m from a flat [k1, v1, k2, v2, ...] array of strings. */
+int lb_redis_priv_map_from_pairs(lb_redis *s, const redisReply *r, lb_redis_map *m, lb_err *err);
+
+/* Work-stream helpers of lb_redis_queue.c that lb_redis_leases.c reuses. Parses
+ * entry e (XREADGROUP/XAUTOCLAIM) into msg; *deleted for an entry deleted while
+ * pending. */
+int lb_redis_priv_take_entry(lb_redis *s, const char *name, const redisReply *e, lb_redis_msg *msg,
+                             bool *deleted, lb_err *err);
+/* Moves msg to the dead-letter stream with error and its failure count. */
+int lb_redis_priv_dead_letter(lb_redis *s, const char *name, const lb_redis_msg *msg,
+                              const char *error, int64_t fails, lb_err *err);
+/* Counts one more failure of item id. OUT: *fails, the count so far. */
+int lb_redis_priv_count_failure(lb_redis *s, const char *name, const char *id, int64_t *fails,
+                                lb_err *err);
 
 #endif

@@ -61,23 +61,7 @@ int lb_exec_model_fingerprint(const lb_model *m, char hex[LB_ID_HEX], lb_err *er
 
 void lb_exec_describe_opts(const lb_qopts *o, char *buf, size_t size)
 {
-    snprintf(buf, size,
-             "bits=%g,group_size=%d,act_order=%d,static_groups=%d,sym=%d,grid=%s,damp=%g,"
-             "block_size=%d,outlier_threshold=%g,outlier_hessian_score=%d,outlier_keep_top=%g,"
-             "outlier_keep_rest=%g,outlier_top_frac=%g,centroids_with_outliers=%d,"
-             "salient_frac=%g,salient_bits=%d,salient_criterion=%s,salient_group=%d,bases=%d,"
-             "refine_iters=%d,hessian_weighted=%d,gptq_init=%d,seed=%llu",
-             o->bits, (int)o->group_size, o->act_order, o->static_groups, o->sym,
-             lb_qgrid_name(o->grid), o->damp, (int)o->block_size, o->outlier_threshold,
-             o->outlier_hessian_score, o->outlier_keep_top, o->outlier_keep_rest,
-             o->outlier_top_frac, o->centroids_with_outliers, o->salient_frac,
-             (int)o->salient_bits, lb_qsalient_name(o->salient_criterion),
-             (int)o->salient_group, (int)o->bases, (int)o->refine_iters, o->hessian_weighted,
-             o->gptq_init, (unsigned long long)o->seed);
-    /* appended only when set, so unrotated descriptions keep their bytes */
-    size_t len = strlen(buf);
-    if (o->rotate && len < size)
-        snprintf(buf + len, size - len, ",rotate=%s", lb_rotate_name(o->rotate));
+    lb_qopts_describe(o, buf, size); /* generated from lb_qopts_table.h */
 }
 
 int lb_exec_load_qlinear(const lb_store *store, const char *id, int64_t rows, int64_t cols,

@@ -293,28 +293,37 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
     }
     for (int64_t c = 0; c < n; c++)
         iperm[perm[c]] = c;
-    const float damp = (float)(opts->damp * mean);
-    // A = J (P H Pᵀ + damp I) J (dead diag = 1): element (a, b) of the damped, permuted
-    // H goes to (n-1-a, n-1-b), the reversed order the factorization wants
-#pragma omp parallel for schedule(static)
-    for (int64_t a = 0; a < n; a++) {
-        const float *hrow = H + perm[a] * n;
-        float *arow = A + (n - 1 - a) * n + (n - 1); // arow[-b] = element (a, b)
-        for (int64_t b = 0; b < n; b++)
-            arow[-b] = hrow[perm[b]];
-        arow[-a] = diag[perm[a]] + damp;
-        hdiag[a] = arow[-a];
-    }
     Uf = lb_quant_big_alloc((size_t)(n * n) * sizeof *Uf);
     if (!Uf) {
         rc = lb_err_set(err, LB_ENOMEM, "gptq: out of memory for U (%lld x %lld)",
                         (long long)n, (long long)n);
         goto cleanup;
     }
-    stats.prep_s = omp_get_wtime() - t_phase;
     stats.chol_flops = (double)n * (double)n * (double)n / 3.0;
     stats.inv_flops = stats.chol_flops;
-    rc = cholesky_inverse_upper(A, Uf, n, hdiag, perm, &stats, err);
+    // --damp-auto: a failed factorization is retried with 10x the damping (0.01 after
+    // 0), at most 3 times, as GPTQModel does; A is rebuilt from H for each try
+    double damp_rel = opts->damp;
+    for (int tries = 0;; tries++) {
+        const float damp = (float)(damp_rel * mean);
+        // A = J (P H Pᵀ + damp I) J (dead diag = 1): element (a, b) of the damped,
+        // permuted H goes to (n-1-a, n-1-b), the reversed order the factorization wants
+#pragma omp parallel for schedule(static)
+        for (int64_t a = 0; a < n; a++) {
+            const float *hrow = H + perm[a] * n;
+            float *arow = A + (n - 1 - a) * n + (n - 1); // arow[-b] = element (a, b)
+            for (int64_t b = 0; b < n; b++)
+                arow[-b] = hrow[perm[b]];
+            arow[-a] = diag[perm[a]] + damp;
+            hdiag[a] = arow[-a];
+        }
+        stats.prep_s += omp_get_wtime() - t_phase;
+        rc = cholesky_inverse_upper(A, Uf, n, hdiag, perm, &stats, err);
+        if (!rc || rc == LB_ENOMEM || !opts->damp_auto || tries == 3)
+            break;
+        damp_rel = damp_rel > 0.0 ? 10.0 * damp_rel : 0.01;
+        t_phase = omp_get_wtime();
+    }
     if (rc)
         goto cleanup;
     t_phase = omp_get_wtime();

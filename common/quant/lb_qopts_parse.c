@@ -2,8 +2,14 @@
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <jansson.h>
+
+#include "lb_rotate.h"
 
 const char *lb_qgrid_name(lb_qgrid g)
 {
@@ -19,35 +25,200 @@ const char *lb_qsalient_name(lb_qsalient s)
     return s == LB_SALIENT_MAGNITUDE ? "magnitude" : "hessian";
 }
 
+#define LB_QOPT_ROW(field, kind, cli, def, lo, hi, wire_max, flags, methods, arg, help)          \
+    {#field, cli, LB_QK_##kind, offsetof(lb_qopts, field), (double)(def), lo, hi, wire_max,    \
+     flags, methods, arg, help},
+static const lb_qopt_desc rows[] = {LB_QOPTS_TABLE(LB_QOPT_ROW)};
+#undef LB_QOPT_ROW
+#define N_ROWS (sizeof rows / sizeof rows[0])
+/* KEEP writes its REST into the next field */
+_Static_assert(offsetof(lb_qopts, outlier_keep_rest) ==
+               offsetof(lb_qopts, outlier_keep_top) + sizeof(double), "KEEP pair not adjacent");
+
+const lb_qopt_desc *lb_qopts_table(size_t *n)
+{
+    *n = N_ROWS;
+    return rows;
+}
+
+int64_t lb_qopt_get_int(const lb_qopts *o, const lb_qopt_desc *d)
+{
+    const char *p = (const char *)o + d->offset;
+    switch (d->kind) {
+    case LB_QK_I32:
+    case LB_QK_ROT: return *(const int32_t *)p;
+    case LB_QK_BOOL: return *(const bool *)p;
+    case LB_QK_U64: return (int64_t)*(const uint64_t *)p;
+    case LB_QK_GRID: return (int64_t)*(const lb_qgrid *)p;
+    case LB_QK_CRIT: return (int64_t)*(const lb_qsalient *)p;
+    default: return 0;
+    }
+}
+
+void lb_qopt_set_int(lb_qopts *o, const lb_qopt_desc *d, int64_t v)
+{
+    char *p = (char *)o + d->offset;
+    switch (d->kind) {
+    case LB_QK_I32:
+    case LB_QK_ROT: *(int32_t *)p = (int32_t)v; break;
+    case LB_QK_BOOL: *(bool *)p = v != 0; break;
+    case LB_QK_U64: *(uint64_t *)p = (uint64_t)v; break;
+    case LB_QK_GRID: *(lb_qgrid *)p = (lb_qgrid)v; break;
+    case LB_QK_CRIT: *(lb_qsalient *)p = (lb_qsalient)v; break;
+    default: break;
+    }
+}
+
+double lb_qopt_get_f64(const lb_qopts *o, const lb_qopt_desc *d)
+{
+    return *(const double *)((const char *)o + d->offset);
+}
+
+void lb_qopt_set_f64(lb_qopts *o, const lb_qopt_desc *d, double v)
+{
+    *(double *)((char *)o + d->offset) = v;
+}
+
+bool lb_qopt_is_default(const lb_qopts *o, const lb_qopt_desc *d)
+{
+    if (d->kind == LB_QK_F64 || d->kind == LB_QK_KEEP)
+        return lb_qopt_get_f64(o, d) == d->def;
+    return lb_qopt_get_int(o, d) == (int64_t)d->def;
+}
+
+/* the spelling of enum value v in "a|b|c" (ROT: none|hadamard|auto = 0, 1, -1) */
+static const char *enum_name(const lb_qopt_desc *d, int64_t v)
+{
+    if (d->kind == LB_QK_GRID)
+        return lb_qgrid_name((lb_qgrid)v);
+    if (d->kind == LB_QK_CRIT)
+        return lb_qsalient_name((lb_qsalient)v);
+    return lb_rotate_name((int32_t)v);
+}
+
+static char usage_buf[4096];
+static pthread_once_t usage_once = PTHREAD_ONCE_INIT;
+
+/* appends " text" to usage_buf at len, wrapped at 79 columns under column 27 */
+static size_t wrap(const char *text, size_t len, size_t cap)
+{
+    size_t col = 26;
+    while (*text && len < cap) {
+        size_t w = strcspn(text, " ");
+        if (col + 1 + w > 79 && col > 26) {
+            len += (size_t)snprintf(usage_buf + len, cap - len, "\n%26s", "");
+            col = 26;
+        }
+        len += (size_t)snprintf(usage_buf + len, cap - len, " %.*s", (int)w, text);
+        col += 1 + w;
+        text += w;
+        text += strspn(text, " ");
+    }
+    if (len < cap)
+        len += (size_t)snprintf(usage_buf + len, cap - len, "\n");
+    return len;
+}
+
+static void build_usage(void)
+{
+    size_t len = 0, cap = sizeof usage_buf;
+    len += (size_t)snprintf(usage_buf, cap, "quantization options (every method reads the ones "
+                            "it uses):\n");
+    for (size_t k = 0; k < N_ROWS && len < cap; k++) {
+        const lb_qopt_desc *d = &rows[k];
+        if (!d->cli)
+            continue;
+        char head[64], def[48];
+        snprintf(head, sizeof head, "%s%s%s", d->cli, d->arg[0] ? " " : "", d->arg);
+        if (d->kind == LB_QK_BOOL)
+            def[0] = '\0';
+        else if (d->kind == LB_QK_KEEP)
+            snprintf(def, sizeof def, " (default %g,%g)", d->def, rows[k + 1].def);
+        else if (d->kind == LB_QK_GRID || d->kind == LB_QK_CRIT || d->kind == LB_QK_ROT)
+            snprintf(def, sizeof def, " (default %s)", enum_name(d, (int64_t)d->def));
+        else
+            snprintf(def, sizeof def, " (default %g)", d->def);
+        const char *m = strcmp(d->methods, "all") ? d->methods : NULL;
+        char text[512];
+        snprintf(text, sizeof text, "%s%s%s%s", m ? m : "", m ? ": " : "", d->help, def);
+        len += (size_t)snprintf(usage_buf + len, cap - len, "  %-24s", head);
+        if (strlen(head) > 24 && len < cap) /* the text starts on the next line */
+            len += (size_t)snprintf(usage_buf + len, cap - len, "\n%26s", "");
+        len = wrap(text, len, cap);
+    }
+}
+
 const char *lb_qopts_usage(void)
 {
-    return "quantization options (every method reads the ones it uses):\n"
-           "  --bits B                 bits per weight, 1..16 (fractional for claq), default 4\n"
-           "  --group-size G           columns per group, 0 = per row (default 0)\n"
-           "  --act-order              gptq: columns by descending diag(H)\n"
-           "  --static-groups          gptq: group grids fixed before the loop\n"
-           "  --sym                    symmetric grid\n"
-           "  --grid minmax|mse        grid search (default minmax)\n"
-           "  --grid q2_k|q3_k|q4_k    gptq: llama.cpp K-quant blocks (rows of 256k columns)\n"
-           "  --damp D                 relative damping, 0..1 (default 0.01)\n"
-           "  --block-size N           lazy-batch block, 1..65536 (default 128)\n"
-           "  --salient F              pbllm: salient fraction, 0..1 (default 0.1)\n"
-           "  --salient-bits B         pbllm: bits of salient weights, 1..16 (default 8)\n"
-           "  --salient-criterion hessian|magnitude   (default hessian)\n"
-           "  --salient-group N        pbllm: columns per salient threshold, 0 = matrix\n"
-           "  --bases N                qbb: binary bases, 1..4 (default 2)\n"
-           "  --refine-iters N         qbb: refinement rounds, 0..10000 (default 10)\n"
-           "  --hessian-weighted       qbb: H-weighted least-squares scales\n"
-           "  --gptq-init              qbb: start from a 4-bit GPTQ reconstruction\n"
-           "  --outlier-threshold T    claq: |w| >= T * mean|W| is an outlier, > 0 (13)\n"
-           "  --outlier-keep TOP,REST  claq: fp16 keep ratios, 0..1 (0.014,0.004)\n"
-           "  --outlier-top-frac F     claq: fraction of top columns, 0..1 (0.10)\n"
-           "  --outlier-hessian-score  claq: rank columns by a Hessian-weighted score\n"
-           "  --centroids-with-outliers  claq: fit K-means including kept values\n"
-           "  --seed N                 random seed (default 0)\n"
-           "  --rotate none|hadamard|auto  every method: random signs + block Hadamard on\n"
-           "                           both sides, seed and kind stored (default none; auto:\n"
-           "                           hadamard for rtn, gptq, billm, qbb, none for claq, pbllm)\n";
+    pthread_once(&usage_once, build_usage);
+    return usage_buf;
+}
+
+void lb_qopts_describe(const lb_qopts *o, char *buf, size_t size)
+{
+    size_t len = 0;
+    if (size)
+        buf[0] = '\0';
+    for (size_t k = 0; k < N_ROWS && len < size; k++) {
+        const lb_qopt_desc *d = &rows[k];
+        if ((d->flags & LB_QOPT_LATE) && lb_qopt_is_default(o, d))
+            continue;
+        const char *sep = len ? "," : "";
+        int n;
+        switch (d->kind) {
+        case LB_QK_F64:
+        case LB_QK_KEEP:
+            n = snprintf(buf + len, size - len, "%s%s=%g", sep, d->field, lb_qopt_get_f64(o, d));
+            break;
+        case LB_QK_U64:
+            n = snprintf(buf + len, size - len, "%s%s=%llu", sep, d->field,
+                         (unsigned long long)lb_qopt_get_int(o, d));
+            break;
+        case LB_QK_GRID:
+        case LB_QK_CRIT:
+        case LB_QK_ROT:
+            n = snprintf(buf + len, size - len, "%s%s=%s", sep, d->field,
+                         enum_name(d, lb_qopt_get_int(o, d)));
+            break;
+        default:
+            n = snprintf(buf + len, size - len, "%s%s=%d", sep, d->field,
+                         (int)lb_qopt_get_int(o, d));
+            break;
+        }
+        len += n > 0 ? (size_t)n : 0;
+    }
+}
+
+json_t *lb_qopts_json(const lb_qopts *o)
+{
+    json_t *j = json_object();
+    for (size_t k = 0; j && k < N_ROWS; k++) {
+        const lb_qopt_desc *d = &rows[k];
+        if (!d->cli)
+            continue;
+        char key[48];
+        snprintf(key, sizeof key, "%s", d->cli + 2);
+        for (char *c = key; *c; c++)
+            if (*c == '-')
+                *c = '_';
+        json_t *v;
+        switch (d->kind) {
+        case LB_QK_F64: v = json_real(lb_qopt_get_f64(o, d)); break;
+        case LB_QK_KEEP:
+            v = json_pack("[f,f]", lb_qopt_get_f64(o, d), lb_qopt_get_f64(o, &rows[k + 1]));
+            break;
+        case LB_QK_BOOL: v = json_boolean(lb_qopt_get_int(o, d)); break;
+        case LB_QK_GRID:
+        case LB_QK_CRIT:
+        case LB_QK_ROT: v = json_string(enum_name(d, lb_qopt_get_int(o, d))); break;
+        default: v = json_integer((json_int_t)lb_qopt_get_int(o, d)); break;
+        }
+        if (!v || json_object_set_new(j, key, v) != 0) {
+            json_decref(j);
+            j = NULL;
+        }
+    }
+    return j;
 }
 
 static int parse_double(const char *opt, const char *s, double lo, double hi, double *out,
@@ -76,58 +247,35 @@ static int parse_int(const char *opt, const char *s, long long lo, long long hi,
     return LB_OK;
 }
 
-typedef enum { FLAG, DBL, INT, GRID, CRIT, KEEP, ROT } opt_kind;
-
-typedef struct {
-    const char *name;
-    opt_kind kind;
-    double lo, hi;
-    size_t offset; /* into lb_qopts */
-} opt_spec;
-
-#define OFF(field) offsetof(lb_qopts, field)
-static const opt_spec specs[] = {
-    {"--bits", DBL, 1, 16, OFF(bits)},
-    {"--group-size", INT, 0, 1 << 30, OFF(group_size)},
-    {"--act-order", FLAG, 0, 0, OFF(act_order)},
-    {"--static-groups", FLAG, 0, 0, OFF(static_groups)},
-    {"--sym", FLAG, 0, 0, OFF(sym)},
-    {"--grid", GRID, 0, 0, OFF(grid)},
-    {"--damp", DBL, 0, 1, OFF(damp)},
-    {"--block-size", INT, 1, 65536, OFF(block_size)},
-    {"--salient", DBL, 0, 1, OFF(salient_frac)},
-    {"--salient-bits", INT, 1, 16, OFF(salient_bits)},
-    {"--salient-criterion", CRIT, 0, 0, OFF(salient_criterion)},
-    {"--salient-group", INT, 0, 1 << 30, OFF(salient_group)},
-    {"--bases", INT, 1, 4, OFF(bases)},
-    {"--refine-iters", INT, 0, 10000, OFF(refine_iters)},
-    {"--hessian-weighted", FLAG, 0, 0, OFF(hessian_weighted)},
-    {"--gptq-init", FLAG, 0, 0, OFF(gptq_init)},
-    {"--outlier-threshold", DBL, 1e-9, 1e9, OFF(outlier_threshold)},
-    {"--outlier-keep", KEEP, 0, 1, OFF(outlier_keep_top)},
-    {"--outlier-top-frac", DBL, 0, 1, OFF(outlier_top_frac)},
-    {"--outlier-hessian-score", FLAG, 0, 0, OFF(outlier_hessian_score)},
-    {"--centroids-with-outliers", FLAG, 0, 0, OFF(centroids_with_outliers)},
-    {"--seed", INT, 0, (double)INT64_MAX, OFF(seed)},
-    {"--rotate", ROT, 0, 0, OFF(rotate)},
-};
+/* the enum value spelled val ("a|b|c" in d->arg; ROT: auto = -1), or -2 */
+static int64_t enum_value(const lb_qopt_desc *d, const char *val)
+{
+    const char *p = d->arg;
+    size_t vl = val ? strlen(val) : 0;
+    for (int64_t k = 0; val && *p; k++) {
+        size_t n = strcspn(p, "|");
+        if (n == vl && !strncmp(p, val, n))
+            return d->kind == LB_QK_ROT && k == 2 ? -1 : k; /* auto: resolved per method */
+        p += n + (p[n] == '|');
+    }
+    return -2;
+}
 
 int lb_qopts_parse_arg(lb_qopts *opts, int argc, char **argv, int *i, lb_err *err)
 {
     const char *arg = argv[*i];
     const char *eq = strchr(arg, '=');
     size_t nlen = eq ? (size_t)(eq - arg) : strlen(arg);
-    const opt_spec *sp = NULL;
-    for (size_t k = 0; k < sizeof specs / sizeof specs[0]; k++)
-        if (strlen(specs[k].name) == nlen && !strncmp(specs[k].name, arg, nlen))
-            sp = &specs[k];
+    const lb_qopt_desc *sp = NULL;
+    for (size_t k = 0; k < N_ROWS; k++)
+        if (rows[k].cli && strlen(rows[k].cli) == nlen && !strncmp(rows[k].cli, arg, nlen))
+            sp = &rows[k];
     if (!sp)
         return 0;
-    char *base = (char *)opts + sp->offset;
-    if (sp->kind == FLAG) {
+    if (sp->kind == LB_QK_BOOL) {
         if (eq)
-            return lb_err_set(err, LB_EINVAL, "%s takes no value", sp->name);
-        *(bool *)base = true;
+            return lb_err_set(err, LB_EINVAL, "%s takes no value", sp->cli);
+        lb_qopt_set_int(opts, sp, 1);
         *i += 1;
         return 1;
     }
@@ -137,72 +285,58 @@ int lb_qopts_parse_arg(lb_qopts *opts, int argc, char **argv, int *i, lb_err *er
     double d = 0.0;
     long long ll = 0;
     switch (sp->kind) {
-    case DBL:
-        rc = parse_double(sp->name, val, sp->lo, sp->hi, &d, err);
+    case LB_QK_F64:
+        rc = parse_double(sp->cli, val, sp->lo, sp->hi, &d, err);
         if (!rc)
-            *(double *)base = d;
+            lb_qopt_set_f64(opts, sp, d);
         break;
-    case INT:
-        rc = parse_int(sp->name, val, (long long)sp->lo,
+    case LB_QK_I32:
+    case LB_QK_U64:
+        rc = parse_int(sp->cli, val, (long long)sp->lo,
                        sp->hi >= (double)INT64_MAX ? INT64_MAX : (long long)sp->hi, &ll, err);
-        if (!rc && sp->offset == OFF(seed))
-            opts->seed = (uint64_t)ll;
-        else if (!rc)
-            *(int32_t *)base = (int32_t)ll;
+        if (!rc)
+            lb_qopt_set_int(opts, sp, ll);
         break;
-    case GRID:
-        if (val && !strcmp(val, "minmax"))
-            opts->grid = LB_GRID_MINMAX;
-        else if (val && !strcmp(val, "mse"))
-            opts->grid = LB_GRID_MSE;
-        else if (val && !strcmp(val, "q2_k"))
-            opts->grid = LB_GRID_Q2_K;
-        else if (val && !strcmp(val, "q3_k"))
-            opts->grid = LB_GRID_Q3_K;
-        else if (val && !strcmp(val, "q4_k"))
-            opts->grid = LB_GRID_Q4_K;
-        else
-            rc = lb_err_set(err, LB_EINVAL, "--grid: '%s' is not minmax, mse, q2_k, q3_k or q4_k",
-                            val ? val : "(missing)");
+    case LB_QK_GRID:
+    case LB_QK_CRIT:
+    case LB_QK_ROT: {
+        int64_t v = enum_value(sp, val);
+        if (v == -2) { /* "'x' is not a, b or c" */
+            char alts[96] = "";
+            const char *p = sp->arg;
+            for (size_t len = 0; *p && len < sizeof alts;) {
+                size_t n = strcspn(p, "|");
+                const char *sep = p == sp->arg ? "" : p[n] ? ", " : " or ";
+                int w = snprintf(alts + len, sizeof alts - len, "%s%.*s", sep, (int)n, p);
+                len += w > 0 ? (size_t)w : 0;
+                p += n + (p[n] == '|');
+            }
+            rc = lb_err_set(err, LB_EINVAL, "%s: '%s' is not %s", sp->cli,
+                            val ? val : "(missing)", alts);
+            break;
+        }
+        lb_qopt_set_int(opts, sp, v);
         break;
-    case CRIT:
-        if (val && !strcmp(val, "hessian"))
-            opts->salient_criterion = LB_SALIENT_HESSIAN;
-        else if (val && !strcmp(val, "magnitude"))
-            opts->salient_criterion = LB_SALIENT_MAGNITUDE;
-        else
-            rc = lb_err_set(err, LB_EINVAL,
-                            "--salient-criterion: '%s' is not hessian or magnitude",
-                            val ? val : "(missing)");
-        break;
-    case ROT:
-        if (val && !strcmp(val, "none"))
-            opts->rotate = 0;
-        else if (val && !strcmp(val, "hadamard"))
-            opts->rotate = 1;
-        else if (val && !strcmp(val, "auto"))
-            opts->rotate = -1; /* resolved per method when the tensor is planned */
-        else
-            rc = lb_err_set(err, LB_EINVAL, "--rotate: '%s' is not none, hadamard or auto",
-                            val ? val : "(missing)");
-        break;
-    case KEEP: {
+    }
+    case LB_QK_KEEP: {
         const char *comma = val ? strchr(val, ',') : NULL;
-        char top[64];
+        char top[64], what[80];
         if (!comma || (size_t)(comma - val) >= sizeof top) {
-            rc = lb_err_set(err, LB_EINVAL, "--outlier-keep: '%s' is not TOP,REST",
+            rc = lb_err_set(err, LB_EINVAL, "%s: '%s' is not TOP,REST", sp->cli,
                             val ? val : "(missing)");
             break;
         }
         memcpy(top, val, (size_t)(comma - val));
         top[comma - val] = '\0';
         double t, r;
-        rc = parse_double("--outlier-keep TOP", top, 0, 1, &t, err);
+        snprintf(what, sizeof what, "%s TOP", sp->cli);
+        rc = parse_double(what, top, sp->lo, sp->hi, &t, err);
+        snprintf(what, sizeof what, "%s REST", sp->cli);
         if (!rc)
-            rc = parse_double("--outlier-keep REST", comma + 1, 0, 1, &r, err);
+            rc = parse_double(what, comma + 1, sp[1].lo, sp[1].hi, &r, err);
         if (!rc) {
-            opts->outlier_keep_top = t;
-            opts->outlier_keep_rest = r;
+            lb_qopt_set_f64(opts, sp, t);
+            lb_qopt_set_f64(opts, sp + 1, r);
         }
         break;
     }

@@ -61,30 +61,9 @@ int lb_qmethod_list(const lb_qmethod **out, int max)
 void lb_qopts_init(lb_qopts *opts)
 {
     memset(opts, 0, sizeof *opts);
-    opts->bits = 4.0;
-    opts->group_size = 0;
-    opts->act_order = false;
-    opts->static_groups = false;
-    opts->sym = false;
-    opts->grid = LB_GRID_MINMAX;
-    opts->damp = 0.01;
-    opts->block_size = 128;
-    opts->outlier_threshold = 13.0;
-    opts->outlier_hessian_score = false;
-    opts->outlier_keep_top = 0.014;
-    opts->outlier_keep_rest = 0.004;
-    opts->outlier_top_frac = 0.10;
-    opts->centroids_with_outliers = false;
-    opts->salient_frac = 0.1;
-    opts->salient_bits = 8;
-    opts->salient_criterion = LB_SALIENT_HESSIAN;
-    opts->salient_group = 0;
-    opts->bases = 2;
-    opts->refine_iters = 10;
-    opts->hessian_weighted = false;
-    opts->gptq_init = false;
-    opts->seed = 0;
-    opts->rotate = 0;
+#define LB_QOPT_DEFAULT(field, kind, cli, def, ...) opts->field = (LB_QOPT_CTYPE_##kind)(def);
+    LB_QOPTS_TABLE(LB_QOPT_DEFAULT)
+#undef LB_QOPT_DEFAULT
 }
 
 /* ---- results and packed fields ---- */

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "lb_err.h"
+#include "lb_qopts_table.h"
 
 typedef enum {
     LB_QFIELD_UINT = 0, /* unsigned integer codes of `bits` bits (1..32) */
@@ -56,36 +57,9 @@ typedef enum {
 } lb_qgrid;
 typedef enum { LB_SALIENT_HESSIAN = 0, LB_SALIENT_MAGNITUDE = 1 } lb_qsalient;
 
+/* The fields, their defaults, ranges and help: lb_qopts_table.h (row order). */
 typedef struct {
-    double bits;           /* target bits; fractional only for CLAQ (e.g. 2.1) */
-    int32_t group_size;    /* 0 = per row */
-    bool act_order;        /* GPTQ: columns by descending diag(H) */
-    bool static_groups;    /* GPTQ: group grids fixed before the loop */
-    bool sym;              /* symmetric grid */
-    lb_qgrid grid;         /* grid search: min-max or MSE shrink */
-    double damp;           /* relative damping: damp * mean(diag(H)), default 0.01 */
-    int32_t block_size;    /* lazy-batch block, default 128 */
-    /* CLAQ */
-    double outlier_threshold;   /* |w| >= t * mean|W| counts as outlier, default 13 */
-    bool outlier_hessian_score; /* rank columns by Hessian-weighted score instead of counts */
-    double outlier_keep_top;    /* fp16 keep ratio, top-ranked columns, default 0.014 */
-    double outlier_keep_rest;   /* fp16 keep ratio, other columns, default 0.004 */
-    double outlier_top_frac;    /* fraction of columns that are "top", default 0.10 */
-    bool centroids_with_outliers; /* fit K-means including the kept values */
-    /* PB-LLM */
-    double salient_frac;        /* fraction of weights kept at salient_bits, e.g. 0.1 */
-    int32_t salient_bits;       /* default 8 */
-    lb_qsalient salient_criterion;
-    int32_t salient_group;      /* 0 = one threshold per matrix, else per group of columns */
-    /* QBB */
-    int32_t bases;              /* N binary bases, 1..4 */
-    int32_t refine_iters;       /* alternating refinement rounds */
-    bool hessian_weighted;      /* least-squares scales weighted by H */
-    bool gptq_init;             /* start from a 4-bit GPTQ reconstruction */
-    uint64_t seed;
-    /* every method: incoherence processing (lb_rotate.h), 0 = none, 1 = hadamard;
-     * the rotation's signs come from seed */
-    int32_t rotate;
+    LB_QOPTS_TABLE(LB_QOPT_FIELD)
 } lb_qopts;
 
 void lb_qopts_init(lb_qopts *opts);

@@ -7,6 +7,7 @@
 
 #include "lb_blas.h"
 #include "lb_gptq.h"
+#include "lb_qopts_parse.h"
 #include "lb_quant.h"
 #include "lb_test_qref.h"
 
@@ -338,6 +339,43 @@ static void test_gptq_singular_h_without_damping(void **state)
     free(X);
 }
 
+/* --damp-auto: the singular H above fails at --damp 0, and with --damp-auto the
+ * retry at damp 0.01 gives exactly the --damp 0.01 result; the option travels in
+ * the description only when set. */
+static void test_gptq_damp_auto(void **state)
+{
+    (void)state;
+    enum { R = 8, C = 32 };
+    float *W = malloc(R * C * sizeof *W), *H = malloc(C * C * sizeof *H);
+    float *X = malloc(10 * C * sizeof *X);
+    make_problem(R, C, 6, W, H);
+    lb_test_activations(X, 10, C, 0, 6); /* rank 10 < 32 */
+    lb_test_hessian_ref(X, 10, C, H);
+    const lb_qmethod *m = lb_qmethod_find("gptq");
+    lb_qopts o;
+    lb_qopts_init(&o);
+    o.damp = 0.01;
+    lb_qresult want = {0}, got = {0};
+    lb_err err = {0};
+    assert_int_equal(m->quantize(W, R, C, H, &o, &want, &err), 0);
+    o.damp = 0.0;
+    assert_int_equal(m->quantize(W, R, C, H, &o, &got, &err), LB_ENUMERIC);
+    int i = 0;
+    char *argv[] = {"--damp-auto"};
+    assert_int_equal(lb_qopts_parse_arg(&o, 1, argv, &i, &err), 1);
+    assert_true(o.damp_auto);
+    assert_int_equal(m->quantize(W, R, C, H, &o, &got, &err), 0);
+    assert_memory_equal(got.W_hat, want.W_hat, R * C * sizeof(float));
+    char desc[1024];
+    lb_qopts_describe(&o, desc, sizeof desc);
+    assert_non_null(strstr(desc, ",seed=0,damp_auto=1"));
+    lb_qresult_free(&want);
+    lb_qresult_free(&got);
+    free(W);
+    free(H);
+    free(X);
+}
+
 /* A hook that records the calls, checks the state it is given and copies the block's
  * columns at block_begin, then returns w itself (q == w): W_hat must equal W. */
 typedef struct {
@@ -547,6 +585,7 @@ int main(void)
         cmocka_unit_test(test_gptq_beats_rtn_on_correlated_h),
         cmocka_unit_test(test_gptq_dead_column),
         cmocka_unit_test(test_gptq_singular_h_without_damping),
+        cmocka_unit_test(test_gptq_damp_auto),
         cmocka_unit_test(test_gptq_hook_contract),
         cmocka_unit_test(test_gptq_block_size_invariance),
         cmocka_unit_test(test_gptq_err_scale),

@@ -540,6 +540,74 @@ static void test_chunk_fields(void **state)
     assert_string_equal(lb_job_type_name(LB_JOB_REDUCE_HESSIAN), "reduce-hessian");
 }
 
+/* The options array is generated from lb_qopts_table.h: its bytes must stay
+ * those of the hand-written encoder it replaced (sha256 of the whole message
+ * taken from that encoder), with every option off its default, then rotated. */
+static void test_opts_wire_golden(void **state)
+{
+    (void)state;
+    lb_job j;
+    lb_job_init(&j);
+    j.type = LB_JOB_QUANTIZE_LINEAR;
+    j.block = 2;
+    j.linear = 3;
+    j.stage = -1;
+    strcpy(j.tensor, "model.layers.2.mlp.up_proj.weight");
+    strcpy(j.method, "gptq");
+    strcpy(j.lowbit_version, "0.1.0");
+    const char *seeds[4] = {"id-1", "id-2", "id-3", "id-4"};
+    lb_sha256_hex(seeds[0], 4, j.model_fp);
+    lb_sha256_hex(seeds[1], 4, j.calib_fp);
+    j.n_seq = 4;
+    j.seq_len = 64;
+    strcpy(j.model_dir, "/m");
+    lb_artifact_id in;
+    lb_sha256_hex(seeds[2], 4, in.hex);
+    assert_int_equal(lb_job_set_inputs(&j, &in, 1, NULL), 0);
+    j.n_outputs = 1;
+    lb_qopts *o = &j.opts;
+    o->bits = 2.5, o->group_size = 64, o->act_order = o->static_groups = o->sym = true;
+    o->grid = LB_GRID_MSE, o->damp = 0.1, o->block_size = 64, o->outlier_threshold = 7;
+    o->outlier_hessian_score = true, o->outlier_keep_top = 0.02, o->outlier_keep_rest = 0.01;
+    o->outlier_top_frac = 0.2, o->centroids_with_outliers = true, o->salient_frac = 0.3;
+    o->salient_bits = 4, o->salient_criterion = LB_SALIENT_MAGNITUDE, o->salient_group = 128;
+    o->bases = 3, o->refine_iters = 77, o->hessian_weighted = o->gptq_init = true;
+    o->seed = 0xfedcba9876543210ull;
+    const char *want[2] = {"e250c5bfdfa974850a89b8f4425f295403edf2fdcc485888bd86574e8d12dea4",
+                           "c23efe19bc81d964735de28b41bc2685ac9658e1f3a36c8ca13be366712cf6bd"};
+    for (int r = 0; r < 2; r++) {
+        o->rotate = r;
+        uint8_t *b = NULL;
+        size_t n = 0;
+        lb_err err;
+        assert_int_equal(lb_job_compute_id(&j, &err), 0);
+        assert_int_equal(lb_job_encode(&j, &b, &n, &err), 0);
+        char h[LB_ID_HEX];
+        lb_sha256_hex(b, n, h);
+        assert_string_equal(h, want[r]);
+        lb_job back;
+        assert_int_equal(lb_job_decode(b, n, &back, &err), 0);
+        assert_jobs_equal(&j, &back);
+        lb_job_clear(&back);
+        free(b);
+    }
+    /* a LATE option set after an unset one: the unset one travels as its default */
+    o->rotate = 0;
+    o->damp_auto = true;
+    uint8_t *b = NULL;
+    size_t n = 0;
+    lb_err err;
+    lb_job back;
+    assert_int_equal(lb_job_compute_id(&j, &err), 0);
+    assert_int_equal(lb_job_encode(&j, &b, &n, &err), 0);
+    assert_int_equal(lb_job_decode(b, n, &back, &err), 0);
+    assert_true(back.opts.damp_auto && back.opts.rotate == 0);
+    assert_jobs_equal(&j, &back);
+    lb_job_clear(&back);
+    free(b);
+    lb_job_clear(&j);
+}
+
 int main(void)
 {
     const char *corpus = getenv("LB_PROTO_WRITE_CORPUS");
@@ -558,6 +626,7 @@ int main(void)
         cmocka_unit_test(test_random_flips),
         cmocka_unit_test(test_lm_head_jobs),
         cmocka_unit_test(test_chunk_fields),
+        cmocka_unit_test(test_opts_wire_golden),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

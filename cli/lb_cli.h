@@ -20,8 +20,15 @@ int lb_cmd_gen_calib(int argc, char **argv);
 int lb_cmd_tokenize(int argc, char **argv);
 
 struct lb_dist_opts;
-/* lowbit quantize's body; with dist non-NULL (redis_url and job_name set) the
- * plan runs through Redis (lb_dist.h) instead of the in-process pool. */
-int lb_quantize_main(int argc, char **argv, const struct lb_dist_opts *dist);
+struct lb_quantize_spec;
+/* The `lowbit quantize` options (cmd_quantize.c), shared with `lowbit
+ * coordinator`. lb_cli_quantize_arg tries argv[*i]: 1 when consumed (*i past
+ * it), -1 after --help (usage printed), -2 on a usage error (printed). */
+int lb_cli_quantize_arg(struct lb_quantize_spec *q, int argc, char **argv, int *i);
+/* Required options, method name and cross-option checks: 0 or exit status 2 (printed). */
+int lb_cli_quantize_check(const struct lb_quantize_spec *q);
+/* Runs an lb_session (embedded, or through Redis with dist non-NULL) and
+ * returns the exit status, the error printed. */
+int lb_cli_quantize_run(const struct lb_quantize_spec *q, const struct lb_dist_opts *dist);
 
 #endif

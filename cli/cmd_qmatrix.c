@@ -120,20 +120,7 @@ done:
 
 static json_t *options_json(const lb_qopts *o)
 {
-    return json_pack("{s:f, s:i, s:b, s:b, s:b, s:s, s:f, s:i, s:f, s:i, s:s, s:i, s:i, s:i,"
-                     " s:b, s:b, s:f, s:[f,f], s:f, s:b, s:b, s:I, s:s}",
-                     "bits", o->bits, "group_size", o->group_size, "act_order", o->act_order,
-                     "static_groups", o->static_groups, "sym", o->sym, "grid",
-                     lb_qgrid_name(o->grid), "damp", o->damp, "block_size", o->block_size,
-                     "salient", o->salient_frac, "salient_bits", o->salient_bits,
-                     "salient_criterion", lb_qsalient_name(o->salient_criterion),
-                     "salient_group", o->salient_group, "bases", o->bases, "refine_iters",
-                     o->refine_iters, "hessian_weighted", o->hessian_weighted, "gptq_init",
-                     o->gptq_init, "outlier_threshold", o->outlier_threshold, "outlier_keep",
-                     o->outlier_keep_top, o->outlier_keep_rest, "outlier_top_frac",
-                     o->outlier_top_frac, "outlier_hessian_score", o->outlier_hessian_score,
-                     "centroids_with_outliers", o->centroids_with_outliers, "seed",
-                     (json_int_t)o->seed, "rotate", lb_rotate_name(o->rotate));
+    return lb_qopts_json(o); /* generated from lb_qopts_table.h */
 }
 
 static int write_out(const char *path, const matrix *W, const float *W_hat, const char *method,

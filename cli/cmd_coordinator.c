@@ -1,6 +1,7 @@
 /* lowbit coordinator: `lowbit quantize` planned into Redis and run by `lowbit
  * worker` processes (lb_dist.h). Restartable: rerunning it with the same
- * options resumes from Redis and the artifacts. */
+ * options resumes from Redis and the artifacts. The quantize options fill the
+ * same lb_quantize_spec as `lowbit quantize` (lb_session.h). */
 #include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -12,6 +13,7 @@
 #include "lb_dist.h"
 #include "lb_redis.h"
 #include "lb_redis_url.h"
+#include "lb_session.h"
 
 static void usage(FILE *out)
 {
@@ -41,19 +43,30 @@ static void usage(FILE *out)
             LB_REDIS_DEFAULT_URL);
 }
 
+/* --model/--calib/--out are made absolute: workers open them at the same path */
+static int make_absolute(const char **path, char **owned)
+{
+    if (!*path || (*path)[0] == '/')
+        return 0;
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof cwd) || asprintf(owned, "%s/%s", cwd, *path) < 0) {
+        *owned = NULL;
+        fprintf(stderr, "lowbit coordinator: cannot make %s absolute\n", *path);
+        return 1;
+    }
+    *path = *owned;
+    return 0;
+}
+
 int lb_cmd_coordinator(int argc, char **argv)
 {
     const char *url = NULL, *job = NULL, *bind = NULL, *advert = NULL;
     double redis_wait = 0; /* 0: lb_dist's default */
-    char **fwd = calloc((size_t)argc + 1, sizeof *fwd);
-    char **owned = calloc((size_t)argc + 1, sizeof *owned);
-    int nf = 0, no = 0, status = 2;
-    if (!fwd || !owned) {
-        fprintf(stderr, "lowbit coordinator: out of memory\n");
-        goto done;
-    }
-    fwd[nf++] = "quantize";
-    for (int i = 1; i < argc; i++) {
+    char *owned[3] = {NULL, NULL, NULL};
+    int status = 2;
+    lb_quantize_spec q;
+    lb_quantize_spec_init(&q, true);
+    for (int i = 1; i < argc;) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
@@ -77,22 +90,15 @@ int lb_cmd_coordinator(int argc, char **argv)
             advert = argv[++i];
         } else if (!strcmp(a, "--resume")) {
             /* resuming is what the same NAME and options do anyway */
-        } else if ((!strcmp(a, "--model") || !strcmp(a, "--calib") || !strcmp(a, "--out")) &&
-                   i + 1 < argc && argv[i + 1][0] != '/') {
-            char cwd[PATH_MAX];
-            char *abs = NULL;
-            if (!getcwd(cwd, sizeof cwd) || asprintf(&abs, "%s/%s", cwd, argv[i + 1]) < 0) {
-                fprintf(stderr, "lowbit coordinator: cannot make %s absolute\n", argv[i + 1]);
-                status = 1;
+        } else {
+            int rc = lb_cli_quantize_arg(&q, argc, argv, &i);
+            if (rc < 0) {
+                status = rc == -1 ? 0 : 2;
                 goto done;
             }
-            owned[no++] = abs;
-            fwd[nf++] = argv[i];
-            fwd[nf++] = abs;
-            i++;
-        } else {
-            fwd[nf++] = argv[i];
+            continue; /* i is past the option */
         }
+        i++;
     }
     if (!job) {
         fprintf(stderr, "lowbit coordinator: --job NAME is required; run `lowbit coordinator --help`\n");
@@ -103,6 +109,12 @@ int lb_cmd_coordinator(int argc, char **argv)
         fprintf(stderr, "lowbit coordinator: %s\n", err.msg);
         goto done;
     }
+    if ((status = lb_cli_quantize_check(&q)))
+        goto done;
+    status = 1;
+    if (make_absolute(&q.model_dir, &owned[0]) || make_absolute(&q.calib, &owned[1]) ||
+        make_absolute(&q.out, &owned[2]))
+        goto done;
     lb_dist_opts d;
     memset(&d, 0, sizeof d);
     d.redis_url = lb_redis_url_pick(url);
@@ -110,11 +122,9 @@ int lb_cmd_coordinator(int argc, char **argv)
     d.redis_wait_s = redis_wait;
     d.artifact_bind = bind;
     d.artifact_endpoint = advert;
-    status = lb_quantize_main(nf, fwd, &d);
+    status = lb_cli_quantize_run(&q, &d);
 done:
-    for (int i = 0; i < no; i++)
+    for (int i = 0; i < 3; i++)
         free(owned[i]);
-    free(owned);
-    free(fwd);
     return status;
 }
