@@ -58,11 +58,10 @@ int main(int argc, char **argv)
     char packed[4096], exported[4096];
     snprintf(packed, sizeof packed, "%s/packed", out ? out : base);
     snprintf(exported, sizeof exported, "%s/export", out ? out : base);
-    lb_packed_model_register();
     lb_err err = {0};
     lb_model *m = NULL;
     const lb_qmethod *meth = lb_qmethod_find(method);
-    if (!meth || lb_model_open(&m, model, &err)) {
+    if (!meth || lb_packed_model_open(&m, model, &err)) {
         fprintf(stderr, "bench_packed: %s\n", meth ? err.msg : "unknown method");
         return 1;
     }
@@ -109,7 +108,7 @@ int main(int argc, char **argv)
     double t_verify = now_s() - t0;
     t0 = now_s();
     lb_model *p = NULL;
-    if (lb_model_open(&p, packed, &err))
+    if (lb_packed_model_open(&p, packed, &err))
         goto fail;
     for (int32_t layer = 0; layer < cfg->num_hidden_layers; layer++) {
         lb_block_weights bw;

@@ -21,6 +21,7 @@
 #include "lb_exec.h"
 #include "lb_io_util.h"
 #include "lb_override.h"
+#include "lb_packed.h"
 #include "lb_plan.h"
 #include "lb_qopts_parse.h"
 #include "lb_runner.h"
@@ -418,7 +419,7 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
             status = 2;
             goto fail;
         }
-    if (lb_model_open(&model, model_dir, &err))
+    if (lb_packed_model_open(&model, model_dir, &err))
         goto fail;
     const lb_config *cfg = lb_model_config(model);
     int64_t n_tok = 0;

@@ -20,6 +20,7 @@
 #include "lb_job.h"
 #include "lb_model.h"
 #include "lb_mpi_group.h"
+#include "lb_packed.h"
 #include "lb_redis.h"
 #include "lb_redis_url.h"
 #include "lb_worker_data.h"
@@ -114,7 +115,7 @@ static int cache_get(exec_cache *c, const char *model_dir, const char *out_dir, 
     if (!c->model || strcmp(c->model_dir, model_dir)) {
         lb_model_free(&c->model);
         c->model_dir[0] = 0;
-        int rc = lb_model_open(&c->model, model_dir, err);
+        int rc = lb_packed_model_open(&c->model, model_dir, err);
         if (!rc)
             rc = lb_exec_model_fingerprint(c->model, c->model_fp, err);
         if (rc) {

@@ -568,8 +568,7 @@ int lb_gguf_export(const char *in_dir, const char *out_path, const lb_gguf_opts 
     if (opts->dtype != LB_DTYPE_F32 && opts->dtype != LB_DTYPE_F16 &&
         opts->dtype != LB_DTYPE_BF16)
         return lb_err_set(err, LB_EINVAL, "gguf export: --dtype must be f32, f16 or bf16");
-    lb_packed_model_register();
-    if ((rc = lb_model_open(&m, in_dir, err)))
+    if ((rc = lb_packed_model_open(&m, in_dir, err)))
         goto fail;
     const lb_config *cfg = lb_model_config(m);
     if (cfg->arch == LB_ARCH_QWEN2 || cfg->attention_bias || cfg->o_bias || cfg->mlp_bias) {
