@@ -215,8 +215,6 @@ int main(int argc, char **argv)
                 o.act_order = act;
                 o.bases = (int32_t)bases;
                 lb_qresult res = {0};
-                lb_gptq_stats st0, st;
-                lb_gptq_last_stats(&st0);
                 double t1 = now();
                 int rc = all[k]->quantize(W, rows, cols, H, &o, &res, &err);
                 double dt = now() - t1;
@@ -242,8 +240,8 @@ int main(int argc, char **argv)
                        all[k]->name, rows, cols, bits, bases, group, act ? "true" : "false", dt,
                        flops / dt / 1e9, flops / dt / 1e9 / gemm, ratio, res.bpw,
                        ref > 0 ? e / ref : 0.0);
-                lb_gptq_last_stats(&st);
-                if (st.run_id == st0.run_id + 1) // exactly one engine run: its phases
+                const lb_gptq_stats st = res.gptq_stats;
+                if (res.gptq_runs == 1) // exactly one engine run: its phases
                     printf("{\"bench\":\"gptq_phases\",\"method\":\"%s\",\"shape\":\"%lldx%lld\","
                            "\"prep_s\":%.3f,\"chol_s\":%.3f,\"chol_gflops\":%.2f,"
                            "\"inv_s\":%.3f,\"inv_gflops\":%.2f,\"hook_s\":%.3f,"

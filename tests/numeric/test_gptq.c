@@ -511,6 +511,53 @@ static void test_gptq_err_scale(void **state)
     free(Wh);
 }
 
+/* Caller workspace: runs through one lb_gptq_work (a larger problem first, so stale
+ * data sits in every buffer) give the bits of runs that allocate their own; the stats
+ * come back through the out-parameter; a too small workspace is refused. */
+static void test_gptq_workspace_reuse(void **state)
+{
+    (void)state;
+    enum { R = 24, C = 48 };
+    float *W = malloc(R * C * sizeof *W), *H = malloc(C * C * sizeof *H);
+    float *Wa = malloc(R * C * sizeof *Wa), *Wb = malloc(R * C * sizeof *Wb);
+    make_problem(R, C, 21, W, H);
+    for (int i = 0; i < R * C; i++)
+        W[i] *= 20.0f;
+    lb_qopts o;
+    lb_qopts_init(&o);
+    o.block_size = 16;
+    o.act_order = true;
+    float scale = 1.0f;
+    lb_gptq_hook hook = {.ctx = &scale, .column = quarter_column};
+    lb_err err = {0};
+    lb_gptq_work w;
+    assert_int_equal(lb_gptq_work_init(&w, R, C, 16, &err), 0);
+    lb_gptq_stats st = {0};
+    for (int k = 0; k < 3; k++) {
+        float *Wk = malloc(R * C * sizeof *Wk);
+        for (int i = 0; i < R * C; i++)
+            Wk[i] = W[i] * (float)(k + 1);
+        assert_int_equal(lb_gptq_run(Wk, R, C, H, &o, &hook, Wa, NULL, &err), 0);
+        assert_int_equal(lb_gptq_run_ex(Wk, R, C, H, &o, &hook, Wb, NULL, &w, &st, &err), 0);
+        assert_memory_equal(Wa, Wb, R * C * sizeof *Wa);
+        assert_true(st.total_s > 0.0 && st.chol_flops > 0.0);
+        free(Wk);
+    }
+    assert_int_equal(lb_gptq_run_ex(W, R - 1, C, H, &o, &hook, Wb, NULL, &w, NULL, &err), 0);
+    lb_gptq_work small;
+    assert_int_equal(lb_gptq_work_init(&small, R - 1, C, 16, &err), 0);
+    assert_int_equal(lb_gptq_run_ex(W, R, C, H, &o, &hook, Wb, NULL, &small, NULL, &err),
+                     LB_EINVAL);
+    assert_non_null(strstr(err.msg, "workspace"));
+    lb_gptq_work_free(&small);
+    lb_gptq_work_free(&w);
+    lb_gptq_work_free(&w); /* safe twice */
+    free(W);
+    free(H);
+    free(Wa);
+    free(Wb);
+}
+
 /* The same input gives the same bits whatever the BLAS and OpenMP thread counts: the
  * factorization runs in fixed chunks on single-threaded BLAS, and OpenBLAS splits the
  * loop's GEMMs over rows/columns of C, never over the summed dimension. */
@@ -550,6 +597,7 @@ int main(void)
         cmocka_unit_test(test_gptq_hook_contract),
         cmocka_unit_test(test_gptq_block_size_invariance),
         cmocka_unit_test(test_gptq_err_scale),
+        cmocka_unit_test(test_gptq_workspace_reuse),
         cmocka_unit_test(test_gptq_thread_count_invariance),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
