@@ -558,6 +558,27 @@ static void test_gptq_workspace_reuse(void **state)
     free(Wb);
 }
 
+/* The method shell: every GPTQ-loop method refuses rows > INT32_MAX the same way
+ * (before the shell only CLAQ did), without touching W. */
+static void test_gptq_methods_refuse_huge_rows(void **state)
+{
+    (void)state;
+    const char *names[] = {"gptq", "claq", "pbllm", "billm"};
+    float w = 1.0f, h = 1.0f;
+    lb_qopts o;
+    lb_qopts_init(&o);
+    for (int k = 0; k < 4; k++) {
+        const lb_qmethod *m = lb_qmethod_find(names[k]);
+        assert_non_null(m);
+        lb_qresult res;
+        lb_err err = {0};
+        assert_int_equal(m->quantize(&w, (int64_t)INT32_MAX + 1, 1, &h, &o, &res, &err),
+                         LB_EINVAL);
+        assert_non_null(strstr(err.msg, names[k]));
+        assert_null(res.W_hat);
+    }
+}
+
 /* The same input gives the same bits whatever the BLAS and OpenMP thread counts: the
  * factorization runs in fixed chunks on single-threaded BLAS, and OpenBLAS splits the
  * loop's GEMMs over rows/columns of C, never over the summed dimension. */
@@ -598,6 +619,7 @@ int main(void)
         cmocka_unit_test(test_gptq_block_size_invariance),
         cmocka_unit_test(test_gptq_err_scale),
         cmocka_unit_test(test_gptq_workspace_reuse),
+        cmocka_unit_test(test_gptq_methods_refuse_huge_rows),
         cmocka_unit_test(test_gptq_thread_count_invariance),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
