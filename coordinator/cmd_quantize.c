@@ -28,6 +28,7 @@
 #include "lb_sha256.h"
 #include "lb_tok_text.h"
 #include "lb_tokens.h"
+#include "lb_time.h"
 
 #define MAX_OVERRIDES 64
 /* --collect-chunks default of `lowbit coordinator` (docs/distributed.md, "Chunked
@@ -100,19 +101,12 @@ typedef struct {
     const lb_config *cfg;
 } progress_state;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void on_progress(void *user, const lb_plan *plan, int32_t j, const lb_job_result *res,
                         int32_t done, int32_t total)
 {
     progress_state *ps = user;
     const lb_job *job = lb_plan_job(plan, j);
-    double el = now_s() - ps->t0;
+    double el = lb_now_s() - ps->t0;
     double eta = done > 0 ? el / done * (total - done) : 0;
     const char *what = job->tensor[0] ? job->tensor : "";
     if (ps->json) {
@@ -403,7 +397,7 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
     }
 
     int status = 1;
-    double t0 = now_s();
+    double t0 = lb_now_s();
     lb_model *model = NULL;
     uint32_t *tokens = NULL;
     lb_override ovr[MAX_OVERRIDES];
@@ -584,7 +578,7 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
                 (int)lb_plan_needed_count(plan), (int)reused, lb_store_dir(store));
 
     lb_exec_ctx ectx = {model, model_fp, store, threads};
-    progress_state ps = {json, isatty(2) != 0, now_s(), cfg};
+    progress_state ps = {json, isatty(2) != 0, lb_now_s(), cfg};
     lb_runner_opts ro = {threads, 0, on_progress, &ps};
     const char *crash = getenv("LOWBIT_TEST_CRASH_AFTER_JOBS");
     if (crash && *crash)
@@ -612,7 +606,7 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
     lb_packed_summary sum;
     if (lb_packed_verify(out, &sum, &err))
         goto fail;
-    double secs = now_s() - t0;
+    double secs = lb_now_s() - t0;
     long rss = peak_rss_kib();
     if (json) {
         json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:f, s:I, s:I, s:f, s:f, s:I, s:b}", "event",

@@ -12,6 +12,7 @@
 #include "lb_forward.h"
 #include "lb_qparams.h"
 #include "lb_sample.h"
+#include "lb_time.h"
 
 void lb_distill_opts_init(lb_distill_opts *o)
 {
@@ -22,13 +23,6 @@ void lb_distill_opts_init(lb_distill_opts *o)
     o->eps = 1e-8;
     o->batch_seqs = 8;
     o->seed = 0;
-}
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
 typedef struct {
@@ -177,7 +171,7 @@ int lb_distill_block(const lb_config *cfg, const lb_block_weights *fp,
                      int64_t n_seq, int64_t seq_len, const lb_distill_opts *o,
                      lb_distill_stats *stats, lb_err *err)
 {
-    const double t0 = now_s();
+    const double t0 = lb_now_s();
     lb_distill_stats st = {0};
     if (o->steps < 0 || !(o->lr > 0.0) || !isfinite(o->lr) || !(o->beta1 >= 0.0 && o->beta1 < 1.0) ||
         !(o->beta2 >= 0.0 && o->beta2 < 1.0) || !(o->eps > 0.0))
@@ -325,7 +319,7 @@ done:
         }
     }
 cleanup:
-    st.seconds = now_s() - t0;
+    st.seconds = lb_now_s() - t0;
     if (stats)
         *stats = st;
     for (int l = 0; l < LB_LINEAR_COUNT; l++)
@@ -755,7 +749,7 @@ int lb_distill_model(const lb_config *cfg, const lb_head_weights *head,
                      const uint32_t *tokens, int64_t n_seq, int64_t seq_len,
                      const lb_distill_opts *o, lb_distill_stats *stats, lb_err *err)
 {
-    const double t0 = now_s();
+    const double t0 = lb_now_s();
     lb_distill_stats st = {0};
     if (o->steps < 0 || !(o->lr > 0.0) || !isfinite(o->lr) || n_seq < 1 || seq_len < 1)
         return lb_err_set(err, LB_EINVAL, "distill: steps %d, lr %g, batch %lld x %lld invalid",
@@ -860,7 +854,7 @@ restore:
     st.loss_after = st.loss_before;
 cleanup:
     lb_blas_set_threads(blas);
-    st.seconds = now_s() - t0;
+    st.seconds = lb_now_s() - t0;
     if (stats)
         *stats = st;
     free(g);
