@@ -440,6 +440,117 @@ static int load_json(const char *path, size_t flags, json_t **out, lb_err *err)
     return 0;
 }
 
+/* model.vocab and added_tokens into the piece table. */
+static int load_vocab(lb_tok *t, json_t *model, json_t *added, const char *jpath, lb_err *err)
+{
+    json_t *vocab = json_object_get(model, "vocab");
+    int rc;
+    if (!json_is_object(vocab) || !json_is_array(json_object_get(model, "merges"))) {
+        return lb_err_set(err, LB_EFORMAT, "%s: model.vocab (object) or model.merges (array) "
+                          "missing", jpath);
+    }
+    const char *key;
+    json_t *val;
+    json_object_foreach(vocab, key, val)
+    {
+        json_int_t id = json_integer_value(val);
+        if (!json_is_integer(val) || id < 0 || id >= (1 << 28)) {
+            return lb_err_set(err, LB_EFORMAT, "%s: vocab entry '%.40s' has a bad id", jpath,
+                              key);
+        }
+        /* jansson keys are NUL-terminated; pieces with NUL would be cut short */
+        if ((rc = set_piece(t, id, key, strlen(key), LB_TOK_NORMAL, jpath, err)))
+            return rc;
+    }
+    size_t ai;
+    json_t *at;
+    json_array_foreach(added, ai, at)
+    {
+        json_t *c = json_object_get(at, "content");
+        json_int_t id = json_integer_value(json_object_get(at, "id"));
+        if (!json_is_string(c) || !json_string_length(c) || id < 0) {
+            return lb_err_set(err, LB_EFORMAT, "%s: added_tokens[%zu] lacks content or id",
+                              jpath, ai);
+        }
+        int special = json_is_true(json_object_get(at, "special"));
+        if ((rc = set_piece(t, id, json_string_value(c), json_string_length(c),
+                            special ? LB_TOK_CONTROL : LB_TOK_USER_DEFINED, jpath, err)))
+            return rc;
+    }
+    return LB_OK;
+}
+
+/* Lookup tables over the loaded pieces: unk, byte fallback and byte-level ids, merges,
+ * one-code-point ids and whether SentencePiece word cuts are safe. */
+static int index_pieces(lb_tok *t, json_t *model, const char *jpath, lb_err *err)
+{
+    json_t *unk = json_object_get(model, "unk_token");
+    if (json_is_string(unk))
+        t->unk = map_find(t, json_string_value(unk), json_string_length(unk));
+    if (t->unk >= 0)
+        t->type[t->unk] = LB_TOK_UNKNOWN;
+    for (unsigned b = 0; b < 256; b++) {
+        char name[8];
+        snprintf(name, sizeof name, "<0x%02X>", b);
+        t->byte_id[b] = map_find(t, name, 6);
+        if (t->byte_fallback && t->byte_id[b] >= 0 && t->type[t->byte_id[b]] == LB_TOK_NORMAL)
+            t->type[t->byte_id[b]] = LB_TOK_BYTE;
+        t->bl_char_len[b] = (uint8_t)utf8_encode(byte_to_cp(b), t->bl_char[b]);
+        t->bl_id[b] = map_find(t, t->bl_char[b], t->bl_char_len[b]);
+    }
+    int rc = load_merges(t, json_object_get(model, "merges"), jpath, err);
+    if (rc)
+        return rc;
+    t->cp_id = malloc(0x10000 * sizeof *t->cp_id);
+    if (!t->cp_id)
+        return lb_err_set(err, LB_ENOMEM, "%s: out of memory", jpath);
+    for (uint32_t cp = 0; cp < 0x10000; cp++) {
+        char u[4];
+        t->cp_id[cp] = (cp >= 0xD800 && cp < 0xE000) ? -1 : map_find(t, u, utf8_encode(cp, u));
+    }
+    t->spm_cut = 1;
+    for (int64_t i = 0; i < t->n_ids && t->spm_cut; i++) {
+        const char *q = t->piece[i];
+        for (uint32_t k = 3; q && k + 3 <= t->piece_len[i]; k++)
+            if (!memcmp(q + k, SPM_SPACE, 3) && memcmp(q + k - 3, SPM_SPACE, 3)) {
+                t->spm_cut = 0;
+                break;
+            }
+    }
+    return LB_OK;
+}
+
+/* BOS/EOS: the post_processor's template; tokenizer_config.json's
+ * add_bos_token / add_eos_token, when given, override it (as transformers'
+ * LlamaTokenizerFast rebuilds its template from them). */
+static void apply_config(lb_tok *t, json_t *cfg)
+{
+    t->bos = config_token(t, cfg, "bos_token");
+    t->eos = config_token(t, cfg, "eos_token");
+    int32_t u = config_token(t, cfg, "unk_token");
+    if (t->unk < 0)
+        t->unk = u;
+    json_t *ab = json_object_get(cfg, "add_bos_token"), *ae = json_object_get(cfg, "add_eos_token");
+    if (json_is_boolean(ab) && t->bos >= 0) {
+        int has = t->n_pre_ids > 0 && t->pre_ids[0] == t->bos;
+        if (json_is_true(ab) && !has && t->n_pre_ids < 8) {
+            memmove(t->pre_ids + 1, t->pre_ids, (size_t)t->n_pre_ids * sizeof(int32_t));
+            t->pre_ids[0] = t->bos;
+            t->n_pre_ids++;
+        } else if (json_is_false(ab) && has) {
+            memmove(t->pre_ids, t->pre_ids + 1, (size_t)(t->n_pre_ids - 1) * sizeof(int32_t));
+            t->n_pre_ids--;
+        }
+    }
+    if (json_is_boolean(ae) && t->eos >= 0) {
+        int has = t->n_post_ids > 0 && t->post_ids[t->n_post_ids - 1] == t->eos;
+        if (json_is_true(ae) && !has && t->n_post_ids < 8)
+            t->post_ids[t->n_post_ids++] = t->eos;
+        else if (json_is_false(ae) && has)
+            t->n_post_ids--;
+    }
+}
+
 int lb_tok_load(const char *path, lb_tok **out, lb_err *err)
 {
     *out = NULL;
@@ -517,42 +628,9 @@ int lb_tok_load(const char *path, lb_tok **out, lb_err *err)
     t->fuse_unk = json_is_true(json_object_get(model, "fuse_unk"));
     t->ignore_merges = json_is_true(json_object_get(model, "ignore_merges"));
 
-    /* vocabulary */
-    json_t *vocab = json_object_get(model, "vocab");
     json_t *added = json_object_get(root, "added_tokens");
-    if (!json_is_object(vocab) || !json_is_array(json_object_get(model, "merges"))) {
-        lb_err_set(err, LB_EFORMAT, "%s: model.vocab (object) or model.merges (array) missing", jpath);
+    if ((rc = load_vocab(t, model, added, jpath, err)))
         goto fail;
-    }
-    const char *key;
-    json_t *val;
-    json_object_foreach(vocab, key, val)
-    {
-        json_int_t id = json_integer_value(val);
-        if (!json_is_integer(val) || id < 0 || id >= (1 << 28)) {
-            lb_err_set(err, LB_EFORMAT, "%s: vocab entry '%.40s' has a bad id", jpath, key);
-            goto fail;
-        }
-        /* jansson keys are NUL-terminated; pieces with NUL would be cut short */
-        if ((rc = set_piece(t, id, key, strlen(key), LB_TOK_NORMAL, jpath, err)))
-            goto fail;
-    }
-    rc = LB_EFORMAT;
-    size_t ai;
-    json_t *at;
-    json_array_foreach(added, ai, at)
-    {
-        json_t *c = json_object_get(at, "content");
-        json_int_t id = json_integer_value(json_object_get(at, "id"));
-        if (!json_is_string(c) || !json_string_length(c) || id < 0) {
-            lb_err_set(err, LB_EFORMAT, "%s: added_tokens[%zu] lacks content or id", jpath, ai);
-            goto fail;
-        }
-        int special = json_is_true(json_object_get(at, "special"));
-        if ((rc = set_piece(t, id, json_string_value(c), json_string_length(c),
-                            special ? LB_TOK_CONTROL : LB_TOK_USER_DEFINED, jpath, err)))
-            goto fail;
-    }
     rc = LB_ENOMEM;
     uint64_t cap = 16;
     while (cap < 2 * (uint64_t)t->n_ids + 2)
@@ -566,6 +644,8 @@ int lb_tok_load(const char *path, lb_tok **out, lb_err *err)
         goto fail;
     }
     /* added tokens first: their id wins over a vocab duplicate, as in the reference */
+    size_t ai;
+    json_t *at;
     json_array_foreach(added, ai, at)
     {
         json_int_t id = json_integer_value(json_object_get(at, "id"));
@@ -591,74 +671,15 @@ int lb_tok_load(const char *path, lb_tok **out, lb_err *err)
             t->has_normalized_added = 1;
         t->added_first[t->added[i].normalized][(unsigned char)t->added[i].text[0]] = 1;
     }
-    json_t *unk = json_object_get(model, "unk_token");
-    if (json_is_string(unk))
-        t->unk = map_find(t, json_string_value(unk), json_string_length(unk));
-    if (t->unk >= 0)
-        t->type[t->unk] = LB_TOK_UNKNOWN;
-    for (unsigned b = 0; b < 256; b++) {
-        char name[8];
-        snprintf(name, sizeof name, "<0x%02X>", b);
-        t->byte_id[b] = map_find(t, name, 6);
-        if (t->byte_fallback && t->byte_id[b] >= 0 && t->type[t->byte_id[b]] == LB_TOK_NORMAL)
-            t->type[t->byte_id[b]] = LB_TOK_BYTE;
-        t->bl_char_len[b] = (uint8_t)utf8_encode(byte_to_cp(b), t->bl_char[b]);
-        t->bl_id[b] = map_find(t, t->bl_char[b], t->bl_char_len[b]);
-    }
-    if ((rc = load_merges(t, json_object_get(model, "merges"), jpath, err)))
+    if ((rc = index_pieces(t, model, jpath, err)))
         goto fail;
-    t->cp_id = malloc(0x10000 * sizeof *t->cp_id);
-    if (!t->cp_id) {
-        rc = lb_err_set(err, LB_ENOMEM, "%s: out of memory", jpath);
-        goto fail;
-    }
-    for (uint32_t cp = 0; cp < 0x10000; cp++) {
-        char u[4];
-        t->cp_id[cp] = (cp >= 0xD800 && cp < 0xE000) ? -1 : map_find(t, u, utf8_encode(cp, u));
-    }
-    t->spm_cut = 1;
-    for (int64_t i = 0; i < t->n_ids && t->spm_cut; i++) {
-        const char *q = t->piece[i];
-        for (uint32_t k = 3; q && k + 3 <= t->piece_len[i]; k++)
-            if (!memcmp(q + k, SPM_SPACE, 3) && memcmp(q + k - 3, SPM_SPACE, 3)) {
-                t->spm_cut = 0;
-                break;
-            }
-    }
     if ((rc = load_norm(t, json_object_get(root, "normalizer"), jpath, err)) ||
         (rc = load_pre(t, json_object_get(root, "pre_tokenizer"), jpath, err)) ||
         (rc = load_post(t, json_object_get(root, "post_processor"), jpath, err)))
         goto fail;
 
-    /* BOS/EOS: the post_processor's template; tokenizer_config.json's
-     * add_bos_token / add_eos_token, when given, override it (as transformers'
-     * LlamaTokenizerFast rebuilds its template from them). */
-    if (cfg) {
-        t->bos = config_token(t, cfg, "bos_token");
-        t->eos = config_token(t, cfg, "eos_token");
-        int32_t u = config_token(t, cfg, "unk_token");
-        if (t->unk < 0)
-            t->unk = u;
-        json_t *ab = json_object_get(cfg, "add_bos_token"), *ae = json_object_get(cfg, "add_eos_token");
-        if (json_is_boolean(ab) && t->bos >= 0) {
-            int has = t->n_pre_ids > 0 && t->pre_ids[0] == t->bos;
-            if (json_is_true(ab) && !has && t->n_pre_ids < 8) {
-                memmove(t->pre_ids + 1, t->pre_ids, (size_t)t->n_pre_ids * sizeof(int32_t));
-                t->pre_ids[0] = t->bos;
-                t->n_pre_ids++;
-            } else if (json_is_false(ab) && has) {
-                memmove(t->pre_ids, t->pre_ids + 1, (size_t)(t->n_pre_ids - 1) * sizeof(int32_t));
-                t->n_pre_ids--;
-            }
-        }
-        if (json_is_boolean(ae) && t->eos >= 0) {
-            int has = t->n_post_ids > 0 && t->post_ids[t->n_post_ids - 1] == t->eos;
-            if (json_is_true(ae) && !has && t->n_post_ids < 8)
-                t->post_ids[t->n_post_ids++] = t->eos;
-            else if (json_is_false(ae) && has)
-                t->n_post_ids--;
-        }
-    }
+    if (cfg)
+        apply_config(t, cfg);
     json_decref(root);
     json_decref(cfg);
     free(jpath);
