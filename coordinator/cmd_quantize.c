@@ -17,6 +17,7 @@
 #include "lb_cli.h"
 #include "lb_dist.h"
 #include "lb_distill.h"
+#include "lb_distill_opts.h"
 #include "lb_rotate.h"
 #include "lb_exec.h"
 #include "lb_io_util.h"
