@@ -161,6 +161,51 @@ static int full_loss(lb_tape *t, const student *s, const float *x_s, const float
     return LB_OK;
 }
 
+/* Per-field step scale: RMS of the field's initial values; theta0 keeps them. */
+static void init_step_scale(const student *s, const int64_t *off, float *step_scale,
+                            float *theta0)
+{
+    for (int l = 0; l < LB_LINEAR_COUNT; l++) {
+        if (!s->on[l])
+            continue;
+        const lb_qparams *q = &s->qp[l];
+        for (int32_t f = 0; f < q->nfields; f++) {
+            double ss = 0.0;
+            for (int64_t p = q->offset[f]; p < q->offset[f + 1]; p++)
+                ss += (double)q->theta[p] * (double)q->theta[p];
+            const int64_t cnt = q->offset[f + 1] - q->offset[f];
+            const float rms = cnt ? (float)sqrt(ss / (double)cnt) : 0.0f;
+            for (int64_t p = q->offset[f]; p < q->offset[f + 1]; p++) {
+                step_scale[off[l] + p] = rms > 0.0f ? rms : 1e-3f;
+                theta0[off[l] + p] = q->theta[p];
+            }
+        }
+    }
+}
+
+/* One Adam step (cosine learning rate) on every quantized linear's parameters from
+ * their weight gradients dW. */
+static void adam_step(student *s, const lb_distill_opts *o, int32_t step,
+                      float *const dW[LB_LINEAR_COUNT], const int64_t *off,
+                      const float *step_scale, double *g, double *m1, double *m2)
+{
+    const double lr = o->lr * 0.5 * (1.0 + cos(M_PI * (double)step / (double)o->steps));
+    const double bc1 = 1.0 - pow(o->beta1, step + 1), bc2 = 1.0 - pow(o->beta2, step + 1);
+    for (int l = 0; l < LB_LINEAR_COUNT; l++) {
+        if (!s->on[l])
+            continue;
+        lb_qparams *q = &s->qp[l];
+        lb_qparams_grad(q, dW[l], g + off[l]);
+        for (int64_t p = 0; p < q->nparams; p++) {
+            const int64_t i = off[l] + p;
+            m1[i] = o->beta1 * m1[i] + (1.0 - o->beta1) * g[i];
+            m2[i] = o->beta2 * m2[i] + (1.0 - o->beta2) * g[i] * g[i];
+            const double upd = (m1[i] / bc1) / (sqrt(m2[i] / bc2) + o->eps);
+            q->theta[p] = (float)((double)q->theta[p] - lr * (double)step_scale[i] * upd);
+        }
+    }
+}
+
 int lb_distill_block(const lb_config *cfg, const lb_block_weights *fp,
                      lb_qpacked *const packed[LB_LINEAR_COUNT], const float *x_s, const float *y_t,
                      int64_t n_seq, int64_t seq_len, const lb_distill_opts *o,
@@ -213,23 +258,7 @@ int lb_distill_block(const lb_config *cfg, const lb_block_weights *fp,
                         err)))
         goto cleanup;
     st.loss_after = st.loss_before;
-    /* per-field step scale: RMS of the field's initial values */
-    for (int l = 0; l < LB_LINEAR_COUNT; l++) {
-        if (!s.on[l])
-            continue;
-        const lb_qparams *q = &s.qp[l];
-        for (int32_t f = 0; f < q->nfields; f++) {
-            double ss = 0.0;
-            for (int64_t p = q->offset[f]; p < q->offset[f + 1]; p++)
-                ss += (double)q->theta[p] * (double)q->theta[p];
-            const int64_t cnt = q->offset[f + 1] - q->offset[f];
-            const float rms = cnt ? (float)sqrt(ss / (double)cnt) : 0.0f;
-            for (int64_t p = q->offset[f]; p < q->offset[f + 1]; p++) {
-                step_scale[off[l] + p] = rms > 0.0f ? rms : 1e-3f;
-                theta0[off[l] + p] = q->theta[p];
-            }
-        }
-    }
+    init_step_scale(&s, off, step_scale, theta0);
     if (nparams == 0 || o->steps == 0)
         goto done;
     lb_rng rng;
@@ -255,21 +284,7 @@ int lb_distill_block(const lb_config *cfg, const lb_block_weights *fp,
             goto cleanup;
         if ((rc = lb_tape_backward(tape, &s.w, dy, NULL, dW, err)))
             goto cleanup;
-        const double lr = o->lr * 0.5 * (1.0 + cos(M_PI * (double)step / (double)o->steps));
-        const double bc1 = 1.0 - pow(o->beta1, step + 1), bc2 = 1.0 - pow(o->beta2, step + 1);
-        for (int l = 0; l < LB_LINEAR_COUNT; l++) {
-            if (!s.on[l])
-                continue;
-            lb_qparams *q = &s.qp[l];
-            lb_qparams_grad(q, dW[l], g + off[l]);
-            for (int64_t p = 0; p < q->nparams; p++) {
-                const int64_t i = off[l] + p;
-                m1[i] = o->beta1 * m1[i] + (1.0 - o->beta1) * g[i];
-                m2[i] = o->beta2 * m2[i] + (1.0 - o->beta2) * g[i] * g[i];
-                const double upd = (m1[i] / bc1) / (sqrt(m2[i] / bc2) + o->eps);
-                q->theta[p] = (float)((double)q->theta[p] - lr * (double)step_scale[i] * upd);
-            }
-        }
+        adam_step(&s, o, step, dW, off, step_scale, g, m1, m2);
         lb_distill_student_refresh(&s);
         st.steps = step + 1;
     }
