@@ -26,15 +26,9 @@
 #include "lb_model.h"
 #include "lb_quant.h"
 #include "lb_tokens.h"
+#include "lb_time.h"
 
 #define CTX 256
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 #define CHECK(x)                                                                            \
     do {                                                                                     \
@@ -166,7 +160,7 @@ int main(int argc, char **argv)
                     cap[i] = xalloc(ntok * widths[i]);
                 uint64_t bits = 0, nweights = 0;
                 double t_quant = 0, t_dist = 0, dl_before = 0, dl_after = 0;
-                const double t0 = now_s();
+                const double t0 = lb_now_s();
                 for (int32_t l = 0; l < nl; l++) {
                     // (1) Hessians from quantized-path inputs through the fp block
                     lb_fwd_capture capture = {cap[0], cap[1], cap[2], cap[3]};
@@ -182,7 +176,7 @@ int main(int argc, char **argv)
                         lb_hessian_free(&h);
                     }
                     // (2) quantize
-                    const double tq = now_s();
+                    const double tq = lb_now_s();
                     lb_qresult *res = allres[l];
                     lb_qpacked **packed = allpk[l];
                     for (int li = 0; li < LB_LINEAR_COUNT; li++) {
@@ -194,7 +188,7 @@ int main(int argc, char **argv)
                                              &qo, &res[li], &err));
                         packed[li] = &res[li].packed;
                     }
-                    t_quant += now_s() - tq;
+                    t_quant += lb_now_s() - tq;
                     // (3) teacher: fp block on the fp stream
                     memcpy(yt, xf, (size_t)(ntok * dim) * sizeof(float));
                     CHECK(lb_fwd_block(cfg, &fp[l], yt, nseq, CTX, ws, NULL, &err));
@@ -245,7 +239,7 @@ int main(int argc, char **argv)
                 for (int32_t l = 0; l < nl; l++)
                     for (int li = 0; li < LB_LINEAR_COUNT; li++)
                         lb_qresult_free(&allres[l][li]);
-                const double total = now_s() - t0;
+                const double total = lb_now_s() - t0;
                 model_logits(cfg, &head, qb, ev, nwin, lg);
                 lb_eval_acc acc = {0};
                 for (int64_t w = 0; w < nwin; w++)

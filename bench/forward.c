@@ -31,13 +31,7 @@
 #include "lb_forward.h"
 #include "lb_model.h"
 #include "lb_synth.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "lb_time.h"
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -76,9 +70,9 @@ static double time_sgemm(const float *x, const float *w, float *y, int64_t m, in
     if (warm)
         lb_sgemm(false, true, m, n, k, 1.0f, x, k, w, k, 0.0f, y, n);
     for (int r = 0; r < reps; r++) {
-        double t0 = now_s();
+        double t0 = lb_now_s();
         lb_sgemm(false, true, m, n, k, 1.0f, x, k, w, k, 0.0f, y, n);
-        t[r] = now_s() - t0;
+        t[r] = lb_now_s() - t0;
     }
     return median(t, reps);
 }
@@ -186,11 +180,11 @@ int main(int argc, char **argv)
         }
         lb_synth *s = NULL;
         lb_synth_write_opts o = {.dtype = LB_DTYPE_BF16, .force = true};
-        double t0 = now_s();
+        double t0 = lb_now_s();
         if (lb_synth_new(p, layers, 1, &s, &err) || lb_synth_write(s, tmpl, &o, NULL, &err))
             die("synth", &err);
         lb_synth_free(&s);
-        synth_s = now_s() - t0;
+        synth_s = lb_now_s() - t0;
         model_dir = tmpl;
     }
 
@@ -202,7 +196,7 @@ int main(int argc, char **argv)
     const int64_t dim = cfg->hidden_size, hd = cfg->head_dim, inter = cfg->intermediate_size;
     const int64_t q_dim = lb_config_q_dim(cfg), kv_dim = lb_config_kv_dim(cfg);
     const int64_t vocab = cfg->vocab_size;
-    double t0 = now_s();
+    double t0 = lb_now_s();
     lb_head_weights head = {0};
     lb_block_weights *blocks = calloc((size_t)L, sizeof *blocks);
     if (!blocks)
@@ -212,7 +206,7 @@ int main(int argc, char **argv)
     for (int32_t l = 0; l < L; l++)
         if (lb_model_load_block(m, l, &blocks[l], &err))
             die("load block", &err);
-    const double load_s = now_s() - t0;
+    const double load_s = lb_now_s() - t0;
 
     lb_fwd_workspace *ws = NULL;
     if (lb_fwd_workspace_new(cfg, ntok, seq_len, &ws, &err))
@@ -243,16 +237,16 @@ int main(int argc, char **argv)
     free(attn_in);
     double blk[16], lmh[16], tot[16];
     for (int r = 0; r < repeats; r++) {
-        double a = now_s();
+        double a = lb_now_s();
         if (lb_fwd_embed(&head, tok, ntok, x, &err))
             die("embed", &err);
-        double b = now_s();
+        double b = lb_now_s();
         for (int32_t l = 0; l < L; l++)
             if (lb_fwd_block(cfg, &blocks[l], x, n_seq, seq_len, ws, NULL, &err))
                 die("block", &err);
-        double c = now_s();
+        double c = lb_now_s();
         lb_fwd_logits(cfg, &head, x, ntok, logits);
-        double d = now_s();
+        double d = lb_now_s();
         blk[r] = c - b;
         lmh[r] = d - c;
         tot[r] = d - a;

@@ -22,13 +22,7 @@
 #include "lb_gptq.h"
 #include "lb_hessian.h"
 #include "lb_quant.h"
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
+#include "lb_time.h"
 
 static uint64_t rng_next(uint64_t *s)
 {
@@ -95,9 +89,9 @@ static double sgemm_gflops(int64_t m, int64_t n, int64_t k)
         fill_normal(A, m * k, 1.0f, 4);
         fill_normal(B, k * n, 1.0f, 5);
         for (int r = 0; r < 3; r++) {
-            double t0 = now();
+            double t0 = lb_now_s();
             lb_sgemm(true, false, m, n, k, -1.0f, A, m, B, n, 1.0f, C, n);
-            double g = 2.0 * (double)m * (double)n * (double)k / (now() - t0) / 1e9;
+            double g = 2.0 * (double)m * (double)n * (double)k / (lb_now_s() - t0) / 1e9;
             best = g > best ? g : best;
         }
     }
@@ -186,12 +180,12 @@ int main(int argc, char **argv)
             return 1;
         }
         fill_normal(W, rows * cols, 0.02f, 6);
-        double t0 = now();
+        double t0 = lb_now_s();
         if (make_hessian(cols, tokens, H, &err)) {
             fprintf(stderr, "bench_kernels: %s\n", err.msg);
             return 1;
         }
-        double th = now() - t0;
+        double th = lb_now_s() - t0;
         double gemm = sgemm_gflops(cols, rows, 128); // the lazy-batch GEMM's shape
         double gemm_sq = sgemm_gflops(2048, 2048, 2048);
         double flops = (double)rows * (double)cols * (double)cols +
@@ -215,11 +209,9 @@ int main(int argc, char **argv)
                 o.act_order = act;
                 o.bases = (int32_t)bases;
                 lb_qresult res = {0};
-                lb_gptq_stats st0, st;
-                lb_gptq_last_stats(&st0);
-                double t1 = now();
+                double t1 = lb_now_s();
                 int rc = all[k]->quantize(W, rows, cols, H, &o, &res, &err);
-                double dt = now() - t1;
+                double dt = lb_now_s() - t1;
                 if (rc) {
                     printf("{\"bench\":\"quantize\",\"method\":\"%s\",\"shape\":\"%lldx%lld\","
                            "\"error\":\"%s\"}\n",
@@ -242,8 +234,8 @@ int main(int argc, char **argv)
                        all[k]->name, rows, cols, bits, bases, group, act ? "true" : "false", dt,
                        flops / dt / 1e9, flops / dt / 1e9 / gemm, ratio, res.bpw,
                        ref > 0 ? e / ref : 0.0);
-                lb_gptq_last_stats(&st);
-                if (st.run_id == st0.run_id + 1) // exactly one engine run: its phases
+                const lb_gptq_stats st = res.gptq_stats;
+                if (res.gptq_runs == 1) // exactly one engine run: its phases
                     printf("{\"bench\":\"gptq_phases\",\"method\":\"%s\",\"shape\":\"%lldx%lld\","
                            "\"prep_s\":%.3f,\"chol_s\":%.3f,\"chol_gflops\":%.2f,"
                            "\"inv_s\":%.3f,\"inv_gflops\":%.2f,\"hook_s\":%.3f,"

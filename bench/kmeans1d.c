@@ -7,13 +7,7 @@
 #include <time.h>
 
 #include "lb_kmeans1d.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "lb_time.h"
 
 int main(int argc, char **argv)
 {
@@ -37,7 +31,7 @@ int main(int argc, char **argv)
         x[i] = (float)(0.02 * tan(3.14159265358979 * (u - 0.5) * 0.9)); /* heavy tail */
     }
     for (int k = 2; k <= 16; k *= 2) {
-        double t0 = now_s(), total = 0.0;
+        double t0 = lb_now_s(), total = 0.0;
         for (int c = 0; c < cols; c++) {
             float cent[16];
             double loss;
@@ -47,7 +41,7 @@ int main(int argc, char **argv)
             }
             total += loss;
         }
-        double dt = now_s() - t0;
+        double dt = lb_now_s() - t0;
         printf("{\"bench\":\"kmeans1d\",\"n\":%lld,\"k\":%d,\"columns\":%d,\"ms_per_column\":%.4f,"
                "\"loss_sum\":%.6g}\n",
                (long long)n, k, cols, 1e3 * dt / cols, total);

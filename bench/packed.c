@@ -19,13 +19,7 @@
 #include "lb_model.h"
 #include "lb_packed.h"
 #include "lb_quant.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "lb_time.h"
 
 static long long fsize(const char *dir, const char *name)
 {
@@ -58,11 +52,10 @@ int main(int argc, char **argv)
     char packed[4096], exported[4096];
     snprintf(packed, sizeof packed, "%s/packed", out ? out : base);
     snprintf(exported, sizeof exported, "%s/export", out ? out : base);
-    lb_packed_model_register();
     lb_err err = {0};
     lb_model *m = NULL;
     const lb_qmethod *meth = lb_qmethod_find(method);
-    if (!meth || lb_model_open(&m, model, &err)) {
+    if (!meth || lb_packed_model_open(&m, model, &err)) {
         fprintf(stderr, "bench_packed: %s\n", meth ? err.msg : "unknown method");
         return 1;
     }
@@ -71,7 +64,7 @@ int main(int argc, char **argv)
     lb_qresult *res = calloc((size_t)n, sizeof *res);
     lb_packed_entry *e = calloc((size_t)n, sizeof *e);
     char (*names)[128] = calloc((size_t)n, sizeof *names);
-    double t0 = now_s();
+    double t0 = lb_now_s();
     for (int32_t layer = 0, k = 0; layer < cfg->num_hidden_layers; layer++) {
         lb_block_weights bw;
         if (lb_model_load_block(m, layer, &bw, &err))
@@ -96,20 +89,20 @@ int main(int argc, char **argv)
         }
         lb_block_weights_free(&bw);
     }
-    double t_quant = now_s() - t0;
+    double t_quant = lb_now_s() - t0;
     lb_packed_info info = {.method = method, .bits = bits};
     lb_packed_summary sum;
-    t0 = now_s();
+    t0 = lb_now_s();
     if (lb_packed_write(packed, m, e, n, &info, &sum, &err))
         goto fail;
-    double t_merge = now_s() - t0;
-    t0 = now_s();
+    double t_merge = lb_now_s() - t0;
+    t0 = lb_now_s();
     if (lb_packed_verify(packed, NULL, &err))
         goto fail;
-    double t_verify = now_s() - t0;
-    t0 = now_s();
+    double t_verify = lb_now_s() - t0;
+    t0 = lb_now_s();
     lb_model *p = NULL;
-    if (lb_model_open(&p, packed, &err))
+    if (lb_packed_model_open(&p, packed, &err))
         goto fail;
     for (int32_t layer = 0; layer < cfg->num_hidden_layers; layer++) {
         lb_block_weights bw;
@@ -118,11 +111,11 @@ int main(int argc, char **argv)
         lb_block_weights_free(&bw);
     }
     lb_model_free(&p);
-    double t_load = now_s() - t0;
-    t0 = now_s();
+    double t_load = lb_now_s() - t0;
+    t0 = lb_now_s();
     if (lb_packed_export(packed, exported, LB_DTYPE_F32, &err))
         goto fail;
-    double t_export = now_s() - t0;
+    double t_export = lb_now_s() - t0;
     printf("{\"bench\":\"packed\",\"model\":\"%s\",\"method\":\"%s\",\"bits\":%g,\"linears\":%lld,"
            "\"weights\":%lld,\"bytes\":%llu,\"bpw\":%.6f,\"packed_file_bytes\":%llu,"
            "\"source_file_bytes\":%lld,\"export_f32_file_bytes\":%lld,\"quantize_s\":%.4f,"

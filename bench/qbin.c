@@ -12,13 +12,7 @@
 
 #include "lb_blas.h"
 #include "lb_quant.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "lb_time.h"
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 static double rand_normal(void)
@@ -44,9 +38,9 @@ static int run_one(const char *name, const float *W, const float *H, int64_t row
     lb_qresult res;
     lb_err e;
     lb_err_clear(&e);
-    double t0 = now_s();
+    double t0 = lb_now_s();
     int rc = m->quantize(W, rows, cols, H, o, &res, &e);
-    double dt = now_s() - t0;
+    double dt = lb_now_s() - t0;
     if (rc) {
         fprintf(stderr, "bench_qbin: %s: %s\n", name, e.msg);
         return 1;

@@ -14,13 +14,7 @@
 #include "lb_model.h"
 #include "lb_quant.h"
 #include "lb_tokens.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "lb_time.h"
 
 typedef struct {
     const char *method, *label;
@@ -49,12 +43,12 @@ static int run_linear(int32_t layer, lb_linear which, const float *W, int64_t ro
         o.hessian_weighted = x->hw;
         lb_qresult res;
         lb_err e;
-        double t0 = now_s();
+        double t0 = lb_now_s();
         if (lb_qmethod_find(x->method)->quantize(W, rows, cols, H, &o, &res, &e)) {
             fprintf(stderr, "bench_qbin_layers: %s: %s\n", x->method, e.msg);
             return 1;
         }
-        double dt = now_s() - t0, err = 0.0, ref = 0.0;
+        double dt = lb_now_s() - t0, err = 0.0, ref = 0.0;
         if (lb_quant_error(W, res.W_hat, rows, cols, H, &err, &ref, &e)) {
             fprintf(stderr, "bench_qbin_layers: %s\n", e.msg);
             lb_qresult_free(&res);

@@ -14,13 +14,7 @@
 
 #include "lb_blas.h"
 #include "lb_quant.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "lb_time.h"
 
 static uint64_t rng_state = 12345;
 static double rnd_normal(void)
@@ -132,12 +126,12 @@ int main(int argc, char **argv)
         }
         lb_qresult res;
         lb_err err = {0};
-        double t0 = now_s();
+        double t0 = lb_now_s();
         if (m->quantize(W, rows, cols, H, &o, &res, &err)) {
             fprintf(stderr, "bench_qmethods: %s: %s\n", argv[s], err.msg);
             return 1;
         }
-        double dt = now_s() - t0, e = 0, r = 0;
+        double dt = lb_now_s() - t0, e = 0, r = 0;
         if (lb_quant_error(W, res.W_hat, rows, cols, H, &e, &r, &err)) {
             fprintf(stderr, "bench_qmethods: %s\n", err.msg);
             return 1;

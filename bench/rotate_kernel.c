@@ -9,13 +9,7 @@
 #include <time.h>
 
 #include "lb_rotate.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "lb_time.h"
 
 int main(int argc, char **argv)
 {
@@ -35,14 +29,14 @@ int main(int argc, char **argv)
                 M[i * n + j] = (__builtin_popcountll((unsigned long long)(i & j)) & 1) ? -1 : 1;
         }
         const int reps = 20;
-        double t0 = now_s();
+        double t0 = lb_now_s();
         for (int r = 0; r < reps; r++) {
             for (int64_t i = 0; i < n; i++)
                 x[i] = x0[i];
             lb_fwht(x, n);
         }
-        double fast = (now_s() - t0) / reps;
-        t0 = now_s();
+        double fast = (lb_now_s() - t0) / reps;
+        t0 = lb_now_s();
         for (int r = 0; r < reps; r++)
             for (int64_t i = 0; i < n; i++) {
                 double s = 0;
@@ -50,7 +44,7 @@ int main(int argc, char **argv)
                     s += M[i * n + j] * x0[j];
                 y[i] = s;
             }
-        double dense = (now_s() - t0) / reps;
+        double dense = (lb_now_s() - t0) / reps;
         double diff = 0;
         for (int64_t i = 0; i < n; i++)
             diff = fmax(diff, fabs(x[i] - y[i]));
@@ -72,14 +66,14 @@ int main(int argc, char **argv)
             return fprintf(stderr, "bench_rotate_kernel: out of memory\n"), 1;
         for (int64_t i = 0; i < rows * cols; i++)
             W[i] = (float)sin(0.001 * (double)i);
-        double t0 = now_s();
+        double t0 = lb_now_s();
         if (lb_rotate_weight(W, rows, cols, 1, 0, &err))
             return fprintf(stderr, "bench_rotate_kernel: %s\n", err.msg), 1;
-        double fwd = now_s() - t0;
-        t0 = now_s();
+        double fwd = lb_now_s() - t0;
+        t0 = lb_now_s();
         if (lb_rotate_weight(W, rows, cols, 1, 1, &err))
             return fprintf(stderr, "bench_rotate_kernel: %s\n", err.msg), 1;
-        double inv = now_s() - t0;
+        double inv = lb_now_s() - t0;
         double maxerr = 0;
         for (int64_t i = 0; i < rows * cols; i++)
             maxerr = fmax(maxerr, fabs((double)W[i] - sin(0.001 * (double)i)));
@@ -96,11 +90,11 @@ int main(int argc, char **argv)
         for (int64_t i = 0; i < n; i++)
             for (int64_t j = 0; j < n; j++)
                 H[i * n + j] = i == j ? 2.0f : 0.001f;
-        double t0 = now_s();
+        double t0 = lb_now_s();
         if (lb_rotate_hessian(H, n, 1, &err))
             return fprintf(stderr, "bench_rotate_kernel: %s\n", err.msg), 1;
         printf("{\"bench\":\"rotate_kernel\",\"what\":\"hessian\",\"n\":%lld,\"seconds\":%.3f}\n",
-               (long long)n, now_s() - t0);
+               (long long)n, lb_now_s() - t0);
         free(H);
     }
     return 0;

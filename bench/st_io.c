@@ -7,13 +7,7 @@
 #include <unistd.h>
 
 #include "lb_safetensors.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+#include "lb_time.h"
 
 static int run(lb_dtype dt, int64_t rows, int64_t cols, int ntensors, const char *dir)
 {
@@ -29,7 +23,7 @@ static int run(lb_dtype dt, int64_t rows, int64_t cols, int ntensors, const char
     lb_st_writer *w = NULL;
     lb_st *st = NULL;
     int64_t shape[2] = {rows, cols};
-    double t0 = now_s();
+    double t0 = lb_now_s();
     if (lb_st_writer_new(&w, path, &err))
         goto fail;
     for (int k = 0; k < ntensors; k++) {
@@ -47,15 +41,15 @@ static int run(lb_dtype dt, int64_t rows, int64_t cols, int ntensors, const char
     if (lb_st_writer_finish(w, &err))
         goto fail;
     lb_st_writer_free(&w);
-    double t1 = now_s();
+    double t1 = lb_now_s();
     if (lb_st_open(&st, path, &err))
         goto fail;
-    double t2 = now_s();
+    double t2 = lb_now_s();
     for (int k = 0; k < ntensors; k++) {
         if (lb_st_read_f32(st, lb_st_at(st, k)->name, buf, (int64_t)n, &err))
             goto fail;
     }
-    double t3 = now_s();
+    double t3 = lb_now_s();
     /* row slices: 8 equal parts per tensor, as 8 workers would take them */
     for (int k = 0; k < ntensors; k++)
         for (int part = 0; part < 8; part++) {
@@ -63,7 +57,7 @@ static int run(lb_dtype dt, int64_t rows, int64_t cols, int ntensors, const char
             if (lb_st_read_f32_rows(st, lb_st_at(st, k)->name, r0, r1 - r0, buf, &err))
                 goto fail;
         }
-    double t4 = now_s();
+    double t4 = lb_now_s();
     double mib_f32 = (double)n * 4.0 * ntensors / (1024.0 * 1024.0);
     double mib_file = (double)n * (double)lb_dtype_size(dt) * ntensors / (1024.0 * 1024.0);
     printf("{\"bench\":\"st_io\",\"dtype\":\"%s\",\"tensors\":%d,\"rows\":%lld,\"cols\":%lld,"

@@ -14,13 +14,7 @@
 
 #include "lb_sha256.h"
 #include "lb_xfer.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+#include "lb_time.h"
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -78,20 +72,20 @@ int main(int argc, char **argv)
         char label[32];
         snprintf(label, sizeof label, "bench-%d", r);
         lb_sha256_hex(label, strlen(label), ids[r]);
-        double t0 = now_s();
+        double t0 = lb_now_s();
         if (lb_xfer_put(cli, ids[r], data, n, &err)) {
             fprintf(stderr, "error: %s\n", err.msg);
             goto done;
         }
-        tp[r] = now_s() - t0;
+        tp[r] = lb_now_s() - t0;
         void *got = NULL;
         size_t got_n = 0;
-        t0 = now_s();
+        t0 = lb_now_s();
         if (lb_xfer_get(cli, ids[r], &got, &got_n, &err)) {
             fprintf(stderr, "error: %s\n", err.msg);
             goto done;
         }
-        tg[r] = now_s() - t0;
+        tg[r] = lb_now_s() - t0;
         int same = got_n == n && memcmp(got, data, n) == 0;
         free(got);
         if (!same) {

@@ -13,6 +13,7 @@
 #include "lb_blas.h"
 #include "lb_cli.h"
 #include "lb_eval.h"
+#include "lb_packed.h"
 #include "lb_model.h"
 #include "lb_tok_text.h"
 #include "lb_tokens.h"
@@ -169,9 +170,9 @@ int lb_cmd_eval(int argc, char **argv)
     int64_t n = 0;
     int status = 1;
     progress_state ps = {0};
-    if (lb_model_open(&model, model_dir, &err))
+    if (lb_packed_model_open(&model, model_dir, &err))
         goto done;
-    if (ref_dir && lb_model_open(&ref, ref_dir, &err))
+    if (ref_dir && lb_packed_model_open(&ref, ref_dir, &err))
         goto done;
     const lb_config *cfg = lb_model_config(model);
     if (text_path) {

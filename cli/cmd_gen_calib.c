@@ -11,6 +11,7 @@
 
 #include "lb_cli.h"
 #include "lb_model.h"
+#include "lb_packed.h"
 #include "lb_sample.h"
 #include "lb_tokens.h"
 
@@ -121,7 +122,7 @@ int lb_cmd_gen_calib(int argc, char **argv)
     lb_err err = {0};
     lb_model *m = NULL;
     uint32_t *tokens = NULL;
-    int rc = lb_model_open(&m, model, &err);
+    int rc = lb_packed_model_open(&m, model, &err);
     if (!rc && (uint64_t)n * (uint64_t)len > SIZE_MAX / sizeof *tokens / 2)
         rc = lb_err_set(&err, LB_EINVAL, "gen-calib: --n x --len is too large");
     if (!rc && !(tokens = malloc((size_t)(n * len) * sizeof *tokens)))

@@ -10,6 +10,7 @@
 #include "lb_cli.h"
 #include "lb_dist.h"
 #include "lb_distill.h"
+#include "lb_distill_opts.h"
 #include "lb_job.h"
 #include "lb_qopts_parse.h"
 #include "lb_session.h"

@@ -46,7 +46,6 @@ static void usage(FILE *out)
 
 int main(int argc, char **argv)
 {
-    lb_packed_model_register(); /* lb_model_open then reads packed checkpoints */
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

@@ -7,6 +7,7 @@
 
 #include "lb_forward.h"
 #include "lb_tokens.h"
+#include "lb_time.h"
 
 /* log-sum-exp of a row in double, max subtracted first. Returns NAN when a
  * value is not finite. Also reports the argmax (lowest index on ties). */
@@ -124,13 +125,6 @@ void lb_eval_acc_result(const lb_eval_acc *acc, lb_eval_result *out)
     }
 }
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static float *alloc_floats(int64_t a, int64_t b)
 {
     if (a <= 0 || b <= 0 || a > INT64_MAX / b || (uint64_t)(a * b) > SIZE_MAX / sizeof(float))
@@ -173,7 +167,7 @@ int lb_eval_run(const lb_model *model, const lb_model *ref, const uint32_t *toke
         batch = n_windows;
     if (batch > INT64_MAX / ctx)
         return lb_err_set(err, LB_EINVAL, "eval: batch %lld too large", (long long)batch);
-    const double t0 = now_seconds();
+    const double t0 = lb_now_s();
     lb_head_weights head = {0}, rhead = {0};
     lb_fwd_workspace *ws = NULL, *rws = NULL;
     float *x = NULL, *rx = NULL, *logits = NULL, *rlogits = NULL;
@@ -219,12 +213,12 @@ int lb_eval_run(const lb_model *model, const lb_model *ref, const uint32_t *toke
                 goto cleanup;
         }
         if (opts->progress)
-            opts->progress(opts->progress_user, w0 + nb, n_windows, now_seconds() - t0);
+            opts->progress(opts->progress_user, w0 + nb, n_windows, lb_now_s() - t0);
     }
     lb_eval_acc_result(&acc, out);
     out->ctx = ctx;
     out->tokens_dropped = n - n_windows * ctx;
-    out->seconds = now_seconds() - t0;
+    out->seconds = lb_now_s() - t0;
 cleanup:
     free(x);
     free(rx);

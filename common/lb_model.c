@@ -15,13 +15,6 @@ struct lb_model {
     const lb_model_packed_ops *packed; /* non-NULL for a packed checkpoint */
 };
 
-static const lb_model_packed_ops *g_packed_ops;
-
-void lb_model_set_packed_ops(const lb_model_packed_ops *ops)
-{
-    g_packed_ops = ops;
-}
-
 bool lb_model_is_packed(const lb_model *m)
 {
     return m && m->packed;
@@ -231,7 +224,7 @@ static int check_all_tensors(const lb_model *m, lb_err *err)
 }
 
 /* A lowbit quantization_config in config.json selects the packed reader. */
-static int detect_packed(lb_model *m, lb_err *err)
+static int detect_packed(lb_model *m, const lb_model_packed_ops *ops, lb_err *err)
 {
     char *path = lb_io_path_join(m->dir, "config.json");
     if (!path)
@@ -251,10 +244,10 @@ static int detect_packed(lb_model *m, lb_err *err)
                         path, qm ? qm : "?");
         goto done;
     }
-    if (!g_packed_ops) {
+    if (!ops) {
         rc = lb_err_set(err, LB_ESTATE,
-                        "%s: packed lowbit checkpoint, but this program did not register the "
-                        "packed reader (call lb_packed_model_register at startup)", path);
+                        "%s: packed lowbit checkpoint, but this program opened it without the "
+                        "packed reader (open it with lb_packed_model_open)", path);
         goto done;
     }
     text = json_dumps(q, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -262,9 +255,9 @@ static int detect_packed(lb_model *m, lb_err *err)
         rc = lb_err_set(err, LB_ENOMEM, "%s: out of memory", path);
         goto done;
     }
-    rc = g_packed_ops->check(m->dir, m->st, text, err);
+    rc = ops->check(m->dir, m->st, text, err);
     if (!rc)
-        m->packed = g_packed_ops;
+        m->packed = ops;
 done:
     free(text);
     json_decref(root);
@@ -273,6 +266,12 @@ done:
 }
 
 int lb_model_open(lb_model **out, const char *dir, lb_err *err)
+{
+    return lb_model_open_with(out, dir, NULL, err);
+}
+
+int lb_model_open_with(lb_model **out, const char *dir, const lb_model_packed_ops *packed,
+                       lb_err *err)
 {
     *out = NULL;
     lb_model *m = calloc(1, sizeof *m);
@@ -300,7 +299,7 @@ int lb_model_open(lb_model **out, const char *dir, lb_err *err)
     rc = lb_st_open(&m->st, dir, err);
     if (rc)
         goto fail;
-    rc = detect_packed(m, err);
+    rc = detect_packed(m, packed, err);
     if (rc)
         goto fail;
     rc = check_all_tensors(m, err);

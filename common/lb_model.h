@@ -124,8 +124,8 @@ int lb_model_linear_tensor_name(char *buf, size_t size, int32_t layer, lb_linear
  * A directory whose config.json has "quantization_config" with "quant_method":
  * "lowbit" stores the quantized linears as packed fields. Decoding them needs
  * the method registry of liblowbit_quant, which liblowbit_common may not link,
- * so the quant library registers these operations once at program start
- * (lb_packed_model_register() in lb_packed.h). Without them lb_model_open
+ * so the caller passes these operations to lb_model_open_with
+ * (lb_packed_model_open() in common/packed/lb_packed.h does). lb_model_open
  * rejects a packed checkpoint with a clear message. */
 typedef struct lb_model_packed_ops {
     /* Checks the checkpoint as a whole (format version, manifest, file sizes).
@@ -139,9 +139,10 @@ typedef struct lb_model_packed_ops {
     int (*load)(const lb_st *st, const char *name, float *dst, int64_t numel, lb_err *err);
 } lb_model_packed_ops;
 
-/* Installs the packed-checkpoint operations (NULL removes them). Call before
- * any thread opens a model; ops must outlive every lb_model. */
-void lb_model_set_packed_ops(const lb_model_packed_ops *ops);
+/* lb_model_open that also accepts a packed checkpoint, read through `packed`
+ * (NULL: refuse one, as lb_model_open). packed must outlive the model. */
+int lb_model_open_with(lb_model **out, const char *dir, const lb_model_packed_ops *packed,
+                       lb_err *err);
 
 /* True when m was opened from a packed checkpoint. lb_model_load_block and
  * lb_model_load_head then dequantize packed linears one tensor at a time. */

@@ -15,6 +15,7 @@
 
 #include "lb_config.h"
 #include "lb_safetensors.h"
+#include "lb_time.h"
 
 /* ---- Distribution constants --------------------------------------------- */
 #define SYNTH_T_DOF 5.0f           /* Student-t dof: kurtosis 3 + 6/(nu-4) = 9 */
@@ -424,13 +425,6 @@ int lb_synth_fill(const lb_synth *s, int64_t ti, int64_t row0, int64_t nrows, fl
 }
 
 /* ---- Writing a checkpoint ------------------------------------------------- */
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* 0: dir ready (created or empty, or force); else LB_ESTATE / LB_EIO. */
 static int prepare_dir(const char *dir, bool force, lb_err *err)
 {
@@ -495,7 +489,7 @@ int lb_synth_write(const lb_synth *s, const char *dir, const lb_synth_write_opts
     lb_st_writer *w = NULL;
     float *buf = NULL;
     char path[4096], val[128];
-    const double t0 = now_s();
+    const double t0 = lb_now_s();
     int rc;
     if (!s || !dir || !opts)
         return lb_err_set(err, LB_EINVAL, "lb_synth_write: NULL argument");
@@ -554,7 +548,7 @@ int lb_synth_write(const lb_synth *s, const char *dir, const lb_synth_write_opts
     }
     for (int64_t i = 0; i < s->n_tensors; i++) {
         const lb_synth_tensor *t = &s->tensors[i];
-        const double ts = now_s();
+        const double ts = lb_now_s();
         for (int64_t r = 0; r < t->rows; r += chunk) {
             int64_t n = t->rows - r < chunk ? t->rows - r : chunk;
             if ((rc = lb_synth_fill(s, i, r, n, buf, err)) ||
@@ -562,7 +556,7 @@ int lb_synth_write(const lb_synth *s, const char *dir, const lb_synth_write_opts
                 goto fail;
         }
         if (opts->progress)
-            opts->progress(opts->progress_ctx, t, i, s->n_tensors, now_s() - ts);
+            opts->progress(opts->progress_ctx, t, i, s->n_tensors, lb_now_s() - ts);
     }
     if ((rc = lb_st_writer_finish(w, err)))
         goto fail;
@@ -572,7 +566,7 @@ int lb_synth_write(const lb_synth *s, const char *dir, const lb_synth_write_opts
         struct stat st;
         stats->params = lb_synth_n_params(s);
         stats->file_bytes = stat(path, &st) == 0 ? (int64_t)st.st_size : -1;
-        stats->seconds = now_s() - t0;
+        stats->seconds = lb_now_s() - t0;
     }
     return 0;
 fail:

@@ -10,6 +10,7 @@
 #include "lb_redis.h"
 #include "lb_redis_released.h"
 #include "lb_xfer.h"
+#include "lb_time.h"
 
 /* Where a job stands on this side. PARKED: an input was lost; it waits until
  * the producer ran again. */
@@ -35,13 +36,6 @@ typedef struct {
     bool fatal;
     char first_error[512];
 } dist;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static int32_t find_job(const lb_plan *plan, const char *id)
 {
@@ -228,7 +222,7 @@ static int update_record(dist *d, int32_t done, int32_t failed, double t0, lb_er
     memset(&xs, 0, sizeof xs);
     if (d->srv)
         lb_xfer_server_stats(d->srv, &xs);
-    double el = now_s() - t0;
+    double el = lb_now_s() - t0;
     int32_t stalled = 0;
     int64_t stalled_since = 0;
     reap_dead(d, &stalled, &stalled_since);
@@ -525,10 +519,10 @@ int lb_dist_run(lb_plan *plan, const lb_store *artifacts, const lb_dist_opts *o,
     if ((rc = start(&d, existed, err)))
         goto done;
 
-    double t0 = now_s();
+    double t0 = lb_now_s();
     char cursor[48] = "0";
     int32_t done_count = 0, failed = 0;
-    double ok_since = now_s();
+    double ok_since = lb_now_s();
     double wait_s = o->redis_wait_s > 0 ? o->redis_wait_s : REDIS_WAIT_S;
     bool outage = false;
     int64_t connects = lb_redis_connects(d.r);
@@ -536,7 +530,7 @@ int lb_dist_run(lb_plan *plan, const lb_store *artifacts, const lb_dist_opts *o,
         /* A lost Redis (restart, failover) is waited for, up to wait_s: every
          * call below is idempotent, so the loop just goes round again. */
         if (rc == LB_ENET) {
-            if (now_s() - ok_since > wait_s) {
+            if (lb_now_s() - ok_since > wait_s) {
                 lb_err_prefix(err, "gave up after %.0f s without Redis (--redis-wait)", wait_s);
                 goto done;
             }
@@ -545,7 +539,7 @@ int lb_dist_run(lb_plan *plan, const lb_store *artifacts, const lb_dist_opts *o,
             nanosleep(&ts, NULL);
             outage = true;
         } else {
-            ok_since = now_s();
+            ok_since = lb_now_s();
         }
         rc = 0;
         if ((rc = lb_redis_is_cancelled(d.r, name, &cancelled, err))) {

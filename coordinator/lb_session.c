@@ -17,14 +17,17 @@
 
 #include "lb_dist.h"
 #include "lb_distill.h"
+#include "lb_distill_opts.h"
 #include "lb_exec.h"
 #include "lb_io_util.h"
 #include "lb_override.h"
+#include "lb_packed.h"
 #include "lb_plan.h"
 #include "lb_rotate.h"
 #include "lb_runner.h"
 #include "lb_session.h"
 #include "lb_sha256.h"
+#include "lb_time.h"
 #include "lb_tok_text.h"
 #include "lb_tokens.h"
 
@@ -65,13 +68,6 @@ void lb_quantize_spec_init(lb_quantize_spec *spec, bool distributed)
     spec->collect_chunks = distributed ? LB_SESSION_DIST_CHUNKS : 1;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* a callee's code, for the few that return nonzero with err unset */
 static int failed(const lb_err *err) { return err->code ? err->code : LB_EIO; }
 
@@ -89,7 +85,7 @@ static void on_progress(void *user, const lb_plan *plan, int32_t j, const lb_job
 {
     progress_state *ps = user;
     const lb_job *job = lb_plan_job(plan, j);
-    double el = now_s() - ps->t0;
+    double el = lb_now_s() - ps->t0;
     double eta = done > 0 ? el / done * (total - done) : 0;
     const char *what = job->tensor[0] ? job->tensor : "";
     if (ps->json) {
@@ -258,7 +254,7 @@ done:
 static int load_calib(lb_session *s, lb_err *err)
 {
     const lb_quantize_spec *sp = s->spec;
-    if (lb_model_open(&s->model, sp->model_dir, err))
+    if (lb_packed_model_open(&s->model, sp->model_dir, err))
         return failed(err);
     const lb_config *cfg = s->cfg = lb_model_config(s->model);
     int64_t n_tok = 0, ctx = sp->ctx, nsamples = sp->nsamples;
@@ -438,7 +434,7 @@ int lb_session_prepare(const lb_quantize_spec *spec, lb_session **out, lb_err *e
     if (!s)
         return lb_err_set(err, LB_ENOMEM, "out of memory");
     s->spec = spec;
-    s->t0 = now_s();
+    s->t0 = lb_now_s();
     s->threads = spec->threads;
     if (s->threads <= 0) {
         long nc = sysconf(_SC_NPROCESSORS_ONLN);
@@ -462,7 +458,7 @@ fail:
 
 int lb_session_run_embedded(lb_session *s, lb_err *err)
 {
-    s->ps = (progress_state){s->spec->json, isatty(2) != 0, now_s(), s->cfg};
+    s->ps = (progress_state){s->spec->json, isatty(2) != 0, lb_now_s(), s->cfg};
     lb_runner_opts ro = {s->threads, s->spec->crash_after_jobs, on_progress, &s->ps};
     return lb_runner_run(s->plan, &s->ectx, &ro, err);
 }
@@ -470,7 +466,7 @@ int lb_session_run_embedded(lb_session *s, lb_err *err)
 int lb_session_run_distributed(lb_session *s, const lb_dist_opts *dist, lb_err *err)
 {
     const lb_quantize_spec *sp = s->spec;
-    s->ps = (progress_state){sp->json, isatty(2) != 0, now_s(), s->cfg};
+    s->ps = (progress_state){sp->json, isatty(2) != 0, lb_now_s(), s->cfg};
     lb_dist_opts d = *dist;
     d.fingerprint = s->run_id;
     d.method = sp->method;
@@ -494,7 +490,7 @@ int lb_session_finish(lb_session *s, lb_err *err)
     lb_packed_summary sum;
     if (lb_packed_verify(sp->out, &sum, err))
         return failed(err);
-    double secs = now_s() - s->t0;
+    double secs = lb_now_s() - s->t0;
     long rss = peak_rss_kib();
     if (sp->json) {
         json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:f, s:I, s:I, s:f, s:f, s:I, s:b}", "event",

@@ -34,7 +34,7 @@ if [ $no_sanitize = 0 ]; then
   # OpenBLAS/OpenMP thread pools are not leaks of ours.
   (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
      UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-     LOWBIT_SANITIZED=1 ctest --output-on-failure -j "$jobs" -LE slow)
+     ctest --output-on-failure -j "$jobs" -LE slow)
 fi
 if [ $no_fuzz = 0 ]; then
   # Only the fuzz targets and the libraries they link are built here. -Werror

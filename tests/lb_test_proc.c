@@ -1,4 +1,5 @@
 #include "lb_test_proc.h"
+#include "lb_time.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -28,18 +29,11 @@ pid_t lb_test_spawn(const char *log_path, const char *const *argv)
     _exit(127);
 }
 
-static double mono_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 int lb_test_wait(pid_t pid, double timeout_s)
 {
     if (pid <= 0)
         return -1;
-    double t0 = mono_s();
+    double t0 = lb_now_s();
     for (;;) {
         int st = 0;
         pid_t w = waitpid(pid, &st, WNOHANG);
@@ -47,7 +41,7 @@ int lb_test_wait(pid_t pid, double timeout_s)
             return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
         if (w < 0 && errno != EINTR)
             return -1;
-        if (mono_s() - t0 > timeout_s) {
+        if (lb_now_s() - t0 > timeout_s) {
             kill(pid, SIGKILL);
             waitpid(pid, NULL, 0);
             return -1;

@@ -42,19 +42,7 @@ static void track(pid_t pid, int add)
 
 int lb_test_redis_available(void)
 {
-    const char *path = getenv("PATH");
-    if (!path)
-        return 0;
-    char *copy = strdup(path);
-    int found = 0;
-    for (char *save = NULL, *d = strtok_r(copy, ":", &save); d && !found;
-         d = strtok_r(NULL, ":", &save)) {
-        char p[4096];
-        snprintf(p, sizeof p, "%s/redis-server", d);
-        found = access(p, X_OK) == 0;
-    }
-    free(copy);
-    return found;
+    return lb_test_on_path("redis-server");
 }
 
 int lb_test_free_port(void)

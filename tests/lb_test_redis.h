@@ -4,6 +4,8 @@
 
 #include <sys/types.h>
 
+#include "lb_test_util.h"
+
 typedef struct {
     pid_t pid;      /* 0 when not running */
     int port;
@@ -41,16 +43,7 @@ int lb_test_redis_restart(lb_test_redis *r, const char *const *extra);
 int lb_test_free_port(void);
 
 /* Skips the current test when redis-server is missing, except under CI=true,
- * where that is a failure (deploy/install-deps.sh installs it). */
-#define LB_TEST_REQUIRE_REDIS()                                                              \
-    do {                                                                                     \
-        if (!lb_test_redis_available()) {                                                    \
-            const char *ci_ = getenv("CI");                                                  \
-            if (ci_ && !strcmp(ci_, "true"))                                                 \
-                fail_msg("redis-server not found on PATH (CI=true: run deploy/install-deps.sh)"); \
-            print_message("redis-server not found on PATH; skipping\n");                     \
-            skip();                                                                          \
-        }                                                                                    \
-    } while (0)
+ * where that is a failure (lb_test_need). */
+#define LB_TEST_REQUIRE_REDIS() LB_TEST_NEED(LB_NEED_REDIS)
 
 #endif

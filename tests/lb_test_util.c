@@ -1,6 +1,7 @@
 #include "lb_test_util.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <ftw.h>
 #include <math.h>
 #include <stdio.h>
@@ -29,22 +30,79 @@ const char *lb_test_shared_dir(void)
     return is_dir(dir) ? dir : NULL;
 }
 
+static int g_skipped; /* a need was missing: the suite exits LB_TEST_SKIP_CODE */
+
+int lb_test_exit_code(int failed)
+{
+    return failed ? failed : g_skipped ? LB_TEST_SKIP_CODE : 0;
+}
+
+int lb_test_need_that(int present, const char *fmt, ...)
+{
+    if (present)
+        return 1;
+    char what[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    const char *ci = getenv("CI");
+    if (ci && !strcmp(ci, "true"))
+        fail_msg("%s; CI=true makes this a failure", what);
+    print_message("[  SKIP    ] %s; skipping\n", what);
+    g_skipped = 1;
+    return 0;
+}
+
+int lb_test_on_path(const char *prog)
+{
+    const char *path = getenv("PATH");
+    if (!path)
+        return 0;
+    char *copy = strdup(path);
+    int found = 0;
+    for (char *save = NULL, *d = copy ? strtok_r(copy, ":", &save) : NULL; d && !found;
+         d = strtok_r(NULL, ":", &save)) {
+        char p[4096];
+        snprintf(p, sizeof p, "%s/%s", d, prog);
+        found = access(p, X_OK) == 0;
+    }
+    free(copy);
+    return found;
+}
+
+int lb_test_need(unsigned needs)
+{
+    if ((needs & LB_NEED_REDIS) &&
+        !lb_test_need_that(lb_test_on_path("redis-server"),
+                           "redis-server not found on PATH (run deploy/install-deps.sh)"))
+        return 0;
+    if ((needs & LB_NEED_MPIRUN) &&
+        !lb_test_need_that(lb_test_on_path("mpirun"),
+                           "mpirun not found on PATH (run deploy/install-deps.sh)"))
+        return 0;
+    if ((needs & LB_NEED_NODE) &&
+        !lb_test_need_that(lb_test_on_path("node"),
+                           "node not found on PATH (run deploy/install-deps.sh)"))
+        return 0;
+    if ((needs & LB_NEED_SHARED) &&
+        !lb_test_need_that(lb_test_shared_dir() != NULL,
+                           "shared fixtures not found (set LOWBIT_SHARED or put shared/ "
+                           "beside the checkout)"))
+        return 0;
+    return 1;
+}
+
 int lb_test_shared_path(char *buf, size_t size, const char *rel)
 {
     const char *dir = lb_test_shared_dir();
-    const char *ci = getenv("CI");
-    int in_ci = ci && !strcmp(ci, "true");
+    int present = 0;
     if (dir) {
         snprintf(buf, size, "%s/%s", dir, rel);
-        if (access(buf, R_OK) == 0)
-            return 1;
+        present = access(buf, R_OK) == 0;
     }
-    if (in_ci)
-        fail_msg("shared fixture '%s' is missing (set LOWBIT_SHARED or put shared/ beside "
-                 "the checkout); CI=true makes this a failure",
-                 rel);
-    print_message("[  SKIP    ] shared fixture '%s' not found; skipping\n", rel);
-    return 0;
+    return lb_test_need_that(present, "shared fixture '%s' is missing (set LOWBIT_SHARED or "
+                             "put shared/ beside the checkout)", rel);
 }
 
 unsigned char *lb_test_slurp(const char *path, size_t *len)

@@ -17,13 +17,7 @@
 #include "lb_qpacked_io.h"
 #include "lb_rotate.h"
 #include "lb_sha256.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "lb_time.h"
 
 int lb_exec_model_fingerprint(const lb_model *m, char hex[LB_ID_HEX], lb_err *err)
 {
@@ -1084,7 +1078,7 @@ int lb_exec_run(const lb_job *job, const lb_exec_ctx *ctx, lb_job_result *res)
 {
     memset(res, 0, sizeof *res);
     memcpy(res->job_id, job->id, LB_ID_HEX);
-    double t0 = now_s();
+    double t0 = lb_now_s();
     lb_err err;
     lb_err_clear(&err);
     int rc;
@@ -1103,7 +1097,7 @@ int lb_exec_run(const lb_job *job, const lb_exec_ctx *ctx, lb_job_result *res)
                                  (int)job->type);
         }
     }
-    res->seconds = now_s() - t0;
+    res->seconds = lb_now_s() - t0;
     if (rc) {
         res->status = LB_JOB_FAILED;
         res->err_code = rc;

@@ -10,6 +10,7 @@
 
 #include "lb_hessian.h"
 #include "lb_mpi.h"
+#include "lb_time.h"
 
 enum { CMD_STOP = 1, CMD_PART = 2, CMD_RUN = 3 };
 enum { TAG_CMD = 7201, TAG_PAYLOAD = 7202, TAG_CHUNK = 7203, TAG_DATA = 7204, TAG_RESULT = 7205 };
@@ -389,13 +390,6 @@ static void result_fail(lb_job_result *res, const char *job_id, int code, const 
     snprintf(res->error, sizeof res->error, "%s", msg);
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 int lb_mpi_group_serve(lb_mpi_group *g, lb_mpi_ctx_fn get_ctx, void *user, lb_err *err)
 {
     if (g->rank == 0)
@@ -427,7 +421,7 @@ int lb_mpi_group_serve(lb_mpi_group *g, lb_mpi_ctx_fn get_ctx, void *user, lb_er
         int jrc = lb_job_decode(payload, (size_t)h.len, &job, &jerr);
         if (!jrc)
             jrc = get_ctx(user, &job, h.out_dir, &ctx, &jerr);
-        double t0 = now_s();
+        double t0 = lb_now_s();
         lb_mpi_stats st;
         memset(&st, 0, sizeof st);
         if (h.type == CMD_PART) {
@@ -454,11 +448,11 @@ int lb_mpi_group_serve(lb_mpi_group *g, lb_mpi_ctx_fn get_ctx, void *user, lb_er
         else if (h.type == CMD_PART)
             fprintf(stderr, "lowbit worker rank %d/%d: %s %.12s (block %d): %d chunks in "
                     "%.2f s\n", g->rank, g->size, lb_job_type_name(job.type), job.id,
-                    (int)job.block, (int)st.chunks_remote, now_s() - t0);
+                    (int)job.block, (int)st.chunks_remote, lb_now_s() - t0);
         else
             fprintf(stderr, "lowbit worker rank %d/%d: ran %s %.12s (block %d) in %.2f s\n",
                     g->rank, g->size, lb_job_type_name(job.type), job.id, (int)job.block,
-                    now_s() - t0);
+                    lb_now_s() - t0);
         lb_job_clear(&job);
         free(payload);
         if (rc)
@@ -476,7 +470,7 @@ int lb_mpi_group_run(lb_mpi_group *g, const lb_job *job, const uint8_t *payload,
         stats->ranks_used = 1;
         return rc;
     }
-    double t0 = now_s();
+    double t0 = lb_now_s();
     lb_err jerr = {0};
     int rc = 0;
     for (int r = 1; r < g->size && !rc; r++)
@@ -488,7 +482,7 @@ int lb_mpi_group_run(lb_mpi_group *g, const lb_job *job, const uint8_t *payload,
         rc = LB_ENET;
     memset(res, 0, sizeof *res);
     memcpy(res->job_id, job->id, LB_ID_HEX);
-    res->seconds = now_s() - t0;
+    res->seconds = lb_now_s() - t0;
     if (rc) {
         res->status = LB_JOB_FAILED;
         res->err_code = broken ? LB_ENET : rc;

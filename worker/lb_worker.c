@@ -20,9 +20,11 @@
 #include "lb_job.h"
 #include "lb_model.h"
 #include "lb_mpi_group.h"
+#include "lb_packed.h"
 #include "lb_redis.h"
 #include "lb_redis_url.h"
 #include "lb_worker_data.h"
+#include "lb_time.h"
 
 #define STOP_GRACE_S 1.0 /* after a stop: idle slots leave within this */
 #define POST_GRACE_S 3.0 /* a result being posted at the stop may finish within this */
@@ -89,13 +91,6 @@ static void emit(lb_worker *w, json_t *o)
     json_decref(o);
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static void sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -114,7 +109,7 @@ static int cache_get(exec_cache *c, const char *model_dir, const char *out_dir, 
     if (!c->model || strcmp(c->model_dir, model_dir)) {
         lb_model_free(&c->model);
         c->model_dir[0] = 0;
-        int rc = lb_model_open(&c->model, model_dir, err);
+        int rc = lb_packed_model_open(&c->model, model_dir, err);
         if (!rc)
             rc = lb_exec_model_fingerprint(c->model, c->model_fp, err);
         if (rc) {
@@ -141,10 +136,10 @@ static int cache_get(exec_cache *c, const char *model_dir, const char *out_dir, 
 static int post_result(lb_redis *r, const char *worker, const char *name, const lb_redis_msg *msg,
                        const uint8_t *buf, size_t len, double redis_wait_s, lb_err *err)
 {
-    double lost_since = now_s();
+    double lost_since = lb_now_s();
     for (;;) {
         int rc = lb_redis_complete(r, name, msg, buf, len, err);
-        if (rc != LB_ENET || now_s() - lost_since >= redis_wait_s)
+        if (rc != LB_ENET || lb_now_s() - lost_since >= redis_wait_s)
             return rc;
         fprintf(stderr, "lowbit worker %s: posting %.12s: %s; retrying\n", worker, msg->id,
                 err->msg);
@@ -470,17 +465,17 @@ static int transfer(slot *s, const char *name, char *endpoint, size_t esize, boo
                     const lb_job *job, uint64_t *bytes, lb_err *err)
 {
     lb_worker *w = s->w;
-    double t0 = now_s();
+    double t0 = lb_now_s();
     for (int attempt = 1;; attempt++) {
         int rc = publish ? lb_wdata_publish_to(s->data, endpoint, s->cache.store, job, bytes, err)
                          : lb_wdata_fetch(s->data, endpoint, s->cache.store, job, bytes, err);
         if (rc != LB_ENET)
             return rc;
-        if (now_s() - t0 >= (double)w->spec.fetch_give_up_s || stopping(w)) {
+        if (lb_now_s() - t0 >= (double)w->spec.fetch_give_up_s || stopping(w)) {
             char last[sizeof err->msg]; /* err->msg cannot be its own format argument */
             snprintf(last, sizeof last, "%s", err->msg);
             return lb_err_set(err, LB_ENET, "%s (gave up after %d attempts in %.0f s)", last,
-                              attempt, now_s() - t0);
+                              attempt, lb_now_s() - t0);
         }
         char was[256];
         snprintf(was, sizeof was, "%s", endpoint);
@@ -532,7 +527,7 @@ static int run_item(slot *s, const char *name, char *endpoint, size_t esize, con
     if (rc == 0)
         rc = cache_get(cache, job.model_dir,
                        xfer ? w->cache_dir : job.out_dir[0] ? job.out_dir : out_dir, &jerr);
-    double t0 = now_s();
+    double t0 = lb_now_s();
     lb_mpi_stats ms;
     memset(&ms, 0, sizeof ms);
     lb_redis_msg deferred;
@@ -575,7 +570,7 @@ static int run_item(slot *s, const char *name, char *endpoint, size_t esize, con
             lb_redis_msg_clear(&deferred);
         return lb_err_set(err, LB_ESTATE, "item %s given back", msg->id);
     }
-    double secs = now_s() - t0;
+    double secs = lb_now_s() - t0;
     int out = 0;
     if (lost) {
         /* Acked as a failed result: the coordinator checks its store and
@@ -647,7 +642,7 @@ static void *slot_main(void *arg)
     slot *s = arg;
     lb_worker *w = s->w;
     lb_err err = {0};
-    double ok_since = now_s();
+    double ok_since = lb_now_s();
     tl_slot = s->idx;
     bool leave = false;
     while (!leave && !stopping(w)) {
@@ -655,18 +650,18 @@ static void *slot_main(void *arg)
         int32_t n = 0;
         bool worked = false;
         if (lb_redis_job_list(s->r, &names, &n, &err)) {
-            if (err.code != LB_ENET || now_s() - ok_since > (double)w->spec.redis_wait_s) {
+            if (err.code != LB_ENET || lb_now_s() - ok_since > (double)w->spec.redis_wait_s) {
                 set_failed(w, &err);
                 break;
             }
             fprintf(stderr, "lowbit worker %s: %s; retrying\n", w->id, err.msg);
             pthread_mutex_lock(&w->mu);
-            w->last_work = now_s(); /* an outage is not idleness */
+            w->last_work = lb_now_s(); /* an outage is not idleness */
             pthread_mutex_unlock(&w->mu);
             sleep_unless_stopping(w, 1000);
             continue;
         }
-        ok_since = now_s();
+        ok_since = lb_now_s();
         for (int32_t j = 0; j < n && !stopping(w); j++) {
             lb_redis_map m;
             bool cancelled = false;
@@ -675,7 +670,7 @@ static void *slot_main(void *arg)
                     continue; /* record deleted meanwhile */
                 fprintf(stderr, "lowbit worker %s: %s; retrying\n", w->id, err.msg);
                 pthread_mutex_lock(&w->mu);
-                w->last_work = now_s();
+                w->last_work = lb_now_s();
                 pthread_mutex_unlock(&w->mu);
                 sleep_unless_stopping(w, 500);
                 break;
@@ -705,7 +700,7 @@ static void *slot_main(void *arg)
             if (rc == LB_ENET) {
                 fprintf(stderr, "lowbit worker %s: %s; retrying\n", w->id, err.msg);
                 pthread_mutex_lock(&w->mu);
-                w->last_work = now_s();
+                w->last_work = lb_now_s();
                 pthread_mutex_unlock(&w->mu);
                 sleep_unless_stopping(w, 500);
                 break;
@@ -749,7 +744,7 @@ static void *slot_main(void *arg)
             bool abandoned = s->abandoned;
             w->busy--;
             w->busy_bytes -= held_bytes;
-            w->last_work = now_s();
+            w->last_work = lb_now_s();
             s->state = SLOT_IDLE;
             s->lease = NULL;
             pthread_mutex_unlock(&w->mu);
@@ -777,7 +772,7 @@ static void *slot_main(void *arg)
             w->done = true;
             w->reason = "max-jobs";
         } else if (w->busy == 0 && w->spec.idle_exit_s > 0 &&
-                   now_s() - w->last_work >= (double)w->spec.idle_exit_s) {
+                   lb_now_s() - w->last_work >= (double)w->spec.idle_exit_s) {
             w->done = true;
             w->reason = "idle";
         }
@@ -878,14 +873,14 @@ static int serve_rank(lb_worker *w, lb_err *err)
  * connection. */
 static void give_back(lb_worker *w, lb_redis *r)
 {
-    double t0 = now_s();
+    double t0 = lb_now_s();
     for (;;) { /* idle slots leave at once; a finishing one may post */
         bool all = true;
         pthread_mutex_lock(&w->mu);
         for (int i = 0; i < w->nslots; i++)
             all = all && (!w->slots[i].started || w->slots[i].exited);
         pthread_mutex_unlock(&w->mu);
-        if (all || now_s() - t0 >= STOP_GRACE_S)
+        if (all || lb_now_s() - t0 >= STOP_GRACE_S)
             break;
         sleep_ms(20);
     }
@@ -930,7 +925,7 @@ static void give_back(lb_worker *w, lb_redis *r)
             posting = posting || (w->slots[i].started && !w->slots[i].exited &&
                                   !w->slots[i].abandoned);
         pthread_mutex_unlock(&w->mu);
-        if (!posting || (!w->group && now_s() - t0 >= STOP_GRACE_S + POST_GRACE_S))
+        if (!posting || (!w->group && lb_now_s() - t0 >= STOP_GRACE_S + POST_GRACE_S))
             break;
         sleep_ms(20);
     }
@@ -962,7 +957,7 @@ int lb_worker_run(lb_worker *w, lb_err *err)
             (rc = lb_wdata_new(w->spec.xfer_timeout_ms, 0, &s->data, err)))
             goto fail;
     }
-    w->last_work = now_s();
+    w->last_work = lb_now_s();
     if (pthread_create(&w->beat, NULL, beat_main, w) != 0) {
         rc = lb_err_set(err, LB_ENOMEM, "cannot start the heartbeat thread");
         goto fail;

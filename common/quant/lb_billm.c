@@ -352,7 +352,9 @@ int lb_billm_quantize_cfg(const float *W, int64_t rows, int64_t cols, const floa
                           const lb_qopts *opts, const lb_billm_cfg *cfg, lb_qresult *out,
                           lb_err *err)
 {
-    memset(out, 0, sizeof(*out));
+    int rc = lb_gptq_method_check("billm", W, rows, cols, H, opts, out, err);
+    if (rc)
+        return rc;
     if (!W || !H || rows <= 0 || cols <= 0 || rows > INT64_MAX / cols ||
         (uint64_t)(rows * cols) > SIZE_MAX / 8)
         return lb_err_set(err, LB_EINVAL, "billm: needs W and H and a valid shape "
@@ -380,7 +382,7 @@ int lb_billm_quantize_cfg(const float *W, int64_t rows, int64_t cols, const floa
     o.act_order = false; /* blocks are contiguous original columns */
     o.block_size = (int32_t)x.bs;
     o.group_size = 0;
-    int rc = lb_billm_plan_init(&x.plan, rows, x.bs, cfg, err);
+    rc = lb_billm_plan_init(&x.plan, rows, x.bs, cfg, err);
     if (rc)
         return rc;
     x.hinv_diag = malloc((size_t)cols * sizeof(double));
@@ -389,9 +391,7 @@ int lb_billm_quantize_cfg(const float *W, int64_t rows, int64_t cols, const floa
     x.codes_t = malloc((size_t)(rows * cols));
     x.salient = calloc((size_t)cols, 1);
     x.scales = malloc((size_t)(rows * x.nblocks * 4) * sizeof(float));
-    out->W_hat = malloc((size_t)(rows * cols) * sizeof(float));
-    if (!x.hinv_diag || !x.colw || !x.block || !x.codes_t || !x.salient || !x.scales ||
-        !out->W_hat) {
+    if (!x.hinv_diag || !x.colw || !x.block || !x.codes_t || !x.salient || !x.scales) {
         rc = lb_err_set(err, LB_ENOMEM, "billm: out of memory for %lld x %lld",
                         (long long)rows, (long long)cols);
         goto fail;
@@ -401,7 +401,7 @@ int lb_billm_quantize_cfg(const float *W, int64_t rows, int64_t cols, const floa
                          .block_begin = hook_block_begin,
                          .column = hook_column,
                          .end = NULL};
-    rc = lb_gptq_run(W, rows, cols, H, &o, &hook, out->W_hat, NULL, err);
+    rc = lb_gptq_method_run("billm", W, rows, cols, H, &o, &hook, 0, out, err);
     if (rc) {
         lb_err_prefix(err, "billm");
         goto fail;

@@ -330,16 +330,12 @@ done:
 int lb_claq_quantize(const float *W, int64_t rows, int64_t cols, const float *H,
                      const lb_qopts *opts, lb_qresult *out, lb_err *err)
 {
-    if (!out)
-        return lb_err_set(err, LB_EINVAL, "claq: NULL result");
-    memset(out, 0, sizeof *out);
-    if (!W || !H || !opts || rows < 1 || cols < 1 || rows > INT32_MAX ||
-        rows > INT64_MAX / cols || (size_t)(rows * cols) > SIZE_MAX / sizeof(float))
-        return lb_err_set(err, LB_EINVAL, "claq: empty or oversized matrix %lld x %lld",
-                          (long long)rows, (long long)cols);
+    int rc = lb_gptq_method_check("claq", W, rows, cols, H, opts, out, err);
+    if (rc)
+        return rc;
     int32_t base;
     int64_t n_hi;
-    int rc = claq_check_opts(opts, &base, cols, &n_hi, err);
+    rc = claq_check_opts(opts, &base, cols, &n_hi, err);
     if (rc)
         return rc;
     claq_ctx cx;
@@ -351,27 +347,9 @@ int lb_claq_quantize(const float *W, int64_t rows, int64_t cols, const float *H,
     snprintf(out->packed.method, sizeof out->packed.method, "claq");
     out->packed.rows = rows;
     out->packed.cols = cols;
-    int64_t *perm = malloc((size_t)cols * sizeof *perm);
-    out->W_hat = malloc((size_t)(rows * cols) * sizeof *out->W_hat);
-    if (!perm || !out->W_hat) {
-        rc = lb_err_set(err, LB_ENOMEM, "claq: out of memory for a %lld x %lld matrix",
-                        (long long)rows, (long long)cols);
-        goto fail;
-    }
     lb_gptq_hook hook = {.ctx = &cx, .begin = claq_begin, .column = claq_column};
-    rc = lb_gptq_run(W, rows, cols, H, opts, &hook, out->W_hat, perm, err);
-    if (rc)
-        goto fail;
-    if (opts->act_order && (rc = lb_gptq_pack_perm(&out->packed, perm, cols, err)))
-        goto fail;
-    out->bpw = lb_qpacked_bpw(&out->packed);
+    rc = lb_gptq_method_run("claq", W, rows, cols, H, opts, &hook, LB_GPTQ_PACK_PERM, out, err);
     claq_ctx_release(&cx);
-    free(perm);
-    return 0;
-fail:
-    claq_ctx_release(&cx);
-    free(perm);
-    lb_qresult_free(out);
     return rc;
 }
 

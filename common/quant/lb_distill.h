@@ -68,23 +68,6 @@ int lb_distill_block(const lb_config *cfg, const lb_block_weights *fp,
                      int64_t n_seq, int64_t seq_len, const lb_distill_opts *o,
                      lb_distill_stats *stats, lb_err *err);
 
-/* Command-line options of `lowbit quantize` for distillation, in the style of
- * lb_qopts_parse_arg: tries argv[*i] ("--distill 200" or "--distill=200"):
- *   --distill STEPS (0..1e6), --distill-lr LR (0, 1], --distill-batch N (>= 1),
- *   --distill-seed S (>= 0).
- * Returns 1 when it was one (value consumed, *i advanced), 0 when not a distill
- * option, or LB_EINVAL with a one-line message. */
-int lb_distill_parse_arg(lb_distill_opts *o, int argc, char **argv, int *i, lb_err *err);
-
-/* Help text for those options (static string). */
-const char *lb_distill_usage(void);
-
-/* The settings as one canonical JSON object for the checkpoint's
- * quantization_config, e.g. {"steps":200,"lr":0.001,...,"inputs":"..."}.
- * Writes at most size bytes (NUL-terminated). Returns 0 or LB_EINVAL when it
- * does not fit. */
-int lb_distill_opts_json(const lb_distill_opts *o, char *buf, size_t size, lb_err *err);
-
 /* The distillation loss MSE(student(x_s), y_t) over all n_seq sequences with
  * the parameters as currently stored in packed, and optionally its gradient:
  * grad[l] (lb_qparams nparams of packed[l], float fields in packed order) =

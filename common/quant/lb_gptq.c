@@ -10,13 +10,6 @@
 
 #include "lb_blas.h"
 
-static _Thread_local lb_gptq_stats last_stats;
-
-void lb_gptq_last_stats(lb_gptq_stats *out)
-{
-    *out = last_stats;
-}
-
 uint32_t lb_gptq_perm_bits(int64_t cols)
 {
     uint32_t b = 1;
@@ -230,9 +223,60 @@ static void untranspose(const float *Wt, const int64_t *perm, int64_t rows, int6
         }
 }
 
-int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
-                const lb_qopts *opts, const lb_gptq_hook *hook, float *W_hat,
-                int64_t *perm_out, lb_err *err)
+int lb_gptq_work_init(lb_gptq_work *w, int64_t rows, int64_t cols, int64_t block_size,
+                      lb_err *err)
+{
+    memset(w, 0, sizeof *w);
+    if (rows < 1 || cols < 1 || block_size < 1 || rows > INT64_MAX / cols ||
+        cols > INT64_MAX / cols || rows > INT64_MAX / block_size ||
+        (uint64_t)(rows * cols) > SIZE_MAX / sizeof(float) ||
+        (uint64_t)(cols * cols) > SIZE_MAX / sizeof(float))
+        return lb_err_set(err, LB_EINVAL, "gptq: workspace for %lld x %lld (block %lld) "
+                          "is empty or overflows", (long long)rows, (long long)cols,
+                          (long long)block_size);
+    const int64_t n = cols, bs = block_size < cols ? block_size : cols;
+    w->rows = rows;
+    w->cols = cols;
+    w->block_size = bs;
+    // one buffer holds A (n, n) during the factorization, then Wt (n, rows): fresh
+    // memory costs page faults, so the engine touches as little as it can
+    w->a = lb_quant_big_alloc((size_t)((rows > n ? rows : n) * n) * sizeof *w->a);
+    w->u = lb_quant_big_alloc((size_t)(n * n) * sizeof *w->u);
+    w->e = malloc((size_t)(rows * bs) * sizeof *w->e);
+    w->q = malloc((size_t)rows * sizeof *w->q);
+    w->diag = malloc((size_t)n * sizeof *w->diag);
+    w->hdiag = malloc((size_t)n * sizeof *w->hdiag);
+    w->perm = malloc((size_t)n * sizeof *w->perm);
+    w->iperm = malloc((size_t)n * sizeof *w->iperm);
+    w->dead = malloc((size_t)n);
+    if (!w->a || !w->u || !w->e || !w->q || !w->diag || !w->hdiag || !w->perm || !w->iperm ||
+        !w->dead) {
+        lb_gptq_work_free(w);
+        return lb_err_set(err, LB_ENOMEM, "gptq: out of memory for %lld x %lld",
+                          (long long)rows, (long long)cols);
+    }
+    return LB_OK;
+}
+
+void lb_gptq_work_free(lb_gptq_work *w)
+{
+    if (!w)
+        return;
+    free(w->a);
+    free(w->u);
+    free(w->e);
+    free(w->q);
+    free(w->diag);
+    free(w->hdiag);
+    free(w->perm);
+    free(w->iperm);
+    free(w->dead);
+    memset(w, 0, sizeof *w);
+}
+
+static int check_args(const float *W, int64_t rows, int64_t cols, const float *H,
+                      const lb_qopts *opts, const lb_gptq_hook *hook, const float *W_hat,
+                      lb_err *err)
 {
     if (!W || !H || !opts || !hook || !hook->column || !W_hat || rows < 1 || cols < 1)
         return lb_err_set(err, LB_EINVAL, "gptq: NULL input, no column hook or empty matrix");
@@ -245,44 +289,28 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
         (uint64_t)(cols * cols) > SIZE_MAX / sizeof(float))
         return lb_err_set(err, LB_EINVAL, "gptq: %lld x %lld overflows", (long long)rows,
                           (long long)cols);
-    int rc = LB_OK;
-    const int64_t n = cols, bs = opts->block_size;
-    lb_gptq_stats stats = {.run_id = last_stats.run_id + 1};
-    const double t_start = omp_get_wtime();
-    double t_phase = t_start, t_loop = 0.0;
-    // one buffer holds A (n, n) during the factorization, then Wt (n, rows): fresh
-    // memory costs page faults, so the engine touches as little as it can
-    float *A = lb_quant_big_alloc((size_t)((rows > n ? rows : n) * n) * sizeof *A), *Uf = NULL;
-    float *Wt = NULL;
-    uint8_t *dead = malloc((size_t)n);
-    float *E = malloc((size_t)(rows * bs) * sizeof *E);
-    float *q = malloc((size_t)rows * sizeof *q);
-    float *diag = malloc((size_t)n * sizeof *diag);
-    float *hdiag = malloc((size_t)n * sizeof *hdiag);
-    int64_t *perm = malloc((size_t)n * sizeof *perm);
-    int64_t *iperm = malloc((size_t)n * sizeof *iperm);
-    if (!A || !E || !q || !diag || !hdiag || !perm || !iperm || !dead) {
-        rc = lb_err_set(err, LB_ENOMEM, "gptq: out of memory for %lld x %lld",
-                        (long long)rows, (long long)cols);
-        goto cleanup;
-    }
     int64_t bad;
-    if ((bad = first_nonfinite(H, n * n)) >= 0) {
-        rc = lb_err_set(err, LB_ENUMERIC, "gptq: H[%lld, %lld] is NaN/Inf",
-                        (long long)(bad / n), (long long)(bad % n));
-        goto cleanup;
-    }
-    if ((bad = first_nonfinite(W, rows * n)) >= 0) {
-        rc = lb_err_set(err, LB_ENUMERIC, "gptq: W[%lld, %lld] is NaN/Inf",
-                        (long long)(bad / n), (long long)(bad % n));
-        goto cleanup;
-    }
+    if ((bad = first_nonfinite(H, cols * cols)) >= 0)
+        return lb_err_set(err, LB_ENUMERIC, "gptq: H[%lld, %lld] is NaN/Inf",
+                          (long long)(bad / cols), (long long)(bad % cols));
+    if ((bad = first_nonfinite(W, rows * cols)) >= 0)
+        return lb_err_set(err, LB_ENUMERIC, "gptq: W[%lld, %lld] is NaN/Inf",
+                          (long long)(bad / cols), (long long)(bad % cols));
+    return LB_OK;
+}
 
+/* Steps 1-3: dead columns, processing order, and A = J (P H Pᵀ + damp I) J in w->a. */
+/* damp_rel: the relative damping of this try (opts->damp, or more under --damp-auto) */
+static void prepare_h(const float *H, int64_t n, const lb_qopts *opts, double damp_rel,
+                      lb_gptq_work *w)
+{
+    float *A = w->a, *diag = w->diag, *hdiag = w->hdiag;
+    int64_t *perm = w->perm;
     // dead columns: H_jj == 0 -> H_jj = 1, W[:, j] = 0 (GPTQ reference)
     double mean = 0.0;
     for (int64_t j = 0; j < n; j++) {
-        dead[j] = H[j * n + j] == 0.0f;
-        diag[j] = dead[j] ? 1.0f : H[j * n + j];
+        w->dead[j] = H[j * n + j] == 0.0f;
+        diag[j] = w->dead[j] ? 1.0f : H[j * n + j];
         mean += (double)diag[j];
     }
     mean /= (double)n;
@@ -292,11 +320,157 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
         qsort_r(perm, (size_t)n, sizeof *perm, cmp_desc, diag);
     }
     for (int64_t c = 0; c < n; c++)
-        iperm[perm[c]] = c;
-    Uf = lb_quant_big_alloc((size_t)(n * n) * sizeof *Uf);
-    if (!Uf) {
-        rc = lb_err_set(err, LB_ENOMEM, "gptq: out of memory for U (%lld x %lld)",
-                        (long long)n, (long long)n);
+        w->iperm[perm[c]] = c;
+    const float damp = (float)(damp_rel * mean);
+    // A = J (P H Pᵀ + damp I) J (dead diag = 1): element (a, b) of the damped, permuted
+    // H goes to (n-1-a, n-1-b), the reversed order the factorization wants
+#pragma omp parallel for schedule(static)
+    for (int64_t a = 0; a < n; a++) {
+        const float *hrow = H + perm[a] * n;
+        float *arow = A + (n - 1 - a) * n + (n - 1); // arow[-b] = element (a, b)
+        for (int64_t b = 0; b < n; b++)
+            arow[-b] = hrow[perm[b]];
+        arow[-a] = diag[perm[a]] + damp;
+        hdiag[a] = arow[-a];
+    }
+}
+
+/* Wt[c, :] = W[:, perm[c]] (zero for dead columns), by 32 x 32 tiles; each thread
+ * owns whole column tiles (rows of Wt). */
+static void transpose_in(const float *W, int64_t rows, int64_t n, const lb_gptq_work *w,
+                         float *Wt)
+{
+#pragma omp parallel for schedule(static)
+    for (int64_t c0 = 0; c0 < n; c0 += 32)
+        for (int64_t r0 = 0; r0 < rows; r0 += 32) {
+            int64_t r1 = r0 + 32 < rows ? r0 + 32 : rows, c1 = c0 + 32 < n ? c0 + 32 : n;
+            for (int64_t c = c0; c < c1; c++) {
+                const int64_t o = w->perm[c];
+                for (int64_t r = r0; r < r1; r++)
+                    Wt[c * rows + r] = w->dead[o] ? 0.0f : W[r * n + o];
+            }
+        }
+}
+
+/* One column c of the block starting at c0: the hook's q, the scaled error e_c into E
+ * and the rank-1 update of the sub-block's later columns [c+1, s1). */
+static int do_column(const lb_gptq_hook *hook, const lb_gptq_state *st, lb_gptq_work *w,
+                     int64_t c, int64_t c0, int64_t s1, lb_gptq_stats *stats, lb_err *err)
+{
+    const int64_t rows = st->rows, n = st->cols;
+    float *Wt = (float *)st->Wt, *q = w->q;
+    const float *U = st->U;
+    float *wc = Wt + c * rows;
+    float es = 1.0f;
+    const double tc = omp_get_wtime();
+    int rc = hook->column(hook->ctx, st, c, wc, q, &es, err);
+    if (rc)
+        return rc;
+    stats->hook_s += omp_get_wtime() - tc;
+    // e_c = (w - q) / U_cc   (GPTQ Eq. 4 with the Cholesky row of H^-1)
+    const float f = es / U[c * n + c];
+    float *e = w->e + (c - c0) * rows;
+    bool finite = true;
+#pragma omp simd reduction(&& : finite)
+    for (int64_t r = 0; r < rows; r++) {
+        finite = finite && isfinite(q[r]);
+        e[r] = (wc[r] - q[r]) * f;
+        wc[r] = q[r];
+    }
+    if (!finite)
+        return lb_err_set(err, LB_ENUMERIC, "gptq: method returned NaN/Inf for column %lld",
+                          (long long)st->perm[c]);
+    // W[:, c+1:s1] -= e ⊗ U[c, c+1:s1]
+    for (int64_t k = c + 1; k < s1; k++) {
+        const float u = U[c * n + k];
+        float *wk = Wt + k * rows;
+#pragma omp simd
+        for (int64_t r = 0; r < rows; r++)
+            wk[r] -= u * e[r];
+    }
+    return LB_OK;
+}
+
+/* Step 5 for the block [c0, be): sub-blocks of rank-1 updates, group flushes and the
+ * lazy-batch GEMM onto the columns past the block. */
+static int do_block(const lb_gptq_hook *hook, const lb_gptq_state *st, lb_gptq_work *w,
+                    int64_t c0, int64_t sub, lb_gptq_stats *stats, lb_err *err)
+{
+    const int64_t rows = st->rows, n = st->cols, bs = st->block_size;
+    const int64_t be = c0 + bs < n ? c0 + bs : n, nb = be - c0;
+    const int64_t gs = st->opts->group_size;
+    const bool flush_groups = gs > 0 && !st->opts->static_groups;
+    float *Wt = (float *)st->Wt, *E = w->e;
+    const float *U = st->U;
+    int rc;
+    double th = omp_get_wtime();
+    if (hook->block_begin && (rc = hook->block_begin(hook->ctx, st, c0, nb, err)))
+        return rc;
+    stats->hook_s += omp_get_wtime() - th;
+    int64_t flushed = c0; // E[c0:flushed] already applied to Wt[be:]
+    for (int64_t s0 = c0; s0 < be; s0 += sub) {
+        const int64_t s1 = s0 + sub < be ? s0 + sub : be;
+        // A group that starts here and crosses the block end is fitted on its
+        // current columns: flush the block's errors so far to Wt[be:] first.
+        if (flush_groups && s0 % gs == 0 && s0 + gs > be && be < n && s0 > flushed) {
+            const double tg = omp_get_wtime();
+            stats->gemm_flops += 2.0 * (double)(n - be) * (double)rows * (double)(s0 - flushed);
+            lb_sgemm(true, false, n - be, rows, s0 - flushed, -1.0f, U + flushed * n + be,
+                     n, E + (flushed - c0) * rows, rows, 1.0f, Wt + be * rows, rows);
+            stats->gemm_s += omp_get_wtime() - tg;
+            flushed = s0;
+        }
+        for (int64_t c = s0; c < s1; c++)
+            if ((rc = do_column(hook, st, w, c, c0, s1, stats, err)))
+                return rc;
+        stats->update_flops += (double)rows * (double)(s1 - s0) * (double)(s1 - s0 - 1) +
+                               2.0 * (double)rows * (double)(s1 - s0) * (double)(be - s1);
+        // rest of the block: Wt[s1:be] (be-s1, rows) -= U[s0:s1, s1:be]ᵀ @ E[s0:s1]
+        if (s1 < be)
+            lb_sgemm(true, false, be - s1, rows, s1 - s0, -1.0f, U + s0 * n + s1, n,
+                     E + (s0 - c0) * rows, rows, 1.0f, Wt + s1 * rows, rows);
+    }
+    // lazy batch: Wt[be:] (n-be, rows) -= U[f:be, be:]ᵀ (n-be, be-f) @ E[f:be] (be-f, rows)
+    if (be < n) {
+        const double tg = omp_get_wtime();
+        stats->gemm_flops += 2.0 * (double)(n - be) * (double)rows * (double)(be - flushed);
+        lb_sgemm(true, false, n - be, rows, be - flushed, -1.0f, U + flushed * n + be, n,
+                 E + (flushed - c0) * rows, rows, 1.0f, Wt + be * rows, rows);
+        stats->gemm_s += omp_get_wtime() - tg;
+    }
+    return LB_OK;
+}
+
+int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
+                const lb_qopts *opts, const lb_gptq_hook *hook, float *W_hat,
+                int64_t *perm_out, lb_err *err)
+{
+    return lb_gptq_run_ex(W, rows, cols, H, opts, hook, W_hat, perm_out, NULL, NULL, err);
+}
+
+int lb_gptq_run_ex(const float *W, int64_t rows, int64_t cols, const float *H,
+                   const lb_qopts *opts, const lb_gptq_hook *hook, float *W_hat,
+                   int64_t *perm_out, lb_gptq_work *work, lb_gptq_stats *stats_out,
+                   lb_err *err)
+{
+    lb_gptq_stats stats = {0};
+    const double t_start = omp_get_wtime();
+    double t_phase = t_start, t_loop = 0.0;
+    lb_gptq_work own = {0};
+    int rc = check_args(W, rows, cols, H, opts, hook, W_hat, err);
+    if (rc)
+        goto cleanup;
+    const int64_t n = cols, bs = opts->block_size;
+    if (!work) {
+        if ((rc = lb_gptq_work_init(&own, rows, cols, bs, err)))
+            goto cleanup;
+        work = &own;
+    } else if (work->rows < rows || work->cols != cols || work->block_size < (bs < n ? bs : n)) {
+        rc = lb_err_set(err, LB_EINVAL, "gptq: workspace is %lld x %lld (block %lld), the "
+                        "run needs %lld x %lld (block %lld): lb_gptq_work_init it for this "
+                        "shape", (long long)work->rows, (long long)work->cols,
+                        (long long)work->block_size, (long long)rows, (long long)cols,
+                        (long long)bs);
         goto cleanup;
     }
     stats.chol_flops = (double)n * (double)n * (double)n / 3.0;
@@ -305,20 +479,9 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
     // 0), at most 3 times, as GPTQModel does; A is rebuilt from H for each try
     double damp_rel = opts->damp;
     for (int tries = 0;; tries++) {
-        const float damp = (float)(damp_rel * mean);
-        // A = J (P H Pᵀ + damp I) J (dead diag = 1): element (a, b) of the damped,
-        // permuted H goes to (n-1-a, n-1-b), the reversed order the factorization wants
-#pragma omp parallel for schedule(static)
-        for (int64_t a = 0; a < n; a++) {
-            const float *hrow = H + perm[a] * n;
-            float *arow = A + (n - 1 - a) * n + (n - 1); // arow[-b] = element (a, b)
-            for (int64_t b = 0; b < n; b++)
-                arow[-b] = hrow[perm[b]];
-            arow[-a] = diag[perm[a]] + damp;
-            hdiag[a] = arow[-a];
-        }
+        prepare_h(H, n, opts, damp_rel, work);
         stats.prep_s += omp_get_wtime() - t_phase;
-        rc = cholesky_inverse_upper(A, Uf, n, hdiag, perm, &stats, err);
+        rc = cholesky_inverse_upper(work->a, work->u, n, work->hdiag, work->perm, &stats, err);
         if (!rc || rc == LB_ENOMEM || !opts->damp_auto || tries == 3)
             break;
         damp_rel = damp_rel > 0.0 ? 10.0 * damp_rel : 0.01;
@@ -327,25 +490,13 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
     if (rc)
         goto cleanup;
     t_phase = omp_get_wtime();
-    Wt = A; // A is no longer needed
-    A = NULL;
-    // Wt[c, :] = W[:, perm[c]] (zero for dead columns), by 32 x 32 tiles; each thread
-    // owns whole column tiles (rows of Wt)
-#pragma omp parallel for schedule(static)
-    for (int64_t c0 = 0; c0 < n; c0 += 32)
-        for (int64_t r0 = 0; r0 < rows; r0 += 32) {
-            int64_t r1 = r0 + 32 < rows ? r0 + 32 : rows, c1 = c0 + 32 < n ? c0 + 32 : n;
-            for (int64_t c = c0; c < c1; c++) {
-                const int64_t o = perm[c];
-                for (int64_t r = r0; r < r1; r++)
-                    Wt[c * rows + r] = dead[o] ? 0.0f : W[r * n + o];
-            }
-        }
+    float *Wt = work->a; // A is no longer needed
+    transpose_in(W, rows, n, work, Wt);
     stats.prep_s += omp_get_wtime() - t_phase;
-    const float *U = Uf;
 
     lb_gptq_state st = {.rows = rows, .cols = n, .block_size = bs, .opts = opts, .Wt = Wt,
-                        .U = U, .Hdiag = hdiag, .perm = perm, .iperm = iperm};
+                        .U = work->u, .Hdiag = work->hdiag, .perm = work->perm,
+                        .iperm = work->iperm};
     t_loop = omp_get_wtime();
     if (hook->begin && (rc = hook->begin(hook->ctx, &st, err)))
         goto cleanup;
@@ -353,77 +504,11 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
     // sub-blocks: width divides the group size and the block size, so a group's first
     // column always starts a sub-block and sees all earlier in-block updates
     int64_t sub = gcd64(bs, 32);
-    const int64_t gs = opts->group_size;
-    const bool flush_groups = gs > 0 && !opts->static_groups;
-    if (gs > 0)
-        sub = gcd64(sub, gs);
-    for (int64_t c0 = 0; c0 < n; c0 += bs) {
-        const int64_t be = c0 + bs < n ? c0 + bs : n, nb = be - c0;
-        double th = omp_get_wtime();
-        if (hook->block_begin && (rc = hook->block_begin(hook->ctx, &st, c0, nb, err)))
+    if (opts->group_size > 0)
+        sub = gcd64(sub, opts->group_size);
+    for (int64_t c0 = 0; c0 < n; c0 += bs)
+        if ((rc = do_block(hook, &st, work, c0, sub, &stats, err)))
             goto cleanup;
-        stats.hook_s += omp_get_wtime() - th;
-        int64_t flushed = c0; // E[c0:flushed] already applied to Wt[be:]
-        for (int64_t s0 = c0; s0 < be; s0 += sub) {
-            const int64_t s1 = s0 + sub < be ? s0 + sub : be;
-            // A group that starts here and crosses the block end is fitted on its
-            // current columns: flush the block's errors so far to Wt[be:] first.
-            if (flush_groups && s0 % gs == 0 && s0 + gs > be && be < n && s0 > flushed) {
-                const double tg = omp_get_wtime();
-                stats.gemm_flops += 2.0 * (double)(n - be) * (double)rows * (double)(s0 - flushed);
-                lb_sgemm(true, false, n - be, rows, s0 - flushed, -1.0f, U + flushed * n + be,
-                         n, E + (flushed - c0) * rows, rows, 1.0f, Wt + be * rows, rows);
-                stats.gemm_s += omp_get_wtime() - tg;
-                flushed = s0;
-            }
-            for (int64_t c = s0; c < s1; c++) {
-                float *w = Wt + c * rows;
-                float es = 1.0f;
-                const double tc = omp_get_wtime();
-                if ((rc = hook->column(hook->ctx, &st, c, w, q, &es, err)))
-                    goto cleanup;
-                stats.hook_s += omp_get_wtime() - tc;
-                // e_c = (w - q) / U_cc   (GPTQ Eq. 4 with the Cholesky row of H^-1)
-                const float f = es / U[c * n + c];
-                float *e = E + (c - c0) * rows;
-                bool finite = true;
-#pragma omp simd reduction(&& : finite)
-                for (int64_t r = 0; r < rows; r++) {
-                    finite = finite && isfinite(q[r]);
-                    e[r] = (w[r] - q[r]) * f;
-                    w[r] = q[r];
-                }
-                if (!finite) {
-                    rc = lb_err_set(err, LB_ENUMERIC,
-                                    "gptq: method returned NaN/Inf for column %lld",
-                                    (long long)perm[c]);
-                    goto cleanup;
-                }
-                // W[:, c+1:s1] -= e ⊗ U[c, c+1:s1]
-                for (int64_t k = c + 1; k < s1; k++) {
-                    const float u = U[c * n + k];
-                    float *wk = Wt + k * rows;
-#pragma omp simd
-                    for (int64_t r = 0; r < rows; r++)
-                        wk[r] -= u * e[r];
-                }
-            }
-            stats.update_flops += (double)rows * (double)(s1 - s0) * (double)(s1 - s0 - 1) +
-                                  2.0 * (double)rows * (double)(s1 - s0) * (double)(be - s1);
-            // rest of the block: Wt[s1:be] (be-s1, rows) -= U[s0:s1, s1:be]ᵀ @ E[s0:s1]
-            if (s1 < be)
-                lb_sgemm(true, false, be - s1, rows, s1 - s0, -1.0f, U + s0 * n + s1, n,
-                         E + (s0 - c0) * rows, rows, 1.0f, Wt + s1 * rows, rows);
-        }
-        // lazy batch: Wt[be:] (n-be, rows) -= U[f:be, be:]ᵀ (n-be, be-f) @ E[f:be] (be-f, rows)
-        if (be < n) {
-            const double tg = omp_get_wtime();
-            stats.gemm_flops += 2.0 * (double)(n - be) * (double)rows * (double)(be - flushed);
-            lb_sgemm(true, false, n - be, rows, be - flushed, -1.0f, U + flushed * n + be, n,
-                     E + (flushed - c0) * rows, rows, 1.0f, Wt + be * rows, rows);
-            stats.gemm_s += omp_get_wtime() - tg;
-        }
-    }
     t_phase = omp_get_wtime();
     stats.update_s = t_phase - t_loop - stats.hook_s - stats.gemm_s;
     t_loop = 0.0;
@@ -431,24 +516,16 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
         goto cleanup;
     stats.end_s = omp_get_wtime() - t_phase;
     t_phase = omp_get_wtime();
-    untranspose(Wt, perm, rows, n, W_hat);
+    untranspose(Wt, work->perm, rows, n, W_hat);
     if (perm_out)
-        memcpy(perm_out, perm, (size_t)n * sizeof *perm);
+        memcpy(perm_out, work->perm, (size_t)n * sizeof *perm_out);
     stats.finish_s = omp_get_wtime() - t_phase;
 cleanup:
     if (t_loop > 0.0) // failed inside the loop
         stats.update_s = omp_get_wtime() - t_loop - stats.hook_s - stats.gemm_s;
     stats.total_s = omp_get_wtime() - t_start;
-    last_stats = stats;
-    free(A);
-    free(Uf);
-    free(Wt);
-    free(E);
-    free(q);
-    free(diag);
-    free(hdiag);
-    free(perm);
-    free(iperm);
-    free(dead);
+    if (stats_out)
+        *stats_out = stats;
+    lb_gptq_work_free(&own);
     return rc;
 }

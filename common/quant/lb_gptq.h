@@ -108,22 +108,54 @@ int lb_gptq_run(const float *W, int64_t rows, int64_t cols, const float *H,
                 const lb_qopts *opts, const lb_gptq_hook *hook, float *W_hat,
                 int64_t *perm_out, lb_err *err);
 
-/* Per-phase wall time (seconds) and nominal flops of one lb_gptq_run, for benchmarks.
- * Phases: prep = input scans, dead columns, damping, act-order, H copy and W transpose;
- * chol = blocked Cholesky of J H J; inv = triangular inverse into U and its checks;
- * hook = time inside hook->begin/block_begin/column; update = in-block rank-1 updates
- * and sub-block GEMMs (plus error/finiteness pass); gemm = lazy-batch trailing GEMMs
- * and group flushes; end = hook->end (e.g. packing); finish = the transpose back to
- * W_hat. */
+/* Caller-provided scratch of lb_gptq_run_ex (every buffer the column loop needs):
+ * one (max(rows, cols), cols) and one (cols, cols) float buffer plus O(rows * block)
+ * small ones. Init once for a shape and reuse it for runs with the same cols, at most
+ * rows rows and a block size at most block_size: the engine writes every element it
+ * reads, so results do not depend on what an earlier run left. */
 typedef struct {
-    uint64_t run_id; /* increments with every lb_gptq_run on this thread (0: none yet) */
-    double prep_s, chol_s, inv_s, hook_s, update_s, gemm_s, end_s, finish_s, total_s;
-    double chol_flops, inv_flops, update_flops, gemm_flops;
-} lb_gptq_stats;
+    int64_t rows, cols, block_size; /* capacity (block_size clamped to cols) */
+    float *a;                       /* H copy for the factorization, then Wt */
+    float *u;                       /* U (cols, cols) */
+    float *e;                       /* block errors (block_size, rows) */
+    float *q;                       /* one dequantized column (rows,) */
+    float *diag, *hdiag;            /* (cols,) */
+    int64_t *perm, *iperm;          /* (cols,) */
+    uint8_t *dead;                  /* (cols,) */
+} lb_gptq_work;
 
-/* Copies the stats of the most recent lb_gptq_run on the calling thread (also a failed
- * one: phases not reached are 0) into *out. Thread-local, no locking. */
-void lb_gptq_last_stats(lb_gptq_stats *out);
+/* Allocates w for (rows, cols) runs with block size up to block_size. Returns 0,
+ * LB_EINVAL (empty or overflowing shape) or LB_ENOMEM (w zeroed then). */
+int lb_gptq_work_init(lb_gptq_work *w, int64_t rows, int64_t cols, int64_t block_size,
+                      lb_err *err);
+/* Frees w's buffers and zeroes it. Safe on a zeroed struct. */
+void lb_gptq_work_free(lb_gptq_work *w);
+
+/* lb_gptq_run with caller-provided scratch (work, NULL: allocated and freed inside) and
+ * the run's phase times (stats_out, may be NULL; filled on failure too, with the phases
+ * not reached 0). A work too small for the run gives LB_EINVAL. Results are
+ * bit-identical to lb_gptq_run. The stats type is lb_gptq_stats (lb_quant.h). */
+int lb_gptq_run_ex(const float *W, int64_t rows, int64_t cols, const float *H,
+                   const lb_qopts *opts, const lb_gptq_hook *hook, float *W_hat,
+                   int64_t *perm_out, lb_gptq_work *work, lb_gptq_stats *stats_out,
+                   lb_err *err);
+
+/* ---- the method shell: one copy of what every GPTQ-loop method does around its hook ----
+ * Checks the shapes every such method accepts: out non-NULL (then zeroed), W, H, opts
+ * non-NULL, 1 <= rows <= INT32_MAX, cols >= 1, rows * cols floats addressable.
+ * Returns 0, or LB_EINVAL "<method>: empty or oversized matrix R x C". */
+int lb_gptq_method_check(const char *method, const float *W, int64_t rows, int64_t cols,
+                         const float *H, const lb_qopts *opts, lb_qresult *out, lb_err *err);
+
+#define LB_GPTQ_PACK_PERM 1u /* add "perm" (lb_gptq_pack_perm) when opts->act_order */
+
+/* After lb_gptq_method_check (out zeroed, except out->packed the method may have
+ * begun): allocates out->W_hat, runs the engine with hook (its callbacks fill
+ * out->packed), adds "perm" per flags, sets out->bpw, out->gptq_runs and
+ * out->gptq_stats. On failure frees out (lb_qresult_free) and returns the code. */
+int lb_gptq_method_run(const char *method, const float *W, int64_t rows, int64_t cols,
+                       const float *H, const lb_qopts *opts, const lb_gptq_hook *hook,
+                       unsigned flags, lb_qresult *out, lb_err *err);
 
 /* Bits used to store one permutation entry: ceil(log2(cols)), at least 1. */
 uint32_t lb_gptq_perm_bits(int64_t cols);

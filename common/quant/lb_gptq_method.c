@@ -124,9 +124,9 @@ static int gptq_quantize(const float *W, int64_t rows, int64_t cols, const float
     if (rows > INT64_MAX / cols || (uint64_t)(rows * cols) > SIZE_MAX / sizeof(float))
         return lb_err_set(err, LB_EINVAL, "gptq: %lld x %lld overflows", (long long)rows,
                           (long long)cols);
-    memset(out, 0, sizeof *out);
+    if ((rc = lb_gptq_method_check("gptq", W, rows, cols, H, opts, out, err)))
+        return rc;
     gptq_uniform u = {0};
-    int64_t *perm = NULL;
     rc = lb_uniform_pack_begin(&out->packed, "gptq", rows, cols, bits, opts->group_size,
                                opts->sym, &u.f, err);
     if (rc)
@@ -137,10 +137,8 @@ static int gptq_quantize(const float *W, int64_t rows, int64_t cols, const float
     u.static_groups = opts->static_groups;
     u.scale = malloc((size_t)rows * sizeof *u.scale);
     u.zero = malloc((size_t)rows * sizeof *u.zero);
-    out->W_hat = lb_quant_big_alloc((size_t)(rows * cols) * sizeof *out->W_hat);
-    perm = malloc((size_t)cols * sizeof *perm);
     u.ct = lb_quant_big_alloc((size_t)(rows * cols) * sizeof *u.ct);
-    bool ok = u.scale && u.zero && out->W_hat && perm && u.ct;
+    bool ok = u.scale && u.zero && u.ct;
     if (ok && u.static_groups && !u.per_row) {
         u.sscale = malloc((size_t)(u.f.ngroups * rows) * sizeof *u.sscale);
         u.szero = malloc((size_t)(u.f.ngroups * rows) * sizeof *u.szero);
@@ -154,16 +152,9 @@ static int gptq_quantize(const float *W, int64_t rows, int64_t cols, const float
     }
     lb_gptq_hook hook = {.ctx = &u, .begin = uniform_begin, .column = uniform_column,
                          .end = uniform_end};
-    rc = lb_gptq_run(W, rows, cols, H, opts, &hook, out->W_hat, perm, err);
-    if (rc)
-        goto fail;
     // the permutation is needed to find groups only when groups follow processing order
-    if (opts->act_order && !u.per_row && !u.static_groups) {
-        rc = lb_gptq_pack_perm(&out->packed, perm, cols, err);
-        if (rc)
-            goto fail;
-    }
-    out->bpw = lb_qpacked_bpw(&out->packed);
+    rc = lb_gptq_method_run("gptq", W, rows, cols, H, opts, &hook,
+                            !u.per_row && !u.static_groups ? LB_GPTQ_PACK_PERM : 0, out, err);
     goto cleanup;
 fail:
     lb_qresult_free(out);
@@ -174,7 +165,6 @@ cleanup:
     free(u.szero);
     free(u.gather);
     free(u.ct);
-    free(perm);
     return rc;
 }
 

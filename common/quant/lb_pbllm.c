@@ -501,14 +501,10 @@ static int pb_end(void *ctx, const lb_gptq_state *st, lb_err *err)
 int lb_pbllm_quantize(const float *W, int64_t rows, int64_t cols, const float *H,
                       const lb_qopts *opts, lb_qresult *out, lb_err *err)
 {
-    if (!out)
-        return lb_err_set(err, LB_EINVAL, "pbllm: NULL result");
-    memset(out, 0, sizeof *out);
-    if (!W || !H || !opts || rows < 1 || cols < 1 || rows > INT64_MAX / cols ||
-        (size_t)(rows * cols) > SIZE_MAX / sizeof(float))
-        return lb_err_set(err, LB_EINVAL, "pbllm: empty or oversized matrix %lld x %lld",
-                          (long long)rows, (long long)cols);
-    int rc = pb_check_opts(opts, rows, opts->block_size > 0 ? opts->block_size : 1, err);
+    int rc = lb_gptq_method_check("pbllm", W, rows, cols, H, opts, out, err);
+    if (rc)
+        return rc;
+    rc = pb_check_opts(opts, rows, opts->block_size > 0 ? opts->block_size : 1, err);
     if (rc)
         return rc;
     pb_ctx cx;
@@ -520,31 +516,13 @@ int lb_pbllm_quantize(const float *W, int64_t rows, int64_t cols, const float *H
     snprintf(out->packed.method, sizeof out->packed.method, "pbllm");
     out->packed.rows = rows;
     out->packed.cols = cols;
-    int64_t *perm = malloc((size_t)cols * sizeof *perm);
-    out->W_hat = malloc((size_t)(rows * cols) * sizeof *out->W_hat);
-    if (!perm || !out->W_hat) {
-        rc = lb_err_set(err, LB_ENOMEM, "pbllm: out of memory for a %lld x %lld matrix",
-                        (long long)rows, (long long)cols);
-        goto fail;
-    }
     lb_gptq_hook hook = {.ctx = &cx,
                          .begin = pb_begin,
                          .block_begin = pb_block_begin,
                          .column = pb_column,
                          .end = pb_end};
-    rc = lb_gptq_run(W, rows, cols, H, opts, &hook, out->W_hat, perm, err);
-    if (rc)
-        goto fail;
-    if (opts->act_order && (rc = lb_gptq_pack_perm(&out->packed, perm, cols, err)))
-        goto fail;
-    out->bpw = lb_qpacked_bpw(&out->packed);
+    rc = lb_gptq_method_run("pbllm", W, rows, cols, H, opts, &hook, LB_GPTQ_PACK_PERM, out, err);
     pb_ctx_release(&cx);
-    free(perm);
-    return 0;
-fail:
-    pb_ctx_release(&cx);
-    free(perm);
-    lb_qresult_free(out);
     return rc;
 }
 

@@ -553,6 +553,8 @@ int lb_qbb_quantize(const float *W, int64_t rows, int64_t cols, const float *H,
         }
     }
     out->bpw = lb_qpacked_bpw(p);
+    out->gptq_runs = gres.gptq_runs; /* the gptq_init run's phase times, for benchmarks */
+    out->gptq_stats = gres.gptq_stats;
     rc = LB_OK;
     goto cleanup;
 

@@ -66,6 +66,20 @@ void lb_qopts_init(lb_qopts *opts)
 #undef LB_QOPT_DEFAULT
 }
 
+const char *lb_qgrid_name(lb_qgrid g)
+{
+    return g == LB_GRID_MSE    ? "mse"
+           : g == LB_GRID_Q2_K ? "q2_k"
+           : g == LB_GRID_Q3_K ? "q3_k"
+           : g == LB_GRID_Q4_K ? "q4_k"
+                               : "minmax";
+}
+
+const char *lb_qsalient_name(lb_qsalient s)
+{
+    return s == LB_SALIENT_MAGNITUDE ? "magnitude" : "hessian";
+}
+
 /* ---- results and packed fields ---- */
 
 void lb_qresult_free(lb_qresult *res)

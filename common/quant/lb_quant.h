@@ -63,11 +63,28 @@ typedef struct {
 } lb_qopts;
 
 void lb_qopts_init(lb_qopts *opts);
+/* the spellings of the enum options (--grid, --salient-criterion) */
+const char *lb_qgrid_name(lb_qgrid g);
+const char *lb_qsalient_name(lb_qsalient s);
+
+/* Per-phase wall time (seconds) and nominal flops of one GPTQ engine run
+ * (lb_gptq_run_ex), for benchmarks. Phases: prep = input scans, dead columns, damping,
+ * act-order, H copy and W transpose; chol = blocked Cholesky of J H J; inv = triangular
+ * inverse into U and its checks; hook = time inside hook->begin/block_begin/column;
+ * update = in-block rank-1 updates and sub-block GEMMs (plus error/finiteness pass);
+ * gemm = lazy-batch trailing GEMMs and group flushes; end = hook->end (e.g. packing);
+ * finish = the transpose back to W_hat. */
+typedef struct {
+    double prep_s, chol_s, inv_s, hook_s, update_s, gemm_s, end_s, finish_s, total_s;
+    double chol_flops, inv_flops, update_flops, gemm_flops;
+} lb_gptq_stats;
 
 typedef struct {
     float *W_hat;      /* (rows, cols), owned */
     lb_qpacked packed; /* owned */
     double bpw;        /* 8 * bytes stored / (rows * cols) */
+    int32_t gptq_runs;        /* GPTQ engine runs behind this result (0: none) */
+    lb_gptq_stats gptq_stats; /* the last one's phase times, when gptq_runs > 0 */
 } lb_qresult;
 
 /* Frees everything a method put in res and zeroes it. Safe on a zeroed struct. */

@@ -4,7 +4,6 @@
 #include "lb_rotate.h"
 
 #include "lb_kquant.h"
-#include "lb_qopts_parse.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -1,7 +1,6 @@
 #include "lb_uniform.h"
 
 #include "lb_kquant.h"
-#include "lb_qopts_parse.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -7,25 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lb_test_cluster.h"
 #include "lb_test_redis.h"
 #include "lb_test_util.h"
-
-static lb_test_redis g_srv;
-
-static int group_setup(void **state)
-{
-    (void)state;
-    if (!lb_test_redis_available())
-        return 0;
-    return lb_test_redis_start(&g_srv, NULL);
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    lb_test_redis_stop(&g_srv);
-    return 0;
-}
 
 static void assert_same_checkpoint(const char *dir, const char *a, const char *b)
 {
@@ -107,15 +91,12 @@ static void run_distributed(const char *job, const char *method)
                          bin, model, calib, dir, q);
     assert_int_equal(rc, 0);
     free(out);
-    rc = lb_test_run(&out,
-                     "cd '%s' || exit 1; ( '%s' coordinator --redis %s --job %s --model '%s' "
-                     "--calib '%s' --out dist %s --collect-chunks 2 > coord.log 2>&1; "
-                     "echo $? > coord.rc ) & "
-                     "'%s' worker --redis %s --threads 1 --idle-exit 3 --id %sA > wA.log 2>&1 & "
-                     "'%s' worker --redis %s --threads 1 --idle-exit 3 --id %sB > wB.log 2>&1 & "
-                     "wait; cat '%s/coord.rc' '%s/coord.log'",
-                     dir, bin, g_srv.url, job, model, calib, q, bin, g_srv.url, job, bin,
-                     g_srv.url, job, dir, dir);
+    char args[300];
+    snprintf(args, sizeof args, "%s --collect-chunks 2", q);
+    rc = lb_test_cluster_run(&(lb_test_cluster){.dir = dir, .job = job, .model = model,
+                                                 .calib = calib, .out = "dist", .args = args,
+                                                 .nworkers = 2, .id_prefix = job},
+                             &out);
     assert_int_equal(rc, 0);
     assert_non_null(out);
     if (strncmp(out, "0\n", 2))
@@ -150,5 +131,5 @@ int main(void)
         cmocka_unit_test(test_distributed_chunked_gptq),
         cmocka_unit_test(test_distributed_chunked_claq),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return cmocka_run_group_tests(tests, lb_test_cluster_setup, lb_test_cluster_teardown);
 }

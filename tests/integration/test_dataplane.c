@@ -17,25 +17,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "lb_test_cluster.h"
 #include "lb_test_redis.h"
 #include "lb_test_util.h"
-
-static lb_test_redis g_srv;
-
-static int group_setup(void **state)
-{
-    (void)state;
-    if (!lb_test_redis_available())
-        return 0;
-    return lb_test_redis_start(&g_srv, NULL);
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    lb_test_redis_stop(&g_srv);
-    return 0;
-}
 
 typedef struct {
     char *dir;
@@ -106,8 +90,8 @@ static void start_coordinator(const fixture *f, const char *job, const char *sub
         "wait $!; echo $? > %s.rc ) > /dev/null 2>&1 & "
         "for i in $(seq 200); do redis-cli -p %d HGET lowbit:job:%s artifacts | grep -q '^tcp://' "
         "&& exit 0; sleep 0.1; done; cat %s.log; exit 1",
-        f->dir, lb_test_lowbit_bin(), g_srv.url, job, f->model, f->calib, f->dir, sub, q, COMMON,
-        job, job, job, g_srv.port, job, job);
+        f->dir, lb_test_lowbit_bin(), lb_test_srv.url, job, f->model, f->calib, f->dir, sub, q, COMMON,
+        job, job, job, lb_test_srv.port, job, job);
     if (rc)
         fail_msg("coordinator did not start: %s", out ? out : "");
     free(out);
@@ -130,7 +114,7 @@ static long long record_num(const char *job, const char *field)
 {
     char *out = NULL;
     long long v = -1;
-    if (lb_test_run(&out, "redis-cli -p %d HGET lowbit:job:%s %s", g_srv.port, job, field) == 0 &&
+    if (lb_test_run(&out, "redis-cli -p %d HGET lowbit:job:%s %s", lb_test_srv.port, job, field) == 0 &&
         out && out[0] >= '0' && out[0] <= '9')
         v = atoll(out);
     free(out);
@@ -178,8 +162,8 @@ static void test_own_caches(void **state)
                          "> wA.log 2>wA.err & "
                          "TMPDIR='%s/tmp' '%s' worker --redis %s --threads 1 --idle-exit 2 --id wB "
                          "--json > wB.log 2>wB.err & wait",
-                         f->dir, lb_test_lowbit_bin(), g_srv.url, f->dir, lb_test_lowbit_bin(),
-                         g_srv.url);
+                         f->dir, lb_test_lowbit_bin(), lb_test_srv.url, f->dir, lb_test_lowbit_bin(),
+                         lb_test_srv.url);
     assert_int_equal(rc, 0);
     free(out);
     for (int k = 0; k < 2; k++) {
@@ -225,7 +209,7 @@ static void test_own_caches(void **state)
         fail_msg("worker cache kept %d activation/Hessian artifacts", left);
     for (int k = 0; k < 2; k++) {
         assert_int_equal(lb_test_run(&out, "redis-cli -p %d LLEN lowbit:job:%s:released",
-                                     g_srv.port, jobs[k]), 0);
+                                     lb_test_srv.port, jobs[k]), 0);
         assert_true(atoi(out) >= 20);
         free(out);
     }
@@ -246,7 +230,7 @@ static void test_shared_filesystem_moves_nothing(void **state)
     char *out = NULL;
     int rc = lb_test_run(&out, "cd '%s' && '%s' worker --redis %s --threads 1 --idle-exit 2 "
                          "--id wS --cache '%s/dist' --json 2>/dev/null",
-                         f->dir, lb_test_lowbit_bin(), g_srv.url, f->dir);
+                         f->dir, lb_test_lowbit_bin(), lb_test_srv.url, f->dir);
     assert_int_equal(rc, 0);
     assert_non_null(strstr(out, "\"event\":\"ran\""));
     assert_null(strstr(out, "\"bytes_fetched\":1"));
@@ -341,7 +325,7 @@ static void test_corruption_recomputed(void **state)
     char *out = NULL;
     int rc = lb_test_run(&out, "cd '%s' && '%s' worker --redis %s --threads 1 --max-jobs 3 "
                          "--id wA --cache ca --json 2>&1",
-                         f->dir, lb_test_lowbit_bin(), g_srv.url);
+                         f->dir, lb_test_lowbit_bin(), lb_test_srv.url);
     assert_int_equal(rc, 0);
     free(out);
     char root[4200];
@@ -357,7 +341,7 @@ static void test_corruption_recomputed(void **state)
                      "> wA.log 2>&1 & "
                      "'%s' worker --redis %s --threads 1 --idle-exit 3 --id wB --cache cb --json "
                      "> wB.log 2>&1 & wait",
-                     f->dir, lb_test_lowbit_bin(), g_srv.url, lb_test_lowbit_bin(), g_srv.url);
+                     f->dir, lb_test_lowbit_bin(), lb_test_srv.url, lb_test_lowbit_bin(), lb_test_srv.url);
     assert_int_equal(rc, 0);
     free(out);
     char *log = NULL;
@@ -375,7 +359,7 @@ static void test_corruption_recomputed(void **state)
     free(out);
     assert_same_checkpoint(f->dir, "emb", "dist");
     assert_int_equal(lb_test_run(&out, "redis-cli -p %d XLEN lowbit:job:dp-corrupt:dead",
-                                 g_srv.port), 0);
+                                 lb_test_srv.port), 0);
     assert_int_equal(atoi(out), 0);
     free(out);
 }
@@ -394,16 +378,16 @@ static void test_dead_server_item_retried(void **state)
     assert_true(port > 0);
     char *out = NULL, real[256];
     assert_int_equal(lb_test_run(&out, "redis-cli -p %d HGET lowbit:job:dp-dead artifacts",
-                                 g_srv.port), 0);
+                                 lb_test_srv.port), 0);
     snprintf(real, sizeof real, "%s", out);
     real[strcspn(real, "\r\n")] = 0;
     free(out);
     assert_int_equal(lb_test_run(&out, "redis-cli -p %d HSET lowbit:job:dp-dead artifacts "
-                                 "tcp://127.0.0.1:%d", g_srv.port, port), 0);
+                                 "tcp://127.0.0.1:%d", lb_test_srv.port, port), 0);
     free(out);
     int rc = lb_test_run(&out, "cd '%s' && '%s' worker --redis %s --threads 1 --max-jobs 1 "
                          "--xfer-timeout-ms 200 --id wD --cache cd 2>&1",
-                         f->dir, lb_test_lowbit_bin(), g_srv.url);
+                         f->dir, lb_test_lowbit_bin(), lb_test_srv.url);
     assert_int_equal(rc, 0);
     char want[128];
     snprintf(want, sizeof want, "tcp://127.0.0.1:%d: no answer in", port);
@@ -419,14 +403,14 @@ static void test_dead_server_item_retried(void **state)
     free(out);
     /* the item is back in the queue, not dead */
     assert_int_equal(lb_test_run(&out, "redis-cli -p %d XLEN lowbit:job:dp-dead:dead",
-                                 g_srv.port), 0);
+                                 lb_test_srv.port), 0);
     assert_int_equal(atoi(out), 0);
     free(out);
     assert_int_equal(lb_test_run(&out, "redis-cli -p %d HSET lowbit:job:dp-dead artifacts '%s'",
-                                 g_srv.port, real), 0);
+                                 lb_test_srv.port, real), 0);
     free(out);
     rc = lb_test_run(&out, "cd '%s' && '%s' worker --redis %s --threads 1 --idle-exit 2 --id wD "
-                     "--cache cd 2>&1", f->dir, lb_test_lowbit_bin(), g_srv.url);
+                     "--cache cd 2>&1", f->dir, lb_test_lowbit_bin(), lb_test_srv.url);
     assert_int_equal(rc, 0);
     free(out);
     char *log = NULL;
@@ -446,5 +430,5 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_corruption_recomputed, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_dead_server_item_retried, fx_setup, fx_teardown),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return cmocka_run_group_tests(tests, lb_test_cluster_setup, lb_test_cluster_teardown);
 }

@@ -8,25 +8,9 @@
 #include <string.h>
 
 #include "lb_redis.h"
+#include "lb_test_cluster.h"
 #include "lb_test_redis.h"
 #include "lb_test_util.h"
-
-static lb_test_redis g_srv;
-
-static int group_setup(void **state)
-{
-    (void)state;
-    if (!lb_test_redis_available())
-        return 0;
-    return lb_test_redis_start(&g_srv, NULL);
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    lb_test_redis_stop(&g_srv);
-    return 0;
-}
 
 static void test_distributed_equals_embedded(void **state)
 {
@@ -44,14 +28,10 @@ static void test_distributed_equals_embedded(void **state)
     assert_int_equal(rc, 0);
     free(out);
     /* coordinator and two workers side by side; the workers leave once idle */
-    rc = lb_test_run(&out,
-                     "cd '%s' || exit 1; ( '%s' coordinator --redis %s --job d1 --model '%s' --calib '%s' "
-                     "--out dist %s > coord.log 2>&1; echo $? > coord.rc ) & "
-                     "'%s' worker --redis %s --threads 1 --idle-exit 3 --id wA > wA.log 2>&1 & "
-                     "'%s' worker --redis %s --threads 1 --idle-exit 3 --id wB > wB.log 2>&1 & "
-                     "wait; cat '%s/coord.rc' '%s/coord.log'",
-                     dir, bin, g_srv.url, model, calib, q, bin, g_srv.url, bin, g_srv.url, dir,
-                     dir);
+    rc = lb_test_cluster_run(&(lb_test_cluster){.dir = dir, .job = "d1", .model = model,
+                                                 .calib = calib, .out = "dist", .args = q,
+                                                 .nworkers = 2, .id_prefix = "w"},
+                             &out);
     assert_int_equal(rc, 0);
     assert_non_null(out);
     if (strncmp(out, "0\n", 2))
@@ -67,7 +47,7 @@ static void test_distributed_equals_embedded(void **state)
     assert_int_equal(lb_test_run(&out, "grep -c ' ran ' '%s/wA.log' '%s/wB.log'", dir, dir), 0);
     assert_non_null(strstr(out, "wA.log:"));
     free(out);
-    assert_int_equal(lb_test_run(&out, "'%s' status d1 --redis %s", bin, g_srv.url), 0);
+    assert_int_equal(lb_test_run(&out, "'%s' status d1 --redis %s", bin, lb_test_srv.url), 0);
     assert_non_null(strstr(out, "state     done"));
     assert_non_null(strstr(out, "0 failed, 0 in flight"));
     assert_non_null(strstr(out, "0 dead-lettered"));
@@ -76,7 +56,7 @@ static void test_distributed_equals_embedded(void **state)
     /* the same job name with other options: refused, clearly */
     rc = lb_test_run(&out, "cd '%s' && '%s' coordinator --redis %s --job d1 --model '%s' "
                      "--calib '%s' --out dist2 --ctx 128 --nsamples 8 --method gptq --bits 2 "
-                     "--threads 1 2>&1", dir, bin, g_srv.url, model, calib);
+                     "--threads 1 2>&1", dir, bin, lb_test_srv.url, model, calib);
     assert_int_not_equal(rc, 0);
     assert_non_null(strstr(out, "already exists with different options"));
     free(out);
@@ -102,12 +82,10 @@ static void test_distributed_lm_head(void **state)
                          bin, model, calib, dir, q);
     assert_int_equal(rc, 0);
     free(out);
-    rc = lb_test_run(&out,
-                     "cd '%s' || exit 1; ( '%s' coordinator --redis %s --job h1 --model '%s' --calib '%s' "
-                     "--out dist %s > coord.log 2>&1; echo $? > coord.rc ) & "
-                     "'%s' worker --redis %s --threads 1 --idle-exit 3 --id wA > wA.log 2>&1 & "
-                     "wait; cat '%s/coord.rc' '%s/coord.log'",
-                     dir, bin, g_srv.url, model, calib, q, bin, g_srv.url, dir, dir);
+    rc = lb_test_cluster_run(&(lb_test_cluster){.dir = dir, .job = "h1", .model = model,
+                                                 .calib = calib, .out = "dist", .args = q,
+                                                 .nworkers = 1, .id_prefix = "w"},
+                             &out);
     assert_int_equal(rc, 0);
     if (strncmp(out, "0\n", 2))
         fail_msg("coordinator failed: %s", out);
@@ -122,7 +100,7 @@ static void test_distributed_lm_head(void **state)
     }
     rc = lb_test_run(&out, "cd '%s' && '%s' coordinator --redis %s --job h1 --model '%s' "
                      "--calib '%s' --out dist2 --ctx 128 --nsamples 8 --method gptq --bits 3 "
-                     "--threads 1 2>&1", dir, bin, g_srv.url, model, calib);
+                     "--threads 1 2>&1", dir, bin, lb_test_srv.url, model, calib);
     assert_int_not_equal(rc, 0);
     assert_non_null(strstr(out, "already exists with different options"));
     free(out);
@@ -136,7 +114,7 @@ static void test_poison_item_dead_lettered(void **state)
     char *dir = lb_test_mkdtemp();
     lb_redis *s = NULL;
     lb_err err = {0};
-    assert_int_equal(lb_redis_connect(g_srv.url, NULL, &s, &err), 0);
+    assert_int_equal(lb_redis_connect(lb_test_srv.url, NULL, &s, &err), 0);
     bool existed;
     assert_int_equal(lb_redis_job_create(s, "poison", "fp", &existed, &err), 0);
     const char *f[] = {"state", "out"}, *v[] = {"running", dir};
@@ -145,7 +123,7 @@ static void test_poison_item_dead_lettered(void **state)
     assert_int_equal(lb_redis_enqueue(s, "poison", "junk", "\x93\x01\x02", 3, NULL, &err), 0);
     char *out = NULL;
     int rc = lb_test_run(&out, "'%s' worker --redis %s --threads 1 --idle-exit 1 --json "
-                         "--max-failures 2 --id wP 2>/dev/null", lb_test_lowbit_bin(), g_srv.url);
+                         "--max-failures 2 --id wP 2>/dev/null", lb_test_lowbit_bin(), lb_test_srv.url);
     assert_int_equal(rc, 0);
     assert_non_null(strstr(out, "\"event\":\"failed\""));
     assert_non_null(strstr(out, "\"dead\":true"));
@@ -183,7 +161,7 @@ static void test_worker_sigterm_deregisters(void **state)
                          "2>&1 & p=$!; for i in $(seq 100); do grep -q serving '%s/w.log' && "
                          "break; sleep 0.1; done; kill -TERM $p; wait $p; echo rc=$?; "
                          "cat '%s/w.log'; redis-cli -p %d EXISTS lowbit:worker:wT",
-                         lb_test_lowbit_bin(), g_srv.url, dir, dir, dir, g_srv.port);
+                         lb_test_lowbit_bin(), lb_test_srv.url, dir, dir, dir, lb_test_srv.port);
     assert_int_equal(rc, 0);
     assert_non_null(out);
     assert_non_null(strstr(out, "signal received"));
@@ -213,7 +191,7 @@ static void test_cancel_stops_coordinator(void **state)
                          "for i in $(seq 100); do redis-cli -p %d HGET lowbit:job:c1 state | "
                          "grep -q running && break; sleep 0.1; done; "
                          "'%s' cancel c1 --redis %s; wait $p; echo rc=$?; cat '%s/coord.log'",
-                         bin, g_srv.url, model, calib, dir, dir, g_srv.port, bin, g_srv.url, dir);
+                         bin, lb_test_srv.url, model, calib, dir, dir, lb_test_srv.port, bin, lb_test_srv.url, dir);
     assert_int_equal(rc, 0);
     assert_non_null(out);
     assert_non_null(strstr(out, "cancel requested"));
@@ -223,7 +201,7 @@ static void test_cancel_stops_coordinator(void **state)
     /* a cancelled name is not reused */
     rc = lb_test_run(&out, "'%s' coordinator --redis %s --job c1 --model '%s' --calib '%s' "
                      "--out '%s/o' --ctx 128 --nsamples 8 --method rtn --threads 1 2>&1",
-                     bin, g_srv.url, model, calib, dir);
+                     bin, lb_test_srv.url, model, calib, dir);
     assert_int_equal(rc, 1);
     assert_non_null(strstr(out, "was cancelled"));
     free(out);
@@ -246,25 +224,25 @@ static void test_crashed_worker_lease_reclaimed(void **state)
     snprintf(coord, sizeof coord,
              "'%s' coordinator --redis %s --job k1 --model '%s' --calib '%s' --out '%s/o' "
              "--ctx 128 --nsamples 8 --method rtn --threads 1 > '%s/coord.log' 2>&1",
-             bin, g_srv.url, model, calib, dir, dir);
+             bin, lb_test_srv.url, model, calib, dir, dir);
     /* start the coordinator; once the first item is queued, "crash" a worker on it */
     int rc = lb_test_run(&out, "%s & echo $! > '%s/coord.pid'; "
                          "for i in $(seq 100); do [ \"$(redis-cli -p %d XLEN lowbit:job:k1:queue)\" "
                          "-ge 1 ] 2>/dev/null && break; sleep 0.1; done; "
                          "redis-cli -p %d XREADGROUP GROUP workers ghost COUNT 1 STREAMS "
                          "lowbit:job:k1:queue '>' | head -2",
-                         coord, dir, g_srv.port, g_srv.port);
+                         coord, dir, lb_test_srv.port, lb_test_srv.port);
     assert_int_equal(rc, 0);
     free(out);
     lb_redis *s = NULL;
     lb_err err = {0};
-    assert_int_equal(lb_redis_connect(g_srv.url, NULL, &s, &err), 0);
+    assert_int_equal(lb_redis_connect(lb_test_srv.url, NULL, &s, &err), 0);
     lb_redis_queue_counts c;
     assert_int_equal(lb_redis_queue_stats(s, "k1", &c, &err), 0);
     assert_int_equal(c.pending, 1); /* held by the dead "ghost" */
     rc = lb_test_run(&out, "'%s' worker --redis %s --threads 1 --lease-ms 300 --idle-exit 2 "
                      "--id wR 2>&1; wait $(cat '%s/coord.pid') 2>/dev/null; cat '%s/coord.log'",
-                     bin, g_srv.url, dir, dir);
+                     bin, lb_test_srv.url, dir, dir);
     assert_int_equal(rc, 0);
     assert_non_null(strstr(out, "quantized 35 linears"));
     free(out);
@@ -299,13 +277,13 @@ static void test_coordinator_restart_resumes(void **state)
     snprintf(coord, sizeof coord,
              "'%s' coordinator --redis %s --job r1 --model '%s' --calib '%s' --out '%s/o' "
              "--ctx 128 --nsamples 8 --method rtn --threads 1",
-             bin, g_srv.url, model, calib, dir);
+             bin, lb_test_srv.url, model, calib, dir);
     char *out = NULL;
     int rc = lb_test_run(&out, "%s > '%s/c1.log' 2>&1 & p=$!; "
                          "for i in $(seq 100); do [ \"$(redis-cli -p %d XLEN lowbit:job:r1:queue)\" "
                          "-ge 1 ] 2>/dev/null && break; sleep 0.1; done; kill -9 $p; wait $p; "
                          "echo killed=$?",
-                         coord, dir, g_srv.port);
+                         coord, dir, lb_test_srv.port);
     assert_int_equal(rc, 0);
     assert_non_null(strstr(out, "killed=137"));
     free(out);
@@ -313,7 +291,7 @@ static void test_coordinator_restart_resumes(void **state)
                      "redis-cli -p %d XLEN lowbit:job:r1:queue; "
                      "'%s' worker --redis %s --threads 1 --idle-exit 2 --id wS > /dev/null 2>&1; "
                      "wait $p; echo rc=$?; cat '%s/c2.log'",
-                     coord, dir, g_srv.port, bin, g_srv.url, dir);
+                     coord, dir, lb_test_srv.port, bin, lb_test_srv.url, dir);
     assert_int_equal(rc, 0);
     assert_non_null(out);
     /* the restarted coordinator did not queue the two embed chunk items (the
@@ -322,7 +300,7 @@ static void test_coordinator_restart_resumes(void **state)
     assert_non_null(strstr(out, "rc=0"));
     assert_non_null(strstr(out, "quantized 35 linears"));
     free(out);
-    assert_int_equal(lb_test_run(&out, "'%s' status r1 --redis %s --events 200", bin, g_srv.url), 0);
+    assert_int_equal(lb_test_run(&out, "'%s' status r1 --redis %s --events 200", bin, lb_test_srv.url), 0);
     assert_non_null(strstr(out, "state     done"));
     assert_non_null(strstr(out, "resumed"));
     free(out);
@@ -340,5 +318,5 @@ int main(void)
         cmocka_unit_test(test_crashed_worker_lease_reclaimed),
         cmocka_unit_test(test_coordinator_restart_resumes),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return cmocka_run_group_tests(tests, lb_test_cluster_setup, lb_test_cluster_teardown);
 }

@@ -155,7 +155,6 @@ static int setup(void **state)
         !lb_test_shared_path(calib, sizeof calib, "data/stories260K-calib.u32") ||
         !lb_test_shared_path(evalf, sizeof evalf, "data/stories260K-eval.u32"))
         return 0; /* the tests skip (fail under CI=true) */
-    lb_packed_model_register();
     tmpdir = lb_test_mkdtemp();
     quantize("rtn4s", "--method rtn --bits 4 --group-size 32 --sym");
     quantize("gptq4a", "--method gptq --bits 4 --group-size 32");
@@ -214,7 +213,7 @@ static int check_direct(const char *name, const char *gguf, uint32_t want_type,
     ginfo *g = gguf_infos(buf, len, &n, &data, &vocab);
     lb_model *m = NULL;
     lb_err err = {0};
-    if (lb_model_open(&m, packed, &err))
+    if (lb_packed_model_open(&m, packed, &err))
         fail_msg("%s", err.msg);
     const lb_config *cfg = lb_model_config(m);
     assert_int_equal(vocab, (uint32_t)cfg->vocab_size);
@@ -337,12 +336,9 @@ static const char *ref_dir(void)
     snprintf(dir, sizeof dir, "%s/tests/llama-cpp-ref", src ? src : ".");
     char nm[4300];
     snprintf(nm, sizeof nm, "%s/node_modules/node-llama-cpp/package.json", dir);
-    if (access(nm, R_OK) == 0)
+    if (lb_test_need_that(access(nm, R_OK) == 0, "node-llama-cpp not installed (%s); run "
+                          "deploy/install-deps.sh", nm))
         return dir;
-    const char *ci = getenv("CI");
-    if (ci && !strcmp(ci, "true"))
-        fail_msg("%s missing under CI=true; run deploy/install-deps.sh", nm);
-    print_message("node-llama-cpp not installed (%s); run deploy/install-deps.sh\n", nm);
     return NULL;
 }
 
@@ -355,7 +351,7 @@ static float *lowbit_logits(const char *dir, const uint32_t *tok, int64_t *vocab
     lb_head_weights head = {0};
     lb_block_weights bw = {0};
     lb_fwd_workspace *ws = NULL;
-    if (lb_model_open(&m, dir, &err) || lb_model_load_head(m, &head, &err))
+    if (lb_packed_model_open(&m, dir, &err) || lb_model_load_head(m, &head, &err))
         fail_msg("%s", err.msg);
     const lb_config *cfg = lb_model_config(m);
     const int64_t ntok = (int64_t)WINDOWS * CTX, vocab = cfg->vocab_size;
@@ -448,7 +444,7 @@ static void agreement_env(const char *name, const char *gguf, const char *args, 
     lb_err err = {0};
     lb_eval_result er;
     lb_eval_opts eo = {.ctx = CTX, .batch = WINDOWS};
-    if (lb_model_open(&m, packed, &err) ||
+    if (lb_packed_model_open(&m, packed, &err) ||
         lb_eval_run(m, NULL, tok, (int64_t)WINDOWS * CTX, &eo, &er, &err))
         fail_msg("%s", err.msg);
     lb_model_free(&m);

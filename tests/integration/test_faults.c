@@ -19,15 +19,9 @@
 #include "lb_test_proc.h"
 #include "lb_test_redis.h"
 #include "lb_test_util.h"
+#include "lb_time.h"
 
 #define PROC_TIMEOUT_S 120.0 /* any one coordinator or worker */
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static void sleep_ms(int ms)
 {
@@ -137,8 +131,8 @@ static int64_t pending(const char *url, const char *name)
  * with the worker stopped mid-item, false after timeout_s. */
 static bool freeze_mid_item(const char *url, const char *name, pid_t pid, double timeout_s)
 {
-    double t0 = now_s();
-    while (now_s() - t0 < timeout_s) {
+    double t0 = lb_now_s();
+    while (lb_now_s() - t0 < timeout_s) {
         if (pending(url, name) >= 1) {
             lb_test_signal(pid, SIGSTOP);
             sleep_ms(50);
@@ -205,8 +199,8 @@ static void test_redis_restart_mid_item(void **state)
     pid_t co = spawn_coordinator(&f, srv.url, "x1", "dist", "gptq", "3");
     pid_t w = spawn_worker(&f, srv.url, "wX", "600000", "4");
     /* a few items done first, so the restart lands mid-run */
-    double t0 = now_s();
-    while (job_field(srv.url, "x1", "jobs_done") < 3 && now_s() - t0 < 60)
+    double t0 = lb_now_s();
+    while (job_field(srv.url, "x1", "jobs_done") < 3 && lb_now_s() - t0 < 60)
         sleep_ms(20);
     bool frozen = freeze_mid_item(srv.url, "x1", w, 30);
     int restarted = -1;
@@ -365,8 +359,8 @@ static void kill9_worker_mid_item(const char *method, const char *bits)
     embedded(&f, "emb", method, bits);
     pid_t co = spawn_coordinator(&f, srv.url, "k9", "dist", method, bits);
     pid_t victim = spawn_worker(&f, srv.url, "wV", "600000", "30");
-    double t0 = now_s();
-    while (job_field(srv.url, "k9", "jobs_done") < 2 && now_s() - t0 < 60)
+    double t0 = lb_now_s();
+    while (job_field(srv.url, "k9", "jobs_done") < 2 && lb_now_s() - t0 < 60)
         sleep_ms(10);
     bool frozen = freeze_mid_item(srv.url, "k9", victim, 30);
     lb_test_signal(victim, SIGKILL);
@@ -421,8 +415,8 @@ static void test_redis_restart_empty_stops_coordinator(void **state)
     lb_test_redis srv;
     assert_int_equal(lb_test_redis_start(&srv, NULL), 0); /* no AOF */
     pid_t co = spawn_coordinator(&f, srv.url, "e1", "dist", "rtn", "4");
-    double t0 = now_s();
-    while (job_field(srv.url, "e1", "jobs_total") < 1 && now_s() - t0 < 60)
+    double t0 = lb_now_s();
+    while (job_field(srv.url, "e1", "jobs_total") < 1 && lb_now_s() - t0 < 60)
         sleep_ms(20);
     lb_test_redis_crash(&srv);
     sleep_ms(500);

@@ -24,13 +24,7 @@ static void test_local_cluster_equals_embedded(void **state)
     char model[4096], calib[4096];
     LB_TEST_REQUIRE_SHARED(model, "models/stories260K");
     LB_TEST_REQUIRE_SHARED(calib, "data/stories260K-calib.u32");
-    if (lb_test_run(NULL, "command -v mpirun >/dev/null") != 0) {
-        const char *ci = getenv("CI");
-        if (ci && !strcmp(ci, "true"))
-            fail_msg("mpirun not found under CI=true; run deploy/install-deps.sh");
-        print_message("mpirun not found; skipping\n");
-        skip();
-    }
+    LB_TEST_NEED(LB_NEED_MPIRUN);
     const char *src = getenv("LOWBIT_SOURCE_DIR");
     assert_non_null(src);
     char *dir = lb_test_mkdtemp();

@@ -24,13 +24,10 @@ enum { COLS = 24, N_SEQ = 20, SEQ_LEN = 32, CHUNK_SEQS = 3, SEED = 42 };
 static const char *check_bin(void)
 {
     const char *bin = getenv("LB_MPI_HESSIAN_CHECK");
-    bool ci = getenv("CI") && strcmp(getenv("CI"), "true") == 0;
-    if (!bin || !*bin || lb_test_run(NULL, "command -v mpirun >/dev/null") != 0) {
-        if (ci)
-            fail_msg("MPI or mpirun missing (LB_MPI_HESSIAN_CHECK unset or no mpirun) under "
-                     "CI=true; run deploy/install-deps.sh");
+    if (!lb_test_need_that(bin && *bin && lb_test_on_path("mpirun"),
+                           "MPI or mpirun missing (LB_MPI_HESSIAN_CHECK unset or no mpirun); "
+                           "run deploy/install-deps.sh"))
         return NULL;
-    }
     return bin;
 }
 

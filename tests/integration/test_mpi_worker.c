@@ -14,10 +14,10 @@
 
 #include <jansson.h>
 
+#include "lb_test_cluster.h"
 #include "lb_test_redis.h"
 #include "lb_test_util.h"
 
-static lb_test_redis g_srv;
 static char *g_dir;              /* holds the embedded references */
 static char g_model[4096], g_calib[4096];
 
@@ -35,28 +35,14 @@ static bool have_mpirun(void)
 {
     const char *m = getenv("LOWBIT_MPI");
     bool built = m && !strcmp(m, "1");
-    if (built && lb_test_run(NULL, "command -v mpirun >/dev/null") == 0)
-        return true;
-    const char *ci = getenv("CI");
-    if (ci && !strcmp(ci, "true"))
-        fail_msg("%s under CI=true; run deploy/install-deps.sh and rebuild",
-                 built ? "mpirun not found" : "lowbit built without MPI");
-    print_message("%s; skipping\n", built ? "mpirun not found" : "lowbit built without MPI");
-    return false;
-}
-
-static int group_setup(void **state)
-{
-    (void)state;
-    if (!lb_test_redis_available())
-        return 0;
-    return lb_test_redis_start(&g_srv, NULL);
+    return lb_test_need_that(built, "lowbit built without MPI; run deploy/install-deps.sh "
+                             "and rebuild") && lb_test_need(LB_NEED_MPIRUN);
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    lb_test_redis_stop(&g_srv);
+    lb_test_redis_stop(&lb_test_srv);
     if (g_dir)
         lb_test_rmdir(&g_dir);
     return 0;
@@ -93,7 +79,7 @@ static int run_group(const char *dir, const char *tag, const char *method, int n
     const char *bin = lb_test_lowbit_bin();
     char worker[2048];
     snprintf(worker, sizeof worker, "'%s' worker --redis %s --threads 1 --idle-exit 2 "
-             "--max-failures 2 --json", bin, g_srv.url);
+             "--max-failures 2 --json", bin, lb_test_srv.url);
     char ranks[6000];
     if (rank1_env) /* MPMD: rank 0 plain, rank 1 with the extra environment */
         snprintf(ranks, sizeof ranks, "-np 1 %s : -np 1 env %s %s", worker, rank1_env, worker);
@@ -104,7 +90,7 @@ static int run_group(const char *dir, const char *tag, const char *method, int n
                          "--calib '%s' --out %s --method %s " QOPTS " > %s.coord 2>&1; "
                          "echo $? > %s.crc ) & " MPIRUN " %s > %s.json 2> %s.err; "
                          "echo $? > %s.mrc; wait; cat %s.crc %s.mrc",
-                         dir, bin, g_srv.url, tag, g_model, g_calib, tag, method, tag, tag, ranks,
+                         dir, bin, lb_test_srv.url, tag, g_model, g_calib, tag, method, tag, tag, ranks,
                          tag, tag, tag, tag, tag);
     assert_int_equal(rc, 0);
     assert_non_null(out);
@@ -161,7 +147,7 @@ static void read_events(const char *path, int np, long long *bytes, int *collect
 static long long redis_mpi_bytes(const char *job)
 {
     char *out = NULL;
-    assert_int_equal(lb_test_run(&out, "redis-cli -p %d HGET lowbit:job:%s mpi_bytes", g_srv.port,
+    assert_int_equal(lb_test_run(&out, "redis-cli -p %d HGET lowbit:job:%s mpi_bytes", lb_test_srv.port,
                                  job), 0);
     long long v = out ? atoll(out) : -1;
     free(out);
@@ -311,7 +297,7 @@ static void test_failing_rank_fails_item(void **state)
     snprintf(p, sizeof p, "%s/f2.err", dir);
     assert_int_equal(count_lines(p, "rank 1/2: collect-hessian .* failed: test hook"), 2);
     char *out = NULL;
-    assert_int_equal(lb_test_run(&out, "redis-cli -p %d XLEN lowbit:job:f2:dead", g_srv.port), 0);
+    assert_int_equal(lb_test_run(&out, "redis-cli -p %d XLEN lowbit:job:f2:dead", lb_test_srv.port), 0);
     assert_int_equal(atoi(out), 1);
     free(out);
     lb_test_rmdir(&dir);
@@ -354,7 +340,7 @@ static void test_sigterm_rank0_stops_group(void **state)
                          "sed -n 's/.*pid=\\([0-9]*\\).*/\\1/p'); "
                          "wait $p; echo rc=$?; cat '%s/w.log'; "
                          "redis-cli -p %d EXISTS lowbit:worker:wT",
-                         lb_test_lowbit_bin(), g_srv.url, dir, dir, g_srv.port, dir, g_srv.port);
+                         lb_test_lowbit_bin(), lb_test_srv.url, dir, dir, lb_test_srv.port, dir, lb_test_srv.port);
     assert_int_equal(rc, 0);
     assert_non_null(out);
     if (!strstr(out, "rc=0") || !strstr(out, "2 MPI ranks") || !strstr(out, "signal received"))
@@ -380,7 +366,7 @@ static void test_sigterm_mpirun_ends_group(void **state)
                          "> '%s/w.log' 2>&1 & p=$!; for i in $(seq 300); do "
                          "grep -q serving '%s/w.log' && break; sleep 0.1; done; "
                          "kill -TERM $p; wait $p; echo rc=$?",
-                         lb_test_lowbit_bin(), g_srv.url, dir, dir);
+                         lb_test_lowbit_bin(), lb_test_srv.url, dir, dir);
     assert_int_equal(rc, 0);
     assert_non_null(out);
     assert_null(strstr(out, "rc=124")); /* not ended by the timeout */
@@ -399,5 +385,5 @@ int main(void)
         cmocka_unit_test(test_sigterm_rank0_stops_group),
         cmocka_unit_test(test_sigterm_mpirun_ends_group),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return cmocka_run_group_tests(tests, lb_test_cluster_setup, group_teardown);
 }

@@ -65,12 +65,11 @@ static int setup(void **state)
     memset(&fx, 0, sizeof fx);
     if (!lb_test_shared_path(fx.src, sizeof fx.src, "models/stories260K"))
         return 0; /* tests skip themselves */
-    lb_packed_model_register();
     fx.dir = lb_test_mkdtemp();
     snprintf(fx.packed, sizeof fx.packed, "%s/packed", fx.dir);
     lb_err err = {0};
     lb_model *m = NULL;
-    if (lb_model_open(&m, fx.src, &err))
+    if (lb_packed_model_open(&m, fx.src, &err))
         return print_error("%s\n", err.msg), -1;
     const lb_config *cfg = lb_model_config(m);
     lb_packed_entry *entries = fx.entries;
@@ -162,8 +161,8 @@ static void test_packed_load_equals_w_hat(void **state)
     REQUIRE_FIXTURE();
     lb_err err = {0};
     lb_model *p = NULL, *s = NULL;
-    assert_int_equal(lb_model_open(&p, fx.packed, &err), 0);
-    assert_int_equal(lb_model_open(&s, fx.src, &err), 0);
+    assert_int_equal(lb_packed_model_open(&p, fx.packed, &err), 0);
+    assert_int_equal(lb_packed_model_open(&s, fx.src, &err), 0);
     assert_true(lb_model_is_packed(p));
     assert_false(lb_model_is_packed(s));
     const lb_config *cfg = lb_model_config(p);
@@ -282,7 +281,7 @@ static void test_write_deterministic(void **state)
     REQUIRE_FIXTURE();
     lb_err err = {0};
     lb_model *m = NULL;
-    assert_int_equal(lb_model_open(&m, fx.src, &err), 0);
+    assert_int_equal(lb_packed_model_open(&m, fx.src, &err), 0);
     char again[4400];
     snprintf(again, sizeof again, "%s/again", fx.dir);
     lb_packed_info info = {.method = "mixed", .bits = 3.0, .extra_json = "{\"ctx\":256}"};
@@ -320,8 +319,8 @@ static void test_export_f32_eval_equal(void **state)
     json_decref(cfg);
 
     lb_model *p = NULL, *e = NULL;
-    assert_int_equal(lb_model_open(&p, fx.packed, &err), 0);
-    assert_int_equal(lb_model_open(&e, exp_dir, &err), 0);
+    assert_int_equal(lb_packed_model_open(&p, fx.packed, &err), 0);
+    assert_int_equal(lb_packed_model_open(&e, exp_dir, &err), 0);
     assert_false(lb_model_is_packed(e));
     const lb_config *c = lb_model_config(p);
     for (int32_t layer = 0; layer < c->num_hidden_layers; layer++) {
@@ -361,7 +360,7 @@ static void test_export_half(void **state)
     lb_err err = {0};
     const lb_dtype dts[2] = {LB_DTYPE_F16, LB_DTYPE_BF16};
     lb_model *p = NULL;
-    assert_int_equal(lb_model_open(&p, fx.packed, &err), 0);
+    assert_int_equal(lb_packed_model_open(&p, fx.packed, &err), 0);
     lb_block_weights a;
     assert_int_equal(lb_model_load_block(p, 1, &a, &err), 0);
     for (int i = 0; i < 2; i++) {
@@ -369,7 +368,7 @@ static void test_export_half(void **state)
         snprintf(d, sizeof d, "%s/export%d", fx.dir, i);
         assert_int_equal(lb_packed_export(fx.packed, d, dts[i], &err), 0);
         lb_model *e = NULL;
-        assert_int_equal(lb_model_open(&e, d, &err), 0);
+        assert_int_equal(lb_packed_model_open(&e, d, &err), 0);
         char name[128];
         lb_model_linear_tensor_name(name, sizeof name, 1, LB_LINEAR_UP, &err);
         const lb_st_tensor *t = lb_st_find(lb_model_tensors(e), name);
@@ -438,7 +437,7 @@ static void test_corruption_detected(void **state)
 
     /* missing manifest: incomplete, refused by lb_model_open */
     unlink(path);
-    assert_int_equal(lb_model_open(&m, bad, &err), LB_ENOTFOUND);
+    assert_int_equal(lb_packed_model_open(&m, bad, &err), LB_ENOTFOUND);
     assert_non_null(strstr(err.msg, "incomplete"));
     assert_null(m);
 
@@ -448,7 +447,7 @@ static void test_corruption_detected(void **state)
     struct stat sb;
     assert_int_equal(stat(path, &sb), 0);
     assert_int_equal(truncate(path, sb.st_size - 3), 0);
-    assert_int_not_equal(lb_model_open(&m, bad, &err), 0);
+    assert_int_not_equal(lb_packed_model_open(&m, bad, &err), 0);
     assert_null(m);
     assert_int_not_equal(lb_packed_verify(bad, NULL, &err), 0);
 
@@ -460,7 +459,7 @@ static void test_corruption_detected(void **state)
     snprintf(path, sizeof path, "%s/config.json", bad);
     assert_int_equal(json_dump_file(cfg, path, 0), 0);
     json_decref(cfg);
-    assert_int_equal(lb_model_open(&m, bad, &err), LB_EFORMAT);
+    assert_int_equal(lb_packed_model_open(&m, bad, &err), LB_EFORMAT);
     assert_non_null(strstr(err.msg, "format_version 2"));
 
     /* an unknown quant_method */
@@ -469,7 +468,7 @@ static void test_corruption_detected(void **state)
                         json_string("gptq"));
     assert_int_equal(json_dump_file(cfg, path, 0), 0);
     json_decref(cfg);
-    assert_int_equal(lb_model_open(&m, bad, &err), LB_EFORMAT);
+    assert_int_equal(lb_packed_model_open(&m, bad, &err), LB_EFORMAT);
     assert_non_null(strstr(err.msg, "gptq"));
 }
 
@@ -480,7 +479,7 @@ static void test_write_rejects_bad_entries(void **state)
     REQUIRE_FIXTURE();
     lb_err err = {0};
     lb_model *m = NULL;
-    assert_int_equal(lb_model_open(&m, fx.src, &err), 0);
+    assert_int_equal(lb_packed_model_open(&m, fx.src, &err), 0);
     char out[4400];
     snprintf(out, sizeof out, "%s/fail", fx.dir);
     lb_packed_info info = {.method = "rtn", .bits = 2};
@@ -503,7 +502,7 @@ static void test_write_rejects_bad_entries(void **state)
     assert_non_null(strstr(err.msg, "source"));
     /* source already packed */
     lb_model *p = NULL;
-    assert_int_equal(lb_model_open(&p, fx.packed, &err), 0);
+    assert_int_equal(lb_packed_model_open(&p, fx.packed, &err), 0);
     assert_int_equal(lb_packed_write(out, p, e, 1, &info, NULL, &err), LB_EINVAL);
     lb_model_free(&p);
     char *ls = NULL;
@@ -523,7 +522,7 @@ static void check_lm_head_write(const char *src_dir, const char *out, const char
 {
     lb_err err = {0};
     lb_model *m = NULL;
-    assert_int_equal(lb_model_open(&m, src_dir, &err), 0);
+    assert_int_equal(lb_packed_model_open(&m, src_dir, &err), 0);
     const lb_config *cfg = lb_model_config(m);
     lb_head_weights hs;
     assert_int_equal(lb_model_load_head(m, &hs, &err), 0);
@@ -568,7 +567,7 @@ static void check_lm_head_write(const char *src_dir, const char *out, const char
     assert_true(vs.lm_head_bpw == bpw);
 
     lb_model *pm = NULL;
-    if (lb_model_open(&pm, out, &err))
+    if (lb_packed_model_open(&pm, out, &err))
         fail_msg("%s", err.msg);
     lb_head_weights hq;
     assert_int_equal(lb_model_load_head(pm, &hq, &err), 0);

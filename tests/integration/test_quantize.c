@@ -21,7 +21,6 @@ static char model_dir[4096], calib[4096];
 static int setup(void **state)
 {
     (void)state;
-    lb_packed_model_register();
     return 0;
 }
 
@@ -43,8 +42,8 @@ static void check_block_close(const char *packed_dir, int32_t b, double max_rel)
 {
     lb_model *src = NULL, *q = NULL;
     lb_err err;
-    assert_int_equal(lb_model_open(&src, model_dir, &err), 0);
-    if (lb_model_open(&q, packed_dir, &err) != 0)
+    assert_int_equal(lb_packed_model_open(&src, model_dir, &err), 0);
+    if (lb_packed_model_open(&q, packed_dir, &err) != 0)
         fail_msg("%s", err.msg);
     lb_block_weights ws, wq;
     assert_int_equal(lb_model_load_block(src, b, &ws, &err), 0);
@@ -491,8 +490,8 @@ static void test_quantize_lm_head(void **state)
 
     /* the packed model: lm_head is its own matrix near the fp embedding */
     lb_model *src = NULL, *qm = NULL;
-    assert_int_equal(lb_model_open(&src, model_dir, &err), 0);
-    if (lb_model_open(&qm, b, &err) != 0)
+    assert_int_equal(lb_packed_model_open(&src, model_dir, &err), 0);
+    if (lb_packed_model_open(&qm, b, &err) != 0)
         fail_msg("%s", err.msg);
     lb_head_weights hs, hq;
     assert_int_equal(lb_model_load_head(src, &hs, &err), 0);

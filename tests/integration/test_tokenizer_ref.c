@@ -31,14 +31,8 @@ static int have_reference(void)
         fclose(f);
     if (ok && lb_test_run(NULL, "node --version >/dev/null 2>&1") != 0)
         ok = 0;
-    if (!ok) {
-        const char *ci = getenv("CI");
-        if (ci && !strcmp(ci, "true"))
-            fail_msg("%s/node_modules or node missing: run deploy/install-deps.sh", refdir);
-        print_message("[  SKIP    ] JS reference missing (%s/node_modules, node): run "
-                      "deploy/install-deps.sh\n", refdir);
-    }
-    return ok;
+    return lb_test_need_that(ok, "JS reference missing (%s/node_modules, node): run "
+                             "deploy/install-deps.sh", refdir);
 }
 
 /* lb_tok ids of a text file (whole, or line by line without specials). */

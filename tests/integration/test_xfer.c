@@ -24,6 +24,7 @@
 #include "lb_test_util.h"
 #include "lb_xfer.h"
 #include "lb_xfer_store.h"
+#include "lb_time.h"
 
 typedef struct {
     char *dir; /* artifact directory */
@@ -487,13 +488,6 @@ static void test_garbage_messages(void **state)
     assert_int_equal(dir_entries(f->dir), 0);
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static void test_dead_server(void **state)
 {
     (void)state;
@@ -507,9 +501,9 @@ static void test_dead_server(void **state)
     lb_xfer_server_stop(&srv); /* port closed: nobody answers */
     lb_xfer_client *c = NULL;
     assert_int_equal(lb_xfer_client_new(endpoint, 300, 1, &c, &err), 0);
-    double t0 = now_s();
+    double t0 = lb_now_s();
     assert_int_equal(lb_xfer_ping(c, &err), LB_ENET);
-    double dt = now_s() - t0;
+    double dt = lb_now_s() - t0;
     assert_true(dt < 3.0); /* 2 attempts x 0.3 s, with slack for a loaded machine */
     assert_non_null(strstr(err.msg, endpoint));
     assert_non_null(strstr(err.msg, "no answer in 0.3 s; is the coordinator's artifact server "
@@ -559,9 +553,9 @@ static void test_server_dies_mid_request(void **state)
     lb_xfer_client *c = NULL;
     lb_err err = {0};
     assert_int_equal(lb_xfer_client_new(m.endpoint, 60000, 2, &c, &err), 0);
-    double t0 = now_s();
+    double t0 = lb_now_s();
     assert_int_equal(lb_xfer_ping(c, &err), LB_ENET);
-    double dt = now_s() - t0;
+    double dt = lb_now_s() - t0;
     assert_true(dt < 10.0); /* ~2-3 s; the timeout is 60 s x 3 attempts */
     assert_non_null(strstr(err.msg, "artifact server went away during a request"));
     assert_non_null(strstr(err.msg, m.endpoint));

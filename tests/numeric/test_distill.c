@@ -391,52 +391,12 @@ static void test_model_stage(void **state)
     lb_test_rmdir(&dir);
 }
 
-static void test_cli_options(void **state)
-{
-    (void)state;
-    lb_distill_opts o;
-    lb_distill_opts_init(&o);
-    char *argv[] = {"x", "--distill", "200", "--distill-lr=0.005", "--bits", "2",
-                    "--distill-batch", "4", "--distill-seed", "7", "--distill", "-1",
-                    "--distill-lr", "2"};
-    const int argc = (int)(sizeof argv / sizeof argv[0]);
-    lb_err err = {0};
-    int i = 1;
-    assert_int_equal(lb_distill_parse_arg(&o, argc, argv, &i, &err), 1);
-    assert_int_equal(i, 3);
-    assert_int_equal(o.steps, 200);
-    assert_int_equal(lb_distill_parse_arg(&o, argc, argv, &i, &err), 1);
-    assert_int_equal(i, 4);
-    assert_true(o.lr == 0.005);
-    assert_int_equal(lb_distill_parse_arg(&o, argc, argv, &i, &err), 0); /* --bits: not ours */
-    i = 6;
-    assert_int_equal(lb_distill_parse_arg(&o, argc, argv, &i, &err), 1);
-    assert_int_equal(o.batch_seqs, 4);
-    assert_int_equal(lb_distill_parse_arg(&o, argc, argv, &i, &err), 1);
-    assert_int_equal(o.seed, 7);
-    assert_int_equal(lb_distill_parse_arg(&o, argc, argv, &i, &err), LB_EINVAL);
-    assert_non_null(strstr(err.msg, "--distill"));
-    i = 12;
-    assert_int_equal(lb_distill_parse_arg(&o, argc, argv, &i, &err), LB_EINVAL);
-    assert_non_null(strstr(err.msg, "--distill-lr"));
-    char *argv2[] = {"x", "--distill"};
-    i = 1;
-    assert_int_equal(lb_distill_parse_arg(&o, 2, argv2, &i, &err), LB_EINVAL); /* missing */
-    char js[512];
-    assert_int_equal(lb_distill_opts_json(&o, js, sizeof js, &err), 0);
-    assert_non_null(strstr(js, "\"steps\":200"));
-    assert_non_null(strstr(js, "\"lr\":0.005"));
-    assert_int_equal(lb_distill_opts_json(&o, js, 20, &err), LB_EINVAL);
-    assert_non_null(strstr(lb_distill_usage(), "--distill-lr"));
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_grad_fd_all_methods),
         cmocka_unit_test(test_distill_lowers_loss),
         cmocka_unit_test(test_zero_steps_and_errors),
-        cmocka_unit_test(test_cli_options),
         cmocka_unit_test(test_model_stage),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -7,7 +7,6 @@
 
 #include "lb_blas.h"
 #include "lb_gptq.h"
-#include "lb_qopts_parse.h"
 #include "lb_quant.h"
 #include "lb_test_qref.h"
 
@@ -360,15 +359,9 @@ static void test_gptq_damp_auto(void **state)
     assert_int_equal(m->quantize(W, R, C, H, &o, &want, &err), 0);
     o.damp = 0.0;
     assert_int_equal(m->quantize(W, R, C, H, &o, &got, &err), LB_ENUMERIC);
-    int i = 0;
-    char *argv[] = {"--damp-auto"};
-    assert_int_equal(lb_qopts_parse_arg(&o, 1, argv, &i, &err), 1);
-    assert_true(o.damp_auto);
+    o.damp_auto = true; /* its parsing and description: unit/test_qopts_parse */
     assert_int_equal(m->quantize(W, R, C, H, &o, &got, &err), 0);
     assert_memory_equal(got.W_hat, want.W_hat, R * C * sizeof(float));
-    char desc[1024];
-    lb_qopts_describe(&o, desc, sizeof desc);
-    assert_non_null(strstr(desc, ",seed=0,damp_auto=1"));
     lb_qresult_free(&want);
     lb_qresult_free(&got);
     free(W);
@@ -549,6 +542,74 @@ static void test_gptq_err_scale(void **state)
     free(Wh);
 }
 
+/* Caller workspace: runs through one lb_gptq_work (a larger problem first, so stale
+ * data sits in every buffer) give the bits of runs that allocate their own; the stats
+ * come back through the out-parameter; a too small workspace is refused. */
+static void test_gptq_workspace_reuse(void **state)
+{
+    (void)state;
+    enum { R = 24, C = 48 };
+    float *W = malloc(R * C * sizeof *W), *H = malloc(C * C * sizeof *H);
+    float *Wa = malloc(R * C * sizeof *Wa), *Wb = malloc(R * C * sizeof *Wb);
+    make_problem(R, C, 21, W, H);
+    for (int i = 0; i < R * C; i++)
+        W[i] *= 20.0f;
+    lb_qopts o;
+    lb_qopts_init(&o);
+    o.block_size = 16;
+    o.act_order = true;
+    float scale = 1.0f;
+    lb_gptq_hook hook = {.ctx = &scale, .column = quarter_column};
+    lb_err err = {0};
+    lb_gptq_work w;
+    assert_int_equal(lb_gptq_work_init(&w, R, C, 16, &err), 0);
+    lb_gptq_stats st = {0};
+    for (int k = 0; k < 3; k++) {
+        float *Wk = malloc(R * C * sizeof *Wk);
+        for (int i = 0; i < R * C; i++)
+            Wk[i] = W[i] * (float)(k + 1);
+        assert_int_equal(lb_gptq_run(Wk, R, C, H, &o, &hook, Wa, NULL, &err), 0);
+        assert_int_equal(lb_gptq_run_ex(Wk, R, C, H, &o, &hook, Wb, NULL, &w, &st, &err), 0);
+        assert_memory_equal(Wa, Wb, R * C * sizeof *Wa);
+        assert_true(st.total_s > 0.0 && st.chol_flops > 0.0);
+        free(Wk);
+    }
+    assert_int_equal(lb_gptq_run_ex(W, R - 1, C, H, &o, &hook, Wb, NULL, &w, NULL, &err), 0);
+    lb_gptq_work small;
+    assert_int_equal(lb_gptq_work_init(&small, R - 1, C, 16, &err), 0);
+    assert_int_equal(lb_gptq_run_ex(W, R, C, H, &o, &hook, Wb, NULL, &small, NULL, &err),
+                     LB_EINVAL);
+    assert_non_null(strstr(err.msg, "workspace"));
+    lb_gptq_work_free(&small);
+    lb_gptq_work_free(&w);
+    lb_gptq_work_free(&w); /* safe twice */
+    free(W);
+    free(H);
+    free(Wa);
+    free(Wb);
+}
+
+/* The method shell: every GPTQ-loop method refuses rows > INT32_MAX the same way
+ * (before the shell only CLAQ did), without touching W. */
+static void test_gptq_methods_refuse_huge_rows(void **state)
+{
+    (void)state;
+    const char *names[] = {"gptq", "claq", "pbllm", "billm"};
+    float w = 1.0f, h = 1.0f;
+    lb_qopts o;
+    lb_qopts_init(&o);
+    for (int k = 0; k < 4; k++) {
+        const lb_qmethod *m = lb_qmethod_find(names[k]);
+        assert_non_null(m);
+        lb_qresult res;
+        lb_err err = {0};
+        assert_int_equal(m->quantize(&w, (int64_t)INT32_MAX + 1, 1, &h, &o, &res, &err),
+                         LB_EINVAL);
+        assert_non_null(strstr(err.msg, names[k]));
+        assert_null(res.W_hat);
+    }
+}
+
 /* The same input gives the same bits whatever the BLAS and OpenMP thread counts: the
  * factorization runs in fixed chunks on single-threaded BLAS, and OpenBLAS splits the
  * loop's GEMMs over rows/columns of C, never over the summed dimension. */
@@ -589,6 +650,8 @@ int main(void)
         cmocka_unit_test(test_gptq_hook_contract),
         cmocka_unit_test(test_gptq_block_size_invariance),
         cmocka_unit_test(test_gptq_err_scale),
+        cmocka_unit_test(test_gptq_workspace_reuse),
+        cmocka_unit_test(test_gptq_methods_refuse_huge_rows),
         cmocka_unit_test(test_gptq_thread_count_invariance),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

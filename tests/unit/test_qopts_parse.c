@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "lb_distill_opts.h"
 #include "lb_qopts_parse.h"
 
 /* Parses a whitespace-separated command line; returns the first non-option index or a
@@ -126,6 +127,13 @@ static void test_describe_golden(void **state)
     o.seed = 18446744073709551615ull;
     lb_qopts_describe(&o, buf, sizeof buf);
     assert_non_null(strstr(buf, ",seed=18446744073709551615,rotate=hadamard"));
+    /* a LATE option is described only when set: --damp-auto (numeric/test_gptq runs it) */
+    lb_qopts_init(&o);
+    lb_err err = {0};
+    assert_int_equal(parse_line(&o, "--damp-auto", &err), 1);
+    assert_true(o.damp_auto);
+    lb_qopts_describe(&o, buf, sizeof buf);
+    assert_non_null(strstr(buf, ",seed=0,damp_auto=1"));
     /* every option of the usage text parses, and the JSON names them all */
     size_t n;
     const lb_qopt_desc *rows = lb_qopts_table(&n);
@@ -134,12 +142,53 @@ static void test_describe_golden(void **state)
             assert_non_null(strstr(lb_qopts_usage(), rows[k].cli));
 }
 
+/* moved from tests/numeric/test_distill.c: argv parsing is not a kernel */
+static void test_distill_cli_options(void **state)
+{
+    (void)state;
+    lb_distill_opts o;
+    lb_distill_opts_init(&o);
+    char *argv[] = {"x", "--distill", "200", "--distill-lr=0.005", "--bits", "2",
+                    "--distill-batch", "4", "--distill-seed", "7", "--distill", "-1",
+                    "--distill-lr", "2"};
+    const int argc = (int)(sizeof argv / sizeof argv[0]);
+    lb_err err = {0};
+    int i = 1;
+    assert_int_equal(lb_distill_parse_arg(&o, argc, argv, &i, &err), 1);
+    assert_int_equal(i, 3);
+    assert_int_equal(o.steps, 200);
+    assert_int_equal(lb_distill_parse_arg(&o, argc, argv, &i, &err), 1);
+    assert_int_equal(i, 4);
+    assert_true(o.lr == 0.005);
+    assert_int_equal(lb_distill_parse_arg(&o, argc, argv, &i, &err), 0); /* --bits: not ours */
+    i = 6;
+    assert_int_equal(lb_distill_parse_arg(&o, argc, argv, &i, &err), 1);
+    assert_int_equal(o.batch_seqs, 4);
+    assert_int_equal(lb_distill_parse_arg(&o, argc, argv, &i, &err), 1);
+    assert_int_equal(o.seed, 7);
+    assert_int_equal(lb_distill_parse_arg(&o, argc, argv, &i, &err), LB_EINVAL);
+    assert_non_null(strstr(err.msg, "--distill"));
+    i = 12;
+    assert_int_equal(lb_distill_parse_arg(&o, argc, argv, &i, &err), LB_EINVAL);
+    assert_non_null(strstr(err.msg, "--distill-lr"));
+    char *argv2[] = {"x", "--distill"};
+    i = 1;
+    assert_int_equal(lb_distill_parse_arg(&o, 2, argv2, &i, &err), LB_EINVAL); /* missing */
+    char js[512];
+    assert_int_equal(lb_distill_opts_json(&o, js, sizeof js, &err), 0);
+    assert_non_null(strstr(js, "\"steps\":200"));
+    assert_non_null(strstr(js, "\"lr\":0.005"));
+    assert_int_equal(lb_distill_opts_json(&o, js, 20, &err), LB_EINVAL);
+    assert_non_null(strstr(lb_distill_usage(), "--distill-lr"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_option),
         cmocka_unit_test(test_rejects),
         cmocka_unit_test(test_describe_golden),
+        cmocka_unit_test(test_distill_cli_options),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

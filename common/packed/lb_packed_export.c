@@ -146,8 +146,7 @@ int lb_packed_export(const char *in_dir, const char *out_dir, lb_dtype dtype, lb
     if (realpath(in_dir, rin) && realpath(out_dir, rout) && !strcmp(rin, rout))
         return lb_err_set(err, LB_EINVAL, "export: --out %s is the input directory; pick another",
                           out_dir);
-    lb_packed_model_register();
-    if ((rc = lb_model_open(&m, in_dir, err)) || (rc = collect(m, &list, &n, err)))
+    if ((rc = lb_packed_model_open(&m, in_dir, err)) || (rc = collect(m, &list, &n, err)))
         goto fail;
     cfg_in = lb_io_path_join(in_dir, "config.json");
     json_error_t jerr;

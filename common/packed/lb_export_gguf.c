@@ -591,6 +591,111 @@ static int write_pad(FILE *f, uint64_t pos)
     return fwrite(zero, 1, pad, f) == pad ? 0 : -1;
 }
 
+/* The tensor plan, in llama.cpp's order: *pl_out (n_out entries, caller frees) with
+ * each linear dense or, with opts->direct, in its packed ggml type. */
+static int build_plan(const lb_model *m, const lb_config *cfg, const lb_gguf_opts *opts,
+                      plan_t **pl_out, int *n_out, lb_gguf_summary *s, lb_err *err)
+{
+    const int32_t L = cfg->num_hidden_layers;
+    plan_t *pl = calloc((size_t)(3 + 9 * L), sizeof *pl);
+    int rc = LB_OK, n = 0;
+    if (!pl)
+        return lb_err_set(err, LB_ENOMEM, "gguf export: out of memory");
+    const int dt = dense_type(opts->dtype);
+    plan_add(pl, &n, "token_embd.weight", "model.embed_tokens.weight", cfg->vocab_size,
+             cfg->hidden_size, 2, dt, 0);
+    for (int32_t l = 0; l < L; l++) {
+        static const char *const gname[LB_LINEAR_COUNT] = {
+            "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+        char g[NAME_CAP], h[NAME_CAP];
+        snprintf(g, sizeof g, "blk.%d.attn_norm.weight", l);
+        snprintf(h, sizeof h, "model.layers.%d.input_layernorm.weight", l);
+        plan_add(pl, &n, g, h, 1, cfg->hidden_size, 1, LB_GGML_TYPE_F32, 0);
+        for (int w = 0; w < LB_LINEAR_COUNT; w++) {
+            int64_t rows, cols;
+            lb_linear_shape(cfg, (lb_linear)w, &rows, &cols);
+            snprintf(g, sizeof g, "blk.%d.%s.weight", l, gname[w]);
+            if ((rc = lb_model_linear_tensor_name(h, sizeof h, l, (lb_linear)w, err)))
+                goto out;
+            int type = opts->direct ? direct_type(m, h, err) : -1;
+            if (type == -2) {
+                rc = err ? err->code : LB_EFORMAT;
+                goto out;
+            }
+            if (type >= 0)
+                s->direct++;
+            else
+                s->dense++;
+            int32_t heads = w == LB_LINEAR_Q   ? cfg->num_attention_heads
+                            : w == LB_LINEAR_K ? cfg->num_key_value_heads
+                                               : 0;
+            plan_add(pl, &n, g, h, rows, cols, 2, type >= 0 ? type : dt, heads);
+        }
+        snprintf(g, sizeof g, "blk.%d.ffn_norm.weight", l);
+        snprintf(h, sizeof h, "model.layers.%d.post_attention_layernorm.weight", l);
+        plan_add(pl, &n, g, h, 1, cfg->hidden_size, 1, LB_GGML_TYPE_F32, 0);
+    }
+    plan_add(pl, &n, "output_norm.weight", "model.norm.weight", 1, cfg->hidden_size, 1,
+             LB_GGML_TYPE_F32, 0);
+    if (!cfg->tie_word_embeddings) {
+        int type = opts->direct ? direct_type(m, "lm_head.weight", err) : -1;
+        if (type == -2) {
+            rc = err ? err->code : LB_EFORMAT;
+            goto out;
+        }
+        plan_add(pl, &n, "output.weight", "lm_head.weight", cfg->vocab_size, cfg->hidden_size,
+                 2, type >= 0 ? type : dt, 0);
+    }
+out:
+    if (rc) {
+        free(pl);
+        return rc;
+    }
+    *pl_out = pl;
+    *n_out = n;
+    return LB_OK;
+}
+
+/* The GGUF header: magic, version, counts (kv count patched in), metadata, tensor
+ * infos. Out of memory shows as hb->oom. */
+static void put_header(gbuf *hb, const lb_config *cfg, const lb_gguf_opts *opts,
+                       const vocab *v, const plan_t *pl, int n)
+{
+    uint64_t nkv = 0;
+    gb_put(hb, "GGUF", 4);
+    gb_u32(hb, 3);
+    gb_u64(hb, (uint64_t)n);
+    gb_u64(hb, 0);
+    kv_str(hb, &nkv, "general.architecture", "llama");
+    kv_str(hb, &nkv, "general.name", "lowbit export");
+    kv_u32(hb, &nkv, "general.alignment", GGUF_ALIGN);
+    kv_u32(hb, &nkv, "general.file_type",
+           opts->dtype == LB_DTYPE_F16 ? 1 : opts->dtype == LB_DTYPE_BF16 ? 32 : 0);
+    kv_u32(hb, &nkv, "llama.context_length", (uint32_t)cfg->max_position_embeddings);
+    kv_u32(hb, &nkv, "llama.embedding_length", (uint32_t)cfg->hidden_size);
+    kv_u32(hb, &nkv, "llama.block_count", (uint32_t)cfg->num_hidden_layers);
+    kv_u32(hb, &nkv, "llama.feed_forward_length", (uint32_t)cfg->intermediate_size);
+    kv_u32(hb, &nkv, "llama.attention.head_count", (uint32_t)cfg->num_attention_heads);
+    kv_u32(hb, &nkv, "llama.attention.head_count_kv", (uint32_t)cfg->num_key_value_heads);
+    kv_u32(hb, &nkv, "llama.attention.key_length", (uint32_t)cfg->head_dim);
+    kv_u32(hb, &nkv, "llama.attention.value_length", (uint32_t)cfg->head_dim);
+    kv_u32(hb, &nkv, "llama.rope.dimension_count", (uint32_t)cfg->head_dim);
+    kv_f32(hb, &nkv, "llama.rope.freq_base", (float)cfg->rope_theta);
+    kv_f32(hb, &nkv, "llama.attention.layer_norm_rms_epsilon", (float)cfg->rms_norm_eps);
+    kv_u32(hb, &nkv, "llama.vocab_size", (uint32_t)cfg->vocab_size);
+    put_vocab(hb, &nkv, v);
+    lb_io_put_le64(hb->p + 16, nkv);
+    for (int i = 0; i < n; i++) {
+        gb_str(hb, pl[i].gguf);
+        gb_u32(hb, (uint32_t)pl[i].ndim);
+        gb_u64(hb, (uint64_t)pl[i].cols); /* ne0: the contiguous dimension */
+        if (pl[i].ndim == 2)
+            gb_u64(hb, (uint64_t)pl[i].rows);
+        gb_u32(hb, (uint32_t)pl[i].type);
+        gb_u64(hb, pl[i].offset);
+    }
+}
+
 int lb_gguf_export(const char *in_dir, const char *out_path, const lb_gguf_opts *opts,
                    lb_gguf_summary *summary, lb_err *err)
 {
@@ -607,8 +712,7 @@ int lb_gguf_export(const char *in_dir, const char *out_path, const lb_gguf_opts 
     if (opts->dtype != LB_DTYPE_F32 && opts->dtype != LB_DTYPE_F16 &&
         opts->dtype != LB_DTYPE_BF16)
         return lb_err_set(err, LB_EINVAL, "gguf export: --dtype must be f32, f16 or bf16");
-    lb_packed_model_register();
-    if ((rc = lb_model_open(&m, in_dir, err)))
+    if ((rc = lb_packed_model_open(&m, in_dir, err)))
         goto fail;
     const lb_config *cfg = lb_model_config(m);
     if (cfg->arch == LB_ARCH_QWEN2 || cfg->attention_bias || cfg->o_bias || cfg->mlp_bias) {
@@ -629,58 +733,8 @@ int lb_gguf_export(const char *in_dir, const char *out_path, const lb_gguf_opts 
     if (rc)
         goto fail;
 
-    /* tensor plan, in llama.cpp's order */
-    const int32_t L = cfg->num_hidden_layers;
-    pl = calloc((size_t)(3 + 9 * L), sizeof *pl);
-    if (!pl) {
-        rc = lb_err_set(err, LB_ENOMEM, "gguf export: out of memory");
+    if ((rc = build_plan(m, cfg, opts, &pl, &n, &s, err)))
         goto fail;
-    }
-    const int dt = dense_type(opts->dtype);
-    plan_add(pl, &n, "token_embd.weight", "model.embed_tokens.weight", cfg->vocab_size,
-             cfg->hidden_size, 2, dt, 0);
-    for (int32_t l = 0; l < L; l++) {
-        static const char *const gname[LB_LINEAR_COUNT] = {
-            "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
-        char g[NAME_CAP], h[NAME_CAP];
-        snprintf(g, sizeof g, "blk.%d.attn_norm.weight", l);
-        snprintf(h, sizeof h, "model.layers.%d.input_layernorm.weight", l);
-        plan_add(pl, &n, g, h, 1, cfg->hidden_size, 1, LB_GGML_TYPE_F32, 0);
-        for (int w = 0; w < LB_LINEAR_COUNT; w++) {
-            int64_t rows, cols;
-            lb_linear_shape(cfg, (lb_linear)w, &rows, &cols);
-            snprintf(g, sizeof g, "blk.%d.%s.weight", l, gname[w]);
-            if ((rc = lb_model_linear_tensor_name(h, sizeof h, l, (lb_linear)w, err)))
-                goto fail;
-            int type = opts->direct ? direct_type(m, h, err) : -1;
-            if (type == -2) {
-                rc = err ? err->code : LB_EFORMAT;
-                goto fail;
-            }
-            if (type >= 0)
-                s.direct++;
-            else
-                s.dense++;
-            int32_t heads = w == LB_LINEAR_Q   ? cfg->num_attention_heads
-                            : w == LB_LINEAR_K ? cfg->num_key_value_heads
-                                               : 0;
-            plan_add(pl, &n, g, h, rows, cols, 2, type >= 0 ? type : dt, heads);
-        }
-        snprintf(g, sizeof g, "blk.%d.ffn_norm.weight", l);
-        snprintf(h, sizeof h, "model.layers.%d.post_attention_layernorm.weight", l);
-        plan_add(pl, &n, g, h, 1, cfg->hidden_size, 1, LB_GGML_TYPE_F32, 0);
-    }
-    plan_add(pl, &n, "output_norm.weight", "model.norm.weight", 1, cfg->hidden_size, 1,
-             LB_GGML_TYPE_F32, 0);
-    if (!cfg->tie_word_embeddings) {
-        int type = opts->direct ? direct_type(m, "lm_head.weight", err) : -1;
-        if (type == -2) {
-            rc = err ? err->code : LB_EFORMAT;
-            goto fail;
-        }
-        plan_add(pl, &n, "output.weight", "lm_head.weight", cfg->vocab_size, cfg->hidden_size,
-                 2, type >= 0 ? type : dt, 0);
-    }
     uint64_t off = 0;
     for (int i = 0; i < n; i++) {
         pl[i].offset = off;
@@ -688,40 +742,7 @@ int lb_gguf_export(const char *in_dir, const char *out_path, const lb_gguf_opts 
         off += (GGUF_ALIGN - off % GGUF_ALIGN) % GGUF_ALIGN;
     }
 
-    /* header: magic, version, counts (kv count patched below), metadata, tensor infos */
-    uint64_t nkv = 0;
-    gb_put(&hb, "GGUF", 4);
-    gb_u32(&hb, 3);
-    gb_u64(&hb, (uint64_t)n);
-    gb_u64(&hb, 0);
-    kv_str(&hb, &nkv, "general.architecture", "llama");
-    kv_str(&hb, &nkv, "general.name", "lowbit export");
-    kv_u32(&hb, &nkv, "general.alignment", GGUF_ALIGN);
-    kv_u32(&hb, &nkv, "general.file_type",
-           opts->dtype == LB_DTYPE_F16 ? 1 : opts->dtype == LB_DTYPE_BF16 ? 32 : 0);
-    kv_u32(&hb, &nkv, "llama.context_length", (uint32_t)cfg->max_position_embeddings);
-    kv_u32(&hb, &nkv, "llama.embedding_length", (uint32_t)cfg->hidden_size);
-    kv_u32(&hb, &nkv, "llama.block_count", (uint32_t)L);
-    kv_u32(&hb, &nkv, "llama.feed_forward_length", (uint32_t)cfg->intermediate_size);
-    kv_u32(&hb, &nkv, "llama.attention.head_count", (uint32_t)cfg->num_attention_heads);
-    kv_u32(&hb, &nkv, "llama.attention.head_count_kv", (uint32_t)cfg->num_key_value_heads);
-    kv_u32(&hb, &nkv, "llama.attention.key_length", (uint32_t)cfg->head_dim);
-    kv_u32(&hb, &nkv, "llama.attention.value_length", (uint32_t)cfg->head_dim);
-    kv_u32(&hb, &nkv, "llama.rope.dimension_count", (uint32_t)cfg->head_dim);
-    kv_f32(&hb, &nkv, "llama.rope.freq_base", (float)cfg->rope_theta);
-    kv_f32(&hb, &nkv, "llama.attention.layer_norm_rms_epsilon", (float)cfg->rms_norm_eps);
-    kv_u32(&hb, &nkv, "llama.vocab_size", (uint32_t)cfg->vocab_size);
-    put_vocab(&hb, &nkv, &v);
-    lb_io_put_le64(hb.p + 16, nkv);
-    for (int i = 0; i < n; i++) {
-        gb_str(&hb, pl[i].gguf);
-        gb_u32(&hb, (uint32_t)pl[i].ndim);
-        gb_u64(&hb, (uint64_t)pl[i].cols); /* ne0: the contiguous dimension */
-        if (pl[i].ndim == 2)
-            gb_u64(&hb, (uint64_t)pl[i].rows);
-        gb_u32(&hb, (uint32_t)pl[i].type);
-        gb_u64(&hb, pl[i].offset);
-    }
+    put_header(&hb, cfg, opts, &v, pl, n);
     if (hb.oom) {
         rc = lb_err_set(err, LB_ENOMEM, "gguf export: out of memory for the header");
         goto fail;
@@ -788,48 +809,4 @@ fail:
     vocab_free(&v);
     lb_model_free(&m);
     return rc;
-}
-
-int lb_ggml_dequant_row(int type, const uint8_t *src, float *dst, int64_t n, lb_err *err)
-{
-    if (lb_kquant_block_bytes(type))
-        return lb_kquant_dequant_row(type, src, dst, n, err);
-    if (n % 32)
-        return lb_err_set(err, LB_EINVAL, "ggml dequant: row of %lld is not whole blocks",
-                          (long long)n);
-    for (int64_t b = 0; b < n / 32; b++) {
-        float *y = dst + 32 * b;
-        if (type == LB_GGML_TYPE_Q8_0) {
-            const uint8_t *x = src + 34 * b;
-            float d = lb_f16_to_f32((uint16_t)(x[0] | x[1] << 8));
-            for (int j = 0; j < 32; j++)
-                y[j] = (float)(int8_t)x[2 + j] * d;
-        } else if (type == LB_GGML_TYPE_Q4_0) {
-            const uint8_t *x = src + 18 * b;
-            float d = lb_f16_to_f32((uint16_t)(x[0] | x[1] << 8));
-            for (int j = 0; j < 16; j++) {
-                y[j] = (float)((x[2 + j] & 0x0f) - 8) * d;
-                y[j + 16] = (float)((x[2 + j] >> 4) - 8) * d;
-            }
-        } else if (type == LB_GGML_TYPE_Q4_1) {
-            const uint8_t *x = src + 20 * b;
-            float d = lb_f16_to_f32((uint16_t)(x[0] | x[1] << 8));
-            float mm = lb_f16_to_f32((uint16_t)(x[2] | x[3] << 8));
-            for (int j = 0; j < 16; j++) {
-                y[j] = (float)(x[4 + j] & 0x0f) * d + mm;
-                y[j + 16] = (float)(x[4 + j] >> 4) * d + mm;
-            }
-        } else {
-            return lb_err_set(err, LB_EINVAL, "ggml dequant: type %d is not Q4_0/Q4_1/Q8_0",
-                              type);
-        }
-    }
-    return 0;
-}
-
-const char *lb_export_formats_for(const char *method)
-{
-    if (method && (!strcmp(method, "rtn") || !strcmp(method, "gptq")))
-        return "dense, gguf, gptq, compressed-tensors";
-    return "dense, gguf";
 }

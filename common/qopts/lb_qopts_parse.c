@@ -11,20 +11,6 @@
 
 #include "lb_rotate.h"
 
-const char *lb_qgrid_name(lb_qgrid g)
-{
-    return g == LB_GRID_MSE    ? "mse"
-           : g == LB_GRID_Q2_K ? "q2_k"
-           : g == LB_GRID_Q3_K ? "q3_k"
-           : g == LB_GRID_Q4_K ? "q4_k"
-                               : "minmax";
-}
-
-const char *lb_qsalient_name(lb_qsalient s)
-{
-    return s == LB_SALIENT_MAGNITUDE ? "magnitude" : "hessian";
-}
-
 #define LB_QOPT_ROW(field, kind, cli, def, lo, hi, wire_max, flags, methods, arg, help)          \
     {#field, cli, LB_QK_##kind, offsetof(lb_qopts, field), (double)(def), lo, hi, wire_max,    \
      flags, methods, arg, help},

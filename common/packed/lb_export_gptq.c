@@ -291,8 +291,7 @@ int lb_gptq_export(const char *in_dir, const char *out_dir, bool compressed, lb_
     if (realpath(in_dir, rin) && realpath(out_dir, rout) && !strcmp(rin, rout))
         return lb_err_set(err, LB_EINVAL, "export: --out %s is the input directory; pick another",
                           out_dir);
-    lb_packed_model_register();
-    if ((rc = lb_model_open(&m, in_dir, err)))
+    if ((rc = lb_packed_model_open(&m, in_dir, err)))
         goto fail;
     if (!lb_model_is_packed(m)) {
         rc = lb_err_set(err, LB_EINVAL, "export: %s is not a packed lowbit checkpoint; "

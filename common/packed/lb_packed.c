@@ -539,9 +539,9 @@ static const lb_model_packed_ops packed_ops = {
     .load = lb_packed_load_weight,
 };
 
-void lb_packed_model_register(void)
+int lb_packed_model_open(lb_model **out, const char *dir, lb_err *err)
 {
-    lb_model_set_packed_ops(&packed_ops);
+    return lb_model_open_with(out, dir, &packed_ops, err);
 }
 
 /* ---- verification ---- */

@@ -76,10 +76,10 @@ int lb_packed_write(const char *out_dir, const lb_model *src, const lb_packed_en
 int lb_packed_load_weight(const lb_st *st, const char *name, float *dst, int64_t numel,
                           lb_err *err);
 
-/* Registers the packed reader with lb_model (lb_model_set_packed_ops), so that
- * lb_model_open accepts packed checkpoints and load_block/load_head dequantize
- * through the method registry. Idempotent; call at program start. */
-void lb_packed_model_register(void);
+/* lb_model_open for a plain or a packed checkpoint: a packed one is checked
+ * (manifest, format version) and its load_block/load_head dequantize through the
+ * method registry. Nothing needs registering first. Returns 0 or LB_E*. */
+int lb_packed_model_open(lb_model **out, const char *dir, lb_err *err);
 
 /* Recomputes every checksum of manifest.json (each tensor's stored bytes, each
  * file) and the bpw figures, and checks that the file holds exactly the tensors

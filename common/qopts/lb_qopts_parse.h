@@ -64,8 +64,4 @@ void lb_qopts_describe(const lb_qopts *o, char *buf, size_t size);
  * for '-' (KEEP as [TOP, REST]); NULL when out of memory. */
 struct json_t *lb_qopts_json(const lb_qopts *o);
 
-/* Name of a grid / salient criterion as spelled on the command line. */
-const char *lb_qgrid_name(lb_qgrid g);
-const char *lb_qsalient_name(lb_qsalient s);
-
 #endif
