@@ -55,6 +55,7 @@ run() { # family label rotate seed flags...
     local extra=()
     [[ $rot == hadamard ]] && extra=(--rotate hadamard --seed "$seed")
     [[ $rot == none ]] && extra=(--rotate none)
+    rot=${rot#flags:} # a config's own --rotate: recorded as given, nothing added
     if ! "$LOWBIT" quantize --model "$MODEL" --calib "$CALIB" --ctx 256 --out "$TMP/q" \
         --threads "$THREADS" --json "$@" "${extra[@]}" >"$TMP/q.log" 2>"$TMP/q.err"; then
         emit "$fam" "$label" "$rot" "$seed" "$*" "quantize: $(tail -1 "$TMP/q.err")"
@@ -79,7 +80,9 @@ while IFS='|' read -r fam label flags seeds; do
     label=$(trim "$label") flags=$(trim "$flags") seeds=$(trim "${seeds:-}")
     # shellcheck disable=SC2086
     if [[ " $flags " == *" --rotate "* ]]; then
-        run "$fam" "$label" flags 0 $flags
+        r=${flags##*--rotate } s=0
+        [[ " $flags " == *" --seed "* ]] && s=${flags##*--seed } && s=${s%% *}
+        run "$fam" "$label" "flags:${r%% *}" "$s" $flags
         continue
     fi
     # shellcheck disable=SC2086
