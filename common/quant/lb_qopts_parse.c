@@ -42,7 +42,7 @@ const char *lb_qopts_usage(void)
            "  --seed N                 random seed (default 0)\n"
            "  --rotate none|hadamard|auto  every method: random signs + block Hadamard on\n"
            "                           both sides, seed and kind stored (default none; auto:\n"
-           "                           hadamard for rtn, gptq, billm, qbb, none for claq, pbllm)\n";
+           "                           hadamard for rtn, gptq, claq, billm, qbb, none for pbllm)\n";
 }
 
 static int parse_double(const char *opt, const char *s, double lo, double hi, double *out,
