@@ -56,9 +56,11 @@ run() { # family label rotate seed flags...
     [[ $rot == hadamard ]] && extra=(--rotate hadamard --seed "$seed")
     [[ $rot == none ]] && extra=(--rotate none)
     rot=${rot#flags:} # a config's own --rotate: recorded as given, nothing added
-    if ! "$LOWBIT" quantize --model "$MODEL" --calib "$CALIB" --ctx 256 --out "$TMP/q" \
-        --threads "$THREADS" --json "$@" "${extra[@]}" >"$TMP/q.log" 2>"$TMP/q.err"; then
-        emit "$fam" "$label" "$rot" "$seed" "$*" "quantize: $(tail -1 "$TMP/q.err")"
+    local rc=0
+    "$LOWBIT" quantize --model "$MODEL" --calib "$CALIB" --ctx 256 --out "$TMP/q" \
+        --threads "$THREADS" --json "$@" "${extra[@]}" >"$TMP/q.log" 2>"$TMP/q.err" || rc=$?
+    if ((rc != 0)); then # a signal leaves no message: say which exit status instead
+        emit "$fam" "$label" "$rot" "$seed" "$*" "quantize: exit status $rc: $(tail -1 "$TMP/q.err")"
         rm -rf "$TMP/q"
         return 0
     fi
