@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the Debian 12 packages lowbit needs, then the pinned npm test
+# Install the Debian 12 packages lowbit needs (gnuplot-nox: bench/kl_bpw_plot.sh), then the pinned npm test
 # references. clang and libFuzzer serve the fuzz smoke runs of deploy/check.sh.
 # Does nothing when all are present. Works as root or through sudo.
 # Usage: deploy/install-deps.sh [--check] [--no-npm]
@@ -17,6 +17,7 @@ PACKAGES=(
   libcmocka-dev libjansson-dev
   libpcre2-dev libutf8proc-dev
   python3-numpy nodejs
+  gnuplot-nox
   clang libfuzzer-14-dev libclang-rt-14-dev libomp-dev
 )
 # npm: Debian's package, unless a nodejs that bundles npm (NodeSource) is there

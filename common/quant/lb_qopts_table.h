@@ -65,7 +65,7 @@
     X(seed, U64, "--seed", 0, 0, (double)INT64_MAX, 0, 0, "all", "N", "random seed")               \
     X(rotate, ROT, "--rotate", 0, 0, 0, 1, LB_QOPT_LATE, "all", "none|hadamard|auto",              \
       "random signs + block Hadamard on both sides, seed and kind stored (auto: hadamard "         \
-      "for rtn, gptq, billm, qbb, none for claq, pbllm)")                                          \
+      "for rtn, gptq, claq, billm, qbb, none for pbllm)")                                          \
     X(damp_auto, BOOL, "--damp-auto", 0, 0, 0, 1, LB_QOPT_LATE, "gptq", "",                        \
       "when H does not factor, retry with 10x --damp (0.01 after 0), at most 3 times")
 

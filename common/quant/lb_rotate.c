@@ -16,7 +16,7 @@ const char *lb_rotate_name(int32_t kind)
 
 int32_t lb_rotate_default(const char *method)
 {
-    static const char *const rotated[] = {"rtn", "gptq", "billm", "qbb"};
+    static const char *const rotated[] = {"rtn", "gptq", "claq", "billm", "qbb"};
     for (size_t i = 0; method && i < sizeof rotated / sizeof rotated[0]; i++)
         if (!strcmp(method, rotated[i]))
             return LB_ROTATE_HADAMARD;

@@ -28,8 +28,10 @@ typedef enum { LB_ROT_IN = 0, LB_ROT_OUT = 1 } lb_rot_side;
 
 const char *lb_rotate_name(int32_t kind);
 /* The rotation `--rotate auto` picks for a method, from the stories260K measurements
- * in docs/results-rotate.md: hadamard for rtn, gptq, billm, qbb (lower KL with it);
- * none for pbllm (higher KL) and claq (no clear change). Unknown methods: none. */
+ * in docs/results-rotate.md and docs/results.md "KL against bits": hadamard for rtn,
+ * gptq, claq, billm, qbb (lower mean KL with it); none for pbllm (higher KL in every
+ * configuration: the rotation spreads the outliers its salient set keeps). Unknown
+ * methods: none. */
 int32_t lb_rotate_default(const char *method);
 /* opts->rotate with AUTO resolved for method. */
 int32_t lb_rotate_resolve(const char *method, int32_t rotate);

@@ -61,13 +61,15 @@ static void test_block_sizes(void **state)
     assert_int_equal(lb_rotate_block(11008), 256);
     assert_int_equal(lb_rotate_block(4096), 4096);
     assert_int_equal(lb_rotate_block(43), 1);
-    /* --rotate auto: the per-method defaults chosen from docs/results-rotate.md */
+    /* --rotate auto: the per-method defaults chosen from docs/results-rotate.md and the
+     * kl_bpw sweep (docs/results.md "KL against bits"); claq: hadamard since then */
     assert_int_equal(lb_rotate_resolve("gptq", LB_ROTATE_AUTO), LB_ROTATE_HADAMARD);
     assert_int_equal(lb_rotate_resolve("rtn", LB_ROTATE_AUTO), LB_ROTATE_HADAMARD);
     assert_int_equal(lb_rotate_resolve("billm", LB_ROTATE_AUTO), LB_ROTATE_HADAMARD);
     assert_int_equal(lb_rotate_resolve("qbb", LB_ROTATE_AUTO), LB_ROTATE_HADAMARD);
     assert_int_equal(lb_rotate_resolve("pbllm", LB_ROTATE_AUTO), LB_ROTATE_NONE);
-    assert_int_equal(lb_rotate_resolve("claq", LB_ROTATE_AUTO), LB_ROTATE_NONE);
+    assert_int_equal(lb_rotate_resolve("claq", LB_ROTATE_AUTO), LB_ROTATE_HADAMARD);
+    assert_int_equal(lb_rotate_resolve("nosuch", LB_ROTATE_AUTO), LB_ROTATE_NONE);
     assert_int_equal(lb_rotate_resolve("pbllm", LB_ROTATE_HADAMARD), LB_ROTATE_HADAMARD);
     assert_int_equal(lb_rotate_resolve("gptq", LB_ROTATE_NONE), LB_ROTATE_NONE);
 }
