@@ -1,0 +1,52 @@
+/* lb_xfer_priv: what the data plane's translation units (lb_xfer_frame.c,
+ * lb_xfer_server.c, lb_xfer_client.c, lb_xfer_curve.c) share; not an API. */
+#ifndef LB_XFER_PRIV_H
+#define LB_XFER_PRIV_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <zmq.h>
+
+#include "lb_err.h"
+#include "lb_xfer.h"
+
+/* Checks a zmq call; records where it failed. */
+#define ZMQ_CHECK(call, err, what)                                                                 \
+    ((call) == -1 ? lb_err_set((err), LB_ENET, "%s: %s failed (%s) [%s:%d]", (what), #call,        \
+                               zmq_strerror(zmq_errno()), __FILE__, __LINE__)                      \
+                  : 0)
+
+/* One received multipart message. */
+typedef struct {
+    zmq_msg_t *m;
+    size_t n, cap;
+    bool overflow; /* more frames arrived than cap allowed; they were dropped */
+} lb_xfer_frames;
+
+void lb_xfer_frames_close(lb_xfer_frames *f);
+
+/* Receives one whole multipart message, keeping at most max_frames parts
+ * (the rest are drained and dropped, f->overflow set). Returns 0, or -1 with
+ * errno (ETERM on shutdown, EAGAIN on timeout). */
+int lb_xfer_frames_recv(void *sock, size_t max_frames, lb_xfer_frames *f);
+
+/* lb_xfer_payload_check over zmq messages m[0..n). Returns 0, LB_EFORMAT or LB_ENOMEM. */
+int lb_xfer_verify_payload(const lb_xfer_hdr *h, zmq_msg_t *m, size_t n, lb_err *err);
+
+/* Payload frames for size bytes. */
+uint32_t lb_xfer_frame_count(uint64_t size);
+
+/* Sends header + payload (data may be NULL when size == 0) as one multipart
+ * message, after `route` (routing id frame) when non-NULL. */
+int lb_xfer_send_msg(void *sock, zmq_msg_t *route, const lb_xfer_hdr *h, const void *data,
+                     lb_err *err, const char *who);
+
+void lb_xfer_sha(const void *data, size_t n, uint8_t out[32]);
+
+/* Writes frames m[0..n) to path atomically: unique tmp in the same directory,
+ * fsync, validate (optional), rename, fsync the directory. */
+int lb_xfer_write_atomic(const char *path, zmq_msg_t *m, size_t n, const char *id,
+                         lb_xfer_validate_fn validate, void *user, lb_err *err);
+
+#endif
