@@ -12,6 +12,7 @@
 #include "lb_dist.h"
 #include "lb_redis.h"
 #include "lb_redis_url.h"
+#include "lb_xfer.h"
 
 static void usage(FILE *out)
 {
@@ -37,13 +38,22 @@ static void usage(FILE *out)
             "  --artifact-bind EP       artifact server bind (default tcp://127.0.0.1:*, loopback\n"
             "                           only; tcp://0.0.0.0:PORT to serve other hosts)\n"
             "  --artifact-endpoint EP   what workers are told (default: the bound endpoint, a\n"
-            "                           wildcard host replaced by this host's name)\n",
+            "                           wildcard host replaced by this host's name)\n"
+            "  --curve-dir DIR          CURVE on the artifact server (default $LOWBIT_CURVE_DIR):\n"
+            "                           DIR/server.key, allowlist DIR/clients/NAME.pub\n"
+            "  --curve-server-key FILE  the server's secret key file (instead of DIR/server.key)\n"
+            "  --curve-clients DIR      the allowlist directory (instead of DIR/clients)\n"
+            "  --insecure               allow a non-loopback --artifact-bind without CURVE\n"
+            "                           (trusted network only; docs/distributed.md)\n",
             LB_REDIS_DEFAULT_URL);
 }
 
 int lb_cmd_coordinator(int argc, char **argv)
 {
     const char *url = NULL, *job = NULL, *bind = NULL, *advert = NULL;
+    const char *curve_dir = NULL, *curve_key = NULL, *curve_clients = NULL;
+    bool insecure = false;
+    lb_xfer_curve curve = {0};
     double redis_wait = 0; /* 0: lb_dist's default */
     char **fwd = calloc((size_t)argc + 1, sizeof *fwd);
     char **owned = calloc((size_t)argc + 1, sizeof *owned);
@@ -75,6 +85,14 @@ int lb_cmd_coordinator(int argc, char **argv)
             bind = argv[++i];
         } else if (!strcmp(a, "--artifact-endpoint") && i + 1 < argc) {
             advert = argv[++i];
+        } else if (!strcmp(a, "--curve-dir") && i + 1 < argc) {
+            curve_dir = argv[++i];
+        } else if (!strcmp(a, "--curve-server-key") && i + 1 < argc) {
+            curve_key = argv[++i];
+        } else if (!strcmp(a, "--curve-clients") && i + 1 < argc) {
+            curve_clients = argv[++i];
+        } else if (!strcmp(a, "--insecure")) {
+            insecure = true;
         } else if (!strcmp(a, "--resume")) {
             /* resuming is what the same NAME and options do anyway */
         } else if ((!strcmp(a, "--model") || !strcmp(a, "--calib") || !strcmp(a, "--out")) &&
@@ -103,8 +121,19 @@ int lb_cmd_coordinator(int argc, char **argv)
         fprintf(stderr, "lowbit coordinator: %s\n", err.msg);
         goto done;
     }
+    if (!curve_dir && !curve_key && !curve_clients)
+        curve_dir = getenv("LOWBIT_CURVE_DIR");
+    if (curve_dir && !*curve_dir)
+        curve_dir = NULL;
+    if ((curve_dir || curve_key || curve_clients) &&
+        lb_xfer_curve_load_server(curve_dir, curve_key, curve_clients, &curve, &err)) {
+        fprintf(stderr, "lowbit coordinator: %s\n", err.msg);
+        goto done;
+    }
     lb_dist_opts d;
     memset(&d, 0, sizeof d);
+    d.curve = &curve;
+    d.insecure = insecure;
     d.redis_url = lb_redis_url_pick(url);
     d.job_name = job;
     d.redis_wait_s = redis_wait;
@@ -112,6 +141,7 @@ int lb_cmd_coordinator(int argc, char **argv)
     d.artifact_endpoint = advert;
     status = lb_quantize_main(nf, fwd, &d);
 done:
+    lb_xfer_curve_clear(&curve);
     for (int i = 0; i < no; i++)
         free(owned[i]);
     free(owned);

@@ -352,8 +352,18 @@ int lb_worker_new(const lb_worker_spec *spec, lb_worker **out, lb_err *err)
     pthread_mutex_init(&w->mu, NULL);
     snprintf(w->url, sizeof w->url, "%s", lb_redis_url_pick(spec->redis_url));
     gethostname(w->host, sizeof w->host - 1);
-    if (spec->id)
+    /* CURVE: the id names the key (KEY or KEY@...), since the artifact server
+     * checks leases against the key's name; other ids become KEY@ID */
+    const char *key = spec->curve && spec->curve->on ? spec->curve->client_name : NULL;
+    size_t kl = key ? strlen(key) : 0;
+    bool owned = key && spec->id && !strncmp(spec->id, key, kl) &&
+                 (spec->id[kl] == 0 || spec->id[kl] == '@');
+    if (spec->id && (!key || owned))
         snprintf(w->id, sizeof w->id, "%s", spec->id);
+    else if (spec->id)
+        snprintf(w->id, sizeof w->id, "%s@%.*s", key, (int)(LB_REDIS_ID_MAX - kl - 1), spec->id);
+    else if (key)
+        snprintf(w->id, sizeof w->id, "%s@%.50s-%ld", key, w->host, (long)getpid());
     else
         snprintf(w->id, sizeof w->id, "%.100s-%ld", w->host, (long)getpid());
     w->spec.redis_url = w->url;
@@ -496,6 +506,7 @@ int lb_worker_run(lb_worker *w, lb_err *err)
         if ((rc = lb_redis_connect(w->url, &ro, &s->r, err)) ||
             (rc = lb_wdata_new(w->spec.xfer_timeout_ms, 0, &s->data, err)))
             goto fail;
+        lb_wdata_set_curve(s->data, w->spec.curve);
     }
     w->last_work = lb_worker_now_s();
     if (pthread_create(&w->beat, NULL, beat_main, w) != 0) {

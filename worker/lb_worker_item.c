@@ -2,6 +2,7 @@
  * publish its outputs, post its result (lb_worker.h, lb_worker_priv.h). */
 #include "lb_worker.h"
 #include "lb_worker_priv.h"
+#include "lb_xfer.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -369,8 +370,14 @@ int lb_worker_run_item(slot *s, const char *name, char *endpoint, size_t esize, 
     }
     if (rc == 0 && xfer && lb_worker_stopping(w))
         rc = lb_err_set(&jerr, LB_ESTATE, "worker stopping");
-    if (rc == 0 && xfer)
+    if (rc == 0 && xfer) {
+        /* the server stores outputs only for the lease holder (lb_dist_lease.h) */
+        char claim[LB_XFER_CLAIM_MAX + 1];
+        snprintf(claim, sizeof claim, "job=%s entry=%s worker=%s", name, msg->entry, w->id);
+        lb_wdata_set_claim(s->data, claim);
         rc = transfer(s, name, endpoint, esize, true, &job, &published, &jerr);
+        lb_wdata_set_claim(s->data, NULL);
+    }
     s->est_bytes = lb_worker_item_estimate(cache->model);
     if (!begin_post(s)) { /* given back by lb_worker_run: post nothing */
         lb_job_clear(&job);

@@ -30,13 +30,80 @@ struct lb_xfer_client {
     int timeout_ms;
     int retries;
     uint64_t seq;
+    lb_xfer_curve curve; /* curve.on: a CURVE client (no allowlist here) */
+    void *mon;           /* CURVE: PAIR reading the socket's handshake events */
+    unsigned nmon;       /* monitor endpoints made (each socket gets its own) */
+    char *claim;         /* sent with every PUT (NULL: none) */
 };
 
 static void client_close_socket(lb_xfer_client *c)
 {
+    if (c->mon)
+        zmq_close(c->mon);
+    c->mon = NULL;
     if (c->sock)
         zmq_close(c->sock);
     c->sock = NULL;
+}
+
+/* CURVE keys on the fresh socket, and a monitor so a refused handshake fails
+ * the request at once instead of after its whole timeout. */
+static int client_curve(lb_xfer_client *c, lb_err *err)
+{
+    int rc = 0;
+    if ((rc = ZMQ_CHECK(zmq_setsockopt(c->sock, ZMQ_CURVE_SERVERKEY, c->curve.server_pub,
+                                       LB_XFER_KEY_LEN + 1),
+                        err, c->endpoint)) ||
+        (rc = ZMQ_CHECK(zmq_setsockopt(c->sock, ZMQ_CURVE_PUBLICKEY, c->curve.client_pub,
+                                       LB_XFER_KEY_LEN + 1),
+                        err, c->endpoint)) ||
+        (rc = ZMQ_CHECK(zmq_setsockopt(c->sock, ZMQ_CURVE_SECRETKEY, c->curve.client_sec,
+                                       LB_XFER_KEY_LEN + 1),
+                        err, c->endpoint)))
+        return rc;
+    char ep[96];
+    snprintf(ep, sizeof ep, "inproc://lb-xfer-mon-%p-%u", (void *)c, c->nmon++);
+    int linger = 0;
+    if (zmq_socket_monitor(c->sock, ep,
+                           ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) != 0 ||
+        !(c->mon = zmq_socket(c->ctx, ZMQ_PAIR)) ||
+        zmq_setsockopt(c->mon, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_connect(c->mon, ep) != 0)
+        return lb_err_set(err, LB_ENET, "%s: cannot monitor the CURVE handshake (%s)",
+                          c->endpoint, zmq_strerror(zmq_errno()));
+    return 0;
+}
+
+/* A handshake failure the monitor reported (drains the events). */
+static int client_handshake_failed(lb_xfer_client *c, lb_err *err)
+{
+    uint16_t ev = 0;
+    uint32_t val = 0;
+    for (;;) {
+        lb_xfer_frames f;
+        zmq_pollitem_t it = {.socket = c->mon, .events = ZMQ_POLLIN};
+        if (zmq_poll(&it, 1, 0) <= 0 || lb_xfer_frames_recv(c->mon, 4, &f) != 0)
+            break;
+        if (f.n >= 1 && zmq_msg_size(&f.m[0]) >= 6) {
+            memcpy(&ev, zmq_msg_data(&f.m[0]), 2);
+            memcpy(&val, (const char *)zmq_msg_data(&f.m[0]) + 2, 4);
+        }
+        lb_xfer_frames_close(&f);
+    }
+    if (!ev)
+        return 0;
+    if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
+        return lb_err_set(err, LB_ENET,
+                          "%s: CURVE handshake refused (ZAP status %u): this worker's key '%s' "
+                          "is not in the coordinator's allowlist (copy %s.pub into its "
+                          "clients directory)",
+                          c->endpoint, (unsigned)val, c->curve.client_name,
+                          c->curve.client_name);
+    return lb_err_set(err, LB_ENET,
+                      "%s: CURVE handshake failed (event %u); is server.pub the coordinator's "
+                      "key, and is the coordinator running with CURVE?",
+                      c->endpoint, (unsigned)ev);
 }
 
 static int client_open_socket(lb_xfer_client *c, lb_err *err)
@@ -54,6 +121,8 @@ static int client_open_socket(lb_xfer_client *c, lb_err *err)
                         err, c->endpoint)) ||
         (rc = ZMQ_CHECK(zmq_setsockopt(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg), err,
                         c->endpoint)))
+        goto fail;
+    if (c->curve.on && (rc = client_curve(c, err)))
         goto fail;
     if (zmq_connect(c->sock, c->endpoint) != 0) {
         rc = lb_err_set(err, LB_EINVAL, "%s: cannot connect (%s); expected tcp://host:port",
@@ -105,8 +174,43 @@ void lb_xfer_client_free(lb_xfer_client **cp)
     if (c->ctx)
         zmq_ctx_term(c->ctx);
     free(c->endpoint);
+    free(c->claim);
+    lb_xfer_curve_clear(&c->curve);
     free(c);
     *cp = NULL;
+}
+
+int lb_xfer_client_set_curve(lb_xfer_client *c, const lb_xfer_curve *k, lb_err *err)
+{
+    int rc = k && k->on ? lb_xfer_curve_check(err) : 0;
+    if (rc)
+        return rc;
+    lb_xfer_curve_clear(&c->curve);
+    if (k && k->on) {
+        c->curve = *k;
+        c->curve.clients = NULL; /* a client has no allowlist */
+        c->curve.nclients = 0;
+        memset(c->curve.server_sec, 0, sizeof c->curve.server_sec);
+    }
+    client_close_socket(c);
+    return client_open_socket(c, err);
+}
+
+int lb_xfer_client_set_claim(lb_xfer_client *c, const char *claim, lb_err *err)
+{
+    free(c->claim);
+    c->claim = NULL;
+    if (!claim)
+        return 0;
+    size_t n = strlen(claim);
+    for (size_t i = 0; i < n; i++)
+        if (claim[i] < 32 || claim[i] > 126)
+            return lb_err_set(err, LB_EINVAL, "artifact claim must be printable text");
+    if (n > LB_XFER_CLAIM_MAX)
+        return lb_err_set(err, LB_EINVAL, "artifact claim over %d bytes", LB_XFER_CLAIM_MAX);
+    if (!(c->claim = strdup(claim)))
+        return lb_err_set(err, LB_ENOMEM, "artifact client: out of memory");
+    return 0;
 }
 
 static int64_t now_ms(void)
@@ -195,7 +299,9 @@ static int request(lb_xfer_client *c, lb_xfer_hdr *h, const void *payload, lb_xf
         if (!c->sock && (rc = client_open_socket(c, err)))
             return rc;
         h->seq = ++c->seq;
-        if (lb_xfer_send_msg(c->sock, NULL, h, payload, err, c->endpoint) != 0) {
+        const char *claim = h->cmd == LB_XFER_PUT ? c->claim : NULL;
+        h->status = claim ? LB_XFER_F_CLAIM : 0; /* request flags */
+        if (lb_xfer_send_msg(c->sock, NULL, h, claim, payload, err, c->endpoint) != 0) {
             client_close_socket(c); /* EAGAIN: peer not taking data */
             continue;
         }
@@ -209,9 +315,17 @@ static int request(lb_xfer_client *c, lb_xfer_hdr *h, const void *payload, lb_xf
             /* ZeroMQ reconnects silently to a dead server: look every 2 s, so a
              * killed coordinator fails the request at once (the caller re-reads
              * the job's endpoint) instead of after the whole timeout */
-            zmq_pollitem_t it = {.socket = c->sock, .events = ZMQ_POLLIN};
-            int n = zmq_poll(&it, 1, (long)(left < 2000 ? left : 2000));
+            zmq_pollitem_t it[2] = {{.socket = c->sock, .events = ZMQ_POLLIN},
+                                    {.socket = c->mon, .events = ZMQ_POLLIN}};
+            int n = zmq_poll(it, c->mon ? 2 : 1, (long)(left < 2000 ? left : 2000));
             if (n < 0 && zmq_errno() == EINTR)
+                continue;
+            if (n > 0 && c->mon && (it[1].revents & ZMQ_POLLIN) &&
+                (rc = client_handshake_failed(c, err))) {
+                client_close_socket(c);
+                return rc;
+            }
+            if (n > 0 && !(it[0].revents & ZMQ_POLLIN))
                 continue;
             if (n == 0 && left > 2000) {
                 if (lb_xfer_probe(c->endpoint, 1000, err)) {
@@ -251,8 +365,9 @@ static int request(lb_xfer_client *c, lb_xfer_hdr *h, const void *payload, lb_xf
     }
     return lb_err_set(err, LB_ENET,
                       "%s: no answer in %g s; is the coordinator's artifact "
-                      "server running?",
-                      c->endpoint, (double)c->timeout_ms / 1000.0);
+                      "server running%s?",
+                      c->endpoint, (double)c->timeout_ms / 1000.0,
+                      c->curve.on ? ", with CURVE, and is server.pub its key" : "");
 }
 
 /* Turns an error reply into the caller's lb_err. */

@@ -1,4 +1,4 @@
-/* lb_xfer_frame: header and payload lb_xfer_frames of the data plane, the atomic
+/* lb_xfer_frame: header and payload frames of the data plane, the atomic
  * writer and the artifact validator (see lb_xfer.h). */
 #include "lb_xfer.h"
 
@@ -21,7 +21,7 @@
 
 static_assert(LB_XFER_HDR_SIZE == 4 + 2 + 2 + 4 + 4 + 8 + 8 + 32 + LB_XFER_ID_LEN,
               "header layout: magic, version, cmd, status, nframes, seq, size, sha256, id");
-static_assert(LB_XFER_FRAME <= ((size_t)1 << 30), "lb_xfer_frames stay far below zmq limits");
+static_assert(LB_XFER_FRAME <= ((size_t)1 << 30), "frames stay far below zmq limits");
 
 static const char LB_XFER_MAGIC[4] = {'L', 'B', 'X', 'F'};
 
@@ -198,15 +198,18 @@ uint32_t lb_xfer_frame_count(uint64_t size)
 
 /* Sends header + payload (data may be NULL when size == 0) as one multipart
  * message, after `route` (routing id frame) when non-NULL. */
-int lb_xfer_send_msg(void *sock, zmq_msg_t *route, const lb_xfer_hdr *h, const void *data,
-                    lb_err *err, const char *who)
+int lb_xfer_send_msg(void *sock, zmq_msg_t *route, const lb_xfer_hdr *h, const char *claim,
+                     const void *data, lb_err *err, const char *who)
 {
     uint8_t hb[LB_XFER_HDR_SIZE];
     lb_xfer_hdr_encode(h, hb);
     if (route && ZMQ_CHECK(zmq_msg_send(route, sock, ZMQ_SNDMORE), err, who))
         return LB_ENET;
-    int more = h->nframes ? ZMQ_SNDMORE : 0;
+    int more = h->nframes || claim ? ZMQ_SNDMORE : 0;
     if (ZMQ_CHECK(zmq_send(sock, hb, sizeof hb, more), err, who))
+        return LB_ENET;
+    if (claim && ZMQ_CHECK(zmq_send(sock, claim, strlen(claim), h->nframes ? ZMQ_SNDMORE : 0),
+                           err, who))
         return LB_ENET;
     const uint8_t *p = data;
     uint64_t left = h->size;
@@ -229,7 +232,7 @@ void lb_xfer_sha(const void *data, size_t n, uint8_t out[32])
     lb_sha256_final(&s, out);
 }
 
-/* Writes lb_xfer_frames m[0..n) to path atomically: unique tmp in the same directory,
+/* Writes frames m[0..n) to path atomically: unique tmp in the same directory,
  * fsync, validate (optional), rename, fsync the directory. */
 int lb_xfer_write_atomic(const char *path, zmq_msg_t *m, size_t n, const char *id,
                                lb_xfer_validate_fn validate, void *user, lb_err *err)

@@ -37,10 +37,11 @@ int lb_xfer_verify_payload(const lb_xfer_hdr *h, zmq_msg_t *m, size_t n, lb_err 
 /* Payload frames for size bytes. */
 uint32_t lb_xfer_frame_count(uint64_t size);
 
-/* Sends header + payload (data may be NULL when size == 0) as one multipart
- * message, after `route` (routing id frame) when non-NULL. */
-int lb_xfer_send_msg(void *sock, zmq_msg_t *route, const lb_xfer_hdr *h, const void *data,
-                     lb_err *err, const char *who);
+/* Sends [route][header][claim][payload frames] as one multipart message; route
+ * (routing id frame) and claim (a PUT's lease claim: set LB_XFER_F_CLAIM in
+ * h->status too) only when non-NULL; data may be NULL when h->size == 0. */
+int lb_xfer_send_msg(void *sock, zmq_msg_t *route, const lb_xfer_hdr *h, const char *claim,
+                     const void *data, lb_err *err, const char *who);
 
 void lb_xfer_sha(const void *data, size_t n, uint8_t out[32]);
 
@@ -48,5 +49,10 @@ void lb_xfer_sha(const void *data, size_t n, uint8_t out[32]);
  * fsync, validate (optional), rename, fsync the directory. */
 int lb_xfer_write_atomic(const char *path, zmq_msg_t *m, size_t n, const char *id,
                          lb_xfer_validate_fn validate, void *user, lb_err *err);
+
+/* ZAP (RFC 27): answers one request on sock against c's allowlist; the user
+ * id of an admitted client is its key name. OUT: denied = the refused public
+ * key (Z85) or "" when admitted. Returns 0, or -1 on a socket error (ETERM). */
+int lb_xfer_zap_serve(void *sock, const lb_xfer_curve *c, char *denied, size_t dsize);
 
 #endif

@@ -34,6 +34,10 @@ struct lb_xfer_server {
     void *validate_user;
     void (*log)(void *user, const char *line);
     void *log_user;
+    lb_xfer_curve curve;  /* copy; curve.on: CURVE server with a ZAP handler */
+    void *zap;            /* REP on inproc://zeromq.zap.01 (CURVE only) */
+    lb_xfer_authorize_fn authorize;
+    void *authorize_user;
     pthread_mutex_t mu;
     lb_xfer_stats stats;
 };
@@ -79,7 +83,7 @@ static int reply_error(lb_xfer_server *s, zmq_msg_t *route, uint64_t seq, const 
     h.size = len;
     lb_xfer_sha(e->msg, len, h.sha256);
     lb_err ignored;
-    return lb_xfer_send_msg(s->sock, route, &h, e->msg, &ignored, "artifact server");
+    return lb_xfer_send_msg(s->sock, route, &h, NULL, e->msg, &ignored, "artifact server");
 }
 
 /* Hash of a whole file (mapped). */
@@ -187,6 +191,41 @@ done:
     return rc;
 }
 
+/* PUT after the authorize hook: [route][hdr][claim if LB_XFER_F_CLAIM][payload]. */
+static int put_checked(lb_xfer_server *s, const lb_xfer_hdr *h, lb_xfer_frames *f,
+                       const char *user, lb_err *err)
+{
+    size_t first = 2; /* first payload frame */
+    char claim[LB_XFER_CLAIM_MAX + 1] = "";
+    bool has_claim = (h->status & LB_XFER_F_CLAIM) != 0;
+    if (has_claim) {
+        size_t len = f->n > 2 ? zmq_msg_size(&f->m[2]) : 0;
+        if (f->n <= 2 || len > LB_XFER_CLAIM_MAX)
+            return lb_err_set(err, LB_EFORMAT, "PUT %s: claim frame missing or over %d bytes",
+                              h->id, LB_XFER_CLAIM_MAX);
+        memcpy(claim, zmq_msg_data(&f->m[2]), len);
+        claim[len] = 0;
+        for (size_t i = 0; i < len; i++)
+            if (claim[i] < 32 || claim[i] > 126)
+                return lb_err_set(err, LB_EFORMAT, "PUT %s: claim frame is not printable text",
+                                  h->id);
+        first = 3;
+    }
+    if (s->authorize && h->id[0]) {
+        /* before the payload is even hashed: a refused PUT costs nothing */
+        int rc = s->authorize(s->authorize_user, h->id, user && *user ? user : NULL,
+                              has_claim ? claim : NULL, err);
+        if (rc) {
+            pthread_mutex_lock(&s->mu);
+            s->stats.refused++;
+            pthread_mutex_unlock(&s->mu);
+            lb_err_prefix(err, "PUT %s refused", h->id);
+            return rc;
+        }
+    }
+    return handle_put(s, h, f->m + first, f->n - first, err);
+}
+
 /* Handles one request; returns -1 only when the socket is shutting down. */
 static int serve_one(lb_xfer_server *s, lb_xfer_frames *f)
 {
@@ -201,13 +240,17 @@ static int serve_one(lb_xfer_server *s, lb_xfer_frames *f)
     if (f->n < 1)
         return 0; /* no routing id: nothing to answer */
     zmq_msg_t *route = &f->m[0];
+    const char *user = NULL; /* CURVE: the client's key name (ZAP user id) */
     if (f->n >= 2) {
         const char *pa = zmq_msg_gets(&f->m[1], "Peer-Address");
         if (pa)
             snprintf(peer, sizeof peer, "%s", pa);
+        user = s->curve.on ? zmq_msg_gets(&f->m[1], "User-Id") : NULL;
+        if (user && *user) /* logs say which key: "10.0.0.5 (key w1)" */
+            snprintf(peer + strlen(peer), sizeof peer - strlen(peer), " (key %.20s)", user);
     }
     if (f->overflow) {
-        rc = lb_err_set(&err, LB_EINVAL, "message has more lb_xfer_frames than the %llu-byte limit allows",
+        rc = lb_err_set(&err, LB_EINVAL, "message has more frames than the %llu-byte limit allows",
                         (unsigned long long)s->max_bytes);
         goto reply;
     }
@@ -233,7 +276,7 @@ static int serve_one(lb_xfer_server *s, lb_xfer_frames *f)
         break;
     }
     case LB_XFER_PUT:
-        rc = handle_put(s, &h, f->m + 2, f->n - 2, &err);
+        rc = put_checked(s, &h, f, user, &err);
         if (!rc)
             in = h.size;
         break;
@@ -254,24 +297,60 @@ reply:
     if (rc) {
         reply_error(s, route, h.seq, &err);
     } else if (h.cmd == LB_XFER_GET) {
-        lb_xfer_send_msg(s->sock, route, &get_rep, map, &err, "artifact server");
+        lb_xfer_send_msg(s->sock, route, &get_rep, NULL, map, &err, "artifact server");
     } else {
         lb_xfer_hdr ok = {.version = LB_XFER_VERSION, .cmd = h.cmd, .seq = h.seq};
         memcpy(ok.id, h.id, sizeof ok.id);
         lb_xfer_sha(NULL, 0, ok.sha256);
-        lb_xfer_send_msg(s->sock, route, &ok, NULL, &err, "artifact server");
+        lb_xfer_send_msg(s->sock, route, &ok, NULL, NULL, &err, "artifact server");
     }
     if (map)
         lb_io_unmap(map, map_n);
     return 0;
 }
 
+/* One ZAP request; a refused key is counted and logged (public keys only). */
+static int serve_zap(lb_xfer_server *s)
+{
+    char denied[LB_XFER_KEY_LEN + 32];
+    if (lb_xfer_zap_serve(s->zap, &s->curve, denied, sizeof denied) != 0)
+        return -1;
+    if (denied[0]) {
+        pthread_mutex_lock(&s->mu);
+        s->stats.denied++;
+        snprintf(s->stats.last_error, sizeof s->stats.last_error,
+                 "CURVE handshake refused: client key %s is not in the allowlist", denied);
+        pthread_mutex_unlock(&s->mu);
+        if (s->log) {
+            char line[400];
+            snprintf(line, sizeof line,
+                     "%.100s: CURVE handshake refused: client public key %s is not in the "
+                     "allowlist (add its NAME.pub to the clients directory)",
+                     s->endpoint, denied);
+            s->log(s->log_user, line);
+        }
+    }
+    return 0;
+}
+
 static void *server_main(void *arg)
 {
     lb_xfer_server *s = arg;
-    /* Enough lb_xfer_frames for the largest accepted payload, plus route and header. */
-    size_t max_frames = (size_t)(s->max_bytes / LB_XFER_FRAME) + 3;
+    /* Enough frames for the largest accepted payload, plus route, header, claim. */
+    size_t max_frames = (size_t)(s->max_bytes / LB_XFER_FRAME) + 4;
     for (;;) {
+        zmq_pollitem_t it[2] = {{.socket = s->sock, .events = ZMQ_POLLIN},
+                                {.socket = s->zap, .events = ZMQ_POLLIN}};
+        int n = zmq_poll(it, s->zap ? 2 : 1, -1);
+        if (n < 0) {
+            if (zmq_errno() == ETERM)
+                break;
+            continue; /* EINTR */
+        }
+        if (s->zap && (it[1].revents & ZMQ_POLLIN) && serve_zap(s) != 0 && errno == ETERM)
+            break;
+        if (!(it[0].revents & ZMQ_POLLIN))
+            continue;
         lb_xfer_frames f;
         if (lb_xfer_frames_recv(s->sock, max_frames, &f) != 0) {
             if (errno == ETERM)
@@ -281,6 +360,9 @@ static void *server_main(void *arg)
         serve_one(s, &f);
         lb_xfer_frames_close(&f);
     }
+    if (s->zap)
+        zmq_close(s->zap);
+    s->zap = NULL;
     zmq_close(s->sock);
     s->sock = NULL;
     return NULL;
@@ -288,6 +370,8 @@ static void *server_main(void *arg)
 
 static void server_free(lb_xfer_server *s)
 {
+    if (s->zap)
+        zmq_close(s->zap);
     if (s->sock)
         zmq_close(s->sock);
     if (s->ctx)
@@ -295,7 +379,48 @@ static void server_free(lb_xfer_server *s)
     pthread_mutex_destroy(&s->mu);
     free(s->dir);
     free(s->suffix);
+    lb_xfer_curve_clear(&s->curve);
     free(s);
+}
+
+/* CURVE: copies the keys, binds the ZAP handler (before the server socket
+ * binds, so no handshake goes unchecked) and makes s->sock a CURVE server. */
+static int curve_setup(lb_xfer_server *s, const lb_xfer_curve *k, const char *bind, lb_err *err)
+{
+    s->curve = *k;
+    s->curve.clients = NULL;
+    s->curve.nclients = 0;
+    if (k->nclients) {
+        s->curve.clients = malloc(k->nclients * sizeof *k->clients);
+        if (!s->curve.clients)
+            return lb_err_set(err, LB_ENOMEM, "artifact server: out of memory");
+        memcpy(s->curve.clients, k->clients, k->nclients * sizeof *k->clients);
+        s->curve.nclients = k->nclients;
+    }
+    int linger = 0, one = 1, rc = 0;
+    s->zap = zmq_socket(s->ctx, ZMQ_REP);
+    if (!s->zap || (rc = ZMQ_CHECK(zmq_setsockopt(s->zap, ZMQ_LINGER, &linger, sizeof linger),
+                                   err, "ZAP handler")))
+        return rc ? rc : lb_err_set(err, LB_ENET, "artifact server: zmq_socket failed (%s)",
+                                    zmq_strerror(zmq_errno()));
+    if (zmq_bind(s->zap, "inproc://zeromq.zap.01") != 0)
+        return lb_err_set(err, LB_ENET,
+                          "artifact server: cannot bind the ZAP handler inproc://zeromq.zap.01 "
+                          "(%s)",
+                          zmq_strerror(zmq_errno()));
+    s->sock = zmq_socket(s->ctx, ZMQ_ROUTER);
+    if (!s->sock)
+        return lb_err_set(err, LB_ENET, "artifact server: zmq_socket failed (%s)",
+                          zmq_strerror(zmq_errno()));
+    /* "lowbit": a domain makes libzmq ask the ZAP handler for every handshake */
+    if ((rc = ZMQ_CHECK(zmq_setsockopt(s->sock, ZMQ_CURVE_SERVER, &one, sizeof one), err,
+                        bind)) ||
+        (rc = ZMQ_CHECK(zmq_setsockopt(s->sock, ZMQ_CURVE_SECRETKEY, s->curve.server_sec,
+                                       LB_XFER_KEY_LEN + 1),
+                        err, bind)) ||
+        (rc = ZMQ_CHECK(zmq_setsockopt(s->sock, ZMQ_ZAP_DOMAIN, "lowbit", 6), err, bind)))
+        return rc;
+    return 0;
 }
 
 int lb_xfer_server_start(const lb_xfer_server_opts *opts, lb_xfer_server **out, lb_err *err)
@@ -308,6 +433,16 @@ int lb_xfer_server_start(const lb_xfer_server_opts *opts, lb_xfer_server **out, 
         return lb_err_set(err, LB_EINVAL, "%s: not a directory; create the artifact store first",
                           opts->dir);
     const char *bind = opts->bind ? opts->bind : "tcp://127.0.0.1:*";
+    bool curve = opts->curve && opts->curve->on;
+    int rc = curve ? lb_xfer_curve_check(err) : 0;
+    if (rc)
+        return rc;
+    if (!curve && !opts->insecure && !lb_xfer_endpoint_loopback(bind))
+        return lb_err_set(err, LB_EINVAL,
+                          "--artifact-bind %s is not loopback and CURVE is off: anyone who "
+                          "reaches the port could read and offer artifacts; give --curve-dir "
+                          "DIR (keys from `lowbit keygen`), or --insecure on a trusted network",
+                          bind);
     lb_xfer_server *s = calloc(1, sizeof *s);
     if (!s)
         return lb_err_set(err, LB_ENOMEM, "artifact server: out of memory");
@@ -320,7 +455,8 @@ int lb_xfer_server_start(const lb_xfer_server_opts *opts, lb_xfer_server **out, 
     s->validate_user = opts->validate_user;
     s->log = opts->log;
     s->log_user = opts->log_user;
-    int rc = 0;
+    s->authorize = opts->authorize;
+    s->authorize_user = opts->authorize_user;
     if (!s->dir || !s->suffix) {
         rc = lb_err_set(err, LB_ENOMEM, "artifact server: out of memory");
         goto fail;
@@ -336,7 +472,10 @@ int lb_xfer_server_start(const lb_xfer_server_opts *opts, lb_xfer_server **out, 
                         zmq_strerror(zmq_errno()));
         goto fail;
     }
-    s->sock = zmq_socket(s->ctx, ZMQ_ROUTER);
+    if (curve && (rc = curve_setup(s, opts->curve, bind, err)))
+        goto fail;
+    if (!s->sock)
+        s->sock = zmq_socket(s->ctx, ZMQ_ROUTER);
     int linger = 0;
     int64_t maxmsg = (int64_t)LB_XFER_FRAME;
     if (!s->sock ||

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "lb_redis.h"
+#include "lb_test_curve.h"
 #include "lb_test_redis.h"
 #include "lb_test_util.h"
 
@@ -16,6 +17,8 @@ static lb_test_redis g_srv;
 static int group_setup(void **state)
 {
     (void)state;
+    if (lb_test_curve_setup() != 0) /* LB_TEST_CURVE=1: everything below talks CURVE */
+        return -1;
     if (!lb_test_redis_available())
         return 0;
     return lb_test_redis_start(&g_srv, NULL);
@@ -25,7 +28,34 @@ static int group_teardown(void **state)
 {
     (void)state;
     lb_test_redis_stop(&g_srv);
+    lb_test_curve_teardown();
     return 0;
+}
+
+/* With CURVE: the coordinator said so, and no log line or job-hash field
+ * carries a secret key. */
+static void check_curve_run(const char *dir, const char *job)
+{
+    if (!lb_test_curve_on())
+        return;
+    char *out = NULL;
+    assert_int_equal(lb_test_run(&out, "cat '%s/coord.log' '%s/wA.log' '%s/wB.log'", dir, dir,
+                                 dir),
+                     0);
+    assert_non_null(strstr(out, "(CURVE)"));
+    lb_test_curve_assert_no_secret(lb_test_curve_dir(), out, "a coordinator or worker log");
+    free(out);
+    lb_redis *r = NULL;
+    lb_redis_map m;
+    lb_err err = {0};
+    assert_int_equal(lb_redis_connect(g_srv.url, NULL, &r, &err), 0);
+    assert_int_equal(lb_redis_job_get(r, job, &m, &err), 0);
+    for (int32_t i = 0; i < m.n; i++) {
+        lb_test_curve_assert_no_secret(lb_test_curve_dir(), m.keys[i], "a job-hash field");
+        lb_test_curve_assert_no_secret(lb_test_curve_dir(), m.vals[i], "a job-hash value");
+    }
+    lb_redis_map_clear(&m);
+    lb_redis_free(&r);
 }
 
 static void test_distributed_equals_embedded(void **state)
@@ -72,6 +102,7 @@ static void test_distributed_equals_embedded(void **state)
     assert_non_null(strstr(out, "0 failed, 0 in flight"));
     assert_non_null(strstr(out, "0 dead-lettered"));
     free(out);
+    check_curve_run(dir, "d1");
 
     /* the same job name with other options: refused, clearly */
     rc = lb_test_run(&out, "cd '%s' && '%s' coordinator --redis %s --job d1 --model '%s' "
