@@ -113,7 +113,7 @@ static int client_open_socket(lb_xfer_client *c, lb_err *err)
         return lb_err_set(err, LB_ENET, "%s: zmq_socket failed (%s)", c->endpoint,
                           zmq_strerror(zmq_errno()));
     int linger = 0;
-    int64_t maxmsg = (int64_t)LB_XFER_FRAME;
+    int64_t maxmsg = (int64_t)LB_XFER_FRAME + (c->curve.on ? LB_XFER_CURVE_SLACK : 0);
     int rc = 0;
     if ((rc = ZMQ_CHECK(zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger), err,
                         c->endpoint)) ||
@@ -365,9 +365,9 @@ static int request(lb_xfer_client *c, lb_xfer_hdr *h, const void *payload, lb_xf
     }
     return lb_err_set(err, LB_ENET,
                       "%s: no answer in %g s; is the coordinator's artifact "
-                      "server running%s?",
+                      "server running?%s",
                       c->endpoint, (double)c->timeout_ms / 1000.0,
-                      c->curve.on ? ", with CURVE, and is server.pub its key" : "");
+                      c->curve.on ? " (CURVE: is server.pub its key?)" : "");
 }
 
 /* Turns an error reply into the caller's lb_err. */

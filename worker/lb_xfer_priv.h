@@ -17,6 +17,10 @@
                                zmq_strerror(zmq_errno()), __FILE__, __LINE__)                      \
                   : 0)
 
+/* Bytes CURVE adds to a frame on the wire (MESSAGE command: name, flags,
+ * 8-byte nonce, 16-byte MAC; rounded up), allowed on top of ZMQ_MAXMSGSIZE. */
+#define LB_XFER_CURVE_SLACK 256
+
 /* One received multipart message. */
 typedef struct {
     zmq_msg_t *m;

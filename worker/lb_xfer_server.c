@@ -477,7 +477,10 @@ int lb_xfer_server_start(const lb_xfer_server_opts *opts, lb_xfer_server **out, 
     if (!s->sock)
         s->sock = zmq_socket(s->ctx, ZMQ_ROUTER);
     int linger = 0;
-    int64_t maxmsg = (int64_t)LB_XFER_FRAME;
+    /* CURVE wraps each frame in a MESSAGE command (flags, nonce, MAC), which
+     * libzmq counts against ZMQ_MAXMSGSIZE; the payload bound stays exact
+     * (lb_xfer_payload_check) */
+    int64_t maxmsg = (int64_t)LB_XFER_FRAME + (curve ? LB_XFER_CURVE_SLACK : 0);
     if (!s->sock ||
         (rc = ZMQ_CHECK(zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger), err, bind)) ||
         (rc = ZMQ_CHECK(zmq_setsockopt(s->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg), err,

@@ -234,6 +234,21 @@ static void test_curve_allowlist(void **state)
     assert_int_equal(n, sizeof payload);
     assert_memory_equal(data, payload, n);
     free(data);
+    /* full 4 MiB frames: CURVE's per-message overhead must fit ZMQ_MAXMSGSIZE */
+    size_t big_n = ((size_t)9 << 20) + 123;
+    uint8_t *big = malloc(big_n);
+    assert_non_null(big);
+    for (size_t i = 0; i < big_n; i++)
+        big[i] = (uint8_t)(i * 2654435761u >> 13);
+    char big_id[LB_SHA256_HEX];
+    make_id("big-artifact", big_id);
+    if (lb_xfer_put(c, big_id, big, big_n, &err))
+        fail_msg("multi-frame PUT over CURVE: %s", err.msg);
+    assert_int_equal(lb_xfer_get(c, big_id, &data, &n, &err), 0);
+    assert_int_equal(n, big_n);
+    assert_memory_equal(data, big, n);
+    free(data);
+    free(big);
     lb_xfer_client_free(&c);
 
     /* a key not in the allowlist: refused at the handshake, at once */
@@ -248,7 +263,8 @@ static void test_curve_allowlist(void **state)
     lb_xfer_stats st;
     lb_xfer_server_stats(s, &st);
     assert_true(st.denied >= 1);
-    assert_int_equal(st.bytes_in, sizeof payload); /* nothing else was stored */
+    /* nothing else was stored */
+    assert_int_equal(st.bytes_in, sizeof payload + ((size_t)9 << 20) + 123);
     lb_xfer_server_stop(&s);
     pthread_mutex_lock(&log_mu);
     assert_non_null(strstr(log_all, "CURVE handshake refused"));

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "lb_test_curve.h"
 #include "lb_test_redis.h"
 #include "lb_test_util.h"
 
@@ -25,6 +26,8 @@ static lb_test_redis g_srv;
 static int group_setup(void **state)
 {
     (void)state;
+    if (lb_test_curve_setup() != 0) /* LB_TEST_CURVE=1: everything below talks CURVE */
+        return -1;
     if (!lb_test_redis_available())
         return 0;
     return lb_test_redis_start(&g_srv, NULL);
@@ -34,6 +37,7 @@ static int group_teardown(void **state)
 {
     (void)state;
     lb_test_redis_stop(&g_srv);
+    lb_test_curve_teardown();
     return 0;
 }
 
