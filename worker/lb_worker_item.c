@@ -311,6 +311,19 @@ static bool begin_post(slot *s)
 /* Runs one leased item of job `name` on slot s; acks, fails or dead-letters
  * it. Returns 0 unless Redis itself failed (or the item was given back at a
  * stop: LB_ESTATE, nothing posted). */
+/* True when this worker no longer holds msg's lease (reclaimed by another
+ * worker, re-queued or acked). A Redis error counts as "still held". */
+static bool lease_lost(lb_redis *r, lb_worker *w, const char *name, const lb_redis_msg *msg)
+{
+    char holder[LB_REDIS_ID_MAX + 1];
+    lb_redis_msg m;
+    lb_err e = {0};
+    if (lb_redis_lease_get(r, name, msg->entry, holder, &m, &e))
+        return false;
+    lb_redis_msg_clear(&m);
+    return strcmp(holder, w->id) != 0;
+}
+
 int lb_worker_run_item(slot *s, const char *name, char *endpoint, size_t esize, const char *out_dir,
                     lb_redis_msg *msg, lb_err *err)
 {
@@ -377,6 +390,20 @@ int lb_worker_run_item(slot *s, const char *name, char *endpoint, size_t esize, 
         lb_wdata_set_claim(s->data, claim);
         rc = transfer(s, name, endpoint, esize, true, &job, &published, &jerr);
         lb_wdata_set_claim(s->data, NULL);
+        if (rc && lease_lost(r, w, name, msg)) {
+            /* reclaimed meanwhile: the server refused our outputs, and failing
+             * or acking the item now would touch the new holder's lease */
+            fprintf(stderr, "lowbit worker %s: %s: item %.12s: lease lost while it ran "
+                            "(%s); its new holder publishes\n",
+                    w->id, name, job.id, jerr.msg);
+            lb_job_clear(&job);
+            if (has_deferred) { /* not run: back to the queue, not a failure */
+                lb_err e2 = {0};
+                lb_redis_release(r, name, &deferred, "batch leader lost its lease", &e2);
+                lb_redis_msg_clear(&deferred);
+            }
+            return 0;
+        }
     }
     s->est_bytes = lb_worker_item_estimate(cache->model);
     if (!begin_post(s)) { /* given back by lb_worker_run: post nothing */
