@@ -165,6 +165,10 @@ for spec in $CONFIGS; do
         echo "{\"bench\":\"distributed\",\"config\":\"$cfg\",\"error\":\"coordinator exit $rc: $(tail -1 "$TMP/c-$cfg.log" | tr -d '"\\')\"}"
         continue
     fi
+    if [[ $CURVE == true ]] && ! grep -q '^lowbit coordinator: artifact server .* (CURVE)' "$TMP/c-$cfg.log"; then
+        echo "{\"bench\":\"distributed\",\"config\":\"$cfg\",\"error\":\"--curve, but the coordinator did not serve with CURVE\"}"
+        continue
+    fi
     same=false
     cmp -s "$TMP/emb/model.safetensors" "$OUT/model.safetensors" && same=true
     "$LOWBIT" status "$JOB" --redis "$URL" --json --events 1000 >"$TMP/s-$cfg.json"
