@@ -141,7 +141,7 @@ int lb_xfer_curve_load_client(const char *dir, const char *server_pub, const cha
 void lb_xfer_curve_clear(lb_xfer_curve *c);
 
 /* True for endpoints only this host can reach: tcp://127.x.x.x, tcp://[::1],
- * tcp://localhost, ipc://, inproc://. tcp://\* and 0.0.0.0 are not. */
+ * tcp://localhost, ipc://, inproc://. The wildcard host (tcp, *) and 0.0.0.0 are not. */
 bool lb_xfer_endpoint_loopback(const char *endpoint);
 
 /* ---- server ---- */
