@@ -10,8 +10,8 @@
 #include "lb_job.h"
 #include "lb_redis.h"
 
-/* "job=NAME entry=ID worker=ID" -> the three values (each bounded). */
-static int parse_claim(const char *claim, char *job, char *entry, char *worker, lb_err *err)
+int lb_dist_lease_parse_claim(const char *claim, char *job, char *entry, char *worker,
+                              lb_err *err)
 {
     job[0] = entry[0] = worker[0] = 0;
     const char *p = claim;
@@ -77,7 +77,7 @@ int lb_dist_lease_authorize(void *user, const char *id, const char *peer_key, co
         return lb_err_set(err, LB_EINVAL,
                           "no lease claim; this server stores only outputs of items the "
                           "publishing worker holds (is the worker older than the coordinator?)");
-    int rc = parse_claim(claim, job, entry, worker, err);
+    int rc = lb_dist_lease_parse_claim(claim, job, entry, worker, err);
     if (rc)
         return rc;
     if (strcmp(job, l->job_name))

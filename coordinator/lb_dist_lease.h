@@ -23,6 +23,14 @@ typedef struct {
 int lb_dist_lease_authorize(void *user, const char *id, const char *peer_key, const char *claim,
                             lb_err *err);
 
+/* Parses a claim "job=NAME entry=ID worker=ID" (fields in any order, single
+ * spaces between them; unknown keys and over-long values are ignored). OUT:
+ * job (LB_REDIS_NAME_MAX + 1 bytes), entry (48), worker (LB_REDIS_ID_MAX + 1),
+ * each NUL-terminated. Returns 0 or LB_EFORMAT when one is missing. Pure:
+ * tests/fuzz/fuzz_claim.c fuzzes it. */
+int lb_dist_lease_parse_claim(const char *claim, char *job, char *entry, char *worker,
+                              lb_err *err);
+
 /* Closes the Redis connection (after the server stopped). NULL-safe. */
 void lb_dist_lease_clear(lb_dist_lease *l);
 
