@@ -519,9 +519,11 @@ int lb_worker_run(lb_worker *w, lb_err *err)
                           "redis", lb_redis_peer(r), "threads", w->threads, "slots", w->nslots,
                           "mpi_ranks", lb_mpi_group_size(w->group)));
     else
-        fprintf(stderr, "lowbit worker %s: serving %s (%d threads, %d slot%s, %d MPI rank%s)\n",
+        fprintf(stderr, "lowbit worker %s: serving %s (%d threads, %d slot%s, %d MPI rank%s%s%s)\n",
                 w->id, lb_redis_peer(r), w->threads, w->nslots, w->nslots > 1 ? "s" : "",
-                lb_mpi_group_size(w->group), lb_mpi_group_size(w->group) > 1 ? "s" : "");
+                lb_mpi_group_size(w->group), lb_mpi_group_size(w->group) > 1 ? "s" : "",
+                w->spec.curve && w->spec.curve->on ? ", CURVE key " : "",
+                w->spec.curve && w->spec.curve->on ? w->spec.curve->client_name : "");
     for (int i = 0; i < w->nslots; i++) {
         if (pthread_create(&w->slots[i].th, NULL, slot_main, &w->slots[i]) != 0) {
             rc = lb_err_set(err, LB_ENOMEM, "cannot start slot thread %d", i);

@@ -160,6 +160,31 @@ static void test_distributed_lm_head(void **state)
     lb_test_rmdir(&dir);
 }
 
+/* The CLI's bind policy: a non-loopback artifact bind without CURVE keys is
+ * refused with one line naming the option and the fixes, before any work. */
+static void test_bind_policy_cli(void **state)
+{
+    (void)state;
+    LB_TEST_REQUIRE_REDIS();
+    char model[4096], calib[4096];
+    LB_TEST_REQUIRE_SHARED(model, "models/stories260K");
+    LB_TEST_REQUIRE_SHARED(calib, "data/stories260K-calib.u32");
+    char *dir = lb_test_mkdtemp();
+    char *out = NULL;
+    int rc = lb_test_run(&out,
+                         "cd '%s' && LOWBIT_CURVE_DIR= timeout 120 '%s' coordinator --redis %s "
+                         "--job bind1 --model '%s' --calib '%s' --out o --ctx 128 --nsamples 8 "
+                         "--method gptq --bits 3 --threads 1 --artifact-bind tcp://0.0.0.0:0 2>&1",
+                         dir, lb_test_lowbit_bin(), g_srv.url, model, calib);
+    assert_int_not_equal(rc, 0);
+    assert_int_not_equal(rc, 124); /* refused, not hung */
+    if (!strstr(out, "--artifact-bind tcp://0.0.0.0:0 is not loopback and CURVE is off") ||
+        !strstr(out, "--curve-dir") || !strstr(out, "--insecure"))
+        fail_msg("no clear refusal: %s", out);
+    free(out);
+    lb_test_rmdir(&dir);
+}
+
 static void test_poison_item_dead_lettered(void **state)
 {
     (void)state;
@@ -365,6 +390,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_distributed_equals_embedded),
         cmocka_unit_test(test_poison_item_dead_lettered),
+        cmocka_unit_test(test_bind_policy_cli),
         cmocka_unit_test(test_worker_sigterm_deregisters),
         cmocka_unit_test(test_cancel_stops_coordinator),
         cmocka_unit_test(test_distributed_lm_head),
