@@ -130,6 +130,15 @@ int lb_cmd_coordinator(int argc, char **argv)
         fprintf(stderr, "lowbit coordinator: %s\n", err.msg);
         goto done;
     }
+    if (!curve.on && !insecure && !lb_xfer_endpoint_loopback(bind)) {
+        /* before planning or touching Redis (lb_xfer_server_start checks again) */
+        fprintf(stderr,
+                "lowbit coordinator: --artifact-bind %s is not loopback and CURVE is off: "
+                "anyone who reaches the port could read and offer artifacts; give --curve-dir "
+                "DIR (keys from `lowbit keygen`), or --insecure on a trusted network\n",
+                bind);
+        goto done;
+    }
     lb_dist_opts d;
     memset(&d, 0, sizeof d);
     d.curve = &curve;
