@@ -58,7 +58,8 @@ enum lb_xfer_cmd {
 typedef struct {
     uint16_t version;
     uint16_t cmd;                /* enum lb_xfer_cmd */
-    int32_t status;              /* replies: 0 or a negative LB_E* code */
+    int32_t status;              /* replies: 0 or a negative LB_E* code;
+                                    requests: flags (LB_XFER_F_CLAIM) */
     uint64_t seq;                /* request number, echoed by the reply */
     uint32_t nframes;            /* payload frames that follow */
     uint64_t size;               /* payload bytes */
