@@ -5,8 +5,11 @@
 #
 #   bench/distributed.sh BUILD_DIR [--preset llama-7b] [--layers 2] [--method gptq]
 #        [--bits 3] [--nsamples 4] [--ctx 512] [--threads 2] [--configs "1x2 2x1"]
-#        [--collect-chunks K]
+#        [--collect-chunks K] [--curve]
 #
+# --curve: the artifact port talks CURVE (keys made with `lowbit keygen` in the
+#          scratch dir, LOWBIT_CURVE_DIR exported to the coordinator and the
+#          workers; docs/data-plane.md); the JSON lines say "curve":true.
 # --configs: distributed runs as WORKERSxTHREADS[sSLOTS][:K]: each worker gets
 #            THREADS and `--slots SLOTS` (without sSLOTS the worker's default, one
 #            slot per thread); :K gives that run --collect-chunks K. The embedded
@@ -30,8 +33,10 @@ set -euo pipefail
 BUILD=${1:?usage: bench/distributed.sh BUILD_DIR [options]}
 shift
 PRESET=llama-7b LAYERS=2 METHOD=gptq BITS=3 NSAMPLES=4 CTX=512 THREADS=2 CONFIGS="1x2 2x1" CHUNKS=
+CURVE=false
 while [[ $# -gt 0 ]]; do
     case $1 in
+    --curve) CURVE=true; shift; continue ;;
     --preset) PRESET=$2 ;;
     --layers) LAYERS=$2 ;;
     --method) METHOD=$2 ;;
@@ -62,6 +67,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
+if [[ $CURVE == true ]]; then
+    "$LOWBIT" keygen --out "$TMP/keys" >/dev/null
+    "$LOWBIT" keygen --out "$TMP/keys" --name worker >/dev/null
+    mkdir "$TMP/keys/clients" && cp "$TMP/keys/worker.pub" "$TMP/keys/clients/"
+    export LOWBIT_CURVE_DIR=$TMP/keys
+else
+    unset LOWBIT_CURVE_DIR
+fi
 "$LOWBIT" synth --preset "$PRESET" --layers "$LAYERS" --out "$TMP/model" >/dev/null
 python3 - "$TMP/model/config.json" "$TMP/calib.u32" "$NSAMPLES" "$CTX" <<'PY'
 import json, random, struct, sys
@@ -73,7 +86,7 @@ with open(sys.argv[2], "wb") as f:
 PY
 Q=(--model "$TMP/model" --calib "$TMP/calib.u32" --ctx "$CTX" --nsamples "$NSAMPLES"
    --method "$METHOD" --bits "$BITS")
-CONF="\"preset\":\"$PRESET\",\"layers\":$LAYERS,\"method\":\"$METHOD\",\"bits\":$BITS,\"nsamples\":$NSAMPLES,\"ctx\":$CTX"
+CONF="\"preset\":\"$PRESET\",\"layers\":$LAYERS,\"method\":\"$METHOD\",\"bits\":$BITS,\"nsamples\":$NSAMPLES,\"ctx\":$CTX,\"curve\":$CURVE"
 
 # Polls OUT/.lowbit/artifacts until $TMP/stop-sampler exists; writes "name size" lines.
 sample_artifacts() { # out_dir result_file
@@ -150,6 +163,10 @@ for spec in $CONFIGS; do
     for p in "${WP[@]}"; do wait "$p" || true; done
     if [[ $rc -ne 0 ]]; then
         echo "{\"bench\":\"distributed\",\"config\":\"$cfg\",\"error\":\"coordinator exit $rc: $(tail -1 "$TMP/c-$cfg.log" | tr -d '"\\')\"}"
+        continue
+    fi
+    if [[ $CURVE == true ]] && ! grep -q '^lowbit coordinator: artifact server .* (CURVE)' "$TMP/c-$cfg.log"; then
+        echo "{\"bench\":\"distributed\",\"config\":\"$cfg\",\"error\":\"--curve, but the coordinator did not serve with CURVE\"}"
         continue
     fi
     same=false

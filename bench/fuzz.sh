@@ -26,7 +26,7 @@ SRC=$(cd "$(dirname "$0")/.." && pwd)
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
   TARGETS=(job result st_header st_index config tokens_u32 tokens_npy manifest xfer_frame
-           redis_url override)
+           redis_url override claim)
 fi
 SECS=$(awk -v m="$MIN" 'BEGIN { s = int(m * 60 + 0.5); print (s < 1 ? 1 : s) }')
 FINDINGS=${FINDINGS:-${LB_BENCH_TMP:-/tmp}/lowbit-fuzz-findings}

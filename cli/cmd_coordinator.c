@@ -14,6 +14,7 @@
 #include "lb_redis.h"
 #include "lb_redis_url.h"
 #include "lb_session.h"
+#include "lb_xfer.h"
 
 static void usage(FILE *out)
 {
@@ -39,7 +40,13 @@ static void usage(FILE *out)
             "  --artifact-bind EP       artifact server bind (default tcp://127.0.0.1:*, loopback\n"
             "                           only; tcp://0.0.0.0:PORT to serve other hosts)\n"
             "  --artifact-endpoint EP   what workers are told (default: the bound endpoint, a\n"
-            "                           wildcard host replaced by this host's name)\n",
+            "                           wildcard host replaced by this host's name)\n"
+            "  --curve-dir DIR          CURVE on the artifact server (default $LOWBIT_CURVE_DIR):\n"
+            "                           DIR/server.key, allowlist DIR/clients/NAME.pub\n"
+            "  --curve-server-key FILE  the server's secret key file (instead of DIR/server.key)\n"
+            "  --curve-clients DIR      the allowlist directory (instead of DIR/clients)\n"
+            "  --insecure               allow a non-loopback --artifact-bind without CURVE\n"
+            "                           (trusted network only; docs/distributed.md)\n",
             LB_REDIS_DEFAULT_URL);
 }
 
@@ -61,6 +68,9 @@ static int make_absolute(const char **path, char **owned)
 int lb_cmd_coordinator(int argc, char **argv)
 {
     const char *url = NULL, *job = NULL, *bind = NULL, *advert = NULL;
+    const char *curve_dir = NULL, *curve_key = NULL, *curve_clients = NULL;
+    bool insecure = false;
+    lb_xfer_curve curve = {0};
     double redis_wait = 0; /* 0: lb_dist's default */
     char *owned[3] = {NULL, NULL, NULL};
     int status = 2;
@@ -88,6 +98,14 @@ int lb_cmd_coordinator(int argc, char **argv)
             bind = argv[++i];
         } else if (!strcmp(a, "--artifact-endpoint") && i + 1 < argc) {
             advert = argv[++i];
+        } else if (!strcmp(a, "--curve-dir") && i + 1 < argc) {
+            curve_dir = argv[++i];
+        } else if (!strcmp(a, "--curve-server-key") && i + 1 < argc) {
+            curve_key = argv[++i];
+        } else if (!strcmp(a, "--curve-clients") && i + 1 < argc) {
+            curve_clients = argv[++i];
+        } else if (!strcmp(a, "--insecure")) {
+            insecure = true;
         } else if (!strcmp(a, "--resume")) {
             /* resuming is what the same NAME and options do anyway */
         } else {
@@ -109,6 +127,24 @@ int lb_cmd_coordinator(int argc, char **argv)
         fprintf(stderr, "lowbit coordinator: %s\n", err.msg);
         goto done;
     }
+    if (!curve_dir && !curve_key && !curve_clients)
+        curve_dir = getenv("LOWBIT_CURVE_DIR");
+    if (curve_dir && !*curve_dir)
+        curve_dir = NULL;
+    if ((curve_dir || curve_key || curve_clients) &&
+        lb_xfer_curve_load_server(curve_dir, curve_key, curve_clients, &curve, &err)) {
+        fprintf(stderr, "lowbit coordinator: %s\n", err.msg);
+        goto done;
+    }
+    if (!curve.on && !insecure && !lb_xfer_endpoint_loopback(bind)) {
+        /* before planning or touching Redis (lb_xfer_server_start checks again) */
+        fprintf(stderr,
+                "lowbit coordinator: --artifact-bind %s is not loopback and CURVE is off: "
+                "anyone who reaches the port could read and offer artifacts; give --curve-dir "
+                "DIR (keys from `lowbit keygen`), or --insecure on a trusted network\n",
+                bind);
+        goto done;
+    }
     if ((status = lb_cli_quantize_check(&q)))
         goto done;
     status = 1;
@@ -117,6 +153,8 @@ int lb_cmd_coordinator(int argc, char **argv)
         goto done;
     lb_dist_opts d;
     memset(&d, 0, sizeof d);
+    d.curve = &curve;
+    d.insecure = insecure;
     d.redis_url = lb_redis_url_pick(url);
     d.job_name = job;
     d.redis_wait_s = redis_wait;
@@ -124,6 +162,7 @@ int lb_cmd_coordinator(int argc, char **argv)
     d.artifact_endpoint = advert;
     status = lb_cli_quantize_run(&q, &d);
 done:
+    lb_xfer_curve_clear(&curve);
     for (int i = 0; i < 3; i++)
         free(owned[i]);
     return status;

@@ -27,7 +27,8 @@ static void usage(FILE *out)
             "                     [--id ID] [--lease-ms MS] [--max-failures K]\n"
             "                     [--heartbeat-ttl S] [--idle-exit S] [--json] [--cache DIR]\n"
             "                     [--xfer-timeout-ms MS] [--fetch-give-up S] [--max-jobs N]\n"
-            "                     [--mpi | --no-mpi]\n"
+            "                     [--mpi | --no-mpi] [--curve-dir DIR] [--curve-name NAME]\n"
+            "                     [--curve-server-key FILE] [--curve-client-key FILE]\n"
             "\n"
             "Runs the jobs of every running distributed job on the Redis server: leases an\n"
             "item (XREADGROUP), runs it, posts its result and acks it; up to --slots items\n"
@@ -63,6 +64,12 @@ static void usage(FILE *out)
             "  --fetch-give-up S   an item whose transfers keep failing fails after S s\n"
             "                      (default 10; re-queued, counted)\n"
             "  --max-jobs N        exit after taking N items (default 0: no limit)\n"
+            "  --curve-dir DIR     CURVE to the artifact server (default $LOWBIT_CURVE_DIR):\n"
+            "                      DIR/server.pub and this worker's DIR/NAME.key\n"
+            "  --curve-name NAME   the key pair to use (default \"worker\"); the worker id\n"
+            "                      becomes NAME@HOST-PID (an --id X becomes NAME@X)\n"
+            "  --curve-server-key FILE  the server's public key (instead of DIR/server.pub)\n"
+            "  --curve-client-key FILE  this worker's secret key NAME.key (instead of DIR's)\n"
             "  --json              JSON lines on stdout: start, ran, failed, given-back,\n"
             "                      exit/error\n"
             "  --mpi / --no-mpi    form one worker of all MPI ranks (default: when started\n"
@@ -102,6 +109,8 @@ int lb_cmd_worker(int argc, char **argv)
     long threads = 0, slots = 0, lease_ms = spec.lease_ms, max_failures = spec.max_failures;
     long ttl = spec.heartbeat_ttl_s, idle_exit = 0, xfer_timeout_ms = spec.xfer_timeout_ms;
     long max_jobs = 0, redis_wait = spec.redis_wait_s, give_up = spec.fetch_give_up_s;
+    const char *curve_dir = NULL, *curve_name = NULL, *curve_server = NULL, *curve_client = NULL;
+    lb_xfer_curve curve = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
@@ -118,6 +127,14 @@ int lb_cmd_worker(int argc, char **argv)
             spec.redis_url = v;
         } else if (!strcmp(a, "--id") && v) {
             spec.id = v;
+        } else if (!strcmp(a, "--curve-dir") && v) {
+            curve_dir = v;
+        } else if (!strcmp(a, "--curve-name") && v) {
+            curve_name = v;
+        } else if (!strcmp(a, "--curve-server-key") && v) {
+            curve_server = v;
+        } else if (!strcmp(a, "--curve-client-key") && v) {
+            curve_client = v;
         } else if (!strcmp(a, "--cache") && v) {
             spec.cache_dir = v;
         } else if (!strcmp(a, "--xfer-timeout-ms") && v) {
@@ -173,10 +190,22 @@ int lb_cmd_worker(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
 
     lb_err err = {0};
+    if (!curve_dir && !curve_server && !curve_client)
+        curve_dir = getenv("LOWBIT_CURVE_DIR");
+    if (curve_dir && !*curve_dir)
+        curve_dir = NULL;
+    if ((curve_dir || curve_server || curve_client) &&
+        lb_xfer_curve_load_client(curve_dir, curve_server, curve_client, curve_name, &curve,
+                                  &err)) {
+        fprintf(stderr, "lowbit worker: %s\n", err.msg);
+        return 1;
+    }
+    spec.curve = &curve;
     lb_worker *w = NULL;
     int rc = lb_worker_new(&spec, &w, &err);
     if (rc) {
         fprintf(stderr, "lowbit worker: %s\n", err.msg);
+        lb_xfer_curve_clear(&curve);
         return 1;
     }
     rc = lb_worker_run(w, &err);
@@ -188,5 +217,6 @@ int lb_cmd_worker(int argc, char **argv)
         _exit(rc ? 1 : 0);
     }
     lb_worker_free(&w);
+    lb_xfer_curve_clear(&curve);
     return rc ? 1 : 0;
 }

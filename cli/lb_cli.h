@@ -9,6 +9,7 @@ typedef int (*lb_cli_fn)(int argc, char **argv);
 int lb_cmd_eval(int argc, char **argv);
 int lb_cmd_status(int argc, char **argv);
 int lb_cmd_cancel(int argc, char **argv);
+int lb_cmd_keygen(int argc, char **argv);
 int lb_cmd_worker(int argc, char **argv);
 int lb_cmd_coordinator(int argc, char **argv);
 int lb_cmd_synth(int argc, char **argv);

@@ -31,6 +31,7 @@ static const lb_cli_command commands[] = {
     {"synth", lb_cmd_synth, "write a synthetic LLaMA checkpoint with real outlier structure"},
     {"status", lb_cmd_status, "progress of a distributed job (Redis)"},
     {"cancel", lb_cmd_cancel, "cancel a distributed job (Redis)"},
+    {"keygen", lb_cmd_keygen, "make CURVE key pairs for the artifact data plane"},
     {"coordinator", lb_cmd_coordinator, "plan a quantize run as a distributed job (Redis)"},
     {"worker", lb_cmd_worker, "run distributed jobs from Redis"},
     {"version", cmd_version, "print the version"},

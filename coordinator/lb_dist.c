@@ -9,6 +9,7 @@
 #include "lb_job.h"
 #include "lb_redis.h"
 #include "lb_redis_released.h"
+#include "lb_dist_lease.h"
 #include "lb_xfer.h"
 #include "lb_time.h"
 
@@ -30,6 +31,7 @@ typedef struct {
     const lb_dist_opts *o;
     lb_redis *r;
     lb_xfer_server *srv;
+    lb_dist_lease lease; /* the server thread's lease check */
     uint8_t *st, *flags, *redos;
     int32_t n;
     uint64_t base_fetched, base_published; /* totals of earlier coordinators (resume) */
@@ -282,7 +284,12 @@ static int start(dist *d, bool existed, lb_err *err)
     lb_xfer_server_opts so = {.dir = lb_store_dir(d->store),
                               .bind = o->artifact_bind,
                               .validate = lb_xfer_validate_artifact,
-                              .log = server_log};
+                              .log = server_log,
+                              .curve = o->curve,
+                              .insecure = o->insecure,
+                              .authorize = lb_dist_lease_authorize,
+                              .authorize_user = &d->lease};
+    d->lease = (lb_dist_lease){.redis_url = o->redis_url, .job_name = o->job_name};
     int rc = lb_xfer_server_start(&so, &d->srv, err);
     if (rc)
         return rc;
@@ -312,7 +319,8 @@ static int start(dist *d, bool existed, lb_err *err)
     char ev[600];
     snprintf(ev, sizeof ev, "coordinator %s %s: %d jobs to run; artifacts served at %s", who,
              existed ? "resumed" : "started", (int)lb_plan_needed_count(d->plan), ep);
-    fprintf(stderr, "lowbit coordinator: artifact server %s (store %s)\n", ep,
+    fprintf(stderr, "lowbit coordinator: artifact server %s%s (store %s)\n", ep,
+            o->curve && o->curve->on ? " (CURVE)" : "",
             lb_store_dir(d->store));
     return lb_redis_event(d->r, o->job_name, ev, err);
 }
@@ -605,6 +613,7 @@ int lb_dist_run(lb_plan *plan, const lb_store *artifacts, const lb_dist_opts *o,
     }
 done:
     lb_xfer_server_stop(&d.srv);
+    lb_dist_lease_clear(&d.lease);
     lb_redis_results_free(&res, n_res);
     free(d.st);
     free(d.flags);

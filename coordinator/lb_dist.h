@@ -23,6 +23,7 @@
 #include "lb_exec.h"
 #include "lb_plan.h"
 #include "lb_runner.h"
+#include "lb_xfer.h"
 
 typedef struct lb_dist_opts {
     const char *redis_url;   /* lb_redis_url syntax */
@@ -41,6 +42,8 @@ typedef struct lb_dist_opts {
     const char *artifact_bind;     /* NULL: "tcp://127.0.0.1:*" */
     const char *artifact_endpoint; /* what workers are told; NULL: the bound endpoint, with
                                       a wildcard host (0.0.0.0, *) replaced by the hostname */
+    const lb_xfer_curve *curve;    /* CURVE server keys + allowlist (NULL/off: plain TCP) */
+    bool insecure;                 /* allow a non-loopback bind without CURVE */
 } lb_dist_opts;
 
 /* Runs every needed job of plan (lb_plan_start called) through Redis.

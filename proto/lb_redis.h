@@ -281,6 +281,14 @@ int lb_redis_reclaim_dead(lb_redis *s, const char *name, const char *consumer, i
 int lb_redis_requeue_dead(lb_redis *s, const char *name, const char *reaper, int max_failures,
                           int32_t *requeued, lb_err *err);
 
+/* Who holds queue entry `entry` of job name (XPENDING) and, when someone
+ * does, the item (XRANGE: id and payload) for the artifact server's
+ * lease-checked publish. OUT: holder (LB_REDIS_ID_MAX + 1 bytes; "" when the
+ * entry is not leased: acked, re-queued or never there), *msg (cleared when
+ * not leased; caller clears). Returns 0, LB_EINVAL (not an entry id), LB_ENET. */
+int lb_redis_lease_get(lb_redis *s, const char *name, const char *entry, char *holder,
+                       lb_redis_msg *msg, lb_err *err);
+
 /* Gives a leased item back without counting a failure (a worker stopping):
  * re-queued at the tail and the lease released, atomically; logs an event
  * naming `why`. */

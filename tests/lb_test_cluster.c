@@ -1,4 +1,5 @@
 #include "lb_test_cluster.h"
+#include "lb_test_curve.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +10,8 @@ lb_test_redis lb_test_srv;
 int lb_test_cluster_setup(void **state)
 {
     (void)state;
+    if (lb_test_curve_setup() != 0) /* LB_TEST_CURVE=1: every process talks CURVE */
+        return -1;
     if (!lb_test_redis_available())
         return 0;
     return lb_test_redis_start(&lb_test_srv, NULL);
@@ -18,6 +21,7 @@ int lb_test_cluster_teardown(void **state)
 {
     (void)state;
     lb_test_redis_stop(&lb_test_srv);
+    lb_test_curve_teardown();
     return 0;
 }
 

@@ -10,7 +10,8 @@
 /* The suite's server (started by lb_test_cluster_setup when redis-server exists). */
 extern lb_test_redis lb_test_srv;
 
-/* cmocka group setup / teardown: start lb_test_srv when redis-server is on PATH
+/* cmocka group setup / teardown: CURVE keys when LB_TEST_CURVE=1 (lb_test_curve.h),
+ * then start lb_test_srv when redis-server is on PATH
  * (tests then LB_TEST_REQUIRE_REDIS), stop it and remove its directory. */
 int lb_test_cluster_setup(void **state);
 int lb_test_cluster_teardown(void **state);

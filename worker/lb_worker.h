@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include "lb_err.h"
+#include "lb_xfer.h"
 
 typedef struct {
     const char *redis_url;    /* NULL: $LOWBIT_REDIS, else LB_REDIS_DEFAULT_URL */
@@ -48,6 +49,10 @@ typedef struct {
     int *argc;                /* for MPI_Init (may be NULL) */
     char ***argv;
     volatile sig_atomic_t *stop; /* set by the caller's signal handler (may be NULL) */
+    const lb_xfer_curve *curve;  /* CURVE client keys (borrowed; NULL/off: plain TCP). With
+                                    CURVE the id is NAME@HOST-PID by default, and an id not
+                                    NAME or NAME@... becomes NAME@ID: the server checks
+                                    leases against the key's name */
 } lb_worker_spec;
 
 typedef struct lb_worker lb_worker;

@@ -22,6 +22,8 @@ struct lb_wdata {
     int timeout_ms, retries;
     char endpoint[256];
     lb_xfer_client *client; /* for endpoint; NULL after a failed transfer */
+    const lb_xfer_curve *curve;            /* borrowed; NULL: plain TCP */
+    char claim[LB_XFER_CLAIM_MAX + 1];     /* "" : none */
     char prune_job[LB_REDIS_NAME_MAX + 1]; /* released list read for this job ... */
     int64_t prune_next;                    /* ... up to here */
 };
@@ -49,6 +51,17 @@ void lb_wdata_free(lb_wdata **w)
     *w = NULL;
 }
 
+void lb_wdata_set_curve(lb_wdata *w, const lb_xfer_curve *curve)
+{
+    w->curve = curve;
+    lb_xfer_client_free(&w->client); /* the next transfer connects with the keys */
+}
+
+void lb_wdata_set_claim(lb_wdata *w, const char *claim)
+{
+    snprintf(w->claim, sizeof w->claim, "%s", claim ? claim : "");
+}
+
 /* A client for endpoint, reused while the endpoint stays the same; a new one
  * only after the server answered a TCP connect. */
 static int connect_to(lb_wdata *w, const char *endpoint, lb_err *err)
@@ -63,7 +76,20 @@ static int connect_to(lb_wdata *w, const char *endpoint, lb_err *err)
         return lb_err_set(err, LB_EINVAL, "artifact server endpoint '%.64s...' is too long",
                           endpoint);
     snprintf(w->endpoint, sizeof w->endpoint, "%s", endpoint);
-    return lb_xfer_client_new(endpoint, w->timeout_ms, w->retries, &w->client, err);
+    int rc = lb_xfer_client_new(endpoint, w->timeout_ms, w->retries, &w->client, err);
+    if (!rc && w->curve && w->curve->on)
+        rc = lb_xfer_client_set_curve(w->client, w->curve, err);
+    if (rc)
+        lb_xfer_client_free(&w->client);
+    return rc;
+}
+
+/* Publishes with the current claim. */
+static int publish(lb_wdata *w, const lb_store *store, const lb_job *job, uint64_t *bytes,
+                   lb_err *err)
+{
+    int rc = lb_xfer_client_set_claim(w->client, w->claim[0] ? w->claim : NULL, err);
+    return rc ? rc : lb_xfer_publish_outputs(w->client, store, job, bytes, err);
 }
 
 int lb_wdata_fetch(lb_wdata *w, const char *endpoint, const lb_store *store, const lb_job *job,
@@ -82,7 +108,7 @@ int lb_wdata_publish_to(lb_wdata *w, const char *endpoint, const lb_store *store
 {
     int rc = connect_to(w, endpoint, err);
     if (!rc)
-        rc = lb_xfer_publish_outputs(w->client, store, job, bytes, err);
+        rc = publish(w, store, job, bytes, err);
     if (rc == LB_ENET)
         lb_xfer_client_free(&w->client);
     return rc;
@@ -95,7 +121,7 @@ int lb_wdata_publish(lb_wdata *w, const lb_store *store, const lb_job *job, uint
     if (!rc && !w->endpoint[0])
         rc = lb_err_set(err, LB_ESTATE, "publish before any fetch: no artifact server known");
     if (!rc)
-        rc = lb_xfer_publish_outputs(w->client, store, job, bytes, err);
+        rc = publish(w, store, job, bytes, err);
     if (rc == LB_ENET)
         lb_xfer_client_free(&w->client);
     return rc;

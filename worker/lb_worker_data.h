@@ -19,6 +19,7 @@
 #include "lb_err.h"
 #include "lb_job.h"
 #include "lb_redis.h"
+#include "lb_xfer.h"
 
 typedef struct lb_wdata lb_wdata;
 
@@ -27,6 +28,14 @@ typedef struct lb_wdata lb_wdata;
 int lb_wdata_new(int timeout_ms, int retries, lb_wdata **out, lb_err *err);
 /* NULL-safe; sets *w = NULL. */
 void lb_wdata_free(lb_wdata **w);
+
+/* CURVE keys for every later client (borrowed: must outlive w; NULL or off:
+ * plain TCP). */
+void lb_wdata_set_curve(lb_wdata *w, const lb_xfer_curve *curve);
+
+/* The lease claim sent with later publishes ("job=NAME entry=ID worker=ID";
+ * NULL: none). Copied. */
+void lb_wdata_set_claim(lb_wdata *w, const char *claim);
 
 /* Makes every input of job present and verified in store, fetching from the
  * artifact server at endpoint (a new client when the endpoint changed, e.g.

@@ -14,6 +14,17 @@
  * the whole payload and is verified by the receiver before anything is written
  * to the store or returned to the caller.
  *
+ * Flags: in a request the header's status field carries flags (replies: the
+ * status). LB_XFER_F_CLAIM on a PUT: the frame after the header is the lease
+ * claim (lb_xfer_client_set_claim; at most LB_XFER_CLAIM_MAX printable bytes),
+ * not part of the payload (nframes, size and sha256 cover the payload only).
+ *
+ * CURVE (lb_xfer_curve.c, docs/data-plane.md): with a server key the ROUTER is
+ * a CURVE server and a ZAP handler on inproc://zeromq.zap.01 (in the server
+ * thread) admits only client public keys from the allowlist, setting the ZAP
+ * user id to the key's name; clients set the server's public key and their own
+ * key pair. libzmq's own CURVE (zmq_has("curve")) does the cryptography.
+ *
  * Caveat: zmq delivers a multipart message atomically, so while one transfer is
  * being received its frames sit in the receiver's zmq queue together; lb_xfer
  * itself never copies the payload into one contiguous buffer except where the
@@ -31,6 +42,10 @@
 #define LB_XFER_HDR_SIZE 128
 #define LB_XFER_FRAME ((size_t)4 << 20)
 #define LB_XFER_ID_LEN 64
+#define LB_XFER_F_CLAIM 1       /* request flag: a claim frame follows the header */
+#define LB_XFER_CLAIM_MAX 512   /* bytes of a claim frame */
+#define LB_XFER_KEY_LEN 40      /* Z85 text of a 32-byte CURVE key */
+#define LB_XFER_KEYNAME_MAX 64  /* [A-Za-z0-9._-]{1,64}: a key's name (its file stem) */
 
 enum lb_xfer_cmd {
     LB_XFER_PING = 1, /* reply: status 0, no payload */
@@ -43,7 +58,8 @@ enum lb_xfer_cmd {
 typedef struct {
     uint16_t version;
     uint16_t cmd;                /* enum lb_xfer_cmd */
-    int32_t status;              /* replies: 0 or a negative LB_E* code */
+    int32_t status;              /* replies: 0 or a negative LB_E* code;
+                                    requests: flags (LB_XFER_F_CLAIM) */
     uint64_t seq;                /* request number, echoed by the reply */
     uint32_t nframes;            /* payload frames that follow */
     uint64_t size;               /* payload bytes */
@@ -76,7 +92,67 @@ int lb_xfer_payload_check(const lb_xfer_hdr *h, const lb_xfer_span *frames, size
 /* True when id is exactly 64 lower-case hex digits (so it is safe as a file name). */
 bool lb_xfer_id_valid(const char *id);
 
+/* ---- CURVE keys (lb_xfer_curve.c) ---- */
+
+/* One authorized client: the name is the ZAP user id the server sees. */
+typedef struct {
+    char name[LB_XFER_KEYNAME_MAX + 1];
+    char pub[LB_XFER_KEY_LEN + 1];
+} lb_xfer_peer_key;
+
+/* One side's CURVE settings (on == false: plain TCP). Secret keys live only
+ * here and in the zmq socket; lb_xfer_curve_clear wipes them. */
+typedef struct {
+    bool on;
+    char server_pub[LB_XFER_KEY_LEN + 1];
+    char server_sec[LB_XFER_KEY_LEN + 1];          /* server side only */
+    char client_name[LB_XFER_KEYNAME_MAX + 1];     /* client side only */
+    char client_pub[LB_XFER_KEY_LEN + 1], client_sec[LB_XFER_KEY_LEN + 1];
+    lb_xfer_peer_key *clients;                     /* server side: the allowlist */
+    size_t nclients;
+} lb_xfer_curve;
+
+/* 0 when this libzmq has CURVE (zmq_has("curve")); else LB_EINVAL with one
+ * line saying so and what to do. */
+int lb_xfer_curve_check(lb_err *err);
+
+/* Writes DIR/NAME.pub (mode 0644) and DIR/NAME.key (mode 0600, the secret) as
+ * Z85 text made by zmq_curve_keypair. Refuses (LB_ESTATE) when either exists;
+ * LB_EINVAL for a bad name or no CURVE; LB_EIO. Messages never hold a key. */
+int lb_xfer_keygen(const char *dir, const char *name, lb_err *err);
+
+/* Reads one Z85 key file (40 characters, optional trailing newline). A secret
+ * key file must not be readable by group or others. OUT: out. Returns 0,
+ * LB_EIO, LB_EFORMAT, LB_EINVAL (mode). Messages name the file, never its bytes. */
+int lb_xfer_key_read(const char *path, bool secret, char out[LB_XFER_KEY_LEN + 1], lb_err *err);
+
+/* Server side: the secret key file (NULL: DIR/server.key) and the allowlist
+ * directory of NAME.pub files (NULL: DIR/clients). dir may be NULL when both
+ * are given. OUT: *out (lb_xfer_curve_clear). */
+int lb_xfer_curve_load_server(const char *dir, const char *server_key, const char *clients_dir,
+                              lb_xfer_curve *out, lb_err *err);
+
+/* Client side: the server's public key file (NULL: DIR/server.pub) and this
+ * client's secret key file (NULL: DIR/NAME.key, NAME default "worker"); the
+ * key's name is the file stem. OUT: *out (lb_xfer_curve_clear). */
+int lb_xfer_curve_load_client(const char *dir, const char *server_pub, const char *client_key,
+                              const char *name, lb_xfer_curve *out, lb_err *err);
+
+/* Frees the allowlist and wipes the secrets. NULL-safe. */
+void lb_xfer_curve_clear(lb_xfer_curve *c);
+
+/* True for endpoints only this host can reach: tcp://127.x.x.x, tcp://[::1],
+ * tcp://localhost, ipc://, inproc://. The wildcard host (tcp, *) and 0.0.0.0 are not. */
+bool lb_xfer_endpoint_loopback(const char *endpoint);
+
 /* ---- server ---- */
+
+/* Decides whether a PUT of artifact id may be stored, before anything is
+ * written: peer_key is the client's CURVE key name (ZAP user id; NULL without
+ * CURVE), claim the request's claim frame (NULL when it carried none).
+ * Returns 0 or an LB_E* code with a one-line message (sent to the client). */
+typedef int (*lb_xfer_authorize_fn)(void *user, const char *id, const char *peer_key,
+                                    const char *claim, lb_err *err);
 
 /* Checks a received artifact (already written to tmp_path, checksum verified)
  * before it is renamed into the store, and a stored one before it is served.
@@ -95,13 +171,20 @@ typedef struct {
      * request, "<endpoint>: peer <address>: <problem>" (e.g. print it to stderr). */
     void (*log)(void *user, const char *line);
     void *log_user;
+    /* CURVE server (curve->on: server_sec and the allowlist are used); NULL
+     * or off: plain TCP, which a non-loopback bind refuses unless insecure. */
+    const lb_xfer_curve *curve;
+    bool insecure;
+    lb_xfer_authorize_fn authorize; /* optional: every PUT is asked first */
+    void *authorize_user;
 } lb_xfer_server_opts;
 
 typedef struct lb_xfer_server lb_xfer_server;
 
 /* Binds and starts the server thread. OUT: *out (stop with lb_xfer_server_stop).
- * Returns 0, LB_EINVAL (bad options), LB_ENET (bind failed, names the endpoint),
- * LB_ENOMEM. */
+ * Returns 0, LB_EINVAL (bad options, no CURVE in this libzmq, or a non-loopback
+ * bind without CURVE and without insecure), LB_ENET (bind failed, names the
+ * endpoint), LB_ENOMEM. */
 int lb_xfer_server_start(const lb_xfer_server_opts *opts, lb_xfer_server **out, lb_err *err);
 
 /* The endpoint clients connect to, e.g. "tcp://127.0.0.1:41234" (borrowed). */
@@ -113,6 +196,8 @@ typedef struct {
     uint64_t errors;      /* requests answered with an error */
     uint64_t bytes_in;    /* payload bytes stored */
     uint64_t bytes_out;   /* payload bytes served */
+    uint64_t denied;      /* CURVE handshakes refused (key not in the allowlist) */
+    uint64_t refused;     /* PUTs refused by the authorize hook */
     char last_error[256]; /* last error reply, prefixed with the peer address */
 } lb_xfer_stats;
 
@@ -146,6 +231,15 @@ int lb_xfer_probe(const char *endpoint, int timeout_ms, lb_err *err);
 int lb_xfer_client_new(const char *endpoint, int timeout_ms, int retries, lb_xfer_client **out,
                        lb_err *err);
 void lb_xfer_client_free(lb_xfer_client **c);
+
+/* Talks CURVE from now on (k->on: server_pub and the client key pair; the
+ * socket is reopened). Returns 0, LB_EINVAL (no CURVE in this libzmq), LB_ENET. */
+int lb_xfer_client_set_curve(lb_xfer_client *c, const lb_xfer_curve *k, lb_err *err);
+
+/* Sends claim (printable, <= LB_XFER_CLAIM_MAX bytes; NULL: none) with every
+ * later PUT, e.g. "job=NAME entry=ID worker=ID" for a lease check. Returns 0,
+ * LB_EINVAL, LB_ENOMEM. */
+int lb_xfer_client_set_claim(lb_xfer_client *c, const char *claim, lb_err *err);
 
 /* Round trip without payload. Returns 0 or LB_ENET ("<endpoint>: no answer in N s; ..."). */
 int lb_xfer_ping(lb_xfer_client *c, lb_err *err);

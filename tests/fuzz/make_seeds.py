@@ -156,6 +156,12 @@ for i, u in enumerate(["redis://127.0.0.1:6379/0", "redis://worker:s3cr%40t@redi
                        "rediss://host", "redis://host:6379/2147483648"]):
     put("redis_url", "%02d.txt" % i, u)
 
+# ---- claim (the lease claim of a PUT, lb_dist_lease_parse_claim)
+for i, c in enumerate(["job=d1 entry=1712345678901-0 worker=w1@host-17",
+                       "worker=wA entry=1-0 job=demo", "job= entry=1-0 worker=",
+                       "job=d1  entry=1-0 x=y worker=" + "0" * 199 + "7", "=== =="]):
+    put("claim", "%02d.txt" % i, c)
+
 # ---- override
 for i, o in enumerate([r"model\.layers\.[0-4]\.mlp\..*=gptq:bits=3,group_size=32",
                        r".*q_proj.*=rtn", r"lm_head\.weight=billm", r".*=claq:bits=2,outlier_keep=0.01",

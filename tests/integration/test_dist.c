@@ -9,8 +9,35 @@
 
 #include "lb_redis.h"
 #include "lb_test_cluster.h"
+#include "lb_test_curve.h"
 #include "lb_test_redis.h"
 #include "lb_test_util.h"
+
+/* With CURVE: the coordinator said so, and no log line or job-hash field
+ * carries a secret key. */
+static void check_curve_run(const char *dir, const char *job)
+{
+    if (!lb_test_curve_on())
+        return;
+    char *out = NULL;
+    assert_int_equal(lb_test_run(&out, "cat '%s/coord.log' '%s/wA.log' '%s/wB.log'", dir, dir,
+                                 dir),
+                     0);
+    assert_non_null(strstr(out, "(CURVE)"));
+    lb_test_curve_assert_no_secret(lb_test_curve_dir(), out, "a coordinator or worker log");
+    free(out);
+    lb_redis *r = NULL;
+    lb_redis_map m;
+    lb_err err = {0};
+    assert_int_equal(lb_redis_connect(lb_test_srv.url, NULL, &r, &err), 0);
+    assert_int_equal(lb_redis_job_get(r, job, &m, &err), 0);
+    for (int32_t i = 0; i < m.n; i++) {
+        lb_test_curve_assert_no_secret(lb_test_curve_dir(), m.keys[i], "a job-hash field");
+        lb_test_curve_assert_no_secret(lb_test_curve_dir(), m.vals[i], "a job-hash value");
+    }
+    lb_redis_map_clear(&m);
+    lb_redis_free(&r);
+}
 
 static void test_distributed_equals_embedded(void **state)
 {
@@ -52,6 +79,7 @@ static void test_distributed_equals_embedded(void **state)
     assert_non_null(strstr(out, "0 failed, 0 in flight"));
     assert_non_null(strstr(out, "0 dead-lettered"));
     free(out);
+    check_curve_run(dir, "d1");
 
     /* the same job name with other options: refused, clearly */
     rc = lb_test_run(&out, "cd '%s' && '%s' coordinator --redis %s --job d1 --model '%s' "
@@ -103,6 +131,31 @@ static void test_distributed_lm_head(void **state)
                      "--threads 1 2>&1", dir, bin, lb_test_srv.url, model, calib);
     assert_int_not_equal(rc, 0);
     assert_non_null(strstr(out, "already exists with different options"));
+    free(out);
+    lb_test_rmdir(&dir);
+}
+
+/* The CLI's bind policy: a non-loopback artifact bind without CURVE keys is
+ * refused with one line naming the option and the fixes, before any work. */
+static void test_bind_policy_cli(void **state)
+{
+    (void)state;
+    LB_TEST_REQUIRE_REDIS();
+    char model[4096], calib[4096];
+    LB_TEST_REQUIRE_SHARED(model, "models/stories260K");
+    LB_TEST_REQUIRE_SHARED(calib, "data/stories260K-calib.u32");
+    char *dir = lb_test_mkdtemp();
+    char *out = NULL;
+    int rc = lb_test_run(&out,
+                         "cd '%s' && LOWBIT_CURVE_DIR= timeout 120 '%s' coordinator --redis %s "
+                         "--job bind1 --model '%s' --calib '%s' --out o --ctx 128 --nsamples 8 "
+                         "--method gptq --bits 3 --threads 1 --artifact-bind tcp://0.0.0.0:0 2>&1",
+                         dir, lb_test_lowbit_bin(), lb_test_srv.url, model, calib);
+    assert_int_not_equal(rc, 0);
+    assert_int_not_equal(rc, 124); /* refused, not hung */
+    if (!strstr(out, "--artifact-bind tcp://0.0.0.0:0 is not loopback and CURVE is off") ||
+        !strstr(out, "--curve-dir") || !strstr(out, "--insecure"))
+        fail_msg("no clear refusal: %s", out);
     free(out);
     lb_test_rmdir(&dir);
 }
@@ -312,6 +365,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_distributed_equals_embedded),
         cmocka_unit_test(test_poison_item_dead_lettered),
+        cmocka_unit_test(test_bind_policy_cli),
         cmocka_unit_test(test_worker_sigterm_deregisters),
         cmocka_unit_test(test_cancel_stops_coordinator),
         cmocka_unit_test(test_distributed_lm_head),

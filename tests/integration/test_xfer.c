@@ -941,7 +941,7 @@ static void test_server_options(void **state)
     assert_int_equal(lb_xfer_server_start(&o, &s, &err), LB_EINVAL);
     assert_non_null(strstr(err.msg, "/nonexistent/lowbit-artifacts"));
     char *dir = lb_test_mkdtemp();
-    lb_xfer_server_opts bad = {.dir = dir, .bind = "tcp://256.1.1.1:1"};
+    lb_xfer_server_opts bad = {.dir = dir, .bind = "tcp://256.1.1.1:1", .insecure = true};
     assert_int_equal(lb_xfer_server_start(&bad, &s, &err), LB_ENET);
     assert_non_null(strstr(err.msg, "tcp://256.1.1.1:1"));
     assert_null(s);
