@@ -25,6 +25,8 @@
 #include "lb_qopts_parse.h"
 #include "lb_runner.h"
 #include "lb_sha256.h"
+#include "lb_exec_measure.h"
+#include "lb_tbpw.h"
 #include "lb_tok_text.h"
 #include "lb_tokens.h"
 
@@ -43,6 +45,7 @@ static void usage(FILE *out)
             "                       [--true-sequential] [--quantize-lm-head] [--threads N]\n"
             "                       [--force] [--json] [--distill STEPS [--distill-lr LR] ...]\n"
             "                       [--collect-chunks K]\n"
+            "                       [--target-bpw B [--candidates LIST] [--proxy NAME]]\n"
             "\n"
             "Quantizes every linear of every block (q/k/v/o/gate/up/down) with M, block by\n"
             "block: Hessians from calibration activations that went through the already\n"
@@ -82,13 +85,21 @@ static void usage(FILE *out)
             "                     contiguous calibration window ranges plus one reduce of\n"
             "                     the partial Hessians (same output bytes; default 1, and %d\n"
             "                     under lowbit coordinator, so several workers share a block)\n"
+            "  --target-bpw B     choose each linear's method from --candidates so that the\n"
+            "                     stored bits are <= B per weight with the least summed\n"
+            "                     --proxy (measured per tensor and candidate by jobs whose\n"
+            "                     results are kept and reused; docs/target-bpw.md);\n"
+            "                     --method is then optional, --override tensors are fixed\n"
+            "  --candidates LIST  'METHOD[:opt=val,...];...' (default: GPTQ 2/3/4 x group\n"
+            "                     0/32/128, CLAQ 2.1/3.1, PB-LLM, QBB 1-3 bases, RTN 8)\n"
+            "  --proxy NAME       rel_err, out_err, out_abs, block_err, block_abs (default %s)\n"
             "  --force            reuse an --out directory that holds another job\n"
             "  --json             one JSON status line per finished job and a summary line\n"
             "\n%s\n"
             "Scale distillation (after a block's linears are quantized, its continuous\n"
             "parameters are trained so that the block on the quantized-path input matches\n"
             "the fp block on the fp-path input; codes and bpw do not change):\n%s",
-            DIST_COLLECT_CHUNKS,
+            DIST_COLLECT_CHUNKS, LB_TBPW_DEFAULT_PROXY,
             lb_qopts_usage(), lb_distill_usage());
 }
 
@@ -150,11 +161,10 @@ static void on_progress(void *user, const lb_plan *plan, int32_t j, const lb_job
  * choice. OUT: *c. */
 static void choose(const char *name, const char *method, const lb_qopts *opts,
                    lb_override *ovr, int n_ovr, bool json, lb_sha256 *run, json_t *per,
-                   lb_plan_choice *c)
+                   lb_plan_choice *c, const char *by)
 {
     snprintf(c->method, sizeof c->method, "%s", method);
     c->opts = *opts;
-    const char *by = "--method";
     for (int k = 0; k < n_ovr; k++)
         if (regexec(&ovr[k].re, name, 0, NULL, 0) == 0) {
             snprintf(c->method, sizeof c->method, "%s", ovr[k].method);
@@ -294,6 +304,8 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
     int n_ovr = 0, threads = 0, chunks = dist ? DIST_COLLECT_CHUNKS : 1;
     int64_t ctx = 0, nsamples = 0;
     bool json = false, true_seq = false, force = false, lm_head = false;
+    double target = 0;
+    const char *candidates = NULL, *proxy = NULL;
     lb_qopts opts;
     lb_qopts_init(&opts);
     lb_distill_opts dopts;
@@ -332,6 +344,18 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
             force = true;
         } else if (!strcmp(a, "--quantize-lm-head")) {
             lm_head = true;
+        } else if (v && !strcmp(a, "--target-bpw")) {
+            char *end = NULL;
+            target = strtod(v, &end);
+            if (!end || *end || !(target > 0 && target <= 64)) {
+                fprintf(stderr, "lowbit quantize: --target-bpw needs a number in (0, 64], got "
+                                "\"%s\"\n", v);
+                return 2;
+            }
+            i++;
+        } else if (v && (!strcmp(a, "--candidates") || !strcmp(a, "--proxy"))) {
+            *(!strcmp(a, "--proxy") ? &proxy : &candidates) = v;
+            i++;
         } else if (v && (!strcmp(a, "--model") || !strcmp(a, "--calib") || !strcmp(a, "--out") ||
                          !strcmp(a, "--calib-text") ||
                          !strcmp(a, "--method") || !strcmp(a, "--ctx") ||
@@ -378,6 +402,22 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
             return 2;
         }
     }
+    if (target > 0 && !method)
+        method = "gptq"; /* recorded only; --target-bpw picks per tensor */
+    if ((candidates || proxy) && target <= 0) {
+        fprintf(stderr, "lowbit quantize: --candidates and --proxy need --target-bpw\n");
+        return 2;
+    }
+    if (target > 0 && (lm_head || dopts.steps > 0)) {
+        fprintf(stderr, "lowbit quantize: --target-bpw does not support --quantize-lm-head or "
+                        "--distill yet; drop one of them\n");
+        return 2;
+    }
+    if (proxy && lb_measure_proxy_index(proxy) < 0) {
+        fprintf(stderr, "lowbit quantize: --proxy %s: one of rel_err, out_err, out_abs, "
+                        "block_err, block_abs\n", proxy);
+        return 2;
+    }
     if (!model_dir || !calib == !calib_text || !out || !method) {
         fprintf(stderr, "lowbit quantize: --model, --calib or --calib-text (one), --out and "
                         "--method are required (see lowbit quantize --help)\n");
@@ -412,6 +452,12 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
     lb_plan *plan = NULL;
     char *opts_json = NULL;
     json_t *per = NULL;
+    lb_plan_choice *tb_choices = NULL;
+    bool *tb_fixed = NULL;
+    lb_tbpw_menu *menu = NULL;
+    lb_tbpw_alloc alloc;
+    memset(&alloc, 0, sizeof alloc);
+    char *alloc_json = NULL;
 
     for (; n_ovr_ok < n_ovr; n_ovr_ok++)
         if (lb_override_parse(ovr_spec[n_ovr_ok], &opts, &ovr[n_ovr_ok], &err)) {
@@ -477,8 +523,17 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
         lb_sha256_to_hex(d, calib_fp);
     }
 
-    /* per-tensor choices: global method, then every matching override (last wins) */
     const int32_t L = cfg->num_hidden_layers;
+    const char *crash = getenv("LOWBIT_TEST_CRASH_AFTER_JOBS");
+    progress_state ps = {json, isatty(2) != 0, now_s(), cfg};
+    if (target > 0) {
+        lb_tbpw_args ta = {cfg, model, model_dir, out, model_fp, calib_fp, nsamples, ctx,
+                           threads, json, target, candidates, proxy, &opts, ovr, n_ovr_ok, dist,
+                           tokens, on_progress, &ps, crash && *crash ? atoi(crash) : 0};
+        if (lb_tbpw_stage(&ta, &store, &menu, &tb_choices, &tb_fixed, &alloc, &alloc_json, &err))
+            goto fail;
+    }
+    /* per-tensor choices: global method, then every matching override (last wins) */
     choices = calloc((size_t)L * LB_LINEAR_COUNT, sizeof *choices);
     per = json_object();
     if (!choices || !per) {
@@ -506,8 +561,13 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
             char name[LB_JOB_TENSOR_MAX];
             if (lb_model_linear_tensor_name(name, sizeof name, b, (lb_linear)l, &err))
                 goto fail;
-            choose(name, method, &opts, ovr, n_ovr_ok, json, &run, per,
-                   &choices[(size_t)b * LB_LINEAR_COUNT + (size_t)l]);
+            const size_t k = (size_t)b * LB_LINEAR_COUNT + (size_t)l;
+            if (target > 0) /* the allocation, or the override that fixed it */
+                choose(name, tb_choices[k].method, &tb_choices[k].opts, ovr, n_ovr_ok, json,
+                       &run, per, &choices[k], "--target-bpw");
+            else
+                choose(name, method, &opts, ovr, n_ovr_ok, json, &run, per, &choices[k],
+                       "--method");
         }
     /* distillation trains the stored parameters in the original basis; a rotated
      * tensor stores them in the rotated one (lb_qparams refuses it later anyway) */
@@ -522,7 +582,7 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
         /* only with the flag, so runs without it keep their ids */
         lb_sha256_update(&run, "lm_head", 7);
         choose(LB_JOB_LM_HEAD_TENSOR, method, &opts, ovr, n_ovr_ok, json, &run, per,
-               &head_choice);
+               &head_choice, "--method");
     } else {
         /* an override aimed at lm_head alone would otherwise be silently ignored */
         for (int k = 0; k < n_ovr_ok; k++)
@@ -538,7 +598,7 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
     char run_id[LB_ID_HEX];
     lb_sha256_final(&run, rd);
     lb_sha256_to_hex(rd, run_id);
-    if (claim_out_dir(out, run_id, force, &err) || lb_store_open(out, &store, &err))
+    if (claim_out_dir(out, run_id, force, &err) || (!store && lb_store_open(out, &store, &err)))
         goto fail;
 
     json_t *oj = json_pack("{s:i, s:i, s:b, s:s}", "ctx", (int)ctx, "nsamples", (int)nsamples,
@@ -551,11 +611,22 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
             oj = NULL;
         }
     }
+    if (oj && alloc_json) { /* the full table is OUT/allocation.json, this its digest */
+        char ah[LB_ID_HEX];
+        lb_sha256_hex(alloc_json, strlen(alloc_json), ah);
+        json_object_set_new(oj, "target_bpw",
+                            json_pack("{s:f, s:s, s:f, s:s, s:s, s:i}", "target", target,
+                                      "proxy", proxy ? proxy : LB_TBPW_DEFAULT_PROXY,
+                                      "predicted_bpw", (double)alloc.bits / (double)alloc.weights,
+                                      "allocation", "allocation.json", "allocation_sha256", ah,
+                                      "candidates", (int)menu->n));
+    }
     opts_json = oj ? json_dumps(oj, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     json_decref(oj);
     lb_plan_spec spec = {cfg, model_dir, out, model_fp, calib_fp, LB_VERSION, nsamples, ctx,
                          true_seq, choices, method, opts.bits, opts_json,
-                         dopts.steps > 0 ? &dopts : NULL, lm_head ? &head_choice : NULL, chunks};
+                         dopts.steps > 0 ? &dopts : NULL, lm_head ? &head_choice : NULL, chunks,
+                         NULL, 0, NULL};
     if (lb_plan_new(&spec, &plan, &err))
         goto fail;
     if (!json && chunks > 1 && lb_plan_effective_chunks(&spec) != chunks)
@@ -583,9 +654,7 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
                 (int)lb_plan_needed_count(plan), (int)reused, lb_store_dir(store));
 
     lb_exec_ctx ectx = {model, model_fp, store, threads};
-    progress_state ps = {json, isatty(2) != 0, now_s(), cfg};
     lb_runner_opts ro = {threads, 0, on_progress, &ps};
-    const char *crash = getenv("LOWBIT_TEST_CRASH_AFTER_JOBS");
     if (crash && *crash)
         ro.crash_after_jobs = atoi(crash);
     if (dist) { /* distributed: the same plan, fed through Redis to `lowbit worker`s */
@@ -610,6 +679,8 @@ int lb_quantize_main(int argc, char **argv, const lb_dist_opts *dist)
 
     lb_packed_summary sum;
     if (lb_packed_verify(out, &sum, &err))
+        goto fail;
+    if (alloc_json && lb_tbpw_finish(out, alloc_json, &alloc, sum.bpw, json, &err))
         goto fail;
     double secs = now_s() - t0;
     long rss = peak_rss_kib();
@@ -648,6 +719,11 @@ fail:
         lb_override_free(&ovr[k]);
     json_decref(per);
     free(opts_json);
+    free(alloc_json);
+    lb_tbpw_alloc_free(&alloc);
+    free(menu);
+    free(tb_choices);
+    free(tb_fixed);
     lb_plan_free(&plan);
     lb_store_free(&store);
     free(choices);

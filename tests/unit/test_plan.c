@@ -39,7 +39,7 @@ static void fixture_init(fixture *f, int layers)
 static lb_plan *make_plan_d(fixture *f, bool ts, const lb_distill_opts *d)
 {
     lb_plan_spec s = {&f->cfg, "/m", "/o", f->model_fp, f->calib_fp, "0.1.0", 8, 128, ts,
-                      f->choices, "gptq", 4.0, "{}", d, NULL, 0};
+                      f->choices, "gptq", 4.0, "{}", d, NULL, 0, NULL, 0, NULL};
     lb_plan *p = NULL;
     lb_err err;
     assert_int_equal(lb_plan_new(&s, &p, &err), 0);
@@ -51,7 +51,7 @@ static lb_plan *make_plan_k(fixture *f, bool ts, int32_t K, const lb_plan_choice
                             const lb_distill_opts *d)
 {
     lb_plan_spec s = {&f->cfg, "/m", "/o", f->model_fp, f->calib_fp, "0.1.0", 8, 128, ts,
-                      f->choices, "gptq", 4.0, "{}", d, head, K};
+                      f->choices, "gptq", 4.0, "{}", d, head, K, NULL, 0, NULL};
     lb_plan *p = NULL;
     lb_err err;
     assert_int_equal(lb_plan_new(&s, &p, &err), 0);
@@ -61,7 +61,7 @@ static lb_plan *make_plan_k(fixture *f, bool ts, int32_t K, const lb_plan_choice
 static lb_plan *make_plan(fixture *f, bool ts)
 {
     lb_plan_spec s = {&f->cfg, "/m", "/o", f->model_fp, f->calib_fp, "0.1.0", 8, 128, ts,
-                      f->choices, "gptq", 4.0, "{}", NULL, NULL, 0};
+                      f->choices, "gptq", 4.0, "{}", NULL, NULL, 0, NULL, 0, NULL};
     lb_plan *p = NULL;
     lb_err err;
     assert_int_equal(lb_plan_new(&s, &p, &err), 0);
@@ -238,7 +238,7 @@ static void test_lm_head_graph(void **state)
     lb_qopts_init(&head.opts);
     head.opts.bits = 8;
     lb_plan_spec s = {&f.cfg, "/m", "/o", f.model_fp, f.calib_fp, "0.1.0", 8, 128, false,
-                      f.choices, "gptq", 4.0, "{}", NULL, &head, 0};
+                      f.choices, "gptq", 4.0, "{}", NULL, &head, 0, NULL, 0, NULL};
     lb_plan *p = NULL, *p0 = make_plan(&f, false);
     assert_int_equal(lb_plan_new(&s, &p, NULL), 0);
     const int32_t n0 = lb_plan_job_count(p0);
@@ -479,7 +479,7 @@ static void test_chunked_graph(void **state)
     fixture f;
     fixture_init(&f, 5);
     lb_plan_spec s = {&f.cfg, "/m", "/o", f.model_fp, f.calib_fp, "0.1.0", 8, 128, false,
-                      f.choices, "gptq", 4.0, "{}", NULL, NULL, 3};
+                      f.choices, "gptq", 4.0, "{}", NULL, NULL, 3, NULL, 0, NULL};
     assert_int_equal(lb_plan_effective_chunks(&s), 3);
     s.collect_chunks = 100; /* capped at the 8 block chunks of 8 windows */
     assert_int_equal(lb_plan_effective_chunks(&s), 8);
