@@ -217,10 +217,26 @@ static int forget_other_job(const char *out, const char *hidden, lb_err *err)
         goto done;
     }
     DIR *d = opendir(arts);
+    lb_store *st = NULL;
+    lb_err serr;
+    if (d && lb_store_open(out, &st, &serr) != 0)
+        st = NULL;
     if (d) {
         struct dirent *e;
         while ((e = readdir(d)) != NULL) {
             size_t n = strlen(e->d_name);
+            char id[LB_ID_HEX] = "";
+            if (n == 64 + 12)
+                snprintf(id, sizeof id, "%.64s", e->d_name);
+            /* --target-bpw measurements hold for any target: kept for reuse (they are
+             * a few hundred bytes, so no large artifact is read to tell) */
+            struct stat sb;
+            char *mf = id[0] && st ? lb_io_path_join(arts, e->d_name) : NULL;
+            bool keep = mf && stat(mf, &sb) == 0 && sb.st_size < 65536 &&
+                        lb_store_has(st, id, "measure");
+            free(mf);
+            if (keep)
+                continue;
             if (n > 12 && !strcmp(e->d_name + n - 12, ".safetensors")) {
                 char *f = lb_io_path_join(arts, e->d_name);
                 if (f)
@@ -230,6 +246,7 @@ static int forget_other_job(const char *out, const char *hidden, lb_err *err)
         }
         closedir(d);
     }
+    lb_store_free(&st);
 done:
     free(manifest);
     free(arts);

@@ -80,6 +80,11 @@ static void test_lands_and_reuses(void **state)
         fail_msg("target 2.5: realized %.6f bpw", bpw);
     free(out);
 
+    /* and again after that run claimed the directory (--force keeps measurements) */
+    assert_int_equal(quantize(&out, a, "", 3.0, "--force --proxy out_err"), 0);
+    assert_int_equal((int)json_num(out, "measure_jobs_run"), 0);
+    free(out);
+
     /* below the cheapest menu entry: a clear error, not a crash */
     assert_int_not_equal(quantize(&out, a, "", 1.0, "--force"), 0);
     assert_non_null(strstr(out, "--target-bpw 1"));
