@@ -9,13 +9,14 @@ Prints JSON lines (stdout):
       "floor" line: all RTN 8), KL(fp || model) on stories260K-eval.u32
   {"kind":"corr", proxy, spearman, pearson, n}   proxy vs (kl - floor) over the pairs
   {"kind":"target", proxy, target, rotate, bpw, kl, ppl, top1}
+  {"kind":"uniform", config, bpw, kl, ppl, top1}   one setting for every linear
 The measurement is the one --target-bpw itself runs (WORKDIR/t*/.lowbit/measurement.json).
 Fixtures: $LOWBIT_SHARED or ../shared. Single runs on a shared 2-core machine: timings
 are not reported; KL/ppl/bpw are deterministic."""
 import json, math, os, re, shutil, subprocess, sys
 
 build, work = sys.argv[1], sys.argv[2]
-steps = sys.argv[3:] or ["pairs", "targets", "sweep"]
+steps = sys.argv[3:] or ["pairs", "targets", "sweep", "uniform"]
 here = os.path.dirname(os.path.abspath(__file__))
 shared = os.environ.get("LOWBIT_SHARED", os.path.join(here, "..", "..", "shared"))
 if not os.path.isdir(shared):
@@ -122,3 +123,17 @@ if "sweep" in steps:
         d = t if rot is None else os.path.join(work, "sweep-" + rot)
         for b in (2.0, 2.25, 2.5, 3.0, 4.0):
             target(d, b, proxy, rot)
+if "uniform" in steps:
+    u = os.path.join(work, "uniform")
+    for cfg in ("gptq:bits=2,group-size=32", "qbb:bits=1,bases=2", "claq:bits=2.1",
+                "claq:bits=2", "gptq:bits=3", "gptq:bits=3,rotate=hadamard"):
+        m, _, o = cfg.partition(":")
+        args = ["--method", m]
+        for kv in o.split(","):
+            k, _, v = kv.partition("=")
+            args += ["--" + k, v]
+        done, _ = quantize(u, args)
+        r = {"kind": "uniform", "config": cfg, "bpw": done["bpw"]}
+        r.update(evaluate(u))
+        emit(r)
+    shutil.rmtree(u, ignore_errors=True)

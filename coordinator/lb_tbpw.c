@@ -22,7 +22,7 @@ const char *const lb_tbpw_default_candidates =
     "gptq:bits=2;gptq:bits=2,group-size=32;gptq:bits=2,group-size=128;"
     "gptq:bits=3;gptq:bits=3,group-size=32;gptq:bits=3,group-size=128;"
     "gptq:bits=4;gptq:bits=4,group-size=32;gptq:bits=4,group-size=128;"
-    "claq:bits=2.1;claq:bits=3.1;pbllm:bits=1,salient=0.1;"
+    "claq:bits=2.1;claq:bits=3.1;pbllm:bits=1,salient=0.1,salient-group=128;"
     "qbb:bits=1,bases=1;qbb:bits=1,bases=2;qbb:bits=1,bases=3;rtn:bits=8";
 
 int lb_tbpw_menu_parse(const char *list, const lb_qopts *base, lb_tbpw_menu *m, lb_err *err)
@@ -148,12 +148,13 @@ int lb_tbpw_allocate(const lb_plan *plan, const lb_plan_spec *spec, const lb_sto
         const lb_job *job = lb_plan_job(plan, j);
         if (job->type != LB_JOB_MEASURE)
             continue;
-        int32_t k = job->block * LB_LINEAR_COUNT + job->linear, c = seen[k]++;
-        if (k < 0 || k >= n || c >= C) {
+        int32_t k = job->block * LB_LINEAR_COUNT + job->linear;
+        if (k < 0 || k >= n || seen[k] >= C) {
             rc = lb_err_set(err, LB_ESTATE, "--target-bpw: measure plan out of order at %s",
                             job->tensor);
             goto done;
         }
+        int32_t c = seen[k]++;
         snprintf(a->names[k], sizeof a->names[k], "%s", job->tensor);
         memcpy(a->ids[(size_t)k * C + c], job->outputs[0].hex, LB_ID_HEX);
         if ((rc = lb_measure_read(store, job->outputs[0].hex,
