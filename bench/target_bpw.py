@@ -88,7 +88,7 @@ def pearson(x, y):
 
 t = os.path.join(work, "t")
 if "pairs" in steps:
-    target(t, 2.5, "out_abs", None)  # runs (or reuses) the measurement
+    target(t, 2.5, "block_err", None)  # runs (or reuses) the measurement
     meas = json.load(open(os.path.join(t, ".lowbit", "measurement.json")))["tensors"]
     names = sorted(meas)
     p = os.path.join(work, "pair")
@@ -118,7 +118,7 @@ if "targets" in steps:
     for k in PROXIES:
         target(t, 2.5, k, None)
 if "sweep" in steps:
-    proxy = os.environ.get("PROXY", "out_abs")
+    proxy = os.environ.get("PROXY", "block_err")
     for rot in (None, "hadamard"):
         d = t if rot is None else os.path.join(work, "sweep-" + rot)
         for b in (2.0, 2.25, 2.5, 3.0, 4.0):
