@@ -27,7 +27,12 @@ tg = [r for r in rows if r["kind"] in ("target", "uniform")]
 if tg:
     print("| run | proxy | rotate | target | honest bpw | KL | ppl | top-1 | measure jobs run |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    seen = set()
     for r in tg:
+        key = (r["kind"], r.get("proxy"), r.get("rotate"), r.get("target"), r.get("config"))
+        if key in seen:  # the 2.5 run of the default proxy appears in two steps
+            continue
+        seen.add(key)
         if r["kind"] == "target":
             print("| --target-bpw | %s | %s | %g | %.4f | %.4f | %.2f | %.3f | %s |" % (
                 r["proxy"], r["rotate"], r["target"], r["bpw"], r["kl"], r["ppl"], r["top1"],
