@@ -29,6 +29,8 @@ static void usage(FILE *out)
             "path. Artifacts move over ZeroMQ: this process serves OUT/.lowbit/artifacts\n"
             "(endpoint in the job record field \"artifacts\"), workers fetch inputs and\n"
             "publish outputs; the merge into OUT/model.safetensors runs here.\n"
+            "With --target-bpw the measurement runs first, the same way, as job NAME.measure\n"
+            "(docs/target-bpw.md; NAME then at most 56 characters).\n"
             "\n"
             "  --job NAME               [A-Za-z0-9._-]{1,64}\n"
             "  --redis URL              default $LOWBIT_REDIS, else %s\n"
