@@ -216,6 +216,10 @@ static int forget_other_job(const char *out, const char *hidden, lb_err *err)
         rc = lb_err_set(err, LB_EIO, "%s: cannot remove (%s)", manifest, strerror(errno));
         goto done;
     }
+    char *alloc = lb_io_path_join(out, "allocation.json"); /* a --target-bpw run's record */
+    if (alloc)
+        unlink(alloc);
+    free(alloc);
     DIR *d = opendir(arts);
     lb_store *st = NULL;
     lb_err serr;
