@@ -13,7 +13,9 @@
 #include "lb_distill_opts.h"
 #include "lb_job.h"
 #include "lb_qopts_parse.h"
+#include "lb_exec_measure.h"
 #include "lb_session.h"
+#include "lb_tbpw.h"
 
 static void usage(FILE *out)
 {
@@ -25,6 +27,7 @@ static void usage(FILE *out)
             "                       [--true-sequential] [--quantize-lm-head] [--threads N]\n"
             "                       [--force] [--json] [--distill STEPS [--distill-lr LR] ...]\n"
             "                       [--collect-chunks K]\n"
+            "                       [--target-bpw B [--candidates LIST] [--proxy NAME]]\n"
             "\n"
             "Quantizes every linear of every block (q/k/v/o/gate/up/down) with M, block by\n"
             "block: Hessians from calibration activations that went through the already\n"
@@ -64,13 +67,21 @@ static void usage(FILE *out)
             "                     contiguous calibration window ranges plus one reduce of\n"
             "                     the partial Hessians (same output bytes; default 1, and %d\n"
             "                     under lowbit coordinator, so several workers share a block)\n"
+            "  --target-bpw B     choose each linear's method from --candidates so that the\n"
+            "                     stored bits are <= B per weight with the least summed\n"
+            "                     --proxy (measured per tensor and candidate by jobs whose\n"
+            "                     results are kept and reused; docs/target-bpw.md);\n"
+            "                     --method is then optional, --override tensors are fixed\n"
+            "  --candidates LIST  'METHOD[:opt=val,...];...' (default: GPTQ 2/3/4 x group\n"
+            "                     0/32/128, CLAQ 2.1/3.1, PB-LLM, QBB 1-3 bases, RTN 8)\n"
+            "  --proxy NAME       rel_err, out_err, out_abs, block_err, block_abs (default %s)\n"
             "  --force            reuse an --out directory that holds another job\n"
             "  --json             one JSON status line per finished job and a summary line\n"
             "\n%s\n"
             "Scale distillation (after a block's linears are quantized, its continuous\n"
             "parameters are trained so that the block on the quantized-path input matches\n"
             "the fp block on the fp-path input; codes and bpw do not change):\n%s",
-            LB_SESSION_DIST_CHUNKS,
+            LB_SESSION_DIST_CHUNKS, LB_TBPW_DEFAULT_PROXY,
             lb_qopts_usage(), lb_distill_usage());
 }
 
@@ -101,6 +112,18 @@ int lb_cli_quantize_arg(lb_quantize_spec *q, int argc, char **argv, int *ip)
         q->force = true;
     } else if (!strcmp(a, "--quantize-lm-head")) {
         q->lm_head = true;
+    } else if (v && !strcmp(a, "--target-bpw")) {
+        i++;
+        char *end = NULL;
+        q->target_bpw = strtod(v, &end);
+        if (!end || *end || !(q->target_bpw > 0 && q->target_bpw <= 64)) {
+            fprintf(stderr, "lowbit quantize: --target-bpw needs a number in (0, 64], got "
+                            "\"%s\"\n", v);
+            return -2;
+        }
+    } else if (v && (!strcmp(a, "--candidates") || !strcmp(a, "--proxy"))) {
+        i++;
+        *(!strcmp(a, "--proxy") ? &q->proxy : &q->candidates) = v;
     } else if (v && (!strcmp(a, "--model") || !strcmp(a, "--calib") || !strcmp(a, "--out") ||
                      !strcmp(a, "--calib-text") || !strcmp(a, "--method") ||
                      !strcmp(a, "--override"))) {
@@ -146,8 +169,24 @@ int lb_cli_quantize_arg(lb_quantize_spec *q, int argc, char **argv, int *ip)
     return 1;
 }
 
-int lb_cli_quantize_check(const lb_quantize_spec *q)
+int lb_cli_quantize_check(lb_quantize_spec *q)
 {
+    if (q->target_bpw > 0 && !q->method)
+        q->method = "gptq"; /* recorded only; --target-bpw picks per tensor */
+    if ((q->candidates || q->proxy) && q->target_bpw <= 0) {
+        fprintf(stderr, "lowbit quantize: --candidates and --proxy need --target-bpw\n");
+        return 2;
+    }
+    if (q->target_bpw > 0 && (q->lm_head || q->distill.steps > 0)) {
+        fprintf(stderr, "lowbit quantize: --target-bpw does not support --quantize-lm-head or "
+                        "--distill yet; drop one of them\n");
+        return 2;
+    }
+    if (q->proxy && lb_measure_proxy_index(q->proxy) < 0) {
+        fprintf(stderr, "lowbit quantize: --proxy %s: one of rel_err, out_err, out_abs, "
+                        "block_err, block_abs\n", q->proxy);
+        return 2;
+    }
     if (!q->model_dir || !q->calib == !q->calib_text || !q->out || !q->method) {
         fprintf(stderr, "lowbit quantize: --model, --calib or --calib-text (one), --out and "
                         "--method are required (see lowbit quantize --help)\n");
@@ -176,7 +215,9 @@ int lb_cli_quantize_run(const lb_quantize_spec *q, const lb_dist_opts *dist)
     lb_err err;
     lb_err_clear(&err);
     lb_session *s = NULL;
-    int rc = lb_session_prepare(q, &s, &err);
+    lb_quantize_spec qd = *q; /* --target-bpw's measurement runs where the quantize does */
+    qd.dist = dist;
+    int rc = lb_session_prepare(&qd, &s, &err);
     if (rc == 0)
         rc = dist ? lb_session_run_distributed(s, dist, &err)
                   : lb_session_run_embedded(s, &err);

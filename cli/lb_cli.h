@@ -27,7 +27,7 @@ struct lb_quantize_spec;
  * it), -1 after --help (usage printed), -2 on a usage error (printed). */
 int lb_cli_quantize_arg(struct lb_quantize_spec *q, int argc, char **argv, int *i);
 /* Required options, method name and cross-option checks: 0 or exit status 2 (printed). */
-int lb_cli_quantize_check(const struct lb_quantize_spec *q);
+int lb_cli_quantize_check(struct lb_quantize_spec *q);
 /* Runs an lb_session (embedded, or through Redis with dist non-NULL) and
  * returns the exit status, the error printed. */
 int lb_cli_quantize_run(const struct lb_quantize_spec *q, const struct lb_dist_opts *dist);

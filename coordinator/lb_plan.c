@@ -6,11 +6,13 @@
 #include <string.h>
 
 #include "lb_exec.h"
+#include "lb_exec_measure.h"
 #include "lb_model.h"
 #include "lb_sha256.h"
 
-enum { A_CALIB, A_ACT, A_HESS, A_QLIN, A_HPART };
-static const char *const kind_names[] = {"calib", "activations", "hessian", "qlinear", "hpart"};
+enum { A_CALIB, A_ACT, A_HESS, A_QLIN, A_HPART, A_MEAS };
+static const char *const kind_names[] = {"calib",  "activations", "hessian",
+                                         "qlinear", "hpart",       "measure"};
 
 typedef struct {
     char id[LB_ID_HEX];
@@ -205,11 +207,62 @@ static int plan_block_linears(lb_plan *p, const lb_plan_spec *s, int32_t b, int3
     return 0;
 }
 
+/* The --target-bpw measurement plan (lb_plan.h): embed, then per block collect,
+ * propagate-fp and the measure jobs. The proxy version is part of each measure id. */
+static int build_measure(lb_plan *p, const lb_plan_spec *s, int32_t calib, lb_err *err)
+{
+    lb_job t;
+    lb_job_init(&t);
+    int32_t j, x, xn, h[4], in[3];
+    base_job(&t, s, LB_JOB_PROPAGATE, -1);
+    if ((j = add_job(p, &t, &calib, 1, 1, A_ACT, err)) < 0)
+        goto fail;
+    x = p->jobs[j].out[0];
+    for (int32_t b = 0; b < s->cfg->num_hidden_layers; b++) {
+        base_job(&t, s, LB_JOB_COLLECT_HESSIAN, b);
+        t.stage = LB_STAGE_ALL;
+        if ((j = add_job(p, &t, &x, 1, 4, A_HESS, err)) < 0)
+            goto fail;
+        for (int k = 0; k < 4; k++)
+            h[k] = p->jobs[j].out[k];
+        base_job(&t, s, LB_JOB_PROPAGATE_FP, b);
+        if ((j = add_job(p, &t, &x, 1, 1, A_ACT, err)) < 0)
+            goto fail;
+        xn = p->jobs[j].out[0];
+        for (int l = 0; l < LB_LINEAR_COUNT; l++) {
+            const size_t k = (size_t)b * LB_LINEAR_COUNT + (size_t)l;
+            const bool fixed = s->measure_fixed && s->measure_fixed[k];
+            for (int32_t c = 0; c < (fixed ? 1 : s->n_measure); c++) {
+                const lb_plan_choice *ch = fixed ? &s->choices[k] : &s->measure[c];
+                base_job(&t, s, LB_JOB_MEASURE, b);
+                t.linear = l;
+                if (lb_model_linear_tensor_name(t.tensor, sizeof t.tensor, b, (lb_linear)l, err))
+                    goto fail;
+                snprintf(t.method, sizeof t.method, "%s", ch->method);
+                t.opts = ch->opts;
+                snprintf(t.options_json, sizeof t.options_json, "{\"proxy_version\":\"%s\"}",
+                         LB_MEASURE_PROXY_VERSION);
+                in[0] = x;
+                in[1] = xn;
+                in[2] = h[hess_of(l)];
+                if (add_job(p, &t, in, 3, 1, A_MEAS, err) < 0)
+                    goto fail;
+            }
+        }
+        x = xn;
+    }
+    return 0;
+fail:
+    lb_job_clear(&t);
+    return err->code ? err->code : lb_err_set(err, LB_ENOMEM, "plan: out of memory");
+}
+
 int lb_plan_new(const lb_plan_spec *s, lb_plan **out, lb_err *err)
 {
     *out = NULL;
     if (!s->cfg || !lb_id_valid(s->model_fp) || !lb_id_valid(s->calib_fp) || s->n_seq <= 0 ||
-        s->seq_len <= 0 || !s->choices || s->cfg->num_hidden_layers <= 0)
+        s->seq_len <= 0 || (!s->choices && s->n_measure <= 0) ||
+        s->cfg->num_hidden_layers <= 0)
         return lb_err_set(err, LB_EINVAL, "plan: invalid specification");
     lb_plan *p = calloc(1, sizeof *p);
     if (!p)
@@ -228,6 +281,12 @@ int lb_plan_new(const lb_plan_spec *s, lb_plan **out, lb_err *err)
     p->merge_in = malloc(((size_t)L * LB_LINEAR_COUNT + 1) * sizeof *p->merge_in);
     if (calib < 0 || !p->merge_in)
         goto oom;
+    if (s->n_measure > 0) {
+        if (!s->measure || build_measure(p, s, calib, err))
+            goto fail;
+        *out = p;
+        return 0;
+    }
     const int32_t K = lb_plan_effective_chunks(s);
     /* xs[c]: chunk c of the current block input (xs[0] = all of it when K = 1) */
     int32_t *xs = malloc((size_t)K * sizeof *xs), *parts = malloc((size_t)K * 4 * sizeof *parts);
@@ -381,7 +440,8 @@ void lb_plan_start(lb_plan *p)
     bool *wanted = calloc((size_t)p->n_arts, sizeof *wanted);
     for (int32_t i = p->n_jobs - 1; i >= 0; i--) {
         pjob *j = &p->jobs[i];
-        bool need = j->job.type == LB_JOB_MERGE;
+        bool need = j->job.type == LB_JOB_MERGE ||
+                    (j->job.type == LB_JOB_MEASURE && !p->arts[j->out[0]].present);
         for (int32_t o = 0; o < j->n_out && !need; o++)
             need = !p->arts[j->out[o]].present && (wanted ? wanted[j->out[o]] : true);
         j->needed = need;

@@ -63,6 +63,15 @@ typedef struct {
                                         lm_head.weight with this choice */
     int32_t collect_chunks;          /* K (--collect-chunks): 0 or 1: one collect and one
                                         propagate job per block; K > 1: chunked (above) */
+    /* --target-bpw measurement plan (docs/target-bpw.md) instead of the above when
+     * n_measure > 0: embed, then per block b: collect-hessian (fp X_b, stage ALL),
+     * propagate-fp X_b -> X_fp(b+1), and one measure job per (linear, candidate)
+     * with inputs X_fp(b), X_fp(b+1), the linear's Hessian; measure jobs in
+     * (block, linear, candidate) order; no merge. Unchunked. A linear with
+     * measure_fixed[k] set (--override) gets one measure job, of choices[k]. */
+    const lb_plan_choice *measure;   /* [n_measure] candidates */
+    int32_t n_measure;
+    const bool *measure_fixed;       /* [num_hidden_layers * 7] or NULL */
 } lb_plan_spec;
 
 typedef enum {

@@ -45,7 +45,8 @@ static void *worker_main(void *arg)
         pthread_mutex_unlock(&p->mu);
 
         lb_exec_ctx ctx = *p->ctx;
-        ctx.omp_threads = job->type == LB_JOB_QUANTIZE_LINEAR ? 1 : p->threads;
+        ctx.omp_threads =
+            job->type == LB_JOB_QUANTIZE_LINEAR || job->type == LB_JOB_MEASURE ? 1 : p->threads;
         slot s;
         s.job = j;
         s.rc = lb_exec_run(job, &ctx, &s.res);

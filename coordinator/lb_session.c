@@ -26,6 +26,7 @@
 #include "lb_rotate.h"
 #include "lb_runner.h"
 #include "lb_session.h"
+#include "lb_tbpw.h"
 #include "lb_sha256.h"
 #include "lb_time.h"
 #include "lb_tok_text.h"
@@ -58,6 +59,12 @@ struct lb_session {
     lb_plan *plan;
     lb_exec_ctx ectx;
     progress_state ps;
+    /* --target-bpw: the menu, the chosen (or override-fixed) setting per tensor */
+    lb_tbpw_menu *menu;
+    lb_plan_choice *tb_choices;
+    bool *tb_fixed;
+    lb_tbpw_alloc alloc;
+    char *alloc_json;
 };
 
 void lb_quantize_spec_init(lb_quantize_spec *spec, bool distributed)
@@ -117,12 +124,12 @@ static void on_progress(void *user, const lb_plan *plan, int32_t j, const lb_job
 /* Resolves the method/options of tensor `name` (global, then every matching
  * override: the last wins), adds them to the run id, records and prints the
  * choice. OUT: *c. */
-static void choose(lb_session *s, const char *name, lb_sha256 *run, lb_plan_choice *c)
+static void choose(lb_session *s, const char *name, const char *method, const lb_qopts *opts,
+                   const char *by, lb_sha256 *run, lb_plan_choice *c)
 {
     const lb_quantize_spec *sp = s->spec;
-    snprintf(c->method, sizeof c->method, "%s", sp->method);
-    c->opts = sp->opts;
-    const char *by = "--method";
+    snprintf(c->method, sizeof c->method, "%s", method);
+    c->opts = *opts;
     for (int k = 0; k < s->n_ovr; k++)
         if (regexec(&s->ovr[k].re, name, 0, NULL, 0) == 0) {
             snprintf(c->method, sizeof c->method, "%s", s->ovr[k].method);
@@ -168,11 +175,31 @@ static int forget_other_job(const char *out, const char *hidden, lb_err *err)
         rc = lb_err_set(err, LB_EIO, "%s: cannot remove (%s)", manifest, strerror(errno));
         goto done;
     }
+    char *alloc = lb_io_path_join(out, "allocation.json"); /* a --target-bpw run's record */
+    if (alloc)
+        unlink(alloc);
+    free(alloc);
     DIR *d = opendir(arts);
+    lb_store *st = NULL;
+    lb_err serr;
+    if (d && lb_store_open(out, &st, &serr) != 0)
+        st = NULL;
     if (d) {
         struct dirent *e;
         while ((e = readdir(d)) != NULL) {
             size_t n = strlen(e->d_name);
+            char id[LB_ID_HEX] = "";
+            if (n == 64 + 12)
+                snprintf(id, sizeof id, "%.64s", e->d_name);
+            /* --target-bpw measurements hold for any target: kept for reuse (they are
+             * a few hundred bytes, so no large artifact is read to tell) */
+            struct stat sb;
+            char *mf = id[0] && st ? lb_io_path_join(arts, e->d_name) : NULL;
+            bool keep = mf && stat(mf, &sb) == 0 && sb.st_size < 65536 &&
+                        lb_store_has(st, id, "measure");
+            free(mf);
+            if (keep)
+                continue;
             if (n > 12 && !strcmp(e->d_name + n - 12, ".safetensors")) {
                 char *f = lb_io_path_join(arts, e->d_name);
                 if (f)
@@ -182,6 +209,7 @@ static int forget_other_job(const char *out, const char *hidden, lb_err *err)
         }
         closedir(d);
     }
+    lb_store_free(&st);
 done:
     free(manifest);
     free(arts);
@@ -344,7 +372,12 @@ static int resolve_choices(lb_session *s, lb_err *err)
             char name[LB_JOB_TENSOR_MAX];
             if (lb_model_linear_tensor_name(name, sizeof name, b, (lb_linear)l, err))
                 return failed(err);
-            choose(s, name, &run, &s->choices[(size_t)b * LB_LINEAR_COUNT + (size_t)l]);
+            const size_t k = (size_t)b * LB_LINEAR_COUNT + (size_t)l;
+            if (sp->target_bpw > 0) /* the allocation, or the override that fixed it */
+                choose(s, name, s->tb_choices[k].method, &s->tb_choices[k].opts,
+                       "--target-bpw", &run, &s->choices[k]);
+            else
+                choose(s, name, sp->method, &sp->opts, "--method", &run, &s->choices[k]);
         }
     /* distillation trains the stored parameters in the original basis; a rotated
      * tensor stores them in the rotated one (lb_qparams refuses it later anyway) */
@@ -355,7 +388,8 @@ static int resolve_choices(lb_session *s, lb_err *err)
     if (sp->lm_head) {
         /* only with the flag, so runs without it keep their ids */
         lb_sha256_update(&run, "lm_head", 7);
-        choose(s, LB_JOB_LM_HEAD_TENSOR, &run, &s->head_choice);
+        choose(s, LB_JOB_LM_HEAD_TENSOR, sp->method, &sp->opts, "--method", &run,
+               &s->head_choice);
     } else {
         /* an override aimed at lm_head alone would otherwise be silently ignored */
         for (int k = 0; k < s->n_ovr; k++)
@@ -378,7 +412,7 @@ static int build_plan(lb_session *s, lb_err *err)
 {
     const lb_quantize_spec *sp = s->spec;
     if (claim_out_dir(sp->out, s->run_id, sp->force, err) ||
-        lb_store_open(sp->out, &s->store, err))
+        (!s->store && lb_store_open(sp->out, &s->store, err)))
         return failed(err);
     json_t *oj = json_pack("{s:i, s:i, s:b, s:s}", "ctx", (int)s->ctx, "nsamples",
                            (int)s->nsamples, "true_sequential", sp->true_sequential,
@@ -391,13 +425,25 @@ static int build_plan(lb_session *s, lb_err *err)
             oj = NULL;
         }
     }
+    if (oj && s->alloc_json) { /* the full table is OUT/allocation.json, this its digest */
+        char ah[LB_ID_HEX];
+        lb_sha256_hex(s->alloc_json, strlen(s->alloc_json), ah);
+        json_object_set_new(oj, "target_bpw",
+                            json_pack("{s:f, s:s, s:f, s:s, s:s, s:i}", "target", sp->target_bpw,
+                                      "proxy", sp->proxy ? sp->proxy : LB_TBPW_DEFAULT_PROXY,
+                                      "predicted_bpw",
+                                      (double)s->alloc.bits / (double)s->alloc.weights,
+                                      "allocation", "allocation.json", "allocation_sha256", ah,
+                                      "candidates", (int)s->menu->n));
+    }
     s->opts_json = oj ? json_dumps(oj, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     json_decref(oj);
     bool distill = sp->distill.steps > 0;
     lb_plan_spec spec = {s->cfg, sp->model_dir, sp->out, s->model_fp, s->calib_fp, LB_VERSION,
                          s->nsamples, s->ctx, sp->true_sequential, s->choices, sp->method,
                          sp->opts.bits, s->opts_json, distill ? &sp->distill : NULL,
-                         sp->lm_head ? &s->head_choice : NULL, sp->collect_chunks};
+                         sp->lm_head ? &s->head_choice : NULL, sp->collect_chunks,
+                         NULL, 0, NULL};
     if (lb_plan_new(&spec, &s->plan, err))
         return failed(err);
     int chunks = sp->collect_chunks;
@@ -427,6 +473,24 @@ static int build_plan(lb_session *s, lb_err *err)
     return 0;
 }
 
+/* --target-bpw: the measurement (embedded or through Redis, like the run) and the
+ * allocation, before the per-tensor choices (lb_tbpw_stage). */
+static int target_stage(lb_session *s, lb_err *err)
+{
+    const lb_quantize_spec *sp = s->spec;
+    if (sp->target_bpw <= 0)
+        return 0;
+    s->ps = (progress_state){sp->json, isatty(2) != 0, lb_now_s(), s->cfg};
+    lb_tbpw_args ta = {s->cfg, s->model, sp->model_dir, sp->out, s->model_fp, s->calib_fp,
+                       s->nsamples, s->ctx, s->threads, sp->json, sp->target_bpw,
+                       sp->candidates, sp->proxy, &sp->opts, s->ovr, s->n_ovr, sp->dist,
+                       s->tokens, on_progress, &s->ps, sp->crash_after_jobs};
+    if (lb_tbpw_stage(&ta, &s->store, &s->menu, &s->tb_choices, &s->tb_fixed, &s->alloc,
+                      &s->alloc_json, err))
+        return failed(err);
+    return 0;
+}
+
 int lb_session_prepare(const lb_quantize_spec *spec, lb_session **out, lb_err *err)
 {
     *out = NULL;
@@ -446,7 +510,8 @@ int lb_session_prepare(const lb_quantize_spec *spec, lb_session **out, lb_err *e
                                     err)))
             goto fail;
     if ((rc = load_calib(s, err)) || (rc = fingerprints(s, err)) ||
-        (rc = resolve_choices(s, err)) || (rc = build_plan(s, err)))
+        (rc = target_stage(s, err)) || (rc = resolve_choices(s, err)) ||
+        (rc = build_plan(s, err)))
         goto fail;
     s->ectx = (lb_exec_ctx){s->model, s->model_fp, s->store, s->threads};
     *out = s;
@@ -490,6 +555,9 @@ int lb_session_finish(lb_session *s, lb_err *err)
     lb_packed_summary sum;
     if (lb_packed_verify(sp->out, &sum, err))
         return failed(err);
+    if (s->alloc_json &&
+        lb_tbpw_finish(sp->out, s->alloc_json, &s->alloc, sum.bpw, sp->json, err))
+        return failed(err);
     double secs = lb_now_s() - s->t0;
     long rss = peak_rss_kib();
     if (sp->json) {
@@ -524,6 +592,11 @@ void lb_session_free(lb_session **sp)
         lb_override_free(&s->ovr[k]);
     json_decref(s->per);
     free(s->opts_json);
+    free(s->alloc_json);
+    lb_tbpw_alloc_free(&s->alloc);
+    free(s->menu);
+    free(s->tb_choices);
+    free(s->tb_fixed);
     lb_plan_free(&s->plan);
     lb_store_free(&s->store);
     free(s->choices);

@@ -27,6 +27,8 @@
  * collection"): two workers share each block's forward; embedded runs use 1 */
 #define LB_SESSION_DIST_CHUNKS 2
 
+struct lb_dist_opts;
+
 typedef struct lb_quantize_spec {
     const char *model_dir;
     const char *calib, *calib_text; /* exactly one */
@@ -41,6 +43,10 @@ typedef struct lb_quantize_spec {
     int collect_chunks;             /* >= 1 */
     bool json, true_sequential, force, lm_head;
     int crash_after_jobs;           /* TEST HOOK for lb_runner (0 = off) */
+    double target_bpw;              /* > 0: --target-bpw (lb_tbpw): method per tensor */
+    const char *candidates, *proxy; /* --target-bpw's menu and proxy (NULL: defaults) */
+    const struct lb_dist_opts *dist; /* where --target-bpw's measurement runs: through
+                                       Redis like the run (NULL: in process) */
 } lb_quantize_spec;
 
 /* Defaults: global options from lb_qopts_init, collect_chunks 1 (distributed:
@@ -48,7 +54,6 @@ typedef struct lb_quantize_spec {
 void lb_quantize_spec_init(lb_quantize_spec *spec, bool distributed);
 
 typedef struct lb_session lb_session;
-struct lb_dist_opts;
 
 /* Everything up to a started plan. The spec's strings must outlive the
  * session. OUT: *out. Returns 0 or a negative LB_E* (LB_EINVAL: bad options or

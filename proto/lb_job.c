@@ -85,6 +85,8 @@ const char *lb_job_type_name(lb_job_type t)
     case LB_JOB_MERGE: return "merge";
     case LB_JOB_DISTILL: return "distill";
     case LB_JOB_REDUCE_HESSIAN: return "reduce-hessian";
+    case LB_JOB_MEASURE: return "measure";
+    case LB_JOB_PROPAGATE_FP: return "propagate-fp";
     }
     return "?";
 }
@@ -152,7 +154,7 @@ static void pack_distill(msgpack_packer *pk, const lb_distill_opts *o)
 
 static int check_job(const lb_job *job, lb_err *err)
 {
-    if (job->type < LB_JOB_COLLECT_HESSIAN || job->type > LB_JOB_REDUCE_HESSIAN)
+    if (job->type < LB_JOB_COLLECT_HESSIAN || job->type > LB_JOB_TYPE_LAST)
         return lb_err_set(err, LB_EINVAL, "job: invalid type %d", (int)job->type);
     if (job->n_chunks < 0 || job->n_chunks > LB_JOB_MAX_CHUNKS || job->chunk < -1 ||
         job->chunk >= (job->n_chunks > 0 ? job->n_chunks : 0))
@@ -603,7 +605,7 @@ int lb_job_decode(const uint8_t *buf, size_t len, lb_job *job, lb_err *err)
         goto fail;
     int32_t type;
     cursor opts, ins, outs, dist;
-    if ((rc = get_i32(&c, 2, LB_JOB_COLLECT_HESSIAN, LB_JOB_REDUCE_HESSIAN, &type)) ||
+    if ((rc = get_i32(&c, 2, LB_JOB_COLLECT_HESSIAN, LB_JOB_TYPE_LAST, &type)) ||
         (rc = get_id(&c, 3, job->id, true)) ||
         (rc = get_i32(&c, 4, -1, 1 << 20, &job->block)) ||
         (rc = get_i32(&c, 5, -1, 63, &job->linear)) ||
@@ -627,7 +629,8 @@ int lb_job_decode(const uint8_t *buf, size_t len, lb_job *job, lb_err *err)
         (rc = get_i32(&c, 21, -1, job->n_chunks - 1, &job->chunk)))
         goto fail;
     job->type = (lb_job_type)type;
-    if (job->type == LB_JOB_QUANTIZE_LINEAR && (rc = lb_qopts_validate(&job->opts, err))) {
+    if ((job->type == LB_JOB_QUANTIZE_LINEAR || job->type == LB_JOB_MEASURE) &&
+        (rc = lb_qopts_validate(&job->opts, err))) {
         lb_err_prefix(err, "job message: invalid options");
         rc = LB_EFORMAT;
         err->code = rc;

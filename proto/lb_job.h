@@ -40,7 +40,11 @@ typedef enum {
     LB_JOB_MERGE = 4,           /* all packed linears + model -> checkpoint in out_dir */
     LB_JOB_DISTILL = 5,         /* X_q(b), X_fp(b), 7 packed -> 7 distilled packed [, X_fp(b+1)] */
     LB_JOB_REDUCE_HESSIAN = 6,  /* n_chunks x (partial sums of each Hessian) -> the Hessians */
+    LB_JOB_MEASURE = 7,         /* --target-bpw: X_fp(b), X_fp(b+1), H -> one "measure" record
+                                   of (tensor, candidate) (worker/lb_exec_measure.c) */
+    LB_JOB_PROPAGATE_FP = 8,    /* --target-bpw: X_fp(b) through the fp block b -> X_fp(b+1) */
 } lb_job_type;
+#define LB_JOB_TYPE_LAST LB_JOB_PROPAGATE_FP
 
 /* Collect stages. ALL: one pass with fp weights gives the 4 Hessians.
  * True-sequential stages re-run the block with what is already quantized. */

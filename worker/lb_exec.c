@@ -16,6 +16,7 @@
 #include "lb_qopts_parse.h"
 #include "lb_qpacked_io.h"
 #include "lb_rotate.h"
+#include "lb_exec_measure.h"
 #include "lb_sha256.h"
 #include "lb_time.h"
 
@@ -1093,6 +1094,8 @@ int lb_exec_run(const lb_job *job, const lb_exec_ctx *ctx, lb_job_result *res)
         case LB_JOB_MERGE: rc = exec_merge(job, ctx, &res->bpw, &err); break;
         case LB_JOB_DISTILL: rc = exec_distill(job, ctx, &err); break;
         case LB_JOB_REDUCE_HESSIAN: rc = exec_reduce(job, ctx, &err); break;
+        case LB_JOB_MEASURE: rc = lb_exec_measure(job, ctx, &res->bpw, &err); break;
+        case LB_JOB_PROPAGATE_FP: rc = lb_exec_propagate_fp(job, ctx, &err); break;
         default: rc = lb_err_set(&err, LB_EINVAL, "job %s: unknown type %d", job->id,
                                  (int)job->type);
         }

@@ -55,7 +55,7 @@ static void make_job(lb_job *job, lb_job_type type)
     }
     int nin = type == LB_JOB_MERGE ? 35 : type == LB_JOB_PROPAGATE ? 8
               : type == LB_JOB_REDUCE_HESSIAN ? 8
-              : type == LB_JOB_DISTILL ? 9 : 1;
+              : type == LB_JOB_DISTILL ? 9 : type == LB_JOB_MEASURE ? 3 : 1;
     lb_artifact_id ids[64];
     for (int i = 0; i < nin; i++)
         fake_id(ids[i].hex, i);
@@ -124,7 +124,7 @@ static void assert_jobs_equal(const lb_job *a, const lb_job *b)
 static void test_round_trip(void **state)
 {
     (void)state;
-    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_REDUCE_HESSIAN; t++) {
+    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_TYPE_LAST; t++) {
         lb_job job, back;
         make_job(&job, (lb_job_type)t);
         uint8_t *buf = NULL;
@@ -247,7 +247,7 @@ static void test_rotate_option(void **state)
 static void test_every_truncation_rejected(void **state)
 {
     (void)state;
-    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_REDUCE_HESSIAN; t++) {
+    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_TYPE_LAST; t++) {
         lb_job job, back;
         make_job(&job, (lb_job_type)t);
         uint8_t *buf = NULL;
@@ -365,7 +365,7 @@ static void test_random_flips(void **state)
     (void)state;
     uint64_t rng = 12345;
     int decoded = 0, rejected = 0;
-    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_REDUCE_HESSIAN; t++) {
+    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_TYPE_LAST; t++) {
         lb_job job;
         make_job(&job, (lb_job_type)t);
         uint8_t *buf = NULL;
@@ -464,7 +464,7 @@ static void write_corpus(const char *dir)
     make_lm_head_job(&head, LB_JOB_QUANTIZE_LINEAR);
     write_job_file(dir, "job-quantize-lm-head.msgpack", &head);
     lb_job_clear(&head);
-    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_REDUCE_HESSIAN; t++) {
+    for (int t = LB_JOB_COLLECT_HESSIAN; t <= LB_JOB_TYPE_LAST; t++) {
         lb_job job;
         make_job(&job, (lb_job_type)t);
         uint8_t *buf = NULL;
@@ -538,6 +538,8 @@ static void test_chunk_fields(void **state)
     lb_job_clear(&job);
     lb_job_clear(&other);
     assert_string_equal(lb_job_type_name(LB_JOB_REDUCE_HESSIAN), "reduce-hessian");
+    assert_string_equal(lb_job_type_name(LB_JOB_MEASURE), "measure");
+    assert_string_equal(lb_job_type_name(LB_JOB_PROPAGATE_FP), "propagate-fp");
 }
 
 /* The options array is generated from lb_qopts_table.h: its bytes must stay

@@ -39,7 +39,7 @@ static void fixture_init(fixture *f, int layers)
 static lb_plan *make_plan_d(fixture *f, bool ts, const lb_distill_opts *d)
 {
     lb_plan_spec s = {&f->cfg, "/m", "/o", f->model_fp, f->calib_fp, "0.1.0", 8, 128, ts,
-                      f->choices, "gptq", 4.0, "{}", d, NULL, 0};
+                      f->choices, "gptq", 4.0, "{}", d, NULL, 0, NULL, 0, NULL};
     lb_plan *p = NULL;
     lb_err err;
     assert_int_equal(lb_plan_new(&s, &p, &err), 0);
@@ -51,7 +51,7 @@ static lb_plan *make_plan_k(fixture *f, bool ts, int32_t K, const lb_plan_choice
                             const lb_distill_opts *d)
 {
     lb_plan_spec s = {&f->cfg, "/m", "/o", f->model_fp, f->calib_fp, "0.1.0", 8, 128, ts,
-                      f->choices, "gptq", 4.0, "{}", d, head, K};
+                      f->choices, "gptq", 4.0, "{}", d, head, K, NULL, 0, NULL};
     lb_plan *p = NULL;
     lb_err err;
     assert_int_equal(lb_plan_new(&s, &p, &err), 0);
@@ -61,7 +61,7 @@ static lb_plan *make_plan_k(fixture *f, bool ts, int32_t K, const lb_plan_choice
 static lb_plan *make_plan(fixture *f, bool ts)
 {
     lb_plan_spec s = {&f->cfg, "/m", "/o", f->model_fp, f->calib_fp, "0.1.0", 8, 128, ts,
-                      f->choices, "gptq", 4.0, "{}", NULL, NULL, 0};
+                      f->choices, "gptq", 4.0, "{}", NULL, NULL, 0, NULL, 0, NULL};
     lb_plan *p = NULL;
     lb_err err;
     assert_int_equal(lb_plan_new(&s, &p, &err), 0);
@@ -177,6 +177,7 @@ static void test_graph_and_full_run(void **state)
     bool present[1024] = {false};
     present[0] = true; /* calib */
     lb_plan_mark_present(p, 0);
+    lb_plan_mark_present(p, 0); /* the calibration windows */
     lb_plan_start(p);
     assert_int_equal(lb_plan_needed_count(p), lb_plan_job_count(p));
     int max_acts = 0;
@@ -238,7 +239,7 @@ static void test_lm_head_graph(void **state)
     lb_qopts_init(&head.opts);
     head.opts.bits = 8;
     lb_plan_spec s = {&f.cfg, "/m", "/o", f.model_fp, f.calib_fp, "0.1.0", 8, 128, false,
-                      f.choices, "gptq", 4.0, "{}", NULL, &head, 0};
+                      f.choices, "gptq", 4.0, "{}", NULL, &head, 0, NULL, 0, NULL};
     lb_plan *p = NULL, *p0 = make_plan(&f, false);
     assert_int_equal(lb_plan_new(&s, &p, NULL), 0);
     const int32_t n0 = lb_plan_job_count(p0);
@@ -479,7 +480,7 @@ static void test_chunked_graph(void **state)
     fixture f;
     fixture_init(&f, 5);
     lb_plan_spec s = {&f.cfg, "/m", "/o", f.model_fp, f.calib_fp, "0.1.0", 8, 128, false,
-                      f.choices, "gptq", 4.0, "{}", NULL, NULL, 3};
+                      f.choices, "gptq", 4.0, "{}", NULL, NULL, 3, NULL, 0, NULL};
     assert_int_equal(lb_plan_effective_chunks(&s), 3);
     s.collect_chunks = 100; /* capped at the 8 block chunks of 8 windows */
     assert_int_equal(lb_plan_effective_chunks(&s), 8);
@@ -679,6 +680,77 @@ static void test_chunked_resume(void **state)
     free(f.choices);
 }
 
+/* --target-bpw measurement plan: per block one collect, one propagate-fp and a
+ * measure job per (linear, candidate) (one for a fixed linear); measure jobs
+ * are the roots, their "measure" artifacts are never deleted, and with them
+ * present nothing runs; the ids do not depend on the output directory. */
+static void test_measure_plan(void **state)
+{
+    (void)state;
+    fixture f;
+    fixture_init(&f, 3);
+    lb_plan_choice menu[3];
+    for (int c = 0; c < 3; c++) {
+        strcpy(menu[c].method, "gptq");
+        lb_qopts_init(&menu[c].opts);
+        menu[c].opts.bits = 2 + c;
+    }
+    bool fixed[3 * LB_LINEAR_COUNT] = {false};
+    fixed[4] = true; /* block 0 gate_proj: --override */
+    lb_plan_spec s = {&f.cfg, "/m", "/o", f.model_fp, f.calib_fp, "0.1.0", 8, 128, false,
+                      f.choices, "measure", 0, NULL, NULL, NULL, 1, menu, 3, fixed};
+    lb_plan *p = NULL, *q = NULL;
+    lb_err err;
+    assert_int_equal(lb_plan_new(&s, &p, &err), 0);
+    s.out_dir = "/elsewhere";
+    assert_int_equal(lb_plan_new(&s, &q, &err), 0);
+    int n[9] = {0};
+    for (int32_t j = 0; j < lb_plan_job_count(p); j++) {
+        const lb_job *job = lb_plan_job(p, j);
+        n[job->type]++;
+        assert_string_equal(job->id, lb_plan_job(q, j)->id);
+        if (job->type == LB_JOB_MEASURE) {
+            assert_int_equal(job->n_inputs, 3);
+            if (job->block == 0 && job->linear == 4)
+                assert_true(job->opts.bits == 4.0); /* the fixture's choice */
+        }
+    }
+    assert_int_equal(n[LB_JOB_PROPAGATE], 1);
+    assert_int_equal(n[LB_JOB_COLLECT_HESSIAN], 3);
+    assert_int_equal(n[LB_JOB_PROPAGATE_FP], 3);
+    assert_int_equal(n[LB_JOB_MEASURE], 3 * LB_LINEAR_COUNT * 3 - 2);
+    assert_int_equal(n[LB_JOB_MERGE] + n[LB_JOB_QUANTIZE_LINEAR], 0);
+    lb_plan_mark_present(p, 0); /* the calibration windows */
+    lb_plan_start(p);
+    assert_int_equal(lb_plan_needed_count(p), lb_plan_job_count(p));
+    /* run everything in order; only non-measure artifacts get deleted */
+    lb_action acts[256];
+    while (!lb_plan_done(p)) {
+        int k = lb_plan_poll(p, acts, 256);
+        assert_true(k > 0);
+        for (int i = 0; i < k; i++) {
+            if (acts[i].type == LB_ACT_RUN) {
+                lb_plan_feed_done(p, acts[i].job);
+            } else {
+                int32_t a = art_index(p, acts[i].artifact);
+                assert_string_not_equal(lb_plan_artifact_kind(p, a), "measure");
+            }
+        }
+    }
+    /* a rerun with every measurement present runs nothing */
+    lb_plan_free(&q);
+    assert_int_equal(lb_plan_new(&s, &q, &err), 0);
+    for (int32_t i = 0; i < lb_plan_artifact_count(q); i++)
+        if (!strcmp(lb_plan_artifact_kind(q, i), "measure"))
+            lb_plan_mark_present(q, i);
+    lb_plan_start(q);
+    assert_int_equal(lb_plan_needed_count(q), 0);
+    assert_true(lb_plan_done(q));
+    lb_plan_free(&p);
+    lb_plan_free(&q);
+    free(f.choices);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -690,6 +762,7 @@ int main(void)
         cmocka_unit_test(test_chunked_graph),
         cmocka_unit_test(test_chunked_true_sequential_lm_head),
         cmocka_unit_test(test_chunked_resume),
+        cmocka_unit_test(test_measure_plan),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
