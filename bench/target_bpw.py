@@ -8,7 +8,11 @@ usage: bench/target_bpw.py BUILD WORKDIR [steps...]
   a new proxy needs no rerun of the 40 single-tensor quantizations; cost (not in the
   default): measure-job seconds per block for a 2-entry menu with this build and,
   when $BASE_BIN is set, with that lowbit binary (e.g. one built before the kl
-  proxy), run one after the other (noisy on a shared machine: compare the ratio)
+  proxy), run one after the other (noisy on a shared machine: compare the ratio);
+  scaled (not in the default): how far a cheap depth factor gets - base proxy x s_b,
+  s_b = the median of kl / base over block b's measurements (fitted on the kl
+  measurement itself, an upper bound for a per-block factor), vs the pair KLs in
+  $PAIRS (a corr step's output)
 
 Prints JSON lines (stdout):
   {"kind":"pair", tensor, candidate, kl, ppl, <every proxy of the measurement>}
@@ -137,6 +141,7 @@ if "corr" in steps:
         "PAIRS", os.path.join(here, "results-target-bpw.jsonl")))]
     old = [r for r in old if r.get("kind") == "pair"]
     floor = [r for r in old if r["tensor"] == ""][0]
+    emit(floor)
     rows = []
     p = os.path.join(work, "pair")
     for r in old:
@@ -171,6 +176,27 @@ if "cost" in steps:
                 emit({"kind": "cost", "binary": tag, "rep": rep, "block": blk,
                       "measure_seconds": per[blk][0], "jobs": per[blk][1]})
             shutil.rmtree(d, ignore_errors=True)
+if "scaled" in steps:
+    import statistics
+    meas = json.load(open(os.path.join(t, ".lowbit", "measurement.json")))["tensors"]
+    rows = [json.loads(l) for l in open(os.environ["PAIRS"])]
+    rows += [json.loads(l) for l in open(os.path.join(here, "results-target-bpw.jsonl"))
+             if '"floor: ' in l]
+    rows = [r for r in rows if r.get("kind") == "pair"]
+    floor = [r for r in rows if r["tensor"] == ""][0]
+    rows = [r for r in rows if r["tensor"]]
+    blk = lambda n: int(re.search(r"layers\.(\d+)\.", n).group(1))
+    for b0 in ("rel_err", "out_err", "block_err"):
+        sb = {}
+        for n, cs in meas.items():
+            for c in cs:
+                if c[b0] > 0 and c["kl"] > 0:
+                    sb.setdefault(blk(n), []).append(math.log(c["kl"] / c[b0]))
+        sb = {b: math.exp(statistics.median(v)) for b, v in sb.items()}
+        x = [r[b0] * sb[blk(r["tensor"])] for r in rows]
+        dk = [r["kl"] - floor["kl"] for r in rows]
+        emit({"kind": "corr", "proxy": b0 + "*s_b", "s_b": [sb[b] for b in sorted(sb)],
+              "n": len(rows), "pearson": pearson(x, dk), "spearman": pearson(rank(x), rank(dk))})
 if "targets" in steps:
     for b in [float(x) for x in os.environ.get("TARGETS", "2.5").split(",")]:
         for k in PROXIES:
