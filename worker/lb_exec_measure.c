@@ -50,6 +50,14 @@ static int fp_block(const lb_config *cfg, const lb_job *job, const lb_block_weig
     return fp_block_n(cfg, job->n_seq, job->seq_len, w, x, err);
 }
 
+int64_t lb_measure_kl_windows(int64_t n_seq, int64_t seq_len)
+{
+    int64_t n = n_seq < LB_MEASURE_KL_WINDOWS ? n_seq : LB_MEASURE_KL_WINDOWS;
+    if (seq_len > 0 && n * seq_len > LB_MEASURE_KL_TOKENS)
+        n = LB_MEASURE_KL_TOKENS / seq_len;
+    return n < 1 && n_seq > 0 ? 1 : n;
+}
+
 /* log-softmax of one row of logits, in float64 */
 static void log_softmax(const float *z, int64_t n, double *out)
 {
@@ -256,7 +264,7 @@ int lb_exec_measure(const lb_job *job, const lb_exec_ctx *ctx, double *bpw, lb_e
     v[LB_MEAS_BLOCK_ABS] = dy2 / (double)ntok;
     /* depth: the model output KL on the first windows (y and yfp rows are whole
      * sequences, so the first n windows are a prefix) */
-    const int64_t nkl = job->n_seq < LB_MEASURE_KL_WINDOWS ? job->n_seq : LB_MEASURE_KL_WINDOWS;
+    const int64_t nkl = lb_measure_kl_windows(job->n_seq, job->seq_len);
     if ((rc = lb_measure_kl(ctx->model, job->block, y, yfp, nkl, job->seq_len,
                             &v[LB_MEAS_KL], err))) {
         lb_err_prefix(err, "measure %s (%s)", job->tensor, job->method);

@@ -19,10 +19,14 @@
  * so older measurements are not reused under a new meaning. */
 #define LB_MEASURE_PROXY_VERSION "proxy-v2" /* v2: adds kl (v1 values unchanged) */
 
-/* The kl proxy runs the rest of the model on the first this-many calibration
- * windows (all when fewer): part of the proxy's definition, so a change needs a
- * new LB_MEASURE_PROXY_VERSION. */
+/* The kl proxy runs the rest of the model on the first
+ * lb_measure_kl_windows(n_seq, seq_len) calibration windows: at most
+ * LB_MEASURE_KL_WINDOWS and LB_MEASURE_KL_TOKENS tokens (at least one window),
+ * so its cost stays bounded on long windows (7B: 2 windows of 2048). Part of the
+ * proxy's definition: a change needs a new LB_MEASURE_PROXY_VERSION. */
 #define LB_MEASURE_KL_WINDOWS 16
+#define LB_MEASURE_KL_TOKENS 4096
+int64_t lb_measure_kl_windows(int64_t n_seq, int64_t seq_len);
 
 enum {
     LB_MEAS_BITS = 0,   /* stored bits, every field (= the manifest's bytes * 8) */
@@ -34,7 +38,7 @@ enum {
     LB_MEAS_BLOCK_ABS,  /* ||Y_q - Y_fp||^2 / tokens */
     LB_MEAS_KL,         /* mean token KL(fp || q) at the model output: block b with only
                            this linear quantized, then blocks b+1.. in fp, final norm,
-                           lm_head; first LB_MEASURE_KL_WINDOWS windows (lb_measure_kl) */
+                           lm_head; first lb_measure_kl_windows windows (lb_measure_kl) */
     LB_MEAS_COUNT
 };
 

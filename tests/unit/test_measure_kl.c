@@ -1,7 +1,7 @@
 /* The kl proxy of the measure job (lb_measure_kl, worker/lb_exec_measure.c) on
  * stories260K: exactly 0 for an identity candidate (the block output unchanged),
  * positive for a quantized linear, the same bits on a second call, and from the
- * last block (only the head after it). */
+ * last block (only the head after it); the window subset's size. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,9 +101,21 @@ static void test_kl_last_block(void **state)
     check_block(-1);
 }
 
+/* the window subset: 16 windows, at most 4096 tokens, at least one window */
+static void test_kl_windows(void **state)
+{
+    (void)state;
+    assert_int_equal(lb_measure_kl_windows(128, 256), 16);
+    assert_int_equal(lb_measure_kl_windows(8, 128), 8);
+    assert_int_equal(lb_measure_kl_windows(3, 256), 3);
+    assert_int_equal(lb_measure_kl_windows(128, 2048), 2);
+    assert_int_equal(lb_measure_kl_windows(128, 8192), 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_kl_windows),
         cmocka_unit_test(test_kl_first_block),
         cmocka_unit_test(test_kl_last_block),
     };
