@@ -74,7 +74,8 @@ static void usage(FILE *out)
             "                     --method is then optional, --override tensors are fixed\n"
             "  --candidates LIST  'METHOD[:opt=val,...];...' (default: GPTQ 2/3/4 x group\n"
             "                     0/32/128, CLAQ 2.1/3.1, PB-LLM, QBB 1-3 bases, RTN 8)\n"
-            "  --proxy NAME       rel_err, out_err, out_abs, block_err, block_abs (default %s)\n"
+            "  --proxy NAME       rel_err, out_err, out_abs, block_err, block_abs, kl\n"
+            "                     (default %s)\n"
             "  --force            reuse an --out directory that holds another job\n"
             "  --json             one JSON status line per finished job and a summary line\n"
             "\n%s\n"
@@ -184,7 +185,7 @@ int lb_cli_quantize_check(lb_quantize_spec *q)
     }
     if (q->proxy && lb_measure_proxy_index(q->proxy) < 0) {
         fprintf(stderr, "lowbit quantize: --proxy %s: one of rel_err, out_err, out_abs, "
-                        "block_err, block_abs\n", q->proxy);
+                        "block_err, block_abs, kl\n", q->proxy);
         return 2;
     }
     if (!q->model_dir || !q->calib == !q->calib_text || !q->out || !q->method) {

@@ -126,7 +126,7 @@ int lb_tbpw_allocate(const lb_plan *plan, const lb_plan_spec *spec, const lb_sto
     a->proxy = lb_measure_proxy_index(proxy ? proxy : LB_TBPW_DEFAULT_PROXY);
     if (a->proxy < 0)
         return lb_err_set(err, LB_EINVAL, "--proxy %s: one of rel_err, out_err, out_abs, "
-                          "block_err, block_abs", proxy);
+                          "block_err, block_abs, kl", proxy);
     a->n_tensors = n;
     a->n_cand = C;
     a->target = target;

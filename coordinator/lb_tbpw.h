@@ -21,7 +21,7 @@
 
 #define LB_TBPW_MAX_CANDIDATES 64
 #define LB_TBPW_SPEC_MAX 128
-#define LB_TBPW_DEFAULT_PROXY "block_err"
+#define LB_TBPW_DEFAULT_PROXY "kl"
 
 /* The default --candidates list ("METHOD[:opt=val,...];..."). */
 extern const char *const lb_tbpw_default_candidates;

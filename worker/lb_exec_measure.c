@@ -12,7 +12,7 @@
 #include "lb_rotate.h"
 
 static const char *const value_names[LB_MEAS_COUNT] = {
-    "bits", "weights", "rel_err", "out_err", "out_abs", "block_err", "block_abs"};
+    "bits", "weights", "rel_err", "out_err", "out_abs", "block_err", "block_abs", "kl"};
 
 const char *lb_measure_value_name(int k)
 {
@@ -29,18 +29,103 @@ int lb_measure_proxy_index(const char *name)
 
 /* x (n_seq * seq_len, dim) through block w in place, in the chunks of whole
  * sequences every other job uses (lb_exec_chunk_seqs), so the bits match. */
+static int fp_block_n(const lb_config *cfg, int64_t n_seq, int64_t seq_len,
+                      const lb_block_weights *w, float *x, lb_err *err)
+{
+    const int64_t cs = lb_exec_chunk_seqs(n_seq, seq_len), dim = cfg->hidden_size;
+    lb_fwd_workspace *ws = NULL;
+    int rc = lb_fwd_workspace_new(cfg, cs * seq_len, seq_len, &ws, err);
+    for (int64_t s0 = 0; !rc && s0 < n_seq; s0 += cs) {
+        int64_t ns = n_seq - s0 < cs ? n_seq - s0 : cs;
+        rc = lb_fwd_block(cfg, w, x + (size_t)(s0 * seq_len) * (size_t)dim, ns, seq_len, ws,
+                          NULL, err);
+    }
+    lb_fwd_workspace_free(&ws);
+    return rc;
+}
+
 static int fp_block(const lb_config *cfg, const lb_job *job, const lb_block_weights *w, float *x,
                     lb_err *err)
 {
-    const int64_t cs = lb_exec_chunk_seqs(job->n_seq, job->seq_len), dim = cfg->hidden_size;
-    lb_fwd_workspace *ws = NULL;
-    int rc = lb_fwd_workspace_new(cfg, cs * job->seq_len, job->seq_len, &ws, err);
-    for (int64_t s0 = 0; !rc && s0 < job->n_seq; s0 += cs) {
-        int64_t ns = job->n_seq - s0 < cs ? job->n_seq - s0 : cs;
-        rc = lb_fwd_block(cfg, w, x + (size_t)(s0 * job->seq_len) * (size_t)dim, ns,
-                          job->seq_len, ws, NULL, err);
+    return fp_block_n(cfg, job->n_seq, job->seq_len, w, x, err);
+}
+
+int64_t lb_measure_kl_windows(int64_t n_seq, int64_t seq_len)
+{
+    int64_t n = n_seq < LB_MEASURE_KL_WINDOWS ? n_seq : LB_MEASURE_KL_WINDOWS;
+    if (seq_len > 0 && n * seq_len > LB_MEASURE_KL_TOKENS)
+        n = LB_MEASURE_KL_TOKENS / seq_len;
+    return n < 1 && n_seq > 0 ? 1 : n;
+}
+
+/* log-softmax of one row of logits, in float64 */
+static void log_softmax(const float *z, int64_t n, double *out)
+{
+    double mx = -INFINITY, s = 0;
+    for (int64_t i = 0; i < n; i++)
+        mx = (double)z[i] > mx ? (double)z[i] : mx;
+    for (int64_t i = 0; i < n; i++)
+        s += exp((double)z[i] - mx);
+    const double lse = mx + log(s);
+    for (int64_t i = 0; i < n; i++)
+        out[i] = (double)z[i] - lse;
+}
+
+int lb_measure_kl(const lb_model *m, int32_t block, const float *yq, const float *yfp,
+                  int64_t n_seq, int64_t seq_len, double *kl, lb_err *err)
+{
+    const lb_config *cfg = lb_model_config(m);
+    const int64_t dim = cfg->hidden_size, vocab = cfg->vocab_size, ntok = n_seq * seq_len;
+    lb_block_weights w;
+    memset(&w, 0, sizeof w);
+    lb_head_weights head;
+    memset(&head, 0, sizeof head);
+    float *a = malloc((size_t)ntok * (size_t)dim * sizeof *a);
+    float *c = malloc((size_t)ntok * (size_t)dim * sizeof *c);
+    float *lf = malloc((size_t)seq_len * (size_t)vocab * sizeof *lf);
+    float *lq = malloc((size_t)seq_len * (size_t)vocab * sizeof *lq);
+    double *pf = malloc((size_t)vocab * sizeof *pf), *pq = malloc((size_t)vocab * sizeof *pq);
+    int rc = 0;
+    if (!a || !c || !lf || !lq || !pf || !pq) {
+        rc = lb_err_set(err, LB_ENOMEM, "kl proxy: out of memory for %lld tokens",
+                        (long long)ntok);
+        goto fail;
     }
-    lb_fwd_workspace_free(&ws);
+    memcpy(a, yfp, (size_t)ntok * (size_t)dim * sizeof *a);
+    memcpy(c, yq, (size_t)ntok * (size_t)dim * sizeof *c);
+    for (int32_t b = block + 1; b < cfg->num_hidden_layers; b++) {
+        if ((rc = lb_model_load_block(m, b, &w, err)) ||
+            (rc = fp_block_n(cfg, n_seq, seq_len, &w, a, err)) ||
+            (rc = fp_block_n(cfg, n_seq, seq_len, &w, c, err)))
+            goto fail;
+        lb_block_weights_free(&w);
+    }
+    if ((rc = lb_model_load_head(m, &head, err)))
+        goto fail;
+    double sum = 0;
+    for (int64_t s = 0; s < n_seq; s++) {
+        const size_t off = (size_t)(s * seq_len) * (size_t)dim;
+        lb_fwd_logits(cfg, &head, a + off, seq_len, lf);
+        lb_fwd_logits(cfg, &head, c + off, seq_len, lq);
+        for (int64_t t = 0; t < seq_len; t++) {
+            log_softmax(lf + (size_t)t * (size_t)vocab, vocab, pf);
+            log_softmax(lq + (size_t)t * (size_t)vocab, vocab, pq);
+            double k = 0;
+            for (int64_t v = 0; v < vocab; v++)
+                k += exp(pf[v]) * (pf[v] - pq[v]);
+            sum += k;
+        }
+    }
+    *kl = sum / (double)ntok;
+fail:
+    lb_block_weights_free(&w);
+    lb_head_weights_free(&head);
+    free(a);
+    free(c);
+    free(lf);
+    free(lq);
+    free(pf);
+    free(pq);
     return rc;
 }
 
@@ -177,6 +262,14 @@ int lb_exec_measure(const lb_job *job, const lb_exec_ctx *ctx, double *bpw, lb_e
     }
     v[LB_MEAS_BLOCK_ERR] = c2 > 0 ? dy2 / c2 : 0;
     v[LB_MEAS_BLOCK_ABS] = dy2 / (double)ntok;
+    /* depth: the model output KL on the first windows (y and yfp rows are whole
+     * sequences, so the first n windows are a prefix) */
+    const int64_t nkl = lb_measure_kl_windows(job->n_seq, job->seq_len);
+    if ((rc = lb_measure_kl(ctx->model, job->block, y, yfp, nkl, job->seq_len,
+                            &v[LB_MEAS_KL], err))) {
+        lb_err_prefix(err, "measure %s (%s)", job->tensor, job->method);
+        goto done;
+    }
     for (int k = 0; k < LB_MEAS_COUNT; k++)
         if (!isfinite(v[k])) {
             rc = lb_err_set(err, LB_ENUMERIC, "measure %s (%s): %s is not finite",
