@@ -180,7 +180,7 @@ int lb_xfer_verify_payload(const lb_xfer_hdr *h, zmq_msg_t *m, size_t n, lb_err 
 {
     if (n != h->nframes) /* before allocating anything for n */
         return lb_xfer_payload_check(h, NULL, n, err);
-    lb_xfer_span one, *sp = n <= 1 ? &one : malloc(n * sizeof *sp);
+    lb_xfer_span one = {0}, *sp = n <= 1 ? &one : malloc(n * sizeof *sp); /* n == 0: unread */
     if (!sp)
         return lb_err_set(err, LB_ENOMEM, "out of memory checking %zu payload frames", n);
     for (size_t i = 0; i < n; i++)
