@@ -118,11 +118,16 @@ static json_t *outlier_stats(const lb_model *m, const float *a, int64_t ntok, in
     return j;
 }
 
-int main(int argc, char **argv)
+/* Options (the usage line of --help) into *a. Returns -1 to go on, else main's exit
+ * status (0 after --help, 2 for a bad option). */
+typedef struct {
+    const char *model_dir, *preset;
+    int64_t layers, n_seq, seq_len;
+    int repeats, threads;
+} fwd_args;
+
+static int parse_args(int argc, char **argv, fwd_args *a)
 {
-    const char *model_dir = NULL, *preset = "llama-7b";
-    int64_t layers = 2, n_seq = 1, seq_len = 2048;
-    int repeats = 2, threads = omp_get_max_threads();
     for (int i = 1; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -138,53 +143,115 @@ int main(int argc, char **argv)
             return 2;
         }
         if (!strcmp(argv[i], "--model"))
-            model_dir = v;
+            a->model_dir = v;
         else if (!strcmp(argv[i], "--preset"))
-            preset = v;
+            a->preset = v;
         else if (!strcmp(argv[i], "--layers"))
-            layers = atoll(v);
+            a->layers = atoll(v);
         else if (!strcmp(argv[i], "--seqs"))
-            n_seq = atoll(v);
+            a->n_seq = atoll(v);
         else if (!strcmp(argv[i], "--seq-len"))
-            seq_len = atoll(v);
+            a->seq_len = atoll(v);
         else if (!strcmp(argv[i], "--repeats"))
-            repeats = atoi(v);
+            a->repeats = atoi(v);
         else if (!strcmp(argv[i], "--threads"))
-            threads = atoi(v);
+            a->threads = atoi(v);
         else {
             fprintf(stderr, "bench_forward: unknown option %s\n", argv[i]);
             return 2;
         }
         i++;
     }
-    if (layers < 1 || n_seq < 1 || seq_len < 1 || repeats < 1 || repeats > 16 || threads < 1) {
+    if (a->layers < 1 || a->n_seq < 1 || a->seq_len < 1 || a->repeats < 1 || a->repeats > 16 ||
+        a->threads < 1) {
         fprintf(stderr, "bench_forward: --layers/--seqs/--seq-len >= 1, --repeats 1..16, "
                         "--threads >= 1\n");
         return 2;
     }
+    return -1;
+}
+
+/* No --model: a synthetic `preset` model of `layers` layers in a new temp dir tmpl
+ * (size bytes). OUT: *synth_s. Returns 0 or main's exit status. */
+static int synth_model(const char *preset, int64_t layers, char *tmpl, size_t size,
+                       double *synth_s)
+{
+    lb_err err = {0};
+    const lb_synth_preset *p = lb_synth_preset_find(preset);
+    if (!p) {
+        fprintf(stderr, "bench_forward: unknown preset %s\n", preset);
+        return 2;
+    }
+    const char *tmp = getenv("TMPDIR");
+    snprintf(tmpl, size, "%s/bench-forward-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(tmpl)) {
+        perror("bench_forward: mkdtemp");
+        return 1;
+    }
+    lb_synth *s = NULL;
+    lb_synth_write_opts o = {.dtype = LB_DTYPE_BF16, .force = true};
+    double t0 = lb_now_s();
+    if (lb_synth_new(p, layers, 1, &s, &err) || lb_synth_write(s, tmpl, &o, NULL, &err))
+        die("synth", &err);
+    lb_synth_free(&s);
+    *synth_s = lb_now_s() - t0;
+    return 0;
+}
+
+/* Removes the synthetic model's temp dir tmpl. */
+static void remove_synth(const char *tmpl)
+{
+    char p[4200];
+    snprintf(p, sizeof p, "%s/model.safetensors", tmpl);
+    unlink(p);
+    snprintf(p, sizeof p, "%s/config.json", tmpl);
+    unlink(p);
+    rmdir(tmpl);
+}
+
+/* The same projection shapes as single lb_sgemm calls on all threads: OUT t[5] =
+ * seconds of q/o, k/v, gate/up, down and lm_head (ntok rows). */
+static void sgemm_shapes(const lb_config *cfg, const lb_block_weights *w0, const float *lm_head,
+                         int64_t ntok, int threads, double t[5])
+{
+    const int64_t dim = cfg->hidden_size, inter = cfg->intermediate_size;
+    const int64_t q_dim = lb_config_q_dim(cfg), kv_dim = lb_config_kv_dim(cfg);
+    const int64_t vocab = cfg->vocab_size;
+    const int blas_saved = lb_blas_get_threads();
+    lb_blas_set_threads(threads);
+    float *xin = malloc((size_t)(ntok * inter) * sizeof *xin);
+    float *y = malloc((size_t)(ntok * (vocab > inter ? vocab : inter)) * sizeof *y);
+    if (!xin || !y)
+        die("out of memory for the sgemm reference", NULL);
+    for (int64_t i = 0; i < ntok * inter; i++)
+        xin[i] = (float)((int64_t)(i * 2654435761u % 1000u) - 500) * 1e-3f;
+    const int sg_reps = 1;
+    t[0] = time_sgemm(xin, w0->wq, y, ntok, q_dim, dim, sg_reps, true);
+    t[1] = kv_dim == q_dim ? t[0] : time_sgemm(xin, w0->wk, y, ntok, kv_dim, dim, sg_reps, false);
+    t[2] = time_sgemm(xin, w0->w_gate, y, ntok, inter, dim, sg_reps, false);
+    t[3] = time_sgemm(xin, w0->w_down, y, ntok, dim, inter, sg_reps, false);
+    t[4] = time_sgemm(xin, lm_head, y, ntok, vocab, dim, sg_reps, false);
+    lb_blas_set_threads(blas_saved);
+    free(xin);
+    free(y);
+}
+
+int main(int argc, char **argv)
+{
+    fwd_args opt = {NULL, "llama-7b", 2, 1, 2048, 2, omp_get_max_threads()};
+    int prc = parse_args(argc, argv, &opt);
+    if (prc >= 0)
+        return prc;
+    const char *model_dir = opt.model_dir, *preset = opt.preset;
+    const int64_t n_seq = opt.n_seq, seq_len = opt.seq_len;
+    const int repeats = opt.repeats, threads = opt.threads;
     omp_set_num_threads(threads);
     lb_err err = {0};
     char tmpl[4096] = "";
     double synth_s = 0;
     if (!model_dir) {
-        const lb_synth_preset *p = lb_synth_preset_find(preset);
-        if (!p) {
-            fprintf(stderr, "bench_forward: unknown preset %s\n", preset);
-            return 2;
-        }
-        const char *tmp = getenv("TMPDIR");
-        snprintf(tmpl, sizeof tmpl, "%s/bench-forward-XXXXXX", tmp && *tmp ? tmp : "/tmp");
-        if (!mkdtemp(tmpl)) {
-            perror("bench_forward: mkdtemp");
-            return 1;
-        }
-        lb_synth *s = NULL;
-        lb_synth_write_opts o = {.dtype = LB_DTYPE_BF16, .force = true};
-        double t0 = lb_now_s();
-        if (lb_synth_new(p, layers, 1, &s, &err) || lb_synth_write(s, tmpl, &o, NULL, &err))
-            die("synth", &err);
-        lb_synth_free(&s);
-        synth_s = lb_now_s() - t0;
+        if ((prc = synth_model(preset, opt.layers, tmpl, sizeof tmpl, &synth_s)))
+            return prc;
         model_dir = tmpl;
     }
 
@@ -254,24 +321,9 @@ int main(int argc, char **argv)
     const double block_s = median(blk, repeats), lm_s = median(lmh, repeats);
     const double total_s = median(tot, repeats);
 
-    // the same projection shapes as single lb_sgemm calls on all threads
-    const int blas_saved = lb_blas_get_threads();
-    lb_blas_set_threads(threads);
-    float *xin = malloc((size_t)(ntok * inter) * sizeof *xin);
-    float *y = malloc((size_t)(ntok * (vocab > inter ? vocab : inter)) * sizeof *y);
-    if (!xin || !y)
-        die("out of memory for the sgemm reference", NULL);
-    for (int64_t i = 0; i < ntok * inter; i++)
-        xin[i] = (float)((int64_t)(i * 2654435761u % 1000u) - 500) * 1e-3f;
-    const lb_block_weights *w0 = &blocks[0];
-    const int sg_reps = 1;
-    double t_qo = time_sgemm(xin, w0->wq, y, ntok, q_dim, dim, sg_reps, true);
-    double t_kv =
-        kv_dim == q_dim ? t_qo : time_sgemm(xin, w0->wk, y, ntok, kv_dim, dim, sg_reps, false);
-    double t_gu = time_sgemm(xin, w0->w_gate, y, ntok, inter, dim, sg_reps, false);
-    double t_dn = time_sgemm(xin, w0->w_down, y, ntok, dim, inter, sg_reps, false);
-    double t_lm = time_sgemm(xin, head.lm_head, y, ntok, vocab, dim, sg_reps, false);
-    lb_blas_set_threads(blas_saved);
+    double ts[5];
+    sgemm_shapes(cfg, &blocks[0], head.lm_head, ntok, threads, ts);
+    const double t_qo = ts[0], t_kv = ts[1], t_gu = ts[2], t_dn = ts[3], t_lm = ts[4];
 
     const double f = 2.0 * (double)ntok;
     const double proj_flops_layer = f * (double)dim * (double)(2 * q_dim + 2 * kv_dim + 2 * inter) +
@@ -311,8 +363,6 @@ int main(int argc, char **argv)
                    f * (double)dim * (double)inter / t_dn * 1e-9, "lm_head_gflops",
                    lm_flops / t_lm * 1e-9));
 
-    free(xin);
-    free(y);
     free(tok);
     free(x);
     free(logits);
@@ -322,13 +372,7 @@ int main(int argc, char **argv)
     free(blocks);
     lb_head_weights_free(&head);
     lb_model_free(&m);
-    if (tmpl[0]) {
-        char p[4200];
-        snprintf(p, sizeof p, "%s/model.safetensors", tmpl);
-        unlink(p);
-        snprintf(p, sizeof p, "%s/config.json", tmpl);
-        unlink(p);
-        rmdir(tmpl);
-    }
+    if (tmpl[0])
+        remove_synth(tmpl);
     return 0;
 }

@@ -145,20 +145,10 @@ static int bcast_doubles(double *buf, int64_t count, lb_err *err)
     return 0;
 }
 
-int lb_mpi_hessian_reduce(int64_t n_chunks, const int32_t *owner, lb_hessian *const *local,
-                          lb_hessian *out, lb_err *err)
+/* Phase 1's local part: this rank's chunk table and partials. Returns 0 or LB_EINVAL. */
+static int check_partials(int64_t n_chunks, const int32_t *owner, lb_hessian *const *local,
+                          int64_t cols, int rank, int size, lb_err *err)
 {
-    int rank = 0, size = 1, rc;
-    if ((rc = MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank), err, -1)) ||
-        (rc = MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size), err, -1)))
-        return rc;
-    const int64_t cols = lb_hessian_cols(out);
-    const int64_t nn = cols * cols;
-    double *buf = NULL;
-    lb_hessian *tmp = NULL;
-
-    /* Phase 1: every rank checks its inputs, then all agree on go/no-go, so a
-     * bad rank makes every rank return an error instead of leaving peers hung. */
     int bad = 0;
     if (n_chunks < 1 || !owner || cols < 1) {
         bad = lb_err_set(err, LB_EINVAL, "hessian reduction: need >= 1 chunk and a width");
@@ -182,6 +172,24 @@ int lb_mpi_hessian_reduce(int64_t n_chunks, const int32_t *owner, lb_hessian *co
                                (long long)c, (long long)lb_hessian_cols(local[c]), (long long)cols);
         }
     }
+    return bad;
+}
+
+int lb_mpi_hessian_reduce(int64_t n_chunks, const int32_t *owner, lb_hessian *const *local,
+                          lb_hessian *out, lb_err *err)
+{
+    int rank = 0, size = 1, rc;
+    if ((rc = MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank), err, -1)) ||
+        (rc = MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size), err, -1)))
+        return rc;
+    const int64_t cols = lb_hessian_cols(out);
+    const int64_t nn = cols * cols;
+    double *buf = NULL;
+    lb_hessian *tmp = NULL;
+
+    /* Phase 1: every rank checks its inputs, then all agree on go/no-go, so a
+     * bad rank makes every rank return an error instead of leaving peers hung. */
+    int bad = check_partials(n_chunks, owner, local, cols, rank, size, err);
     uint64_t th = bad ? 0 : table_hash(n_chunks, owner, cols);
     uint64_t lo = 0, hi = 0;
     int any_bad = 0;

@@ -173,6 +173,72 @@ int lb_mpi_group_size(const lb_mpi_group *g)
     return g ? g->size : 1;
 }
 
+/* rank != 0 in part_run: owned chunks c = rank, rank + size, ...: compute, then
+ * send in order. first: the job error so far (then only headers carrying it go).
+ * Returns the first job error, or the MPI failure with *broken = true. */
+static int send_owned(const lb_mpi_group *g, lb_exec_part *p, int first, double *buf, float *y,
+                      lb_mpi_stats *st, bool *broken, lb_err *jerr)
+{
+    const int rank = g->rank, size = g->size, K = lb_exec_part_n_hessians(p);
+    const int64_t n = lb_exec_part_chunks(p), dim = lb_exec_part_dim(p);
+    lb_hessian *tmp[4] = {NULL, NULL, NULL, NULL};
+    int rc = 0;
+    for (int64_t c = rank; c < n; c += size) {
+        chunk_hdr h;
+        memset(&h, 0, sizeof h);
+        int64_t t0, nt;
+        lb_exec_part_chunk_range(p, c, &t0, &nt);
+        h.chunk = c;
+        h.ntok = nt;
+        for (int k = 0; !first && k < K; k++)
+            first = lb_hessian_new(lb_exec_part_hessian_width(p, k), &tmp[k], jerr);
+        if (!first)
+            first = run_chunk(g, p, c, tmp, y, jerr);
+        if (first) {
+            h.rc = first;
+            snprintf(h.msg, sizeof h.msg, "%s", jerr->msg);
+        }
+        if ((rc = xsend(&h, sizeof h, 0, TAG_CHUNK, jerr)))
+            goto net_fail;
+        for (int k = 0; !h.rc && k < K; k++) {
+            int64_t w = lb_exec_part_hessian_width(p, k), nt_k = 0;
+            lb_hessian_get_sums(tmp[k], buf, &nt_k);
+            if ((rc = xsend(buf, (size_t)(w * w) * sizeof *buf, 0, TAG_DATA, jerr)))
+                goto net_fail;
+        }
+        if (!h.rc && !K && (rc = xsend(y, (size_t)(nt * dim) * sizeof *y, 0, TAG_DATA, jerr)))
+            goto net_fail;
+        for (int k = 0; k < K; k++)
+            lb_hessian_free(&tmp[k]);
+        if (!h.rc && st)
+            st->chunks_remote++;
+    }
+    rc = first;
+    goto done;
+net_fail:
+    *broken = true;
+done:
+    for (int k = 0; k < 4; k++)
+        lb_hessian_free(&tmp[k]);
+    return rc;
+}
+
+/* Widest Hessian (*wmax) and most tokens in one chunk (*tmax) of p. */
+static void part_max(const lb_exec_part *p, int64_t *wmax, int64_t *tmax)
+{
+    *wmax = 0;
+    *tmax = 0;
+    for (int k = 0; k < lb_exec_part_n_hessians(p); k++)
+        if (lb_exec_part_hessian_width(p, k) > *wmax)
+            *wmax = lb_exec_part_hessian_width(p, k);
+    for (int64_t c = 0; c < lb_exec_part_chunks(p); c++) {
+        int64_t t0, nt;
+        lb_exec_part_chunk_range(p, c, &t0, &nt);
+        if (nt > *tmax)
+            *tmax = nt;
+    }
+}
+
 /* The data-parallel protocol, on every rank. job is NULL on a rank whose setup
  * failed (setup_rc, jerr); that rank still takes part so nobody waits forever.
  * Returns the job's status (0 or LB_E*, message in jerr; on rank 0 the first
@@ -229,16 +295,8 @@ static int part_run(lb_mpi_group *g, const lb_job *job, int setup_rc, const lb_e
     }
     const int64_t n = lb_exec_part_chunks(p), dim = lb_exec_part_dim(p);
     const int K = lb_exec_part_n_hessians(p);
-    int64_t wmax = 0, tmax = 0;
-    for (int k = 0; k < K; k++)
-        if (lb_exec_part_hessian_width(p, k) > wmax)
-            wmax = lb_exec_part_hessian_width(p, k);
-    for (int64_t c = 0; c < n; c++) {
-        int64_t t0, nt;
-        lb_exec_part_chunk_range(p, c, &t0, &nt);
-        if (nt > tmax)
-            tmax = nt;
-    }
+    int64_t wmax, tmax;
+    part_max(p, &wmax, &tmax);
     const int64_t ntok = job->n_seq * job->seq_len;
     int first = 0; /* first job error seen here */
     if (K)
@@ -255,37 +313,7 @@ static int part_run(lb_mpi_group *g, const lb_job *job, int setup_rc, const lb_e
 
     if (rank != 0) {
         /* owned chunks c = rank, rank + size, ...: compute, then send in order */
-        for (int64_t c = rank; c < n; c += size) {
-            chunk_hdr h;
-            memset(&h, 0, sizeof h);
-            int64_t t0, nt;
-            lb_exec_part_chunk_range(p, c, &t0, &nt);
-            h.chunk = c;
-            h.ntok = nt;
-            for (int k = 0; !first && k < K; k++)
-                first = lb_hessian_new(lb_exec_part_hessian_width(p, k), &tmp[k], jerr);
-            if (!first)
-                first = run_chunk(g, p, c, tmp, y, jerr);
-            if (first) {
-                h.rc = first;
-                snprintf(h.msg, sizeof h.msg, "%s", jerr->msg);
-            }
-            if ((rc = xsend(&h, sizeof h, 0, TAG_CHUNK, jerr)))
-                goto net_fail;
-            for (int k = 0; !h.rc && k < K; k++) {
-                int64_t w = lb_exec_part_hessian_width(p, k), nt_k = 0;
-                lb_hessian_get_sums(tmp[k], buf, &nt_k);
-                if ((rc = xsend(buf, (size_t)(w * w) * sizeof *buf, 0, TAG_DATA, jerr)))
-                    goto net_fail;
-            }
-            if (!h.rc && !K && (rc = xsend(y, (size_t)(nt * dim) * sizeof *y, 0, TAG_DATA, jerr)))
-                goto net_fail;
-            for (int k = 0; k < K; k++)
-                lb_hessian_free(&tmp[k]);
-            if (!h.rc && st)
-                st->chunks_remote++;
-        }
-        rc = first;
+        rc = send_owned(g, p, first, buf, y, st, broken, jerr);
         goto done;
     }
 
