@@ -33,21 +33,9 @@ static void usage(FILE *out)
 
 static int bad(const char *opt, const char *val)
 {
-    fprintf(stderr, "lowbit gen-calib: bad value '%s' for %s; run `lowbit gen-calib --help`\n",
-            val ? val : "(missing)", opt);
-    return 2;
+    return lb_cli_bad_value("gen-calib", opt, val);
 }
 
-static int parse_ll(const char *s, long long lo, long long hi, long long *out)
-{
-    char *end = NULL;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return -1;
-    *out = v;
-    return 0;
-}
 
 static int parse_dbl(const char *s, double *out)
 {
@@ -86,19 +74,19 @@ int lb_cmd_gen_calib(int argc, char **argv)
         else if (!strcmp(a, "--out"))
             out = v;
         else if (!strcmp(a, "--n")) {
-            if (parse_ll(v, 1, 1LL << 32, &n))
+            if (lb_cli_parse_ll(v, 1, 1LL << 32, &n))
                 return bad(a, v);
         } else if (!strcmp(a, "--len")) {
-            if (parse_ll(v, 1, 1LL << 24, &len))
+            if (lb_cli_parse_ll(v, 1, 1LL << 24, &len))
                 return bad(a, v);
         } else if (!strcmp(a, "--seed")) {
-            if (parse_ll(v, 0, INT64_MAX, &seed))
+            if (lb_cli_parse_ll(v, 0, INT64_MAX, &seed))
                 return bad(a, v);
         } else if (!strcmp(a, "--batch")) {
-            if (parse_ll(v, 1, 1 << 20, &batch))
+            if (lb_cli_parse_ll(v, 1, 1 << 20, &batch))
                 return bad(a, v);
         } else if (!strcmp(a, "--threads")) {
-            if (parse_ll(v, 1, 4096, &threads))
+            if (lb_cli_parse_ll(v, 1, 4096, &threads))
                 return bad(a, v);
         } else if (!strcmp(a, "--temperature")) {
             if (parse_dbl(v, &so.temperature) || so.temperature < 0.0)

@@ -32,10 +32,7 @@ static void usage(FILE *out)
             "rel_err = err / tr(W H Wᵀ), and the seconds the method took.\n"
             "\n"
             "  --method M     one of:");
-    const lb_qmethod *m[64];
-    int n = lb_qmethod_list(m, 64);
-    for (int i = 0; i < n; i++)
-        fprintf(out, " %s", m[i]->name);
+    lb_cli_print_methods(out);
     fprintf(out,
             "\n"
             "  --threads N    OpenMP and BLAS threads (default: all cores)\n"

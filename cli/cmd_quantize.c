@@ -39,10 +39,7 @@ static void usage(FILE *out)
             "by content id in OUT/.lowbit/artifacts, so a rerun resumes where it stopped.\n"
             "\n"
             "  --method M         one of:");
-    const lb_qmethod *m[64];
-    int n = lb_qmethod_list(m, 64);
-    for (int i = 0; i < n; i++)
-        fprintf(out, " %s", m[i]->name);
+    lb_cli_print_methods(out);
     fprintf(out,
             "\n"
             "  --calib TOKENS     token ids (.u32 or .npy), cut into windows of --ctx\n"
@@ -195,10 +192,7 @@ int lb_cli_quantize_check(lb_quantize_spec *q)
     }
     if (!lb_qmethod_find(q->method)) {
         fprintf(stderr, "lowbit quantize: unknown method \"%s\"; one of:", q->method);
-        const lb_qmethod *m[64];
-        int n = lb_qmethod_list(m, 64);
-        for (int i = 0; i < n; i++)
-            fprintf(stderr, " %s", m[i]->name);
+        lb_cli_print_methods(stderr);
         fprintf(stderr, "\n");
         return 2;
     }

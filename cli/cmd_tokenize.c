@@ -1,5 +1,4 @@
 /* lowbit tokenize: text -> token ids (.u32) with the model's tokenizer.json. */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,21 +22,9 @@ static void usage(FILE *out)
 
 static int bad(const char *opt, const char *val)
 {
-    fprintf(stderr, "lowbit tokenize: bad value '%s' for %s; run `lowbit tokenize --help`\n",
-            val ? val : "(missing)", opt);
-    return 2;
+    return lb_cli_bad_value("tokenize", opt, val);
 }
 
-static int parse_ll(const char *s, long long lo, long long hi, long long *out)
-{
-    char *end = NULL;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return -1;
-    *out = v;
-    return 0;
-}
 
 int lb_cmd_tokenize(int argc, char **argv)
 {
@@ -59,10 +46,10 @@ int lb_cmd_tokenize(int argc, char **argv)
         else if (!strcmp(a, "--out"))
             out = v;
         else if (!strcmp(a, "--ctx")) {
-            if (parse_ll(v, 1, 1 << 24, &ctx))
+            if (lb_cli_parse_ll(v, 1, 1 << 24, &ctx))
                 return bad(a, v);
         } else if (!strcmp(a, "--n")) {
-            if (parse_ll(v, 1, 1LL << 32, &n))
+            if (lb_cli_parse_ll(v, 1, 1LL << 32, &n))
                 return bad(a, v);
         } else {
             fprintf(stderr, "lowbit tokenize: unknown option '%s'; run `lowbit tokenize --help`\n", a);

@@ -3,7 +3,17 @@
 #ifndef LB_CLI_H
 #define LB_CLI_H
 
+#include <stdio.h>
+
 typedef int (*lb_cli_fn)(int argc, char **argv);
+
+/* lb_cli_util.c: "lowbit CMD: bad value 'VAL' for OPT; run `lowbit CMD --help`" on
+ * stderr, returns 2 (the usage exit status). */
+int lb_cli_bad_value(const char *cmd, const char *opt, const char *val);
+/* A whole decimal integer in [lo, hi]: 0 and *out, or -1. */
+int lb_cli_parse_ll(const char *s, long long lo, long long hi, long long *out);
+/* " rtn gptq ..." (every registered method, each after a space). */
+void lb_cli_print_methods(FILE *out);
 
 /* Subcommands; a file that defines one also adds it to the table in lowbit_main.c. */
 int lb_cmd_eval(int argc, char **argv);
