@@ -1,5 +1,7 @@
 /* libFuzzer target: .u32 token files (lb_tokens_load_rows). The ids a file
- * yields never exceed what its bytes can hold. Corpus: tests/fuzz/corpus/tokens_u32/. */
+ * yields never exceed what its bytes can hold. Corpus: tests/fuzz/corpus/tokens_u32/.
+ * fuzz_tokens_npy.c builds the same target for .npy files (the loader picks the
+ * format by extension). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,12 +9,16 @@
 #include "fuzz_util.h"
 #include "lb_tokens.h"
 
+#ifndef LB_FUZZ_TOKENS_FILE
+#define LB_FUZZ_TOKENS_FILE "tokens.u32"
+#endif
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static char *path;
     if (!path)
-        path = lb_fuzz_path("tokens.u32");
-    lb_fuzz_write("tokens.u32", data, size);
+        path = lb_fuzz_path(LB_FUZZ_TOKENS_FILE);
+    lb_fuzz_write(LB_FUZZ_TOKENS_FILE, data, size);
     uint32_t *ids = NULL;
     int64_t n = -1, rows = -1;
     lb_err err;
